@@ -1,0 +1,1 @@
+"""dcsim: fast simulation of spiking networks converted from LSQ-quantized CNNs, with Dynamic Confidence."""
