@@ -1,0 +1,106 @@
+// Thin pybind11 bindings. Tensors cross as raw data pointers plus sizes; dcsim/ops.py
+// checks dtypes, devices, shapes and contiguity before calling. CUDA launches go to the
+// caller's stream (passed as an integer handle).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <tuple>
+#include <vector>
+
+#include "dcsim_math.h"
+#include "gather_rows.h"
+#include "neuron_step.h"
+#include "output_step.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+#ifdef DCSIM_WITH_CUDA
+constexpr bool kHasCuda = true;
+#else
+constexpr bool kHasCuda = false;
+[[noreturn]] void no_cuda() {
+  throw std::runtime_error("dcsim._core was built without CUDA kernels; rebuild with a CUDA compiler (DCSIM_CUDA=ON)");
+}
+#endif
+
+void neuron_step(int method, int64_t n, int64_t m, uintptr_t x, uintptr_t x2, uintptr_t u, uintptr_t z,
+                 uintptr_t out, uintptr_t counts, float th, int32_t zmax, bool cuda, uintptr_t stream,
+                 int threads) {
+  const dcsim::NeuronStepArgs a{method, n, m, ptr<const float>(x), ptr<const float>(x2), ptr<float>(u),
+                                ptr<int32_t>(z), ptr<float>(out), ptr<int64_t>(counts), th, zmax};
+  if (cuda) {
+#ifdef DCSIM_WITH_CUDA
+    dcsim::neuron_step_cuda(a, ptr<void>(stream));
+#else
+    no_cuda();
+#endif
+    return;
+  }
+  py::gil_scoped_release release;
+  dcsim::neuron_step_cpu(a, threads);
+}
+
+void output_step(int64_t n, int64_t k, uintptr_t x, uintptr_t sums, uintptr_t steps, int32_t max_steps,
+                 int readout, float scale, float threshold, uintptr_t pred, uintptr_t score, uintptr_t exited,
+                 bool cuda, uintptr_t stream, int threads) {
+  const dcsim::OutputStepArgs a{n,           k,     ptr<const float>(x), ptr<float>(sums), ptr<int32_t>(steps),
+                                max_steps,   readout, scale,           threshold,         ptr<int64_t>(pred),
+                                ptr<float>(score), ptr<uint8_t>(exited)};
+  if (cuda) {
+#ifdef DCSIM_WITH_CUDA
+    dcsim::output_step_cuda(a, ptr<void>(stream));
+#else
+    no_cuda();
+#endif
+    return;
+  }
+  py::gil_scoped_release release;
+  dcsim::output_step_cpu(a, threads);
+}
+
+// entries: (src pointer, dst pointer, bytes per row); launched in groups of kMaxGatherEntries.
+void gather_rows(const std::vector<std::tuple<uintptr_t, uintptr_t, int64_t>>& entries, uintptr_t index,
+                 int64_t n_out, bool cuda, uintptr_t stream, int threads) {
+  for (size_t first = 0; first < entries.size(); first += dcsim::kMaxGatherEntries) {
+    dcsim::GatherArgs a{};
+    a.index = ptr<const int64_t>(index);
+    a.n_out = n_out;
+    for (size_t e = first; e < entries.size() && a.count < dcsim::kMaxGatherEntries; ++e) {
+      a.entries[a.count++] = {ptr<const void>(std::get<0>(entries[e])), ptr<void>(std::get<1>(entries[e])),
+                              std::get<2>(entries[e])};
+    }
+    if (cuda) {
+#ifdef DCSIM_WITH_CUDA
+      dcsim::gather_rows_cuda(a, ptr<void>(stream));
+#else
+      no_cuda();
+#endif
+      continue;
+    }
+    py::gil_scoped_release release;
+    dcsim::gather_rows_cpu(a, threads);
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, mod) {
+  mod.doc() = "dcsim fused kernels (CPU, and CUDA when built with it). Call through dcsim.ops.";
+  mod.attr("has_cuda") = kHasCuda;
+  mod.attr("QCFS") = static_cast<int>(dcsim::kQCFS);
+  mod.attr("QFFS") = static_cast<int>(dcsim::kQFFS);
+  mod.attr("MAX_SOFTMAX") = static_cast<int>(dcsim::kMaxSoftmax);
+  mod.attr("ENTROPY") = static_cast<int>(dcsim::kEntropy);
+  mod.attr("MARGIN") = static_cast<int>(dcsim::kMargin);
+  mod.def("neuron_step", &neuron_step, "Fused QCFS/QFFS neuron step (kernel 1).");
+  mod.def("output_step", &output_step, "Fused output accumulate/score/exit step (kernel 2).");
+  mod.def("gather_rows", &gather_rows, "Row gather of many state tensors (kernel 3, compaction).");
+}

@@ -1,0 +1,85 @@
+// Per-element math shared by the CPU loops and the CUDA kernels, written once.
+// Every function here is inline and host+device, so the two backends cannot drift.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define DCSIM_HD __host__ __device__ __forceinline__
+#else
+#define DCSIM_HD inline
+#endif
+
+namespace dcsim {
+
+// Neuron models (must match dcsim/ops.py).
+enum NeuronMethod : int { kQCFS = 0, kQFFS = 1 };
+
+// Stopping scores (must match dcsim/readout.py).
+enum Readout : int { kMaxSoftmax = 0, kEntropy = 1, kMargin = 2 };
+
+// One integrate-and-fire neuron for one time step.
+//   u    membrane potential (same unit as the current), updated in place
+//   z    net spike count so far (QFFS), updated in place; ignored for QCFS
+//   x    input current of this step (already summed over all inputs, bias included)
+//   th   threshold = Qp * s; a spike carries th to the next layer
+//   zmax spike-count cap (QFFS), Zmax = Qp
+// Returns the spike: {0, 1} for QCFS, {-1, 0, 1} for QFFS. Soft reset: u -= spike * th.
+DCSIM_HD int neuron_update(int method, float& u, int32_t& z, float x, float th, int32_t zmax) {
+  u = u + x;
+  int spike = 0;
+  if (method == kQFFS) {
+    if (u >= th && z < zmax) {
+      spike = 1;
+    } else if (u < 0.0f && z > 0) {
+      spike = -1;
+    }
+    z += spike;
+  } else {
+    spike = u >= th ? 1 : 0;
+  }
+  u = u - static_cast<float>(spike) * th;
+  return spike;
+}
+
+// Stopping score of one sample from its running output sums.
+//   s      [k] running sums S_t of the output currents
+//   scale  1 / (alpha * tau): logits are S_t * scale
+//   kind   kMaxSoftmax: max softmax probability
+//          kEntropy:    1 - H(p) / log(k)  (1 when k == 1)
+//          kMargin:     top-1 minus top-2 softmax probability (1 when k == 1)
+// Writes the argmax of s (first index of the maximum) to *argmax; returns a score in [0, 1].
+DCSIM_HD float readout_score(int kind, const float* s, int64_t k, float scale, int64_t* argmax) {
+  int64_t best = 0;
+  float smax = s[0];
+  for (int64_t j = 1; j < k; ++j) {
+    if (s[j] > smax) {
+      smax = s[j];
+      best = j;
+    }
+  }
+  *argmax = best;
+  if (k == 1) return 1.0f;
+  // Partition function relative to the maximum: Z = sum_j exp((s_j - smax) * scale) >= 1.
+  float zsum = 0.0f;
+  float second = -INFINITY;
+  for (int64_t j = 0; j < k; ++j) {
+    const float d = (s[j] - smax) * scale;
+    zsum += expf(d);
+    if (j != best && s[j] > second) second = s[j];
+  }
+  const float pmax = 1.0f / zsum;
+  if (kind == kMaxSoftmax) return pmax;
+  if (kind == kMargin) return pmax - expf((second - smax) * scale) / zsum;
+  // Entropy: H = log Z - sum_j p_j d_j, with d_j = (s_j - smax) * scale.
+  float pd = 0.0f;
+  for (int64_t j = 0; j < k; ++j) {
+    const float d = (s[j] - smax) * scale;
+    pd += expf(d) * d;
+  }
+  const float h = logf(zsum) - pd / zsum;
+  const float score = 1.0f - h / logf(static_cast<float>(k));
+  return score < 0.0f ? 0.0f : (score > 1.0f ? 1.0f : score);
+}
+
+}  // namespace dcsim

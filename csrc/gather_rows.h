@@ -1,0 +1,28 @@
+// Kernel 3: compaction. Gathers the rows of many state tensors in one pass:
+// dst_e[r, :] = src_e[index[r], :] for every entry e.
+#pragma once
+#include <cstdint>
+
+namespace dcsim {
+
+struct GatherEntry {
+  const void* src;    // [n_in, row_bytes] bytes
+  void* dst;          // [n_out, row_bytes] bytes, must not overlap src
+  int64_t row_bytes;  // bytes per sample row
+};
+
+constexpr int kMaxGatherEntries = 32;  // entries per launch (kernel parameter space)
+
+struct GatherArgs {
+  GatherEntry entries[kMaxGatherEntries];
+  int count;              // entries used
+  const int64_t* index;   // [n_out] source row of each destination row
+  int64_t n_out;          // destination rows
+};
+
+void gather_rows_cpu(const GatherArgs& a, int threads);
+#ifdef DCSIM_WITH_CUDA
+void gather_rows_cuda(const GatherArgs& a, void* stream);
+#endif
+
+}  // namespace dcsim
