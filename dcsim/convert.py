@@ -1,0 +1,193 @@
+"""ANN-to-SNN conversion: a PyTorch model with LSQ activations -> SpikingNetwork.
+
+The model is traced with torch.fx (LSQ activations are leaves). Batch norm is folded into the
+conv or linear layer before it; every LSQ activation becomes a Neuron with threshold
+th = Qp * s and initial membrane u0 = u0_fraction * th; weights and biases are copied
+unchanged; residual additions become Add nodes summed before the post-add neuron; the last
+layer integrates (no spikes). The model itself is never modified; an unsupported layer or
+pattern raises ConversionError naming it, and nothing is returned half-converted.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .lsq import LSQActivation
+from .network import (
+    AdaptiveAvgPool, Add, AvgPool, Conv, Flatten, Input, Linear, Neuron, Node, SpikingNetwork,
+)
+
+SUPPORTED = (
+    "Conv2d (zero padding), Linear, BatchNorm1d/2d directly after a conv or linear layer, "
+    "LSQActivation, AvgPool2d, AdaptiveAvgPool2d, Flatten / torch.flatten, Dropout, Identity, "
+    "residual '+' / torch.add of currents"
+)
+
+
+class ConversionError(ValueError):
+    """A layer or pattern that cannot become part of a spiking network."""
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, LSQActivation) or super().is_leaf_module(m, qualname)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _is_alias(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Nodes that pass their input through unchanged at inference (Dropout, Identity)."""
+    if n.op == "call_module":
+        return isinstance(modules[n.target], (nn.Dropout, nn.Identity))
+    return n.op == "call_function" and n.target is F.dropout
+
+
+def _consumers(n: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
+    """The nodes that use n's value, looking through aliases."""
+    out: list[fx.Node] = []
+    for u in n.users:
+        out += _consumers(u, modules) if _is_alias(u, modules) else [u]
+    return out
+
+
+def _fold_bn(node: Node, bn: nn.Module, name: str) -> Node:
+    """Fold eval-mode batch norm into the conv/linear ``node``: w' = w*g, b' = (b - mean)*g + beta."""
+    if bn.running_mean is None:
+        raise ConversionError(f"layer {name!r} (BatchNorm) has no running statistics (track_running_stats=False)")
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_mean)
+    beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    g = gamma / torch.sqrt(bn.running_var + bn.eps)
+    w = node.weight * g.reshape(-1, *([1] * (node.weight.dim() - 1)))
+    b = node.bias if node.bias is not None else torch.zeros_like(bn.running_mean)
+    return type(node)(**{**node.__dict__, "weight": w, "bias": (b - bn.running_mean) * g + beta})
+
+
+def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zmax: int | None = None) -> SpikingNetwork:
+    """Convert ``model`` (float CNN with LSQActivation hidden activations) to a spiking network.
+
+    method: "qcfs" (soft-reset IF) or "qffs" (IF with negative spikes and the cap Zmax).
+    u0_fraction: initial membrane as a fraction of each layer's threshold (paper: 0.5).
+    zmax: QFFS spike-count cap; default Qp = 2^bits - 1 of each layer.
+    """
+    if method not in ("qcfs", "qffs"):
+        raise ValueError(f"method must be 'qcfs' or 'qffs', got {method!r}")
+    if not 0.0 <= u0_fraction <= 1.0:
+        raise ValueError(f"u0_fraction must be in [0, 1], got {u0_fraction}")
+    if zmax is not None and zmax < 1:
+        raise ValueError(f"zmax must be >= 1, got {zmax}")
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as err:  # fx raises many types for untraceable code
+        raise ConversionError(f"cannot trace the model with torch.fx: {err}") from err
+    modules = dict(model.named_modules())
+    nodes: list[Node] = []
+    index: dict[fx.Node, int] = {}
+    origin: dict[int, fx.Node] = {}
+    bits_seen: set[int] = set()
+    result: int | None = None
+
+    def add(node: Node, src: fx.Node) -> None:
+        index[src] = len(nodes)
+        origin[len(nodes)] = src
+        nodes.append(node)
+
+    def arg(a, where: str) -> int:
+        if not isinstance(a, fx.Node) or a not in index:
+            raise ConversionError(f"{where}: expected a tensor produced by a supported layer, got {a!r}")
+        return index[a]
+
+    for src in graph.nodes:
+        where = f"layer {src.target!r}" if src.op == "call_module" else f"operation {src.name!r}"
+        if src.op == "placeholder":
+            if any(isinstance(n, Input) for n in nodes):
+                raise ConversionError(f"the model takes several inputs ({src.name!r}); dcsim supports one image input")
+            add(Input(src.name, ()), src)
+        elif src.op == "get_attr":
+            raise ConversionError(f"{where}: reading a parameter in forward is not supported; supported: {SUPPORTED}")
+        elif src.op == "call_module":
+            mod = modules[src.target]
+            name = str(src.target)
+            if len(src.args) != 1 or src.kwargs:
+                raise ConversionError(f"{where} ({type(mod).__name__}) must take exactly one tensor")
+            x = arg(src.args[0], where)
+            if isinstance(mod, nn.Conv2d):
+                if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                    raise ConversionError(f"{where} (Conv2d) uses padding {mod.padding!r}/{mod.padding_mode!r}; only numeric zero padding is supported")
+                add(Conv(name, (x,), mod.weight.detach().clone(), None if mod.bias is None else mod.bias.detach().clone(),
+                         _pair(mod.stride), _pair(mod.padding), _pair(mod.dilation), mod.groups), src)
+            elif isinstance(mod, nn.Linear):
+                add(Linear(name, (x,), mod.weight.detach().clone(), None if mod.bias is None else mod.bias.detach().clone()), src)
+            elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                prev = nodes[x]
+                if not isinstance(prev, (Conv, Linear)) or len(_consumers(origin[x], modules)) != 1:
+                    raise ConversionError(
+                        f"{where} (BatchNorm) must directly follow a conv or linear layer whose output it alone uses; "
+                        f"it follows {type(prev).__name__} {prev.name!r}")
+                nodes[x] = _fold_bn(prev, mod, name)
+                index[src] = x
+            elif isinstance(mod, LSQActivation):
+                qp = mod.qp
+                bits_seen.add(mod.bits)
+                th = float(torch.tensor(qp * float(mod.step.detach()), dtype=torch.float32))
+                if not th > 0:
+                    raise ConversionError(f"{where} (LSQActivation) has a non-positive step size {float(mod.step)}")
+                th_u0 = float(torch.tensor(u0_fraction * th, dtype=torch.float32))
+                inputs = (x,)
+                prev = nodes[x]
+                # A residual sum used only here is fused into the neuron (its inputs are summed in the kernel).
+                if isinstance(prev, Add) and len(prev.inputs) == 2 and len(_consumers(origin[x], modules)) == 1 and x == len(nodes) - 1:
+                    inputs = prev.inputs
+                    nodes.pop()
+                add(Neuron(name, inputs, threshold=th, u0=th_u0, zmax=zmax if zmax is not None else qp), src)
+            elif isinstance(mod, nn.AvgPool2d):
+                if mod.divisor_override is not None:
+                    raise ConversionError(f"{where} (AvgPool2d) with divisor_override is not supported")
+                add(AvgPool(name, (x,), _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size), _pair(mod.padding),
+                            mod.ceil_mode, mod.count_include_pad), src)
+            elif isinstance(mod, nn.AdaptiveAvgPool2d):
+                add(AdaptiveAvgPool(name, (x,), _pair(mod.output_size)), src)
+            elif isinstance(mod, nn.Flatten):
+                if mod.start_dim != 1 or mod.end_dim != -1:
+                    raise ConversionError(f"{where} (Flatten) must flatten dims 1..-1")
+                add(Flatten(name, (x,)), src)
+            elif _is_alias(src, modules):
+                index[src] = x
+            else:
+                raise ConversionError(
+                    f"{where} ({type(mod).__name__}) cannot be converted to a spiking layer; supported: {SUPPORTED}. "
+                    "Float activations such as ReLU must be replaced by dcsim.lsq.LSQActivation.")
+        elif src.op == "call_function":
+            if src.target in (operator.add, torch.add) and len(src.args) == 2 and not src.kwargs:
+                a, b = arg(src.args[0], where), arg(src.args[1], where)
+                add(Add(src.name, (a, b)), src)
+            elif src.target is torch.flatten and src.args[1:] in ((1,), ()) and src.kwargs.get("start_dim", 1) == 1:
+                add(Flatten(src.name, (arg(src.args[0], where),)), src)
+            elif _is_alias(src, modules):
+                index[src] = arg(src.args[0], where)
+            else:
+                raise ConversionError(f"{where} (function {getattr(src.target, '__name__', src.target)}) is not supported; supported: {SUPPORTED}")
+        elif src.op == "call_method":
+            if src.target == "flatten" and src.args[1:] in ((1,), ()) and not src.kwargs:
+                add(Flatten(src.name, (arg(src.args[0], where),)), src)
+            else:
+                raise ConversionError(f"{where} (tensor method .{src.target}) is not supported; supported: {SUPPORTED}")
+        elif src.op == "output":
+            result = arg(src.args[0], "the model output")
+    if result is None or not nodes:
+        raise ConversionError("the model has no output")
+    if result != len(nodes) - 1:
+        raise ConversionError("the model output must be its last layer")
+    last = nodes[result]
+    if not isinstance(last, (Conv, Linear, AvgPool, AdaptiveAvgPool, Flatten, Add)):
+        raise ConversionError(
+            f"the output layer {last.name!r} is a {type(last).__name__}; it must be a full-precision conv or linear "
+            "layer (the integrator), not a quantized activation")
+    if not any(isinstance(n, Neuron) for n in nodes):
+        raise ConversionError(f"the model has no LSQActivation layer: nothing to convert to spiking neurons (supported: {SUPPORTED})")
+    return SpikingNetwork(nodes, method, bits_seen.pop() if len(bits_seen) == 1 else None)

@@ -1,0 +1,342 @@
+"""Step-major simulation of a SpikingNetwork with the fused kernels.
+
+The engine advances the whole network one time step at a time (never layer by layer), so
+after every step each sample's running output sums S_t, prediction and stopping score are
+known. Per-sample state (membranes, spike counts, sums, static layer values) lives in
+:class:`BatchState`, one row per active sample, so finished samples can be compacted out
+(kernel 3) or their rows reset and refilled with new inputs (streaming).
+
+Convs and linears run in PyTorch; neuron updates (kernel 1) and the output step (kernel 2)
+run in dcsim's native kernels (``backend="native"``) or in the plain-PyTorch reference
+(``backend="reference"``), which tests compare against each other.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from types import ModuleType
+
+import torch
+
+from . import ops, reference
+from .network import Input, Neuron, SpikingNetwork
+from .readout import Readout
+
+BACKENDS: dict[str, ModuleType] = {"native": ops, "reference": reference}
+NEVER = 2.0
+"""A threshold no score exceeds (scores are in [0, 1]): samples run to T."""
+
+
+@dataclass
+class BatchState:
+    """State of the active samples, one row each (n rows).
+
+    ids:    int64 [n]   caller's id of the sample in each row
+    static: {node: float32 [n, ...]}  values of input-only layers, computed once per sample
+    u:      {neuron node: float32 [n, ...]}  membrane potentials
+    z:      {neuron node: int32 [n, ...]}    net spike counts (QFFS only)
+    counts: {neuron node: int64 [n]}         spikes emitted so far per sample
+    sums:   float32 [n, K]  running output sums S_t
+    steps:  int32 [n]       steps run so far
+    pred:   int64 [n], score: float32 [n], exited: uint8 [n]  results of the last step
+    """
+
+    ids: torch.Tensor
+    static: dict[int, torch.Tensor]
+    u: dict[int, torch.Tensor]
+    z: dict[int, torch.Tensor]
+    counts: dict[int, torch.Tensor]
+    sums: torch.Tensor
+    steps: torch.Tensor
+    pred: torch.Tensor
+    score: torch.Tensor
+    exited: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.ids.shape[0])
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every per-sample tensor, in a fixed order (see :meth:`replace_tensors`)."""
+        out: list[torch.Tensor] = []
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out += [v[k] for k in sorted(v)] if isinstance(v, dict) else [v]
+        return out
+
+    def replace_tensors(self, tensors: list[torch.Tensor]) -> "BatchState":
+        """A new state made of ``tensors`` given in the order of :meth:`tensors`."""
+        it = iter(tensors)
+        kwargs = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kwargs[f.name] = {k: next(it) for k in sorted(v)} if isinstance(v, dict) else next(it)
+        return BatchState(**kwargs)
+
+
+@dataclass
+class Simulation:
+    """A full-length run (all samples, all steps).
+
+    sums:   float32 [N, T, K] running output sums S_t (None unless requested)
+    pred:   int64 [N, T]   argmax of S_t at step t = 1..T (column t-1)
+    conf:   float32 [N, T] stopping score of the readout at each step
+    spikes: int64 [N, L]   spikes per sample per hidden layer over the T steps
+    neurons: neurons per sample of each hidden layer [L]; layers: their names [L]
+    """
+
+    sums: torch.Tensor | None
+    pred: torch.Tensor
+    conf: torch.Tensor
+    spikes: torch.Tensor
+    neurons: list[int]
+    layers: list[str]
+
+
+@dataclass
+class ExitResult:
+    """A live early-exit run.
+
+    pred: int64 [N] prediction at exit; exit_step: int64 [N] in 1..T; conf: float32 [N] score
+    at exit; spikes: int64 [N, L] spikes per hidden layer over the steps each sample ran;
+    neurons, layers: as in :class:`Simulation`.
+    """
+
+    pred: torch.Tensor
+    exit_step: torch.Tensor
+    conf: torch.Tensor
+    spikes: torch.Tensor
+    neurons: list[int]
+    layers: list[str]
+
+
+def _check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return steps
+
+
+def _check_threshold(threshold: float) -> float:
+    if not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+class Engine:
+    """Simulator for one SpikingNetwork on one device.
+
+    backend: "native" (dcsim._core kernels, CPU or CUDA) or "reference" (plain PyTorch).
+    device:  where to run; default: where the network's tensors are.
+    """
+
+    def __init__(self, net: SpikingNetwork, backend: str = "native", device: torch.device | str | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
+        self.device = torch.device(device) if device is not None else net.device
+        self.net = net.to(self.device)
+        self.backend = backend
+        self.kernels = BACKENDS[backend]
+        nodes = self.net.nodes
+        static = self.net.static_nodes()
+        out = self.net.output
+        self._dynamic = [i for i in range(len(nodes)) if i not in static]
+        needed = {j for i in self._dynamic for j in nodes[i].inputs if j in static}
+        if out in static:
+            needed.add(out)
+        self._needed_static = sorted(needed)
+        self._static_order = sorted(static)
+        last_use: dict[int, int] = {}
+        for i in self._dynamic:
+            for j in nodes[i].inputs:
+                if j not in static:
+                    last_use[j] = i
+        self._free_after: dict[int, list[int]] = {}
+        for j, i in last_use.items():
+            if j != out and not isinstance(nodes[j], Neuron):
+                self._free_after.setdefault(i, []).append(j)
+        self.neurons = self.net.neurons
+        self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+
+    # ---------------------------------------------------------------- state
+
+    def shapes(self, sample_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Per-sample shapes of all node values for inputs of per-sample shape ``sample_shape``."""
+        if sample_shape not in self._shapes:
+            try:
+                shapes = self.net.shapes(sample_shape)
+            except RuntimeError as err:
+                raise ValueError(f"input of per-sample shape {sample_shape} does not fit the network: {err}") from err
+            if len(shapes[-1]) != 1:
+                raise ValueError(
+                    f"the output layer {self.net.nodes[-1].name!r} gives per-sample shape {shapes[-1]}; expected [K] logits")
+            self._shapes[sample_shape] = shapes
+        return self._shapes[sample_shape]
+
+    def neurons_per_layer(self, sample_shape: tuple[int, ...]) -> list[int]:
+        """Neurons per sample in each hidden (spiking) layer."""
+        shapes = self.shapes(sample_shape)
+        return [math.prod(shapes[i]) for i in self.neurons]
+
+    def check_input(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        """Validate a batch of inputs float32 [N, C, H, W] (or [N, features]) for this network."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype != torch.float32:
+            raise TypeError(f"{name} must have dtype torch.float32, got {x.dtype}")
+        if x.device != self.device:
+            raise ValueError(f"{name} is on {x.device} but the engine runs on {self.device}")
+        if x.dim() < 2:
+            raise ValueError(f"{name} must have a leading batch dimension, got shape {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        self.shapes(tuple(x.shape[1:]))
+        return x.contiguous()
+
+    def start(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> BatchState:
+        """Fresh state for the inputs x float32 [n, ...]: membranes u0, counts and sums zero."""
+        x = self.check_input(x)
+        n = x.shape[0]
+        shapes = self.shapes(tuple(x.shape[1:]))
+        nodes = self.net.nodes
+        dev = self.device
+        values: dict[int, torch.Tensor] = {}
+        with torch.no_grad():
+            for i in self._static_order:
+                node = nodes[i]
+                values[i] = x if isinstance(node, Input) else node.apply(*(values[j] for j in node.inputs))
+        static = {i: values[i].contiguous() for i in self._needed_static}
+        u, z, counts = {}, {}, {}
+        for i in self.neurons:
+            u[i] = torch.full((n, *shapes[i]), nodes[i].u0, dtype=torch.float32, device=dev)
+            if self.net.method == "qffs":
+                z[i] = torch.zeros((n, *shapes[i]), dtype=torch.int32, device=dev)
+            counts[i] = torch.zeros(n, dtype=torch.int64, device=dev)
+        k = shapes[-1][0]
+        return BatchState(
+            ids=torch.arange(n, device=dev) if ids is None else ids.to(dev, torch.int64),
+            static=static, u=u, z=z, counts=counts,
+            sums=torch.zeros((n, k), dtype=torch.float32, device=dev),
+            steps=torch.zeros(n, dtype=torch.int32, device=dev),
+            pred=torch.zeros(n, dtype=torch.int64, device=dev),
+            score=torch.zeros(n, dtype=torch.float32, device=dev),
+            exited=torch.zeros(n, dtype=torch.uint8, device=dev),
+        )
+
+    def compact(self, state: BatchState, keep: torch.Tensor) -> BatchState:
+        """The state of the rows ``keep`` (int64 [n_keep], increasing), gathered in one pass."""
+        return state.replace_tensors(self.kernels.gather_rows(state.tensors(), keep))
+
+    # ---------------------------------------------------------------- step
+
+    def step(self, state: BatchState, max_steps: int, readout: Readout, threshold: float = NEVER) -> None:
+        """Advance every active sample by one time step, in place.
+
+        Afterwards state.pred / score / exited hold the step's prediction, score and exit flag
+        (score > threshold, or the sample's steps reached max_steps).
+        """
+        if state.n == 0:
+            return
+        nodes = self.net.nodes
+        method = self.net.method
+        vals: dict[int, torch.Tensor] = {}
+        with torch.no_grad():
+            for i in self._dynamic:
+                node = nodes[i]
+                ins = [vals[j] if j in vals else state.static[j] for j in node.inputs]
+                if isinstance(node, Neuron):
+                    out = torch.empty_like(state.u[i])
+                    self.kernels.neuron_step(
+                        method, ins[0].contiguous(), state.u[i], state.z.get(i), out, state.counts[i],
+                        node.threshold, node.zmax, x2=ins[1].contiguous() if len(ins) > 1 else None,
+                    )
+                    vals[i] = out
+                else:
+                    vals[i] = node.apply(*ins)
+                for j in self._free_after.get(i, ()):
+                    del vals[j]
+            out = self.net.output
+            current = (vals[out] if out in vals else state.static[out]).contiguous()
+            self.kernels.output_step(
+                current, state.sums, state.steps, max_steps, readout.code, readout.scale, threshold,
+                state.pred, state.score, state.exited,
+            )
+
+    # ---------------------------------------------------------------- runs
+
+    def _layers(self, x: torch.Tensor) -> tuple[list[int], list[str]]:
+        return self.neurons_per_layer(tuple(x.shape[1:])), [self.net.nodes[i].name for i in self.neurons]
+
+    def simulate(self, x: torch.Tensor, steps: int, readout: Readout | None = None, record_sums: bool = False,
+                 batch_size: int | None = None) -> Simulation:
+        """Run all samples for ``steps`` steps; record prediction and score per step.
+
+        x: float32 [N, ...]; readout: the stopping score recorded in ``conf`` (default max
+        softmax with alpha = tau = 1); batch_size: samples simulated together (default all).
+        """
+        steps = _check_steps(steps)
+        readout = readout or Readout()
+        x = self.check_input(x)
+        n_all = x.shape[0]
+        bs = _batch_size(batch_size, n_all)
+        preds, confs, sums_all, spikes = [], [], [], []
+        for lo in range(0, n_all, bs):
+            state = self.start(x[lo:lo + bs])
+            p = torch.empty((state.n, steps), dtype=torch.int64, device=self.device)
+            c = torch.empty((state.n, steps), dtype=torch.float32, device=self.device)
+            s = torch.empty((state.n, steps, state.sums.shape[1]), dtype=torch.float32, device=self.device) if record_sums else None
+            for t in range(steps):
+                self.step(state, steps, readout)
+                p[:, t] = state.pred
+                c[:, t] = state.score
+                if s is not None:
+                    s[:, t] = state.sums
+            preds.append(p)
+            confs.append(c)
+            sums_all.append(s)
+            spikes.append(torch.stack([state.counts[i] for i in self.neurons], dim=1))
+        neurons, layers = self._layers(x)
+        return Simulation(
+            sums=torch.cat(sums_all).cpu() if record_sums else None,
+            pred=torch.cat(preds).cpu(), conf=torch.cat(confs).cpu(), spikes=torch.cat(spikes).cpu(),
+            neurons=neurons, layers=layers,
+        )
+
+    def early_exit(self, x: torch.Tensor, steps: int, readout: Readout, threshold: float,
+                   batch_size: int | None = None) -> ExitResult:
+        """Live Dynamic Confidence: each sample stops at the first step whose score is > threshold, or at T.
+
+        Finished samples are compacted out of the batch, so later steps compute only on survivors.
+        """
+        steps = _check_steps(steps)
+        threshold = _check_threshold(threshold)
+        x = self.check_input(x)
+        n_all = x.shape[0]
+        bs = _batch_size(batch_size, n_all)
+        pred = torch.empty(n_all, dtype=torch.int64, device=self.device)
+        exit_step = torch.empty(n_all, dtype=torch.int64, device=self.device)
+        conf = torch.empty(n_all, dtype=torch.float32, device=self.device)
+        spikes = torch.empty((n_all, len(self.neurons)), dtype=torch.int64, device=self.device)
+        for lo in range(0, n_all, bs):
+            state = self.start(x[lo:lo + bs], ids=torch.arange(lo, min(lo + bs, n_all), device=self.device))
+            while state.n:
+                self.step(state, steps, readout, threshold)
+                done = state.exited.bool()
+                if not bool(done.any()):
+                    continue
+                ids = state.ids[done]
+                pred[ids] = state.pred[done]
+                exit_step[ids] = state.steps[done].to(torch.int64)
+                conf[ids] = state.score[done]
+                spikes[ids] = torch.stack([state.counts[i][done] for i in self.neurons], dim=1)
+                state = self.compact(state, torch.nonzero(~done).squeeze(1))
+        neurons, layers = self._layers(x)
+        return ExitResult(pred.cpu(), exit_step.cpu(), conf.cpu(), spikes.cpu(), neurons, layers)
+
+
+def _batch_size(batch_size: int | None, n: int) -> int:
+    if batch_size is None:
+        return max(n, 1)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return batch_size

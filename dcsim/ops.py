@@ -1,0 +1,169 @@
+"""Native fused kernels from ``dcsim._core``, behind Python wrappers that check arguments.
+
+The extension never sees torch: these wrappers check dtype, device, shape and contiguity,
+then pass data pointers, sizes and (on CUDA) torch's current stream. A missing native build
+fails here, at call time, with a clear message; importing dcsim never needs it or a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+import torch
+
+METHODS: dict[str, int] = {"qcfs": 0, "qffs": 1}
+"""Neuron models and their codes in the native kernels (csrc/dcsim_math.h)."""
+
+PARALLEL_MIN_ELEMENTS = 1 << 15
+"""Below this many elements per call the CPU kernels run on one thread (threads cost more)."""
+
+
+@functools.cache
+def _core() -> ModuleType:
+    try:
+        from . import _core as core
+    except ImportError as err:
+        raise ImportError(
+            "dcsim._core (the native kernels) is not built; install dcsim with "
+            "`pip install .` from a source checkout, or use backend='reference'"
+        ) from err
+    return core
+
+
+def backends() -> list[str]:
+    """Backends the native extension was built with: ``[]``, ``["cpu"]`` or ``["cpu", "cuda"]``."""
+    try:
+        core = _core()
+    except ImportError:
+        return []
+    return ["cpu", "cuda"] if core.has_cuda else ["cpu"]
+
+
+def _check(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device, shape: tuple | None = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the other tensors are on {device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def _launch(device: torch.device, numel: int) -> tuple[bool, int, int]:
+    """(is_cuda, stream handle, CPU threads) for a kernel call on ``device``."""
+    if device.type == "cuda":
+        return True, torch.cuda.current_stream(device).cuda_stream, 1
+    if device.type != "cpu":
+        raise ValueError(f"dcsim kernels run on cpu or cuda tensors, got device {device}")
+    threads = torch.get_num_threads() if numel >= PARALLEL_MIN_ELEMENTS else 1
+    return False, 0, threads
+
+
+def neuron_step(
+    method: str,
+    x: torch.Tensor,
+    u: torch.Tensor,
+    z: torch.Tensor | None,
+    out: torch.Tensor,
+    counts: torch.Tensor,
+    th: float,
+    zmax: int,
+    x2: torch.Tensor | None = None,
+) -> None:
+    """Fused integrate-and-fire step of one layer (kernel 1), in place. See dcsim.reference.neuron_step.
+
+    x, x2 (optional), u, out: float32 [n, ...] (same shape); z: int32 [n, ...] for QFFS, None
+    for QCFS; counts: int64 [n]; th: threshold (> 0); zmax: spike-count cap (QFFS).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    device = u.device
+    shape = tuple(u.shape)
+    if len(shape) < 1:
+        raise ValueError("u must have a leading sample dimension")
+    _check("u", u, torch.float32, device)
+    _check("x", x, torch.float32, device, shape)
+    _check("out", out, torch.float32, device, shape)
+    if x2 is not None:
+        _check("x2", x2, torch.float32, device, shape)
+    if method == "qffs":
+        if z is None:
+            raise ValueError("z (the spike count) is required for method 'qffs'")
+        _check("z", z, torch.int32, device, shape)
+    n = shape[0]
+    _check("counts", counts, torch.int64, device, (n,))
+    if not th > 0:
+        raise ValueError(f"th must be > 0, got {th}")
+    m = u.numel() // n if n else 0
+    cuda, stream, threads = _launch(device, u.numel())
+    _core().neuron_step(
+        METHODS[method], n, m, x.data_ptr(), 0 if x2 is None else x2.data_ptr(), u.data_ptr(),
+        0 if method == "qcfs" else z.data_ptr(), out.data_ptr(), counts.data_ptr(), float(th), int(zmax),
+        cuda, stream, threads,
+    )
+
+
+def output_step(
+    x: torch.Tensor,
+    sums: torch.Tensor,
+    steps: torch.Tensor,
+    max_steps: int,
+    readout: int,
+    scale: float,
+    threshold: float,
+    pred: torch.Tensor,
+    score: torch.Tensor,
+    exited: torch.Tensor,
+) -> None:
+    """Fused output step (kernel 2), in place. See dcsim.reference.output_step.
+
+    x, sums: float32 [n, K]; steps: int32 [n]; pred: int64 [n]; score: float32 [n]; exited: uint8 [n].
+    """
+    device = sums.device
+    if sums.dim() != 2 or sums.shape[1] < 1:
+        raise ValueError(f"sums must have shape [n, K] with K >= 1, got {tuple(sums.shape)}")
+    n, k = sums.shape
+    _check("sums", sums, torch.float32, device)
+    _check("x", x, torch.float32, device, (n, k))
+    _check("steps", steps, torch.int32, device, (n,))
+    _check("pred", pred, torch.int64, device, (n,))
+    _check("score", score, torch.float32, device, (n,))
+    _check("exited", exited, torch.uint8, device, (n,))
+    cuda, stream, threads = _launch(device, n * k * 8)
+    _core().output_step(
+        n, k, x.data_ptr(), sums.data_ptr(), steps.data_ptr(), int(max_steps), int(readout), float(scale),
+        float(threshold), pred.data_ptr(), score.data_ptr(), exited.data_ptr(), cuda, stream, threads,
+    )
+
+
+def gather_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
+    """Compaction (kernel 3): new tensors whose row r is row index[r] of each input, in one pass.
+
+    tensors: contiguous tensors [n_in, ...] on one device (any dtype); index: int64 [n_out]
+    with values in [0, n_in) (checked).
+    """
+    if not tensors:
+        return []
+    device = tensors[0].device
+    _check("index", index, torch.int64, device)
+    if index.dim() != 1:
+        raise ValueError(f"index must be 1-D, got shape {tuple(index.shape)}")
+    n_in = tensors[0].shape[0]
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n_in):
+        raise IndexError(f"index values must be in [0, {n_in})")
+    outs, entries = [], []
+    for i, t in enumerate(tensors):
+        _check(f"tensors[{i}]", t, t.dtype, device)
+        if t.dim() < 1 or t.shape[0] != n_in:
+            raise ValueError(f"tensors[{i}] must have {n_in} rows, got shape {tuple(t.shape)}")
+        o = torch.empty((index.numel(), *t.shape[1:]), dtype=t.dtype, device=device)
+        row_bytes = t.element_size() * (t.numel() // n_in if n_in else 0)
+        entries.append((t.data_ptr(), o.data_ptr(), row_bytes))
+        outs.append(o)
+    cuda, stream, threads = _launch(device, sum(e[2] for e in entries) * index.numel() // 4)
+    _core().gather_rows(entries, index.data_ptr(), index.numel(), cuda, stream, threads)
+    return outs

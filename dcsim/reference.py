@@ -1,0 +1,99 @@
+"""Plain-PyTorch reference implementations of the fused kernels.
+
+Each function has the signature of its native twin in :mod:`dcsim.ops`, updates the same
+tensors in place and follows csrc/dcsim_math.h operation for operation, so spikes, counts,
+predictions and exit flags match exactly and floats match to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .ops import METHODS
+
+
+def neuron_step(
+    method: str,
+    x: torch.Tensor,
+    u: torch.Tensor,
+    z: torch.Tensor | None,
+    out: torch.Tensor,
+    counts: torch.Tensor,
+    th: float,
+    zmax: int,
+    x2: torch.Tensor | None = None,
+) -> None:
+    """One integrate-and-fire step of a layer, in place.
+
+    x, x2: float32 [n, ...] input currents (x2 optional, summed into x; the residual branch).
+    u:     float32 [n, ...] membrane potential.
+    z:     int32 [n, ...] net spike count (QFFS) or None (QCFS).
+    out:   float32 [n, ...] receives spike * th.
+    counts: int64 [n] spikes per sample (+1 and -1 both count), accumulated.
+    """
+    current = x if x2 is None else x + x2
+    u.copy_(u + current)
+    if METHODS[method] == METHODS["qffs"]:
+        pos = (u >= th) & (z < zmax)
+        neg = (u < 0) & (z > 0) & ~pos
+        spike = pos.to(torch.int32) - neg.to(torch.int32)
+        z.add_(spike)
+    else:
+        spike = (u >= th).to(torch.int32)
+    current_out = spike.to(torch.float32) * th
+    u.copy_(u - current_out)
+    out.copy_(current_out)
+    counts.add_((spike != 0).reshape(spike.shape[0], -1).sum(dim=1))
+
+
+def readout_score(sums: torch.Tensor, kind: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score float32 [n] and argmax int64 [n] of running sums float32 [n, K] (see dcsim.readout)."""
+    n, k = sums.shape
+    pred = sums.argmax(dim=1)
+    if k == 1:
+        return torch.ones(n, dtype=torch.float32, device=sums.device), pred
+    smax = sums.max(dim=1, keepdim=True).values
+    d = (sums - smax) * scale
+    e = torch.exp(d)
+    zsum = e.sum(dim=1)
+    pmax = 1.0 / zsum
+    if kind == 0:
+        return pmax, pred
+    if kind == 2:
+        masked = sums.scatter(1, pred[:, None], -math.inf)
+        second = masked.max(dim=1).values
+        return pmax - torch.exp((second - smax[:, 0]) * scale) / zsum, pred
+    h = torch.log(zsum) - (e * d).sum(dim=1) / zsum
+    return (1.0 - h / math.log(k)).clamp(0.0, 1.0), pred
+
+
+def output_step(
+    x: torch.Tensor,
+    sums: torch.Tensor,
+    steps: torch.Tensor,
+    max_steps: int,
+    readout: int,
+    scale: float,
+    threshold: float,
+    pred: torch.Tensor,
+    score: torch.Tensor,
+    exited: torch.Tensor,
+) -> None:
+    """Accumulate S_t += x, score it and decide the exit, in place.
+
+    x, sums: float32 [n, K]; steps: int32 [n] (incremented); pred: int64 [n];
+    score: float32 [n]; exited: uint8 [n] = score > threshold or steps >= max_steps.
+    """
+    sums.copy_(sums + x)
+    steps.add_(1)
+    s, p = readout_score(sums, readout, scale)
+    score.copy_(s)
+    pred.copy_(p)
+    exited.copy_(((s > threshold) | (steps >= max_steps)).to(torch.uint8))
+
+
+def gather_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
+    """New tensors whose row r is row index[r] of each input (index int64 [n_out])."""
+    return [t.index_select(0, index) for t in tensors]
