@@ -36,6 +36,7 @@ class LSQActivation(nn.Module):
     On the first forward pass in training mode the step is initialised from the data:
     s = 2 * mean(|x|) / sqrt(Qp) (LSQ initialisation).
     Input and output: float tensors [batch, ...]; the output takes values s * {0..Qp}.
+    With ``quantize = False`` (float pre-training, see :func:`set_quantization`) it is a ReLU.
     """
 
     def __init__(self, bits: int = 2, grad_scale: str = "features") -> None:
@@ -50,6 +51,7 @@ class LSQActivation(nn.Module):
         self.grad_scale = grad_scale
         self.step = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("initialized", torch.tensor(False))
+        self.quantize = True
 
     @property
     def qp(self) -> int:
@@ -60,6 +62,8 @@ class LSQActivation(nn.Module):
         return f"bits={self.bits}, grad_scale={self.grad_scale!r}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quantize:
+            return torch.relu(x)
         if self.training and not bool(self.initialized):
             with torch.no_grad():
                 self.step.copy_((2 * x.detach().abs().mean() / math.sqrt(self.qp)).clamp_min(1e-8))
@@ -72,3 +76,14 @@ class LSQActivation(nn.Module):
             g = 1.0
         s = _scale_grad(self.step, g)
         return _round_half_up_ste(torch.clamp(x / s, 0, self.qp)) * s
+
+
+def set_quantization(model: nn.Module, enabled: bool) -> int:
+    """Switch every LSQActivation in ``model`` between quantized (True) and float ReLU (False).
+
+    Returns the number of LSQ layers switched.
+    """
+    layers = [m for m in model.modules() if isinstance(m, LSQActivation)]
+    for m in layers:
+        m.quantize = enabled
+    return len(layers)
