@@ -14,6 +14,7 @@ run in dcsim's native kernels (``backend="native"``) or in the plain-PyTorch ref
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, fields
 from types import ModuleType
 
@@ -40,6 +41,7 @@ class BatchState:
     sums:   float32 [n, K]  running output sums S_t
     steps:  int32 [n]       steps run so far
     pred:   int64 [n], score: float32 [n], exited: uint8 [n]  results of the last step
+    admitted: float64 [n]   wall-clock admission time (time.perf_counter seconds)
     """
 
     ids: torch.Tensor
@@ -52,6 +54,7 @@ class BatchState:
     pred: torch.Tensor
     score: torch.Tensor
     exited: torch.Tensor
+    admitted: torch.Tensor
 
     @property
     def n(self) -> int:
@@ -221,11 +224,17 @@ class Engine:
             pred=torch.zeros(n, dtype=torch.int64, device=dev),
             score=torch.zeros(n, dtype=torch.float32, device=dev),
             exited=torch.zeros(n, dtype=torch.uint8, device=dev),
+            admitted=torch.full((n,), time.perf_counter(), dtype=torch.float64, device=dev),
         )
 
     def compact(self, state: BatchState, keep: torch.Tensor) -> BatchState:
         """The state of the rows ``keep`` (int64 [n_keep], increasing), gathered in one pass."""
         return state.replace_tensors(self.kernels.gather_rows(state.tensors(), keep))
+
+    def refill(self, state: BatchState, rows: torch.Tensor, fresh: BatchState) -> None:
+        """Overwrite the rows ``rows`` (int64 [k]) of ``state`` with the k rows of ``fresh`` (from :meth:`start`), in place."""
+        for dst, src in zip(state.tensors(), fresh.tensors()):
+            dst.index_copy_(0, rows, src)
 
     # ---------------------------------------------------------------- step
 

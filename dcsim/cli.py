@@ -1,0 +1,386 @@
+"""The ``dcsim`` command line: train, trace, analyze, eval, report, demo.
+
+Every command takes ``--json PATH`` ('-' for stdout) for machine-readable output. Exit codes:
+0 success, 1 a run-time error (bad file, bad data, bad model), 2 bad command-line usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+# ------------------------------------------------------------------ data and models
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=["digits", "cifar10", "imagefolder"], default="digits",
+                   help="digits: scikit-learn's bundled 8x8 digits (no files needed); cifar10: the python batches, "
+                        "class folders or the .tar.gz at --data-root; imagefolder: ImageNet-style train/ and val/ class folders")
+    p.add_argument("--data-root", type=Path, help="dataset location (cifar10, imagefolder)")
+    p.add_argument("--val-size", type=int, default=None, help="validation images drawn from train (cifar10: 5000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split and of training")
+
+
+def load_splits(args: argparse.Namespace) -> dict:
+    """{"train","val","test"} datasets for the command-line data arguments."""
+    from . import data
+
+    if args.dataset == "digits":
+        return data.load_digits_splits(seed=args.seed)
+    if args.data_root is None:
+        raise ValueError(f"--data-root is required for --dataset {args.dataset}")
+    if args.dataset == "cifar10":
+        return data.load_cifar10(args.data_root, val_size=args.val_size or 5000, seed=args.seed)
+    return data.load_imagenet_style(args.data_root, val_size=args.val_size or 10000, seed=args.seed)
+
+
+def _tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    return ds.normalized(), ds.labels
+
+
+def _device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_dataset_matches(meta: dict, splits: dict, ckpt: Path) -> None:
+    classes = list(splits["test"].classes)
+    if list(meta.get("classes", [])) != classes:
+        raise ValueError(f"{ckpt}: checkpoint classes {meta.get('classes')} differ from the data's {classes}")
+
+
+# ------------------------------------------------------------------ commands
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    from .checkpoint import save_checkpoint
+    from .data import augment_cifar
+    from .models import build_model
+    from .training import TrainConfig, accuracy, train
+
+    splits = load_splits(args)
+    tr, va, te = splits["train"], splits["val"], splits["test"]
+    in_channels = tr.images.shape[1]
+    arch_kwargs = {"num_classes": len(tr.classes), "in_channels": in_channels, "bits": args.bits}
+    if args.arch == "small_cnn":
+        arch_kwargs["width"] = args.width
+    model = build_model(args.arch, **arch_kwargs)
+    config = TrainConfig(epochs=args.epochs, float_epochs=args.float_epochs, lr=args.lr, lr_decay=args.lr_decay,
+                         batch_size=args.train_batch_size, seed=args.seed, momentum=args.momentum, weight_decay=args.weight_decay)
+    augment = augment_cifar if args.augment else None
+    workdir = args.workdir or args.out.with_suffix(".work")
+    t0 = time.perf_counter()
+    history = train(model, *_tensors(tr), *_tensors(va), config, augment=augment, workdir=workdir,
+                    device=_device(args.device), progress=not args.quiet)
+    model.cpu()
+    acc = {"val": accuracy(model, *_tensors(va)), "test": accuracy(model, *_tensors(te))}
+    meta = {"architecture": args.arch, "arch_kwargs": arch_kwargs, "classes": list(tr.classes),
+            "normalization": {"mean": list(tr.mean), "std": list(tr.std)}, "dataset": args.dataset,
+            "data_root": str(args.data_root) if args.data_root else None, "seed": args.seed,
+            "accuracy": acc, "train_config": history["config"]}
+    save_checkpoint(args.out, model, meta)
+    return {"checkpoint": str(args.out), "accuracy": acc, "train_seconds": time.perf_counter() - t0,
+            "history": history["epochs"]}
+
+
+def _load_model(path: Path):
+    from .checkpoint import load_checkpoint
+    from .models import build_model
+
+    return load_checkpoint(path, build_model)
+
+
+def _readout(args: argparse.Namespace, method: str, bits: int | None, steps: int, tau: float):
+    from .readout import OFFICIAL_DEMO_ALPHA, Readout
+
+    if args.alpha == "paper":
+        if bits is None:
+            raise ValueError("the model mixes activation bit widths: give --alpha as a number")
+        return Readout.paper(method, bits, steps, tau=tau, kind=args.readout)
+    alpha = OFFICIAL_DEMO_ALPHA if args.alpha == "official" else float(args.alpha)
+    return Readout(args.readout, alpha, 1.0 if args.alpha == "official" else tau)
+
+
+def _tau(args: argparse.Namespace, model, splits: dict) -> tuple[float, dict | None]:
+    from .pipeline import calibrate
+
+    if args.tau == "auto":
+        report = calibrate(model, *_tensors(splits["val"]))
+        return report["tau"], report
+    tau = float(args.tau)
+    if not tau > 0:
+        raise ValueError(f"--tau must be > 0 or 'auto', got {args.tau}")
+    return tau, None
+
+
+def cmd_trace(args: argparse.Namespace) -> dict:
+    from .analysis import save_trace
+    from .convert import convert
+    from .engine import Engine
+    from .pipeline import record_trace
+
+    model, meta = _load_model(args.checkpoint)
+    splits = load_splits(args)
+    _check_dataset_matches(meta, splits, args.checkpoint)
+    tau, calib = _tau(args, model, splits)
+    net = convert(model, method=args.method)
+    engine = Engine(net, device=_device(args.device))
+    readout = _readout(args, args.method, net.bits, args.steps, tau)
+    x, y = _tensors(splits[args.split])
+    trace = record_trace(engine, x, y, args.steps, readout,
+                         {"model": str(args.checkpoint), "split": args.split, "dataset": args.dataset},
+                         batch_size=args.batch_size, record_sums=args.sums)
+    save_trace(args.out, trace)
+    return {"trace": str(args.out), "samples": len(y), "steps": args.steps, "readout": readout.to_dict(), "calibration": calib}
+
+
+def _write_plots(report: dict, folder: Path, stem: str = "") -> list[str]:
+    from . import plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return [str(p) for p in (
+        plots.plot_front(report, folder / f"{stem}front.png"),
+        plots.plot_exit_histogram(report, folder / f"{stem}exit_histogram.png"),
+        plots.plot_accuracy_confidence(report, folder / f"{stem}accuracy_confidence.png"),
+    )]
+
+
+def cmd_analyze(args: argparse.Namespace) -> dict:
+    from .analysis import analyze, load_trace
+
+    trace = load_trace(args.trace)
+    report = analyze(trace, resolution=args.resolution, tolerance=args.tolerance)
+    plot_dir = args.plots or (args.json.parent if args.json and str(args.json) != "-" else Path("."))
+    report["plots"] = _write_plots(report, plot_dir, stem=args.trace.stem + "_")
+    if args.json is None:
+        s = report["selected"]
+        print(f"baseline: accuracy {report['baseline']['accuracy']:.4f} at {report['baseline']['mean_steps']:.2f} steps")
+        print(f"selected th_c {s['threshold']:.4g}: accuracy {s['accuracy']:.4f}, mean steps {s['mean_steps']:.2f}, "
+              f"saving {100 * s['saving']:.1f}%")
+    return report
+
+
+def cmd_eval(args: argparse.Namespace) -> dict:
+    from .analysis import analyze, load_trace
+    from .convert import convert
+    from .engine import Engine
+    from .pipeline import evaluate_live
+
+    model, meta = _load_model(args.checkpoint)
+    splits = load_splits(args)
+    _check_dataset_matches(meta, splits, args.checkpoint)
+    if (args.threshold is None) == (args.trace is None):
+        raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
+    steps, threshold = args.steps, args.threshold
+    if args.trace is not None:
+        trace = load_trace(args.trace)
+        tmeta = trace.meta
+        if tmeta.get("method") != args.method:
+            raise ValueError(f"{args.trace}: trace method {tmeta.get('method')!r} differs from --method {args.method!r}")
+        selected = analyze(trace, tolerance=args.tolerance)["selected"]
+        threshold, steps = selected["threshold"], int(tmeta["steps"])
+        from .readout import Readout
+
+        readout = Readout(tmeta["readout"], float(tmeta["alpha"]), float(tmeta["tau"]))
+    else:
+        if steps is None:
+            raise ValueError("--steps is required with --threshold")
+        tau, _ = _tau(args, model, splits)
+        net_bits = {m.bits for m in model.modules() if hasattr(m, "qp")}
+        readout = _readout(args, args.method, net_bits.pop() if len(net_bits) == 1 else None, steps, tau)
+    engine = Engine(convert(model, method=args.method), device=_device(args.device))
+    x, y = _tensors(splits[args.split])
+    res = evaluate_live(engine, x, y, steps, readout, threshold, batch_size=args.batch_size)
+    out = res.to_dict() | {"steps": steps, "readout": readout.to_dict(), "split": args.split, "samples": len(y),
+                           "batch_size": args.batch_size, "device": str(engine.device)}
+    if args.json is None:
+        print(f"{args.method} T={steps} th_c={threshold:.4g}: accuracy {res.accuracy:.4f}, mean steps {res.mean_steps:.2f}, "
+              f"saving {100 * res.saving:.1f}%, spikes/neuron {res.spikes['pooled']:.3f}, {res.ms_per_inference:.3f} ms/inference")
+    return out
+
+
+def run_report(model, meta: dict, splits: dict, out: Path, args: argparse.Namespace) -> dict:
+    """Calibrate, then QCFS and QFFS with and without DC; writes report.md, report.json, traces and plots."""
+    from .analysis import save_trace
+    from .pipeline import calibrate, dynamic_confidence
+    from .report import markdown_table, table_rows, write_json, write_text_atomic
+    from .training import accuracy
+
+    out.mkdir(parents=True, exist_ok=True)
+    val, test = _tensors(splits["val"]), _tensors(splits["test"])
+    calib = calibrate(model, *val)
+    tau = calib["tau"] if args.tau == "auto" else float(args.tau)
+    ann_test = accuracy(model, *test)
+    results, plots = [], []
+    for method in ("qcfs", "qffs"):
+        max_steps = args.qcfs_max_steps if method == "qcfs" else args.qffs_max_steps
+        fixed = args.qcfs_steps if method == "qcfs" else args.qffs_steps
+        print(f"[dcsim] {method.upper()}: choosing T, tracing the validation split, selecting th_c, evaluating live",
+              file=sys.stderr)
+        r = dynamic_confidence(model, method, {"val": val, "test": test}, max_steps=max_steps, tau=tau, steps=fixed,
+                               tolerance=args.tolerance, device=_device(args.device), batch_size=args.batch_size,
+                               meta={"model": meta.get("architecture"), "dataset": meta.get("dataset")})
+        save_trace(out / f"{method}_val_trace.npz", r["trace"])
+        plots += _write_plots(r["analysis"], out, stem=f"{method}_")
+        results.append({"method": method, "steps": r["steps"], "readout": r["readout"],
+                        "val_accuracy_vs_t": r["val_accuracy_vs_t"], "analysis": r["analysis"],
+                        "no_dc": r["no_dc"].to_dict(), "dc": r["dc"].to_dict()})
+    rows = table_rows(ann_test, results)
+    table = markdown_table(rows)
+    summary = {"model": meta.get("architecture"), "dataset": meta.get("dataset"), "calibration": calib,
+               "ann_test_accuracy": ann_test, "rows": rows, "results": results, "plots": plots,
+               "device": str(_device(args.device)), "test_samples": len(test[1])}
+    md = (f"# dcsim report: {meta.get('architecture')} on {meta.get('dataset')}\n\n"
+          f"Quantized ANN test accuracy {100 * ann_test:.2f}%; temperature tau = {tau:.4f} "
+          f"(validation ECE {calib['ece_before']:.4f} -> {calib['ece_after']:.4f}).\n"
+          f"T: QCFS {results[0]['steps']}, QFFS {results[1]['steps']} steps. "
+          f"th_c selected on the validation split, numbers on the test split ({len(test[1])} images).\n\n" + table + "\n"
+          + "".join(f"![{Path(p).stem}]({Path(p).name})\n" for p in plots))
+    write_text_atomic(out / "report.md", md)
+    write_json(out / "report.json", summary)
+    print(table, file=sys.stderr)
+    return summary
+
+
+def cmd_report(args: argparse.Namespace) -> dict:
+    model, meta = _load_model(args.checkpoint)
+    splits = load_splits(args)
+    _check_dataset_matches(meta, splits, args.checkpoint)
+    return run_report(model, meta, splits, args.out, args)
+
+
+def cmd_demo(args: argparse.Namespace) -> dict:
+    """Train a small LSQ CNN on digits, then the full report, into args.out."""
+    t0 = time.perf_counter()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    args.dataset, args.data_root, args.val_size = "digits", None, None
+    args.arch, args.width, args.bits, args.augment = "small_cnn", 16, 2, False
+    args.momentum, args.weight_decay, args.lr_decay, args.workdir = 0.9, 2.5e-5, 0.95, None
+    args.out = out / "model.safetensors"
+    print("[dcsim] demo: training a 2-bit LSQ small CNN on scikit-learn's digits", file=sys.stderr)
+    trained = cmd_train(args)
+    model, meta = _load_model(args.out)
+    summary = run_report(model, meta, load_splits(args), out, args)
+    summary["train"] = {k: trained[k] for k in ("accuracy", "train_seconds")}
+    summary["seconds"] = time.perf_counter() - t0
+    print(f"[dcsim] demo done in {summary['seconds']:.1f} s: {out / 'report.md'}", file=sys.stderr)
+    return summary
+
+
+# ------------------------------------------------------------------ parser
+
+def _add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tau", default="auto", help="temperature: 'auto' (fit on val) or a number > 0")
+    p.add_argument("--tolerance", type=float, default=0.0, help="accepted accuracy drop below the baseline when selecting th_c")
+    p.add_argument("--qcfs-steps", type=int, help="T for QCFS (default: the smallest T reaching the ANN's val accuracy)")
+    p.add_argument("--qffs-steps", type=int, help="T for QFFS (default: as for QCFS)")
+    p.add_argument("--qcfs-max-steps", type=int, default=64, help="largest T considered for QCFS")
+    p.add_argument("--qffs-max-steps", type=int, default=12, help="largest T considered for QFFS")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dcsim", description="Spiking networks from LSQ CNNs with Dynamic Confidence.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--json", type=Path, help="write the result as JSON to this file ('-': stdout)")
+        p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+        p.add_argument("--batch-size", type=int, default=256, help="samples simulated together")
+        return p
+
+    p = command("train", "float pre-training and LSQ fine-tuning; writes a safetensors checkpoint")
+    _add_data_args(p)
+    p.add_argument("--arch", default="small_cnn", choices=["small_cnn", "vgg16", "resnet18", "resnet50"])
+    p.add_argument("--width", type=int, default=32, help="small_cnn base width")
+    p.add_argument("--bits", type=int, default=2, help="activation bits b (levels 0..2^b-1)")
+    p.add_argument("--epochs", type=int, default=60, help="LSQ fine-tuning epochs")
+    p.add_argument("--float-epochs", type=int, default=0, help="float (ReLU) pre-training epochs before LSQ")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr-decay", type=float, default=0.95, help="exponential decay of the learning rate per epoch")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=2.5e-5)
+    p.add_argument("--train-batch-size", dest="train_batch_size", type=int, default=32)
+    p.add_argument("--augment", action="store_true", help="random crop (pad 4) and horizontal flip (CIFAR)")
+    p.add_argument("--workdir", type=Path, help="per-epoch state for resuming (default: OUT.work/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint path (.safetensors)")
+    p.set_defaults(func=cmd_train)
+
+    def readout_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--method", choices=["qcfs", "qffs"], required=True)
+        p.add_argument("--readout", choices=["max_softmax", "entropy", "margin"], default="max_softmax")
+        p.add_argument("--alpha", default="paper", help="'paper' (2^b-1 QFFS, T QCFS), 'official' (30, tau 1) or a number")
+        p.add_argument("--tau", default="auto", help="temperature: 'auto' (fit on val) or a number > 0")
+        p.add_argument("--split", choices=["train", "val", "test"], default="val")
+
+    p = command("trace", "record a full-length run (prediction and score per sample and step) to .npz")
+    p.add_argument("checkpoint", type=Path)
+    _add_data_args(p)
+    readout_args(p)
+    p.add_argument("--steps", type=int, required=True, help="T")
+    p.add_argument("--sums", action="store_true", help="also store the running sums S_t [N, T, K]")
+    p.add_argument("--out", type=Path, required=True, help="trace file (.npz)")
+    p.set_defaults(func=cmd_trace)
+
+    p = command("analyze", "Pareto front, selected threshold, oracle and plots from a trace")
+    p.add_argument("trace", type=Path)
+    p.add_argument("--resolution", type=float, default=0.1, help="grid of the front (the paper: 0.1)")
+    p.add_argument("--tolerance", type=float, default=0.0, help="accepted accuracy drop when selecting th_c")
+    p.add_argument("--plots", type=Path, help="folder for the PNG plots (default: beside --json)")
+    p.set_defaults(func=cmd_analyze)
+
+    p = command("eval", "live early exit on a split: accuracy, mean steps, saving, spikes, wall time")
+    p.add_argument("checkpoint", type=Path)
+    _add_data_args(p)
+    readout_args(p)
+    p.set_defaults(split="test")
+    p.add_argument("--steps", type=int, help="T (taken from the trace with --trace)")
+    p.add_argument("--threshold", type=float, help="th_c in [0, 1]; 1 disables early exit")
+    p.add_argument("--trace", type=Path, help="validation trace to select th_c from")
+    p.add_argument("--tolerance", type=float, default=0.0)
+    p.set_defaults(func=cmd_eval)
+
+    p = command("report", "QCFS and QFFS with and without Dynamic Confidence: Table-1 report and plots")
+    p.add_argument("checkpoint", type=Path)
+    _add_data_args(p)
+    _add_report_args(p)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=cmd_report)
+
+    p = command("demo", "the end-to-end demo on scikit-learn's digits (trains, converts, reports)")
+    _add_report_args(p)
+    p.add_argument("--out", type=Path, default=Path("dcsim-demo"), help="output folder")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--float-epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--train-batch-size", dest="train_batch_size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, IndexError) as err:
+        print(f"dcsim {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json is not None:
+        from .report import write_json
+
+        write_json(args.json, result)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The Dynamic Confidence workflow on a trained model: calibrate, trace, select, evaluate, report.
+
+    quantized ANN --calibrate tau--> readout (alpha, tau)
+    SNN on the validation split --trace--> front --select--> th_c
+    SNN on the test split, live early exit at th_c --> accuracy, mean steps, spikes, wall time
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import analysis
+from .calibration import calibration_report
+from .convert import convert
+from .engine import Engine, ExitResult
+from .readout import Readout
+from .training import accuracy, predict_logits
+
+NO_EXIT = 1.0
+"""Threshold at which no sample exits early (scores are <= 1 and the rule is strict)."""
+
+
+def spikes_per_neuron(spikes: torch.Tensor, neurons: list[int]) -> dict:
+    """Spikes per neuron per inference over the hidden layers.
+
+    spikes: int64 [N, L] spikes per sample per layer (only the steps each sample ran);
+    neurons: [L] neurons per sample per layer. Returns {"pooled": float, "per_layer": [L floats]}.
+    """
+    n = max(spikes.shape[0], 1)
+    per_layer = [float(spikes[:, i].sum()) / (n * m) for i, m in enumerate(neurons)]
+    return {"pooled": float(spikes.sum()) / (n * sum(neurons)), "per_layer": per_layer}
+
+
+def record_trace(engine: Engine, images: torch.Tensor, labels: torch.Tensor, steps: int, readout: Readout,
+                 meta: dict, batch_size: int = 256, record_sums: bool = False) -> analysis.Trace:
+    """Run all samples for ``steps`` steps and keep (prediction, score) per sample and step."""
+    sim = engine.simulate(images.to(engine.device), steps, readout, record_sums=record_sums, batch_size=batch_size)
+    full_meta = {"method": engine.net.method, "bits": engine.net.bits, "readout": readout.kind,
+                 "alpha": readout.alpha, "tau": readout.tau, "steps": steps} | meta
+    return analysis.Trace(
+        labels=labels.cpu().numpy().astype("int64"), pred=sim.pred.numpy(), conf=sim.conf.numpy(),
+        sums=None if sim.sums is None else sim.sums.numpy(), meta=full_meta,
+    )
+
+
+def choose_steps(engine: Engine, images: torch.Tensor, labels: torch.Tensor, max_steps: int, target: float,
+                 batch_size: int = 256) -> tuple[int, list[float]]:
+    """Smallest T whose validation accuracy reaches ``target`` (else the most accurate T <= max_steps).
+
+    Returns (T, accuracy at t = 1..max_steps).
+    """
+    sim = engine.simulate(images.to(engine.device), max_steps, batch_size=batch_size)
+    acc = (sim.pred == labels.cpu()[:, None]).float().mean(0).tolist()
+    reached = [t + 1 for t, a in enumerate(acc) if a >= target]
+    return (reached[0] if reached else max(range(1, max_steps + 1), key=lambda t: acc[t - 1])), acc
+
+
+@dataclass
+class LiveEval:
+    """Live early-exit evaluation on a split (threshold 1.0 means no early exit)."""
+
+    threshold: float
+    accuracy: float
+    mean_steps: float
+    saving: float
+    spikes: dict
+    ms_per_inference: float
+    result: ExitResult
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "accuracy": self.accuracy, "mean_steps": self.mean_steps,
+                "saving": self.saving, "spikes_per_neuron": self.spikes["pooled"],
+                "spikes_per_layer": self.spikes["per_layer"], "ms_per_inference": self.ms_per_inference}
+
+
+def evaluate_live(engine: Engine, images: torch.Tensor, labels: torch.Tensor, steps: int, readout: Readout,
+                  threshold: float, batch_size: int = 256) -> LiveEval:
+    """Live early exit at ``threshold`` (1.0: every sample runs T steps); wall time per inference in ms."""
+    x = images.to(engine.device)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+    t0 = time.perf_counter()
+    res = engine.early_exit(x, steps, readout, threshold, batch_size=batch_size)
+    elapsed = time.perf_counter() - t0
+    correct = (res.pred == labels.cpu()).float()
+    mean_steps = float(res.exit_step.float().mean())
+    return LiveEval(
+        threshold=threshold, accuracy=float(correct.mean()), mean_steps=mean_steps, saving=1.0 - mean_steps / steps,
+        spikes=spikes_per_neuron(res.spikes, res.neurons), ms_per_inference=1000.0 * elapsed / max(len(x), 1), result=res,
+    )
+
+
+def dynamic_confidence(model: nn.Module, method: str, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                       max_steps: int, tau: float, steps: int | None = None, tolerance: float = 0.0,
+                       readout_kind: str = "max_softmax", device: torch.device | str = "cpu", batch_size: int = 256,
+                       meta: dict | None = None) -> dict:
+    """Convert, pick T and th_c on the validation split, and evaluate live on the test split.
+
+    splits: {"val": (images, labels), "test": (images, labels)}. steps: T (default: the smallest
+    T whose validation accuracy reaches the quantized ANN's, up to max_steps). Returns a dict
+    with the trace, its analysis and the test rows without and with Dynamic Confidence.
+    """
+    net = convert(model.cpu().eval(), method=method)
+    engine = Engine(net, device=device)
+    val_x, val_y = splits["val"]
+    test_x, test_y = splits["test"]
+    ann_val = accuracy(model, val_x, val_y)
+    acc_curve = None
+    if steps is None:
+        steps, acc_curve = choose_steps(engine, val_x, val_y, max_steps, ann_val, batch_size)
+    readout = Readout.paper(method, net.bits, steps, tau=tau, kind=readout_kind) if net.bits else Readout(readout_kind, float(steps), tau)
+    trace = record_trace(engine, val_x, val_y, steps, readout, (meta or {}) | {"split": "val"}, batch_size)
+    report = analysis.analyze(trace, tolerance=tolerance)
+    threshold = report["selected"]["threshold"]
+    no_dc = evaluate_live(engine, test_x, test_y, steps, readout, NO_EXIT, batch_size)
+    with_dc = evaluate_live(engine, test_x, test_y, steps, readout, threshold, batch_size)
+    return {"method": method, "steps": steps, "readout": readout.to_dict(), "val_accuracy_vs_t": acc_curve,
+            "trace": trace, "analysis": report, "no_dc": no_dc, "dc": with_dc}
+
+
+def calibrate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Temperature scaling of the quantized ANN on a validation split (see dcsim.calibration)."""
+    return calibration_report(predict_logits(model, images), labels)
+

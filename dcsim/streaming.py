@@ -1,0 +1,141 @@
+"""Streaming engine: continuous batching with early exit.
+
+A fixed number of slots is fed from an iterator of inputs. Every step advances all occupied
+slots; a sample that exits (score > th_c, or T steps) frees its slot, which is reset and
+refilled with the next input before the next step. Slots are independent: a sample's
+prediction and exit step do not depend on its neighbours or on the order of arrival
+(up to the batch-size dependence of PyTorch's conv/linear rounding, see README).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .engine import Engine, _check_steps, _check_threshold
+from .readout import Readout
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One finished sample: ``id`` given at arrival; ``exit_step`` in 1..T (= its latency in steps);
+    ``spikes``: spikes per hidden layer over the steps it ran; ``latency_ms``: wall time from
+    admission to exit."""
+
+    id: int
+    pred: int
+    exit_step: int
+    conf: float
+    spikes: tuple[int, ...]
+    latency_ms: float
+
+
+@dataclass
+class StreamStats:
+    """Running statistics of a stream: occupancy = mean fraction of slots busy per step."""
+
+    slots: int
+    steps_run: int = 0
+    busy_slot_steps: int = 0
+    completed: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+
+    def summary(self) -> dict:
+        """{"samples", "seconds", "throughput" (samples/s), "latency_ms": {mean, p50, p99}, "occupancy"}."""
+        seconds = (self.finished or time.perf_counter()) - self.started
+        lat = torch.tensor(self.latencies_ms, dtype=torch.float64) if self.latencies_ms else torch.zeros(1, dtype=torch.float64)
+        return {
+            "samples": self.completed, "seconds": seconds, "throughput": self.completed / seconds if seconds > 0 else 0.0,
+            "latency_ms": {"mean": float(lat.mean()), "p50": float(lat.quantile(0.5)), "p99": float(lat.quantile(0.99))},
+            "occupancy": self.busy_slot_steps / (self.slots * self.steps_run) if self.steps_run else 0.0,
+            "slots": self.slots, "engine_steps": self.steps_run,
+        }
+
+
+def _next_inputs(source: Iterator, k: int, counter: list[int]) -> tuple[list[int], list[torch.Tensor], BaseException | None]:
+    """Up to k (id, input) pairs; items are tensors [C, H, W] (ids count arrivals) or (id, tensor)."""
+    ids, xs = [], []
+    try:
+        while len(xs) < k:
+            item = next(source)
+            if isinstance(item, tuple):
+                i, x = item
+            else:
+                i, x = counter[0], item
+            counter[0] += 1
+            ids.append(int(i))
+            xs.append(x)
+    except StopIteration:
+        return ids, xs, None
+    except Exception as err:  # surfaced after the samples in flight finish
+        return ids, xs, err
+    return ids, xs, None
+
+
+def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Readout, threshold: float,
+           stats: StreamStats | None = None) -> Iterator[StreamResult]:
+    """Run ``inputs`` through ``slots`` slots with early exit; yield results in completion order.
+
+    inputs: iterable of per-sample tensors float32 [C, H, W] (ids 0, 1, ... by arrival) or of
+    (id, tensor) pairs. If the iterable raises, no more samples are admitted, the samples in
+    flight finish and are yielded, then the error is raised. ``stats`` is updated as it runs.
+    """
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ValueError(f"slots must be an integer >= 1, got {slots!r}")
+    steps = _check_steps(steps)
+    threshold = _check_threshold(threshold)
+    stats = stats if stats is not None else StreamStats(slots)
+    source = iter(inputs)
+    counter = [0]
+    dev = engine.device
+
+    def admit(k: int):
+        ids, xs, err = _next_inputs(source, k, counter)
+        if not xs:
+            return None, err
+        try:
+            x = torch.stack([t.to(dev) for t in xs])
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"stream inputs with ids {ids} cannot be batched: {e}") from e
+        return engine.start(x, ids=torch.tensor(ids, dtype=torch.int64)), err
+
+    state, pending_error = admit(slots)
+    neurons = engine.neurons
+    while state is not None and state.n:
+        engine.step(state, steps, readout, threshold)
+        stats.steps_run += 1
+        stats.busy_slot_steps += state.n
+        done = state.exited.bool()
+        if not bool(done.any()):
+            continue
+        now = time.perf_counter()
+        rows = torch.nonzero(done).squeeze(1)
+        ids = state.ids[rows].tolist()
+        preds = state.pred[rows].tolist()
+        exit_steps = state.steps[rows].tolist()
+        confs = state.score[rows].tolist()
+        spikes = torch.stack([state.counts[i][rows] for i in neurons], dim=1).tolist() if neurons else [[]] * len(ids)
+        admitted = state.admitted[rows].tolist()
+        fresh = None
+        if pending_error is None:
+            fresh, pending_error = admit(len(ids))
+        k = fresh.n if fresh is not None else 0
+        if k:
+            engine.refill(state, rows[:k], fresh)
+        if k < len(ids):
+            keep = torch.ones(state.n, dtype=torch.bool, device=dev)
+            keep[rows[k:]] = False
+            state = engine.compact(state, torch.nonzero(keep).squeeze(1))
+        for j in range(len(ids)):
+            latency = 1000.0 * (now - admitted[j])
+            stats.completed += 1
+            stats.latencies_ms.append(latency)
+            yield StreamResult(ids[j], preds[j], exit_steps[j], confs[j], tuple(spikes[j]), latency)
+    stats.finished = time.perf_counter()
+    if pending_error is not None:
+        raise pending_error

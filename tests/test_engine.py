@@ -1,0 +1,190 @@
+"""Engine: live early exit vs trace analysis, compaction, streaming.
+
+PyTorch's conv/linear may round differently at different batch sizes, so these tests use
+"dyadic" networks (weights, thresholds and inputs on power-of-two grids) where every float
+operation is exact: equality then tests the engine's logic, not the BLAS library's.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import dcsim
+from dcsim import analysis
+from dcsim.engine import NEVER
+from dcsim.network import Conv, Linear, Neuron
+from dcsim.streaming import StreamStats, stream
+
+BACKENDS = ["native", "reference"]
+
+
+def dyadic_network(model: torch.nn.Module, method: str, sample_shape: tuple, seed: int) -> dcsim.SpikingNetwork:
+    """Convert ``model`` (after a seeded train-mode forward) and round it to power-of-two grids."""
+    torch.manual_seed(seed)
+    model.train()
+    model(torch.randn(16, *sample_shape))
+    model.eval()
+    net = dcsim.convert(model, method=method)
+    nodes = []
+    for node in net.nodes:
+        if isinstance(node, (Conv, Linear)):
+            node = replace(node, weight=torch.round(node.weight * 64) / 64,
+                           bias=None if node.bias is None else torch.round(node.bias * 64) / 64)
+        elif isinstance(node, Neuron):
+            th = max(round(node.threshold * 8) / 8, 0.125)
+            node = replace(node, threshold=th, u0=th / 2)
+        nodes.append(node)
+    return dcsim.SpikingNetwork(nodes, net.method, net.bits)
+
+
+def dyadic_inputs(n: int, sample_shape: tuple, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.round(torch.randn((n, *sample_shape), generator=g) * 16) / 16
+
+
+def small(method: str, seed: int = 0):
+    model = dcsim.models.small_cnn(num_classes=10, in_channels=1, width=8)
+    return dyadic_network(model, method, (1, 8, 8), seed), (1, 8, 8)
+
+
+def resnet(method: str, seed: int = 0):
+    model = dcsim.models.resnet18(num_classes=10, in_channels=1)
+    return dyadic_network(model, method, (1, 8, 8), seed), (1, 8, 8)
+
+
+def trace_of(engine: dcsim.Engine, x: torch.Tensor, steps: int, readout: dcsim.Readout) -> analysis.Trace:
+    sim = engine.simulate(x, steps, readout)
+    labels = np.zeros(len(x), dtype=np.int64)
+    return analysis.Trace(labels=labels, pred=sim.pred.numpy(), conf=sim.conf.numpy(), sums=None, meta={})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method,steps", [("qcfs", 12), ("qffs", 5)])
+@pytest.mark.parametrize("batch_size", [1, 7, None])
+def test_live_early_exit_equals_trace_analysis(backend, method, steps, batch_size):
+    net, shape = small(method, seed=1)
+    engine = dcsim.Engine(net, backend=backend)
+    x = dyadic_inputs(23, shape, seed=2)
+    readout = dcsim.Readout.paper(method, 2, steps, tau=0.7)
+    trace = trace_of(engine, x, steps, readout)
+    # thresholds spread over the observed scores, plus the ends of [0, 1]
+    qs = np.quantile(trace.conf, [0.1, 0.4, 0.7, 0.95]).tolist()
+    for c in [0.0, *qs, 1.0]:
+        live = engine.early_exit(x, steps, readout, c, batch_size=batch_size)
+        expected_steps = analysis.exit_steps(trace.conf, c)
+        expected_pred = trace.pred[np.arange(len(x)), expected_steps - 1]
+        assert np.array_equal(live.exit_step.numpy(), expected_steps), f"threshold {c}"
+        assert np.array_equal(live.pred.numpy(), expected_pred), f"threshold {c}"
+        assert np.array_equal(live.conf.numpy(), trace.conf[np.arange(len(x)), expected_steps - 1])
+    assert (expected_steps == steps).all()  # c = 1.0: nobody passes a strict threshold of 1
+
+
+@pytest.mark.parametrize("method", ["qcfs", "qffs"])
+def test_early_exit_on_resnet_with_residuals_equals_trace(method):
+    net, shape = resnet(method, seed=3)
+    engine = dcsim.Engine(net)
+    x = dyadic_inputs(9, shape, seed=4)
+    steps = 8 if method == "qcfs" else 4
+    readout = dcsim.Readout.paper(method, 2, steps)
+    trace = trace_of(engine, x, steps, readout)
+    c = float(np.median(trace.conf))
+    live = engine.early_exit(x, steps, readout, c)
+    e = analysis.exit_steps(trace.conf, c)
+    assert np.array_equal(live.exit_step.numpy(), e)
+    assert np.array_equal(live.pred.numpy(), trace.pred[np.arange(len(x)), e - 1])
+
+
+@pytest.mark.parametrize("method", ["qcfs", "qffs"])
+def test_spikes_without_exit_equal_full_simulation(method):
+    net, shape = small(method, seed=5)
+    engine = dcsim.Engine(net)
+    x = dyadic_inputs(11, shape, seed=6)
+    steps = 6
+    sim = engine.simulate(x, steps)
+    live = engine.early_exit(x, steps, dcsim.Readout(), 1.0, batch_size=4)
+    assert torch.equal(live.spikes, sim.spikes)
+    assert sim.spikes.shape == (11, len(net.neurons))
+    assert int(sim.spikes.sum()) > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", ["qcfs", "qffs"])
+def test_compaction_keeps_survivor_state_bit_identical(backend, method):
+    net, shape = small(method, seed=7)
+    engine = dcsim.Engine(net, backend=backend)
+    x = dyadic_inputs(13, shape, seed=8)
+    readout = dcsim.Readout()
+    full = engine.start(x)
+    part = engine.start(x)
+    for _ in range(3):
+        engine.step(full, 10, readout, NEVER)
+        engine.step(part, 10, readout, NEVER)
+    keep = torch.tensor([0, 2, 3, 7, 12])
+    part = engine.compact(part, keep)
+    # every per-sample tensor but the admission times (the two states started at different instants)
+    for a, b in zip(part.tensors()[:-1], full.tensors()[:-1]):
+        assert torch.equal(a, b[keep])
+    for _ in range(4):  # and they stay identical while both keep running
+        engine.step(full, 10, readout, NEVER)
+        engine.step(part, 10, readout, NEVER)
+    for a, b in zip(part.tensors()[:-1], full.tensors()[:-1]):
+        assert torch.equal(a, b[keep])
+
+
+def _alone(engine, x, steps, readout, c):
+    """Each sample run by itself (batch size 1)."""
+    return engine.early_exit(x, steps, readout, c, batch_size=1)
+
+
+@pytest.mark.parametrize("method,steps", [("qcfs", 10), ("qffs", 5)])
+@pytest.mark.parametrize("slots", [1, 3, 8, 40])
+def test_stream_equals_each_sample_alone(method, steps, slots):
+    net, shape = small(method, seed=9)
+    engine = dcsim.Engine(net)
+    x = dyadic_inputs(25, shape, seed=10)
+    readout = dcsim.Readout.paper(method, 2, steps)
+    c = float(np.median(trace_of(engine, x, steps, readout).conf))
+    alone = _alone(engine, x, steps, readout, c)
+    rng = np.random.default_rng(slots)
+    order = rng.permutation(len(x))
+    stats = StreamStats(slots)
+    results = list(stream(engine, ((int(i), x[i]) for i in order), slots, steps, readout, c, stats))
+    ids = [r.id for r in results]
+    assert sorted(ids) == list(range(len(x)))  # none lost, none duplicated
+    for r in results:
+        assert r.pred == int(alone.pred[r.id]) and r.exit_step == int(alone.exit_step[r.id]), r
+        assert r.spikes == tuple(alone.spikes[r.id].tolist())
+    summary = stats.summary()
+    assert summary["samples"] == len(x) and 0 < summary["occupancy"] <= 1
+    assert stats.busy_slot_steps == sum(r.exit_step for r in results)
+
+
+def test_stream_input_error_surfaces_after_in_flight_samples_finish():
+    net, shape = small("qcfs", seed=11)
+    engine = dcsim.Engine(net)
+    x = dyadic_inputs(10, shape, seed=12)
+
+    def source():
+        for i in range(6):
+            yield x[i]
+        raise RuntimeError("camera unplugged")
+
+    got = []
+    with pytest.raises(RuntimeError, match="camera unplugged"):
+        for r in stream(engine, source(), 4, 6, dcsim.Readout(), 0.5):
+            got.append(r)
+    assert sorted(r.id for r in got) == list(range(6))
+
+
+def test_stream_handles_short_and_empty_inputs():
+    net, shape = small("qffs", seed=13)
+    engine = dcsim.Engine(net)
+    x = dyadic_inputs(2, shape, seed=14)
+    assert sorted(r.id for r in stream(engine, iter([x[0], x[1]]), 16, 4, dcsim.Readout(), 0.9)) == [0, 1]
+    assert list(stream(engine, iter([]), 4, 4, dcsim.Readout(), 0.9)) == []
+    with pytest.raises(ValueError, match="slots"):
+        list(stream(engine, iter([x[0]]), 0, 4, dcsim.Readout(), 0.9))
+    with pytest.raises(ValueError, match="threshold"):
+        list(stream(engine, iter([x[0]]), 2, 4, dcsim.Readout(), 1.5))
