@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up dcsim in a virtual environment and run the demo or the tests.
+#   bash run.sh demo [dcsim demo options]   train, convert, calibrate, select th_c, report (digits)
+#   bash run.sh test [pytest options]       the test suite
+# Environment: DCSIM_VENV (default .venv), DCSIM_TORCH (default torch==2.13.0; a CUDA machine can
+# install its own torch first), DCSIM_CUDA (AUTO|ON|OFF: build the CUDA kernels).
+set -euo pipefail
+cd "$(dirname "$0")"
+venv="${DCSIM_VENV:-.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+# shellcheck disable=SC1091
+. "$venv/bin/activate"
+python -m pip install -q --upgrade pip
+python -c "import torch" 2>/dev/null || python -m pip install -q "${DCSIM_TORCH:-torch==2.13.0}"
+python -m pip install -q scikit-build-core pybind11 ninja
+python -m pip install -q --no-build-isolation -e ".[test]"
+python -c "import dcsim; print('dcsim', dcsim.__version__, 'kernels:', dcsim.backends())"
+what="${1:-}"
+shift || true
+case "$what" in
+  demo) exec dcsim demo "$@" ;;
+  test) exec python -m pytest -q "$@" ;;
+  *) echo "usage: bash run.sh demo|test [options]" >&2; exit 2 ;;
+esac
