@@ -1,4 +1,4 @@
-"""The ``dcsim`` command line: train, trace, analyze, eval, report, demo.
+"""The ``dcsim`` command line: train, trace, analyze, eval, report, demo, bench, stream.
 
 Every command takes ``--json PATH`` ('-' for stdout) for machine-readable output. Exit codes:
 0 success, 1 a run-time error (bad file, bad data, bad model), 2 bad command-line usage.
@@ -274,6 +274,73 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     return summary
 
 
+def cmd_bench(args: argparse.Namespace) -> dict:
+    from tqdm.auto import tqdm
+
+    from .benchmark import bench_case, device_name, markdown, standard_set
+
+    device = _device(args.device)
+    cases = standard_set(device, quick=args.quick)
+    if args.models:
+        cases = [c for c in cases if c[0] in args.models] or [(m, meth, b) for m in args.models
+                                                              for meth in ("qcfs", "qffs") for b in (1, 32)]
+    rows = []
+    for model, method, batch in tqdm(cases, desc="dcsim bench", disable=None):
+        rows += bench_case(model, method, batch, device, repeats=args.repeats)
+    print(markdown(rows), file=sys.stderr)
+    return {"device": device_name(device), "rows": rows}
+
+
+def _stream_setup(args: argparse.Namespace):
+    """Model, engine, readout, T, th_c and the split for ``stream``."""
+    from .analysis import analyze, load_trace
+    from .convert import convert
+    from .engine import Engine
+    from .readout import Readout
+
+    model, meta = _load_model(args.checkpoint)
+    splits = load_splits(args)
+    _check_dataset_matches(meta, splits, args.checkpoint)
+    trace = load_trace(args.trace)
+    tm = trace.meta
+    if tm.get("method") != args.method:
+        raise ValueError(f"{args.trace}: trace method {tm.get('method')!r} differs from --method {args.method!r}")
+    threshold = analyze(trace, tolerance=args.tolerance)["selected"]["threshold"]
+    readout = Readout(tm["readout"], float(tm["alpha"]), float(tm["tau"]))
+    engine = Engine(convert(model, method=args.method), device=_device(args.device))
+    return engine, readout, int(tm["steps"]), threshold, _tensors(splits[args.split])
+
+
+def cmd_stream(args: argparse.Namespace) -> dict:
+    from .pipeline import NO_EXIT, evaluate_live
+    from .streaming import StreamStats, stream
+
+    engine, readout, steps, threshold, (x, y) = _stream_setup(args)
+    x = x.to(engine.device)
+    stats = StreamStats(args.slots)
+    correct = 0
+    for r in stream(engine, iter(x), args.slots, steps, readout, threshold, stats):
+        correct += int(r.pred == int(y[r.id]))
+    summary = stats.summary() | {"accuracy": correct / len(y), "threshold": threshold, "steps": steps}
+    out = {"stream": summary}
+    if args.compare:
+        static_dc = evaluate_live(engine, x, y, steps, readout, threshold, batch_size=args.slots)
+        static_full = evaluate_live(engine, x, y, steps, readout, NO_EXIT, batch_size=args.slots)
+        for name, ev in (("static_dc", static_dc), ("static_no_dc", static_full)):
+            out[name] = {"accuracy": ev.accuracy, "mean_steps": ev.mean_steps,
+                         "throughput": 1000.0 / ev.ms_per_inference}
+        out["throughput_ratio_vs_static_no_dc"] = summary["throughput"] / out["static_no_dc"]["throughput"]
+        out["throughput_ratio_vs_static_dc"] = summary["throughput"] / out["static_dc"]["throughput"]
+    if args.json is None:
+        print(f"stream S={args.slots}: {summary['throughput']:.1f} samples/s, accuracy {summary['accuracy']:.4f}, "
+              f"latency p50 {summary['latency_ms']['p50']:.2f} ms p99 {summary['latency_ms']['p99']:.2f} ms, "
+              f"occupancy {summary['occupancy']:.2f}")
+        if args.compare:
+            print(f"throughput vs static batches without early exit: {out['throughput_ratio_vs_static_no_dc']:.2f}x, "
+                  f"vs static batches with early exit: {out['throughput_ratio_vs_static_dc']:.2f}x")
+    return out
+
+
 # ------------------------------------------------------------------ parser
 
 def _add_report_args(p: argparse.ArgumentParser) -> None:
@@ -354,6 +421,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_args(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=cmd_report)
+
+    p = command("bench", "standard benchmark set: engine vs official-style eager simulator vs ANN forward")
+    p.add_argument("--quick", action="store_true", help="small models only (a minute on a laptop CPU)")
+    p.add_argument("--models", nargs="+", choices=["small_cnn", "resnet18", "vgg16", "resnet50"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.set_defaults(func=cmd_bench)
+
+    p = command("stream", "continuous batching with early exit over a split (slots refilled as samples exit)")
+    p.add_argument("checkpoint", type=Path)
+    _add_data_args(p)
+    p.add_argument("--method", choices=["qcfs", "qffs"], required=True)
+    p.add_argument("--trace", type=Path, required=True, help="validation trace: T, readout and th_c come from it")
+    p.add_argument("--tolerance", type=float, default=0.0)
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--slots", type=int, default=64, help="S: samples in flight")
+    p.add_argument("--compare", action="store_true", help="also time static batches of S with and without early exit")
+    p.set_defaults(func=cmd_stream)
 
     p = command("demo", "the end-to-end demo on scikit-learn's digits (trains, converts, reports)")
     _add_report_args(p)

@@ -1,0 +1,70 @@
+"""Kernel benchmarks: each native kernel against its PyTorch reference, side by side.
+
+Run: pytest bench -o python_files='bench_*.py' --benchmark-only
+Each test times the native kernel with pytest-benchmark and the reference in the same
+process; the ratio reference/native is stored in extra_info["speedup_vs_reference"].
+"""
+
+import time
+
+import pytest
+import torch
+
+from dcsim import ops, reference
+
+SIZES = [(1, 4096), (1, 65536), (32, 65536), (256, 16384)]
+
+
+def _best(fn, repeats=20):
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _neuron_args(method, n, m):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, m, generator=g)
+    u = torch.rand(n, m, generator=g)
+    z = torch.randint(0, 3, (n, m), generator=g, dtype=torch.int32) if method == "qffs" else None
+    return x, u, z, torch.empty(n, m), torch.zeros(n, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("method", ["qcfs", "qffs"])
+@pytest.mark.parametrize("n,m", SIZES)
+def test_neuron_step(benchmark, method, n, m):
+    x, u, z, out, counts = _neuron_args(method, n, m)
+    benchmark.group = f"neuron_step {method}"
+    native = benchmark(ops.neuron_step, method, x, u, z, out, counts, 1.0, 3)
+    ref = _best(lambda: reference.neuron_step(method, x, u, z, out, counts, 1.0, 3))
+    benchmark.extra_info["elements"] = n * m
+    benchmark.extra_info["speedup_vs_reference"] = ref / benchmark.stats.stats.min
+    assert native is None
+
+
+@pytest.mark.parametrize("n,k", [(1, 10), (256, 10), (256, 1000)])
+def test_output_step(benchmark, n, k):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, k, generator=g)
+    sums = torch.zeros(n, k)
+    steps = torch.zeros(n, dtype=torch.int32)
+    pred, score, exited = torch.empty(n, dtype=torch.int64), torch.empty(n), torch.empty(n, dtype=torch.uint8)
+    args = (x, sums, steps, 1 << 30, 0, 0.1, 0.9, pred, score, exited)
+    benchmark.group = "output_step"
+    benchmark(ops.output_step, *args)
+    ref = _best(lambda: reference.output_step(*args))
+    benchmark.extra_info["speedup_vs_reference"] = ref / benchmark.stats.stats.min
+
+
+@pytest.mark.parametrize("n,tensors", [(256, 20), (32, 40)])
+def test_compaction(benchmark, n, tensors):
+    g = torch.Generator().manual_seed(0)
+    state = [torch.randn(n, 64, 8, 8, generator=g) for _ in range(tensors)]
+    keep = torch.nonzero(torch.rand(n, generator=g) > 0.3).squeeze(1)
+    benchmark.group = "compaction"
+    benchmark(ops.gather_rows, state, keep)
+    ref = _best(lambda: reference.gather_rows(state, keep))
+    benchmark.extra_info["speedup_vs_reference"] = ref / benchmark.stats.stats.min

@@ -1,0 +1,134 @@
+"""Standard benchmark set of ``dcsim bench``: wall time per inference, side by side.
+
+For each model, method, batch size and mode (full T, or early exit at a threshold that stops
+samples around mid-simulation), it times:
+  - dcsim's engine (native kernels, static layers computed once, compaction);
+  - the official-style eager simulator (dcsim.baseline: batch 1, host sync every step),
+    at batch 1 only (that is how it runs);
+  - the quantized ANN's forward pass at the same batch (the floor: one step can hardly cost less).
+Random weights are fine for timing. Ratios are the point; absolute times depend on the machine.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+from .baseline import EagerSimulator
+from .convert import convert
+from .engine import Engine
+from .models import build_model
+from .readout import Readout
+
+MODELS: dict[str, tuple[str, dict, tuple[int, int, int]]] = {
+    "resnet18": ("resnet18", {"num_classes": 10}, (3, 32, 32)),
+    "vgg16": ("vgg16", {"num_classes": 10}, (3, 32, 32)),
+    "resnet50": ("resnet50", {"num_classes": 1000}, (3, 224, 224)),
+    "small_cnn": ("small_cnn", {"num_classes": 10}, (3, 32, 32)),
+}
+DEFAULT_STEPS = {"qcfs": 27, "qffs": 4}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Best wall time in seconds of ``repeats`` calls (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def prepared_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    """Random-weight LSQ model with initialised step sizes and BN statistics, in eval mode."""
+    arch, kwargs, shape = MODELS[name]
+    torch.manual_seed(seed)
+    model = build_model(arch, **kwargs)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, *shape))
+    return model.eval(), shape
+
+
+def mid_threshold(engine: Engine, x: torch.Tensor, steps: int, readout: Readout) -> float:
+    """A threshold at which the samples of x stop around mid-simulation (median score at T/2)."""
+    sim = engine.simulate(x, steps, readout)
+    return float(sim.conf[:, max(steps // 2 - 1, 0)].median())
+
+
+def bench_case(model_name: str, method: str, batch: int, device: torch.device, steps: int | None = None,
+               repeats: int = 3, eager: bool = True) -> list[dict]:
+    """Rows for one model/method/batch: modes "full" and "early_exit"."""
+    model, shape = prepared_model(model_name)
+    steps = steps or DEFAULT_STEPS[method]
+    net = convert(model, method=method)
+    engine = Engine(net, device=device)
+    ann = model.to(device)
+    readout = Readout.paper(method, net.bits, steps)
+    x = torch.randn(batch, *shape, device=device)
+    exit_threshold = mid_threshold(engine, x, steps, readout)
+    with torch.no_grad():
+        ann_s = timeit(lambda: ann(x), device, repeats)
+    eager_sim = EagerSimulator(net.to(device)) if eager and batch == 1 else None
+    rows = []
+    for mode, threshold in (("full", 1.0), ("early_exit", exit_threshold)):
+        res = engine.early_exit(x, steps, readout, threshold)
+        mean_steps = float(res.exit_step.float().mean())
+        ours = timeit(lambda: engine.early_exit(x, steps, readout, threshold), device, repeats)
+        row = {"device": device_name(device), "model": model_name, "method": method, "batch": batch, "mode": mode,
+               "steps": steps, "threshold": threshold, "mean_steps": mean_steps,
+               "ms_per_inference": 1000 * ours / batch, "ms_per_step": 1000 * ours / batch / mean_steps,
+               "ann_ms_per_inference": 1000 * ann_s / batch,
+               "ratio_to_ann_per_step": (ours / mean_steps) / ann_s}
+        if eager_sim is not None:
+            ref = timeit(lambda: eager_sim.run(x, steps, readout, threshold), device, repeats)
+            row["reference_ms_per_inference"] = 1000 * ref
+            row["speedup_vs_reference"] = ref / ours
+        rows.append(row)
+    full, early = rows
+    saving_steps = 1 - early["mean_steps"] / full["mean_steps"]
+    saving_time = 1 - early["ms_per_inference"] / full["ms_per_inference"]
+    early["step_saving"] = saving_steps
+    early["time_saving"] = saving_time
+    early["time_saving_over_step_saving"] = saving_time / saving_steps if saving_steps > 0 else None
+    return rows
+
+
+def standard_set(device: torch.device, quick: bool = False) -> list[tuple[str, str, int]]:
+    """(model, method, batch) cases: batch 1 and a large batch for each model and method."""
+    large = 256 if device.type == "cuda" else 32
+    models = ["resnet18", "vgg16", "resnet50"] if not quick else ["small_cnn", "resnet18"]
+    cases = []
+    for m in models:
+        for method in ("qcfs", "qffs"):
+            for batch in (1, large if m != "resnet50" or device.type == "cuda" else 4):
+                cases.append((m, method, batch))
+    return cases
+
+
+def markdown(rows: list[dict]) -> str:
+    """Table of benchmark rows."""
+    head = ("| device | model | method | batch | mode | mean steps | ms/inference | ms/step | vs eager reference | "
+            "step / ANN forward |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(
+        f"| {r['device']} | {r['model']} | {r['method']} | {r['batch']} | {r['mode']} | {r['mean_steps']:.2f} | "
+        f"{r['ms_per_inference']:.3f} | {r['ms_per_step']:.3f} | "
+        f"{format(r['speedup_vs_reference'], '.2f') + 'x' if 'speedup_vs_reference' in r else '-'} | "
+        f"{r['ratio_to_ann_per_step']:.2f} |\n" for r in rows)
