@@ -114,10 +114,52 @@ class ExitResult:
     layers: list[str]
 
 
+@dataclass
+class StepRecord:
+    """What each step of a chunk produced for the n active samples (k steps).
+
+    pred: int64 [k, n]; score: float32 [k, n]; exited: uint8 [k, n]; steps: int32 [k, n] (steps run);
+    counts: int64 [L, k, n] spikes so far per hidden layer; sums: float32 [k, n, K] or None.
+    """
+
+    pred: torch.Tensor
+    score: torch.Tensor
+    exited: torch.Tensor
+    steps: torch.Tensor
+    counts: torch.Tensor
+    sums: torch.Tensor | None
+
+    @staticmethod
+    def empty(k: int, n: int, layers: int, classes: int | None, device: torch.device) -> "StepRecord":
+        return StepRecord(
+            pred=torch.empty((k, n), dtype=torch.int64, device=device),
+            score=torch.empty((k, n), dtype=torch.float32, device=device),
+            exited=torch.empty((k, n), dtype=torch.uint8, device=device),
+            steps=torch.empty((k, n), dtype=torch.int32, device=device),
+            counts=torch.empty((layers, k, n), dtype=torch.int64, device=device),
+            sums=None if classes is None else torch.empty((k, n, classes), dtype=torch.float32, device=device),
+        )
+
+    def store(self, t: int, state: "BatchState") -> None:
+        """Copy the output step's results into step t of the record (counts are stored by the neuron loop)."""
+        self.pred[t] = state.pred
+        self.score[t] = state.score
+        self.exited[t] = state.exited
+        self.steps[t] = state.steps
+        if self.sums is not None:
+            self.sums[t] = state.sums
+
+
 def _check_steps(steps: int) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     return steps
+
+
+def _check_chunk(chunk: int) -> int:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+    return chunk
 
 
 def _check_threshold(threshold: float) -> float:
@@ -244,32 +286,59 @@ class Engine:
         Afterwards state.pred / score / exited hold the step's prediction, score and exit flag
         (score > threshold, or the sample's steps reached max_steps).
         """
-        if state.n == 0:
-            return
+        self.advance(state, 1, max_steps, readout, threshold)
+
+    def advance(self, state: BatchState, k: int, max_steps: int, readout: Readout, threshold: float = NEVER,
+                record_sums: bool = False) -> StepRecord:
+        """Advance every active sample by k time steps, in place, and return what each step produced.
+
+        Within the chunk the network runs layer by layer: each conv/linear takes the k steps as one
+        batch of k*n rows (far faster than k batches of n at small n), and each neuron layer then
+        runs its k steps in order. No layer feeds back to an earlier one, so the results are those
+        of k single steps; early exit decides per step from the record. k = 1 is plain step-major.
+        """
+        n = state.n
         nodes = self.net.nodes
         method = self.net.method
-        vals: dict[int, torch.Tensor] = {}
+        vals: dict[int, torch.Tensor] = {}  # dynamic node -> [k, n, ...]
+
+        def rows(j: int) -> torch.Tensor:  # input j as [k * n, ...]
+            if j in vals:
+                return vals[j].reshape(k * n, *vals[j].shape[2:])
+            s = state.static[j]
+            return s.unsqueeze(0).expand(k, *s.shape).reshape(k * n, *s.shape[1:])
+
+        def at(j: int, t: int) -> torch.Tensor:  # input j at step t of the chunk, [n, ...]
+            return vals[j][t] if j in vals else state.static[j]
+
+        rec = StepRecord.empty(k, n, len(self.neurons), state.sums.shape[1] if record_sums else None, self.device)
+        layer_of = {i: layer for layer, i in enumerate(self.neurons)}
         with torch.no_grad():
             for i in self._dynamic:
                 node = nodes[i]
-                ins = [vals[j] if j in vals else state.static[j] for j in node.inputs]
                 if isinstance(node, Neuron):
-                    out = torch.empty_like(state.u[i])
-                    self.kernels.neuron_step(
-                        method, ins[0].contiguous(), state.u[i], state.z.get(i), out, state.counts[i],
-                        node.threshold, node.zmax, x2=ins[1].contiguous() if len(ins) > 1 else None,
-                    )
+                    out = torch.empty((k, *state.u[i].shape), dtype=torch.float32, device=self.device)
+                    for t in range(k):
+                        self.kernels.neuron_step(
+                            method, at(node.inputs[0], t).contiguous(), state.u[i], state.z.get(i), out[t],
+                            state.counts[i], node.threshold, node.zmax,
+                            x2=at(node.inputs[1], t).contiguous() if len(node.inputs) > 1 else None,
+                        )
+                        rec.counts[layer_of[i], t] = state.counts[i]
                     vals[i] = out
                 else:
-                    vals[i] = node.apply(*ins)
+                    r = node.apply(*(rows(j) for j in node.inputs))
+                    vals[i] = r.reshape(k, n, *r.shape[1:])
                 for j in self._free_after.get(i, ()):
                     del vals[j]
             out = self.net.output
-            current = (vals[out] if out in vals else state.static[out]).contiguous()
-            self.kernels.output_step(
-                current, state.sums, state.steps, max_steps, readout.code, readout.scale, threshold,
-                state.pred, state.score, state.exited,
-            )
+            for t in range(k):
+                self.kernels.output_step(
+                    at(out, t).contiguous(), state.sums, state.steps, max_steps, readout.code, readout.scale,
+                    threshold, state.pred, state.score, state.exited,
+                )
+                rec.store(t, state)
+        return rec
 
     # ---------------------------------------------------------------- runs
 
@@ -277,13 +346,15 @@ class Engine:
         return self.neurons_per_layer(tuple(x.shape[1:])), [self.net.nodes[i].name for i in self.neurons]
 
     def simulate(self, x: torch.Tensor, steps: int, readout: Readout | None = None, record_sums: bool = False,
-                 batch_size: int | None = None) -> Simulation:
+                 batch_size: int | None = None, chunk: int = 1) -> Simulation:
         """Run all samples for ``steps`` steps; record prediction and score per step.
 
         x: float32 [N, ...]; readout: the stopping score recorded in ``conf`` (default max
-        softmax with alpha = tau = 1); batch_size: samples simulated together (default all).
+        softmax with alpha = tau = 1); batch_size: samples simulated together (default all);
+        chunk: steps computed layer-major at a time (see :meth:`advance`; results are the same).
         """
         steps = _check_steps(steps)
+        chunk = _check_chunk(chunk)
         readout = readout or Readout()
         x = self.check_input(x)
         n_all = x.shape[0]
@@ -291,18 +362,12 @@ class Engine:
         preds, confs, sums_all, spikes = [], [], [], []
         for lo in range(0, n_all, bs):
             state = self.start(x[lo:lo + bs])
-            p = torch.empty((state.n, steps), dtype=torch.int64, device=self.device)
-            c = torch.empty((state.n, steps), dtype=torch.float32, device=self.device)
-            s = torch.empty((state.n, steps, state.sums.shape[1]), dtype=torch.float32, device=self.device) if record_sums else None
-            for t in range(steps):
-                self.step(state, steps, readout)
-                p[:, t] = state.pred
-                c[:, t] = state.score
-                if s is not None:
-                    s[:, t] = state.sums
-            preds.append(p)
-            confs.append(c)
-            sums_all.append(s)
+            records = []
+            for done in range(0, steps, chunk):
+                records.append(self.advance(state, min(chunk, steps - done), steps, readout, record_sums=record_sums))
+            preds.append(torch.cat([r.pred for r in records]).T)
+            confs.append(torch.cat([r.score for r in records]).T)
+            sums_all.append(torch.cat([r.sums for r in records]).transpose(0, 1) if record_sums else None)
             spikes.append(torch.stack([state.counts[i] for i in self.neurons], dim=1))
         neurons, layers = self._layers(x)
         return Simulation(
@@ -312,12 +377,16 @@ class Engine:
         )
 
     def early_exit(self, x: torch.Tensor, steps: int, readout: Readout, threshold: float,
-                   batch_size: int | None = None) -> ExitResult:
+                   batch_size: int | None = None, chunk: int = 1) -> ExitResult:
         """Live Dynamic Confidence: each sample stops at the first step whose score is > threshold, or at T.
 
         Finished samples are compacted out of the batch, so later steps compute only on survivors.
+        chunk: steps computed layer-major at a time (see :meth:`advance`): a sample that stops
+        inside a chunk gets the results of its exit step, exactly as with chunk = 1; the steps
+        computed after its exit are wasted work, the price of batching the steps of small batches.
         """
         steps = _check_steps(steps)
+        chunk = _check_chunk(chunk)
         threshold = _check_threshold(threshold)
         x = self.check_input(x)
         n_all = x.shape[0]
@@ -328,16 +397,22 @@ class Engine:
         spikes = torch.empty((n_all, len(self.neurons)), dtype=torch.int64, device=self.device)
         for lo in range(0, n_all, bs):
             state = self.start(x[lo:lo + bs], ids=torch.arange(lo, min(lo + bs, n_all), device=self.device))
+            ran = 0
             while state.n:
-                self.step(state, steps, readout, threshold)
-                done = state.exited.bool()
+                k = min(chunk, steps - ran)
+                rec = self.advance(state, k, steps, readout, threshold)
+                ran += k
+                exited = rec.exited.bool()  # [k, n]
+                done = exited.any(dim=0)
                 if not bool(done.any()):
                     continue
-                ids = state.ids[done]
-                pred[ids] = state.pred[done]
-                exit_step[ids] = state.steps[done].to(torch.int64)
-                conf[ids] = state.score[done]
-                spikes[ids] = torch.stack([state.counts[i][done] for i in self.neurons], dim=1)
+                rows = torch.nonzero(done).squeeze(1)
+                first = exited[:, rows].to(torch.uint8).argmax(dim=0)  # first exit step in the chunk
+                ids = state.ids[rows]
+                pred[ids] = rec.pred[first, rows]
+                exit_step[ids] = rec.steps[first, rows].to(torch.int64)
+                conf[ids] = rec.score[first, rows]
+                spikes[ids] = rec.counts[:, first, rows].T
                 state = self.compact(state, torch.nonzero(~done).squeeze(1))
         neurons, layers = self._layers(x)
         return ExitResult(pred.cpu(), exit_step.cpu(), conf.cpu(), spikes.cpu(), neurons, layers)

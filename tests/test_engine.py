@@ -81,6 +81,27 @@ def test_live_early_exit_equals_trace_analysis(backend, method, steps, batch_siz
     assert (expected_steps == steps).all()  # c = 1.0: nobody passes a strict threshold of 1
 
 
+@pytest.mark.parametrize("method,steps", [("qcfs", 12), ("qffs", 5)])
+@pytest.mark.parametrize("chunk", [2, 5, 16])
+def test_chunked_runs_equal_step_major_runs(method, steps, chunk):
+    net, shape = small(method, seed=15)
+    engine = dcsim.Engine(net)
+    x = dyadic_inputs(17, shape, seed=16)
+    readout = dcsim.Readout.paper(method, 2, steps)
+    ref = engine.simulate(x, steps, readout, record_sums=True)
+    got = engine.simulate(x, steps, readout, record_sums=True, chunk=chunk)
+    assert torch.equal(got.pred, ref.pred) and torch.equal(got.conf, ref.conf)
+    assert torch.equal(got.sums, ref.sums) and torch.equal(got.spikes, ref.spikes)
+    trace = trace_of(engine, x, steps, readout)
+    for c in np.quantile(trace.conf, [0.2, 0.6, 0.9]).tolist():
+        a = engine.early_exit(x, steps, readout, c)
+        b = engine.early_exit(x, steps, readout, c, batch_size=1, chunk=chunk)
+        for f in ("pred", "exit_step", "conf", "spikes"):
+            assert torch.equal(getattr(a, f), getattr(b, f)), (f, c)
+    with pytest.raises(ValueError, match="chunk"):
+        engine.early_exit(x, steps, readout, 0.5, chunk=0)
+
+
 @pytest.mark.parametrize("method", ["qcfs", "qffs"])
 def test_early_exit_on_resnet_with_residuals_equals_trace(method):
     net, shape = resnet(method, seed=3)
