@@ -12,7 +12,8 @@ __global__ void gather_rows_kernel(GatherArgs a) {
   const int64_t r = blockIdx.x;
   const GatherEntry g = a.entries[blockIdx.y];
   const int64_t src_row = a.index[r];
-  if (g.row_bytes % 4 == 0) {
+  const uintptr_t align = reinterpret_cast<uintptr_t>(g.src) | reinterpret_cast<uintptr_t>(g.dst);
+  if (g.row_bytes % 4 == 0 && align % 4 == 0) {
     const int64_t words = g.row_bytes / 4;
     const uint32_t* src = static_cast<const uint32_t*>(g.src) + src_row * words;
     uint32_t* dst = static_cast<uint32_t*>(g.dst) + r * words;

@@ -125,13 +125,17 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
                 add(Linear(name, (x,), mod.weight.detach().clone(), None if mod.bias is None else mod.bias.detach().clone()), src)
             elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 prev = nodes[x]
-                if not isinstance(prev, (Conv, Linear)) or len(_consumers(origin[x], modules)) != 1:
+                if not isinstance(prev, (Conv, Linear)) or len(_consumers(src.args[0], modules)) != 1 \
+                        or len(_consumers(origin[x], modules)) != 1:
                     raise ConversionError(
                         f"{where} (BatchNorm) must directly follow a conv or linear layer whose output it alone uses; "
                         f"it follows {type(prev).__name__} {prev.name!r}")
                 nodes[x] = _fold_bn(prev, mod, name)
                 index[src] = x
             elif isinstance(mod, LSQActivation):
+                if not mod.quantize:
+                    raise ConversionError(f"{where} (LSQActivation) is in float (ReLU) mode; enable quantization first "
+                                          "(dcsim.lsq.set_quantization(model, True))")
                 qp = mod.qp
                 bits_seen.add(mod.bits)
                 th = float(torch.tensor(qp * float(mod.step.detach()), dtype=torch.float32))
@@ -158,6 +162,9 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
                 add(Flatten(name, (x,)), src)
             elif _is_alias(src, modules):
                 index[src] = x
+            elif isinstance(mod, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
+                raise ConversionError(f"{where} ({type(mod).__name__}) cannot be converted: max pooling has no spiking "
+                                      f"equivalent here; use AvgPool2d. Supported: {SUPPORTED}")
             else:
                 raise ConversionError(
                     f"{where} ({type(mod).__name__}) cannot be converted to a spiking layer; supported: {SUPPORTED}. "

@@ -359,7 +359,11 @@ class Engine:
         x = self.check_input(x)
         n_all = x.shape[0]
         bs = _batch_size(batch_size, n_all)
-        preds, confs, sums_all, spikes = [], [], [], []
+        k_out = self.shapes(tuple(x.shape[1:]))[-1][0]
+        preds = [torch.empty((0, steps), dtype=torch.int64, device=self.device)]
+        confs = [torch.empty((0, steps), dtype=torch.float32, device=self.device)]
+        sums_all = [torch.empty((0, steps, k_out), dtype=torch.float32, device=self.device)]
+        spikes = [torch.empty((0, len(self.neurons)), dtype=torch.int64, device=self.device)]
         for lo in range(0, n_all, bs):
             state = self.start(x[lo:lo + bs])
             records = []

@@ -17,8 +17,8 @@ GRAD_SCALES = ("features", "batch", "none")
 
 
 def _scale_grad(s: torch.Tensor, g: float) -> torch.Tensor:
-    """Forward value s, gradient multiplied by g."""
-    return (s - s * g).detach() + s * g
+    """Forward value exactly s, gradient multiplied by g."""
+    return s.detach() + (s * g - (s * g).detach())
 
 
 def _round_half_up_ste(v: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,13 @@ from types import ModuleType
 
 import torch
 
+from .readout import READOUT_KINDS
+
 METHODS: dict[str, int] = {"qcfs": 0, "qffs": 1}
 """Neuron models and their codes in the native kernels (csrc/dcsim_math.h)."""
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+READOUT_CODES = frozenset(READOUT_KINDS.values())
 
 PARALLEL_MIN_ELEMENTS = 1 << 15
 """Below this many elements per call the CPU kernels run on one thread (threads cost more)."""
@@ -40,9 +45,14 @@ def backends() -> list[str]:
     return ["cpu", "cuda"] if core.has_cuda else ["cpu"]
 
 
-def _check(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device, shape: tuple | None = None) -> None:
+def _tensor(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def _check(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device, shape: tuple | None = None) -> None:
+    _tensor(name, t)
     if t.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
     if t.device != device:
@@ -81,7 +91,7 @@ def neuron_step(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    device = u.device
+    device = _tensor("u", u).device
     shape = tuple(u.shape)
     if len(shape) < 1:
         raise ValueError("u must have a leading sample dimension")
@@ -96,8 +106,8 @@ def neuron_step(
         _check("z", z, torch.int32, device, shape)
     n = shape[0]
     _check("counts", counts, torch.int64, device, (n,))
-    if not th > 0:
-        raise ValueError(f"th must be > 0, got {th}")
+    if not (isinstance(th, (int, float)) and 0 < th <= FLOAT32_MAX):
+        raise ValueError(f"th must be a finite float32 number > 0, got {th!r}")
     m = u.numel() // n if n else 0
     cuda, stream, threads = _launch(device, u.numel())
     _core().neuron_step(
@@ -123,7 +133,11 @@ def output_step(
 
     x, sums: float32 [n, K]; steps: int32 [n]; pred: int64 [n]; score: float32 [n]; exited: uint8 [n].
     """
-    device = sums.device
+    device = _tensor("sums", sums).device
+    if readout not in READOUT_CODES:
+        raise ValueError(f"readout must be one of the codes {sorted(READOUT_CODES)}, got {readout!r}")
+    if not 1 <= max_steps < 2**31:
+        raise ValueError(f"max_steps must be in [1, 2^31), got {max_steps!r}")
     if sums.dim() != 2 or sums.shape[1] < 1:
         raise ValueError(f"sums must have shape [n, K] with K >= 1, got {tuple(sums.shape)}")
     n, k = sums.shape
@@ -148,7 +162,7 @@ def gather_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.
     """
     if not tensors:
         return []
-    device = tensors[0].device
+    device = _tensor("tensors[0]", tensors[0]).device
     _check("index", index, torch.int64, device)
     if index.dim() != 1:
         raise ValueError(f"index must be 1-D, got shape {tuple(index.shape)}")

@@ -45,7 +45,7 @@ def neuron_step(
     current_out = spike.to(torch.float32) * th
     u.copy_(u - current_out)
     out.copy_(current_out)
-    counts.add_((spike != 0).reshape(spike.shape[0], -1).sum(dim=1))
+    counts.add_((spike != 0).reshape(spike.shape[0], math.prod(spike.shape[1:])).sum(dim=1))
 
 
 def readout_score(sums: torch.Tensor, kind: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,168 @@
+"""Model checkpoints: safetensors weights plus JSON metadata, never pickle.
+
+A checkpoint is one ``.safetensors`` file: every entry of the model's ``state_dict()`` (parameters
+and buffers such as BatchNorm running statistics, CPU, contiguous) and, in the safetensors header's
+string metadata under the key ``"dcsim"``, a JSON object describing how to rebuild the model:
+
+    {"format_version": 1, "architecture": "resnet18",
+     "arch_kwargs": {"num_classes": 10, "in_channels": 3, "bits": 2},
+     "classes": [...], "normalization": {"mean": [...], "std": [...]},
+     "dataset": "cifar10", "accuracy": {"val": 0.93, "test": 0.92}, ...any other JSON values}
+
+Loading reads the header, rebuilds the module with ``build_model(architecture, **arch_kwargs)`` and
+requires the file's tensor names and shapes to equal the module's state_dict exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+FORMAT_VERSION = 1
+METADATA_KEY = "dcsim"
+REQUIRED_KEYS = ("architecture", "arch_kwargs", "classes", "normalization", "dataset", "accuracy")
+_SHOWN = 5
+"""How many missing / unexpected / mismatched tensors an error message lists."""
+
+
+def _check_meta(meta: object, where: str) -> None:
+    """Raise ValueError (prefixed with ``where``) unless ``meta`` has the required keys and types."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where}: the metadata must be a JSON object (dict), got {type(meta).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{where}: the metadata lacks {missing} (required: {list(REQUIRED_KEYS)})")
+    if not isinstance(meta["architecture"], str) or not meta["architecture"]:
+        raise ValueError(f"{where}: metadata 'architecture' must be a non-empty string, got {meta['architecture']!r}")
+    kwargs = meta["arch_kwargs"]
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(f"{where}: metadata 'arch_kwargs' must be a dict with string keys, got {kwargs!r}")
+    norm = meta["normalization"]
+    if not isinstance(norm, dict) or not {"mean", "std"} <= set(norm):
+        raise ValueError(f"{where}: metadata 'normalization' must be a dict with 'mean' and 'std', got {norm!r}")
+    if not isinstance(meta["accuracy"], dict):
+        raise ValueError(f"{where}: metadata 'accuracy' must be a dict, got {meta['accuracy']!r}")
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> Path:
+    """Write ``model``'s state_dict and ``meta`` (plus ``format_version``) to the safetensors file ``path``.
+
+    meta must hold REQUIRED_KEYS (see the module doc) and only JSON values (lists, not tuples, come
+    back). The file is written to a temporary name beside ``path`` and renamed into place, so
+    ``path`` is never left half-written; the parent folder is created if missing. Returns the path.
+    """
+    path = Path(path)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"save_checkpoint: model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_meta(meta, "save_checkpoint")
+    full = dict(meta) | {"format_version": FORMAT_VERSION}
+    try:
+        header = json.dumps(full)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"save_checkpoint: the metadata is not JSON-serializable ({err})") from err
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"save_checkpoint: state_dict entry {name!r} is a {type(value).__name__}, not a tensor; "
+                             "only tensors can be stored")
+        tensors[name] = value.detach().to("cpu", copy=True).contiguous()  # copies: no shared storage
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: header})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _open_error(path: Path, err: Exception) -> ValueError:
+    return ValueError(f"{path}: not a valid safetensors checkpoint ({type(err).__name__}: {err}); "
+                      "dcsim checkpoints are .safetensors files written by save_checkpoint")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file")
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The checkpoint's metadata dict (with ``format_version``), without reading the tensors.
+
+    Raises FileNotFoundError for a missing file, ValueError naming the file when it is not a
+    safetensors file (truncated, another format), has no dcsim metadata, or the metadata is not
+    valid JSON, lacks required keys or comes from a newer format.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata()
+    except Exception as err:  # safetensors raises SafetensorError, OSError, ... for anything not a valid file
+        raise _open_error(path, err) from None
+    if not header or METADATA_KEY not in header:
+        raise ValueError(f"{path}: no '{METADATA_KEY}' metadata in the safetensors header: not a dcsim checkpoint")
+    try:
+        meta = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: the '{METADATA_KEY}' metadata is not valid JSON ({err})") from None
+    _check_meta(meta, str(path))
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format_version {version!r} is not supported (this dcsim reads 1.."
+                         f"{FORMAT_VERSION}; a newer dcsim may have written it)")
+    return meta
+
+
+def _describe(items: list[str]) -> str:
+    more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+    return ", ".join(items[:_SHOWN]) + more
+
+
+def load_checkpoint(path: str | os.PathLike, build_model: Callable[..., nn.Module]) -> tuple[nn.Module, dict]:
+    """Rebuild the model saved at ``path``: returns (model in eval mode on the CPU, metadata dict).
+
+    build_model(architecture, **arch_kwargs) makes the module (e.g. dcsim.models.build_model). The
+    file's tensor names and shapes must equal the module's state_dict exactly, else a ValueError
+    names the file and the missing, unexpected and shape-mismatched tensors (the first few of each).
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        model = build_model(meta["architecture"], **meta["arch_kwargs"])
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"{path}: cannot build architecture {meta['architecture']!r} with "
+                         f"{meta['arch_kwargs']}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{path}: build_model returned a {type(model).__name__}, not a torch.nn.Module")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # as in read_metadata
+        raise _open_error(path, err) from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in tensors.items()}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    mismatched = [f"{k} (file {list(stored[k])}, model {list(expected[k])})"
+                  for k in sorted(set(stored) & set(expected)) if stored[k] != expected[k]]
+    if missing or unexpected or mismatched:
+        parts = [f"{label}: {_describe(items)}" for label, items in
+                 (("missing from the file", missing), ("unexpected in the file", unexpected),
+                  ("shape mismatch", mismatched)) if items]
+        raise ValueError(f"{path}: the tensors do not fit architecture {meta['architecture']!r} with "
+                         f"{meta['arch_kwargs']}; " + "; ".join(parts))
+    model.load_state_dict(tensors, strict=True)
+    return model.eval(), meta

@@ -1,0 +1,191 @@
+"""Checkpoints (dcsim.checkpoint): safetensors + JSON metadata round trip, exact tensor/shape checks,
+and clear errors for truncated, foreign (pickle), tampered and missing files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dcsim.checkpoint import FORMAT_VERSION, METADATA_KEY, load_checkpoint, read_metadata, save_checkpoint
+
+
+def build(architecture: str, num_classes: int = 5, in_channels: int = 3, width: int = 4,
+          extra: bool = False) -> nn.Module:
+    """conv -> bn -> relu -> flatten -> linear on 8x8 inputs; ``extra`` appends a second linear layer."""
+    if architecture != "tiny":
+        raise ValueError(f"unknown architecture {architecture!r}")
+    layers = [nn.Conv2d(in_channels, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.Flatten(),
+              nn.Linear(width * 36, num_classes)]
+    if extra:
+        layers.append(nn.Linear(num_classes, num_classes))
+    return nn.Sequential(*layers)
+
+
+META = {"architecture": "tiny", "arch_kwargs": {"num_classes": 5, "in_channels": 3, "width": 4},
+        "classes": ["a", "b", "c", "d", "e"], "normalization": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]},
+        "dataset": "synthetic", "accuracy": {"val": 0.5, "test": 0.25}, "seed": 3}
+
+
+def _trained() -> nn.Module:
+    """A model whose parameters and BatchNorm buffers all differ from a fresh one."""
+    torch.manual_seed(0)
+    model = build("tiny", **META["arch_kwargs"])
+    model.train()
+    for _ in range(3):
+        model(torch.randn(16, 3, 8, 8))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    return model
+
+
+def _save(tmp_path, meta=None):
+    model = _trained()
+    path = save_checkpoint(tmp_path / "sub" / "model.safetensors", model, META if meta is None else meta)
+    return model, path
+
+
+def test_round_trip(tmp_path):
+    model, path = _save(tmp_path)
+    assert path.is_file() and os.listdir(path.parent) == ["model.safetensors"]  # no temporary file left behind
+    loaded, meta = load_checkpoint(path, build)
+    assert not loaded.training
+    assert meta == META | {"format_version": FORMAT_VERSION}
+    sd, sd2 = model.state_dict(), loaded.state_dict()
+    assert list(sd) == list(sd2) and "1.running_mean" in sd and "1.num_batches_tracked" in sd
+    for k in sd:
+        assert sd[k].dtype == sd2[k].dtype and torch.equal(sd[k], sd2[k]), k
+    assert int(sd2["1.num_batches_tracked"]) == 3
+    x = torch.randn(7, 3, 8, 8)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert read_metadata(path) == meta
+
+
+def test_overwrite_is_atomic_and_replaces(tmp_path):
+    _, path = _save(tmp_path)
+    other = build("tiny", **META["arch_kwargs"])
+    save_checkpoint(path, other, META | {"seed": 9})
+    loaded, meta = load_checkpoint(path, build)
+    assert meta["seed"] == 9 and torch.equal(loaded[0].weight, other[0].weight)
+    assert os.listdir(path.parent) == ["model.safetensors"]
+
+
+def test_save_validates_metadata(tmp_path):
+    model = build("tiny")
+    bad = {k: v for k, v in META.items() if k != "classes"}
+    with pytest.raises(ValueError, match=r"lacks \['classes'\]"):
+        save_checkpoint(tmp_path / "m.safetensors", model, bad)
+    with pytest.raises(ValueError, match="arch_kwargs"):
+        save_checkpoint(tmp_path / "m.safetensors", model, META | {"arch_kwargs": [1, 2]})
+    with pytest.raises(ValueError, match="normalization"):
+        save_checkpoint(tmp_path / "m.safetensors", model, META | {"normalization": {"mean": [0.5]}})
+    with pytest.raises(ValueError, match="JSON-serializable"):
+        save_checkpoint(tmp_path / "m.safetensors", model, META | {"extra": object()})
+    with pytest.raises(TypeError, match="nn.Module"):
+        save_checkpoint(tmp_path / "m.safetensors", {"w": torch.zeros(1)}, META)
+    assert not any(tmp_path.iterdir())
+
+
+def test_truncated_file(tmp_path):
+    _, path = _save(tmp_path)
+    blob = path.read_bytes()
+    for cut in (len(blob) - 10, 100, 4, 0):
+        path.write_bytes(blob[:cut])
+        with pytest.raises(ValueError, match=rf"{path}: not a valid safetensors checkpoint"):
+            load_checkpoint(path, build)
+        with pytest.raises(ValueError, match=str(path)):
+            read_metadata(path)
+
+
+def _rewrite(path, meta_text: str | None) -> None:
+    """Rewrite ``path`` with the same tensors and new header metadata (as a tamperer would)."""
+    tensors = load_file(str(path))
+    save_file(tensors, str(path), metadata=None if meta_text is None else {METADATA_KEY: meta_text})
+
+
+def test_tampered_metadata_names_the_mismatched_tensor(tmp_path):
+    _, path = _save(tmp_path)
+    meta = read_metadata(path)
+    _rewrite(path, json.dumps(meta | {"arch_kwargs": {**meta["arch_kwargs"], "num_classes": 7}}))
+    with pytest.raises(ValueError, match=r"model\.safetensors: .*shape mismatch: 4\.bias \(file \[5\], model \[7\]\), "
+                                         r"4\.weight \(file \[5, 144\], model \[7, 144\]\)"):
+        load_checkpoint(path, build)
+    _rewrite(path, json.dumps(meta | {"arch_kwargs": {**meta["arch_kwargs"], "width": 6}}))
+    with pytest.raises(ValueError, match=r"shape mismatch: 0\.bias .*1\.running_mean .* and \d+ more"):
+        load_checkpoint(path, build)
+    _rewrite(path, json.dumps(meta | {"arch_kwargs": {**meta["arch_kwargs"], "extra": True}}))
+    with pytest.raises(ValueError, match=r"missing from the file: 5\.bias, 5\.weight"):
+        load_checkpoint(path, build)
+    _rewrite(path, json.dumps(meta | {"arch_kwargs": {**meta["arch_kwargs"], "depth": 3}}))
+    with pytest.raises(ValueError, match=r"model\.safetensors: cannot build architecture 'tiny'.*depth"):
+        load_checkpoint(path, build)
+    _rewrite(path, json.dumps(meta | {"architecture": "resnet"}))
+    with pytest.raises(ValueError, match=r"model\.safetensors: cannot build architecture 'resnet'"):
+        load_checkpoint(path, build)
+
+
+def test_unexpected_tensors_are_named(tmp_path):
+    _, path = _save(tmp_path)
+    tensors = load_file(str(path))
+    tensors["9.weight"] = torch.zeros(2)
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(read_metadata(path))})
+    with pytest.raises(ValueError, match=r"unexpected in the file: 9\.weight"):
+        load_checkpoint(path, build)
+
+
+@pytest.mark.parametrize("meta_text, match", [
+    (None, "no 'dcsim' metadata"),
+    ("{not json", "not valid JSON"),
+    ('["a list"]', "must be a JSON object"),
+    ('{"architecture": "tiny"}', r"lacks \['arch_kwargs'"),
+])
+def test_bad_metadata(tmp_path, meta_text, match):
+    _, path = _save(tmp_path)
+    _rewrite(path, meta_text)
+    with pytest.raises(ValueError, match=rf"{path}: .*{match}"):
+        load_checkpoint(path, build)
+
+
+def test_newer_format_is_refused(tmp_path):
+    _, path = _save(tmp_path)
+    _rewrite(path, json.dumps(read_metadata(path) | {"format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(ValueError, match="format_version"):
+        read_metadata(path)
+
+
+class _Payload:
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_renamed_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.safetensors"
+    for protocol in (2, 4, 5):
+        path.write_bytes(pickle.dumps({"state": _Payload(marker)}, protocol=protocol))
+        with pytest.raises(ValueError, match=r"evil\.safetensors: not a valid safetensors checkpoint"):
+            load_checkpoint(path, build)
+    torch.save(_trained().state_dict(), path)  # torch's own zip+pickle format
+    with pytest.raises(ValueError, match=r"evil\.safetensors: not a valid safetensors checkpoint"):
+        load_checkpoint(path, build)
+    assert not marker.exists()
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        load_checkpoint(tmp_path / "nope.safetensors", build)
+    with pytest.raises(FileNotFoundError):
+        read_metadata(tmp_path / "nope.safetensors")
+    with pytest.raises(ValueError, match="not a file"):
+        read_metadata(tmp_path)
