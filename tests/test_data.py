@@ -568,7 +568,7 @@ def real_cifar(tmp_path_factory):
 @needs_archive
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("DCSIM_SLOW") != "1",
-                    reason="full CIFAR-10 extraction and load (20-30 s on 2 cores): set DCSIM_SLOW=1")
+                    reason="full CIFAR-10 extraction and load (20-45 s on 2 cores): set DCSIM_SLOW=1")
 def test_real_cifar10_full(real_cifar):
     splits, seconds, extract_to = real_cifar
     print(f"\nCIFAR-10 JPEG archive: extracted and decoded in {seconds:.1f} s")
