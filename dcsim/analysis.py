@@ -26,14 +26,13 @@ import json
 import math
 import numbers
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from .fileio import atomic_output
 
 __all__ = [
     "FrontPoint", "Trace", "accuracy_vs_t", "analyze", "baseline", "baseline_curve", "evaluate", "exit_histogram",
@@ -128,24 +127,6 @@ def _real_array(name: str, value: Any) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-@contextmanager
-def _atomic_output(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary file name beside ``path``; on success rename it to ``path``, else delete it.
-
-    The parent folder is created if missing. Nothing half-written is ever left at ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 _ARRAYS = ("labels", "pred", "conf")
 
 
@@ -162,7 +143,7 @@ def save_trace(path: str | os.PathLike, trace: Trace) -> Path:
     if trace.sums is not None:
         arrays["sums"] = trace.sums
     arrays["meta"] = np.array(json.dumps(trace.meta))
-    with _atomic_output(path) as tmp:
+    with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
     return Path(path)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from .fileio import atomic_output
 
 FORMAT_VERSION = 1
 METADATA_KEY = "dcsim"
@@ -74,15 +75,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> Pa
             raise ValueError(f"save_checkpoint: state_dict entry {name!r} is a {type(value).__name__}, not a tensor; "
                              "only tensors can be stored")
         tensors[name] = value.detach().to("cpu", copy=True).contiguous()  # copies: no shared storage
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         save_file(tensors, tmp, metadata={METADATA_KEY: header})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -208,8 +208,9 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 def run_report(model, meta: dict, splits: dict, out: Path, args: argparse.Namespace) -> dict:
     """Calibrate, then QCFS and QFFS with and without DC; writes report.md, report.json, traces and plots."""
     from .analysis import save_trace
+    from .fileio import write_text_atomic
     from .pipeline import calibrate, dynamic_confidence
-    from .report import markdown_table, table_rows, write_json, write_text_atomic
+    from .report import markdown_table, table_rows, write_json
     from .training import accuracy
 
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,16 @@ from torch import fx, nn
 
 from .lsq import LSQActivation
 from .network import (
-    AdaptiveAvgPool, Add, AvgPool, Conv, Flatten, Input, Linear, Neuron, Node, SpikingNetwork,
+    AdaptiveAvgPool,
+    Add,
+    AvgPool,
+    Conv,
+    Flatten,
+    Input,
+    Linear,
+    Neuron,
+    Node,
+    SpikingNetwork,
 )
 
 SUPPORTED = (

@@ -38,7 +38,6 @@ import os
 import pickle
 import sys
 import tarfile
-import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
@@ -51,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
+
+from .fileio import atomic_output, write_text_atomic
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -509,17 +510,6 @@ def _read_cache(scan: _Scan, key: str) -> np.ndarray | None:
     return images
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _write_cache(scan: _Scan, key: str, images: np.ndarray) -> None:
     folder = scan.root / CACHE_DIR
     if not _writable(scan.root):
@@ -527,9 +517,10 @@ def _write_cache(scan: _Scan, key: str, images: np.ndarray) -> None:
     try:
         folder.mkdir(exist_ok=True)
         (folder / "cache.json").unlink(missing_ok=True)
-        _atomic_write(folder / "images.npy", lambda f: np.save(f, images, allow_pickle=False))
+        with atomic_output(folder / "images.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, images, allow_pickle=False)
         info = {"key": key, "classes": scan.classes, "shape": list(images.shape)}
-        _atomic_write(folder / "cache.json", lambda f: f.write(json.dumps(info).encode()))
+        write_text_atomic(folder / "cache.json", json.dumps(info))
     except OSError as err:
         warnings.warn(f"{scan.root}: cannot write the decoded-image cache ({err}); the next load decodes again",
                       stacklevel=3)

@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .analysis import _atomic_output
+from .fileio import atomic_output
 
 __all__ = ["plot_accuracy_confidence", "plot_exit_histogram", "plot_front"]
 
@@ -49,7 +49,7 @@ def _new_axes(size: tuple[float, float]) -> tuple[Figure, Axes]:
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    with _atomic_output(path) as tmp:
+    with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)
 

@@ -8,8 +8,6 @@ The paper's recipe is the default: SGD with momentum 0.9, weight decay 2.5e-5, l
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from .fileio import atomic_output
 from .lsq import set_quantization
 
 
@@ -62,17 +61,6 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy (fraction) of ``model`` on (images, labels)."""
     return float((predict_logits(model, images, batch_size).argmax(1) == labels.cpu()).float().mean())
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"dcsim": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def train(
@@ -163,7 +151,8 @@ def _checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched,
             tensors[f"momentum.{i}"] = buf
     tensors["rng"] = gen.get_state()
     meta = {"history": history, "scheduler": sched.state_dict()}
-    _atomic_save(tensors, meta, path)
+    with atomic_output(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"dcsim": json.dumps(meta)})
 
 
 def _resume(path: Path, model: nn.Module, opt, sched, gen: torch.Generator, config: TrainConfig):

@@ -12,7 +12,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dcsim.checkpoint import FORMAT_VERSION, METADATA_KEY, load_checkpoint, read_metadata, save_checkpoint
+from dcsim.checkpoint import (
+    FORMAT_VERSION,
+    METADATA_KEY,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
 
 
 def build(architecture: str, num_classes: int = 5, in_channels: int = 3, width: int = 4,
