@@ -7,6 +7,7 @@
     res = engine.early_exit(x, steps=8, readout=dcsim.Readout.paper("qffs", 2, 8), threshold=0.9)
 """
 
+from . import analysis, data, models, training
 from .convert import ConversionError, convert
 from .engine import BatchState, Engine, ExitResult, Simulation
 from .lsq import LSQActivation
@@ -16,6 +17,7 @@ from .ops import backends
 from .readout import Readout
 
 __all__ = [
+    "analysis", "data", "models", "training",
     "BatchState", "ConversionError", "Engine", "ExitResult", "LSQActivation", "Readout", "Simulation",
     "SpikingNetwork", "backends", "build_model", "convert",
 ]
