@@ -104,7 +104,7 @@ def train(
         model.train()
         perm = torch.randperm(len(train_x), generator=gen)
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(0, len(perm), config.batch_size), disable=not progress, leave=False,
+        bar = tqdm(range(0, len(perm), config.batch_size), disable=None if progress else True, leave=False,
                    desc=f"epoch {epoch + 1}/{total} ({'lsq' if quantized else 'float'})")
         for lo in bar:
             idx = perm[lo:lo + config.batch_size]
