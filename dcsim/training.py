@@ -172,6 +172,8 @@ def _resume(path: Path, model: nn.Module, opt, sched, gen: torch.Generator, conf
         if f"momentum.{i}" in tensors:
             opt.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device)
     sched.load_state_dict(meta["scheduler"])
+    for group, lr in zip(opt.param_groups, sched.get_last_lr()):
+        group["lr"] = lr
     gen.set_state(tensors["rng"])
     history = meta["history"]
     return len(history["epochs"]), history, best

@@ -1,0 +1,122 @@
+"""The command line end to end on the embedded digits data: train -> trace -> analyze -> eval -> stream -> report."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dcsim
+from dcsim import training
+from dcsim.checkpoint import load_checkpoint
+from dcsim.cli import EXIT_ERROR, EXIT_OK, main
+from dcsim.models import build_model
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "model.safetensors"
+    rc = main(["train", "--epochs", "3", "--float-epochs", "2", "--lr", "0.05", "--width", "8", "--quiet",
+               "--out", str(out), "--json", str(out.with_suffix(".json"))])
+    assert rc == EXIT_OK
+    return out
+
+
+def test_train_writes_a_loadable_checkpoint(ckpt):
+    info = json.loads(ckpt.with_suffix(".json").read_text())
+    model, meta = load_checkpoint(ckpt, build_model)
+    assert meta["architecture"] == "small_cnn" and meta["dataset"] == "digits" and len(meta["classes"]) == 10
+    assert info["accuracy"]["val"] > 0.5
+    splits = dcsim.data.load_digits_splits(seed=0)
+    x, y = splits["val"].normalized(), splits["val"].labels
+    assert abs(training.accuracy(model, x, y) - meta["accuracy"]["val"]) < 1e-9
+
+
+def test_trace_analyze_eval_stream(ckpt, tmp_path):
+    trace = tmp_path / "val.npz"
+    assert main(["trace", str(ckpt), "--method", "qffs", "--steps", "4", "--out", str(trace),
+                 "--json", str(tmp_path / "trace.json")]) == EXIT_OK
+    t = dcsim.analysis.load_trace(trace)
+    assert t.pred.shape == (300, 4) and t.meta["method"] == "qffs" and t.meta["alpha"] == 3.0
+    assert json.loads((tmp_path / "trace.json").read_text())["calibration"]["tau"] > 0
+
+    assert main(["analyze", str(trace), "--json", str(tmp_path / "a.json")]) == EXIT_OK
+    a = json.loads((tmp_path / "a.json").read_text())
+    for key in ("baseline", "selected", "front", "oracle"):
+        assert key in a
+    assert set(a["selected"]) >= {"threshold", "accuracy", "mean_steps", "saving"}
+    assert set(a["oracle"]) == {"first_correct", "stays_correct"}
+    assert all((tmp_path / p.split("/")[-1]).stat().st_size > 0 for p in a["plots"])
+
+    assert main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace), "--json", str(tmp_path / "e.json")]) == EXIT_OK
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert e["steps"] == 4 and e["threshold"] == a["selected"]["threshold"] and 1 <= e["mean_steps"] <= 4
+    assert e["samples"] == 360 and e["spikes_per_neuron"] > 0
+
+    assert main(["stream", str(ckpt), "--method", "qffs", "--trace", str(trace), "--slots", "16", "--compare",
+                 "--json", str(tmp_path / "s.json")]) == EXIT_OK
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["stream"]["samples"] == 360
+    assert s["stream"]["accuracy"] == pytest.approx(e["accuracy"], abs=1e-6)  # same exits, same predictions
+    assert s["static_dc"]["mean_steps"] == pytest.approx(e["mean_steps"])
+
+
+def test_report(ckpt, tmp_path):
+    assert main(["report", str(ckpt), "--out", str(tmp_path), "--qcfs-max-steps", "12", "--qffs-max-steps", "5"]) == EXIT_OK
+    md = (tmp_path / "report.md").read_text()
+    for row in ("| QCFS |", "| QCFS + DC |", "| QFFS |", "| QFFS + DC |"):
+        assert row in md
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert len(rep["rows"]) == 4 and all(r["mean_steps"] >= 1 for r in rep["rows"])
+    assert all((tmp_path / f).exists() for f in ("qcfs_front.png", "qffs_exit_histogram.png", "qcfs_val_trace.npz"))
+
+
+def test_errors_have_exit_codes(ckpt, tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "missing.npz")]) == EXIT_ERROR
+    assert "missing.npz" in capsys.readouterr().err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(ckpt.read_bytes()[:1000])
+    assert main(["eval", str(bad), "--method", "qcfs", "--threshold", "0.5", "--steps", "4"]) == EXIT_ERROR
+    assert "bad.safetensors" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "1.5", "--steps", "4"]) == EXIT_ERROR
+    assert "threshold" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["trace", str(ckpt), "--method", "lif", "--steps", "3", "--out", "x.npz"])
+    assert exc.value.code == 2
+
+
+def test_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "dcsim.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for cmd in ("train", "trace", "analyze", "eval", "report", "demo", "bench", "stream"):
+        assert cmd in out
+
+
+def test_training_resumes_after_interruption_to_the_same_weights(tmp_path):
+    splits = dcsim.data.load_digits_splits(seed=0)
+    (xtr, ytr), (xva, yva) = [(splits[s].normalized(), splits[s].labels) for s in ("train", "val")]
+    cfg = training.TrainConfig(epochs=2, float_epochs=1, lr=0.05, batch_size=64)
+
+    def fresh():
+        torch.manual_seed(0)
+        return dcsim.models.small_cnn(num_classes=10, in_channels=1, width=8)
+
+    reference = fresh()
+    training.train(reference, xtr, ytr, xva, yva, cfg, progress=False)
+
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(x, gen):
+        calls["n"] += 1
+        if calls["n"] == len(range(0, len(xtr), 64)) + 3:
+            raise KeyboardInterrupt
+        return x
+
+    model = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        training.train(model, xtr, ytr, xva, yva, cfg, augment=crash_in_second_epoch, workdir=tmp_path, progress=False)
+    resumed = fresh()
+    history = training.train(resumed, xtr, ytr, xva, yva, cfg, augment=lambda x, g: x, workdir=tmp_path, progress=False)
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
