@@ -82,4 +82,16 @@ DCSIM_HD float readout_score(int kind, const float* s, int64_t k, float scale, i
   return score < 0.0f ? 0.0f : (score > 1.0f ? 1.0f : score);
 }
 
+// One sample of the output step: S += x, score and argmax of S, steps += 1, exit decision.
+//   x, s: [k] this step's output current and the running sums (updated)
+//   exit when score > threshold (strictly) or when steps reaches max_steps
+DCSIM_HD void output_sample(const float* x, float* s, int64_t k, int readout, float scale, float threshold,
+                            int32_t max_steps, int32_t* steps, int64_t* pred, float* score, uint8_t* exited) {
+  for (int64_t j = 0; j < k; ++j) s[j] = s[j] + x[j];
+  const float sc = readout_score(readout, s, k, scale, pred);
+  const int32_t done = ++(*steps);
+  *score = sc;
+  *exited = (sc > threshold || done >= max_steps) ? 1 : 0;
+}
+
 }  // namespace dcsim
