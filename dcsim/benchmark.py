@@ -74,8 +74,8 @@ def mid_threshold(engine: Engine, x: torch.Tensor, steps: int, readout: Readout)
 
 
 def bench_case(model_name: str, method: str, batch: int, device: torch.device, steps: int | None = None,
-               repeats: int = 3, eager: bool = True) -> list[dict]:
-    """Rows for one model/method/batch: modes "full" and "early_exit"."""
+               repeats: int = 3, eager: bool = True, chunk: int = 1) -> list[dict]:
+    """Rows for one model/method/batch: modes "full" and "early_exit" (engine steps computed ``chunk`` at a time)."""
     model, shape = prepared_model(model_name)
     steps = steps or DEFAULT_STEPS[method]
     net = convert(model, method=method)
@@ -89,10 +89,11 @@ def bench_case(model_name: str, method: str, batch: int, device: torch.device, s
     eager_sim = EagerSimulator(net.to(device)) if eager and batch == 1 else None
     rows = []
     for mode, threshold in (("full", 1.0), ("early_exit", exit_threshold)):
-        res = engine.early_exit(x, steps, readout, threshold)
+        res = engine.early_exit(x, steps, readout, threshold, chunk=chunk)
         mean_steps = float(res.exit_step.float().mean())
-        ours = timeit(lambda: engine.early_exit(x, steps, readout, threshold), device, repeats)
+        ours = timeit(lambda: engine.early_exit(x, steps, readout, threshold, chunk=chunk), device, repeats)
         row = {"device": device_name(device), "model": model_name, "method": method, "batch": batch, "mode": mode,
+               "chunk": chunk,
                "steps": steps, "threshold": threshold, "mean_steps": mean_steps,
                "ms_per_inference": 1000 * ours / batch, "ms_per_step": 1000 * ours / batch / mean_steps,
                "ann_ms_per_inference": 1000 * ann_s / batch,
@@ -125,10 +126,10 @@ def standard_set(device: torch.device, quick: bool = False) -> list[tuple[str, s
 
 def markdown(rows: list[dict]) -> str:
     """Table of benchmark rows."""
-    head = ("| device | model | method | batch | mode | mean steps | ms/inference | ms/step | vs eager reference | "
-            "step / ANN forward |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| device | model | method | batch | mode | chunk | mean steps | ms/inference | ms/step | vs eager reference | "
+            "step / ANN forward |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
-        f"| {r['device']} | {r['model']} | {r['method']} | {r['batch']} | {r['mode']} | {r['mean_steps']:.2f} | "
+        f"| {r['device']} | {r['model']} | {r['method']} | {r['batch']} | {r['mode']} | {r['chunk']} | {r['mean_steps']:.2f} | "
         f"{r['ms_per_inference']:.3f} | {r['ms_per_step']:.3f} | "
         f"{format(r['speedup_vs_reference'], '.2f') + 'x' if 'speedup_vs_reference' in r else '-'} | "
         f"{r['ratio_to_ann_per_step']:.2f} |\n" for r in rows)

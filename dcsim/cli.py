@@ -287,7 +287,8 @@ def cmd_bench(args: argparse.Namespace) -> dict:
                                                               for meth in ("qcfs", "qffs") for b in (1, 32)]
     rows = []
     for model, method, batch in tqdm(cases, desc="dcsim bench", disable=None):
-        rows += bench_case(model, method, batch, device, repeats=args.repeats)
+        for chunk in args.chunk:
+            rows += bench_case(model, method, batch, device, repeats=args.repeats, chunk=chunk)
     print(markdown(rows), file=sys.stderr)
     return {"device": device_name(device), "rows": rows}
 
@@ -427,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small models only (a minute on a laptop CPU)")
     p.add_argument("--models", nargs="+", choices=["small_cnn", "resnet18", "vgg16", "resnet50"])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--chunk", type=int, nargs="+", default=[1], help="engine steps computed layer-major at a time")
     p.set_defaults(func=cmd_bench)
 
     p = command("stream", "continuous batching with early exit over a split (slots refilled as samples exit)")
