@@ -381,10 +381,13 @@ class Engine:
         )
 
     def early_exit(self, x: torch.Tensor, steps: int, readout: Readout, threshold: float,
-                   batch_size: int | None = None, chunk: int = 1) -> ExitResult:
+                   batch_size: int | None = None, chunk: int = 1, compact_fraction: float = 0.0) -> ExitResult:
         """Live Dynamic Confidence: each sample stops at the first step whose score is > threshold, or at T.
 
         Finished samples are compacted out of the batch, so later steps compute only on survivors.
+        compact_fraction: compact once at least this fraction of the rows has finished (0: at every
+        exit; 1: never, a masked fixed batch); finished rows left in the batch keep computing but
+        their results are already recorded, so the choice changes the time, never the results.
         chunk: steps computed layer-major at a time (see :meth:`advance`): a sample that stops
         inside a chunk gets the results of its exit step, exactly as with chunk = 1; the steps
         computed after its exit are wasted work, the price of batching the steps of small batches.
@@ -392,6 +395,8 @@ class Engine:
         steps = _check_steps(steps)
         chunk = _check_chunk(chunk)
         threshold = _check_threshold(threshold)
+        if not (isinstance(compact_fraction, (int, float)) and 0.0 <= compact_fraction <= 1.0):
+            raise ValueError(f"compact_fraction must be in [0, 1], got {compact_fraction!r}")
         x = self.check_input(x)
         n_all = x.shape[0]
         bs = _batch_size(batch_size, n_all)
@@ -401,23 +406,27 @@ class Engine:
         spikes = torch.empty((n_all, len(self.neurons)), dtype=torch.int64, device=self.device)
         for lo in range(0, n_all, bs):
             state = self.start(x[lo:lo + bs], ids=torch.arange(lo, min(lo + bs, n_all), device=self.device))
+            alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
             ran = 0
             while state.n:
                 k = min(chunk, steps - ran)
                 rec = self.advance(state, k, steps, readout, threshold)
                 ran += k
-                exited = rec.exited.bool()  # [k, n]
+                exited = rec.exited.bool() & alive  # [k, n]: first exits of rows still running
                 done = exited.any(dim=0)
-                if not bool(done.any()):
-                    continue
-                rows = torch.nonzero(done).squeeze(1)
-                first = exited[:, rows].to(torch.uint8).argmax(dim=0)  # first exit step in the chunk
-                ids = state.ids[rows]
-                pred[ids] = rec.pred[first, rows]
-                exit_step[ids] = rec.steps[first, rows].to(torch.int64)
-                conf[ids] = rec.score[first, rows]
-                spikes[ids] = rec.counts[:, first, rows].T
-                state = self.compact(state, torch.nonzero(~done).squeeze(1))
+                if bool(done.any()):
+                    rows = torch.nonzero(done).squeeze(1)
+                    first = exited[:, rows].to(torch.uint8).argmax(dim=0)  # first exit step in the chunk
+                    ids = state.ids[rows]
+                    pred[ids] = rec.pred[first, rows]
+                    exit_step[ids] = rec.steps[first, rows].to(torch.int64)
+                    conf[ids] = rec.score[first, rows]
+                    spikes[ids] = rec.counts[:, first, rows].T
+                    alive &= ~done
+                finished = state.n - int(alive.sum())
+                if finished == state.n or (finished and finished >= compact_fraction * state.n):
+                    state = self.compact(state, torch.nonzero(alive).squeeze(1))
+                    alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
         neurons, layers = self._layers(x)
         return ExitResult(pred.cpu(), exit_step.cpu(), conf.cpu(), spikes.cpu(), neurons, layers)
 

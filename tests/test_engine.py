@@ -102,6 +102,23 @@ def test_chunked_runs_equal_step_major_runs(method, steps, chunk):
         engine.early_exit(x, steps, readout, 0.5, chunk=0)
 
 
+@pytest.mark.parametrize("method,steps", [("qcfs", 12), ("qffs", 5)])
+@pytest.mark.parametrize("compact_fraction", [0.0, 0.3, 1.0])
+def test_compaction_policy_changes_nothing_but_time(method, steps, compact_fraction):
+    net, shape = small(method, seed=17)
+    engine = dcsim.Engine(net)
+    x = dyadic_inputs(19, shape, seed=18)
+    readout = dcsim.Readout.paper(method, 2, steps)
+    trace = trace_of(engine, x, steps, readout)
+    for c in np.quantile(trace.conf, [0.2, 0.6, 0.9]).tolist():
+        a = engine.early_exit(x, steps, readout, c, batch_size=8, chunk=2, compact_fraction=compact_fraction)
+        e = analysis.exit_steps(trace.conf, c)
+        assert np.array_equal(a.exit_step.numpy(), e)
+        assert np.array_equal(a.pred.numpy(), trace.pred[np.arange(len(x)), e - 1])
+    with pytest.raises(ValueError, match="compact_fraction"):
+        engine.early_exit(x, steps, readout, 0.5, compact_fraction=1.5)
+
+
 @pytest.mark.parametrize("method", ["qcfs", "qffs"])
 def test_early_exit_on_resnet_with_residuals_equals_trace(method):
     net, shape = resnet(method, seed=3)
