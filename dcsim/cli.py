@@ -70,6 +70,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     arch_kwargs = {"num_classes": len(tr.classes), "in_channels": in_channels, "bits": args.bits}
     if args.arch == "small_cnn":
         arch_kwargs["width"] = args.width
+    torch.manual_seed(args.seed)  # weight initialisation
     model = build_model(args.arch, **arch_kwargs)
     config = TrainConfig(epochs=args.epochs, float_epochs=args.float_epochs, lr=args.lr, lr_decay=args.lr_decay,
                          batch_size=args.train_batch_size, seed=args.seed, momentum=args.momentum, weight_decay=args.weight_decay)
