@@ -1,8 +1,9 @@
 """Step-major simulation of a SpikingNetwork with the fused kernels.
 
-The engine advances the whole network one time step at a time (never layer by layer), so
-after every step each sample's running output sums S_t, prediction and stopping score are
-known. Per-sample state (membranes, spike counts, sums, static layer values) lives in
+The engine advances the whole network one time step at a time (step-major), so after every
+step each sample's running output sums S_t, prediction and stopping score are known. With
+``chunk=k`` it computes k steps at once, layer by layer within the chunk, and still decides
+every exit at its own step (same results, fewer and larger conv calls). Per-sample state (membranes, spike counts, sums, static layer values) lives in
 :class:`BatchState`, one row per active sample, so finished samples can be compacted out
 (kernel 3) or their rows reset and refilled with new inputs (streaming).
 
