@@ -320,18 +320,23 @@ def cmd_stream(args: argparse.Namespace) -> dict:
 
     engine, readout, steps, threshold, (x, y) = _stream_setup(args)
     x = x.to(engine.device)
-    stats = StreamStats(args.slots)
-    correct = 0
-    for r in stream(engine, iter(x), args.slots, steps, readout, threshold, stats):
-        correct += int(r.pred == int(y[r.id]))
-    summary = stats.summary() | {"accuracy": correct / len(y), "threshold": threshold, "steps": steps}
-    out = {"stream": summary}
+    out: dict = {}
+    # --compare: static batches of S with and without early exit, interleaved with the stream, best of --repeats
+    for _ in range(args.repeats if args.compare else 1):
+        stats = StreamStats(args.slots)
+        correct = sum(int(r.pred == int(y[r.id])) for r in stream(engine, iter(x), args.slots, steps, readout, threshold, stats))
+        summary = stats.summary() | {"accuracy": correct / len(y), "threshold": threshold, "steps": steps}
+        if "stream" not in out or summary["throughput"] > out["stream"]["throughput"]:
+            out["stream"] = summary
+        if not args.compare:
+            continue
+        for name, th in (("static_dc", threshold), ("static_no_dc", NO_EXIT)):
+            ev = evaluate_live(engine, x, y, steps, readout, th, batch_size=args.slots)
+            row = {"accuracy": ev.accuracy, "mean_steps": ev.mean_steps, "throughput": 1000.0 / ev.ms_per_inference}
+            if name not in out or row["throughput"] > out[name]["throughput"]:
+                out[name] = row
+    summary = out["stream"]
     if args.compare:
-        static_dc = evaluate_live(engine, x, y, steps, readout, threshold, batch_size=args.slots)
-        static_full = evaluate_live(engine, x, y, steps, readout, NO_EXIT, batch_size=args.slots)
-        for name, ev in (("static_dc", static_dc), ("static_no_dc", static_full)):
-            out[name] = {"accuracy": ev.accuracy, "mean_steps": ev.mean_steps,
-                         "throughput": 1000.0 / ev.ms_per_inference}
         out["throughput_ratio_vs_static_no_dc"] = summary["throughput"] / out["static_no_dc"]["throughput"]
         out["throughput_ratio_vs_static_dc"] = summary["throughput"] / out["static_dc"]["throughput"]
     if args.json is None:
@@ -441,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--slots", type=int, default=64, help="S: samples in flight")
     p.add_argument("--compare", action="store_true", help="also time static batches of S with and without early exit")
+    p.add_argument("--repeats", type=int, default=2, help="with --compare: interleaved rounds, best time of each")
     p.set_defaults(func=cmd_stream)
 
     p = command("demo", "the end-to-end demo on scikit-learn's digits (trains, converts, reports)")
