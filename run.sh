@@ -14,7 +14,7 @@ fi
 . "$venv/bin/activate"
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "${DCSIM_TORCH:-torch==2.13.0}"
-python -m pip install -q scikit-build-core pybind11 ninja
+python -m pip install -q scikit-build-core pybind11 ninja "cmake>=3.24"
 python -m pip install -q --no-build-isolation -e ".[test]"
 python -c "import dcsim; print('dcsim', dcsim.__version__, 'kernels:', dcsim.backends())"
 what="${1:-}"
