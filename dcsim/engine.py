@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from types import ModuleType
 
 import torch
 
 from . import ops, reference
-from .network import Input, Neuron, SpikingNetwork
+from .network import Conv, Input, Neuron, SpikingNetwork
 from .readout import Readout
 
 BACKENDS: dict[str, ModuleType] = {"native": ops, "reference": reference}
@@ -176,11 +176,17 @@ class Engine:
     device:  where to run; default: where the network's tensors are.
     """
 
-    def __init__(self, net: SpikingNetwork, backend: str = "native", device: torch.device | str | None = None) -> None:
+    def __init__(self, net: SpikingNetwork, backend: str = "native", device: torch.device | str | None = None,
+                 channels_last: bool = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
         self.device = torch.device(device) if device is not None else net.device
+        self.channels_last = bool(channels_last)
         self.net = net.to(self.device)
+        if self.channels_last:
+            self.net = SpikingNetwork(
+                [replace(n, weight=self._layout(n.weight)) if isinstance(n, Conv) else n for n in self.net.nodes],
+                self.net.method, self.net.bits)
         self.backend = backend
         self.kernels = BACKENDS[backend]
         nodes = self.net.nodes
@@ -205,6 +211,19 @@ class Engine:
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
 
     # ---------------------------------------------------------------- state
+
+    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised tensor in the engine's memory layout (see :meth:`_layout`)."""
+        if self.channels_last and len(shape) == 4:
+            n, c, h, w = shape
+            return torch.empty((n, h, w, c), dtype=dtype, device=self.device).permute(0, 3, 1, 2)
+        return torch.empty(shape, dtype=dtype, device=self.device)
+
+    def _layout(self, t: torch.Tensor) -> torch.Tensor:
+        """t in the engine's memory layout: channels_last for 4-D tensors when enabled, else contiguous."""
+        if self.channels_last and t.dim() == 4:
+            return t.contiguous(memory_format=torch.channels_last)
+        return t.contiguous()
 
     def shapes(self, sample_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
         """Per-sample shapes of all node values for inputs of per-sample shape ``sample_shape``."""
@@ -237,7 +256,7 @@ class Engine:
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or infinite values")
         self.shapes(tuple(x.shape[1:]))
-        return x.contiguous()
+        return self._layout(x)
 
     def start(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> BatchState:
         """Fresh state for the inputs x float32 [n, ...]: membranes u0, counts and sums zero."""
@@ -251,12 +270,12 @@ class Engine:
             for i in self._static_order:
                 node = nodes[i]
                 values[i] = x if isinstance(node, Input) else node.apply(*(values[j] for j in node.inputs))
-        static = {i: values[i].contiguous() for i in self._needed_static}
+        static = {i: self._layout(values[i]) for i in self._needed_static}
         u, z, counts = {}, {}, {}
         for i in self.neurons:
-            u[i] = torch.full((n, *shapes[i]), nodes[i].u0, dtype=torch.float32, device=dev)
+            u[i] = self._empty((n, *shapes[i]), torch.float32).fill_(nodes[i].u0)
             if self.net.method == "qffs":
-                z[i] = torch.zeros((n, *shapes[i]), dtype=torch.int32, device=dev)
+                z[i] = self._empty((n, *shapes[i]), torch.int32).zero_()
             counts[i] = torch.zeros(n, dtype=torch.int64, device=dev)
         k = shapes[-1][0]
         return BatchState(
@@ -318,12 +337,13 @@ class Engine:
             for i in self._dynamic:
                 node = nodes[i]
                 if isinstance(node, Neuron):
-                    out = torch.empty((k, *state.u[i].shape), dtype=torch.float32, device=self.device)
+                    shape = state.u[i].shape
+                    out = self._empty((k * n, *shape[1:]), torch.float32).view(k, *shape)
                     for t in range(k):
                         self.kernels.neuron_step(
-                            method, at(node.inputs[0], t).contiguous(), state.u[i], state.z.get(i), out[t],
+                            method, self._layout(at(node.inputs[0], t)), state.u[i], state.z.get(i), out[t],
                             state.counts[i], node.threshold, node.zmax,
-                            x2=at(node.inputs[1], t).contiguous() if len(node.inputs) > 1 else None,
+                            x2=self._layout(at(node.inputs[1], t)) if len(node.inputs) > 1 else None,
                         )
                         rec.counts[layer_of[i], t] = state.counts[i]
                     vals[i] = out

@@ -51,16 +51,30 @@ def _tensor(name: str, t: object) -> torch.Tensor:
     return t
 
 
-def _check(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device, shape: tuple | None = None) -> None:
+def dense_rows(t: torch.Tensor) -> bool:
+    """True if every sample row of t is one dense block: contiguous, or channels_last [n, C, H, W]."""
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def _check(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device, shape: tuple | None = None,
+           like: torch.Tensor | None = None) -> None:
+    """Check dtype, device, shape, and layout: dense rows, with the strides of ``like`` when given."""
     _tensor(name, t)
     if t.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
     if t.device != device:
         raise ValueError(f"{name} is on {t.device} but the other tensors are on {device}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous")
     if shape is not None and tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if not dense_rows(t):
+        raise ValueError(f"{name} must be contiguous (or channels_last)")
+    if like is not None and _strides(t) != _strides(like):
+        raise ValueError(f"{name} must have the memory layout of u (strides {like.stride()}), got {t.stride()}")
+
+
+def _strides(t: torch.Tensor) -> tuple[int | None, ...]:
+    """Strides of the dimensions that matter (a dimension of size 1 may have any stride)."""
+    return tuple(st if size > 1 else None for size, st in zip(t.shape, t.stride()))
 
 
 def _launch(device: torch.device, numel: int) -> tuple[bool, int, int]:
@@ -96,14 +110,14 @@ def neuron_step(
     if len(shape) < 1:
         raise ValueError("u must have a leading sample dimension")
     _check("u", u, torch.float32, device)
-    _check("x", x, torch.float32, device, shape)
-    _check("out", out, torch.float32, device, shape)
+    _check("x", x, torch.float32, device, shape, like=u)
+    _check("out", out, torch.float32, device, shape, like=u)
     if x2 is not None:
-        _check("x2", x2, torch.float32, device, shape)
+        _check("x2", x2, torch.float32, device, shape, like=u)
     if method == "qffs":
         if z is None:
             raise ValueError("z (the spike count) is required for method 'qffs'")
-        _check("z", z, torch.int32, device, shape)
+        _check("z", z, torch.int32, device, shape, like=u)
     n = shape[0]
     _check("counts", counts, torch.int64, device, (n,))
     if not (isinstance(th, (int, float)) and 0 < th <= FLOAT32_MAX):
@@ -157,8 +171,8 @@ def output_step(
 def gather_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
     """Compaction (kernel 3): new tensors whose row r is row index[r] of each input, in one pass.
 
-    tensors: contiguous tensors [n_in, ...] on one device (any dtype); index: int64 [n_out]
-    with values in [0, n_in) (checked).
+    tensors: tensors [n_in, ...] on one device (any dtype), contiguous or channels_last (the
+    outputs keep the layout); index: int64 [n_out] with values in [0, n_in) (checked).
     """
     if not tensors:
         return []
@@ -174,7 +188,11 @@ def gather_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.
         _check(f"tensors[{i}]", t, t.dtype, device)
         if t.dim() < 1 or t.shape[0] != n_in:
             raise ValueError(f"tensors[{i}] must have {n_in} rows, got shape {tuple(t.shape)}")
-        o = torch.empty((index.numel(), *t.shape[1:]), dtype=t.dtype, device=device)
+        if t.is_contiguous():
+            o = torch.empty((index.numel(), *t.shape[1:]), dtype=t.dtype, device=device)
+        else:  # channels_last: the same layout, so rows copy as blocks
+            c, h, w = t.shape[1:]
+            o = torch.empty((index.numel(), h, w, c), dtype=t.dtype, device=device).permute(0, 3, 1, 2)
         row_bytes = t.element_size() * (t.numel() // n_in if n_in else 0)
         entries.append((t.data_ptr(), o.data_ptr(), row_bytes))
         outs.append(o)

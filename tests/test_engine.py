@@ -63,9 +63,10 @@ def trace_of(engine: dcsim.Engine, x: torch.Tensor, steps: int, readout: dcsim.R
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method,steps", [("qcfs", 12), ("qffs", 5)])
 @pytest.mark.parametrize("batch_size", [1, 7, None])
-def test_live_early_exit_equals_trace_analysis(backend, method, steps, batch_size):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_live_early_exit_equals_trace_analysis(backend, method, steps, batch_size, channels_last):
     net, shape = small(method, seed=1)
-    engine = dcsim.Engine(net, backend=backend)
+    engine = dcsim.Engine(net, backend=backend, channels_last=channels_last)
     x = dyadic_inputs(23, shape, seed=2)
     readout = dcsim.Readout.paper(method, 2, steps, tau=0.7)
     trace = trace_of(engine, x, steps, readout)
@@ -120,9 +121,10 @@ def test_compaction_policy_changes_nothing_but_time(method, steps, compact_fract
 
 
 @pytest.mark.parametrize("method", ["qcfs", "qffs"])
-def test_early_exit_on_resnet_with_residuals_equals_trace(method):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_early_exit_on_resnet_with_residuals_equals_trace(method, channels_last):
     net, shape = resnet(method, seed=3)
-    engine = dcsim.Engine(net)
+    engine = dcsim.Engine(net, channels_last=channels_last)
     x = dyadic_inputs(9, shape, seed=4)
     steps = 8 if method == "qcfs" else 4
     readout = dcsim.Readout.paper(method, 2, steps)
@@ -180,7 +182,7 @@ def _alone(engine, x, steps, readout, c):
 @pytest.mark.parametrize("slots", [1, 3, 8, 40])
 def test_stream_equals_each_sample_alone(method, steps, slots):
     net, shape = small(method, seed=9)
-    engine = dcsim.Engine(net)
+    engine = dcsim.Engine(net, channels_last=slots == 8)
     x = dyadic_inputs(25, shape, seed=10)
     readout = dcsim.Readout.paper(method, 2, steps)
     c = float(np.median(trace_of(engine, x, steps, readout).conf))
@@ -226,3 +228,14 @@ def test_stream_handles_short_and_empty_inputs():
         list(stream(engine, iter([x[0]]), 0, 4, dcsim.Readout(), 0.9))
     with pytest.raises(ValueError, match="threshold"):
         list(stream(engine, iter([x[0]]), 2, 4, dcsim.Readout(), 1.5))
+
+
+@pytest.mark.parametrize("method", ["qcfs", "qffs"])
+def test_channels_last_engine_equals_default_layout(method):
+    net, shape = resnet(method, seed=19)
+    x = dyadic_inputs(6, shape, seed=20)
+    readout = dcsim.Readout.paper(method, 2, 4)
+    a = dcsim.Engine(net).simulate(x, 4, readout, record_sums=True, chunk=2)
+    b = dcsim.Engine(net, channels_last=True).simulate(x, 4, readout, record_sums=True, chunk=2)
+    for f in ("pred", "conf", "sums", "spikes"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f

@@ -621,3 +621,29 @@ def test_engine_rejects_non_finite_input(bad):
     x[1, 0, 2, 3] = bad
     with pytest.raises(ValueError, match="NaN"):
         engine.simulate(x, steps=2)
+
+
+@pytest.mark.parametrize("method", ["qcfs", "qffs"])
+def test_neuron_step_channels_last_matches_reference(method):
+    g = torch.Generator().manual_seed(7)
+    cl = torch.channels_last
+    shape = (3, 5, 4, 6)
+    x = torch.randn(shape, generator=g).contiguous(memory_format=cl)
+    u = torch.rand(shape, generator=g).contiguous(memory_format=cl)
+    z = torch.randint(0, 3, shape, generator=g, dtype=torch.int32).contiguous(memory_format=cl) if method == "qffs" else None
+    ref = [t.clone() if t is not None else None for t in (u, z)]
+    out, ref_out = torch.empty_like(u), torch.empty(shape)
+    counts, ref_counts = torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64)
+    ops.neuron_step(method, x, u, z, out, counts, 0.7, 2)
+    reference.neuron_step(method, x.contiguous(), ref[0].contiguous(), None if z is None else ref[1].contiguous(),
+                          ref_out, ref_counts, 0.7, 2)
+    assert torch.equal(out.contiguous(), ref_out) and torch.equal(counts, ref_counts)
+    with pytest.raises(ValueError, match="layout"):
+        ops.neuron_step(method, x.contiguous(), u, z, out, counts, 0.7, 2)
+
+
+def test_gather_rows_keeps_channels_last():
+    t = torch.randn(5, 3, 4, 2).contiguous(memory_format=torch.channels_last)
+    index = torch.tensor([4, 0, 2])
+    (o,) = ops.gather_rows([t], index)
+    assert o.is_contiguous(memory_format=torch.channels_last) and torch.equal(o, t[index])
