@@ -74,12 +74,12 @@ def mid_threshold(engine: Engine, x: torch.Tensor, steps: int, readout: Readout)
 
 
 def bench_case(model_name: str, method: str, batch: int, device: torch.device, steps: int | None = None,
-               repeats: int = 3, eager: bool = True, chunk: int = 1) -> list[dict]:
+               repeats: int = 3, eager: bool = True, chunk: int = 1, channels_last: bool = False) -> list[dict]:
     """Rows for one model/method/batch: modes "full" and "early_exit" (engine steps computed ``chunk`` at a time)."""
     model, shape = prepared_model(model_name)
     steps = steps or DEFAULT_STEPS[method]
     net = convert(model, method=method)
-    engine = Engine(net, device=device)
+    engine = Engine(net, device=device, channels_last=channels_last)
     ann = model.to(device)
     readout = Readout.paper(method, net.bits, steps)
     x = torch.randn(batch, *shape, device=device)
@@ -93,7 +93,7 @@ def bench_case(model_name: str, method: str, batch: int, device: torch.device, s
         mean_steps = float(res.exit_step.float().mean())
         ours = timeit(lambda: engine.early_exit(x, steps, readout, threshold, chunk=chunk), device, repeats)
         row = {"device": device_name(device), "model": model_name, "method": method, "batch": batch, "mode": mode,
-               "chunk": chunk,
+               "chunk": chunk, "channels_last": channels_last,
                "steps": steps, "threshold": threshold, "mean_steps": mean_steps,
                "ms_per_inference": 1000 * ours / batch, "ms_per_step": 1000 * ours / batch / mean_steps,
                "ann_ms_per_inference": 1000 * ann_s / batch,

@@ -289,7 +289,8 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     rows = []
     for model, method, batch in tqdm(cases, desc="dcsim bench", disable=None):
         for chunk in args.chunk:
-            rows += bench_case(model, method, batch, device, repeats=args.repeats, chunk=chunk)
+            rows += bench_case(model, method, batch, device, repeats=args.repeats, chunk=chunk,
+                               channels_last=args.channels_last)
     print(markdown(rows), file=sys.stderr)
     return {"device": device_name(device), "rows": rows}
 
@@ -435,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", choices=["small_cnn", "resnet18", "vgg16", "resnet50"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--chunk", type=int, nargs="+", default=[1], help="engine steps computed layer-major at a time")
+    p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")
     p.set_defaults(func=cmd_bench)
 
     p = command("stream", "continuous batching with early exit over a split (slots refilled as samples exit)")
