@@ -195,9 +195,9 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         tau, _ = _tau(args, model, splits)
         net_bits = {m.bits for m in model.modules() if hasattr(m, "qp")}
         readout = _readout(args, args.method, net_bits.pop() if len(net_bits) == 1 else None, steps, tau)
-    engine = Engine(convert(model, method=args.method), device=_device(args.device))
+    engine = Engine(convert(model, method=args.method), device=_device(args.device), channels_last=args.channels_last)
     x, y = _tensors(splits[args.split])
-    res = evaluate_live(engine, x, y, steps, readout, threshold, batch_size=args.batch_size)
+    res = evaluate_live(engine, x, y, steps, readout, threshold, batch_size=args.batch_size, chunk=args.chunk)
     out = res.to_dict() | {"steps": steps, "readout": readout.to_dict(), "split": args.split, "samples": len(y),
                            "batch_size": args.batch_size, "device": str(engine.device)}
     if args.json is None:
@@ -422,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="th_c in [0, 1]; 1 disables early exit")
     p.add_argument("--trace", type=Path, help="validation trace to select th_c from")
     p.add_argument("--tolerance", type=float, default=0.0)
+    p.add_argument("--chunk", type=int, default=1, help="steps per conv call (faster at small batches; same results)")
+    p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")
     p.set_defaults(func=cmd_eval)
 
     p = command("report", "QCFS and QFFS with and without Dynamic Confidence: Table-1 report and plots")
