@@ -167,8 +167,20 @@ def cmd_analyze(args: argparse.Namespace) -> dict:
     return report
 
 
-def cmd_eval(args: argparse.Namespace) -> dict:
+def _from_trace(args: argparse.Namespace):
+    """(readout, T, th_c) from the validation trace ``args.trace``: its readout and length, th_c selected on it."""
     from .analysis import analyze, load_trace
+    from .readout import Readout
+
+    trace = load_trace(args.trace)
+    tm = trace.meta
+    if tm.get("method") != args.method:
+        raise ValueError(f"{args.trace}: trace method {tm.get('method')!r} differs from --method {args.method!r}")
+    threshold = analyze(trace, tolerance=args.tolerance)["selected"]["threshold"]
+    return Readout(tm["readout"], float(tm["alpha"]), float(tm["tau"])), int(tm["steps"]), threshold
+
+
+def cmd_eval(args: argparse.Namespace) -> dict:
     from .convert import convert
     from .engine import Engine
     from .pipeline import evaluate_live
@@ -178,24 +190,16 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     _check_dataset_matches(meta, splits, args.checkpoint)
     if (args.threshold is None) == (args.trace is None):
         raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
-    steps, threshold = args.steps, args.threshold
+    net = convert(model, method=args.method)
     if args.trace is not None:
-        trace = load_trace(args.trace)
-        tmeta = trace.meta
-        if tmeta.get("method") != args.method:
-            raise ValueError(f"{args.trace}: trace method {tmeta.get('method')!r} differs from --method {args.method!r}")
-        selected = analyze(trace, tolerance=args.tolerance)["selected"]
-        threshold, steps = selected["threshold"], int(tmeta["steps"])
-        from .readout import Readout
-
-        readout = Readout(tmeta["readout"], float(tmeta["alpha"]), float(tmeta["tau"]))
+        readout, steps, threshold = _from_trace(args)
     else:
+        steps, threshold = args.steps, args.threshold
         if steps is None:
             raise ValueError("--steps is required with --threshold")
         tau, _ = _tau(args, model, splits)
-        net_bits = {m.bits for m in model.modules() if hasattr(m, "qp")}
-        readout = _readout(args, args.method, net_bits.pop() if len(net_bits) == 1 else None, steps, tau)
-    engine = Engine(convert(model, method=args.method), device=_device(args.device), channels_last=args.channels_last)
+        readout = _readout(args, args.method, net.bits, steps, tau)
+    engine = Engine(net, device=_device(args.device), channels_last=args.channels_last)
     x, y = _tensors(splits[args.split])
     res = evaluate_live(engine, x, y, steps, readout, threshold, batch_size=args.batch_size, chunk=args.chunk)
     out = res.to_dict() | {"steps": steps, "readout": readout.to_dict(), "split": args.split, "samples": len(y),
@@ -297,22 +301,15 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
 def _stream_setup(args: argparse.Namespace):
     """Model, engine, readout, T, th_c and the split for ``stream``."""
-    from .analysis import analyze, load_trace
     from .convert import convert
     from .engine import Engine
-    from .readout import Readout
 
     model, meta = _load_model(args.checkpoint)
     splits = load_splits(args)
     _check_dataset_matches(meta, splits, args.checkpoint)
-    trace = load_trace(args.trace)
-    tm = trace.meta
-    if tm.get("method") != args.method:
-        raise ValueError(f"{args.trace}: trace method {tm.get('method')!r} differs from --method {args.method!r}")
-    threshold = analyze(trace, tolerance=args.tolerance)["selected"]["threshold"]
-    readout = Readout(tm["readout"], float(tm["alpha"]), float(tm["tau"]))
+    readout, steps, threshold = _from_trace(args)
     engine = Engine(convert(model, method=args.method), device=_device(args.device))
-    return engine, readout, int(tm["steps"]), threshold, _tensors(splits[args.split])
+    return engine, readout, steps, threshold, _tensors(splits[args.split])
 
 
 def cmd_stream(args: argparse.Namespace) -> dict:
