@@ -19,7 +19,7 @@ import torch
 
 from .baseline import EagerSimulator
 from .convert import convert
-from .engine import Engine
+from .engine import Engine, conv_precision
 from .models import build_model
 from .readout import Readout
 
@@ -73,33 +73,47 @@ def mid_threshold(engine: Engine, x: torch.Tensor, steps: int, readout: Readout)
     return float(sim.conf[:, max(steps // 2 - 1, 0)].median())
 
 
+def engine_label(graphs: bool, compact_fraction: float, tf32: bool) -> str:
+    """Short name of an engine configuration in benchmark tables."""
+    label = ("graphs" + ("+masked" if compact_fraction >= 1 else "+buckets")) if graphs else "eager"
+    return label + ("+tf32" if tf32 else "")
+
+
 def bench_case(model_name: str, method: str, batch: int, device: torch.device, steps: int | None = None,
-               repeats: int = 3, eager: bool = True, chunk: int = 1, channels_last: bool = False) -> list[dict]:
-    """Rows for one model/method/batch: modes "full" and "early_exit" (engine steps computed ``chunk`` at a time)."""
+               repeats: int = 3, eager: bool = True, chunk: int = 1, channels_last: bool = False,
+               graphs: bool = False, compact_fraction: float = 0.0, tf32: bool = False) -> list[dict]:
+    """Rows for one model/method/batch: modes "full" and "early_exit" (engine steps computed ``chunk`` at a time).
+
+    graphs / compact_fraction / tf32: the engine configuration (see :meth:`Engine.early_exit`);
+    the ANN forward and the eager reference always run in full float32.
+    """
     model, shape = prepared_model(model_name)
     steps = steps or DEFAULT_STEPS[method]
     net = convert(model, method=method)
-    engine = Engine(net, device=device, channels_last=channels_last)
+    engine = Engine(net, device=device, channels_last=channels_last, tf32=tf32)
     ann = model.to(device)
     readout = Readout.paper(method, net.bits, steps)
     x = torch.randn(batch, *shape, device=device)
     exit_threshold = mid_threshold(engine, x, steps, readout)
-    with torch.no_grad():
+    with torch.no_grad(), conv_precision(False):
         ann_s = timeit(lambda: ann(x), device, repeats)
     eager_sim = EagerSimulator(net.to(device)) if eager and batch == 1 else None
     rows = []
     for mode, threshold in (("full", 1.0), ("early_exit", exit_threshold)):
-        res = engine.early_exit(x, steps, readout, threshold, chunk=chunk)
-        mean_steps = float(res.exit_step.float().mean())
-        ours = timeit(lambda: engine.early_exit(x, steps, readout, threshold, chunk=chunk), device, repeats)
+        def run():
+            return engine.early_exit(x, steps, readout, threshold, chunk=chunk, graphs=graphs,
+                                     compact_fraction=compact_fraction)
+        mean_steps = float(run().exit_step.float().mean())
+        ours = timeit(run, device, repeats)
         row = {"device": device_name(device), "model": model_name, "method": method, "batch": batch, "mode": mode,
-               "chunk": chunk, "channels_last": channels_last,
+               "engine": engine_label(graphs, compact_fraction, tf32), "chunk": chunk, "channels_last": channels_last,
                "steps": steps, "threshold": threshold, "mean_steps": mean_steps,
                "ms_per_inference": 1000 * ours / batch, "ms_per_step": 1000 * ours / batch / mean_steps,
                "ann_ms_per_inference": 1000 * ann_s / batch,
                "ratio_to_ann_per_step": (ours / mean_steps) / ann_s}
         if eager_sim is not None:
-            ref = timeit(lambda: eager_sim.run(x, steps, readout, threshold), device, repeats)
+            with conv_precision(False):
+                ref = timeit(lambda: eager_sim.run(x, steps, readout, threshold), device, repeats)
             row["reference_ms_per_inference"] = 1000 * ref
             row["speedup_vs_reference"] = ref / ours
         rows.append(row)
@@ -126,10 +140,11 @@ def standard_set(device: torch.device, quick: bool = False) -> list[tuple[str, s
 
 def markdown(rows: list[dict]) -> str:
     """Table of benchmark rows."""
-    head = ("| device | model | method | batch | mode | chunk | mean steps | ms/inference | ms/step | vs eager reference | "
-            "step / ANN forward |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| device | model | method | batch | mode | engine | chunk | mean steps | ms/inference | ms/step | "
+            "vs eager reference | step / ANN forward |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
-        f"| {r['device']} | {r['model']} | {r['method']} | {r['batch']} | {r['mode']} | {r['chunk']} | {r['mean_steps']:.2f} | "
+        f"| {r['device']} | {r['model']} | {r['method']} | {r['batch']} | {r['mode']} | {r['engine']} | {r['chunk']} | "
+        f"{r['mean_steps']:.2f} | "
         f"{r['ms_per_inference']:.3f} | {r['ms_per_step']:.3f} | "
         f"{format(r['speedup_vs_reference'], '.2f') + 'x' if 'speedup_vs_reference' in r else '-'} | "
         f"{r['ratio_to_ann_per_step']:.2f} |\n" for r in rows)

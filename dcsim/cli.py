@@ -290,11 +290,17 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     if args.models:
         cases = [c for c in cases if c[0] in args.models] or [(m, meth, b) for m in args.models
                                                               for meth in ("qcfs", "qffs") for b in (1, 32)]
+    graphs = args.graphs or (["on"] if device.type == "cuda" else ["off"])
+    configs = [(g == "on", cf) for g in graphs for cf in ((0.0, 1.0) if g == "on" and args.masked else (0.0,))]
     rows = []
     for model, method, batch in tqdm(cases, desc="dcsim bench", disable=None):
         for chunk in args.chunk:
-            rows += bench_case(model, method, batch, device, repeats=args.repeats, chunk=chunk,
-                               channels_last=args.channels_last)
+            for use_graphs, compact_fraction in configs:
+                if use_graphs and compact_fraction >= 1 and batch == 1:
+                    continue  # at batch 1 buckets and a masked batch are the same thing
+                rows += bench_case(model, method, batch, device, repeats=args.repeats, chunk=chunk,
+                                   channels_last=args.channels_last, graphs=use_graphs,
+                                   compact_fraction=compact_fraction, tf32=args.tf32)
     print(markdown(rows), file=sys.stderr)
     return {"device": device_name(device), "rows": rows}
 
@@ -436,6 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--chunk", type=int, nargs="+", default=[1], help="engine steps computed layer-major at a time")
     p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")
+    p.add_argument("--graphs", nargs="+", choices=["on", "off"],
+                   help="engine step loop as CUDA graphs, eager, or both (default: on for cuda, off for cpu)")
+    p.add_argument("--masked", action="store_true",
+                   help="with graphs: also time a masked fixed batch (no compaction) beside the bucketed one")
+    p.add_argument("--tf32", action="store_true", help="engine convs in TensorFloat-32 (reduced precision)")
     p.set_defaults(func=cmd_bench)
 
     p = command("stream", "continuous batching with early exit over a split (slots refilled as samples exit)")

@@ -14,18 +14,23 @@ run in dcsim's native kernels (``backend="native"``) or in the plain-PyTorch ref
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from types import ModuleType
 
 import torch
 
 from . import ops, reference
+from .graphs import StaticExit
 from .network import Conv, Input, Neuron, SpikingNetwork
 from .readout import Readout
 
 BACKENDS: dict[str, ModuleType] = {"native": ops, "reference": reference}
+MAX_STATIC_EXITS = 8
+"""Captured runners an engine keeps (one per batch shape, T, readout, threshold, chunk); oldest dropped."""
 NEVER = 2.0
 """A threshold no score exceeds (scores are in [0, 1]): samples run to T."""
 
@@ -151,6 +156,32 @@ class StepRecord:
             self.sums[t] = state.sums
 
 
+@contextlib.contextmanager
+def conv_precision(tf32: bool) -> Iterator[None]:
+    """Run GPU convs and matmuls in full float32 (IEEE), or in TensorFloat-32 if ``tf32``; restored after.
+
+    PyTorch lets cuDNN convolutions use TF32 by default, which changes spikes; dcsim computes in
+    full float32 unless TF32 is asked for explicitly. No effect on the CPU.
+    """
+    backends = [b for b in (torch.backends.cudnn.conv, torch.backends.cuda.matmul) if hasattr(b, "fp32_precision")]
+    if backends:
+        saved = [b.fp32_precision for b in backends]
+        for b in backends:
+            b.fp32_precision = "tf32" if tf32 else "ieee"
+        try:
+            yield
+        finally:
+            for b, v in zip(backends, saved):
+                b.fp32_precision = v
+    else:  # older PyTorch
+        saved_flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved_flags
+
+
 def _check_steps(steps: int) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
@@ -174,14 +205,18 @@ class Engine:
 
     backend: "native" (dcsim._core kernels, CPU or CUDA) or "reference" (plain PyTorch).
     device:  where to run; default: where the network's tensors are.
+    channels_last: keep 4-D values in the channels_last layout (same results; often faster convs).
+    tf32:    let GPU convs and matmuls use TensorFloat-32 (faster, reduced precision: spikes may
+             differ from the float32 result); default full float32.
     """
 
     def __init__(self, net: SpikingNetwork, backend: str = "native", device: torch.device | str | None = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, tf32: bool = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
         self.device = torch.device(device) if device is not None else net.device
         self.channels_last = bool(channels_last)
+        self.tf32 = bool(tf32)
         self.net = net.to(self.device)
         if self.channels_last:
             self.net = SpikingNetwork(
@@ -209,8 +244,13 @@ class Engine:
                 self._free_after.setdefault(i, []).append(j)
         self.neurons = self.net.neurons
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        self._static_exits: dict[tuple, StaticExit] = {}
 
     # ---------------------------------------------------------------- state
+
+    def precision(self) -> contextlib.AbstractContextManager[None]:
+        """Context in which the engine's convs and matmuls run (see :func:`conv_precision`)."""
+        return conv_precision(self.tf32)
 
     def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised tensor in the engine's memory layout (see :meth:`_layout`)."""
@@ -260,13 +300,16 @@ class Engine:
 
     def start(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> BatchState:
         """Fresh state for the inputs x float32 [n, ...]: membranes u0, counts and sums zero."""
-        x = self.check_input(x)
+        return self.fresh(self.check_input(x), ids)
+
+    def fresh(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> BatchState:
+        """:meth:`start` for an input already checked by :meth:`check_input` (no host sync: CUDA-graph safe)."""
         n = x.shape[0]
         shapes = self.shapes(tuple(x.shape[1:]))
         nodes = self.net.nodes
         dev = self.device
         values: dict[int, torch.Tensor] = {}
-        with torch.no_grad():
+        with torch.no_grad(), self.precision():
             for i in self._static_order:
                 node = nodes[i]
                 values[i] = x if isinstance(node, Input) else node.apply(*(values[j] for j in node.inputs))
@@ -333,7 +376,7 @@ class Engine:
 
         rec = StepRecord.empty(k, n, len(self.neurons), state.sums.shape[1] if record_sums else None, self.device)
         layer_of = {i: layer for layer, i in enumerate(self.neurons)}
-        with torch.no_grad():
+        with torch.no_grad(), self.precision():
             for i in self._dynamic:
                 node = nodes[i]
                 if isinstance(node, Neuron):
@@ -402,7 +445,8 @@ class Engine:
         )
 
     def early_exit(self, x: torch.Tensor, steps: int, readout: Readout, threshold: float,
-                   batch_size: int | None = None, chunk: int = 1, compact_fraction: float = 0.0) -> ExitResult:
+                   batch_size: int | None = None, chunk: int = 1, compact_fraction: float = 0.0,
+                   graphs: bool = False) -> ExitResult:
         """Live Dynamic Confidence: each sample stops at the first step whose score is > threshold, or at T.
 
         Finished samples are compacted out of the batch, so later steps compute only on survivors.
@@ -412,6 +456,9 @@ class Engine:
         chunk: steps computed layer-major at a time (see :meth:`advance`): a sample that stops
         inside a chunk gets the results of its exit step, exactly as with chunk = 1; the steps
         computed after its exit are wasted work, the price of batching the steps of small batches.
+        graphs: run on fixed-shape buffers with the step loop replayed as CUDA graphs (see
+        :class:`dcsim.graphs.StaticExit`; on the CPU the same code runs eagerly); compaction then
+        goes to halving batch-size buckets, or nowhere if compact_fraction = 1. Same results.
         """
         steps = _check_steps(steps)
         chunk = _check_chunk(chunk)
@@ -426,6 +473,11 @@ class Engine:
         conf = torch.empty(n_all, dtype=torch.float32, device=self.device)
         spikes = torch.empty((n_all, len(self.neurons)), dtype=torch.int64, device=self.device)
         for lo in range(0, n_all, bs):
+            if graphs:
+                runner = self.static_exit(tuple(x[lo:lo + bs].shape), steps, readout, threshold, chunk,
+                                          buckets=compact_fraction < 1)
+                pred[lo:lo + bs], exit_step[lo:lo + bs], conf[lo:lo + bs], spikes[lo:lo + bs] = runner.run(x[lo:lo + bs])
+                continue
             state = self.start(x[lo:lo + bs], ids=torch.arange(lo, min(lo + bs, n_all), device=self.device))
             alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
             ran = 0
@@ -450,6 +502,17 @@ class Engine:
                     alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
         neurons, layers = self._layers(x)
         return ExitResult(pred.cpu(), exit_step.cpu(), conf.cpu(), spikes.cpu(), neurons, layers)
+
+
+    def static_exit(self, shape: tuple[int, ...], steps: int, readout: Readout, threshold: float, chunk: int = 1,
+                    buckets: bool = True) -> StaticExit:
+        """The :class:`StaticExit` runner for batches of ``shape`` (built once, then reused)."""
+        key = (shape, steps, readout, threshold, chunk, buckets)
+        if key not in self._static_exits:
+            if len(self._static_exits) >= MAX_STATIC_EXITS:
+                del self._static_exits[next(iter(self._static_exits))]  # the oldest
+            self._static_exits[key] = StaticExit(self, shape, steps, readout, threshold, chunk, buckets)
+        return self._static_exits[key]
 
 
 def _batch_size(batch_size: int | None, n: int) -> int:

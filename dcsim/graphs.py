@@ -1,0 +1,159 @@
+"""Early exit on fixed-shape buffers, replayed as CUDA graphs on a GPU.
+
+At batch 1 a GPU time step is a few dozen tiny kernels; launching them one by one from Python,
+and syncing with the host after each step to read the exit flag, costs far more than the math.
+:class:`StaticExit` records the whole step (convs, fused neuron and output kernels, and the
+bookkeeping of first exits) once per batch-size bucket as a CUDA graph, so a step is one graph
+launch with no allocation. The host learns that everybody has stopped from a count copied to
+pinned memory after each chunk and reads it one chunk late: the GPU already runs the next chunk
+(speculatively: its results are discarded) instead of idling while the host looks.
+
+Compaction: once the samples still running fit the next smaller bucket (n, n/2, n/4, ... 1), a
+captured gather moves them (and finished rows as padding) into that bucket's buffers; with
+``buckets=False`` the batch stays whole (a masked fixed batch: finished rows keep computing, their
+results already recorded). On the CPU the same pieces run eagerly, so the logic is tested there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from .readout import Readout
+
+if TYPE_CHECKING:
+    from .engine import BatchState, Engine
+
+
+def bucket_sizes(n: int, buckets: bool) -> list[int]:
+    """Batch sizes of the compaction levels: n, then halving down to 1 (just [n] without buckets)."""
+    sizes = [n]
+    while buckets and sizes[-1] > 1:
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
+
+class StaticExit:
+    """Early exit of batches of one shape [n, ...] with fixed T, readout, threshold and chunk.
+
+    Build once (on CUDA this captures the graphs: a fraction of a second), then call :meth:`run`
+    for each batch. Results equal :meth:`Engine.early_exit`'s: the same steps, decided per step.
+    """
+
+    def __init__(self, engine: Engine, shape: tuple[int, ...], steps: int, readout: Readout, threshold: float,
+                 chunk: int = 1, buckets: bool = True) -> None:
+        self.engine = engine
+        self.steps, self.readout, self.threshold, self.chunk = steps, readout, threshold, chunk
+        self.sizes = bucket_sizes(shape[0], buckets)
+        self.chunks = math.ceil(steps / chunk)
+        dev = engine.device
+        n = shape[0]
+        self.x = engine._empty(shape, torch.float32)
+        self.rows = torch.arange(n, device=dev)
+        self.pred = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.exit_step = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.conf = torch.zeros(n, dtype=torch.float32, device=dev)
+        self.spikes = torch.zeros((n, len(engine.neurons)), dtype=torch.int64, device=dev)
+        self.alive = torch.zeros((), dtype=torch.int64, device=dev)
+        cuda = dev.type == "cuda"
+        self.alive_host = torch.zeros(self.chunks, dtype=torch.int64, pin_memory=cuda)
+        self.events = [torch.cuda.Event() for _ in range(self.chunks)] if cuda else []
+        self.states: list[BatchState | None] = [None] * len(self.sizes)
+        self.done: list[torch.Tensor | None] = [None] * len(self.sizes)
+        pieces: dict[object, Callable[[], None]] = {"start": self._start}
+        for level in range(len(self.sizes)):
+            pieces[("step", level)] = lambda level=level: self._step(level)
+            if level + 1 < len(self.sizes):
+                pieces[("compact", level)] = lambda level=level: self._compact(level)
+        self.graphs: list[torch.cuda.CUDAGraph] = []
+        self._run: dict[object, Callable[[], None]] = pieces if not cuda else self._capture(pieces)
+
+    def _capture(self, pieces: dict[object, Callable[[], None]]) -> dict[object, Callable[[], None]]:
+        """Warm every piece up on a side stream (library handles, algorithm choice), then capture each."""
+        self.x.zero_()
+        side = torch.cuda.Stream(self.engine.device)
+        side.wait_stream(torch.cuda.current_stream(self.engine.device))
+        with torch.cuda.stream(side), self.engine.precision():
+            for fn in pieces.values():
+                fn()
+        torch.cuda.current_stream(self.engine.device).wait_stream(side)
+        replays = {}
+        with self.engine.precision():
+            for key, fn in pieces.items():
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    fn()
+                self.graphs.append(g)
+                replays[key] = g.replay
+        return replays
+
+    # ------------------------------------------------------------- pieces
+
+    def _start(self) -> None:
+        self.states[0] = self.engine.fresh(self.x, self.rows)
+        self.done[0] = torch.zeros(self.sizes[0], dtype=torch.bool, device=self.engine.device)
+
+    def _step(self, level: int) -> None:
+        """One chunk for the rows of ``level``; record each row's first exit by its sample row."""
+        state, done = self.states[level], self.done[level]
+        rec = self.engine.advance(state, self.chunk, self.steps, self.readout, self.threshold)
+        first_exits = rec.exited.bool() & ~done  # [k, b]
+        hit = first_exits.any(dim=0)
+        t = first_exits.to(torch.int32).argmax(dim=0)  # the first exit step in the chunk
+        cols = torch.arange(state.n, device=self.engine.device)
+        ids = state.ids
+
+        def put(dst: torch.Tensor, value: torch.Tensor) -> None:
+            mask = hit.view(-1, *([1] * (value.dim() - 1)))
+            dst.index_put_((ids,), torch.where(mask, value, dst.index_select(0, ids)))
+
+        put(self.pred, rec.pred[t, cols])
+        put(self.exit_step, rec.steps[t, cols].to(torch.int64))
+        put(self.conf, rec.score[t, cols])
+        put(self.spikes, rec.counts[:, t, cols].T)
+        done |= hit
+        self.alive.copy_((~done).sum())
+
+    def _compact(self, level: int) -> None:
+        """Rows still running first (stable), cut to the next bucket's size."""
+        order = torch.argsort(self.done[level].to(torch.uint8), stable=True)[:self.sizes[level + 1]]
+        state = self.states[level]
+        self.states[level + 1] = state.replace_tensors(
+            [self.engine._layout(t.index_select(0, order)) for t in state.tensors()])
+        self.done[level + 1] = self.done[level].index_select(0, order)
+
+    # ------------------------------------------------------------- run
+
+    def _alive_after(self, c: int) -> int:
+        """Rows still running after chunk c (waits for chunk c only, not for later work)."""
+        if self.events:
+            self.events[c].synchronize()
+        return int(self.alive_host[c])
+
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Early exit of x float32 [n, ...] (checked by the engine): (pred, exit_step, conf, spikes) on the device.
+
+        pred int64 [n], exit_step int64 [n] in 1..T, conf float32 [n], spikes int64 [n, L].
+        """
+        self.x.copy_(x)
+        self._run["start"]()
+        level = 0
+        for c in range(self.chunks):
+            self._run[("step", level)]()
+            if c + 1 == self.chunks:
+                break
+            self.alive_host[c].copy_(self.alive, non_blocking=True)
+            if self.events:
+                self.events[c].record()
+            if c == 0:
+                continue
+            alive = self._alive_after(c - 1)  # one chunk late: chunk c already runs meanwhile
+            if alive == 0:
+                break
+            while level + 1 < len(self.sizes) and alive <= self.sizes[level + 1]:
+                self._run[("compact", level)]()
+                level += 1
+        return self.pred.clone(), self.exit_step.clone(), self.conf.clone(), self.spikes.clone()

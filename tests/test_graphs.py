@@ -1,0 +1,99 @@
+"""StaticExit (CUDA-graph early exit) and the engine on a GPU, against the CPU engine.
+
+Dyadic networks (see test_engine) make every float operation exact, so results must be equal
+across devices, batch sizes, compaction buckets and chunking; the GPU runs in full float32.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import dcsim
+from dcsim.engine import conv_precision
+from dcsim.graphs import StaticExit, bucket_sizes
+from dcsim.streaming import stream
+from dyadic import dyadic_inputs, resnet, small, trace_of
+
+HAS_CUDA = torch.cuda.is_available() and "cuda" in dcsim.backends()
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and dcsim built with CUDA"))]
+FIELDS = ("pred", "exit_step", "conf", "spikes")
+
+
+def test_bucket_sizes():
+    assert bucket_sizes(1, True) == [1]
+    assert bucket_sizes(7, True) == [7, 4, 2, 1]
+    assert bucket_sizes(256, True) == [256, 128, 64, 32, 16, 8, 4, 2, 1]
+    assert bucket_sizes(256, False) == [256]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("model,method,steps", [(small, "qcfs", 12), (small, "qffs", 5), (resnet, "qcfs", 6)])
+def test_graph_early_exit_equals_cpu_engine(device, model, method, steps):
+    net, shape = model(method, seed=21)
+    cpu = dcsim.Engine(net)
+    engine = dcsim.Engine(net, device=device)
+    x = dyadic_inputs(13, shape, seed=22)
+    readout = dcsim.Readout.paper(method, 2, steps, tau=0.7)
+    trace = trace_of(cpu, x, steps, readout)
+    for c in [*np.quantile(trace.conf, [0.15, 0.6]).tolist(), 1.0]:
+        want = cpu.early_exit(x, steps, readout, c)
+        for batch_size, chunk, compact_fraction in [(None, 1, 0.0), (None, 3, 1.0), (1, 1, 0.0), (5, 2, 0.0)]:
+            got = engine.early_exit(x.to(device), steps, readout, c, batch_size=batch_size, chunk=chunk,
+                                    compact_fraction=compact_fraction, graphs=True)
+            for f in FIELDS:
+                assert torch.equal(getattr(got, f), getattr(want, f)), (f, c, batch_size, chunk, compact_fraction)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_static_exit_reuse_resets_state(device):
+    """A runner called again on new inputs gives each batch its own results (buffers reset by the start graph)."""
+    net, shape = small("qffs", seed=23)
+    engine = dcsim.Engine(net, device=device)
+    readout = dcsim.Readout.paper("qffs", 2, 5)
+    xs = [dyadic_inputs(6, shape, seed=s).to(device) for s in (24, 25, 24)]
+    c = 0.6
+    runner = StaticExit(engine, tuple(xs[0].shape), 5, readout, c, chunk=2)
+    results = [[t.cpu() for t in runner.run(x)] for x in xs]
+    for x, got in zip(xs, results):
+        want = dcsim.Engine(net).early_exit(x.cpu(), 5, readout, c)
+        for f, g in zip(FIELDS, got):
+            assert torch.equal(g, getattr(want, f)), f
+    assert engine.static_exit(tuple(xs[0].shape), 5, readout, c) is engine.static_exit(tuple(xs[0].shape), 5, readout, c)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and dcsim built with CUDA")
+@pytest.mark.parametrize("method,steps", [("qcfs", 6), ("qffs", 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_simulation_equals_cpu(method, steps, channels_last):
+    net, shape = resnet(method, seed=26)
+    x = dyadic_inputs(9, shape, seed=27)
+    readout = dcsim.Readout.paper(method, 2, steps)
+    want = dcsim.Engine(net).simulate(x, steps, readout, record_sums=True)
+    got = dcsim.Engine(net, device="cuda", channels_last=channels_last).simulate(
+        x.cuda(), steps, readout, record_sums=True, chunk=2)
+    for f in ("pred", "conf", "sums", "spikes"):
+        assert torch.equal(getattr(got, f), getattr(want, f)), f
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and dcsim built with CUDA")
+def test_cuda_stream_equals_cpu_alone():
+    net, shape = small("qcfs", seed=28)
+    x = dyadic_inputs(12, shape, seed=29)
+    readout = dcsim.Readout.paper("qcfs", 2, 8)
+    alone = dcsim.Engine(net).early_exit(x, 8, readout, 0.5, batch_size=1)
+    results = list(stream(dcsim.Engine(net, device="cuda"), iter(x.cuda()), 4, 8, readout, 0.5))
+    assert sorted(r.id for r in results) == list(range(len(x)))
+    for r in results:
+        assert (r.pred, r.exit_step) == (int(alone.pred[r.id]), int(alone.exit_step[r.id]))
+
+
+def test_conv_precision_restores_settings():
+    conv = torch.backends.cudnn.conv
+    before = getattr(conv, "fp32_precision", None)
+    with conv_precision(False):
+        if before is not None:
+            assert conv.fp32_precision == "ieee"
+    with conv_precision(True):
+        if before is not None:
+            assert conv.fp32_precision == "tf32"
+    assert getattr(conv, "fp32_precision", None) == before
