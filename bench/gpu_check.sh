@@ -23,14 +23,14 @@ DCSIM_CUDA=ON python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT
 python3 -c "import dcsim; print('dcsim backends', dcsim.backends())" 2>&1 | tee -a "$OUT/summary.txt"
 
 log "tests (kernels, engine, graphs: CPU and CUDA)"
-timeout 300 python3 -m pytest tests/test_kernels.py tests/test_graphs.py tests/test_engine.py -q -rs --maxfail=20 \
+timeout 150 python3 -m pytest tests/test_kernels.py tests/test_graphs.py tests/test_engine.py -q -rs --maxfail=20 \
   > "$OUT/tests.log" 2>&1
 log "tests rc=$? ($(tail -1 "$OUT/tests.log"))"
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20 | tee -a "$OUT/summary.txt"
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
   log "compute-sanitizer memcheck on the CUDA kernel tests"
-  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  timeout 100 compute-sanitizer --tool memcheck --error-exitcode 9 \
     python3 -m pytest tests/test_kernels.py -q -k "cuda" -x > "$OUT/memcheck.log" 2>&1
   log "memcheck rc=$? ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/memcheck.log") clean summaries; $(tail -1 "$OUT/memcheck.log"))"
 else
