@@ -214,7 +214,7 @@ class Engine:
                  channels_last: bool = False, tf32: bool = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
-        self.device = torch.device(device) if device is not None else net.device
+        self.device = _resolve_device(device if device is not None else net.device)
         self.channels_last = bool(channels_last)
         self.tf32 = bool(tf32)
         self.net = net.to(self.device)
@@ -513,6 +513,14 @@ class Engine:
                 del self._static_exits[next(iter(self._static_exits))]  # the oldest
             self._static_exits[key] = StaticExit(self, shape, steps, readout, threshold, chunk, buckets)
         return self._static_exits[key]
+
+
+def _resolve_device(device: torch.device | str) -> torch.device:
+    """The device with its index: "cuda" means the current CUDA device (tensors report cuda:N)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _batch_size(batch_size: int | None, n: int) -> int:
