@@ -39,7 +39,7 @@ fi
 
 log "benchmarks"
 case "$mode" in
-  quick) bench_args=(--models resnet18 --graphs off on --masked) ;;
+  quick) bench_args=(--models resnet18 --graphs off on --masked --chunk 1 4) ;;
   *) bench_args=(--graphs off on --masked) ;;
 esac
 timeout 400 python3 -m dcsim.cli bench --device cuda --repeats 5 "${bench_args[@]}" --json "$OUT/bench.json" > "$OUT/bench.md" 2>&1

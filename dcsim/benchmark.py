@@ -19,7 +19,7 @@ import torch
 
 from .baseline import EagerSimulator
 from .convert import convert
-from .engine import Engine, conv_precision
+from .engine import Engine, gpu_flags
 from .models import build_model
 from .readout import Readout
 
@@ -95,7 +95,7 @@ def bench_case(model_name: str, method: str, batch: int, device: torch.device, s
     readout = Readout.paper(method, net.bits, steps)
     x = torch.randn(batch, *shape, device=device)
     exit_threshold = mid_threshold(engine, x, steps, readout)
-    with torch.no_grad(), conv_precision(False):
+    with torch.no_grad(), gpu_flags(False, autotune=True):
         ann_s = timeit(lambda: ann(x), device, repeats)
     eager_sim = EagerSimulator(net.to(device)) if eager and batch == 1 else None
     rows = []
@@ -112,7 +112,7 @@ def bench_case(model_name: str, method: str, batch: int, device: torch.device, s
                "ann_ms_per_inference": 1000 * ann_s / batch,
                "ratio_to_ann_per_step": (ours / mean_steps) / ann_s}
         if eager_sim is not None:
-            with conv_precision(False):
+            with gpu_flags(False, autotune=True):
                 ref = timeit(lambda: eager_sim.run(x, steps, readout, threshold), device, repeats)
             row["reference_ms_per_inference"] = 1000 * ref
             row["speedup_vs_reference"] = ref / ours

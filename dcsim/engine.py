@@ -157,29 +157,34 @@ class StepRecord:
 
 
 @contextlib.contextmanager
-def conv_precision(tf32: bool) -> Iterator[None]:
-    """Run GPU convs and matmuls in full float32 (IEEE), or in TensorFloat-32 if ``tf32``; restored after.
+def gpu_flags(tf32: bool, autotune: bool | None = None) -> Iterator[None]:
+    """GPU convs and matmuls in full float32 (IEEE), or TensorFloat-32 if ``tf32``; cuDNN autotuning on or
+    off per ``autotune`` (None: as it is).
 
     PyTorch lets cuDNN convolutions use TF32 by default, which changes spikes; dcsim computes in
-    full float32 unless TF32 is asked for explicitly. No effect on the CPU.
+    full float32 unless TF32 is asked for explicitly. cuDNN's benchmark mode (``autotune``) picks
+    the fastest algorithm per conv shape on its first use: worth it for fixed shapes (CUDA graphs),
+    costly where compaction makes a new batch size at every exit. The previous settings are
+    restored on exit; no effect on the CPU.
     """
-    backends = [b for b in (torch.backends.cudnn.conv, torch.backends.cuda.matmul) if hasattr(b, "fp32_precision")]
-    if backends:
-        saved = [b.fp32_precision for b in backends]
+    cudnn = torch.backends.cudnn
+    saved_benchmark = cudnn.benchmark
+    cudnn.benchmark = saved_benchmark if autotune is None else autotune
+    backends = [b for b in (cudnn.conv, torch.backends.cuda.matmul) if hasattr(b, "fp32_precision")]
+    saved = [b.fp32_precision for b in backends]
+    legacy = None if backends else (cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)  # older PyTorch
+    try:
         for b in backends:
             b.fp32_precision = "tf32" if tf32 else "ieee"
-        try:
-            yield
-        finally:
-            for b, v in zip(backends, saved):
-                b.fp32_precision = v
-    else:  # older PyTorch
-        saved_flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved_flags
+        if legacy is not None:
+            cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        yield
+    finally:
+        cudnn.benchmark = saved_benchmark
+        for b, v in zip(backends, saved):
+            b.fp32_precision = v
+        if legacy is not None:
+            cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = legacy
 
 
 def _check_steps(steps: int) -> int:
@@ -248,9 +253,9 @@ class Engine:
 
     # ---------------------------------------------------------------- state
 
-    def precision(self) -> contextlib.AbstractContextManager[None]:
-        """Context in which the engine's convs and matmuls run (see :func:`conv_precision`)."""
-        return conv_precision(self.tf32)
+    def gpu_flags(self, autotune: bool | None = None) -> contextlib.AbstractContextManager[None]:
+        """Context in which the engine's convs and matmuls run (see :func:`gpu_flags`)."""
+        return gpu_flags(self.tf32, autotune)
 
     def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised tensor in the engine's memory layout (see :meth:`_layout`)."""
@@ -309,7 +314,7 @@ class Engine:
         nodes = self.net.nodes
         dev = self.device
         values: dict[int, torch.Tensor] = {}
-        with torch.no_grad(), self.precision():
+        with torch.no_grad(), self.gpu_flags():
             for i in self._static_order:
                 node = nodes[i]
                 values[i] = x if isinstance(node, Input) else node.apply(*(values[j] for j in node.inputs))
@@ -376,7 +381,7 @@ class Engine:
 
         rec = StepRecord.empty(k, n, len(self.neurons), state.sums.shape[1] if record_sums else None, self.device)
         layer_of = {i: layer for layer, i in enumerate(self.neurons)}
-        with torch.no_grad(), self.precision():
+        with torch.no_grad(), self.gpu_flags():
             for i in self._dynamic:
                 node = nodes[i]
                 if isinstance(node, Neuron):

@@ -8,10 +8,15 @@ launch with no allocation. The host learns that everybody has stopped from a cou
 pinned memory after each chunk and reads it one chunk late: the GPU already runs the next chunk
 (speculatively: its results are discarded) instead of idling while the host looks.
 
-Compaction: once the samples still running fit the next smaller bucket (n, n/2, n/4, ... 1), a
-captured gather moves them (and finished rows as padding) into that bucket's buffers; with
+Large batches instead wait for each chunk's count (``speculate=False``): a step takes long enough
+that the host's look costs nothing, and a speculative chunk would.
+
+Compaction: once the samples still running fit the next smaller bucket (n, n - n/8, ..., n/8,
+then halving to 1), a captured gather moves them to the front of the buffers, in place, and the
+smaller bucket's graph runs on those first rows (finished rows pad the rest); with
 ``buckets=False`` the batch stays whole (a masked fixed batch: finished rows keep computing, their
-results already recorded). On the CPU the same pieces run eagerly, so the logic is tested there.
+results already recorded). All graphs share one memory pool: only the state buffers outlive a
+replay. On the CPU the same pieces run eagerly, so the logic is tested there.
 """
 
 from __future__ import annotations
@@ -28,10 +33,17 @@ if TYPE_CHECKING:
     from .engine import BatchState, Engine
 
 
+SPECULATE_MAX_ROWS = 16
+"""Batches up to this size speculate by default: a step is too short to idle while the host looks."""
+
+
 def bucket_sizes(n: int, buckets: bool) -> list[int]:
-    """Batch sizes of the compaction levels: n, then halving down to 1 (just [n] without buckets)."""
-    sizes = [n]
-    while buckets and sizes[-1] > 1:
+    """Batch sizes of the compaction levels: n down in steps of ceil(n/8), then halving to 1 ([n] without buckets)."""
+    if not buckets:
+        return [n]
+    step = math.ceil(n / 8)
+    sizes = list(range(n, 0, -step))
+    while sizes[-1] > 1:
         sizes.append((sizes[-1] + 1) // 2)
     return sizes
 
@@ -44,8 +56,9 @@ class StaticExit:
     """
 
     def __init__(self, engine: Engine, shape: tuple[int, ...], steps: int, readout: Readout, threshold: float,
-                 chunk: int = 1, buckets: bool = True) -> None:
+                 chunk: int = 1, buckets: bool = True, speculate: bool | None = None) -> None:
         self.engine = engine
+        self.speculate = shape[0] <= SPECULATE_MAX_ROWS if speculate is None else speculate
         self.steps, self.readout, self.threshold, self.chunk = steps, readout, threshold, chunk
         self.sizes = bucket_sizes(shape[0], buckets)
         self.chunks = math.ceil(steps / chunk)
@@ -73,18 +86,20 @@ class StaticExit:
 
     def _capture(self, pieces: dict[object, Callable[[], None]]) -> dict[object, Callable[[], None]]:
         """Warm every piece up on a side stream (library handles, algorithm choice), then capture each."""
+        dev = self.engine.device
         self.x.zero_()
-        side = torch.cuda.Stream(self.engine.device)
-        side.wait_stream(torch.cuda.current_stream(self.engine.device))
-        with torch.cuda.stream(side), self.engine.precision():
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side), self.engine.gpu_flags(autotune=True):
             for fn in pieces.values():
                 fn()
-        torch.cuda.current_stream(self.engine.device).wait_stream(side)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        pool = torch.cuda.graph_pool_handle()
         replays = {}
-        with self.engine.precision():
+        with self.engine.gpu_flags(autotune=True):
             for key, fn in pieces.items():
                 g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
+                with torch.cuda.graph(g, pool=pool):
                     fn()
                 self.graphs.append(g)
                 replays[key] = g.replay
@@ -93,8 +108,11 @@ class StaticExit:
     # ------------------------------------------------------------- pieces
 
     def _start(self) -> None:
-        self.states[0] = self.engine.fresh(self.x, self.rows)
-        self.done[0] = torch.zeros(self.sizes[0], dtype=torch.bool, device=self.engine.device)
+        """Fresh state in the level-0 buffers; every level's state is a view of their first rows."""
+        base = self.engine.fresh(self.x, self.rows.clone())
+        done = torch.zeros(self.sizes[0], dtype=torch.bool, device=self.engine.device)
+        self.states = [base.replace_tensors([t[:b] for t in base.tensors()]) for b in self.sizes]
+        self.done = [done[:b] for b in self.sizes]
 
     def _step(self, level: int) -> None:
         """One chunk for the rows of ``level``; record each row's first exit by its sample row."""
@@ -118,12 +136,10 @@ class StaticExit:
         self.alive.copy_((~done).sum())
 
     def _compact(self, level: int) -> None:
-        """Rows still running first (stable), cut to the next bucket's size."""
+        """Move the rows still running (in order) to the front, in place; the next level runs on the first rows."""
         order = torch.argsort(self.done[level].to(torch.uint8), stable=True)[:self.sizes[level + 1]]
-        state = self.states[level]
-        self.states[level + 1] = state.replace_tensors(
-            [self.engine._layout(t.index_select(0, order)) for t in state.tensors()])
-        self.done[level + 1] = self.done[level].index_select(0, order)
+        for t in [*self.states[level].tensors(), self.done[level]]:
+            t[:order.numel()] = t.index_select(0, order)
 
     # ------------------------------------------------------------- run
 
@@ -141,6 +157,7 @@ class StaticExit:
         self.x.copy_(x)
         self._run["start"]()
         level = 0
+        lag = 1 if self.speculate else 0
         for c in range(self.chunks):
             self._run[("step", level)]()
             if c + 1 == self.chunks:
@@ -148,9 +165,9 @@ class StaticExit:
             self.alive_host[c].copy_(self.alive, non_blocking=True)
             if self.events:
                 self.events[c].record()
-            if c == 0:
+            if c < lag:
                 continue
-            alive = self._alive_after(c - 1)  # one chunk late: chunk c already runs meanwhile
+            alive = self._alive_after(c - lag)  # speculating: chunk c already runs meanwhile
             if alive == 0:
                 break
             while level + 1 < len(self.sizes) and alive <= self.sizes[level + 1]:

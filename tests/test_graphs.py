@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dcsim
-from dcsim.engine import conv_precision
+from dcsim.engine import gpu_flags
 from dcsim.graphs import StaticExit, bucket_sizes
 from dcsim.streaming import stream
 from dyadic import dyadic_inputs, resnet, small, trace_of
@@ -21,8 +21,9 @@ FIELDS = ("pred", "exit_step", "conf", "spikes")
 
 def test_bucket_sizes():
     assert bucket_sizes(1, True) == [1]
-    assert bucket_sizes(7, True) == [7, 4, 2, 1]
-    assert bucket_sizes(256, True) == [256, 128, 64, 32, 16, 8, 4, 2, 1]
+    assert bucket_sizes(7, True) == [7, 6, 5, 4, 3, 2, 1]
+    assert bucket_sizes(20, True) == [20, 17, 14, 11, 8, 5, 2, 1]
+    assert bucket_sizes(256, True) == [256, 224, 192, 160, 128, 96, 64, 32, 16, 8, 4, 2, 1]
     assert bucket_sizes(256, False) == [256]
 
 
@@ -37,11 +38,18 @@ def test_graph_early_exit_equals_cpu_engine(device, model, method, steps):
     trace = trace_of(cpu, x, steps, readout)
     for c in [*np.quantile(trace.conf, [0.15, 0.6]).tolist(), 1.0]:
         want = cpu.early_exit(x, steps, readout, c)
-        for batch_size, chunk, compact_fraction in [(None, 1, 0.0), (None, 3, 1.0), (1, 1, 0.0), (5, 2, 0.0)]:
-            got = engine.early_exit(x.to(device), steps, readout, c, batch_size=batch_size, chunk=chunk,
-                                    compact_fraction=compact_fraction, graphs=True)
-            for f in FIELDS:
-                assert torch.equal(getattr(got, f), getattr(want, f)), (f, c, batch_size, chunk, compact_fraction)
+        for batch_size, chunk, buckets, speculate in [(None, 1, True, False), (None, 3, False, True), (1, 1, True, True),
+                                                      (1, 2, True, False), (5, 2, True, None)]:
+            parts = []
+            for lo in range(0, len(x), batch_size or len(x)):
+                xb = x[lo:lo + (batch_size or len(x))].to(device)
+                runner = StaticExit(engine, tuple(xb.shape), steps, readout, c, chunk, buckets, speculate)
+                parts.append([r.cpu() for r in runner.run(xb)])
+            for f, *g in zip(FIELDS, *parts):
+                assert torch.equal(torch.cat(g), getattr(want, f)), (f, c, batch_size, chunk, buckets, speculate)
+        via_engine = engine.early_exit(x.to(device), steps, readout, c, batch_size=4, graphs=True)
+        for f in FIELDS:
+            assert torch.equal(getattr(via_engine, f), getattr(want, f)), f
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -87,13 +95,12 @@ def test_cuda_stream_equals_cpu_alone():
         assert (r.pred, r.exit_step) == (int(alone.pred[r.id]), int(alone.exit_step[r.id]))
 
 
-def test_conv_precision_restores_settings():
+def test_gpu_flags_restores_settings():
     conv = torch.backends.cudnn.conv
-    before = getattr(conv, "fp32_precision", None)
-    with conv_precision(False):
-        if before is not None:
-            assert conv.fp32_precision == "ieee"
-    with conv_precision(True):
-        if before is not None:
-            assert conv.fp32_precision == "tf32"
-    assert getattr(conv, "fp32_precision", None) == before
+    before = getattr(conv, "fp32_precision", None), torch.backends.cudnn.benchmark
+    for tf32, want in ((False, "ieee"), (True, "tf32")):
+        with gpu_flags(tf32, autotune=True):
+            assert torch.backends.cudnn.benchmark
+            if before[0] is not None:
+                assert conv.fp32_precision == want
+    assert (getattr(conv, "fp32_precision", None), torch.backends.cudnn.benchmark) == before
