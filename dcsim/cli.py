@@ -292,17 +292,28 @@ def cmd_bench(args: argparse.Namespace) -> dict:
                                                               for meth in ("qcfs", "qffs") for b in (1, 32)]
     graphs = args.graphs or (["on"] if device.type == "cuda" else ["off"])
     configs = [(g == "on", cf) for g in graphs for cf in ((0.0, 1.0) if g == "on" and args.masked else (0.0,))]
-    rows = []
+    rows, errors = [], []
     for model, method, batch in tqdm(cases, desc="dcsim bench", disable=None):
         for chunk in args.chunk:
             for use_graphs, compact_fraction in configs:
                 if use_graphs and compact_fraction >= 1 and batch == 1:
                     continue  # at batch 1 buckets and a masked batch are the same thing
-                rows += bench_case(model, method, batch, device, repeats=args.repeats, chunk=chunk,
-                                   channels_last=args.channels_last, graphs=use_graphs,
-                                   compact_fraction=compact_fraction, tf32=args.tf32)
+                case = dict(model=model, method=method, batch=batch, chunk=chunk, graphs=use_graphs,
+                            compact_fraction=compact_fraction)
+                try:
+                    new = bench_case(model, method, batch, device, repeats=args.repeats, chunk=chunk,
+                                     channels_last=args.channels_last, graphs=use_graphs,
+                                     compact_fraction=compact_fraction, tf32=args.tf32)
+                except RuntimeError as err:  # report the case and go on with the others
+                    errors.append({**case, "error": str(err).splitlines()[0]})
+                    print(f"dcsim bench: {case} failed: {errors[-1]['error']}", file=sys.stderr, flush=True)
+                    continue
+                rows += new
+                print(markdown(new).split("\n", 2)[2], end="", file=sys.stderr, flush=True)  # rows as they come
     print(markdown(rows), file=sys.stderr)
-    return {"device": device_name(device), "rows": rows}
+    if errors:
+        print(f"dcsim bench: {len(errors)} case(s) failed", file=sys.stderr)
+    return {"device": device_name(device), "rows": rows, "errors": errors}
 
 
 def _stream_setup(args: argparse.Namespace):

@@ -85,7 +85,7 @@ class StaticExit:
         self._run: dict[object, Callable[[], None]] = pieces if not cuda else self._capture(pieces)
 
     def _capture(self, pieces: dict[object, Callable[[], None]]) -> dict[object, Callable[[], None]]:
-        """Warm every piece up on a side stream (library handles, algorithm choice), then capture each."""
+        """Warm every piece up on a side stream (library handles, cuDNN autotuning), then capture each."""
         dev = self.engine.device
         self.x.zero_()
         side = torch.cuda.Stream(dev)
@@ -96,7 +96,9 @@ class StaticExit:
         torch.cuda.current_stream(dev).wait_stream(side)
         pool = torch.cuda.graph_pool_handle()
         replays = {}
-        with self.engine.gpu_flags(autotune=True):
+        # Capture without autotuning: a conv finds the algorithm tuned in the warm-up in cuDNN's cache;
+        # a cache miss (other memory alignment) takes the heuristic choice instead of timing (a sync).
+        with self.engine.gpu_flags(autotune=False):
             for key, fn in pieces.items():
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(g, pool=pool):
