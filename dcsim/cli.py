@@ -199,9 +199,10 @@ def cmd_eval(args: argparse.Namespace) -> dict:
             raise ValueError("--steps is required with --threshold")
         tau, _ = _tau(args, model, splits)
         readout = _readout(args, args.method, net.bits, steps, tau)
-    engine = Engine(net, device=_device(args.device), channels_last=args.channels_last)
+    engine = Engine(net, device=_device(args.device), channels_last=args.channels_last, tf32=args.tf32)
     x, y = _tensors(splits[args.split])
-    res = evaluate_live(engine, x, y, steps, readout, threshold, batch_size=args.batch_size, chunk=args.chunk)
+    res = evaluate_live(engine, x, y, steps, readout, threshold, batch_size=args.batch_size, chunk=args.chunk,
+                        graphs=args.graphs)
     out = res.to_dict() | {"steps": steps, "readout": readout.to_dict(), "split": args.split, "samples": len(y),
                            "batch_size": args.batch_size, "device": str(engine.device)}
     if args.json is None:
@@ -438,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.0)
     p.add_argument("--chunk", type=int, default=1, help="steps per conv call (faster at small batches; same results)")
     p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")
+    p.add_argument("--graphs", action="store_true", help="step loop as CUDA graphs (GPU; same results)")
+    p.add_argument("--tf32", action="store_true", help="GPU convs in TensorFloat-32 (faster; reduced precision)")
     p.set_defaults(func=cmd_eval)
 
     p = command("report", "QCFS and QFFS with and without Dynamic Confidence: Table-1 report and plots")

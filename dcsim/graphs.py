@@ -101,8 +101,13 @@ class StaticExit:
         with self.engine.gpu_flags(autotune=False):
             for key, fn in pieces.items():
                 g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=pool):
-                    fn()
+                try:
+                    with torch.cuda.graph(g, pool=pool):
+                        fn()
+                except RuntimeError as err:
+                    raise RuntimeError(
+                        f"CUDA graph capture of piece {key} failed (batch {self.sizes[0]}, chunk {self.chunk}, "
+                        f"buckets {self.sizes}): {err}; early_exit(graphs=False) runs without graphs") from err
                 self.graphs.append(g)
                 replays[key] = g.replay
         return replays

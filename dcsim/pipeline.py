@@ -78,16 +78,23 @@ class LiveEval:
 
 
 def evaluate_live(engine: Engine, images: torch.Tensor, labels: torch.Tensor, steps: int, readout: Readout,
-                  threshold: float, batch_size: int = 256, chunk: int = 1) -> LiveEval:
+                  threshold: float, batch_size: int = 256, chunk: int = 1, graphs: bool = False) -> LiveEval:
     """Live early exit at ``threshold`` (1.0: every sample runs T steps); wall time per inference in ms.
 
-    chunk: steps computed per conv call (see Engine.advance); results are the same.
+    chunk: steps computed per conv call (see Engine.advance); graphs: CUDA-graph step loop (see
+    Engine.early_exit; an untimed first run captures the graphs). Results are the same.
     """
     x = images.to(engine.device)
+
+    def run() -> ExitResult:
+        return engine.early_exit(x, steps, readout, threshold, batch_size=batch_size, chunk=chunk, graphs=graphs)
+
+    if graphs:
+        run()
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
     t0 = time.perf_counter()
-    res = engine.early_exit(x, steps, readout, threshold, batch_size=batch_size, chunk=chunk)
+    res = run()
     elapsed = time.perf_counter() - t0
     correct = (res.pred == labels.cpu()).float()
     mean_steps = float(res.exit_step.float().mean())
