@@ -1,5 +1,6 @@
 """End-to-end benchmarks per inference: dcsim's engine vs the official-style eager simulator
 (batch 1, host sync every step) and vs the quantized ANN's forward pass at the same batch.
+On a GPU the engine replays its step loop as CUDA graphs.
 
 Run: pytest bench -o python_files='bench_*.py' --benchmark-only
 Ratios land in extra_info: speedup_vs_reference (eager time / ours), ratio_to_ann_per_step
@@ -26,7 +27,8 @@ def test_end_to_end(benchmark, model, method, batch):
     if model == "resnet50" and DEVICE.type == "cpu" and batch > 1:
         batch = 4
     benchmark.group = f"{model} {method} batch {batch}"
-    rows = benchmark.pedantic(bench_case, args=(model, method, batch, DEVICE), kwargs={"repeats": 2}, rounds=1)
+    rows = benchmark.pedantic(bench_case, args=(model, method, batch, DEVICE),
+                              kwargs={"repeats": 2, "graphs": DEVICE.type == "cuda"}, rounds=1)
     for row in rows:
         for key in ("ms_per_inference", "ms_per_step", "speedup_vs_reference", "ratio_to_ann_per_step",
                     "time_saving_over_step_saving", "mean_steps"):

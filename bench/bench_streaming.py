@@ -17,6 +17,7 @@ from dcsim.pipeline import record_trace
 from dcsim.streaming import StreamStats, stream
 
 STEPS = 16
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +27,10 @@ def setup():
     torch.manual_seed(0)
     model = dcsim.models.small_cnn(num_classes=10, in_channels=1, width=16)
     training.train(model, xtr, ytr, xva, yva, training.TrainConfig(epochs=6, float_epochs=3, lr=0.05), progress=False)
-    engine = dcsim.Engine(dcsim.convert(model, "qcfs"))
+    engine = dcsim.Engine(dcsim.convert(model, "qcfs"), device=DEVICE)
     readout = dcsim.Readout.paper("qcfs", 2, STEPS)
     th = analysis.analyze(record_trace(engine, xva, yva, STEPS, readout, {}))["selected"]["threshold"]
-    x = xte.repeat(4, 1, 1, 1)  # 1440 samples
+    x = xte.repeat(4, 1, 1, 1).to(DEVICE)  # 1440 samples
     return engine, readout, th, x, yte.repeat(4)
 
 
@@ -46,7 +47,7 @@ def test_stream_vs_static(benchmark, setup, slots):
 
     def timed(threshold):
         t0 = time.perf_counter()
-        res = engine.early_exit(x, STEPS, readout, threshold, batch_size=slots)
+        res = engine.early_exit(x, STEPS, readout, threshold, batch_size=slots)  # returns CPU tensors: synced
         return time.perf_counter() - t0, float((res.pred == y).float().mean())
 
     t_dc, acc_dc = min(timed(th) for _ in range(3))

@@ -2,9 +2,10 @@
 # The prepared GPU check: on a machine with a CUDA GPU, PyTorch and no network, build dcsim with
 # its CUDA kernels, run the kernel, engine and CUDA-graph tests (CPU-vs-CUDA parity included),
 # compute-sanitizer's memcheck on the CUDA kernel tests, and the benchmark set; results go under
-# $OUT (default ./gpu-check-out): summary.txt, build.log, tests.log, memcheck.log, bench.md, bench.json.
-#   bash bench/gpu_check.sh          # full benchmark set (about 8 minutes on an H100)
-#   bash bench/gpu_check.sh quick    # ResNet-18 only (about 4 minutes)
+# $OUT (default ./gpu-check-out): summary.txt (with memcheck's verdict), build.log, tests.log, bench.md, bench.json,
+# bench_more.json (VGG-16, ResNet-50), precision.json (TF32 accuracy effect), streaming.json.
+#   bash bench/gpu_check.sh          # ResNet-18 matrix, VGG-16 and ResNet-50 (about 8 minutes on an H200)
+#   bash bench/gpu_check.sh quick    # without VGG-16 and ResNet-50 (about 6 minutes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-full}"
@@ -12,7 +13,7 @@ OUT="${OUT:-$PWD/gpu-check-out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 log() { echo "[gpu_check $(date +%T)] $*" | tee -a "$OUT/summary.txt"; }
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || log "nvidia-smi failed"
+nvidia-smi >> "$OUT/summary.txt" 2>&1 || log "nvidia-smi failed"
 log "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null); mode $mode"
 
 # Build into the machine's Python (it holds PyTorch and the build tools; nothing is downloaded).
@@ -31,18 +32,33 @@ grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20 | tee -a "$OUT/summary.txt
 if command -v compute-sanitizer >/dev/null 2>&1; then
   log "compute-sanitizer memcheck on the CUDA kernel tests"
   timeout 100 compute-sanitizer --tool memcheck --error-exitcode 9 \
-    python3 -m pytest tests/test_kernels.py -q -k "cuda" -x > "$OUT/memcheck.log" 2>&1
-  log "memcheck rc=$? ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/memcheck.log") clean summaries; $(tail -1 "$OUT/memcheck.log"))"
+    python3 -m pytest tests/test_kernels.py -q -k "cuda" -x > /tmp/memcheck.log 2>&1
+  log "memcheck rc=$? ($(grep -c 'ERROR SUMMARY: 0 errors' /tmp/memcheck.log) clean summaries)"
+  grep -E "ERROR SUMMARY|passed|failed|Invalid" /tmp/memcheck.log | head -20 >> "$OUT/summary.txt"
 else
   log "compute-sanitizer not found: memcheck skipped"
 fi
 
 log "benchmarks"
-case "$mode" in
-  quick) bench_args=(--models resnet18 --graphs off on --masked --chunk 1 4) ;;
-  *) bench_args=(--graphs off on --masked) ;;
-esac
-timeout 400 python3 -m dcsim.cli bench --device cuda --repeats 5 "${bench_args[@]}" --json "$OUT/bench.json" > "$OUT/bench.md" 2>&1
+B=(python3 -m dcsim.cli bench --device cuda --repeats 5)
+timeout 150 "${B[@]}" --models resnet18 --graphs off on --masked --chunk 1 4 --json "$OUT/bench.json" \
+  2>&1 | grep -v "^dcsim bench:" > "$OUT/bench.md"
+if [ "$mode" != quick ]; then
+  timeout 120 "${B[@]}" --models vgg16 resnet50 --graphs on --json "$OUT/bench_more.json" \
+    2>&1 | grep -v "^dcsim bench:" >> "$OUT/bench.md"
+fi
 log "bench rc=$?"
-grep -v "dcsim bench:" "$OUT/bench.md" >> "$OUT/summary.txt"
+timeout 60 "${B[@]}" --models resnet18 --graphs on --chunk 1 4 --tf32 \
+  2>&1 | grep -v "^dcsim bench:" | grep "tf32" | sort -u >> "$OUT/bench.md"
+log "bench (tf32) rc=$?"
+cat "$OUT/bench.md" >> "$OUT/summary.txt"
+
+log "TF32 accuracy effect (digits)"
+timeout 60 python3 bench/precision_effect.py --device cuda --out "$OUT/precision.json" 2>&1 | tee -a "$OUT/summary.txt"
+
+log "streaming vs static batches (digits, pytest-benchmark)"
+timeout 90 python3 -m pytest bench/bench_streaming.py -o python_files='bench_*.py' --benchmark-only -q \
+  --benchmark-columns=min,mean --benchmark-json="$OUT/streaming.json" 2>&1 | tail -8 >> "$OUT/summary.txt"
+python3 -c "import json,sys; [print(b['name'], {k: round(v, 3) if isinstance(v, float) else v for k, v in b['extra_info'].items()}) for b in json.load(open(sys.argv[1]))['benchmarks']]" \
+  "$OUT/streaming.json" 2>&1 | tee -a "$OUT/summary.txt"
 log "done"
