@@ -95,6 +95,7 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
     dev = engine.device
 
     def admit(k: int):
+        """Fresh state for up to k next inputs (None when the source is exhausted) and the source's error."""
         ids, xs, err = _next_inputs(source, k, counter)
         if not xs:
             return None, err
@@ -104,7 +105,10 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
             raise ValueError(f"stream inputs with ids {ids} cannot be batched: {e}") from e
         return engine.start(x, ids=torch.tensor(ids, dtype=torch.int64)), err
 
+    # Inputs are admitted ``slots`` at a time into a waiting batch (one conv call for their
+    # input-only layers), whose rows then take the slots that free up, step by step.
     state, pending_error = admit(slots)
+    waiting, taken = None, 0
     neurons = engine.neurons
     while state is not None and state.n:
         engine.step(state, steps, readout, threshold)
@@ -121,15 +125,25 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
         confs = state.score[rows].tolist()
         spikes = torch.stack([state.counts[i][rows] for i in neurons], dim=1).tolist() if neurons else [[]] * len(ids)
         admitted = state.admitted[rows].tolist()
-        fresh = None
-        if pending_error is None:
-            fresh, pending_error = admit(len(ids))
-        k = fresh.n if fresh is not None else 0
-        if k:
-            engine.refill(state, rows[:k], fresh)
-        if k < len(ids):
+        filled = 0
+        while filled < len(ids):
+            if waiting is None or taken == waiting.n:
+                if pending_error is not None:
+                    break
+                waiting, pending_error = admit(slots)
+                taken = 0
+                if waiting is None:
+                    break
+            k = min(len(ids) - filled, waiting.n - taken)
+            fresh = waiting.replace_tensors([t[taken:taken + k] for t in waiting.tensors()])
+            engine.refill(state, rows[filled:filled + k], fresh)
+            taken += k
+            filled += k
+        if filled:
+            state.admitted[rows[:filled]] = time.perf_counter()  # admission = taking a slot
+        if filled < len(ids):
             keep = torch.ones(state.n, dtype=torch.bool, device=dev)
-            keep[rows[k:]] = False
+            keep[rows[filled:]] = False
             state = engine.compact(state, torch.nonzero(keep).squeeze(1))
         for j in range(len(ids)):
             latency = 1000.0 * (now - admitted[j])
