@@ -5,7 +5,8 @@ samples around mid-simulation), it times:
   - dcsim's engine (native kernels, static layers computed once, compaction);
   - the official-style eager simulator (dcsim.baseline: batch 1, host sync every step),
     at batch 1 only (that is how it runs);
-  - the quantized ANN's forward pass at the same batch (the floor: one step can hardly cost less).
+  - the quantized ANN's forward pass at the same batch (the floor: one step can hardly cost less),
+    on a GPU also replayed as a CUDA graph (its kernels alone, no launch overhead).
 Random weights are fine for timing. Ratios are the point; absolute times depend on the machine.
 """
 
@@ -56,6 +57,21 @@ def timeit(fn: Callable[[], object], device: torch.device, repeats: int) -> floa
     return best
 
 
+def graphed_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Best wall time in seconds of ``fn`` captured once as a CUDA graph and replayed: its kernels alone,
+    with no launch overhead (warm-up with cuDNN autotuning, capture without; full float32)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.no_grad():
+        with torch.cuda.stream(side), gpu_flags(False, autotune=True):
+            fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with gpu_flags(False, autotune=False), torch.cuda.graph(graph):
+            fn()
+    return timeit(graph.replay, device, repeats)
+
+
 def prepared_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     """Random-weight LSQ model with initialised step sizes and BN statistics, in eval mode."""
     arch, kwargs, shape = MODELS[name]
@@ -97,6 +113,7 @@ def bench_case(model_name: str, method: str, batch: int, device: torch.device, s
     exit_threshold = mid_threshold(engine, x, steps, readout)
     with torch.no_grad(), gpu_flags(False, autotune=True):
         ann_s = timeit(lambda: ann(x), device, repeats)
+    ann_graph_s = graphed_seconds(lambda: ann(x), device, repeats) if device.type == "cuda" else None
     eager_sim = EagerSimulator(net.to(device)) if eager and batch == 1 else None
     rows = []
     for mode, threshold in (("full", 1.0), ("early_exit", exit_threshold)):
@@ -111,6 +128,9 @@ def bench_case(model_name: str, method: str, batch: int, device: torch.device, s
                "ms_per_inference": 1000 * ours / batch, "ms_per_step": 1000 * ours / batch / mean_steps,
                "ann_ms_per_inference": 1000 * ann_s / batch,
                "ratio_to_ann_per_step": (ours / mean_steps) / ann_s}
+        if ann_graph_s is not None:  # the floor without launch overhead: the ANN's kernels alone
+            row["ann_graph_ms_per_inference"] = 1000 * ann_graph_s / batch
+            row["ratio_to_ann_graph_per_step"] = (ours / mean_steps) / ann_graph_s
         if eager_sim is not None:
             with gpu_flags(False, autotune=True):
                 ref = timeit(lambda: eager_sim.run(x, steps, readout, threshold), device, repeats)
@@ -141,10 +161,13 @@ def standard_set(device: torch.device, quick: bool = False) -> list[tuple[str, s
 def markdown(rows: list[dict]) -> str:
     """Table of benchmark rows."""
     head = ("| device | model | method | batch | mode | engine | chunk | mean steps | ms/inference | ms/step | "
-            "vs eager reference | step / ANN forward |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "vs eager reference | step / ANN forward | step / ANN graph |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
         f"| {r['device']} | {r['model']} | {r['method']} | {r['batch']} | {r['mode']} | {r['engine']} | {r['chunk']} | "
         f"{r['mean_steps']:.2f} | "
         f"{r['ms_per_inference']:.3f} | {r['ms_per_step']:.3f} | "
         f"{format(r['speedup_vs_reference'], '.2f') + 'x' if 'speedup_vs_reference' in r else '-'} | "
-        f"{r['ratio_to_ann_per_step']:.2f} |\n" for r in rows)
+        f"{r['ratio_to_ann_per_step']:.2f} | "
+        f"{format(r['ratio_to_ann_graph_per_step'], '.2f') if 'ratio_to_ann_graph_per_step' in r else '-'} |\n"
+        for r in rows)
