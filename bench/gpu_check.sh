@@ -53,6 +53,10 @@ timeout 60 "${B[@]}" --models resnet18 --graphs on --chunk 1 4 --tf32 \
 log "bench (tf32) rc=$?"
 cat "$OUT/bench.md" >> "$OUT/summary.txt"
 
+log "streaming vs static batches (random-weight ResNet-18, 64 slots)"
+timeout 60 "${B[@]}" --models resnet18 --graphs on --stream 64 2>&1 | grep -A4 "^| device | model | method | slots" \
+  >> "$OUT/summary.txt"
+
 log "TF32 accuracy effect (digits)"
 timeout 60 python3 bench/precision_effect.py --device cuda --out "$OUT/precision.json" 2>&1 | tee -a "$OUT/summary.txt"
 

@@ -22,7 +22,9 @@ from .baseline import EagerSimulator
 from .convert import convert
 from .engine import Engine, gpu_flags
 from .models import build_model
+from .pipeline import NO_EXIT
 from .readout import Readout
+from .streaming import StreamStats, stream
 
 MODELS: dict[str, tuple[str, dict, tuple[int, int, int]]] = {
     "resnet18": ("resnet18", {"num_classes": 10}, (3, 32, 32)),
@@ -144,6 +146,75 @@ def bench_case(model_name: str, method: str, batch: int, device: torch.device, s
     early["time_saving"] = saving_time
     early["time_saving_over_step_saving"] = saving_time / saving_steps if saving_steps > 0 else None
     return rows
+
+
+def stream_vs_static(engine: Engine, x: torch.Tensor, y: torch.Tensor | None, slots: int, steps: int, readout: Readout,
+                     threshold: float, repeats: int = 2, compare: bool = True) -> dict:
+    """Streaming with ``slots`` slots against static batches of ``slots`` with and without early exit.
+
+    Interleaved rounds, best throughput of each (samples/s). x: float32 [N, ...] on the engine's
+    device; y: int64 [N] labels for accuracies (None: no accuracies). Returns {"stream": summary
+    (throughput, latency_ms mean/p50/p99, occupancy, accuracy), "static_dc", "static_no_dc",
+    "throughput_ratio_vs_static_no_dc", "throughput_ratio_vs_static_dc"} (static parts with ``compare``).
+    """
+    out: dict = {}
+    for _ in range(repeats):
+        stats = StreamStats(slots)
+        preds = {r.id: r.pred for r in stream(engine, iter(x), slots, steps, readout, threshold, stats)}
+        summary = stats.summary() | {"threshold": threshold, "steps": steps}
+        if y is not None:
+            summary["accuracy"] = sum(int(p == int(y[i])) for i, p in preds.items()) / len(y)
+        if "stream" not in out or summary["throughput"] > out["stream"]["throughput"]:
+            out["stream"] = summary
+        if not compare:
+            continue
+        for name, th in (("static_dc", threshold), ("static_no_dc", NO_EXIT)):
+            if engine.device.type == "cuda":
+                torch.cuda.synchronize(engine.device)
+            t0 = time.perf_counter()
+            res = engine.early_exit(x, steps, readout, th, batch_size=slots)  # CPU results: synced
+            row = {"mean_steps": float(res.exit_step.float().mean()), "throughput": len(x) / (time.perf_counter() - t0)}
+            if y is not None:
+                row["accuracy"] = float((res.pred == y.cpu()).float().mean())
+            if name not in out or row["throughput"] > out[name]["throughput"]:
+                out[name] = row
+    if compare:
+        out["throughput_ratio_vs_static_no_dc"] = out["stream"]["throughput"] / out["static_no_dc"]["throughput"]
+        out["throughput_ratio_vs_static_dc"] = out["stream"]["throughput"] / out["static_dc"]["throughput"]
+    return out
+
+
+def stream_case(model_name: str, method: str, slots: int, device: torch.device, samples: int | None = None,
+                repeats: int = 2) -> dict:
+    """Streaming vs static batches on a random-weight model (threshold: samples stop around T/2)."""
+    model, shape = prepared_model(model_name)
+    steps = DEFAULT_STEPS[method]
+    net = convert(model, method=method)
+    engine = Engine(net, device=device)
+    readout = Readout.paper(method, net.bits, steps)
+    torch.manual_seed(1)
+    x = torch.randn(samples or 8 * slots, *shape, device=device)
+    threshold = mid_threshold(engine, x[:slots], steps, readout)
+    out = stream_vs_static(engine, x, None, slots, steps, readout, threshold, repeats)
+    s = out["stream"]
+    return {"device": device_name(device), "model": model_name, "method": method, "slots": slots, "samples": len(x),
+            "steps": steps, "threshold": threshold, "stream_throughput": s["throughput"],
+            "latency_ms_p50": s["latency_ms"]["p50"], "latency_ms_p99": s["latency_ms"]["p99"],
+            "occupancy": s["occupancy"], "static_dc_throughput": out["static_dc"]["throughput"],
+            "static_no_dc_throughput": out["static_no_dc"]["throughput"],
+            "mean_steps": out["static_dc"]["mean_steps"],
+            "ratio_vs_static_no_dc": out["throughput_ratio_vs_static_no_dc"],
+            "ratio_vs_static_dc": out["throughput_ratio_vs_static_dc"]}
+
+
+def stream_markdown(rows: list[dict]) -> str:
+    """Table of :func:`stream_case` rows."""
+    head = ("| device | model | method | slots | mean steps | stream (samples/s) | p50 / p99 latency (ms) | occupancy | "
+            "vs static, no exit | vs static, early exit |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(
+        f"| {r['device']} | {r['model']} | {r['method']} | {r['slots']} | {r['mean_steps']:.2f} | "
+        f"{r['stream_throughput']:.1f} | {r['latency_ms_p50']:.2f} / {r['latency_ms_p99']:.2f} | {r['occupancy']:.2f} | "
+        f"{r['ratio_vs_static_no_dc']:.2f}x | {r['ratio_vs_static_dc']:.2f}x |\n" for r in rows)
 
 
 def standard_set(device: torch.device, quick: bool = False) -> list[tuple[str, str, int]]:

@@ -284,7 +284,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
 def cmd_bench(args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
 
-    from .benchmark import bench_case, device_name, markdown, standard_set
+    from .benchmark import bench_case, device_name, markdown, standard_set, stream_case, stream_markdown
 
     device = _device(args.device)
     cases = standard_set(device, quick=args.quick)
@@ -312,9 +312,14 @@ def cmd_bench(args: argparse.Namespace) -> dict:
                 rows += new
                 print(markdown(new).split("\n", 2)[2], end="", file=sys.stderr, flush=True)  # rows as they come
     print(markdown(rows), file=sys.stderr)
+    stream_rows = []
+    if args.stream:
+        for model, method in dict.fromkeys((m, meth) for m, meth, _ in cases):
+            stream_rows.append(stream_case(model, method, args.stream, device, repeats=args.repeats))
+        print(stream_markdown(stream_rows), file=sys.stderr)
     if errors:
         print(f"dcsim bench: {len(errors)} case(s) failed", file=sys.stderr)
-    return {"device": device_name(device), "rows": rows, "errors": errors}
+    return {"device": device_name(device), "rows": rows, "stream_rows": stream_rows, "errors": errors}
 
 
 def _stream_setup(args: argparse.Namespace):
@@ -331,30 +336,12 @@ def _stream_setup(args: argparse.Namespace):
 
 
 def cmd_stream(args: argparse.Namespace) -> dict:
-    from .pipeline import NO_EXIT, evaluate_live
-    from .streaming import StreamStats, stream
+    from .benchmark import stream_vs_static
 
     engine, readout, steps, threshold, (x, y) = _stream_setup(args)
-    x = x.to(engine.device)
-    out: dict = {}
-    # --compare: static batches of S with and without early exit, interleaved with the stream, best of --repeats
-    for _ in range(args.repeats if args.compare else 1):
-        stats = StreamStats(args.slots)
-        correct = sum(int(r.pred == int(y[r.id])) for r in stream(engine, iter(x), args.slots, steps, readout, threshold, stats))
-        summary = stats.summary() | {"accuracy": correct / len(y), "threshold": threshold, "steps": steps}
-        if "stream" not in out or summary["throughput"] > out["stream"]["throughput"]:
-            out["stream"] = summary
-        if not args.compare:
-            continue
-        for name, th in (("static_dc", threshold), ("static_no_dc", NO_EXIT)):
-            ev = evaluate_live(engine, x, y, steps, readout, th, batch_size=args.slots)
-            row = {"accuracy": ev.accuracy, "mean_steps": ev.mean_steps, "throughput": 1000.0 / ev.ms_per_inference}
-            if name not in out or row["throughput"] > out[name]["throughput"]:
-                out[name] = row
+    out = stream_vs_static(engine, x.to(engine.device), y, args.slots, steps, readout, threshold,
+                           repeats=args.repeats if args.compare else 1, compare=args.compare)
     summary = out["stream"]
-    if args.compare:
-        out["throughput_ratio_vs_static_no_dc"] = summary["throughput"] / out["static_no_dc"]["throughput"]
-        out["throughput_ratio_vs_static_dc"] = summary["throughput"] / out["static_dc"]["throughput"]
     if args.json is None:
         print(f"stream S={args.slots}: {summary['throughput']:.1f} samples/s, accuracy {summary['accuracy']:.4f}, "
               f"latency p50 {summary['latency_ms']['p50']:.2f} ms p99 {summary['latency_ms']['p99']:.2f} ms, "
@@ -461,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masked", action="store_true",
                    help="with graphs: also time a masked fixed batch (no compaction) beside the bucketed one")
     p.add_argument("--tf32", action="store_true", help="engine convs in TensorFloat-32 (reduced precision)")
+    p.add_argument("--stream", type=int, metavar="SLOTS",
+                   help="also time streaming with SLOTS slots against static batches of SLOTS (per model and method)")
     p.set_defaults(func=cmd_bench)
 
     p = command("stream", "continuous batching with early exit over a split (slots refilled as samples exit)")

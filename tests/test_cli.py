@@ -127,3 +127,20 @@ def test_training_resumes_after_interruption_to_the_same_weights(tmp_path):
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
     for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_bench_rows_and_stream(tmp_path):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--quick", "--models", "small_cnn", "--repeats", "1", "--graphs", "off", "on",
+                 "--stream", "4", "--json", str(out)]) == EXIT_OK
+    b = json.loads(out.read_text())
+    assert not b["errors"]
+    # 2 methods x 2 batches x 2 engines x 2 modes
+    assert len(b["rows"]) == 16 and {r["engine"] for r in b["rows"]} == {"eager", "graphs+buckets"}
+    for full, early in zip(b["rows"][::2], b["rows"][1::2]):
+        assert (full["mode"], early["mode"]) == ("full", "early_exit")
+        assert early["mean_steps"] < full["mean_steps"] == full["steps"]
+        assert full["ms_per_inference"] > 0 and ("speedup_vs_reference" in full) == (full["batch"] == 1)
+    assert [(r["method"], r["slots"]) for r in b["stream_rows"]] == [("qcfs", 4), ("qffs", 4)]
+    for r in b["stream_rows"]:
+        assert 0 < r["occupancy"] <= 1 and r["stream_throughput"] > 0 and r["ratio_vs_static_no_dc"] > 0
