@@ -41,7 +41,7 @@ fi
 
 log "benchmarks"
 B=(python3 -m dcsim.cli bench --device cuda --repeats 5)
-timeout 150 "${B[@]}" --models resnet18 --graphs off on --masked --chunk 1 4 --json "$OUT/bench.json" \
+timeout 170 "${B[@]}" --models resnet18 --graphs off on --masked --chunk 1 4 --stream 64 --json "$OUT/bench.json" \
   2>&1 | grep -v "^dcsim bench:" > "$OUT/bench.md"
 if [ "$mode" != quick ]; then
   timeout 120 "${B[@]}" --models vgg16 resnet50 --graphs on --json "$OUT/bench_more.json" \
@@ -52,10 +52,6 @@ timeout 60 "${B[@]}" --models resnet18 --graphs on --chunk 1 4 --tf32 \
   2>&1 | grep -v "^dcsim bench:" | grep "tf32" | sort -u >> "$OUT/bench.md"
 log "bench (tf32) rc=$?"
 cat "$OUT/bench.md" >> "$OUT/summary.txt"
-
-log "streaming vs static batches (random-weight ResNet-18, 64 slots)"
-timeout 60 "${B[@]}" --models resnet18 --graphs on --stream 64 2>&1 | grep -A4 "^| device | model | method | slots" \
-  >> "$OUT/summary.txt"
 
 log "TF32 accuracy effect (digits)"
 timeout 60 python3 bench/precision_effect.py --device cuda --out "$OUT/precision.json" 2>&1 | tee -a "$OUT/summary.txt"
