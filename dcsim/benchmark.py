@@ -149,10 +149,10 @@ def bench_case(model_name: str, method: str, batch: int, device: torch.device, s
 
 
 def stream_vs_static(engine: Engine, x: torch.Tensor, y: torch.Tensor | None, slots: int, steps: int, readout: Readout,
-                     threshold: float, repeats: int = 2, compare: bool = True) -> dict:
+                     threshold: float, repeats: int = 2, compare: bool = True, graphs: bool = False) -> dict:
     """Streaming with ``slots`` slots against static batches of ``slots`` with and without early exit.
 
-    Interleaved rounds, best throughput of each (samples/s). x: float32 [N, ...] on the engine's
+    Interleaved rounds, best throughput of each (samples/s); ``graphs``: all three with CUDA graphs. x: float32 [N, ...] on the engine's
     device; y: int64 [N] labels for accuracies (None: no accuracies). Returns {"stream": summary
     (throughput, latency_ms mean/p50/p99, occupancy, accuracy), "static_dc", "static_no_dc",
     "throughput_ratio_vs_static_no_dc", "throughput_ratio_vs_static_dc"} (static parts with ``compare``).
@@ -160,7 +160,7 @@ def stream_vs_static(engine: Engine, x: torch.Tensor, y: torch.Tensor | None, sl
     out: dict = {}
     for _ in range(repeats):
         stats = StreamStats(slots)
-        preds = {r.id: r.pred for r in stream(engine, iter(x), slots, steps, readout, threshold, stats)}
+        preds = {r.id: r.pred for r in stream(engine, iter(x), slots, steps, readout, threshold, stats, graphs)}
         summary = stats.summary() | {"threshold": threshold, "steps": steps}
         if y is not None:
             summary["accuracy"] = sum(int(p == int(y[i])) for i, p in preds.items()) / len(y)
@@ -172,7 +172,7 @@ def stream_vs_static(engine: Engine, x: torch.Tensor, y: torch.Tensor | None, sl
             if engine.device.type == "cuda":
                 torch.cuda.synchronize(engine.device)
             t0 = time.perf_counter()
-            res = engine.early_exit(x, steps, readout, th, batch_size=slots)  # CPU results: synced
+            res = engine.early_exit(x, steps, readout, th, batch_size=slots, graphs=graphs)  # CPU results: synced
             row = {"mean_steps": float(res.exit_step.float().mean()), "throughput": len(x) / (time.perf_counter() - t0)}
             if y is not None:
                 row["accuracy"] = float((res.pred == y.cpu()).float().mean())
@@ -185,7 +185,7 @@ def stream_vs_static(engine: Engine, x: torch.Tensor, y: torch.Tensor | None, sl
 
 
 def stream_case(model_name: str, method: str, slots: int, device: torch.device, samples: int | None = None,
-                repeats: int = 2) -> dict:
+                repeats: int = 2, graphs: bool = False) -> dict:
     """Streaming vs static batches on a random-weight model (threshold: samples stop around T/2)."""
     model, shape = prepared_model(model_name)
     steps = DEFAULT_STEPS[method]
@@ -195,9 +195,10 @@ def stream_case(model_name: str, method: str, slots: int, device: torch.device, 
     torch.manual_seed(1)
     x = torch.randn(samples or 8 * slots, *shape, device=device)
     threshold = mid_threshold(engine, x[:slots], steps, readout)
-    out = stream_vs_static(engine, x, None, slots, steps, readout, threshold, repeats)
+    out = stream_vs_static(engine, x, None, slots, steps, readout, threshold, repeats, graphs=graphs)
     s = out["stream"]
     return {"device": device_name(device), "model": model_name, "method": method, "slots": slots, "samples": len(x),
+            "engine": "graphs" if graphs else "eager",
             "steps": steps, "threshold": threshold, "stream_throughput": s["throughput"],
             "latency_ms_p50": s["latency_ms"]["p50"], "latency_ms_p99": s["latency_ms"]["p99"],
             "occupancy": s["occupancy"], "static_dc_throughput": out["static_dc"]["throughput"],
@@ -209,10 +210,10 @@ def stream_case(model_name: str, method: str, slots: int, device: torch.device, 
 
 def stream_markdown(rows: list[dict]) -> str:
     """Table of :func:`stream_case` rows."""
-    head = ("| device | model | method | slots | mean steps | stream (samples/s) | p50 / p99 latency (ms) | occupancy | "
-            "vs static, no exit | vs static, early exit |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| device | model | method | engine | slots | mean steps | stream (samples/s) | p50 / p99 latency (ms) | "
+            "occupancy | vs static, no exit | vs static, early exit |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
-        f"| {r['device']} | {r['model']} | {r['method']} | {r['slots']} | {r['mean_steps']:.2f} | "
+        f"| {r['device']} | {r['model']} | {r['method']} | {r['engine']} | {r['slots']} | {r['mean_steps']:.2f} | "
         f"{r['stream_throughput']:.1f} | {r['latency_ms_p50']:.2f} / {r['latency_ms_p99']:.2f} | {r['occupancy']:.2f} | "
         f"{r['ratio_vs_static_no_dc']:.2f}x | {r['ratio_vs_static_dc']:.2f}x |\n" for r in rows)
 

@@ -315,7 +315,9 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     stream_rows = []
     if args.stream:
         for model, method in dict.fromkeys((m, meth) for m, meth, _ in cases):
-            stream_rows.append(stream_case(model, method, args.stream, device, repeats=args.repeats))
+            for use_graphs in dict.fromkeys(g for g, _ in configs):
+                stream_rows.append(stream_case(model, method, args.stream, device, repeats=args.repeats,
+                                               graphs=use_graphs))
         print(stream_markdown(stream_rows), file=sys.stderr)
     if errors:
         print(f"dcsim bench: {len(errors)} case(s) failed", file=sys.stderr)
@@ -340,7 +342,7 @@ def cmd_stream(args: argparse.Namespace) -> dict:
 
     engine, readout, steps, threshold, (x, y) = _stream_setup(args)
     out = stream_vs_static(engine, x.to(engine.device), y, args.slots, steps, readout, threshold,
-                           repeats=args.repeats if args.compare else 1, compare=args.compare)
+                           repeats=args.repeats if args.compare else 1, compare=args.compare, graphs=args.graphs)
     summary = out["stream"]
     if args.json is None:
         print(f"stream S={args.slots}: {summary['throughput']:.1f} samples/s, accuracy {summary['accuracy']:.4f}, "
@@ -461,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--slots", type=int, default=64, help="S: samples in flight")
     p.add_argument("--compare", action="store_true", help="also time static batches of S with and without early exit")
+    p.add_argument("--graphs", action="store_true", help="step loops as CUDA graphs (GPU; same results)")
     p.add_argument("--repeats", type=int, default=2, help="with --compare: interleaved rounds, best time of each")
     p.set_defaults(func=cmd_stream)
 

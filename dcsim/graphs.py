@@ -181,3 +181,32 @@ class StaticExit:
                 self._run[("compact", level)]()
                 level += 1
         return self.pred.clone(), self.exit_step.clone(), self.conf.clone(), self.spikes.clone()
+
+
+class StepGraph:
+    """One :meth:`Engine.step` of a fixed state (same tensors every step), replayed as a CUDA graph.
+
+    For loops that change the state's rows in place between steps (streaming refills slots
+    with index_copy_), so the graph always sees the current values. On the CPU, the plain step.
+    """
+
+    def __init__(self, engine: Engine, state: BatchState, steps: int, readout: Readout, threshold: float) -> None:
+        def step() -> None:
+            engine.step(state, steps, readout, threshold)
+
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if engine.device.type != "cuda":
+            self.replay = step
+            return
+        saved = [t.clone() for t in state.tensors()]  # the warm-up step runs for real: undo it after
+        side = torch.cuda.Stream(engine.device)
+        side.wait_stream(torch.cuda.current_stream(engine.device))
+        with torch.cuda.stream(side), engine.gpu_flags(autotune=True):
+            step()
+        torch.cuda.current_stream(engine.device).wait_stream(side)
+        for t, s in zip(state.tensors(), saved):
+            t.copy_(s)
+        self.graph = torch.cuda.CUDAGraph()
+        with engine.gpu_flags(autotune=False), torch.cuda.graph(self.graph):
+            step()
+        self.replay = self.graph.replay

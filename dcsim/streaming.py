@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .engine import Engine, _check_steps, _check_threshold
+from .graphs import StepGraph
 from .readout import Readout
 
 
@@ -78,12 +79,14 @@ def _next_inputs(source: Iterator, k: int, counter: list[int]) -> tuple[list[int
 
 
 def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Readout, threshold: float,
-           stats: StreamStats | None = None) -> Iterator[StreamResult]:
+           stats: StreamStats | None = None, graphs: bool = False) -> Iterator[StreamResult]:
     """Run ``inputs`` through ``slots`` slots with early exit; yield results in completion order.
 
     inputs: iterable of per-sample tensors float32 [C, H, W] (ids 0, 1, ... by arrival) or of
     (id, tensor) pairs. If the iterable raises, no more samples are admitted, the samples in
     flight finish and are yielded, then the error is raised. ``stats`` is updated as it runs.
+    graphs: the step replayed as a CUDA graph (see :class:`dcsim.graphs.StepGraph`); slots left
+    empty when the inputs run out then stay in the batch, idle, instead of being compacted out.
     """
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise ValueError(f"slots must be an integer >= 1, got {slots!r}")
@@ -110,11 +113,17 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
     state, pending_error = admit(slots)
     waiting, taken = None, 0
     neurons = engine.neurons
-    while state is not None and state.n:
-        engine.step(state, steps, readout, threshold)
+    graph = StepGraph(engine, state, steps, readout, threshold) if graphs and state is not None else None
+    idle = torch.zeros(state.n if state is not None else 0, dtype=torch.bool, device=dev)  # empty slots (graphs)
+    n_idle = 0
+    while state is not None and state.n > n_idle:
+        if graph is not None:
+            graph.replay()
+        else:
+            engine.step(state, steps, readout, threshold)
         stats.steps_run += 1
-        stats.busy_slot_steps += state.n
-        done = state.exited.bool()
+        stats.busy_slot_steps += state.n - n_idle
+        done = state.exited.bool() & ~idle
         if not bool(done.any()):
             continue
         now = time.perf_counter()
@@ -141,10 +150,14 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
             filled += k
         if filled:
             state.admitted[rows[:filled]] = time.perf_counter()  # admission = taking a slot
-        if filled < len(ids):
+        if filled < len(ids) and graph is not None:  # the graph's buffers keep their rows
+            idle[rows[filled:]] = True
+            n_idle += len(ids) - filled
+        elif filled < len(ids):
             keep = torch.ones(state.n, dtype=torch.bool, device=dev)
             keep[rows[filled:]] = False
             state = engine.compact(state, torch.nonzero(keep).squeeze(1))
+            idle = torch.zeros(state.n, dtype=torch.bool, device=dev)
         for j in range(len(ids)):
             latency = 1000.0 * (now - admitted[j])
             stats.completed += 1

@@ -141,6 +141,7 @@ def test_bench_rows_and_stream(tmp_path):
         assert (full["mode"], early["mode"]) == ("full", "early_exit")
         assert early["mean_steps"] < full["mean_steps"] == full["steps"]
         assert full["ms_per_inference"] > 0 and ("speedup_vs_reference" in full) == (full["batch"] == 1)
-    assert [(r["method"], r["slots"]) for r in b["stream_rows"]] == [("qcfs", 4), ("qffs", 4)]
+    assert [(r["method"], r["engine"]) for r in b["stream_rows"]] == [
+        ("qcfs", "eager"), ("qcfs", "graphs"), ("qffs", "eager"), ("qffs", "graphs")]
     for r in b["stream_rows"]:
         assert 0 < r["occupancy"] <= 1 and r["stream_throughput"] > 0 and r["ratio_vs_static_no_dc"] > 0

@@ -138,7 +138,8 @@ def _alone(engine, x, steps, readout, c):
 
 @pytest.mark.parametrize("method,steps", [("qcfs", 10), ("qffs", 5)])
 @pytest.mark.parametrize("slots", [1, 3, 8, 40])
-def test_stream_equals_each_sample_alone(method, steps, slots):
+@pytest.mark.parametrize("graphs", [False, True])
+def test_stream_equals_each_sample_alone(method, steps, slots, graphs):
     net, shape = small(method, seed=9)
     engine = dcsim.Engine(net, channels_last=slots == 8)
     x = dyadic_inputs(25, shape, seed=10)
@@ -148,7 +149,7 @@ def test_stream_equals_each_sample_alone(method, steps, slots):
     rng = np.random.default_rng(slots)
     order = rng.permutation(len(x))
     stats = StreamStats(slots)
-    results = list(stream(engine, ((int(i), x[i]) for i in order), slots, steps, readout, c, stats))
+    results = list(stream(engine, ((int(i), x[i]) for i in order), slots, steps, readout, c, stats, graphs=graphs))
     ids = [r.id for r in results]
     assert sorted(ids) == list(range(len(x)))  # none lost, none duplicated
     for r in results:
@@ -169,19 +170,21 @@ def test_stream_input_error_surfaces_after_in_flight_samples_finish():
             yield x[i]
         raise RuntimeError("camera unplugged")
 
-    got = []
-    with pytest.raises(RuntimeError, match="camera unplugged"):
-        for r in stream(engine, source(), 4, 6, dcsim.Readout(), 0.5):
-            got.append(r)
-    assert sorted(r.id for r in got) == list(range(6))
+    for graphs in (False, True):
+        got = []
+        with pytest.raises(RuntimeError, match="camera unplugged"):
+            for r in stream(engine, source(), 4, 6, dcsim.Readout(), 0.5, graphs=graphs):
+                got.append(r)
+        assert sorted(r.id for r in got) == list(range(6))
 
 
 def test_stream_handles_short_and_empty_inputs():
     net, shape = small("qffs", seed=13)
     engine = dcsim.Engine(net)
     x = dyadic_inputs(2, shape, seed=14)
-    assert sorted(r.id for r in stream(engine, iter([x[0], x[1]]), 16, 4, dcsim.Readout(), 0.9)) == [0, 1]
-    assert list(stream(engine, iter([]), 4, 4, dcsim.Readout(), 0.9)) == []
+    for graphs in (False, True):
+        assert sorted(r.id for r in stream(engine, iter([x[0], x[1]]), 16, 4, dcsim.Readout(), 0.9, graphs=graphs)) == [0, 1]
+        assert list(stream(engine, iter([]), 4, 4, dcsim.Readout(), 0.9, graphs=graphs)) == []
     with pytest.raises(ValueError, match="slots"):
         list(stream(engine, iter([x[0]]), 0, 4, dcsim.Readout(), 0.9))
     with pytest.raises(ValueError, match="threshold"):

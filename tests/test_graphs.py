@@ -99,10 +99,12 @@ def test_cuda_stream_equals_cpu_alone():
     x = dyadic_inputs(12, shape, seed=29)
     readout = dcsim.Readout.paper("qcfs", 2, 8)
     alone = dcsim.Engine(net).early_exit(x, 8, readout, 0.5, batch_size=1)
-    results = list(stream(dcsim.Engine(net, device="cuda"), iter(x.cuda()), 4, 8, readout, 0.5))
-    assert sorted(r.id for r in results) == list(range(len(x)))
-    for r in results:
-        assert (r.pred, r.exit_step) == (int(alone.pred[r.id]), int(alone.exit_step[r.id]))
+    for graphs in (False, True):
+        results = list(stream(dcsim.Engine(net, device="cuda"), iter(x.cuda()), 4, 8, readout, 0.5, graphs=graphs))
+        assert sorted(r.id for r in results) == list(range(len(x)))
+        for r in results:
+            assert (r.pred, r.exit_step) == (int(alone.pred[r.id]), int(alone.exit_step[r.id])), graphs
+            assert r.spikes == tuple(alone.spikes[r.id].tolist())
 
 
 def test_gpu_flags_restores_settings():
