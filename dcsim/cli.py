@@ -333,7 +333,7 @@ def _stream_setup(args: argparse.Namespace):
     splits = load_splits(args)
     _check_dataset_matches(meta, splits, args.checkpoint)
     readout, steps, threshold = _from_trace(args)
-    engine = Engine(convert(model, method=args.method), device=_device(args.device))
+    engine = Engine(convert(model, method=args.method), device=_device(args.device), channels_last=args.channels_last)
     return engine, readout, steps, threshold, _tensors(splits[args.split])
 
 
@@ -464,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, default=64, help="S: samples in flight")
     p.add_argument("--compare", action="store_true", help="also time static batches of S with and without early exit")
     p.add_argument("--graphs", action="store_true", help="step loops as CUDA graphs (GPU; same results)")
+    p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")
     p.add_argument("--repeats", type=int, default=2, help="with --compare: interleaved rounds, best time of each")
     p.set_defaults(func=cmd_stream)
 

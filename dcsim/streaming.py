@@ -108,10 +108,7 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
             raise ValueError(f"stream inputs with ids {ids} cannot be batched: {e}") from e
         return engine.start(x, ids=torch.tensor(ids, dtype=torch.int64)), err
 
-    # Inputs are admitted ``slots`` at a time into a waiting batch (one conv call for their
-    # input-only layers), whose rows then take the slots that free up, step by step.
     state, pending_error = admit(slots)
-    waiting, taken = None, 0
     neurons = engine.neurons
     graph = StepGraph(engine, state, steps, readout, threshold) if graphs and state is not None else None
     idle = torch.zeros(state.n if state is not None else 0, dtype=torch.bool, device=dev)  # empty slots (graphs)
@@ -134,22 +131,12 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
         confs = state.score[rows].tolist()
         spikes = torch.stack([state.counts[i][rows] for i in neurons], dim=1).tolist() if neurons else [[]] * len(ids)
         admitted = state.admitted[rows].tolist()
-        filled = 0
-        while filled < len(ids):
-            if waiting is None or taken == waiting.n:
-                if pending_error is not None:
-                    break
-                waiting, pending_error = admit(slots)
-                taken = 0
-                if waiting is None:
-                    break
-            k = min(len(ids) - filled, waiting.n - taken)
-            fresh = waiting.replace_tensors([t[taken:taken + k] for t in waiting.tensors()])
-            engine.refill(state, rows[filled:filled + k], fresh)
-            taken += k
-            filled += k
+        fresh = None
+        if pending_error is None:
+            fresh, pending_error = admit(len(ids))
+        filled = fresh.n if fresh is not None else 0
         if filled:
-            state.admitted[rows[:filled]] = time.perf_counter()  # admission = taking a slot
+            engine.refill(state, rows[:filled], fresh)
         if filled < len(ids) and graph is not None:  # the graph's buffers keep their rows
             idle[rows[filled:]] = True
             n_idle += len(ids) - filled
