@@ -74,6 +74,12 @@ def graphed_seconds(fn: Callable[[], object], device: torch.device, repeats: int
     return timeit(graph.replay, device, repeats)
 
 
+def random_inputs(n: int, shape: tuple[int, ...], device: torch.device, seed: int = 0) -> torch.Tensor:
+    """Seeded float32 [n, *shape] normal inputs, drawn on the CPU (the same on every device, and no use of
+    the GPU's random generator, which a failed graph capture can leave unusable), then moved to ``device``."""
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed)).to(device)
+
+
 def prepared_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     """Random-weight LSQ model with initialised step sizes and BN statistics, in eval mode."""
     arch, kwargs, shape = MODELS[name]
@@ -111,7 +117,7 @@ def bench_case(model_name: str, method: str, batch: int, device: torch.device, s
     engine = Engine(net, device=device, channels_last=channels_last, tf32=tf32)
     ann = model.to(device)
     readout = Readout.paper(method, net.bits, steps)
-    x = torch.randn(batch, *shape, device=device)
+    x = random_inputs(batch, shape, device)
     exit_threshold = mid_threshold(engine, x, steps, readout)
     with torch.no_grad(), gpu_flags(False, autotune=True):
         ann_s = timeit(lambda: ann(x), device, repeats)
@@ -192,8 +198,7 @@ def stream_case(model_name: str, method: str, slots: int, device: torch.device, 
     net = convert(model, method=method)
     engine = Engine(net, device=device)
     readout = Readout.paper(method, net.bits, steps)
-    torch.manual_seed(1)
-    x = torch.randn(samples or 8 * slots, *shape, device=device)
+    x = random_inputs(samples or 8 * slots, shape, device, seed=1)
     threshold = mid_threshold(engine, x[:slots], steps, readout)
     out = stream_vs_static(engine, x, None, slots, steps, readout, threshold, repeats, graphs=graphs)
     s = out["stream"]
