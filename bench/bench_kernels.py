@@ -3,6 +3,7 @@
 Run: pytest bench -o python_files='bench_*.py' --benchmark-only
 Each test times the native kernel with pytest-benchmark and the reference in the same
 process; the ratio reference/native is stored in extra_info["speedup_vs_reference"].
+On a machine with a GPU both run there (each call timed to completion).
 """
 
 import time
@@ -12,10 +13,22 @@ import torch
 
 from dcsim import ops, reference
 
-SIZES = [(1, 4096), (1, 65536), (32, 65536), (256, 16384)]
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+SIZES = [(1, 4096), (1, 65536), (32, 65536), (256, 16384)] + ([(256, 262144)] if DEVICE.type == "cuda" else [])
+
+
+def _synced(fn):
+    """fn followed by a device sync, so that a GPU call is timed to its end."""
+    def call(*args):
+        out = fn(*args)
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize(DEVICE)
+        return out
+    return call
 
 
 def _best(fn, repeats=20):
+    fn = _synced(fn)
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -30,7 +43,8 @@ def _neuron_args(method, n, m):
     x = torch.randn(n, m, generator=g)
     u = torch.rand(n, m, generator=g)
     z = torch.randint(0, 3, (n, m), generator=g, dtype=torch.int32) if method == "qffs" else None
-    return x, u, z, torch.empty(n, m), torch.zeros(n, dtype=torch.int64)
+    args = x, u, z, torch.empty(n, m), torch.zeros(n, dtype=torch.int64)
+    return tuple(None if t is None else t.to(DEVICE) for t in args)
 
 
 @pytest.mark.parametrize("method", ["qcfs", "qffs"])
@@ -38,7 +52,7 @@ def _neuron_args(method, n, m):
 def test_neuron_step(benchmark, method, n, m):
     x, u, z, out, counts = _neuron_args(method, n, m)
     benchmark.group = f"neuron_step {method}"
-    native = benchmark(ops.neuron_step, method, x, u, z, out, counts, 1.0, 3)
+    native = benchmark(_synced(ops.neuron_step), method, x, u, z, out, counts, 1.0, 3)
     ref = _best(lambda: reference.neuron_step(method, x, u, z, out, counts, 1.0, 3))
     benchmark.extra_info["elements"] = n * m
     benchmark.extra_info["speedup_vs_reference"] = ref / benchmark.stats.stats.min
@@ -52,9 +66,10 @@ def test_output_step(benchmark, n, k):
     sums = torch.zeros(n, k)
     steps = torch.zeros(n, dtype=torch.int32)
     pred, score, exited = torch.empty(n, dtype=torch.int64), torch.empty(n), torch.empty(n, dtype=torch.uint8)
-    args = (x, sums, steps, 1 << 30, 0, 0.1, 0.9, pred, score, exited)
+    args = tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a
+                 for a in (x, sums, steps, 1 << 30, 0, 0.1, 0.9, pred, score, exited))
     benchmark.group = "output_step"
-    benchmark(ops.output_step, *args)
+    benchmark(_synced(ops.output_step), *args)
     ref = _best(lambda: reference.output_step(*args))
     benchmark.extra_info["speedup_vs_reference"] = ref / benchmark.stats.stats.min
 
@@ -62,9 +77,9 @@ def test_output_step(benchmark, n, k):
 @pytest.mark.parametrize("n,tensors", [(256, 20), (32, 40)])
 def test_compaction(benchmark, n, tensors):
     g = torch.Generator().manual_seed(0)
-    state = [torch.randn(n, 64, 8, 8, generator=g) for _ in range(tensors)]
-    keep = torch.nonzero(torch.rand(n, generator=g) > 0.3).squeeze(1)
+    state = [torch.randn(n, 64, 8, 8, generator=g).to(DEVICE) for _ in range(tensors)]
+    keep = torch.nonzero(torch.rand(n, generator=g) > 0.3).squeeze(1).to(DEVICE)
     benchmark.group = "compaction"
-    benchmark(ops.gather_rows, state, keep)
+    benchmark(_synced(ops.gather_rows), state, keep)
     ref = _best(lambda: reference.gather_rows(state, keep))
     benchmark.extra_info["speedup_vs_reference"] = ref / benchmark.stats.stats.min

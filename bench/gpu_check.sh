@@ -39,6 +39,13 @@ else
   log "compute-sanitizer not found: memcheck skipped"
 fi
 
+log "kernel benchmarks (native CUDA vs the PyTorch reference on the GPU)"
+timeout 60 python3 -m pytest bench/bench_kernels.py -o python_files='bench_*.py' --benchmark-only -q \
+  --benchmark-json=/tmp/kernels.json > /tmp/kernels.log 2>&1
+log "kernels rc=$?"
+python3 -c "import json,sys; [print(b['name'], 'min %.1f us' % (1e6 * b['stats']['min']), 'speedup vs reference %.2fx' % b['extra_info']['speedup_vs_reference']) for b in json.load(open(sys.argv[1]))['benchmarks']]" \
+  /tmp/kernels.json 2>&1 | tee -a "$OUT/summary.txt"
+
 log "benchmarks"
 B=(python3 -m dcsim.cli bench --device cuda --repeats 5)
 timeout 170 "${B[@]}" --models resnet18 --graphs off on --masked --chunk 1 4 --stream 64 --json "$OUT/bench.json" \
