@@ -313,12 +313,7 @@ class Engine:
         shapes = self.shapes(tuple(x.shape[1:]))
         nodes = self.net.nodes
         dev = self.device
-        values: dict[int, torch.Tensor] = {}
-        with torch.no_grad(), self.gpu_flags():
-            for i in self._static_order:
-                node = nodes[i]
-                values[i] = x if isinstance(node, Input) else node.apply(*(values[j] for j in node.inputs))
-        static = {i: self._layout(values[i]) for i in self._needed_static}
+        static = self._static_values(x)
         u, z, counts = {}, {}, {}
         for i in self.neurons:
             u[i] = self._empty((n, *shapes[i]), torch.float32).fill_(nodes[i].u0)
@@ -337,14 +332,38 @@ class Engine:
             admitted=torch.full((n,), time.perf_counter(), dtype=torch.float64, device=dev),
         )
 
+    def _static_values(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Values of the input-only layers that later layers read, for the (checked) inputs x [n, ...]."""
+        nodes = self.net.nodes
+        values: dict[int, torch.Tensor] = {}
+        with torch.no_grad(), self.gpu_flags():
+            for i in self._static_order:
+                node = nodes[i]
+                values[i] = x if isinstance(node, Input) else node.apply(*(values[j] for j in node.inputs))
+        return {i: self._layout(values[i]) for i in self._needed_static}
+
     def compact(self, state: BatchState, keep: torch.Tensor) -> BatchState:
         """The state of the rows ``keep`` (int64 [n_keep], increasing), gathered in one pass."""
         return state.replace_tensors(self.kernels.gather_rows(state.tensors(), keep))
 
-    def refill(self, state: BatchState, rows: torch.Tensor, fresh: BatchState) -> None:
-        """Overwrite the rows ``rows`` (int64 [k]) of ``state`` with the k rows of ``fresh`` (from :meth:`start`), in place."""
-        for dst, src in zip(state.tensors(), fresh.tensors()):
-            dst.index_copy_(0, rows, src)
+    def refill(self, state: BatchState, rows: torch.Tensor, x: torch.Tensor, ids: torch.Tensor) -> None:
+        """Load the inputs x float32 [k, ...] (ids int64 [k]) into the rows ``rows`` (int64 [k]) of ``state``, in place.
+
+        The rows become what :meth:`start` gives for x: membranes u0, counts, sums and steps zero,
+        admission time now. Nothing is allocated but the input-only layers' values for x.
+        """
+        x = self.check_input(x)
+        for i, v in self._static_values(x).items():
+            state.static[i].index_copy_(0, rows, v)
+        for i in self.neurons:
+            state.u[i].index_fill_(0, rows, self.net.nodes[i].u0)
+            if i in state.z:
+                state.z[i].index_fill_(0, rows, 0)
+            state.counts[i].index_fill_(0, rows, 0)
+        for t in (state.sums, state.steps, state.pred, state.score, state.exited):
+            t.index_fill_(0, rows, 0)
+        state.ids.index_copy_(0, rows, ids.to(self.device, torch.int64))
+        state.admitted.index_fill_(0, rows, time.perf_counter())
 
     # ---------------------------------------------------------------- step
 

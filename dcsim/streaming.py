@@ -97,18 +97,20 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
     counter = [0]
     dev = engine.device
 
-    def admit(k: int):
-        """Fresh state for up to k next inputs (None when the source is exhausted) and the source's error."""
+    def admit(k: int) -> tuple[torch.Tensor | None, torch.Tensor | None, BaseException | None]:
+        """Up to k next inputs as (x [k', ...], ids int64 [k']) (None, None when the source is exhausted), and the
+        source's error."""
         ids, xs, err = _next_inputs(source, k, counter)
         if not xs:
-            return None, err
+            return None, None, err
         try:
             x = torch.stack([t.to(dev) for t in xs])
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"stream inputs with ids {ids} cannot be batched: {e}") from e
-        return engine.start(x, ids=torch.tensor(ids, dtype=torch.int64)), err
+        return x, torch.tensor(ids, dtype=torch.int64), err
 
-    state, pending_error = admit(slots)
+    x, ids, pending_error = admit(slots)
+    state = engine.start(x, ids=ids) if x is not None else None
     neurons = engine.neurons
     graph = StepGraph(engine, state, steps, readout, threshold) if graphs and state is not None else None
     idle = torch.zeros(state.n if state is not None else 0, dtype=torch.bool, device=dev)  # empty slots (graphs)
@@ -131,12 +133,12 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
         confs = state.score[rows].tolist()
         spikes = torch.stack([state.counts[i][rows] for i in neurons], dim=1).tolist() if neurons else [[]] * len(ids)
         admitted = state.admitted[rows].tolist()
-        fresh = None
+        filled = 0
         if pending_error is None:
-            fresh, pending_error = admit(len(ids))
-        filled = fresh.n if fresh is not None else 0
-        if filled:
-            engine.refill(state, rows[:filled], fresh)
+            x, new_ids, pending_error = admit(len(ids))
+            if x is not None:
+                filled = len(x)
+                engine.refill(state, rows[:filled], x, new_ids)
         if filled < len(ids) and graph is not None:  # the graph's buffers keep their rows
             idle[rows[filled:]] = True
             n_idle += len(ids) - filled

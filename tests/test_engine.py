@@ -200,3 +200,26 @@ def test_channels_last_engine_equals_default_layout(method):
     b = dcsim.Engine(net, channels_last=True).simulate(x, 4, readout, record_sums=True, chunk=2)
     for f in ("pred", "conf", "sums", "spikes"):
         assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+@pytest.mark.parametrize("method", ["qcfs", "qffs"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_refill_resets_rows_to_a_fresh_start(method, channels_last):
+    net, shape = resnet(method, seed=21)
+    engine = dcsim.Engine(net, channels_last=channels_last)
+    x, y = dyadic_inputs(6, shape, seed=22), dyadic_inputs(2, shape, seed=23)
+    state = engine.start(x)
+    for _ in range(3):
+        engine.step(state, 10, dcsim.Readout(), NEVER)
+    before = [t.clone() for t in state.tensors()]
+    rows = torch.tensor([4, 1])
+    engine.refill(state, rows, y, torch.tensor([40, 10]))
+    fresh = engine.start(y, ids=torch.tensor([40, 10]))
+    other = torch.tensor([0, 2, 3, 5])
+    for name, after, old, new in zip(range(len(before) - 1), state.tensors(), before, fresh.tensors()):
+        # every per-sample tensor but the last, the admission times
+        assert torch.equal(after[rows], new), name
+        assert torch.equal(after[other], old[other]), name
+    assert bool((state.admitted[rows] >= before[-1][rows]).all())
+    with pytest.raises(ValueError, match="NaN"):
+        engine.refill(state, rows, torch.full_like(y, float("nan")), torch.tensor([1, 2]))
