@@ -1,4 +1,5 @@
-"""Early exit on fixed-shape buffers, replayed as CUDA graphs on a GPU.
+"""Step loops replayed as CUDA graphs on a GPU: early exit on fixed-shape buffers (:class:`StaticExit`)
+and one step of streaming's fixed slot buffers (:class:`StepGraph`).
 
 At batch 1 a GPU time step is a few dozen tiny kernels; launching them one by one from Python,
 and syncing with the host after each step to read the exit flag, costs far more than the math.
