@@ -4,7 +4,7 @@
 # compute-sanitizer's memcheck on the CUDA kernel tests, and the benchmark set; results go under
 # $OUT (default ./gpu-check-out): summary.txt (with memcheck's verdict), build.log, tests.log, bench.md, bench.json,
 # bench_more.json (VGG-16, ResNet-50), precision.json (TF32 accuracy effect), streaming.json.
-#   bash bench/gpu_check.sh          # ResNet-18 matrix, VGG-16 and ResNet-50 (about 8 minutes on an H200)
+#   bash bench/gpu_check.sh          # ResNet-18 matrix, VGG-16 and ResNet-50 (about 8-9 minutes on an H200)
 #   bash bench/gpu_check.sh quick    # without VGG-16 and ResNet-50 (about 6 minutes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ python3 -c "import json,sys; [print(b['name'], 'min %.1f us' % (1e6 * b['stats']
 
 log "benchmarks"
 B=(python3 -m dcsim.cli bench --device cuda --repeats 5)
-timeout 170 "${B[@]}" --models resnet18 --graphs off on --masked --chunk 1 4 --stream 64 --json "$OUT/bench.json" \
+timeout 200 "${B[@]}" --models resnet18 --graphs off on --masked --chunk 1 4 --stream 64 --json "$OUT/bench.json" \
   2>&1 | grep -v "^dcsim bench:" > "$OUT/bench.md"
 if [ "$mode" != quick ]; then
   timeout 120 "${B[@]}" --models vgg16 resnet50 --graphs on --json "$OUT/bench_more.json" \
