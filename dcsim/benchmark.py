@@ -21,6 +21,7 @@ import torch
 from .baseline import EagerSimulator
 from .convert import convert
 from .engine import Engine, gpu_flags
+from .graphs import capture_graphs
 from .models import build_model
 from .pipeline import NO_EXIT
 from .readout import Readout
@@ -62,16 +63,9 @@ def timeit(fn: Callable[[], object], device: torch.device, repeats: int) -> floa
 def graphed_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Best wall time in seconds of ``fn`` captured once as a CUDA graph and replayed: its kernels alone,
     with no launch overhead (warm-up with cuDNN autotuning, capture without; full float32)."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
     with torch.no_grad():
-        with torch.cuda.stream(side), gpu_flags(False, autotune=True):
-            fn()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with gpu_flags(False, autotune=False), torch.cuda.graph(graph):
-            fn()
-    return timeit(graph.replay, device, repeats)
+        graph = capture_graphs({"forward": fn}, device, lambda autotune: gpu_flags(False, autotune), "a benchmark")
+    return timeit(graph["forward"].replay, device, repeats)
 
 
 def random_inputs(n: int, shape: tuple[int, ...], device: torch.device, seed: int = 0) -> torch.Tensor:

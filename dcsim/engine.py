@@ -527,7 +527,6 @@ class Engine:
         neurons, layers = self._layers(x)
         return ExitResult(pred.cpu(), exit_step.cpu(), conf.cpu(), spikes.cpu(), neurons, layers)
 
-
     def static_exit(self, shape: tuple[int, ...], steps: int, readout: Readout, threshold: float, chunk: int = 1,
                     buckets: bool = True) -> StaticExit:
         """The :class:`StaticExit` runner for batches of ``shape`` (built once, then reused)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 import torch
@@ -47,6 +48,34 @@ def bucket_sizes(n: int, buckets: bool) -> list[int]:
     while sizes[-1] > 1:
         sizes.append((sizes[-1] + 1) // 2)
     return sizes
+
+
+def capture_graphs(pieces: dict[object, Callable[[], None]], device: torch.device,
+                   flags: Callable[[bool], AbstractContextManager[None]], what: str) -> dict[object, torch.cuda.CUDAGraph]:
+    """Each piece captured as a CUDA graph, all in one memory pool.
+
+    Every piece first runs once on a side stream under ``flags(True)`` (cuDNN autotuning: library
+    handles and algorithm choice), then is captured under ``flags(False)``: a conv finds the
+    algorithm tuned in the warm-up in cuDNN's cache, and a cache miss takes the heuristic choice
+    instead of timing (a sync, which would break the capture). The warm-up runs for real.
+    """
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), flags(True):
+        for fn in pieces.values():
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    pool = torch.cuda.graph_pool_handle()
+    graphs = {}
+    with flags(False):
+        for key, fn in pieces.items():
+            graphs[key] = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graphs[key], pool=pool):
+                    fn()
+            except RuntimeError as err:
+                raise RuntimeError(f"CUDA graph capture of piece {key} of {what} failed: {err}") from err
+    return graphs
 
 
 class StaticExit:
@@ -82,36 +111,15 @@ class StaticExit:
             pieces[("step", level)] = lambda level=level: self._step(level)
             if level + 1 < len(self.sizes):
                 pieces[("compact", level)] = lambda level=level: self._compact(level)
-        self.graphs: list[torch.cuda.CUDAGraph] = []
+        self.graphs: dict[object, torch.cuda.CUDAGraph] = {}
         self._run: dict[object, Callable[[], None]] = pieces if not cuda else self._capture(pieces)
 
     def _capture(self, pieces: dict[object, Callable[[], None]]) -> dict[object, Callable[[], None]]:
-        """Warm every piece up on a side stream (library handles, cuDNN autotuning), then capture each."""
-        dev = self.engine.device
+        """Every piece captured (see :func:`capture_graphs`); their replays by key."""
+        what = f"early exit (batch {self.sizes[0]}, chunk {self.chunk}, buckets {self.sizes})"
         self.x.zero_()
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side), self.engine.gpu_flags(autotune=True):
-            for fn in pieces.values():
-                fn()
-        torch.cuda.current_stream(dev).wait_stream(side)
-        pool = torch.cuda.graph_pool_handle()
-        replays = {}
-        # Capture without autotuning: a conv finds the algorithm tuned in the warm-up in cuDNN's cache;
-        # a cache miss (other memory alignment) takes the heuristic choice instead of timing (a sync).
-        with self.engine.gpu_flags(autotune=False):
-            for key, fn in pieces.items():
-                g = torch.cuda.CUDAGraph()
-                try:
-                    with torch.cuda.graph(g, pool=pool):
-                        fn()
-                except RuntimeError as err:
-                    raise RuntimeError(
-                        f"CUDA graph capture of piece {key} failed (batch {self.sizes[0]}, chunk {self.chunk}, "
-                        f"buckets {self.sizes}): {err}; early_exit(graphs=False) runs without graphs") from err
-                self.graphs.append(g)
-                replays[key] = g.replay
-        return replays
+        self.graphs = capture_graphs(pieces, self.engine.device, self.engine.gpu_flags, what)
+        return {key: g.replay for key, g in self.graphs.items()}
 
     # ------------------------------------------------------------- pieces
 
@@ -195,19 +203,11 @@ class StepGraph:
         def step() -> None:
             engine.step(state, steps, readout, threshold)
 
-        self.graph: torch.cuda.CUDAGraph | None = None
         if engine.device.type != "cuda":
             self.replay = step
             return
         saved = [t.clone() for t in state.tensors()]  # the warm-up step runs for real: undo it after
-        side = torch.cuda.Stream(engine.device)
-        side.wait_stream(torch.cuda.current_stream(engine.device))
-        with torch.cuda.stream(side), engine.gpu_flags(autotune=True):
-            step()
-        torch.cuda.current_stream(engine.device).wait_stream(side)
+        self.graph = capture_graphs({"step": step}, engine.device, engine.gpu_flags, "a streaming step")["step"]
         for t, s in zip(state.tensors(), saved):
             t.copy_(s)
-        self.graph = torch.cuda.CUDAGraph()
-        with engine.gpu_flags(autotune=False), torch.cuda.graph(self.graph):
-            step()
         self.replay = self.graph.replay

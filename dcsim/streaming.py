@@ -113,7 +113,7 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
     state = engine.start(x, ids=ids) if x is not None else None
     neurons = engine.neurons
     graph = StepGraph(engine, state, steps, readout, threshold) if graphs and state is not None else None
-    idle = torch.zeros(state.n if state is not None else 0, dtype=torch.bool, device=dev)  # empty slots (graphs)
+    idle = torch.zeros(state.n, dtype=torch.bool, device=dev) if graph is not None else None  # empty slots
     n_idle = 0
     while state is not None and state.n > n_idle:
         if graph is not None:
@@ -122,7 +122,7 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
             engine.step(state, steps, readout, threshold)
         stats.steps_run += 1
         stats.busy_slot_steps += state.n - n_idle
-        done = state.exited.bool() & ~idle
+        done = state.exited.bool() if idle is None else state.exited.bool() & ~idle
         if not bool(done.any()):
             continue
         now = time.perf_counter()
@@ -139,14 +139,13 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
             if x is not None:
                 filled = len(x)
                 engine.refill(state, rows[:filled], x, new_ids)
-        if filled < len(ids) and graph is not None:  # the graph's buffers keep their rows
+        if filled < len(ids) and idle is not None:  # the graph's buffers keep their rows
             idle[rows[filled:]] = True
             n_idle += len(ids) - filled
         elif filled < len(ids):
             keep = torch.ones(state.n, dtype=torch.bool, device=dev)
             keep[rows[filled:]] = False
             state = engine.compact(state, torch.nonzero(keep).squeeze(1))
-            idle = torch.zeros(state.n, dtype=torch.bool, device=dev)
         for j in range(len(ids)):
             latency = 1000.0 * (now - admitted[j])
             stats.completed += 1
