@@ -3,7 +3,7 @@
 # its CUDA kernels, run the kernel, engine and CUDA-graph tests (CPU-vs-CUDA parity included),
 # compute-sanitizer's memcheck on the CUDA kernel tests, and the benchmark set; results go under
 # $OUT (default ./gpu-check-out): summary.txt (with memcheck's verdict), build.log, tests.log, bench.md, bench.json,
-# bench_more.json (VGG-16, ResNet-50), precision.json (TF32 accuracy effect), streaming.json.
+# bench_more.json (VGG-16, ResNet-50), precision.json (accuracy effect of reduced precision), streaming.json.
 #   bash bench/gpu_check.sh          # ResNet-18 matrix, VGG-16 and ResNet-50 (about 8-9 minutes on an H200)
 #   bash bench/gpu_check.sh quick    # without VGG-16 and ResNet-50 (about 6 minutes)
 set -uo pipefail
@@ -55,12 +55,12 @@ if [ "$mode" != quick ]; then
     2>&1 | grep -v "^dcsim bench:" >> "$OUT/bench.md"
 fi
 log "bench rc=$?"
-timeout 60 "${B[@]}" --models resnet18 --graphs on --chunk 1 4 --tf32 \
-  2>&1 | grep -v "^dcsim bench:" | grep "tf32" | sort -u >> "$OUT/bench.md"
-log "bench (tf32) rc=$?"
+timeout 90 "${B[@]}" --models resnet18 --graphs on --chunk 1 4 --precision tf32 bf16 \
+  2>&1 | grep -v "^dcsim bench:" | grep -E "tf32|bf16" | sort -u >> "$OUT/bench.md"
+log "bench (tf32, bf16) rc=$?"
 cat "$OUT/bench.md" >> "$OUT/summary.txt"
 
-log "TF32 accuracy effect (digits)"
+log "accuracy effect of TF32 and bf16/fp16 currents (digits)"
 timeout 60 python3 bench/precision_effect.py --device cuda --out "$OUT/precision.json" 2>&1 | tee -a "$OUT/summary.txt"
 
 log "streaming vs static batches (digits, pytest-benchmark)"

@@ -1,9 +1,10 @@
-"""Accuracy effect of TF32 GPU convs (``Engine(tf32=True)``) against full float32.
+"""Accuracy effect of reduced precision (``Engine(precision=...)``: tf32, bf16, fp16) against float32.
 
 Trains the small CNN on the embedded digits data (seconds, on the CPU), chooses th_c on the
-validation split with the float32 engine, then runs the test split with both engines: full-length
-traces (how often the prediction at each step agrees) and live early exit at th_c (accuracy, mean
-steps). Writes JSON and prints a table. On the CPU TF32 does not apply (both columns agree).
+validation split with the float32 engine, then runs the test split with each engine: full-length
+traces (how often the prediction at each step agrees with float32) and live early exit at th_c
+(accuracy, mean steps). Writes JSON and prints a line per method. For a trained checkpoint, compare
+``dcsim eval --precision P`` runs. TF32 applies on GPUs only (default precisions: tf32 on cuda).
 
     python bench/precision_effect.py --device cuda --out precision.json
 """
@@ -16,6 +17,7 @@ import torch
 
 import dcsim
 from dcsim import analysis, training
+from dcsim.engine import PRECISIONS
 from dcsim.pipeline import NO_EXIT, record_trace
 
 STEPS = {"qcfs": 16, "qffs": 4}
@@ -24,8 +26,11 @@ STEPS = {"qcfs": 16, "qffs": 4}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precisions", nargs="+", choices=[p for p in PRECISIONS if p != "fp32"],
+                        help="reduced precisions to compare with fp32 (default: bf16 fp16, and tf32 on cuda)")
     parser.add_argument("--out", help="JSON file for the results")
     args = parser.parse_args()
+    reduced = args.precisions or (["tf32"] if args.device.startswith("cuda") else []) + ["bf16", "fp16"]
     splits = dcsim.data.load_digits_splits(seed=0)
     (xtr, ytr), (xva, yva), (xte, yte) = [(s.normalized(), s.labels) for s in splits.values()]
     torch.manual_seed(0)
@@ -35,19 +40,20 @@ def main() -> None:
     for method, steps in STEPS.items():
         net = dcsim.convert(model, method)
         readout = dcsim.Readout.paper(method, net.bits, steps)
-        engines = {p: dcsim.Engine(net, device=args.device, tf32=p == "tf32") for p in ("float32", "tf32")}
-        th = analysis.analyze(record_trace(engines["float32"], xva, yva, steps, readout, {}))["selected"]["threshold"]
+        engines = {p: dcsim.Engine(net, device=args.device, precision=p) for p in ["fp32", *reduced]}
+        th = analysis.analyze(record_trace(engines["fp32"], xva, yva, steps, readout, {}))["selected"]["threshold"]
         traces = {p: record_trace(e, xte, yte, steps, readout, {}) for p, e in engines.items()}
-        row = {"method": method, "steps": steps, "threshold": th,
-               "pred_agreement_per_step": (traces["float32"].pred == traces["tf32"].pred).mean(axis=0).tolist()}
+        row = {"method": method, "steps": steps, "threshold": th}
+        for p in reduced:
+            row[f"{p}_pred_agreement_per_step"] = (traces["fp32"].pred == traces[p].pred).mean(axis=0).tolist()
         for p, e in engines.items():
             for name, c in (("full", NO_EXIT), ("dc", th)):
                 res = e.early_exit(xte.to(e.device), steps, readout, c)
                 row[f"{p}_{name}_accuracy"] = float((res.pred == yte).float().mean())
                 row[f"{p}_{name}_mean_steps"] = float(res.exit_step.float().mean())
         rows.append(row)
-        print(f"{method} T={steps} th_c={th:.4f}: min per-step prediction agreement "
-              f"{np.min(row['pred_agreement_per_step']):.4f}; "
+        print(f"{method} T={steps} th_c={th:.4f}: min per-step prediction agreement with fp32 "
+              + ", ".join(f"{p} {np.min(row[f'{p}_pred_agreement_per_step']):.4f}" for p in reduced) + "; "
               + "; ".join(f"{p} acc {row[f'{p}_full_accuracy']:.4f} -> DC {row[f'{p}_dc_accuracy']:.4f} "
                           f"at {row[f'{p}_dc_mean_steps']:.2f} steps" for p in engines))
     if args.out:

@@ -26,17 +26,16 @@ enum Readout : int { kMaxSoftmax = 0, kEntropy = 1, kMargin = 2 };
 //   zmax spike-count cap (QFFS), Zmax = Qp
 // Returns the spike: {0, 1} for QCFS, {-1, 0, 1} for QFFS. Soft reset: u -= spike * th.
 DCSIM_HD int neuron_update(int method, float& u, int32_t& z, float x, float th, int32_t zmax) {
+  // Written as selects, not branches, so CPU loops vectorize; the same rule either way.
   u = u + x;
-  int spike = 0;
+  int spike;
   if (method == kQFFS) {
-    if (u >= th && z < zmax) {
-      spike = 1;
-    } else if (u < 0.0f && z > 0) {
-      spike = -1;
-    }
+    const int up = (u >= th) & (z < zmax);
+    const int down = (u < 0.0f) & (z > 0) & !up;
+    spike = up - down;
     z += spike;
   } else {
-    spike = u >= th ? 1 : 0;
+    spike = u >= th;
   }
   u = u - static_cast<float>(spike) * th;
   return spike;

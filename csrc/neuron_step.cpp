@@ -1,27 +1,60 @@
-// CPU twin of neuron_step_cuda.cu: one pass over [n, m], per-sample spike counts.
+// CPU twin of neuron_step_cuda.cu: the [n, m] elements in blocks of at most kBlock, spread over
+// threads (so a single sample uses every thread too); per-sample spike counts summed per block.
 #include "neuron_step.h"
-
-#include <cstdlib>
 
 #include "dcsim_math.h"
 
 namespace dcsim {
+namespace {
+
+constexpr int64_t kBlock = 1 << 14;  // elements per parallel task
+
+// Elements [lo, hi) of one sample; returns their spikes. Method and the presence of x2 are
+// compile-time constants, so the loop has no branches left and vectorizes.
+template <int Method, bool HasX2>
+int64_t neuron_block(const NeuronStepArgs& a, int64_t lo, int64_t hi) {
+  const float* __restrict x = a.x;
+  const float* __restrict x2 = a.x2;
+  float* __restrict u = a.u;
+  int32_t* __restrict z = a.z;
+  float* __restrict out = a.out;
+  const float th = a.th;
+  const int32_t zmax = a.zmax;
+  int64_t count = 0;
+  for (int64_t j = lo; j < hi; ++j) {
+    float uj = u[j];
+    int32_t zj = Method == kQFFS ? z[j] : 0;
+    const int spike = neuron_update(Method, uj, zj, HasX2 ? x[j] + x2[j] : x[j], th, zmax);
+    u[j] = uj;
+    if (Method == kQFFS) z[j] = zj;
+    out[j] = static_cast<float>(spike) * th;
+    count += spike != 0;
+  }
+  return count;
+}
+
+template <int Method, bool HasX2>
+void neuron_step_blocks(const NeuronStepArgs& a, int threads) {
+  const int64_t per_sample = (a.m + kBlock - 1) / kBlock;
+  const int64_t tasks = a.n * per_sample;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && tasks > 1)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t i = t / per_sample;
+    const int64_t lo = i * a.m + (t % per_sample) * kBlock;
+    const int64_t hi = lo + kBlock < (i + 1) * a.m ? lo + kBlock : (i + 1) * a.m;
+    const int64_t count = neuron_block<Method, HasX2>(a, lo, hi);
+#pragma omp atomic
+    a.counts[i] += count;
+  }
+}
+
+}  // namespace
 
 void neuron_step_cpu(const NeuronStepArgs& a, int threads) {
-  int32_t unused_z = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t i = 0; i < a.n; ++i) {
-    const int64_t base = i * a.m;
-    int64_t count = 0;
-    for (int64_t j = base; j < base + a.m; ++j) {
-      const float x = a.x2 ? a.x[j] + a.x2[j] : a.x[j];
-      int32_t zloc = a.z ? a.z[j] : unused_z;
-      const int spike = neuron_update(a.method, a.u[j], zloc, x, a.th, a.zmax);
-      if (a.z) a.z[j] = zloc;
-      a.out[j] = static_cast<float>(spike) * a.th;
-      count += spike != 0;
-    }
-    a.counts[i] += count;
+  if (a.method == kQFFS) {
+    a.x2 ? neuron_step_blocks<kQFFS, true>(a, threads) : neuron_step_blocks<kQFFS, false>(a, threads);
+  } else {
+    a.x2 ? neuron_step_blocks<kQCFS, true>(a, threads) : neuron_step_blocks<kQCFS, false>(a, threads);
   }
 }
 

@@ -7,11 +7,14 @@ Every command takes ``--json PATH`` ('-' for stdout) for machine-readable output
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from .engine import PRECISIONS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -199,7 +202,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
             raise ValueError("--steps is required with --threshold")
         tau, _ = _tau(args, model, splits)
         readout = _readout(args, args.method, net.bits, steps, tau)
-    engine = Engine(net, device=_device(args.device), channels_last=args.channels_last, tf32=args.tf32)
+    engine = Engine(net, device=_device(args.device), channels_last=args.channels_last, precision=args.precision)
     x, y = _tensors(splits[args.split])
     res = evaluate_live(engine, x, y, steps, readout, threshold, batch_size=args.batch_size, chunk=args.chunk,
                         graphs=args.graphs)
@@ -295,22 +298,21 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     configs = [(g == "on", cf) for g in graphs for cf in ((0.0, 1.0) if g == "on" and args.masked else (0.0,))]
     rows, errors = [], []
     for model, method, batch in tqdm(cases, desc="dcsim bench", disable=None):
-        for chunk in args.chunk:
-            for use_graphs, compact_fraction in configs:
-                if use_graphs and compact_fraction >= 1 and batch == 1:
-                    continue  # at batch 1 buckets and a masked batch are the same thing
-                case = dict(model=model, method=method, batch=batch, chunk=chunk, graphs=use_graphs,
-                            compact_fraction=compact_fraction)
-                try:
-                    new = bench_case(model, method, batch, device, repeats=args.repeats, chunk=chunk,
-                                     channels_last=args.channels_last, graphs=use_graphs,
-                                     compact_fraction=compact_fraction, tf32=args.tf32)
-                except RuntimeError as err:  # report the case and go on with the others
-                    errors.append({**case, "error": str(err).splitlines()[0]})
-                    print(f"dcsim bench: {case} failed: {errors[-1]['error']}", file=sys.stderr, flush=True)
-                    continue
-                rows += new
-                print(markdown(new).split("\n", 2)[2], end="", file=sys.stderr, flush=True)  # rows as they come
+        for chunk, precision, (use_graphs, compact_fraction) in itertools.product(args.chunk, args.precision, configs):
+            if use_graphs and compact_fraction >= 1 and batch == 1:
+                continue  # at batch 1 buckets and a masked batch are the same thing
+            case = dict(model=model, method=method, batch=batch, chunk=chunk, graphs=use_graphs,
+                        compact_fraction=compact_fraction, precision=precision)
+            try:
+                new = bench_case(model, method, batch, device, repeats=args.repeats, chunk=chunk,
+                                 channels_last=args.channels_last, graphs=use_graphs,
+                                 compact_fraction=compact_fraction, precision=precision)
+            except RuntimeError as err:  # report the case and go on with the others
+                errors.append({**case, "error": str(err).splitlines()[0]})
+                print(f"dcsim bench: {case} failed: {errors[-1]['error']}", file=sys.stderr, flush=True)
+                continue
+            rows += new
+            print(markdown(new).split("\n", 2)[2], end="", file=sys.stderr, flush=True)  # rows as they come
     print(markdown(rows), file=sys.stderr)
     stream_rows = []
     if args.stream:
@@ -333,7 +335,8 @@ def _stream_setup(args: argparse.Namespace):
     splits = load_splits(args)
     _check_dataset_matches(meta, splits, args.checkpoint)
     readout, steps, threshold = _from_trace(args)
-    engine = Engine(convert(model, method=args.method), device=_device(args.device), channels_last=args.channels_last)
+    engine = Engine(convert(model, method=args.method), device=_device(args.device), channels_last=args.channels_last,
+                    precision=args.precision)
     return engine, readout, steps, threshold, _tensors(splits[args.split])
 
 
@@ -363,6 +366,11 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qffs-steps", type=int, help="T for QFFS (default: as for QCFS)")
     p.add_argument("--qcfs-max-steps", type=int, default=64, help="largest T considered for QCFS")
     p.add_argument("--qffs-max-steps", type=int, default=12, help="largest T considered for QFFS")
+
+
+def _add_precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="conv/linear precision: fp32 (default), tf32 (GPU), bf16, fp16 (reduced; spikes may differ)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -429,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=1, help="steps per conv call (faster at small batches; same results)")
     p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")
     p.add_argument("--graphs", action="store_true", help="step loop as CUDA graphs (GPU; same results)")
-    p.add_argument("--tf32", action="store_true", help="GPU convs in TensorFloat-32 (faster; reduced precision)")
+    _add_precision_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = command("report", "QCFS and QFFS with and without Dynamic Confidence: Table-1 report and plots")
@@ -449,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine step loop as CUDA graphs, eager, or both (default: on for cuda, off for cpu)")
     p.add_argument("--masked", action="store_true",
                    help="with graphs: also time a masked fixed batch (no compaction) beside the bucketed one")
-    p.add_argument("--tf32", action="store_true", help="engine convs in TensorFloat-32 (reduced precision)")
+    p.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=["fp32"],
+                   help="engine conv/linear precisions to time (all but fp32 reduced; see dcsim.Engine)")
     p.add_argument("--stream", type=int, metavar="SLOTS",
                    help="also time streaming with SLOTS slots against static batches of SLOTS (per model and method)")
     p.set_defaults(func=cmd_bench)
@@ -465,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="also time static batches of S with and without early exit")
     p.add_argument("--graphs", action="store_true", help="step loops as CUDA graphs (GPU; same results)")
     p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")
+    _add_precision_arg(p)
     p.add_argument("--repeats", type=int, default=2, help="with --compare: interleaved rounds, best time of each")
     p.set_defaults(func=cmd_stream)
 

@@ -25,12 +25,15 @@ import torch
 
 from . import ops, reference
 from .graphs import StaticExit
-from .network import Conv, Input, Neuron, SpikingNetwork
+from .network import Conv, Input, Linear, Neuron, Node, SpikingNetwork
 from .readout import Readout
 
 BACKENDS: dict[str, ModuleType] = {"native": ops, "reference": reference}
 MAX_STATIC_EXITS = 8
 """Captured runners an engine keeps (one per batch shape, T, readout, threshold, chunk); oldest dropped."""
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
+                                      "fp16": torch.float16}
+"""Engine precisions and the dtype their convs and linears compute in (see :class:`Engine`)."""
 NEVER = 2.0
 """A threshold no score exceeds (scores are in [0, 1]): samples run to T."""
 
@@ -211,22 +214,26 @@ class Engine:
     backend: "native" (dcsim._core kernels, CPU or CUDA) or "reference" (plain PyTorch).
     device:  where to run; default: where the network's tensors are.
     channels_last: keep 4-D values in the channels_last layout (same results; often faster convs).
-    tf32:    let GPU convs and matmuls use TensorFloat-32 (faster, reduced precision: spikes may
-             differ from the float32 result); default full float32.
+    precision: how convs and linears compute the currents. "fp32" (default): full float32, also on
+             GPUs (PyTorch's TF32 default is off). "tf32": GPU convs and matmuls in TensorFloat-32
+             (on the CPU as fp32). "bf16" / "fp16": inputs and weights in bfloat16 / float16 and each
+             current rounded to it (accumulation as the backend does it); membranes, spike counts
+             and output sums stay float32. All but fp32 are reduced precision: spikes may differ.
     """
 
     def __init__(self, net: SpikingNetwork, backend: str = "native", device: torch.device | str | None = None,
-                 channels_last: bool = False, tf32: bool = False) -> None:
+                 channels_last: bool = False, precision: str = "fp32") -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = _resolve_device(device if device is not None else net.device)
         self.channels_last = bool(channels_last)
-        self.tf32 = bool(tf32)
+        self.precision = precision
+        self._dtype = PRECISIONS[precision]
         self.net = net.to(self.device)
-        if self.channels_last:
-            self.net = SpikingNetwork(
-                [replace(n, weight=self._layout(n.weight)) if isinstance(n, Conv) else n for n in self.net.nodes],
-                self.net.method, self.net.bits)
+        if self.channels_last or self._dtype != torch.float32:
+            self.net = SpikingNetwork([self._prepared(n) for n in self.net.nodes], self.net.method, self.net.bits)
         self.backend = backend
         self.kernels = BACKENDS[backend]
         nodes = self.net.nodes
@@ -255,7 +262,20 @@ class Engine:
 
     def gpu_flags(self, autotune: bool | None = None) -> contextlib.AbstractContextManager[None]:
         """Context in which the engine's convs and matmuls run (see :func:`gpu_flags`)."""
-        return gpu_flags(self.tf32, autotune)
+        return gpu_flags(self.precision == "tf32", autotune)
+
+    def _prepared(self, node: Node) -> Node:
+        """node with its weights in the engine's layout and compute dtype."""
+        if not isinstance(node, (Conv, Linear)):
+            return node
+        bias = None if node.bias is None else node.bias.to(self._dtype)
+        return replace(node, weight=self._layout(node.weight).to(self._dtype), bias=bias)
+
+    def _apply(self, node: Node, *inputs: torch.Tensor) -> torch.Tensor:
+        """node's float32 output for float32 inputs; convs and linears compute in the engine's dtype."""
+        if self._dtype == torch.float32 or not isinstance(node, (Conv, Linear)):
+            return node.apply(*inputs)
+        return node.apply(*(v.to(self._dtype) for v in inputs)).float()
 
     def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised tensor in the engine's memory layout (see :meth:`_layout`)."""
@@ -339,7 +359,7 @@ class Engine:
         with torch.no_grad(), self.gpu_flags():
             for i in self._static_order:
                 node = nodes[i]
-                values[i] = x if isinstance(node, Input) else node.apply(*(values[j] for j in node.inputs))
+                values[i] = x if isinstance(node, Input) else self._apply(node, *(values[j] for j in node.inputs))
         return {i: self._layout(values[i]) for i in self._needed_static}
 
     def compact(self, state: BatchState, keep: torch.Tensor) -> BatchState:
@@ -415,7 +435,7 @@ class Engine:
                         rec.counts[layer_of[i], t] = state.counts[i]
                     vals[i] = out
                 else:
-                    r = node.apply(*(rows(j) for j in node.inputs))
+                    r = self._apply(node, *(rows(j) for j in node.inputs))
                     vals[i] = r.reshape(k, n, *r.shape[1:])
                 for j in self._free_after.get(i, ()):
                     del vals[j]

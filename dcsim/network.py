@@ -176,7 +176,7 @@ class SpikingNetwork:
             elif isinstance(node, Neuron):
                 values.append(values[node.inputs[0]])
             else:
-                meta = node.to("meta")
+                meta = replace(node, **{k: v.to("meta", torch.float32) for k, v in node.tensors().items()})
                 values.append(meta.apply(*(values[j] for j in node.inputs)))
         return [tuple(v.shape[1:]) for v in values]
 

@@ -60,6 +60,11 @@ def test_trace_analyze_eval_stream(ckpt, tmp_path):
     g = json.loads((tmp_path / "g.json").read_text())
     assert g["accuracy"] == pytest.approx(e["accuracy"], abs=2 / 360)
     assert g["mean_steps"] == pytest.approx(e["mean_steps"], abs=2 / 360 * 4)
+    # bf16 currents: reduced precision, close to the float32 result on this small model
+    assert main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace), "--precision", "bf16",
+                 "--json", str(tmp_path / "h.json")]) == EXIT_OK
+    h = json.loads((tmp_path / "h.json").read_text())
+    assert h["accuracy"] == pytest.approx(e["accuracy"], abs=0.05) and 1 <= h["mean_steps"] <= 4
 
     assert main(["stream", str(ckpt), "--method", "qffs", "--trace", str(trace), "--slots", "16", "--compare",
                  "--json", str(tmp_path / "s.json")]) == EXIT_OK
@@ -132,11 +137,12 @@ def test_training_resumes_after_interruption_to_the_same_weights(tmp_path):
 def test_bench_rows_and_stream(tmp_path):
     out = tmp_path / "b.json"
     assert main(["bench", "--quick", "--models", "small_cnn", "--repeats", "1", "--graphs", "off", "on",
-                 "--stream", "4", "--json", str(out)]) == EXIT_OK
+                 "--precision", "fp32", "bf16", "--stream", "4", "--json", str(out)]) == EXIT_OK
     b = json.loads(out.read_text())
     assert not b["errors"]
-    # 2 methods x 2 batches x 2 engines x 2 modes
-    assert len(b["rows"]) == 16 and {r["engine"] for r in b["rows"]} == {"eager", "graphs+buckets"}
+    # 2 methods x 2 batches x 2 precisions x 2 engines x 2 modes
+    assert len(b["rows"]) == 32
+    assert {r["engine"] for r in b["rows"]} == {"eager", "graphs+buckets", "eager+bf16", "graphs+buckets+bf16"}
     for full, early in zip(b["rows"][::2], b["rows"][1::2]):
         assert (full["mode"], early["mode"]) == ("full", "early_exit")
         assert early["mean_steps"] < full["mean_steps"] == full["steps"]

@@ -70,10 +70,12 @@ def _neuron_cases():
     for shape in NEURON_SHAPES:
         for seed in range(1 if shape[0] == 0 else 4):
             cases.append(pytest.param(shape, seed, id=f"{'x'.join(map(str, shape))}-s{seed}"))
-    # Above ops.PARALLEL_MIN_ELEMENTS: the OpenMP path of the CPU kernel.
-    assert 3 * 200_003 >= ops.PARALLEL_MIN_ELEMENTS
+    # Above ops.PARALLEL_MIN_ELEMENTS: the OpenMP path of the CPU kernel, which splits each
+    # sample into blocks (one sample alone too) and sums their spike counts.
+    assert 3 * 200_003 >= ops.PARALLEL_MIN_ELEMENTS and 40_001 >= ops.PARALLEL_MIN_ELEMENTS
     for seed in range(2):
         cases.append(pytest.param((3, 200_003), seed, id=f"large-s{seed}"))
+        cases.append(pytest.param((1, 40_001), seed, id=f"one-large-s{seed}"))
     return cases
 
 
