@@ -91,24 +91,25 @@ def mid_threshold(engine: Engine, x: torch.Tensor, steps: int, readout: Readout)
     return float(sim.conf[:, max(steps // 2 - 1, 0)].median())
 
 
-def engine_label(graphs: bool, compact_fraction: float, precision: str) -> str:
+def engine_label(graphs: bool, compact_fraction: float, precision: str, spike_convs: bool = False) -> str:
     """Short name of an engine configuration in benchmark tables."""
     label = ("graphs" + ("+masked" if compact_fraction >= 1 else "+buckets")) if graphs else "eager"
-    return label + ("" if precision == "fp32" else f"+{precision}")
+    return label + ("" if precision == "fp32" else f"+{precision}") + ("+spikeconv" if spike_convs else "")
 
 
 def bench_case(model_name: str, method: str, batch: int, device: torch.device, steps: int | None = None,
                repeats: int = 3, eager: bool = True, chunk: int = 1, channels_last: bool = False,
-               graphs: bool = False, compact_fraction: float = 0.0, precision: str = "fp32") -> list[dict]:
+               graphs: bool = False, compact_fraction: float = 0.0, precision: str = "fp32",
+               spike_convs: bool = False) -> list[dict]:
     """Rows for one model/method/batch: modes "full" and "early_exit" (engine steps computed ``chunk`` at a time).
 
-    graphs / compact_fraction / precision: the engine configuration (see :meth:`Engine.early_exit`,
-    :class:`Engine`); the ANN forward and the eager reference always run in full float32.
+    graphs / compact_fraction / precision / spike_convs: the engine configuration (see
+    :meth:`Engine.early_exit`, :class:`Engine`); the ANN forward and the eager reference always run in full float32.
     """
     model, shape = prepared_model(model_name)
     steps = steps or DEFAULT_STEPS[method]
     net = convert(model, method=method)
-    engine = Engine(net, device=device, channels_last=channels_last, precision=precision)
+    engine = Engine(net, device=device, channels_last=channels_last, precision=precision, spike_convs=spike_convs)
     ann = model.to(device)
     readout = Readout.paper(method, net.bits, steps)
     x = random_inputs(batch, shape, device)
@@ -125,7 +126,7 @@ def bench_case(model_name: str, method: str, batch: int, device: torch.device, s
         mean_steps = float(run().exit_step.float().mean())
         ours = timeit(run, device, repeats)
         row = {"device": device_name(device), "model": model_name, "method": method, "batch": batch, "mode": mode,
-               "engine": engine_label(graphs, compact_fraction, precision), "chunk": chunk, "channels_last": channels_last,
+               "engine": engine_label(graphs, compact_fraction, precision, spike_convs), "chunk": chunk, "channels_last": engine.channels_last,
                "steps": steps, "threshold": threshold, "mean_steps": mean_steps,
                "ms_per_inference": 1000 * ours / batch, "ms_per_step": 1000 * ours / batch / mean_steps,
                "ann_ms_per_inference": 1000 * ann_s / batch,

@@ -202,7 +202,8 @@ def cmd_eval(args: argparse.Namespace) -> dict:
             raise ValueError("--steps is required with --threshold")
         tau, _ = _tau(args, model, splits)
         readout = _readout(args, args.method, net.bits, steps, tau)
-    engine = Engine(net, device=_device(args.device), channels_last=args.channels_last, precision=args.precision)
+    engine = Engine(net, device=_device(args.device), channels_last=args.channels_last, precision=args.precision,
+                    spike_convs=args.spike_convs)
     x, y = _tensors(splits[args.split])
     res = evaluate_live(engine, x, y, steps, readout, threshold, batch_size=args.batch_size, chunk=args.chunk,
                         graphs=args.graphs)
@@ -306,7 +307,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
             try:
                 new = bench_case(model, method, batch, device, repeats=args.repeats, chunk=chunk,
                                  channels_last=args.channels_last, graphs=use_graphs,
-                                 compact_fraction=compact_fraction, precision=precision)
+                                 compact_fraction=compact_fraction, precision=precision, spike_convs=args.spike_convs)
             except RuntimeError as err:  # report the case and go on with the others
                 errors.append({**case, "error": str(err).splitlines()[0]})
                 print(f"dcsim bench: {case} failed: {errors[-1]['error']}", file=sys.stderr, flush=True)
@@ -336,7 +337,7 @@ def _stream_setup(args: argparse.Namespace):
     _check_dataset_matches(meta, splits, args.checkpoint)
     readout, steps, threshold = _from_trace(args)
     engine = Engine(convert(model, method=args.method), device=_device(args.device), channels_last=args.channels_last,
-                    precision=args.precision)
+                    precision=args.precision, spike_convs=args.spike_convs)
     return engine, readout, steps, threshold, _tensors(splits[args.split])
 
 
@@ -371,6 +372,12 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
 def _add_precision_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                    help="conv/linear precision: fp32 (default), tf32 (GPU), bf16, fp16 (reduced; spikes may differ)")
+    _add_spike_convs_arg(p)
+
+
+def _add_spike_convs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spike-convs", action="store_true",
+                   help="CPU: event-driven convs of spike maps (sum only the weights of spiking inputs; float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -459,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with graphs: also time a masked fixed batch (no compaction) beside the bucketed one")
     p.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=["fp32"],
                    help="engine conv/linear precisions to time (all but fp32 reduced; see dcsim.Engine)")
+    _add_spike_convs_arg(p)
     p.add_argument("--stream", type=int, metavar="SLOTS",
                    help="also time streaming with SLOTS slots against static batches of SLOTS (per model and method)")
     p.set_defaults(func=cmd_bench)

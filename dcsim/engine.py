@@ -219,16 +219,24 @@ class Engine:
              (on the CPU as fp32). "bf16" / "fp16": inputs and weights in bfloat16 / float16 and each
              current rounded to it (accumulation as the backend does it); membranes, spike counts
              and output sums stay float32. All but fp32 are reduced precision: spikes may differ.
+    spike_convs: CPU only, float32 only. Convs whose input is a spike layer run event-driven
+             (kernel 4, :func:`dcsim.ops.spike_conv2d`): each output sums only the weight rows of
+             the inputs that spiked. A few % of neurons spike per step, so this skips most of the
+             work at small batches. Implies channels_last. The sums run in another order than a
+             dense conv's: results agree with it within float32 rounding, as another conv algorithm would.
     """
 
     def __init__(self, net: SpikingNetwork, backend: str = "native", device: torch.device | str | None = None,
-                 channels_last: bool = False, precision: str = "fp32") -> None:
+                 channels_last: bool = False, precision: str = "fp32", spike_convs: bool = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = _resolve_device(device if device is not None else net.device)
-        self.channels_last = bool(channels_last)
+        if spike_convs and (self.device.type != "cpu" or PRECISIONS[precision] != torch.float32):
+            raise ValueError(f"spike_convs runs on the CPU in float32, got device {self.device} and precision {precision!r}")
+        self.channels_last = bool(channels_last or spike_convs)
+        self.spike_convs = bool(spike_convs)
         self.precision = precision
         self._dtype = PRECISIONS[precision]
         self.net = net.to(self.device)
@@ -255,6 +263,10 @@ class Engine:
             if j != out and not isinstance(nodes[j], Neuron):
                 self._free_after.setdefault(i, []).append(j)
         self.neurons = self.net.neurons
+        self._spike_weights = {  # event-driven convs: node -> weights packed for kernel 4
+            i: ops.pack_spike_conv_weight(nodes[i].weight) for i in self._dynamic
+            if self.spike_convs and isinstance(nodes[i], Conv) and nodes[i].groups == 1 and nodes[i].dilation == (1, 1)
+            and len(nodes[i].inputs) == 1 and isinstance(nodes[nodes[i].inputs[0]], Neuron)}
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         self._static_exits: dict[tuple, StaticExit] = {}
 
@@ -435,7 +447,11 @@ class Engine:
                         rec.counts[layer_of[i], t] = state.counts[i]
                     vals[i] = out
                 else:
-                    r = self._apply(node, *(rows(j) for j in node.inputs))
+                    if i in self._spike_weights:
+                        r = self.kernels.spike_conv2d(rows(node.inputs[0]), self._spike_weights[i], node.bias,
+                                                      node.stride, node.padding)
+                    else:
+                        r = self._apply(node, *(rows(j) for j in node.inputs))
                     vals[i] = r.reshape(k, n, *r.shape[1:])
                 for j in self._free_after.get(i, ()):
                     del vals[j]

@@ -199,3 +199,48 @@ def gather_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.
     cuda, stream, threads = _launch(device, sum(e[2] for e in entries) * index.numel() // 4)
     _core().gather_rows(entries, index.data_ptr(), index.numel(), cuda, stream, threads)
     return outs
+
+
+def pack_spike_conv_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Conv weights float32 [Cout, Cin, kh, kw] repacked for :func:`spike_conv2d`: float32 [kh, kw, Cin, Cout]."""
+    _check("weight", weight, torch.float32, _tensor("weight", weight).device)
+    if weight.dim() != 4:
+        raise ValueError(f"weight must have shape [Cout, Cin, kh, kw], got {tuple(weight.shape)}")
+    return weight.permute(2, 3, 1, 0).contiguous()
+
+
+def spike_conv2d(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
+                 padding: tuple[int, int]) -> torch.Tensor:
+    """Event-driven convolution (kernel 4, CPU): ``F.conv2d(x, weight, bias, stride, padding)`` that sums, at each
+    output position, only the nonzero inputs of its window. See dcsim.reference.spike_conv2d.
+
+    x: float32 [n, Cin, H, W] channels_last (spike maps: mostly exact zeros); packed: float32 [kh, kw, Cin, Cout]
+    from :func:`pack_spike_conv_weight`; bias: float32 [Cout] or None. Returns float32 [n, Cout, OH, OW],
+    channels_last. The sums run in another order than a dense conv's, so results agree with it within
+    float32 rounding, not bit for bit.
+    """
+    device = _tensor("x", x).device
+    if device.type != "cpu":
+        raise ValueError(f"spike_conv2d runs on the CPU, got x on {device}")
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"x must be a channels_last [n, Cin, H, W] tensor, got shape {tuple(x.shape)}, strides {x.stride()}")
+    n, cin, h, w = x.shape
+    _check("x", x, torch.float32, device)
+    _check("packed", packed, torch.float32, device)
+    if packed.dim() != 4 or packed.shape[2] != cin or not packed.is_contiguous():
+        raise ValueError(f"packed must be a contiguous [kh, kw, {cin}, Cout] tensor, got shape {tuple(packed.shape)}")
+    kh, kw, _, cout = packed.shape
+    if bias is not None:
+        _check("bias", bias, torch.float32, device, (cout,))
+        bias = bias.contiguous()
+    (sh, sw), (ph, pw) = stride, padding
+    if min(sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"stride must be >= 1 and padding >= 0, got {stride} and {padding}")
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding}")
+    out = torch.empty((n, oh, ow, cout), dtype=torch.float32).permute(0, 3, 1, 2)
+    _, _, threads = _launch(device, n * oh * ow * cout)
+    _core().spike_conv(n, h, w, cin, oh, ow, cout, kh, kw, sh, sw, ph, pw, x.data_ptr(), packed.data_ptr(),
+                       0 if bias is None else bias.data_ptr(), out.data_ptr(), threads)
+    return out

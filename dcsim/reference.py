@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .ops import METHODS
 
@@ -97,3 +98,9 @@ def output_step(
 def gather_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
     """New tensors whose row r is row index[r] of each input (index int64 [n_out])."""
     return [t.index_select(0, index) for t in tensors]
+
+
+def spike_conv2d(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
+                 padding: tuple[int, int]) -> torch.Tensor:
+    """Convolution of x float32 [n, Cin, H, W] with weights packed as [kh, kw, Cin, Cout] (a dense conv)."""
+    return F.conv2d(x, packed.permute(3, 2, 0, 1), bias, stride, padding)

@@ -65,6 +65,12 @@ def test_trace_analyze_eval_stream(ckpt, tmp_path):
                  "--json", str(tmp_path / "h.json")]) == EXIT_OK
     h = json.loads((tmp_path / "h.json").read_text())
     assert h["accuracy"] == pytest.approx(e["accuracy"], abs=0.05) and 1 <= h["mean_steps"] <= 4
+    # event-driven convs: float32, the same exits up to summation-order rounding
+    assert main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace), "--spike-convs",
+                 "--json", str(tmp_path / "v.json")]) == EXIT_OK
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["accuracy"] == pytest.approx(e["accuracy"], abs=2 / 360)
+    assert v["mean_steps"] == pytest.approx(e["mean_steps"], abs=2 / 360 * 4)
 
     assert main(["stream", str(ckpt), "--method", "qffs", "--trace", str(trace), "--slots", "16", "--compare",
                  "--json", str(tmp_path / "s.json")]) == EXIT_OK
