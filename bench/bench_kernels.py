@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dcsim import ops, reference
 
@@ -83,3 +84,21 @@ def test_compaction(benchmark, n, tensors):
     benchmark(_synced(ops.gather_rows), state, keep)
     ref = _best(lambda: reference.gather_rows(state, keep))
     benchmark.extra_info["speedup_vs_reference"] = ref / benchmark.stats.stats.min
+
+
+# ResNet-18 (CIFAR) conv shapes (Cin, H, Cout, stride) at batch 1 and 32, and spike rates per step
+# around what converted networks show (a few %).
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="kernel 4 is CPU-only")
+@pytest.mark.parametrize("cin,h,cout,stride", [(64, 32, 64, 1), (128, 16, 256, 2), (512, 4, 512, 1)])
+@pytest.mark.parametrize("n", [1, 32])
+@pytest.mark.parametrize("rate", [0.02, 0.1])
+def test_spike_conv(benchmark, cin, h, cout, stride, n, rate):
+    g = torch.Generator().manual_seed(0)
+    x = ((torch.rand(n, cin, h, h, generator=g) < rate).float() * 0.5).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(cout, cin, 3, 3, generator=g) * 0.05, torch.randn(cout, generator=g)
+    packed = ops.pack_spike_conv_weight(weight)
+    benchmark.group = f"spike_conv {cin}x{h}x{h}->{cout} s{stride}"
+    benchmark(ops.spike_conv2d, x, packed, bias, (stride, stride), (1, 1))
+    dense = _best(lambda: F.conv2d(x, weight, bias, stride, 1))  # the reference: PyTorch's dense conv
+    benchmark.extra_info["spike_rate"] = rate
+    benchmark.extra_info["speedup_vs_reference"] = dense / benchmark.stats.stats.min
