@@ -23,8 +23,8 @@ DCSIM_CUDA=ON python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT
   || { log "build FAILED (see build.log)"; tail -30 "$OUT/build.log"; exit 1; }
 python3 -c "import dcsim; print('dcsim backends', dcsim.backends())" 2>&1 | tee -a "$OUT/summary.txt"
 
-log "tests (kernels, engine, graphs: CPU and CUDA)"
-timeout 150 python3 -m pytest tests/test_kernels.py tests/test_graphs.py tests/test_engine.py -q -rs --maxfail=20 \
+log "tests (kernels, engine, graphs, precision: CPU and CUDA)"
+timeout 150 python3 -m pytest tests/test_kernels.py tests/test_graphs.py tests/test_engine.py tests/test_precision.py -q -rs --maxfail=20 \
   > "$OUT/tests.log" 2>&1
 log "tests rc=$? ($(tail -1 "$OUT/tests.log"))"
 grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20 | tee -a "$OUT/summary.txt"
