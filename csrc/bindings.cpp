@@ -94,11 +94,11 @@ void gather_rows(const std::vector<std::tuple<uintptr_t, uintptr_t, int64_t>>& e
 // x [n, h, w, cin], weight [kh, kw, cin, cout], bias [cout] or 0, out [n, oh, ow, cout]; CPU only.
 void spike_conv(int64_t n, int64_t h, int64_t w, int64_t cin, int64_t oh, int64_t ow, int64_t cout, int64_t kh,
                 int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, uintptr_t x, uintptr_t weight,
-                uintptr_t bias, uintptr_t out, int threads) {
+                uintptr_t bias, uintptr_t out, int threads, bool simd) {
   const dcsim::SpikeConvArgs a{n,  h,  w,  cin, oh, ow, cout, kh, kw, sh, sw, ph, pw, ptr<const float>(x),
                                ptr<const float>(weight), ptr<const float>(bias), ptr<float>(out)};
   py::gil_scoped_release release;
-  dcsim::spike_conv_cpu(a, threads);
+  dcsim::spike_conv_cpu(a, threads, simd);
 }
 
 }  // namespace

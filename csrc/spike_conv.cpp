@@ -92,7 +92,7 @@ __attribute__((target("avx512f"))) void output_row_avx512(const SpikeConvArgs& a
 
 }  // namespace
 
-void spike_conv_cpu(const SpikeConvArgs& a, int threads) {
+void spike_conv_cpu(const SpikeConvArgs& a, int threads, bool simd) {
   const int64_t positions = a.n * a.h * a.w;
   // Pass 1: the nonzero input channels of every input position, in increasing order.
   const std::unique_ptr<int32_t[]> active(new int32_t[positions * a.cin]);  // uninitialised: filled below
@@ -110,7 +110,7 @@ void spike_conv_cpu(const SpikeConvArgs& a, int threads) {
   // Pass 2: output rows in parallel (each written by one thread only).
   auto row = output_row;
 #ifdef DCSIM_X86
-  if (__builtin_cpu_supports("avx512f")) row = output_row_avx512;
+  if (simd && __builtin_cpu_supports("avx512f")) row = output_row_avx512;
 #endif
   const int64_t rows = a.n * a.oh;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)

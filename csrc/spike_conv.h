@@ -19,6 +19,7 @@ struct SpikeConvArgs {
   float* out;                 // [n, oh, ow, cout] output, fully written
 };
 
-void spike_conv_cpu(const SpikeConvArgs& a, int threads);
+// simd: use the AVX-512 loop where the CPU has it (false: the portable loop, e.g. to test it).
+void spike_conv_cpu(const SpikeConvArgs& a, int threads, bool simd);
 
 }  // namespace dcsim

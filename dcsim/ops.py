@@ -210,14 +210,15 @@ def pack_spike_conv_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def spike_conv2d(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
-                 padding: tuple[int, int]) -> torch.Tensor:
+                 padding: tuple[int, int], simd: bool = True) -> torch.Tensor:
     """Event-driven convolution (kernel 4, CPU): ``F.conv2d(x, weight, bias, stride, padding)`` that sums, at each
     output position, only the nonzero inputs of its window. See dcsim.reference.spike_conv2d.
 
     x: float32 [n, Cin, H, W] channels_last (spike maps: mostly exact zeros); packed: float32 [kh, kw, Cin, Cout]
     from :func:`pack_spike_conv_weight`; bias: float32 [Cout] or None. Returns float32 [n, Cout, OH, OW],
     channels_last. The sums run in another order than a dense conv's, so results agree with it within
-    float32 rounding, not bit for bit.
+    float32 rounding, not bit for bit. simd: the AVX-512 loop (fused multiply-adds) where the CPU has
+    it; False runs the portable loop (tests compare both).
     """
     device = _tensor("x", x).device
     if device.type != "cpu":
@@ -242,5 +243,5 @@ def spike_conv2d(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | Non
     out = torch.empty((n, oh, ow, cout), dtype=torch.float32).permute(0, 3, 1, 2)
     _, _, threads = _launch(device, n * oh * ow * cout)
     _core().spike_conv(n, h, w, cin, oh, ow, cout, kh, kw, sh, sw, ph, pw, x.data_ptr(), packed.data_ptr(),
-                       0 if bias is None else bias.data_ptr(), out.data_ptr(), threads)
+                       0 if bias is None else bias.data_ptr(), out.data_ptr(), threads, bool(simd))
     return out

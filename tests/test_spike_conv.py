@@ -18,6 +18,7 @@ SHAPES = [
     (1, 5, 6, 11, 3, 3, 5, (1, 2), (2, 1)),
     (4, 64, 8, 8, 64, 3, 3, (1, 1), (1, 1)),
     (1, 7, 4, 4, 9, 4, 4, (1, 1), (0, 0)),
+    (2, 6, 5, 5, 70, 3, 3, (1, 1), (1, 1)),  # a full block of 64 output channels and a tail of 6
     (0, 4, 5, 5, 6, 3, 3, (1, 1), (1, 1)),
 ]
 RATES = [0.0, 0.05, 0.4, 1.0]
@@ -41,13 +42,14 @@ def _case(shape, rate: float, seed: int, dyadic: bool):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:7])) + f"-s{s[7][0]}{s[7][1]}p{s[8][0]}{s[8][1]}")
 @pytest.mark.parametrize("rate", RATES)
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_spike_conv_matches_dense_conv(shape, rate, with_bias):
+@pytest.mark.parametrize("simd", [True, False], ids=["simd", "portable"])
+def test_spike_conv_matches_dense_conv(shape, rate, with_bias, simd):
     stride, padding = shape[7], shape[8]
     for seed, dyadic in ((0, True), (1, False), (2, False)):
         x, weight, bias = _case(shape, rate, seed, dyadic)
         bias = bias if with_bias else None
         packed = ops.pack_spike_conv_weight(weight)
-        got = ops.spike_conv2d(x, packed, bias, stride, padding)
+        got = ops.spike_conv2d(x, packed, bias, stride, padding, simd=simd)
         want = F.conv2d(x, weight, bias, stride, padding)
         assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(reference.spike_conv2d(x, packed, bias, stride, padding), want, rtol=0, atol=0)
