@@ -48,9 +48,15 @@ def _tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r} is not a device: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is available to PyTorch {torch.__version__}")
+    return device
 
 
 def _check_dataset_matches(meta: dict, splits: dict, ckpt: Path) -> None:

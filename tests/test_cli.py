@@ -99,6 +99,14 @@ def test_errors_have_exit_codes(ckpt, tmp_path, capsys):
     assert "bad.safetensors" in capsys.readouterr().err
     assert main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "1.5", "--steps", "4"]) == EXIT_ERROR
     assert "threshold" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "0.5", "--steps", "4", "--device", "gpu0"]) == EXIT_ERROR
+    assert "--device 'gpu0'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "0.5", "--steps", "4", "--device", "cuda"]) == EXIT_ERROR
+        assert "no CUDA GPU" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "0.5", "--steps", "4", "--spike-convs",
+                 "--precision", "bf16"]) == EXIT_ERROR
+    assert "spike_convs" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["trace", str(ckpt), "--method", "lif", "--steps", "3", "--out", "x.npz"])
     assert exc.value.code == 2
