@@ -303,17 +303,23 @@ def cmd_bench(args: argparse.Namespace) -> dict:
                                                               for meth in ("qcfs", "qffs") for b in (1, 32)]
     graphs = args.graphs or (["on"] if device.type == "cuda" else ["off"])
     configs = [(g == "on", cf) for g in graphs for cf in ((0.0, 1.0) if g == "on" and args.masked else (0.0,))]
+    spike_convs = [s == "on" for s in (args.spike_convs or (["off", "on"] if device.type == "cpu" else ["off"]))]
+    if any(spike_convs) and device.type != "cpu":
+        raise ValueError("--spike-convs on: event-driven convs run on the CPU only")
     rows, errors = [], []
     for model, method, batch in tqdm(cases, desc="dcsim bench", disable=None):
-        for chunk, precision, (use_graphs, compact_fraction) in itertools.product(args.chunk, args.precision, configs):
+        for chunk, precision, (use_graphs, compact_fraction), spikes in itertools.product(
+                args.chunk, args.precision, configs, spike_convs):
             if use_graphs and compact_fraction >= 1 and batch == 1:
                 continue  # at batch 1 buckets and a masked batch are the same thing
+            if spikes and PRECISIONS[precision] != torch.float32:
+                continue  # event-driven convs are float32
             case = dict(model=model, method=method, batch=batch, chunk=chunk, graphs=use_graphs,
-                        compact_fraction=compact_fraction, precision=precision)
+                        compact_fraction=compact_fraction, precision=precision, spike_convs=spikes)
             try:
                 new = bench_case(model, method, batch, device, repeats=args.repeats, chunk=chunk,
                                  channels_last=args.channels_last, graphs=use_graphs,
-                                 compact_fraction=compact_fraction, precision=precision, spike_convs=args.spike_convs)
+                                 compact_fraction=compact_fraction, precision=precision, spike_convs=spikes)
             except RuntimeError as err:  # report the case and go on with the others
                 errors.append({**case, "error": str(err).splitlines()[0]})
                 print(f"dcsim bench: {case} failed: {errors[-1]['error']}", file=sys.stderr, flush=True)
@@ -472,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with graphs: also time a masked fixed batch (no compaction) beside the bucketed one")
     p.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=["fp32"],
                    help="engine conv/linear precisions to time (all but fp32 reduced; see dcsim.Engine)")
-    _add_spike_convs_arg(p)
+    p.add_argument("--spike-convs", nargs="+", choices=["on", "off"],
+                   help="event-driven convs of spike maps (float32, CPU), dense convs, or both (default: both on cpu)")
     p.add_argument("--stream", type=int, metavar="SLOTS",
                    help="also time streaming with SLOTS slots against static batches of SLOTS (per model and method)")
     p.set_defaults(func=cmd_bench)

@@ -154,9 +154,10 @@ def test_bench_rows_and_stream(tmp_path):
                  "--precision", "fp32", "bf16", "--stream", "4", "--json", str(out)]) == EXIT_OK
     b = json.loads(out.read_text())
     assert not b["errors"]
-    # 2 methods x 2 batches x 2 precisions x 2 engines x 2 modes
-    assert len(b["rows"]) == 32
-    assert {r["engine"] for r in b["rows"]} == {"eager", "graphs+buckets", "eager+bf16", "graphs+buckets+bf16"}
+    # 2 methods x 2 batches x 2 graph modes x (fp32 dense, fp32 spike convs, bf16 dense) x 2 modes
+    assert len(b["rows"]) == 48
+    assert {r["engine"] for r in b["rows"]} == {
+        f"{g}{p}" for g in ("eager", "graphs+buckets") for p in ("", "+bf16", "+spikeconv")}
     for full, early in zip(b["rows"][::2], b["rows"][1::2]):
         assert (full["mode"], early["mode"]) == ("full", "early_exit")
         assert early["mean_steps"] < full["mean_steps"] == full["steps"]
