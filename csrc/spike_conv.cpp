@@ -26,7 +26,7 @@ inline void axpy(float* __restrict out_row, const float* __restrict w_row, float
 // Output row (sample i, row oy): every position starts at the bias and adds, for each kernel
 // offset (ky, kx) in order and each active input channel c in increasing order, x * w.
 DCSIM_SIMD_CLONES
-void output_row(const SpikeConvArgs& a, const int32_t* active, const int32_t* n_active, int64_t i, int64_t oy) {
+void output_row(const SpikeConvArgs& a, const int32_t* active, const int64_t* first, int64_t i, int64_t oy) {
   for (int64_t ox = 0; ox < a.ow; ++ox) {
     float* o = a.out + ((i * a.oh + oy) * a.ow + ox) * a.cout;
     if (a.bias) {
@@ -41,10 +41,11 @@ void output_row(const SpikeConvArgs& a, const int32_t* active, const int32_t* n_
         const int64_t ix = ox * a.sw - a.pw + kx;
         if (ix < 0 || ix >= a.w) continue;
         const int64_t pos = (i * a.h + iy) * a.w + ix;
-        const int32_t* cs = active + pos * a.cin;
+        const int32_t* cs = active + first[pos];
         const float* xp = a.x + pos * a.cin;
         const float* wk = a.weight + (ky * a.kw + kx) * a.cin * a.cout;
-        for (int32_t k = 0; k < n_active[pos]; ++k) axpy(o, wk + cs[k] * a.cout, xp[cs[k]], a.cout);
+        const int64_t count = first[pos + 1] - first[pos];
+        for (int64_t k = 0; k < count; ++k) axpy(o, wk + cs[k] * a.cout, xp[cs[k]], a.cout);
       }
     }
   }
@@ -54,7 +55,7 @@ void output_row(const SpikeConvArgs& a, const int32_t* active, const int32_t* n_
 // output_row with AVX-512: output channels in blocks of 64, summed in four registers (fused
 // multiply-adds, same order of terms as the portable loop).
 __attribute__((target("avx512f"))) void output_row_avx512(const SpikeConvArgs& a, const int32_t* active,
-                                                           const int32_t* n_active, int64_t i, int64_t oy) {
+                                                           const int64_t* first, int64_t i, int64_t oy) {
   for (int64_t ox = 0; ox < a.ow; ++ox) {
     float* o = a.out + ((i * a.oh + oy) * a.ow + ox) * a.cout;
     for (int64_t o0 = 0; o0 < a.cout; o0 += 64) {
@@ -73,11 +74,11 @@ __attribute__((target("avx512f"))) void output_row_avx512(const SpikeConvArgs& a
           const int64_t ix = ox * a.sw - a.pw + kx;
           if (ix < 0 || ix >= a.w) continue;
           const int64_t pos = (i * a.h + iy) * a.w + ix;
-          const int32_t* cs = active + pos * a.cin;
+          const int32_t* cs = active + first[pos];
           const float* xp = a.x + pos * a.cin;
           const float* wk = a.weight + (ky * a.kw + kx) * a.cin * a.cout + o0;
-          const int32_t count = n_active[pos];
-          for (int32_t k = 0; k < count; ++k) {
+          const int64_t count = first[pos + 1] - first[pos];
+          for (int64_t k = 0; k < count; ++k) {
             const __m512 v = _mm512_set1_ps(xp[cs[k]]);
             const float* wr = wk + static_cast<int64_t>(cs[k]) * a.cout;
             for (int j = 0; j < 4; ++j) acc[j] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m[j], wr + 16 * j), acc[j]);
@@ -94,18 +95,27 @@ __attribute__((target("avx512f"))) void output_row_avx512(const SpikeConvArgs& a
 
 void spike_conv_cpu(const SpikeConvArgs& a, int threads, bool simd) {
   const int64_t positions = a.n * a.h * a.w;
-  // Pass 1: the nonzero input channels of every input position, in increasing order.
-  const std::unique_ptr<int32_t[]> active(new int32_t[positions * a.cin]);  // uninitialised: filled below
-  const std::unique_ptr<int32_t[]> n_active(new int32_t[positions]);
+  // Pass 1: the nonzero input channels of every input position, in increasing order, as one
+  // list: position p's channels are active[first[p] .. first[p + 1]) (memory in proportion to
+  // the spikes, not to the input).
+  const std::unique_ptr<int64_t[]> first(new int64_t[positions + 1]);
+  first[0] = 0;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t pos = 0; pos < positions; ++pos) {
     const float* xp = a.x + pos * a.cin;
-    int32_t* cs = active.get() + pos * a.cin;
-    int32_t k = 0;
+    int64_t k = 0;
+    for (int64_t c = 0; c < a.cin; ++c) k += xp[c] != 0.0f;
+    first[pos + 1] = k;
+  }
+  for (int64_t pos = 0; pos < positions; ++pos) first[pos + 1] += first[pos];
+  const std::unique_ptr<int32_t[]> active(new int32_t[first[positions] > 0 ? first[positions] : 1]);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t pos = 0; pos < positions; ++pos) {
+    const float* xp = a.x + pos * a.cin;
+    int32_t* cs = active.get() + first[pos];
     for (int64_t c = 0; c < a.cin; ++c) {
-      if (xp[c] != 0.0f) cs[k++] = static_cast<int32_t>(c);
+      if (xp[c] != 0.0f) *cs++ = static_cast<int32_t>(c);
     }
-    n_active[pos] = k;
   }
   // Pass 2: output rows in parallel (each written by one thread only).
   auto row = output_row;
@@ -114,7 +124,7 @@ void spike_conv_cpu(const SpikeConvArgs& a, int threads, bool simd) {
 #endif
   const int64_t rows = a.n * a.oh;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
-  for (int64_t r = 0; r < rows; ++r) row(a, active.get(), n_active.get(), r / a.oh, r % a.oh);
+  for (int64_t r = 0; r < rows; ++r) row(a, active.get(), first.get(), r / a.oh, r % a.oh);
 }
 
 }  // namespace dcsim
