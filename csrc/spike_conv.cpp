@@ -23,10 +23,34 @@ inline void axpy(float* __restrict out_row, const float* __restrict w_row, float
   for (int64_t o = 0; o < cout; ++o) out_row[o] += v * w_row[o];
 }
 
-// Output row (sample i, row oy): every position starts at the bias and adds, for each kernel
-// offset (ky, kx) in order and each active input channel c in increasing order, x * w.
+// One kernel offset of an output position's window: the input position it reads (a row of x)
+// and the offset's weights [cin, cout].
+struct Tap {
+  int64_t pos;
+  const float* weight;
+};
+
+// The taps of output position (i, oy, ox) whose input lies inside the image, in (ky, kx) order,
+// written to taps (room for kh * kw); returns their count. Shared by both output_row loops.
+inline int64_t window(const SpikeConvArgs& a, int64_t i, int64_t oy, int64_t ox, Tap* taps) {
+  int64_t n = 0;
+  for (int64_t ky = 0; ky < a.kh; ++ky) {
+    const int64_t iy = oy * a.sh - a.ph + ky;
+    if (iy < 0 || iy >= a.h) continue;
+    for (int64_t kx = 0; kx < a.kw; ++kx) {
+      const int64_t ix = ox * a.sw - a.pw + kx;
+      if (ix < 0 || ix >= a.w) continue;
+      taps[n++] = {(i * a.h + iy) * a.w + ix, a.weight + (ky * a.kw + kx) * a.cin * a.cout};
+    }
+  }
+  return n;
+}
+
+// Output row (sample i, row oy): every position starts at the bias and adds, for each tap of its
+// window in order and each active input channel c in increasing order, x * w.
 DCSIM_SIMD_CLONES
 void output_row(const SpikeConvArgs& a, const int32_t* active, const int64_t* first, int64_t i, int64_t oy) {
+  const std::unique_ptr<Tap[]> taps(new Tap[a.kh * a.kw]);
   for (int64_t ox = 0; ox < a.ow; ++ox) {
     float* o = a.out + ((i * a.oh + oy) * a.ow + ox) * a.cout;
     if (a.bias) {
@@ -34,18 +58,12 @@ void output_row(const SpikeConvArgs& a, const int32_t* active, const int64_t* fi
     } else {
       std::memset(o, 0, sizeof(float) * a.cout);
     }
-    for (int64_t ky = 0; ky < a.kh; ++ky) {
-      const int64_t iy = oy * a.sh - a.ph + ky;
-      if (iy < 0 || iy >= a.h) continue;
-      for (int64_t kx = 0; kx < a.kw; ++kx) {
-        const int64_t ix = ox * a.sw - a.pw + kx;
-        if (ix < 0 || ix >= a.w) continue;
-        const int64_t pos = (i * a.h + iy) * a.w + ix;
-        const int32_t* cs = active + first[pos];
-        const float* xp = a.x + pos * a.cin;
-        const float* wk = a.weight + (ky * a.kw + kx) * a.cin * a.cout;
-        const int64_t count = first[pos + 1] - first[pos];
-        for (int64_t k = 0; k < count; ++k) axpy(o, wk + cs[k] * a.cout, xp[cs[k]], a.cout);
+    const int64_t n_taps = window(a, i, oy, ox, taps.get());
+    for (int64_t t = 0; t < n_taps; ++t) {
+      const int64_t pos = taps[t].pos;
+      const float* xp = a.x + pos * a.cin;
+      for (int64_t k = first[pos]; k < first[pos + 1]; ++k) {
+        axpy(o, taps[t].weight + active[k] * a.cout, xp[active[k]], a.cout);
       }
     }
   }
@@ -56,8 +74,10 @@ void output_row(const SpikeConvArgs& a, const int32_t* active, const int64_t* fi
 // multiply-adds, same order of terms as the portable loop).
 __attribute__((target("avx512f"))) void output_row_avx512(const SpikeConvArgs& a, const int32_t* active,
                                                            const int64_t* first, int64_t i, int64_t oy) {
+  const std::unique_ptr<Tap[]> taps(new Tap[a.kh * a.kw]);
   for (int64_t ox = 0; ox < a.ow; ++ox) {
     float* o = a.out + ((i * a.oh + oy) * a.ow + ox) * a.cout;
+    const int64_t n_taps = window(a, i, oy, ox, taps.get());
     for (int64_t o0 = 0; o0 < a.cout; o0 += 64) {
       __mmask16 m[4];
       __m512 acc[4];
@@ -67,22 +87,13 @@ __attribute__((target("avx512f"))) void output_row_avx512(const SpikeConvArgs& a
                            : static_cast<__mmask16>(lanes <= 0 ? 0 : (1u << lanes) - 1);
         acc[j] = a.bias ? _mm512_maskz_loadu_ps(m[j], a.bias + o0 + 16 * j) : _mm512_setzero_ps();
       }
-      for (int64_t ky = 0; ky < a.kh; ++ky) {
-        const int64_t iy = oy * a.sh - a.ph + ky;
-        if (iy < 0 || iy >= a.h) continue;
-        for (int64_t kx = 0; kx < a.kw; ++kx) {
-          const int64_t ix = ox * a.sw - a.pw + kx;
-          if (ix < 0 || ix >= a.w) continue;
-          const int64_t pos = (i * a.h + iy) * a.w + ix;
-          const int32_t* cs = active + first[pos];
-          const float* xp = a.x + pos * a.cin;
-          const float* wk = a.weight + (ky * a.kw + kx) * a.cin * a.cout + o0;
-          const int64_t count = first[pos + 1] - first[pos];
-          for (int64_t k = 0; k < count; ++k) {
-            const __m512 v = _mm512_set1_ps(xp[cs[k]]);
-            const float* wr = wk + static_cast<int64_t>(cs[k]) * a.cout;
-            for (int j = 0; j < 4; ++j) acc[j] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m[j], wr + 16 * j), acc[j]);
-          }
+      for (int64_t t = 0; t < n_taps; ++t) {
+        const int64_t pos = taps[t].pos;
+        const float* xp = a.x + pos * a.cin;
+        for (int64_t k = first[pos]; k < first[pos + 1]; ++k) {
+          const __m512 v = _mm512_set1_ps(xp[active[k]]);
+          const float* wr = taps[t].weight + static_cast<int64_t>(active[k]) * a.cout + o0;
+          for (int j = 0; j < 4; ++j) acc[j] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m[j], wr + 16 * j), acc[j]);
         }
       }
       for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(o + o0 + 16 * j, m[j], acc[j]);
