@@ -381,13 +381,10 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qffs-max-steps", type=int, default=12, help="largest T considered for QFFS")
 
 
-def _add_precision_arg(p: argparse.ArgumentParser) -> None:
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Engine options of eval and stream: --precision and --spike-convs."""
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                    help="conv/linear precision: fp32 (default), tf32 (GPU), bf16, fp16 (reduced; spikes may differ)")
-    _add_spike_convs_arg(p)
-
-
-def _add_spike_convs_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spike-convs", action="store_true",
                    help="CPU: event-driven convs of spike maps (sum only the weights of spiking inputs; float32)")
 
@@ -456,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=1, help="steps per conv call (faster at small batches; same results)")
     p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")
     p.add_argument("--graphs", action="store_true", help="step loop as CUDA graphs (GPU; same results)")
-    _add_precision_arg(p)
+    _add_engine_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = command("report", "QCFS and QFFS with and without Dynamic Confidence: Table-1 report and plots")
@@ -495,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="store_true", help="also time static batches of S with and without early exit")
     p.add_argument("--graphs", action="store_true", help="step loops as CUDA graphs (GPU; same results)")
     p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")
-    _add_precision_arg(p)
+    _add_engine_args(p)
     p.add_argument("--repeats", type=int, default=2, help="with --compare: interleaved rounds, best time of each")
     p.set_defaults(func=cmd_stream)
 
