@@ -129,6 +129,14 @@ def _tau(args: argparse.Namespace, model, splits: dict) -> tuple[float, dict | N
     return tau, None
 
 
+def _semantics(args: argparse.Namespace, method: str) -> str | None:
+    """The QFFS semantics asked for with --qffs-semantics (None: the method's default); an error with QCFS."""
+    semantics = getattr(args, "qffs_semantics", None)
+    if semantics is not None and method != "qffs":
+        raise ValueError(f"--qffs-semantics applies to --method qffs only, got --method {method}")
+    return semantics
+
+
 def cmd_trace(args: argparse.Namespace) -> dict:
     from .analysis import save_trace
     from .convert import convert
@@ -139,7 +147,7 @@ def cmd_trace(args: argparse.Namespace) -> dict:
     splits = load_splits(args)
     _check_dataset_matches(meta, splits, args.checkpoint)
     tau, calib = _tau(args, model, splits)
-    net = convert(model, method=args.method)
+    net = convert(model, method=args.method, semantics=_semantics(args, args.method))
     engine = Engine(net, device=_device(args.device))
     readout = _readout(args, args.method, net.bits, args.steps, tau)
     x, y = _tensors(splits[args.split])
@@ -185,6 +193,11 @@ def _from_trace(args: argparse.Namespace):
     tm = trace.meta
     if tm.get("method") != args.method:
         raise ValueError(f"{args.trace}: trace method {tm.get('method')!r} differs from --method {args.method!r}")
+    semantics = _semantics(args, args.method) or ("settle" if args.method == "qffs" else "constant")
+    traced = tm.get("semantics", "constant")  # traces without the field predate the settle semantics
+    if traced != semantics:
+        raise ValueError(f"{args.trace}: the trace was recorded with the {traced!r} QFFS semantics but this run uses "
+                         f"{semantics!r}; pass --qffs-semantics {traced} or record the trace again")
     threshold = analyze(trace, tolerance=args.tolerance)["selected"]["threshold"]
     return Readout(tm["readout"], float(tm["alpha"]), float(tm["tau"])), int(tm["steps"]), threshold
 
@@ -199,7 +212,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     _check_dataset_matches(meta, splits, args.checkpoint)
     if (args.threshold is None) == (args.trace is None):
         raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
-    net = convert(model, method=args.method)
+    net = convert(model, method=args.method, semantics=_semantics(args, args.method))
     if args.trace is not None:
         readout, steps, threshold = _from_trace(args)
     else:
@@ -241,6 +254,7 @@ def run_report(model, meta: dict, splits: dict, out: Path, args: argparse.Namesp
         print(f"[dcsim] {method.upper()}: choosing T, tracing the validation split, selecting th_c, evaluating live",
               file=sys.stderr)
         r = dynamic_confidence(model, method, {"val": val, "test": test}, max_steps=max_steps, tau=tau, steps=fixed,
+                               semantics=args.qffs_semantics if method == "qffs" else None,
                                tolerance=args.tolerance, device=_device(args.device), batch_size=args.batch_size,
                                meta={"model": meta.get("architecture"), "dataset": meta.get("dataset")})
         save_trace(out / f"{method}_val_trace.npz", r["trace"])
@@ -348,7 +362,7 @@ def _stream_setup(args: argparse.Namespace):
     splits = load_splits(args)
     _check_dataset_matches(meta, splits, args.checkpoint)
     readout, steps, threshold = _from_trace(args)
-    engine = Engine(convert(model, method=args.method), device=_device(args.device), channels_last=args.channels_last,
+    engine = Engine(convert(model, method=args.method, semantics=_semantics(args, args.method)), device=_device(args.device), channels_last=args.channels_last,
                     precision=args.precision, spike_convs=args.spike_convs)
     return engine, readout, steps, threshold, _tensors(splits[args.split])
 
@@ -379,6 +393,13 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qffs-steps", type=int, help="T for QFFS (default: as for QCFS)")
     p.add_argument("--qcfs-max-steps", type=int, default=64, help="largest T considered for QCFS")
     p.add_argument("--qffs-max-steps", type=int, default=12, help="largest T considered for QFFS")
+    _add_semantics_arg(p)
+
+
+def _add_semantics_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qffs-semantics", choices=["settle", "constant"],
+                   help="QFFS only: 'settle' (default: image and biases drive the first Qp steps, then the network "
+                        "settles; holds accuracy beyond T = Qp) or 'constant' (image and biases at every step)")
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -424,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--alpha", default="paper", help="'paper' (2^b-1 QFFS, T QCFS), 'official' (30, tau 1) or a number")
         p.add_argument("--tau", default="auto", help="temperature: 'auto' (fit on val) or a number > 0")
         p.add_argument("--split", choices=["train", "val", "test"], default="val")
+        _add_semantics_arg(p)
 
     p = command("trace", "record a full-length run (prediction and score per sample and step) to .npz")
     p.add_argument("checkpoint", type=Path)
@@ -489,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.0)
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--slots", type=int, default=64, help="S: samples in flight")
+    _add_semantics_arg(p)
     p.add_argument("--compare", action="store_true", help="also time static batches of S with and without early exit")
     p.add_argument("--graphs", action="store_true", help="step loops as CUDA graphs (GPU; same results)")
     p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")

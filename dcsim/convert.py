@@ -18,6 +18,7 @@ from torch import fx, nn
 
 from .lsq import LSQActivation
 from .network import (
+    SEMANTICS,
     AdaptiveAvgPool,
     Add,
     AvgPool,
@@ -77,15 +78,31 @@ def _fold_bn(node: Node, bn: nn.Module, name: str) -> Node:
     return type(node)(**{**node.__dict__, "weight": w, "bias": (b - bn.running_mean) * g + beta})
 
 
-def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zmax: int | None = None) -> SpikingNetwork:
+def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zmax: int | None = None,
+            semantics: str | None = None, drive_steps: int | None = None) -> SpikingNetwork:
     """Convert ``model`` (float CNN with LSQActivation hidden activations) to a spiking network.
 
     method: "qcfs" (soft-reset IF) or "qffs" (IF with negative spikes and the cap Zmax).
     u0_fraction: initial membrane as a fraction of each layer's threshold (paper: 0.5).
     zmax: QFFS spike-count cap; default Qp = 2^bits - 1 of each layer.
+    semantics: how the image and the biases drive the network over time. "settle" (the QFFS
+        default): during the first ``drive_steps`` steps only, then the network settles and negative
+        spikes correct; the spike counts converge to the quantized ANN's levels, so accuracy holds
+        for any T >= Qp. "constant" (the only QCFS semantics): at every step; with QFFS the capped
+        counts then fall behind the growing input beyond T = Qp. See SpikingNetwork.
+    drive_steps: steps of drive under "settle"; default Qp = 2^bits - 1 (one bit width required).
     """
     if method not in ("qcfs", "qffs"):
         raise ValueError(f"method must be 'qcfs' or 'qffs', got {method!r}")
+    if semantics is None:
+        semantics = "settle" if method == "qffs" else "constant"
+    if semantics not in SEMANTICS:
+        raise ValueError(f"semantics must be one of {list(SEMANTICS)}, got {semantics!r}")
+    if semantics == "settle" and method != "qffs":
+        raise ValueError(f"semantics 'settle' applies to QFFS only (negative spikes correct the settling); "
+                         f"method {method!r} supports 'constant' only")
+    if drive_steps is not None and semantics != "settle":
+        raise ValueError(f"drive_steps applies to semantics 'settle' only, got semantics {semantics!r}")
     if not 0.0 <= u0_fraction <= 1.0:
         raise ValueError(f"u0_fraction must be in [0, 1], got {u0_fraction}")
     if zmax is not None and zmax < 1:
@@ -206,4 +223,10 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
             "layer (the integrator), not a quantized activation")
     if not any(isinstance(n, Neuron) for n in nodes):
         raise ConversionError(f"the model has no LSQActivation layer: nothing to convert to spiking neurons (supported: {SUPPORTED})")
-    return SpikingNetwork(nodes, method, bits_seen.pop() if len(bits_seen) == 1 else None)
+    bits = bits_seen.pop() if len(bits_seen) == 1 else None
+    if semantics == "settle" and drive_steps is None:
+        if bits is None:
+            raise ConversionError(f"the model mixes activation bit widths {sorted(bits_seen)}; pass drive_steps for "
+                                  "semantics 'settle' (the steps during which the image and biases drive the network)")
+        drive_steps = 2 ** bits - 1
+    return SpikingNetwork(nodes, method, bits, drive_steps)

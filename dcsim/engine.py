@@ -241,7 +241,7 @@ class Engine:
         self._dtype = PRECISIONS[precision]
         self.net = net.to(self.device)
         if self.channels_last or self._dtype != torch.float32:
-            self.net = SpikingNetwork([self._prepared(n) for n in self.net.nodes], self.net.method, self.net.bits)
+            self.net = replace(self.net, nodes=[self._prepared(n) for n in self.net.nodes])
         self.backend = backend
         self.kernels = BACKENDS[backend]
         nodes = self.net.nodes
@@ -269,6 +269,12 @@ class Engine:
             and len(nodes[i].inputs) == 1 and isinstance(nodes[nodes[i].inputs[0]], Neuron)}
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         self._static_exits: dict[tuple, StaticExit] = {}
+        # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
+        # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.
+        self._biases = {i: nodes[i].bias.float() for i in self._dynamic
+                        if self.net.drive_steps is not None and isinstance(nodes[i], (Conv, Linear))
+                        and nodes[i].bias is not None}
+        self._unbiased = {i: replace(nodes[i], bias=None) for i in self._biases}
 
     # ---------------------------------------------------------------- state
 
@@ -407,28 +413,58 @@ class Engine:
         """
         self.advance(state, 1, max_steps, readout, threshold)
 
+    def _drive_mask(self, state: BatchState, k: int, done: int | None) -> torch.Tensor | bool:
+        """Which rows the image and biases drive at each step of the next chunk of k steps.
+
+        "constant" semantics: True (every step). "settle": step s of a row (1-based) is driven while
+        s <= drive_steps. ``done``: the steps every row has run, when the caller knows they are
+        equal (then a bool per chunk if uniform, with no device work), else None: a float32 [k, n]
+        mask of 0/1 computed on the device from state.steps (no host sync: CUDA-graph safe).
+        """
+        drive = self.net.drive_steps
+        if drive is None:
+            return True
+        if done is not None and (done + k <= drive or done >= drive):
+            return done + k <= drive
+        first = torch.arange(1, k + 1, device=self.device, dtype=torch.int32)[:, None]
+        return ((state.steps[None, :] + first) <= drive).to(torch.float32)
+
     def advance(self, state: BatchState, k: int, max_steps: int, readout: Readout, threshold: float = NEVER,
-                record_sums: bool = False) -> StepRecord:
+                record_sums: bool = False, done: int | None = None) -> StepRecord:
         """Advance every active sample by k time steps, in place, and return what each step produced.
 
         Within the chunk the network runs layer by layer: each conv/linear takes the k steps as one
         batch of k*n rows (far faster than k batches of n at small n), and each neuron layer then
         runs its k steps in order. No layer feeds back to an earlier one, so the results are those
         of k single steps; early exit decides per step from the record. k = 1 is plain step-major.
+        done: the number of steps every row has already run, if the caller knows it is the same for
+        all rows (a cheaper path under the "settle" semantics; the results are the same without it).
         """
         n = state.n
         nodes = self.net.nodes
         method = self.net.method
         vals: dict[int, torch.Tensor] = {}  # dynamic node -> [k, n, ...]
+        drive = self._drive_mask(state, k, done)  # True/False for all rows, or float32 [k, n]
+
+        def driven(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # v [r, ...] times mask [r] per row
+            return v * mask.reshape(-1, *([1] * (v.dim() - 1)))
 
         def rows(j: int) -> torch.Tensor:  # input j as [k * n, ...]
             if j in vals:
                 return vals[j].reshape(k * n, *vals[j].shape[2:])
             s = state.static[j]
-            return s.unsqueeze(0).expand(k, *s.shape).reshape(k * n, *s.shape[1:])
+            s = s.unsqueeze(0).expand(k, *s.shape).reshape(k * n, *s.shape[1:])
+            if drive is True:
+                return s
+            return torch.zeros_like(s) if drive is False else driven(s, drive.reshape(k * n))
 
         def at(j: int, t: int) -> torch.Tensor:  # input j at step t of the chunk, [n, ...]
-            return vals[j][t] if j in vals else state.static[j]
+            if j in vals:
+                return vals[j][t]
+            s = state.static[j]
+            if drive is True:
+                return s
+            return torch.zeros_like(s) if drive is False else driven(s, drive[t])
 
         rec = StepRecord.empty(k, n, len(self.neurons), state.sums.shape[1] if record_sums else None, self.device)
         layer_of = {i: layer for layer, i in enumerate(self.neurons)}
@@ -447,11 +483,17 @@ class Engine:
                         rec.counts[layer_of[i], t] = state.counts[i]
                     vals[i] = out
                 else:
+                    bias = self._biases.get(i)
+                    if bias is not None:
+                        node = self._unbiased[i]
                     if i in self._spike_weights:
                         r = self.kernels.spike_conv2d(rows(node.inputs[0]), self._spike_weights[i], node.bias,
                                                       node.stride, node.padding)
                     else:
                         r = self._apply(node, *(rows(j) for j in node.inputs))
+                    if bias is not None and drive is not False:
+                        b = bias.reshape(1, -1, *([1] * (r.dim() - 2)))
+                        r = r + (b if drive is True else driven(b.expand(k * n, *b.shape[1:]), drive.reshape(k * n)))
                     vals[i] = r.reshape(k, n, *r.shape[1:])
                 for j in self._free_after.get(i, ()):
                     del vals[j]
@@ -492,7 +534,8 @@ class Engine:
             state = self.start(x[lo:lo + bs])
             records = []
             for done in range(0, steps, chunk):
-                records.append(self.advance(state, min(chunk, steps - done), steps, readout, record_sums=record_sums))
+                records.append(self.advance(state, min(chunk, steps - done), steps, readout, record_sums=record_sums,
+                                            done=done))
             preds.append(torch.cat([r.pred for r in records]).T)
             confs.append(torch.cat([r.score for r in records]).T)
             sums_all.append(torch.cat([r.sums for r in records]).transpose(0, 1) if record_sums else None)
@@ -543,7 +586,7 @@ class Engine:
             ran = 0
             while state.n:
                 k = min(chunk, steps - ran)
-                rec = self.advance(state, k, steps, readout, threshold)
+                rec = self.advance(state, k, steps, readout, threshold, done=ran)
                 ran += k
                 exited = rec.exited.bool() & alive  # [k, n]: first exits of rows still running
                 done = exited.any(dim=0)

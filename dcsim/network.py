@@ -127,16 +127,38 @@ class Neuron(Node):
     zmax: int = 3
 
 
+SEMANTICS = ("constant", "settle")
+"""How the input image and the biases drive the network over time (see :class:`SpikingNetwork`)."""
+
+
 @dataclass
 class SpikingNetwork:
     """Converted network: ``nodes`` in topological order; the last node is the output layer.
 
     method: "qcfs" or "qffs"; bits: activation bits of the source model (None if mixed).
+    drive_steps: None for the "constant" semantics: the image and every bias drive the network at
+        every step. An integer D >= 1 for the "settle" semantics (QFFS only): the image and the
+        biases drive the first D steps only (D = Qp); afterwards only spikes move currents, so each
+        neuron settles, negative spikes correcting what it sent too early, and the spike counts
+        stop at the quantized ANN's levels instead of growing with T (README, "QFFS beyond T = Qp").
     """
 
     nodes: list[Node]
     method: str
     bits: int | None
+    drive_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.drive_steps is not None:
+            if self.method != "qffs":
+                raise ValueError(f"the 'settle' semantics (drive_steps) applies to QFFS only, not {self.method!r}")
+            if isinstance(self.drive_steps, bool) or not isinstance(self.drive_steps, int) or self.drive_steps < 1:
+                raise ValueError(f"drive_steps must be an integer >= 1 or None, got {self.drive_steps!r}")
+
+    @property
+    def semantics(self) -> str:
+        """"settle" (image and biases over the first ``drive_steps`` steps) or "constant" (at every step)."""
+        return "constant" if self.drive_steps is None else "settle"
 
     @property
     def output(self) -> int:
@@ -158,7 +180,7 @@ class SpikingNetwork:
         return static
 
     def to(self, device: torch.device | str) -> "SpikingNetwork":
-        return SpikingNetwork([n.to(device) for n in self.nodes], self.method, self.bits)
+        return replace(self, nodes=[n.to(device) for n in self.nodes])
 
     @property
     def device(self) -> torch.device:
@@ -181,7 +203,9 @@ class SpikingNetwork:
         return [tuple(v.shape[1:]) for v in values]
 
     def __repr__(self) -> str:
-        lines = [f"SpikingNetwork(method={self.method!r}, bits={self.bits}, nodes={len(self.nodes)})"]
+        drive = "" if self.drive_steps is None else f", drive_steps={self.drive_steps}"
+        lines = [f"SpikingNetwork(method={self.method!r}, semantics={self.semantics!r}{drive}, bits={self.bits}, "
+                 f"nodes={len(self.nodes)})"]
         for i, n in enumerate(self.nodes):
             extra = f" th={n.threshold:.4g} u0={n.u0:.4g}" if isinstance(n, Neuron) else ""
             lines.append(f"  [{i}] {type(n).__name__}({n.name!r}) <- {list(n.inputs)}{extra}")

@@ -39,7 +39,8 @@ def record_trace(engine: Engine, images: torch.Tensor, labels: torch.Tensor, ste
                  meta: dict, batch_size: int = 256, record_sums: bool = False) -> analysis.Trace:
     """Run all samples for ``steps`` steps and keep (prediction, score) per sample and step."""
     sim = engine.simulate(images.to(engine.device), steps, readout, record_sums=record_sums, batch_size=batch_size)
-    full_meta = {"method": engine.net.method, "bits": engine.net.bits, "readout": readout.kind,
+    full_meta = {"method": engine.net.method, "semantics": engine.net.semantics,
+                 "drive_steps": engine.net.drive_steps, "bits": engine.net.bits, "readout": readout.kind,
                  "alpha": readout.alpha, "tau": readout.tau, "steps": steps} | meta
     return analysis.Trace(
         labels=labels.cpu().numpy().astype("int64"), pred=sim.pred.numpy(), conf=sim.conf.numpy(),

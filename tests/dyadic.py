@@ -5,6 +5,7 @@ networks every float operation is exact, so equality tests the engine's logic, n
 library's.
 """
 
+import dataclasses
 from dataclasses import replace
 
 import numpy as np
@@ -31,7 +32,7 @@ def dyadic_network(model: torch.nn.Module, method: str, sample_shape: tuple, see
             th = max(round(node.threshold * 8) / 8, 0.125)
             node = replace(node, threshold=th, u0=th / 2)
         nodes.append(node)
-    return dcsim.SpikingNetwork(nodes, net.method, net.bits)
+    return dataclasses.replace(net, nodes=nodes)
 
 
 def dyadic_inputs(n: int, sample_shape: tuple, seed: int) -> torch.Tensor:
