@@ -108,14 +108,15 @@ def evaluate_live(engine: Engine, images: torch.Tensor, labels: torch.Tensor, st
 def dynamic_confidence(model: nn.Module, method: str, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
                        max_steps: int, tau: float, steps: int | None = None, tolerance: float = 0.0,
                        readout_kind: str = "max_softmax", device: torch.device | str = "cpu", batch_size: int = 256,
-                       meta: dict | None = None) -> dict:
+                       meta: dict | None = None, semantics: str | None = None) -> dict:
     """Convert, pick T and th_c on the validation split, and evaluate live on the test split.
 
     splits: {"val": (images, labels), "test": (images, labels)}. steps: T (default: the smallest
-    T whose validation accuracy reaches the quantized ANN's, up to max_steps). Returns a dict
+    T whose validation accuracy reaches the quantized ANN's, up to max_steps); semantics: QFFS's (see
+    dcsim.convert; None: the method's default). Returns a dict
     with the trace, its analysis and the test rows without and with Dynamic Confidence.
     """
-    net = convert(model.cpu().eval(), method=method)
+    net = convert(model.cpu().eval(), method=method, semantics=semantics)
     engine = Engine(net, device=device)
     val_x, val_y = splits["val"]
     test_x, test_y = splits["test"]

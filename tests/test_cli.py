@@ -166,3 +166,21 @@ def test_bench_rows_and_stream(tmp_path):
         ("qcfs", "eager"), ("qcfs", "graphs"), ("qffs", "eager"), ("qffs", "graphs")]
     for r in b["stream_rows"]:
         assert 0 < r["occupancy"] <= 1 and r["stream_throughput"] > 0 and r["ratio_vs_static_no_dc"] > 0
+
+
+def test_qffs_semantics_option(ckpt, tmp_path, capsys):
+    trace = tmp_path / "constant.npz"
+    assert main(["trace", str(ckpt), "--method", "qcfs", "--steps", "4", "--qffs-semantics", "settle",
+                 "--out", str(trace)]) == EXIT_ERROR
+    assert "--qffs-semantics applies to --method qffs only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["trace", str(ckpt), "--method", "qffs", "--steps", "4", "--qffs-semantics", "bogus", "--out", str(trace)])
+    assert exc.value.code == 2
+    assert main(["trace", str(ckpt), "--method", "qffs", "--steps", "6", "--qffs-semantics", "constant",
+                 "--out", str(trace)]) == EXIT_OK
+    assert dcsim.analysis.load_trace(trace).meta["semantics"] == "constant"
+    assert main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace)]) == EXIT_ERROR
+    assert "recorded with the 'constant' QFFS semantics" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace), "--qffs-semantics", "constant",
+                 "--json", str(tmp_path / "e.json")]) == EXIT_OK
+    assert json.loads((tmp_path / "e.json").read_text())["steps"] == 6

@@ -41,6 +41,24 @@ def test_snn_accuracy_approaches_quantized_ann(trained):
     assert acc_f[3] > acc_f[0]
 
 
+def test_qffs_settle_holds_accuracy_beyond_T_equals_Qp(trained):
+    """The faithful QFFS ("settle"): accuracy at T = 2 Qp within 1 point of T = Qp, and it converges
+    to the quantized ANN's predictions; the "constant" semantics keeps the old behaviour (no bound)."""
+    model, x, y = trained
+    qp = 3
+    sim = dcsim.Engine(dcsim.convert(model, "qffs")).simulate(x, 4 * qp)
+    acc = (sim.pred == y[:, None]).float().mean(0)
+    constant = dcsim.Engine(dcsim.convert(model, "qffs", semantics="constant")).simulate(x, 2 * qp)
+    acc_c = (constant.pred == y[:, None]).float().mean(0)
+    print("QFFS settle acc at T=1..12:", [round(float(a), 4) for a in acc])
+    print("QFFS constant acc at T=1..6:", [round(float(a), 4) for a in acc_c])
+    assert torch.equal(sim.pred[:, :qp], constant.pred[:, :qp]), "the semantics differ only after T = Qp"
+    assert acc[2 * qp - 1] >= acc[qp - 1] - 0.01
+    with torch.no_grad():
+        ann_pred = model.eval()(x).argmax(1)
+    assert float((sim.pred[:, -1] == ann_pred).float().mean()) >= 0.98
+
+
 @pytest.mark.parametrize("method,steps", [("qcfs", 16), ("qffs", 5)])
 def test_native_engine_equals_reference_per_step(trained, method, steps):
     model, x, _ = trained
