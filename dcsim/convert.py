@@ -147,7 +147,11 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
                 raise ConversionError(f"the model takes several inputs ({src.name!r}); dcsim supports one image input")
             add(Input(src.name, ()), src)
         elif src.op == "get_attr":
-            raise ConversionError(f"{where}: reading a parameter in forward is not supported; supported: {SUPPORTED}")
+            owner = str(src.target).rpartition(".")[0]
+            hint = (f" Layer {owner!r} ({type(modules[owner]).__name__}) is unknown to dcsim; if it is an activation, "
+                    f"give an adapter: dcsim.convert(model, quantizers={{{type(modules[owner]).__name__}: fn}}) "
+                    "(see dcsim.adapters).") if owner in modules and owner else ""
+            raise ConversionError(f"{where}: reading a parameter in forward is not supported; supported: {SUPPORTED}.{hint}")
         elif src.op == "call_module":
             mod = modules[src.target]
             name = str(src.target)
