@@ -9,15 +9,20 @@ from torch import nn
 
 
 class LsqActivation(nn.Module):
-    """round(hardtanh(x / scale, 0, 2^constraint - 1)) * scale with torch.round (half to even)."""
+    """round(hardtanh(x / scale, 0, 2^constraint - 1)) * scale with torch.round (half to even).
+
+    ``half_up = True`` (not in the official code) rounds with floor(v + 0.5) instead, as dcsim does.
+    """
 
     def __init__(self, constraint: int, scale: float = 1.0) -> None:
         super().__init__()
         self.constraint = constraint
         self.scale = nn.Parameter(torch.ones(1) * scale)
+        self.half_up = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.round(F.hardtanh(x / self.scale, 0, float(2**self.constraint - 1))) * self.scale
+        v = F.hardtanh(x / self.scale, 0, float(2**self.constraint - 1))
+        return (torch.floor(v + 0.5) if self.half_up else torch.round(v)) * self.scale
 
 
 class BasicBlock(nn.Module):
