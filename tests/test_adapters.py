@@ -104,7 +104,8 @@ def test_adapter_exact_at_T_equals_Qp(case, build, quantizers, s, qp, rounding):
 
 def test_predicate_form_and_user_entries_first():
     model = _single_layer(LsqActivation(2, 0.5), 8)
-    net = dcsim.convert(model, quantizers=[(lambda m: type(m).__name__ == "LsqActivation", official_lsq)])
+    with pytest.warns(RoundingWarning):
+        net = dcsim.convert(model, quantizers=[(lambda m: type(m).__name__ == "LsqActivation", official_lsq)])
     assert [net.nodes[i].threshold for i in net.neurons] == [1.5]
     # a user entry for dcsim's own class takes precedence over the built-in adapter
     lsq = _single_layer(_lsq(2, 0.25), 8)
