@@ -1,4 +1,4 @@
-"""The ``dcsim`` command line: train, trace, analyze, eval, report, demo, bench, stream.
+"""The ``dcsim`` command line: train, trace, analyze, eval, report, demo, bench, stream, import.
 
 Every command takes ``--json PATH`` ('-' for stdout) for machine-readable output. Exit codes:
 0 success, 1 a run-time error (bad file, bad data, bad model), 2 bad command-line usage.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .byom import add_import_parser, add_normalize_args
 from .engine import PRECISIONS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -89,11 +90,17 @@ def cmd_train(args: argparse.Namespace) -> dict:
     history = train(model, *_tensors(tr), *_tensors(va), config, augment=augment, workdir=workdir,
                     device=_device(args.device), progress=not args.quiet)
     model.cpu()
+    if args.epochs == 0:  # float pre-training only: a float ReLU checkpoint (see dcsim.byom, --normalize)
+        from .lsq import set_quantization
+
+        set_quantization(model, False)
     acc = {"val": accuracy(model, *_tensors(va)), "test": accuracy(model, *_tensors(te))}
     meta = {"architecture": args.arch, "arch_kwargs": arch_kwargs, "classes": list(tr.classes),
             "normalization": {"mean": list(tr.mean), "std": list(tr.std)}, "dataset": args.dataset,
             "data_root": str(args.data_root) if args.data_root else None, "seed": args.seed,
             "accuracy": acc, "train_config": history["config"]}
+    if args.epochs == 0:
+        meta["activations"] = "float_relu"
     save_checkpoint(args.out, model, meta)
     return {"checkpoint": str(args.out), "accuracy": acc, "train_seconds": time.perf_counter() - t0,
             "history": history["epochs"]}
@@ -106,12 +113,24 @@ def _load_model(path: Path):
     return load_checkpoint(path, build_model)
 
 
+def _model_and_splits(args: argparse.Namespace):
+    """(model ready to convert, metadata, splits) for ``args.checkpoint`` (see dcsim.byom: normalization, --normalize)."""
+    from .byom import prepare
+
+    model, meta = _load_model(args.checkpoint)
+    splits = load_splits(args)
+    _check_dataset_matches(meta, splits, args.checkpoint)
+    model, splits = prepare(model, meta, splits, args)
+    return model, meta, splits
+
+
 def _readout(args: argparse.Namespace, method: str, bits: int | None, steps: int, tau: float):
     from .readout import OFFICIAL_DEMO_ALPHA, Readout
 
     if args.alpha == "paper":
-        if bits is None:
-            raise ValueError("the model mixes activation bit widths: give --alpha as a number")
+        if bits is None and method == "qffs":
+            raise ValueError("the model's activations have no single bit width (mixed, or levels not 2^b - 1): "
+                             "give --alpha as a number")
         return Readout.paper(method, bits, steps, tau=tau, kind=args.readout)
     alpha = OFFICIAL_DEMO_ALPHA if args.alpha == "official" else float(args.alpha)
     return Readout(args.readout, alpha, 1.0 if args.alpha == "official" else tau)
@@ -143,9 +162,7 @@ def cmd_trace(args: argparse.Namespace) -> dict:
     from .engine import Engine
     from .pipeline import record_trace
 
-    model, meta = _load_model(args.checkpoint)
-    splits = load_splits(args)
-    _check_dataset_matches(meta, splits, args.checkpoint)
+    model, meta, splits = _model_and_splits(args)
     tau, calib = _tau(args, model, splits)
     net = convert(model, method=args.method, semantics=_semantics(args, args.method))
     engine = Engine(net, device=_device(args.device))
@@ -207,9 +224,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     from .engine import Engine
     from .pipeline import evaluate_live
 
-    model, meta = _load_model(args.checkpoint)
-    splits = load_splits(args)
-    _check_dataset_matches(meta, splits, args.checkpoint)
+    model, meta, splits = _model_and_splits(args)
     if (args.threshold is None) == (args.trace is None):
         raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
     net = convert(model, method=args.method, semantics=_semantics(args, args.method))
@@ -248,7 +263,8 @@ def run_report(model, meta: dict, splits: dict, out: Path, args: argparse.Namesp
     tau = calib["tau"] if args.tau == "auto" else float(args.tau)
     ann_test = accuracy(model, *test)
     results, plots = [], []
-    for method in ("qcfs", "qffs"):
+    methods = ("qcfs",) if getattr(args, "normalize", None) else ("qcfs", "qffs")  # normalized float nets: no levels
+    for method in methods:
         max_steps = args.qcfs_max_steps if method == "qcfs" else args.qffs_max_steps
         fixed = args.qcfs_steps if method == "qcfs" else args.qffs_steps
         print(f"[dcsim] {method.upper()}: choosing T, tracing the validation split, selecting th_c, evaluating live",
@@ -270,7 +286,7 @@ def run_report(model, meta: dict, splits: dict, out: Path, args: argparse.Namesp
     md = (f"# dcsim report: {meta.get('architecture')} on {meta.get('dataset')}\n\n"
           f"Quantized ANN test accuracy {100 * ann_test:.2f}%; temperature tau = {tau:.4f} "
           f"(validation ECE {calib['ece_before']:.4f} -> {calib['ece_after']:.4f}).\n"
-          f"T: QCFS {results[0]['steps']}, QFFS {results[1]['steps']} steps. "
+          "T: " + ", ".join(f"{r['method'].upper()} {r['steps']}" for r in results) + " steps. "
           f"th_c selected on the validation split, numbers on the test split ({len(test[1])} images).\n\n" + table + "\n"
           + "".join(f"![{Path(p).stem}]({Path(p).name})\n" for p in plots))
     write_text_atomic(out / "report.md", md)
@@ -280,9 +296,7 @@ def run_report(model, meta: dict, splits: dict, out: Path, args: argparse.Namesp
 
 
 def cmd_report(args: argparse.Namespace) -> dict:
-    model, meta = _load_model(args.checkpoint)
-    splits = load_splits(args)
-    _check_dataset_matches(meta, splits, args.checkpoint)
+    model, meta, splits = _model_and_splits(args)
     return run_report(model, meta, splits, args.out, args)
 
 
@@ -358,9 +372,7 @@ def _stream_setup(args: argparse.Namespace):
     from .convert import convert
     from .engine import Engine
 
-    model, meta = _load_model(args.checkpoint)
-    splits = load_splits(args)
-    _check_dataset_matches(meta, splits, args.checkpoint)
+    model, meta, splits = _model_and_splits(args)
     readout, steps, threshold = _from_trace(args)
     engine = Engine(convert(model, method=args.method, semantics=_semantics(args, args.method)), device=_device(args.device), channels_last=args.channels_last,
                     precision=args.precision, spike_convs=args.spike_convs)
@@ -454,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, required=True, help="T")
     p.add_argument("--sums", action="store_true", help="also store the running sums S_t [N, T, K]")
     p.add_argument("--out", type=Path, required=True, help="trace file (.npz)")
+    add_normalize_args(p)
     p.set_defaults(func=cmd_trace)
 
     p = command("analyze", "Pareto front, selected threshold, oracle and plots from a trace")
@@ -476,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")
     p.add_argument("--graphs", action="store_true", help="step loop as CUDA graphs (GPU; same results)")
     _add_engine_args(p)
+    add_normalize_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = command("report", "QCFS and QFFS with and without Dynamic Confidence: Table-1 report and plots")
@@ -483,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_report_args(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_normalize_args(p)
     p.set_defaults(func=cmd_report)
 
     p = command("bench", "standard benchmark set: engine vs official-style eager simulator vs ANN forward")
@@ -517,7 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")
     _add_engine_args(p)
     p.add_argument("--repeats", type=int, default=2, help="with --compare: interleaved rounds, best time of each")
+    add_normalize_args(p)
     p.set_defaults(func=cmd_stream)
+
+    add_import_parser(command("import", "import a checkpoint trained elsewhere as a dcsim checkpoint"))
 
     p = command("demo", "the end-to-end demo on scikit-learn's digits (trains, converts, reports)")
     _add_report_args(p)

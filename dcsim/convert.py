@@ -1,8 +1,10 @@
 """ANN-to-SNN conversion: a PyTorch model with LSQ activations -> SpikingNetwork.
 
 The model is traced with torch.fx (LSQ activations are leaves). Batch norm is folded into the
-conv or linear layer before it; every LSQ activation becomes a Neuron with threshold
-th = Qp * s and initial membrane u0 = u0_fraction * th; weights and biases are copied
+conv or linear layer before it; every quantized activation becomes a Neuron with
+threshold th = Qp * s and initial membrane u0 = u0_fraction * th (dcsim's LSQActivation and
+ClipReLU are built in; other activation modules are read by adapters passed as ``quantizers``,
+see dcsim.adapters); weights and biases are copied
 unchanged; residual additions become Add nodes summed before the post-add neuron; the last
 layer integrates (no spikes). The model itself is never modified; an unsupported layer or
 pattern raises ConversionError naming it, and nothing is returned half-converted.
@@ -11,12 +13,13 @@ pattern raises ConversionError naming it, and nothing is returned half-converted
 from __future__ import annotations
 
 import operator
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .lsq import LSQActivation
+from .adapters import Quantization, Quantizers, RoundingWarning, find_adapter, registry
 from .network import (
     SEMANTICS,
     AdaptiveAvgPool,
@@ -33,7 +36,7 @@ from .network import (
 
 SUPPORTED = (
     "Conv2d (zero padding), Linear, BatchNorm1d/2d directly after a conv or linear layer, "
-    "LSQActivation, AvgPool2d, AdaptiveAvgPool2d, Flatten / torch.flatten, Dropout, Identity, "
+    "LSQActivation, ClipReLU, activations with an adapter in quantizers=, AvgPool2d, AdaptiveAvgPool2d, Flatten / torch.flatten, Dropout, Identity, "
     "residual '+' / torch.add of currents"
 )
 
@@ -43,8 +46,27 @@ class ConversionError(ValueError):
 
 
 class _Tracer(fx.Tracer):
+    def __init__(self, adapters: list) -> None:
+        super().__init__()
+        self.adapters = adapters
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, LSQActivation) or super().is_leaf_module(m, qualname)
+        return find_adapter(m, self.adapters) is not None or super().is_leaf_module(m, qualname)
+
+
+def _quantization(mod: nn.Module, adapters: list, where: str) -> Quantization | None:
+    """The adapter's reading of ``mod`` (None when no adapter claims it); errors name the layer."""
+    fn = find_adapter(mod, adapters)
+    if fn is None:
+        return None
+    what = f"{where} ({type(mod).__name__}, adapter {getattr(fn, '__name__', fn)!r})"
+    try:
+        q = fn(mod)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ConversionError(f"{what}: {err}") from err
+    if not isinstance(q, Quantization):
+        raise ConversionError(f"{what} returned a {type(q).__name__}, not a dcsim.adapters.Quantization")
+    return q
 
 
 def _pair(v) -> tuple[int, int]:
@@ -78,19 +100,24 @@ def _fold_bn(node: Node, bn: nn.Module, name: str) -> Node:
     return type(node)(**{**node.__dict__, "weight": w, "bias": (b - bn.running_mean) * g + beta})
 
 
-def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zmax: int | None = None,
-            semantics: str | None = None, drive_steps: int | None = None) -> SpikingNetwork:
-    """Convert ``model`` (float CNN with LSQActivation hidden activations) to a spiking network.
+def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zmax: int | None = None, *,
+            quantizers: Quantizers = None, semantics: str | None = None,
+            drive_steps: int | None = None) -> SpikingNetwork:
+    """Convert ``model`` (float CNN with quantized hidden activations) to a spiking network.
 
     method: "qcfs" (soft-reset IF) or "qffs" (IF with negative spikes and the cap Zmax).
     u0_fraction: initial membrane as a fraction of each layer's threshold (paper: 0.5).
-    zmax: QFFS spike-count cap; default Qp = 2^bits - 1 of each layer.
+    zmax: QFFS spike-count cap; default Qp of each layer (2^bits - 1 for LSQ).
+    quantizers: adapters for activation modules of other classes, ``{ModuleClass: fn}`` or a
+    list of ``(ModuleClass or predicate, fn)`` pairs; fn(module) returns a
+    dcsim.adapters.Quantization (see that module). Layers that round half to even are
+    converted with a RoundingWarning: their IF neurons round exact ties half up.
     semantics: how the image and the biases drive the network over time. "settle" (the QFFS
         default): during the first ``drive_steps`` steps only, then the network settles and negative
         spikes correct; the spike counts converge to the quantized ANN's levels, so accuracy holds
         for any T >= Qp. "constant" (the only QCFS semantics): at every step; with QFFS the capped
         counts then fall behind the growing input beyond T = Qp. See SpikingNetwork.
-    drive_steps: steps of drive under "settle"; default Qp = 2^bits - 1 (one bit width required).
+    drive_steps: steps of drive under "settle"; default the layers' common Qp (one Qp required).
     """
     if method not in ("qcfs", "qffs"):
         raise ValueError(f"method must be 'qcfs' or 'qffs', got {method!r}")
@@ -107,15 +134,18 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
         raise ValueError(f"u0_fraction must be in [0, 1], got {u0_fraction}")
     if zmax is not None and zmax < 1:
         raise ValueError(f"zmax must be >= 1, got {zmax}")
+    adapters = registry(quantizers)
     try:
-        graph = _Tracer().trace(model)
+        graph = _Tracer(adapters).trace(model)
     except Exception as err:  # fx raises many types for untraceable code
         raise ConversionError(f"cannot trace the model with torch.fx: {err}") from err
     modules = dict(model.named_modules())
     nodes: list[Node] = []
     index: dict[fx.Node, int] = {}
     origin: dict[int, fx.Node] = {}
-    bits_seen: set[int] = set()
+    bits_seen: set[int | None] = set()
+    levels_seen: set[int | None] = set()
+    half_even: list[str] = []
     result: int | None = None
 
     def add(node: Node, src: fx.Node) -> None:
@@ -135,13 +165,18 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
                 raise ConversionError(f"the model takes several inputs ({src.name!r}); dcsim supports one image input")
             add(Input(src.name, ()), src)
         elif src.op == "get_attr":
-            raise ConversionError(f"{where}: reading a parameter in forward is not supported; supported: {SUPPORTED}")
+            owner = str(src.target).rpartition(".")[0]
+            hint = (f" Layer {owner!r} ({type(modules[owner]).__name__}) is unknown to dcsim; if it is an activation, "
+                    f"give an adapter: dcsim.convert(model, quantizers={{{type(modules[owner]).__name__}: fn}}) "
+                    "(see dcsim.adapters).") if owner in modules and owner else ""
+            raise ConversionError(f"{where}: reading a parameter in forward is not supported; supported: {SUPPORTED}.{hint}")
         elif src.op == "call_module":
             mod = modules[src.target]
             name = str(src.target)
             if len(src.args) != 1 or src.kwargs:
                 raise ConversionError(f"{where} ({type(mod).__name__}) must take exactly one tensor")
             x = arg(src.args[0], where)
+            q = _quantization(mod, adapters, where)
             if isinstance(mod, nn.Conv2d):
                 if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
                     raise ConversionError(f"{where} (Conv2d) uses padding {mod.padding!r}/{mod.padding_mode!r}; only numeric zero padding is supported")
@@ -158,15 +193,17 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
                         f"it follows {type(prev).__name__} {prev.name!r}")
                 nodes[x] = _fold_bn(prev, mod, name)
                 index[src] = x
-            elif isinstance(mod, LSQActivation):
-                if not mod.quantize:
-                    raise ConversionError(f"{where} (LSQActivation) is in float (ReLU) mode; enable quantization first "
-                                          "(dcsim.lsq.set_quantization(model, True))")
-                qp = mod.qp
-                bits_seen.add(mod.bits)
-                th = float(torch.tensor(qp * float(mod.step.detach()), dtype=torch.float32))
+            elif q is not None:
+                if q.levels is None and method == "qffs" and zmax is None:
+                    raise ConversionError(f"{where} ({type(mod).__name__}) is an unquantized clip: QFFS needs a spike "
+                                          "cap, give zmax= or use method='qcfs'")
+                bits_seen.add(q.bits)
+                levels_seen.add(q.levels)
+                if q.rounding == "half_even":
+                    half_even.append(name)
+                th = float(torch.tensor(q.threshold, dtype=torch.float32))
                 if not th > 0:
-                    raise ConversionError(f"{where} (LSQActivation) has a non-positive step size {float(mod.step)}")
+                    raise ConversionError(f"{where} ({type(mod).__name__}) has a threshold {q.threshold!r} that is 0 in float32")
                 th_u0 = float(torch.tensor(u0_fraction * th, dtype=torch.float32))
                 inputs = (x,)
                 prev = nodes[x]
@@ -174,7 +211,7 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
                 if isinstance(prev, Add) and len(prev.inputs) == 2 and len(_consumers(origin[x], modules)) == 1 and x == len(nodes) - 1:
                     inputs = prev.inputs
                     nodes.pop()
-                add(Neuron(name, inputs, threshold=th, u0=th_u0, zmax=zmax if zmax is not None else qp), src)
+                add(Neuron(name, inputs, threshold=th, u0=th_u0, zmax=zmax if zmax is not None else (q.levels or 1)), src)
             elif isinstance(mod, nn.AvgPool2d):
                 if mod.divisor_override is not None:
                     raise ConversionError(f"{where} (AvgPool2d) with divisor_override is not supported")
@@ -194,7 +231,9 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
             else:
                 raise ConversionError(
                     f"{where} ({type(mod).__name__}) cannot be converted to a spiking layer; supported: {SUPPORTED}. "
-                    "Float activations such as ReLU must be replaced by dcsim.lsq.LSQActivation.")
+                    "Float activations such as ReLU must be replaced by dcsim.lsq.LSQActivation or given thresholds with "
+                    "dcsim.normalize; other activation classes need an adapter: dcsim.convert(model, "
+                    "quantizers={ActivationClass: fn}) (see dcsim.adapters).")
         elif src.op == "call_function":
             if src.target in (operator.add, torch.add) and len(src.args) == 2 and not src.kwargs:
                 a, b = arg(src.args[0], where), arg(src.args[1], where)
@@ -222,11 +261,16 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
             f"the output layer {last.name!r} is a {type(last).__name__}; it must be a full-precision conv or linear "
             "layer (the integrator), not a quantized activation")
     if not any(isinstance(n, Neuron) for n in nodes):
-        raise ConversionError(f"the model has no LSQActivation layer: nothing to convert to spiking neurons (supported: {SUPPORTED})")
-    bits = bits_seen.pop() if len(bits_seen) == 1 else None
+        raise ConversionError("the model has no LSQActivation layer nor any activation matched by quantizers=: nothing to "
+                              f"convert to spiking neurons (supported: {SUPPORTED})")
+    if half_even:
+        warnings.warn(f"layers {half_even} round half to even; their IF neurons (u0 = th/2) round half up, so at exact "
+                      "ties x/s = k + 0.5 with k even the SNN gives one level more than the ANN (equal elsewhere)",
+                      RoundingWarning, stacklevel=2)
     if semantics == "settle" and drive_steps is None:
-        if bits is None:
-            raise ConversionError(f"the model mixes activation bit widths {sorted(bits_seen)}; pass drive_steps for "
-                                  "semantics 'settle' (the steps during which the image and biases drive the network)")
-        drive_steps = 2 ** bits - 1
-    return SpikingNetwork(nodes, method, bits, drive_steps)
+        if len(levels_seen) != 1 or None in levels_seen:
+            raise ConversionError(f"the model's layers have level counts Qp {sorted(map(str, levels_seen))}, not one "
+                                  "Qp; pass drive_steps for semantics 'settle' (the steps during which the image and "
+                                  "biases drive the network)")
+        drive_steps = levels_seen.pop()
+    return SpikingNetwork(nodes, method, bits_seen.pop() if len(bits_seen) == 1 else None, drive_steps)

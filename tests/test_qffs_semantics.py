@@ -175,7 +175,7 @@ def test_network_rejects_settle_for_qcfs_and_bad_drive_steps():
 def test_mixed_bit_widths_need_explicit_drive_steps():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), LSQActivation(2), nn.Conv2d(4, 4, 3), LSQActivation(3), nn.Flatten(),
                           nn.Linear(4 * 4 * 4, 3))
-    with pytest.raises(dcsim.ConversionError, match="drive_steps"):
+    with pytest.raises(dcsim.ConversionError, match="not one Qp; pass drive_steps"):
         dcsim.convert(model, method="qffs")
     assert dcsim.convert(model, method="qffs", drive_steps=7).drive_steps == 7
     assert dcsim.convert(model, method="qffs", semantics="constant").semantics == "constant"
