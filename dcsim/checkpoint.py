@@ -9,14 +9,21 @@ string metadata under the key ``"dcsim"``, a JSON object describing how to rebui
      "classes": [...], "normalization": {"mean": [...], "std": [...]},
      "dataset": "cifar10", "accuracy": {"val": 0.93, "test": 0.92}, ...any other JSON values}
 
-Loading reads the header, rebuilds the module with ``build_model(architecture, **arch_kwargs)`` and
-requires the file's tensor names and shapes to equal the module's state_dict exactly.
+A second header entry, ``"dcsim_sha256"``, holds the SHA-256 of the metadata JSON and every
+tensor (name, dtype, shape and bytes, in name order; see :func:`content_hash`): safetensors has
+no checksum of its own, so a flipped byte in the tensor data would otherwise load silently.
+
+Loading reads the header, rebuilds the module with ``build_model(architecture, **arch_kwargs)``,
+requires the file's tensor names and shapes to equal the module's state_dict exactly and the
+content hash to match (a checkpoint from an older dcsim, without a hash, loads with a warning).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,9 +36,26 @@ from .fileio import atomic_output
 
 FORMAT_VERSION = 1
 METADATA_KEY = "dcsim"
+HASH_KEY = "dcsim_sha256"
 REQUIRED_KEYS = ("architecture", "arch_kwargs", "classes", "normalization", "dataset", "accuracy")
 _SHOWN = 5
 """How many missing / unexpected / mismatched tensors an error message lists."""
+
+
+def content_hash(header: str, tensors: dict[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of a checkpoint's metadata JSON text and its tensors (CPU, contiguous).
+
+    Each tensor contributes its name, dtype, shape and raw bytes, in sorted name order, so any
+    change to a value, a dtype, a shape or the metadata changes the hash.
+    """
+    h = hashlib.sha256()
+    h.update(header.encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(b"\0" + json.dumps([name, str(t.dtype), list(t.shape)]).encode() + b"\0")
+        if t.numel():
+            h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _check_meta(meta: object, where: str) -> None:
@@ -76,7 +100,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> Pa
                              "only tensors can be stored")
         tensors[name] = value.detach().to("cpu", copy=True).contiguous()  # copies: no shared storage
     with atomic_output(path) as tmp:
-        save_file(tensors, tmp, metadata={METADATA_KEY: header})
+        save_file(tensors, tmp, metadata={METADATA_KEY: header, HASH_KEY: content_hash(header, tensors)})
     return path
 
 
@@ -143,9 +167,17 @@ def load_checkpoint(path: str | os.PathLike, build_model: Callable[..., nn.Modul
         raise ValueError(f"{path}: build_model returned a {type(model).__name__}, not a torch.nn.Module")
     try:
         with safe_open(str(path), framework="pt") as f:
+            header = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # as in read_metadata
         raise _open_error(path, err) from None
+    stored_hash = header.get(HASH_KEY)
+    if stored_hash is None:
+        warnings.warn(f"{path}: the checkpoint has no content hash ('{HASH_KEY}', written by an older dcsim); "
+                      "its tensors cannot be verified. Save it again to add one.", UserWarning, stacklevel=2)
+    elif stored_hash != content_hash(header[METADATA_KEY], tensors):
+        raise ValueError(f"{path}: the checkpoint is corrupted: its content hash does not match the stored "
+                         f"'{HASH_KEY}' (a changed byte in the tensors or metadata); re-create or re-copy the file")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     stored = {k: tuple(v.shape) for k, v in tensors.items()}
     missing = sorted(set(expected) - set(stored))
