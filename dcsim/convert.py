@@ -11,6 +11,7 @@ pattern raises ConversionError naming it, and nothing is returned half-converted
 from __future__ import annotations
 
 import operator
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +84,7 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
     method: "qcfs" (soft-reset IF) or "qffs" (IF with negative spikes and the cap Zmax).
     u0_fraction: initial membrane as a fraction of each layer's threshold (paper: 0.5).
     zmax: QFFS spike-count cap; default Qp = 2^bits - 1 of each layer.
+    Warns (UserWarning) when an LSQActivation was never initialised (step still the default 1.0).
     """
     if method not in ("qcfs", "qffs"):
         raise ValueError(f"method must be 'qcfs' or 'qffs', got {method!r}")
@@ -99,6 +101,7 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
     index: dict[fx.Node, int] = {}
     origin: dict[int, fx.Node] = {}
     bits_seen: set[int] = set()
+    untrained: list[str] = []
     result: int | None = None
 
     def add(node: Node, src: fx.Node) -> None:
@@ -145,6 +148,8 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
                 if not mod.quantize:
                     raise ConversionError(f"{where} (LSQActivation) is in float (ReLU) mode; enable quantization first "
                                           "(dcsim.lsq.set_quantization(model, True))")
+                if not bool(mod.initialized) and float(mod.step.detach()) == 1.0:
+                    untrained.append(name)
                 qp = mod.qp
                 bits_seen.add(mod.bits)
                 th = float(torch.tensor(qp * float(mod.step.detach()), dtype=torch.float32))
@@ -206,4 +211,9 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
             "layer (the integrator), not a quantized activation")
     if not any(isinstance(n, Neuron) for n in nodes):
         raise ConversionError(f"the model has no LSQActivation layer: nothing to convert to spiking neurons (supported: {SUPPORTED})")
+    if untrained:
+        shown = ", ".join(repr(n) for n in untrained[:5]) + (f" and {len(untrained) - 5} more" if len(untrained) > 5 else "")
+        warnings.warn(f"convert: LSQActivation layer(s) {shown} still have the untrained step size 1.0 (never "
+                      "initialised from data by a training-mode forward pass), so their thresholds are Qp * 1.0; "
+                      "train or calibrate the model first", UserWarning, stacklevel=2)
     return SpikingNetwork(nodes, method, bits_seen.pop() if len(bits_seen) == 1 else None)
