@@ -9,9 +9,10 @@ string metadata under the key ``"dcsim"``, a JSON object describing how to rebui
      "classes": [...], "normalization": {"mean": [...], "std": [...]},
      "dataset": "cifar10", "accuracy": {"val": 0.93, "test": 0.92}, ...any other JSON values}
 
-A second header entry, ``"dcsim_sha256"``, holds the SHA-256 of the metadata JSON and every
-tensor (name, dtype, shape and bytes, in name order; see :func:`content_hash`): safetensors has
-no checksum of its own, so a flipped byte in the tensor data would otherwise load silently.
+The metadata JSON ends with ``"content_sha256"``: the SHA-256 of the JSON text without it and of
+every tensor (name, dtype, shape and bytes, in name order; see :func:`content_hash`). safetensors
+has no checksum of its own, so a flipped byte in the tensor data would otherwise load silently.
+(One metadata entry, not two: safetensors writes its metadata map in no fixed order.)
 
 Loading reads the header, rebuilds the module with ``build_model(architecture, **arch_kwargs)``,
 requires the file's tensor names and shapes to equal the module's state_dict exactly and the
@@ -36,7 +37,7 @@ from .fileio import atomic_output
 
 FORMAT_VERSION = 1
 METADATA_KEY = "dcsim"
-HASH_KEY = "dcsim_sha256"
+HASH_KEY = "content_sha256"
 REQUIRED_KEYS = ("architecture", "arch_kwargs", "classes", "normalization", "dataset", "accuracy")
 _SHOWN = 5
 """How many missing / unexpected / mismatched tensors an error message lists."""
@@ -88,7 +89,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> Pa
     if not isinstance(model, nn.Module):
         raise TypeError(f"save_checkpoint: model must be a torch.nn.Module, got {type(model).__name__}")
     _check_meta(meta, "save_checkpoint")
-    full = dict(meta) | {"format_version": FORMAT_VERSION}
+    full = {k: v for k, v in meta.items() if k != HASH_KEY} | {"format_version": FORMAT_VERSION}
     try:
         header = json.dumps(full)
     except (TypeError, ValueError) as err:
@@ -100,7 +101,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> Pa
                              "only tensors can be stored")
         tensors[name] = value.detach().to("cpu", copy=True).contiguous()  # copies: no shared storage
     with atomic_output(path) as tmp:
-        save_file(tensors, tmp, metadata={METADATA_KEY: header, HASH_KEY: content_hash(header, tensors)})
+        hashed = json.dumps(full | {HASH_KEY: content_hash(header, tensors)})
+        save_file(tensors, tmp, metadata={METADATA_KEY: hashed})
     return path
 
 
@@ -117,13 +119,18 @@ def _check_file(path: Path) -> None:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The checkpoint's metadata dict (with ``format_version``), without reading the tensors.
+    """The checkpoint's metadata dict (with ``format_version``, without the content hash), without
+    reading (or verifying) the tensors.
 
     Raises FileNotFoundError for a missing file, ValueError naming the file when it is not a
     safetensors file (truncated, another format), has no dcsim metadata, or the metadata is not
     valid JSON, lacks required keys or comes from a newer format.
     """
-    path = Path(path)
+    return _read_header(Path(path))[0]
+
+
+def _read_header(path: Path) -> tuple[dict, str | None]:
+    """(metadata without the hash, the stored content hash or None) of the checkpoint at path."""
     _check_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -141,7 +148,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format_version {version!r} is not supported (this dcsim reads 1.."
                          f"{FORMAT_VERSION}; a newer dcsim may have written it)")
-    return meta
+    stored = meta.pop(HASH_KEY, None)
+    if stored is not None and not isinstance(stored, str):
+        raise ValueError(f"{path}: metadata '{HASH_KEY}' must be a hex string, got {stored!r}")
+    return meta, stored
 
 
 def _describe(items: list[str]) -> str:
@@ -157,7 +167,7 @@ def load_checkpoint(path: str | os.PathLike, build_model: Callable[..., nn.Modul
     names the file and the missing, unexpected and shape-mismatched tensors (the first few of each).
     """
     path = Path(path)
-    meta = read_metadata(path)
+    meta, stored_hash = _read_header(path)
     try:
         model = build_model(meta["architecture"], **meta["arch_kwargs"])
     except (TypeError, ValueError, KeyError) as err:
@@ -167,15 +177,13 @@ def load_checkpoint(path: str | os.PathLike, build_model: Callable[..., nn.Modul
         raise ValueError(f"{path}: build_model returned a {type(model).__name__}, not a torch.nn.Module")
     try:
         with safe_open(str(path), framework="pt") as f:
-            header = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # as in read_metadata
         raise _open_error(path, err) from None
-    stored_hash = header.get(HASH_KEY)
     if stored_hash is None:
         warnings.warn(f"{path}: the checkpoint has no content hash ('{HASH_KEY}', written by an older dcsim); "
                       "its tensors cannot be verified. Save it again to add one.", UserWarning, stacklevel=2)
-    elif stored_hash != content_hash(header[METADATA_KEY], tensors):
+    elif stored_hash != content_hash(json.dumps(meta), tensors):
         raise ValueError(f"{path}: the checkpoint is corrupted: its content hash does not match the stored "
                          f"'{HASH_KEY}' (a changed byte in the tensors or metadata); re-create or re-copy the file")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

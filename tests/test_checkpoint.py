@@ -114,10 +114,16 @@ def test_truncated_file(tmp_path):
 
 
 def _rewrite(path, meta_text: str | None, tensors: dict | None = None) -> None:
-    """Rewrite ``path`` with new header metadata and a matching content hash (as a tamperer would)."""
+    """Rewrite ``path`` with new header metadata and, for a JSON object, a matching content hash
+    (as a tamperer would)."""
     tensors = load_file(str(path)) if tensors is None else tensors
-    header = None if meta_text is None else {METADATA_KEY: meta_text, HASH_KEY: content_hash(meta_text, tensors)}
-    save_file(tensors, str(path), metadata=header)
+    try:
+        meta = json.loads(meta_text) if meta_text is not None else None
+    except json.JSONDecodeError:
+        meta = None
+    if isinstance(meta, dict):
+        meta_text = json.dumps(meta | {HASH_KEY: content_hash(json.dumps(meta), tensors)})
+    save_file(tensors, str(path), metadata=None if meta_text is None else {METADATA_KEY: meta_text})
 
 
 def test_tampered_metadata_names_the_mismatched_tensor(tmp_path):
@@ -224,8 +230,8 @@ def test_changed_metadata_without_new_hash_is_refused(tmp_path):
     tensors = load_file(str(path))
     meta = read_metadata(path)
     old_hash = content_hash(json.dumps(meta), tensors)
-    forged = json.dumps(meta | {"accuracy": {"val": 0.99, "test": 0.99}})
-    save_file(tensors, str(path), metadata={METADATA_KEY: forged, HASH_KEY: old_hash})
+    forged = json.dumps(meta | {"accuracy": {"val": 0.99, "test": 0.99}, HASH_KEY: old_hash})
+    save_file(tensors, str(path), metadata={METADATA_KEY: forged})
     with pytest.raises(ValueError, match=rf"{path}: the checkpoint is corrupted"):
         load_checkpoint(path, build)
 
@@ -250,3 +256,10 @@ def test_content_hash_covers_values_dtypes_shapes_and_metadata():
     bumped[3] = torch.nextafter(bumped[3], torch.tensor(10.0))
     assert content_hash("{}", t | {"a": bumped}) != base
     assert content_hash("{}", {"b": t["b"], "a": t["a"]}) == base
+
+
+def test_checkpoint_bytes_are_deterministic(tmp_path):
+    model = _trained()
+    a = save_checkpoint(tmp_path / "a.safetensors", model, META).read_bytes()
+    assert save_checkpoint(tmp_path / "b.safetensors", model, META).read_bytes() == a
+    assert HASH_KEY not in read_metadata(tmp_path / "a.safetensors")
