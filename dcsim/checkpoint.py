@@ -4,7 +4,7 @@ A checkpoint is one ``.safetensors`` file: every entry of the model's ``state_di
 and buffers such as BatchNorm running statistics, CPU, contiguous) and, in the safetensors header's
 string metadata under the key ``"dcsim"``, a JSON object describing how to rebuild the model:
 
-    {"format_version": 1, "architecture": "resnet18",
+    {"format_version": 2, "architecture": "resnet18",
      "arch_kwargs": {"num_classes": 10, "in_channels": 3, "bits": 2},
      "classes": [...], "normalization": {"mean": [...], "std": [...]},
      "dataset": "cifar10", "accuracy": {"val": 0.93, "test": 0.92}, ...any other JSON values}
@@ -16,7 +16,8 @@ has no checksum of its own, so a flipped byte in the tensor data would otherwise
 
 Loading reads the header, rebuilds the module with ``build_model(architecture, **arch_kwargs)``,
 requires the file's tensor names and shapes to equal the module's state_dict exactly and the
-content hash to match (a checkpoint from an older dcsim, without a hash, loads with a warning).
+content hash to match (a format-1 checkpoint, from an older dcsim and without a hash, loads with
+a warning).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from torch import nn
 
 from .fileio import atomic_output
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the metadata carries the content hash (required); 1: no hash (loads with a warning)."""
 METADATA_KEY = "dcsim"
 HASH_KEY = "content_sha256"
 REQUIRED_KEYS = ("architecture", "arch_kwargs", "classes", "normalization", "dataset", "accuracy")
@@ -151,6 +153,9 @@ def _read_header(path: Path) -> tuple[dict, str | None]:
     stored = meta.pop(HASH_KEY, None)
     if stored is not None and not isinstance(stored, str):
         raise ValueError(f"{path}: metadata '{HASH_KEY}' must be a hex string, got {stored!r}")
+    if stored is None and version >= 2:
+        raise ValueError(f"{path}: the metadata lacks '{HASH_KEY}', which format_version {version} requires: "
+                         "the checkpoint is damaged")
     return meta, stored
 
 

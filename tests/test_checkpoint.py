@@ -238,7 +238,8 @@ def test_changed_metadata_without_new_hash_is_refused(tmp_path):
 
 def test_checkpoint_without_hash_loads_with_a_warning(tmp_path):
     model, path = _save(tmp_path)
-    save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: json.dumps(read_metadata(path))})
+    legacy = json.dumps(read_metadata(path) | {"format_version": 1})  # as dcsim wrote before the hash
+    save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: legacy})
     with pytest.warns(UserWarning, match=rf"{path}: the checkpoint has no content hash"):
         loaded, _ = load_checkpoint(path, build)
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
@@ -263,3 +264,12 @@ def test_checkpoint_bytes_are_deterministic(tmp_path):
     a = save_checkpoint(tmp_path / "a.safetensors", model, META).read_bytes()
     assert save_checkpoint(tmp_path / "b.safetensors", model, META).read_bytes() == a
     assert HASH_KEY not in read_metadata(tmp_path / "a.safetensors")
+
+
+def test_current_format_without_hash_is_refused(tmp_path):
+    """A damaged hash entry (here removed) cannot turn a current checkpoint into an unverified one."""
+    _, path = _save(tmp_path)
+    assert FORMAT_VERSION >= 2
+    save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: json.dumps(read_metadata(path))})
+    with pytest.raises(ValueError, match=rf"{path}: the metadata lacks '{HASH_KEY}'"):
+        load_checkpoint(path, build)
