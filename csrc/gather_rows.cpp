@@ -11,6 +11,7 @@ void gather_rows_cpu(const GatherArgs& a, int threads) {
     const int64_t src_row = a.index[r];
     for (int e = 0; e < a.count; ++e) {
       const GatherEntry& g = a.entries[e];
+      if (g.row_bytes == 0) continue;  // empty rows: the pointers may be null
       std::memcpy(static_cast<char*>(g.dst) + r * g.row_bytes,
                   static_cast<const char*>(g.src) + src_row * g.row_bytes, g.row_bytes);
     }

@@ -1,6 +1,8 @@
 // Event-driven convolution (kernel 4), see spike_conv.h.
 #include "spike_conv.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -17,6 +19,23 @@
 
 namespace dcsim {
 namespace {
+
+#ifdef DCSIM_BOUNDS_CHECK
+// Sanitized test builds: AddressSanitizer does not see masked SIMD loads and stores, so each one
+// checks that its lanes [p, p + lanes) lie inside the array [base, base + size) it addresses.
+void check_lanes(const float* p, unsigned mask, const float* base, int64_t size, const char* what) {
+  const int64_t lanes = __builtin_popcount(mask);
+  if (lanes > 0 && (p < base || p + lanes > base + size)) {
+    std::fprintf(stderr, "dcsim bounds check: %s lanes [%lld, %lld) outside [0, %lld)\n", what,
+                 static_cast<long long>(p - base), static_cast<long long>(p - base + lanes),
+                 static_cast<long long>(size));
+    std::abort();
+  }
+}
+#define DCSIM_CHECK_LANES(p, mask, base, size, what) check_lanes(p, mask, base, size, what)
+#else
+#define DCSIM_CHECK_LANES(p, mask, base, size, what) ((void)0)
+#endif
 
 // out_row[o] += v * w_row[o] for o < cout: the work of one spike at one kernel offset.
 inline void axpy(float* __restrict out_row, const float* __restrict w_row, float v, int64_t cout) {
@@ -85,6 +104,7 @@ __attribute__((target("avx512f"))) void output_row_avx512(const SpikeConvArgs& a
         const int64_t lanes = a.cout - o0 - 16 * j;
         m[j] = lanes >= 16 ? static_cast<__mmask16>(0xFFFF)
                            : static_cast<__mmask16>(lanes <= 0 ? 0 : (1u << lanes) - 1);
+        if (a.bias) DCSIM_CHECK_LANES(a.bias + o0 + 16 * j, m[j], a.bias, a.cout, "bias");
         acc[j] = a.bias ? _mm512_maskz_loadu_ps(m[j], a.bias + o0 + 16 * j) : _mm512_setzero_ps();
       }
       for (int64_t t = 0; t < n_taps; ++t) {
@@ -93,10 +113,16 @@ __attribute__((target("avx512f"))) void output_row_avx512(const SpikeConvArgs& a
         for (int64_t k = first[pos]; k < first[pos + 1]; ++k) {
           const __m512 v = _mm512_set1_ps(xp[active[k]]);
           const float* wr = taps[t].weight + static_cast<int64_t>(active[k]) * a.cout + o0;
-          for (int j = 0; j < 4; ++j) acc[j] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m[j], wr + 16 * j), acc[j]);
+          for (int j = 0; j < 4; ++j) {
+            DCSIM_CHECK_LANES(wr + 16 * j, m[j], a.weight, a.kh * a.kw * a.cin * a.cout, "weight");
+            acc[j] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m[j], wr + 16 * j), acc[j]);
+          }
         }
       }
-      for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(o + o0 + 16 * j, m[j], acc[j]);
+      for (int j = 0; j < 4; ++j) {
+        DCSIM_CHECK_LANES(o + o0 + 16 * j, m[j], a.out, a.n * a.oh * a.ow * a.cout, "out");
+        _mm512_mask_storeu_ps(o + o0 + 16 * j, m[j], acc[j]);
+      }
     }
   }
 }

@@ -26,6 +26,9 @@ import json
 import math
 import numbers
 import os
+import struct
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -128,6 +131,9 @@ def _real_array(name: str, value: Any) -> np.ndarray:
 
 
 _ARRAYS = ("labels", "pred", "conf")
+_UNREADABLE = (ValueError, OSError, EOFError, KeyError, MemoryError, NotImplementedError, OverflowError, RuntimeError,
+               TypeError, struct.error, zipfile.BadZipFile, zlib.error)
+"""What numpy and zipfile raise for a damaged .npz: truncated, bad checksums or headers, absurd sizes."""
 
 
 def save_trace(path: str | os.PathLike, trace: Trace) -> Path:
@@ -163,8 +169,8 @@ def load_trace(path: str | os.PathLike) -> Trace:
         raise ValueError(f"{where}: not a file")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"{where}: not a readable .npz file ({e})") from e
+    except _UNREADABLE as e:
+        raise ValueError(f"{where}: not a readable .npz file ({type(e).__name__}: {e})") from e
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError(f"{where}: not an .npz archive (a single array)")
     with npz:
@@ -173,8 +179,8 @@ def load_trace(path: str | os.PathLike) -> Trace:
             raise ValueError(f"{where}: missing array {', '.join(repr(k) for k in missing)}")
         try:
             arrays = {k: npz[k] for k in npz.files if k in (*_ARRAYS, "sums", "meta")}
-        except ValueError as e:  # e.g. an object array, which would need pickle
-            raise ValueError(f"{where}: {e}") from e
+        except _UNREADABLE as e:  # a damaged member, or an object array (which would need pickle)
+            raise ValueError(f"{where}: unreadable array data ({type(e).__name__}: {e})") from e
     meta = arrays.pop("meta")
     if meta.shape != () or meta.dtype.kind != "U":
         raise ValueError(f"{where}: array 'meta' must be a 0-d string holding JSON, got {meta.dtype} {meta.shape}")

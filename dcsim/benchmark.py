@@ -218,16 +218,37 @@ def stream_markdown(rows: list[dict]) -> str:
         f"{r['ratio_vs_static_no_dc']:.2f}x | {r['ratio_vs_static_dc']:.2f}x |\n" for r in rows)
 
 
-def standard_set(device: torch.device, quick: bool = False) -> list[tuple[str, str, int]]:
-    """(model, method, batch) cases: batch 1 and a large batch for each model and method."""
+FULL_MODELS = ["resnet18", "vgg16", "resnet50"]
+QUICK_MODELS = ["small_cnn", "resnet18"]
+
+
+def standard_set(device: torch.device, quick: bool = False, full: bool = False) -> list[tuple[str, str, int]]:
+    """(model, method, batch) cases: batch 1 and a large batch for each model and method.
+
+    Models: FULL_MODELS with ``full`` or by default on a GPU; QUICK_MODELS with ``quick`` or by
+    default on a CPU (there the full set takes far longer than a few minutes).
+    """
+    if quick and full:
+        raise ValueError("quick and full exclude each other")
     large = 256 if device.type == "cuda" else 32
-    models = ["resnet18", "vgg16", "resnet50"] if not quick else ["small_cnn", "resnet18"]
+    models = FULL_MODELS if full or (device.type == "cuda" and not quick) else QUICK_MODELS
     cases = []
     for m in models:
         for method in ("qcfs", "qffs"):
             for batch in (1, large if m != "resnet50" or device.type == "cuda" else 4):
                 cases.append((m, method, batch))
     return cases
+
+
+def skipped_models(cases: list[tuple[str, str, int]]) -> list[str]:
+    """The models of the full set that ``cases`` leave out (what ``--full`` would add)."""
+    return [m for m in FULL_MODELS if m not in {c[0] for c in cases}]
+
+
+def progress_line(done: int, total: int, elapsed: float, what: str) -> str:
+    """``[done/total] what; elapsed, estimated time left`` (seconds; the estimate assumes equal cases)."""
+    left = elapsed / done * (total - done) if done else float("nan")
+    return f"[{done}/{total}] {what}; {elapsed:.0f} s elapsed, about {left:.0f} s left"
 
 
 def markdown(rows: list[dict]) -> str:

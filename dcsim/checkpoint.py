@@ -4,19 +4,28 @@ A checkpoint is one ``.safetensors`` file: every entry of the model's ``state_di
 and buffers such as BatchNorm running statistics, CPU, contiguous) and, in the safetensors header's
 string metadata under the key ``"dcsim"``, a JSON object describing how to rebuild the model:
 
-    {"format_version": 1, "architecture": "resnet18",
+    {"format_version": 2, "architecture": "resnet18",
      "arch_kwargs": {"num_classes": 10, "in_channels": 3, "bits": 2},
      "classes": [...], "normalization": {"mean": [...], "std": [...]},
      "dataset": "cifar10", "accuracy": {"val": 0.93, "test": 0.92}, ...any other JSON values}
 
-Loading reads the header, rebuilds the module with ``build_model(architecture, **arch_kwargs)`` and
-requires the file's tensor names and shapes to equal the module's state_dict exactly.
+The metadata JSON ends with ``"content_sha256"``: the SHA-256 of the JSON text without it and of
+every tensor (name, dtype, shape and bytes, in name order; see :func:`content_hash`). safetensors
+has no checksum of its own, so a flipped byte in the tensor data would otherwise load silently.
+(One metadata entry, not two: safetensors writes its metadata map in no fixed order.)
+
+Loading reads the header, rebuilds the module with ``build_model(architecture, **arch_kwargs)``,
+requires the file's tensor names and shapes to equal the module's state_dict exactly and the
+content hash to match (a format-1 checkpoint, from an older dcsim and without a hash, loads with
+a warning).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,11 +36,29 @@ from torch import nn
 
 from .fileio import atomic_output
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the metadata carries the content hash (required); 1: no hash (loads with a warning)."""
 METADATA_KEY = "dcsim"
+HASH_KEY = "content_sha256"
 REQUIRED_KEYS = ("architecture", "arch_kwargs", "classes", "normalization", "dataset", "accuracy")
 _SHOWN = 5
 """How many missing / unexpected / mismatched tensors an error message lists."""
+
+
+def content_hash(header: str, tensors: dict[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of a checkpoint's metadata JSON text and its tensors (CPU, contiguous).
+
+    Each tensor contributes its name, dtype, shape and raw bytes, in sorted name order, so any
+    change to a value, a dtype, a shape or the metadata changes the hash.
+    """
+    h = hashlib.sha256()
+    h.update(header.encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(b"\0" + json.dumps([name, str(t.dtype), list(t.shape)]).encode() + b"\0")
+        if t.numel():
+            h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _check_meta(meta: object, where: str) -> None:
@@ -64,7 +91,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> Pa
     if not isinstance(model, nn.Module):
         raise TypeError(f"save_checkpoint: model must be a torch.nn.Module, got {type(model).__name__}")
     _check_meta(meta, "save_checkpoint")
-    full = dict(meta) | {"format_version": FORMAT_VERSION}
+    full = {k: v for k, v in meta.items() if k != HASH_KEY} | {"format_version": FORMAT_VERSION}
     try:
         header = json.dumps(full)
     except (TypeError, ValueError) as err:
@@ -76,7 +103,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> Pa
                              "only tensors can be stored")
         tensors[name] = value.detach().to("cpu", copy=True).contiguous()  # copies: no shared storage
     with atomic_output(path) as tmp:
-        save_file(tensors, tmp, metadata={METADATA_KEY: header})
+        hashed = json.dumps(full | {HASH_KEY: content_hash(header, tensors)})
+        save_file(tensors, tmp, metadata={METADATA_KEY: hashed})
     return path
 
 
@@ -93,13 +121,18 @@ def _check_file(path: Path) -> None:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The checkpoint's metadata dict (with ``format_version``), without reading the tensors.
+    """The checkpoint's metadata dict (with ``format_version``, without the content hash), without
+    reading (or verifying) the tensors.
 
     Raises FileNotFoundError for a missing file, ValueError naming the file when it is not a
     safetensors file (truncated, another format), has no dcsim metadata, or the metadata is not
     valid JSON, lacks required keys or comes from a newer format.
     """
-    path = Path(path)
+    return _read_header(Path(path))[0]
+
+
+def _read_header(path: Path) -> tuple[dict, str | None]:
+    """(metadata without the hash, the stored content hash or None) of the checkpoint at path."""
     _check_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -117,7 +150,13 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format_version {version!r} is not supported (this dcsim reads 1.."
                          f"{FORMAT_VERSION}; a newer dcsim may have written it)")
-    return meta
+    stored = meta.pop(HASH_KEY, None)
+    if stored is not None and not isinstance(stored, str):
+        raise ValueError(f"{path}: metadata '{HASH_KEY}' must be a hex string, got {stored!r}")
+    if stored is None and version >= 2:
+        raise ValueError(f"{path}: the metadata lacks '{HASH_KEY}', which format_version {version} requires: "
+                         "the checkpoint is damaged")
+    return meta, stored
 
 
 def _describe(items: list[str]) -> str:
@@ -133,7 +172,7 @@ def load_checkpoint(path: str | os.PathLike, build_model: Callable[..., nn.Modul
     names the file and the missing, unexpected and shape-mismatched tensors (the first few of each).
     """
     path = Path(path)
-    meta = read_metadata(path)
+    meta, stored_hash = _read_header(path)
     try:
         model = build_model(meta["architecture"], **meta["arch_kwargs"])
     except (TypeError, ValueError, KeyError) as err:
@@ -146,6 +185,12 @@ def load_checkpoint(path: str | os.PathLike, build_model: Callable[..., nn.Modul
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # as in read_metadata
         raise _open_error(path, err) from None
+    if stored_hash is None:
+        warnings.warn(f"{path}: the checkpoint has no content hash ('{HASH_KEY}', written by an older dcsim); "
+                      "its tensors cannot be verified. Save it again to add one.", UserWarning, stacklevel=2)
+    elif stored_hash != content_hash(json.dumps(meta), tensors):
+        raise ValueError(f"{path}: the checkpoint is corrupted: its content hash does not match the stored "
+                         f"'{HASH_KEY}' (a changed byte in the tensors or metadata); re-create or re-copy the file")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     stored = {k: tuple(v.shape) for k, v in tensors.items()}
     missing = sorted(set(expected) - set(stored))

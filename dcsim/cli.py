@@ -322,10 +322,14 @@ def cmd_demo(args: argparse.Namespace) -> dict:
 def cmd_bench(args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
 
-    from .benchmark import bench_case, device_name, markdown, standard_set, stream_case, stream_markdown
+    from .benchmark import (bench_case, device_name, markdown, progress_line, skipped_models, standard_set,
+                            stream_case, stream_markdown)
 
     device = _device(args.device)
-    cases = standard_set(device, quick=args.quick)
+    cases = standard_set(device, quick=args.quick, full=args.full)
+    if not args.models and skipped_models(cases):
+        print(f"dcsim bench: models {', '.join(dict.fromkeys(c[0] for c in cases))}; skipped "
+              f"{', '.join(skipped_models(cases))} (run with --full for them)", file=sys.stderr, flush=True)
     if args.models:
         cases = [c for c in cases if c[0] in args.models] or [(m, meth, b) for m in args.models
                                                               for meth in ("qcfs", "qffs") for b in (1, 32)]
@@ -335,7 +339,10 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     if any(spike_convs) and device.type != "cpu":
         raise ValueError("--spike-convs on: event-driven convs run on the CPU only")
     rows, errors = [], []
-    for model, method, batch in tqdm(cases, desc="dcsim bench", disable=None):
+    start = time.perf_counter()
+    for done, (model, method, batch) in enumerate(tqdm(cases, desc="dcsim bench", disable=None)):
+        if done:
+            print(progress_line(done, len(cases), time.perf_counter() - start, "cases"), file=sys.stderr, flush=True)
         for chunk, precision, (use_graphs, compact_fraction), spikes in itertools.product(
                 args.chunk, args.precision, configs, spike_convs):
             if use_graphs and compact_fraction >= 1 and batch == 1:
@@ -501,7 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = command("bench", "standard benchmark set: engine vs official-style eager simulator vs ANN forward")
-    p.add_argument("--quick", action="store_true", help="small models only (a minute on a laptop CPU)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help="small models only (small_cnn, resnet18; the default on a CPU: a few minutes)")
+    size.add_argument("--full", action="store_true",
+                      help="resnet18, vgg16 and resnet50 (the default on a GPU; long on a CPU)")
     p.add_argument("--models", nargs="+", choices=["small_cnn", "resnet18", "vgg16", "resnet50"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--chunk", type=int, nargs="+", default=[1], help="engine steps computed layer-major at a time")

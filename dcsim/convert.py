@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .adapters import Quantization, Quantizers, RoundingWarning, find_adapter, registry
+from .lsq import LSQActivation
 from .network import (
     SEMANTICS,
     AdaptiveAvgPool,
@@ -118,6 +119,7 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
         for any T >= Qp. "constant" (the only QCFS semantics): at every step; with QFFS the capped
         counts then fall behind the growing input beyond T = Qp. See SpikingNetwork.
     drive_steps: steps of drive under "settle"; default the layers' common Qp (one Qp required).
+    Warns (UserWarning) when an LSQActivation was never initialised (step still the default 1.0).
     """
     if method not in ("qcfs", "qffs"):
         raise ValueError(f"method must be 'qcfs' or 'qffs', got {method!r}")
@@ -146,6 +148,7 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
     bits_seen: set[int | None] = set()
     levels_seen: set[int | None] = set()
     half_even: list[str] = []
+    untrained: list[str] = []
     result: int | None = None
 
     def add(node: Node, src: fx.Node) -> None:
@@ -197,6 +200,8 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
                 if q.levels is None and method == "qffs" and zmax is None:
                     raise ConversionError(f"{where} ({type(mod).__name__}) is an unquantized clip: QFFS needs a spike "
                                           "cap, give zmax= or use method='qcfs'")
+                if isinstance(mod, LSQActivation) and not bool(mod.initialized) and float(mod.step.detach()) == 1.0:
+                    untrained.append(name)
                 bits_seen.add(q.bits)
                 levels_seen.add(q.levels)
                 if q.rounding == "half_even":
@@ -267,6 +272,11 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
         warnings.warn(f"layers {half_even} round half to even; their IF neurons (u0 = th/2) round half up, so at exact "
                       "ties x/s = k + 0.5 with k even the SNN gives one level more than the ANN (equal elsewhere)",
                       RoundingWarning, stacklevel=2)
+    if untrained:
+        shown = ", ".join(repr(n) for n in untrained[:5]) + (f" and {len(untrained) - 5} more" if len(untrained) > 5 else "")
+        warnings.warn(f"convert: LSQActivation layer(s) {shown} still have the untrained step size 1.0 (never "
+                      "initialised from data by a training-mode forward pass), so their thresholds are Qp * 1.0; "
+                      "train or calibrate the model first", UserWarning, stacklevel=2)
     if semantics == "settle" and drive_steps is None:
         if len(levels_seen) != 1 or None in levels_seen:
             raise ConversionError(f"the model's layers have level counts Qp {sorted(map(str, levels_seen))}, not one "

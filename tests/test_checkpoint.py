@@ -14,7 +14,9 @@ from torch import nn
 
 from dcsim.checkpoint import (
     FORMAT_VERSION,
+    HASH_KEY,
     METADATA_KEY,
+    content_hash,
     load_checkpoint,
     read_metadata,
     save_checkpoint,
@@ -111,9 +113,16 @@ def test_truncated_file(tmp_path):
             read_metadata(path)
 
 
-def _rewrite(path, meta_text: str | None) -> None:
-    """Rewrite ``path`` with the same tensors and new header metadata (as a tamperer would)."""
-    tensors = load_file(str(path))
+def _rewrite(path, meta_text: str | None, tensors: dict | None = None) -> None:
+    """Rewrite ``path`` with new header metadata and, for a JSON object, a matching content hash
+    (as a tamperer would)."""
+    tensors = load_file(str(path)) if tensors is None else tensors
+    try:
+        meta = json.loads(meta_text) if meta_text is not None else None
+    except json.JSONDecodeError:
+        meta = None
+    if isinstance(meta, dict):
+        meta_text = json.dumps(meta | {HASH_KEY: content_hash(json.dumps(meta), tensors)})
     save_file(tensors, str(path), metadata=None if meta_text is None else {METADATA_KEY: meta_text})
 
 
@@ -142,7 +151,7 @@ def test_unexpected_tensors_are_named(tmp_path):
     _, path = _save(tmp_path)
     tensors = load_file(str(path))
     tensors["9.weight"] = torch.zeros(2)
-    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(read_metadata(path))})
+    _rewrite(path, json.dumps(read_metadata(path)), tensors)
     with pytest.raises(ValueError, match=r"unexpected in the file: 9\.weight"):
         load_checkpoint(path, build)
 
@@ -195,3 +204,72 @@ def test_missing_file(tmp_path):
         read_metadata(tmp_path / "nope.safetensors")
     with pytest.raises(ValueError, match="not a file"):
         read_metadata(tmp_path)
+
+
+def _flip(path, offset: int) -> None:
+    blob = bytearray(path.read_bytes())
+    blob[offset] ^= 0x10
+    path.write_bytes(bytes(blob))
+
+
+def test_corrupted_tensor_bytes_are_refused(tmp_path):
+    """A flipped bit anywhere in the tensor data (past the header) fails the content hash, naming the file."""
+    _, path = _save(tmp_path)
+    blob = path.read_bytes()
+    data_start = 8 + int.from_bytes(blob[:8], "little")
+    gen = torch.Generator().manual_seed(5)
+    for offset in torch.randint(data_start, len(blob), (10,), generator=gen).tolist():
+        path.write_bytes(blob)
+        _flip(path, offset)
+        with pytest.raises(ValueError, match=rf"{path}: the checkpoint is corrupted: its content hash"):
+            load_checkpoint(path, build)
+
+
+def test_changed_metadata_without_new_hash_is_refused(tmp_path):
+    _, path = _save(tmp_path)
+    tensors = load_file(str(path))
+    meta = read_metadata(path)
+    old_hash = content_hash(json.dumps(meta), tensors)
+    forged = json.dumps(meta | {"accuracy": {"val": 0.99, "test": 0.99}, HASH_KEY: old_hash})
+    save_file(tensors, str(path), metadata={METADATA_KEY: forged})
+    with pytest.raises(ValueError, match=rf"{path}: the checkpoint is corrupted"):
+        load_checkpoint(path, build)
+
+
+def test_checkpoint_without_hash_loads_with_a_warning(tmp_path):
+    model, path = _save(tmp_path)
+    legacy = json.dumps(read_metadata(path) | {"format_version": 1})  # as dcsim wrote before the hash
+    save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: legacy})
+    with pytest.warns(UserWarning, match=rf"{path}: the checkpoint has no content hash"):
+        loaded, _ = load_checkpoint(path, build)
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_content_hash_covers_values_dtypes_shapes_and_metadata():
+    t = {"a": torch.arange(6, dtype=torch.float32), "b": torch.ones(2, 3, dtype=torch.bfloat16)}
+    base = content_hash("{}", t)
+    assert content_hash("{}", {k: v.clone() for k, v in t.items()}) == base
+    assert content_hash("{} ", t) != base
+    assert content_hash("{}", t | {"a": t["a"].reshape(2, 3)}) != base
+    assert content_hash("{}", t | {"a": t["a"].view(torch.int32)}) != base
+    bumped = t["a"].clone()
+    bumped[3] = torch.nextafter(bumped[3], torch.tensor(10.0))
+    assert content_hash("{}", t | {"a": bumped}) != base
+    assert content_hash("{}", {"b": t["b"], "a": t["a"]}) == base
+
+
+def test_checkpoint_bytes_are_deterministic(tmp_path):
+    model = _trained()
+    a = save_checkpoint(tmp_path / "a.safetensors", model, META).read_bytes()
+    assert save_checkpoint(tmp_path / "b.safetensors", model, META).read_bytes() == a
+    assert HASH_KEY not in read_metadata(tmp_path / "a.safetensors")
+
+
+def test_current_format_without_hash_is_refused(tmp_path):
+    """A damaged hash entry (here removed) cannot turn a current checkpoint into an unverified one."""
+    _, path = _save(tmp_path)
+    assert FORMAT_VERSION >= 2
+    save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: json.dumps(read_metadata(path))})
+    with pytest.raises(ValueError, match=rf"{path}: the metadata lacks '{HASH_KEY}'"):
+        load_checkpoint(path, build)
