@@ -26,7 +26,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="digits: scikit-learn's bundled 8x8 digits (no files needed); cifar10: the python batches, "
                         "class folders or the .tar.gz at --data-root; imagefolder: ImageNet-style train/ and val/ class folders")
     p.add_argument("--data-root", type=Path, help="dataset location (cifar10, imagefolder)")
-    p.add_argument("--val-size", type=int, default=None, help="validation images drawn from train (cifar10: 5000)")
+    p.add_argument("--val-size", type=int, default=None, help="validation images drawn from train (default: digits 300, cifar10 5000, imagefolder 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split and of training")
 
 
@@ -34,13 +34,14 @@ def load_splits(args: argparse.Namespace) -> dict:
     """{"train","val","test"} datasets for the command-line data arguments."""
     from . import data
 
+    val = {} if args.val_size is None else {"val_size": args.val_size}
     if args.dataset == "digits":
-        return data.load_digits_splits(seed=args.seed)
+        return data.load_digits_splits(seed=args.seed, **val)
     if args.data_root is None:
         raise ValueError(f"--data-root is required for --dataset {args.dataset}")
     if args.dataset == "cifar10":
-        return data.load_cifar10(args.data_root, val_size=args.val_size or 5000, seed=args.seed)
-    return data.load_imagenet_style(args.data_root, val_size=args.val_size or 10000, seed=args.seed)
+        return data.load_cifar10(args.data_root, seed=args.seed, **val)
+    return data.load_imagenet_style(args.data_root, seed=args.seed, **val)
 
 
 def _tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
