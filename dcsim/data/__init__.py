@@ -1,9 +1,10 @@
-"""Data sets as in-memory tensors: scikit-learn's digits, CIFAR-10 and ImageNet-style class folders.
+"""Data sets, in memory or streamed from disk: scikit-learn's digits, CIFAR-10 and ImageNet-style class folders.
 
 Modules: ``dataset`` (the in-memory :class:`Dataset`, normalizations, the seeded validation split),
 ``digits``, ``cifar10`` (with ``cifar_batches``: the restricted unpickler), ``archives`` (safe
 extraction), ``scan`` (listing class folders), ``decode`` (image files to pixels), ``cache`` (the
-decoded-image cache), ``folders`` (class folders in memory), ``batching`` (batches and augmentation).
+decoded-image cache), ``folders`` (class folders in memory), ``batching`` (batches and augmentation),
+``stream`` (class folders decoded batch by batch in DataLoader workers), ``sources`` (choosing either path).
 
 Every loader returns :class:`Dataset` objects holding the whole split in memory:
 
@@ -43,6 +44,8 @@ from .dataset import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Dat
 from .digits import load_digits_splits
 from .folders import load_image_folder, load_imagenet_style
 from .scan import IMAGE_EXTENSIONS
+from .sources import LOADERS, STREAM_ABOVE_BYTES, open_splits
+from .stream import FolderSplit, split_batches
 
 _POOL_MIN_FILES = 4096
 """Folders with fewer images are decoded in this process: for them the pool's start-up and the transfer
@@ -51,6 +54,6 @@ _POOL_CHUNK = 1024
 
 __all__ = [
     "CACHE_DIR", "CIFAR10_MEAN", "CIFAR10_STD", "EXTRACTED_MARKER", "IMAGENET_MEAN", "IMAGENET_STD",
-    "IMAGE_EXTENSIONS", "Dataset", "augment_cifar", "batches", "extract_archive", "load_cifar10",
-    "load_digits_splits", "load_image_folder", "load_imagenet_style",
+    "IMAGE_EXTENSIONS", "LOADERS", "STREAM_ABOVE_BYTES", "Dataset", "FolderSplit", "augment_cifar", "batches", "extract_archive", "load_cifar10",
+    "load_digits_splits", "load_image_folder", "load_imagenet_style", "open_splits", "split_batches",
 ]

@@ -32,6 +32,19 @@ def _find_cifar_layout(root: Path) -> tuple[str, Path]:
                      "image folders")
 
 
+def locate_cifar10(root: str | os.PathLike, extract_to: str | os.PathLike | None = None) -> tuple[str, Path]:
+    """("batches", folder of the python batches) or ("folders", folder with train/ and test/) for
+    ``root`` (a folder or an archive, extracted once; see :func:`load_cifar10`)."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such file or folder")
+    if root.is_file():
+        if not root.name.lower().endswith(_ARCHIVE_SUFFIXES):
+            raise ValueError(f"{root}: not a folder or a {'/'.join(_ARCHIVE_SUFFIXES)} archive")
+        root = extract_archive(root, extract_to)
+    return _find_cifar_layout(root)
+
+
 def load_cifar10(root: str | os.PathLike, val_size: int = 5000, seed: int = 0, *,
                  extract_to: str | os.PathLike | None = None, cache: bool = True,
                  workers: int | None = None) -> dict[str, Dataset]:
@@ -47,14 +60,7 @@ def load_cifar10(root: str | os.PathLike, val_size: int = 5000, seed: int = 0, *
     (50,000 - val_size remain); "test" is the 10,000-image test set. ``cache`` and ``workers``
     apply to image folders, as in :func:`load_image_folder`.
     """
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: no such file or folder")
-    if root.is_file():
-        if not root.name.lower().endswith(_ARCHIVE_SUFFIXES):
-            raise ValueError(f"{root}: not a folder or a {'/'.join(_ARCHIVE_SUFFIXES)} archive")
-        root = extract_archive(root, extract_to)
-    layout, folder = _find_cifar_layout(root)
+    layout, folder = locate_cifar10(root, extract_to)
     if layout == "batches":
         train, test = _load_python_batches(folder)
     else:
