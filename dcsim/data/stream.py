@@ -125,7 +125,7 @@ class FolderSplit(torch.utils.data.Dataset):
                 raise ValueError(f"{self.path(i)}: the image is {img.shape[1]}x{img.shape[0]} but "
                                  f"{self.crop[1]}x{self.crop[0]} was expected (width x height); "
                                  "give resize/crop to bring images of different sizes to one size")
-        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), int(self.labels[i])
+        return torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1), int(self.labels[i])
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> FolderSplit:
         """The samples at ``indices`` (positions in this split) as a new FolderSplit (nothing decoded)."""
