@@ -50,7 +50,7 @@ def _source(args: argparse.Namespace, split):
     """(images, labels) of a split for the pipeline: sharded over the ranks, streamed when the split is."""
     from .distributed import Sharded
 
-    workers = args.loader_workers
+    workers = getattr(args, "loader_workers", None)
     if workers is None:
         workers = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
                       // args.world.local_size)
@@ -110,8 +110,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
     augment = augment_cifar if args.augment else None
     workdir = args.workdir or args.out.with_suffix(".work")
     t0 = time.perf_counter()
-    world = args.world
-    parallel = DataParallel(world, sync_batchnorm=args.sync_bn) if world.distributed or args.sync_bn else None
+    world, sync_bn = args.world, getattr(args, "sync_bn", False)
+    parallel = DataParallel(world, sync_batchnorm=sync_bn) if world.distributed or sync_bn else None
     history = train(model, *_tensors(tr), *_tensors(va), config, augment=augment, workdir=workdir,
                     device=world.device, progress=not args.quiet and world.main, parallel=parallel)
     model.cpu()
@@ -171,11 +171,13 @@ def cmd_trace(args: argparse.Namespace) -> dict:
     engine = Engine(net, device=args.world.device)
     readout = _readout(args, args.method, net.bits, args.steps, tau)
     x, y = _source(args, splits[args.split])
+    t0 = time.perf_counter()
     trace = record_trace(engine, x, y, args.steps, readout,
                          {"model": str(args.checkpoint), "split": args.split, "dataset": args.dataset},
                          batch_size=args.batch_size, record_sums=args.sums)
     write_if_main(args.world, args.out, lambda path: save_trace(path, trace))
-    return {"trace": str(args.out), "samples": len(y), "steps": args.steps, "readout": readout.to_dict(), "calibration": calib}
+    return {"trace": str(args.out), "samples": len(y), "steps": args.steps, "readout": readout.to_dict(),
+            "calibration": calib, "trace_seconds": time.perf_counter() - t0, "ranks": args.world.size}
 
 
 def _write_plots(report: dict, folder: Path, stem: str = "") -> list[str]:
@@ -387,7 +389,7 @@ def _stream_setup(args: argparse.Namespace):
     readout, steps, threshold = _from_trace(args)
     engine = Engine(convert(model, method=args.method), device=args.world.device, channels_last=args.channels_last,
                     precision=args.precision, spike_convs=args.spike_convs)
-    return engine, readout, steps, threshold, local_share(splits[args.split], args.world, args.loader_workers)
+    return engine, readout, steps, threshold, local_share(splits[args.split], args.world, getattr(args, "loader_workers", None))
 
 
 def cmd_stream(args: argparse.Namespace) -> dict:
