@@ -130,7 +130,7 @@ def train(
             loss_sum += float(loss.detach()) * len(idx) / (1 if parallel is None else parallel.world.size)
             correct += int((out.argmax(1) == yb).sum())
             seen += len(yb)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
         sched.step()
         if parallel is not None:
             loss_sum, correct, seen = parallel.reduce(loss_sum, correct, seen)
