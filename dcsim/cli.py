@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,37 +28,53 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="digits: scikit-learn's bundled 8x8 digits (no files needed); cifar10: the python batches, "
                         "class folders or the .tar.gz at --data-root; imagefolder: ImageNet-style train/ and val/ class folders")
     p.add_argument("--data-root", type=Path, help="dataset location (cifar10, imagefolder)")
-    p.add_argument("--val-size", type=int, default=None, help="validation images drawn from train (cifar10: 5000)")
+    p.add_argument("--val-size", type=int, default=None, help="validation images drawn from train (default: digits 300, cifar10 5000, imagefolder 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split and of training")
+    p.add_argument("--loader", choices=["auto", "memory", "stream"], default="auto",
+                   help="memory: whole splits in memory; stream: image folders decoded batch by batch in worker "
+                        "processes (bounded memory); auto: stream image folders above 2 GiB decoded")
+    p.add_argument("--loader-workers", type=int, default=None,
+                   help="with a streamed split: DataLoader worker processes per rank (default: CPUs / ranks; 0: none)")
 
 
 def load_splits(args: argparse.Namespace) -> dict:
     """{"train","val","test"} datasets for the command-line data arguments."""
     from . import data
 
-    if args.dataset == "digits":
-        return data.load_digits_splits(seed=args.seed)
-    if args.data_root is None:
+    if args.dataset != "digits" and args.data_root is None:
         raise ValueError(f"--data-root is required for --dataset {args.dataset}")
-    if args.dataset == "cifar10":
-        return data.load_cifar10(args.data_root, val_size=args.val_size or 5000, seed=args.seed)
-    return data.load_imagenet_style(args.data_root, val_size=args.val_size or 10000, seed=args.seed)
+    return data.open_splits(args.dataset, args.data_root, loader=getattr(args, "loader", "auto"),
+                            val_size=args.val_size, seed=args.seed)
+
+
+def _source(args: argparse.Namespace, split):
+    """(images, labels) of a split for the pipeline: sharded over the ranks, streamed when the split is."""
+    from .distributed import Sharded
+
+    workers = getattr(args, "loader_workers", None)
+    if workers is None:
+        workers = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+                      // args.world.local_size)
+    source = Sharded(split, args.world, workers=workers, progress=not getattr(args, "quiet", False))
+    return source, split.labels
+
+
+def _agree(args: argparse.Namespace, splits: dict, used: tuple[str, ...]) -> None:
+    """Under torchrun: every rank must run the same dcsim, checkpoint and data (else an error names the rank)."""
+    from . import __version__
+    from .distributed import check_agreement, data_fingerprint, file_digest
+
+    if not args.world.distributed:
+        return
+    items = {"dcsim version": __version__, "torch version": torch.__version__}
+    if getattr(args, "checkpoint", None) is not None:
+        items["checkpoint digest"] = file_digest(args.checkpoint)
+    items |= {f"{name} data fingerprint": data_fingerprint(splits[name]) for name in used}
+    check_agreement(args.world, items)
 
 
 def _tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
     return ds.normalized(), ds.labels
-
-
-def _device(name: str | None) -> torch.device:
-    if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"--device {name!r} is not a device: {err}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is available to PyTorch {torch.__version__}")
-    return device
 
 
 def _check_dataset_matches(meta: dict, splits: dict, ckpt: Path) -> None:
@@ -70,12 +87,19 @@ def _check_dataset_matches(meta: dict, splits: dict, ckpt: Path) -> None:
 
 def cmd_train(args: argparse.Namespace) -> dict:
     from .checkpoint import save_checkpoint
-    from .data import augment_cifar
+    from .data import Dataset, augment_cifar
+    from .distributed import write_if_main
     from .models import build_model
     from .training import TrainConfig, accuracy, train
 
+    from .distributed import DataParallel
+
     splits = load_splits(args)
     tr, va, te = splits["train"], splits["val"], splits["test"]
+    if not isinstance(tr, Dataset):
+        raise ValueError("dcsim train reads its data in memory: give --loader memory (streamed training is not "
+                         "supported yet)")
+    _agree(args, splits, ("train", "val", "test"))
     in_channels = tr.images.shape[1]
     arch_kwargs = {"num_classes": len(tr.classes), "in_channels": in_channels, "bits": args.bits}
     if args.arch == "small_cnn":
@@ -87,8 +111,10 @@ def cmd_train(args: argparse.Namespace) -> dict:
     augment = augment_cifar if args.augment else None
     workdir = args.workdir or args.out.with_suffix(".work")
     t0 = time.perf_counter()
+    world, sync_bn = args.world, getattr(args, "sync_bn", False)
+    parallel = DataParallel(world, sync_batchnorm=sync_bn) if world.distributed or sync_bn else None
     history = train(model, *_tensors(tr), *_tensors(va), config, augment=augment, workdir=workdir,
-                    device=_device(args.device), progress=not args.quiet)
+                    device=world.device, progress=not args.quiet and world.main, parallel=parallel)
     model.cpu()
     if args.epochs == 0:  # float pre-training only: a float ReLU checkpoint (see dcsim.byom, --normalize)
         from .lsq import set_quantization
@@ -98,10 +124,10 @@ def cmd_train(args: argparse.Namespace) -> dict:
     meta = {"architecture": args.arch, "arch_kwargs": arch_kwargs, "classes": list(tr.classes),
             "normalization": {"mean": list(tr.mean), "std": list(tr.std)}, "dataset": args.dataset,
             "data_root": str(args.data_root) if args.data_root else None, "seed": args.seed,
-            "accuracy": acc, "train_config": history["config"]}
+            "accuracy": acc, "train_config": history["config"], "ranks": world.size}
     if args.epochs == 0:
         meta["activations"] = "float_relu"
-    save_checkpoint(args.out, model, meta)
+    write_if_main(world, args.out, lambda path: save_checkpoint(path, model, meta))
     return {"checkpoint": str(args.out), "accuracy": acc, "train_seconds": time.perf_counter() - t0,
             "history": history["epochs"]}
 
@@ -113,13 +139,15 @@ def _load_model(path: Path):
     return load_checkpoint(path, build_model)
 
 
-def _model_and_splits(args: argparse.Namespace):
-    """(model ready to convert, metadata, splits) for ``args.checkpoint`` (see dcsim.byom: normalization, --normalize)."""
+def _model_and_splits(args: argparse.Namespace, used: tuple[str, ...]):
+    """(model ready to convert, metadata, splits) for ``args.checkpoint`` (see dcsim.byom: normalization, --normalize);
+    under torchrun the ranks first agree on the splits ``used`` (see _agree)."""
     from .byom import prepare
 
     model, meta = _load_model(args.checkpoint)
     splits = load_splits(args)
     _check_dataset_matches(meta, splits, args.checkpoint)
+    _agree(args, splits, used)
     model, splits = prepare(model, meta, splits, args)
     return model, meta, splits
 
@@ -140,7 +168,7 @@ def _tau(args: argparse.Namespace, model, splits: dict) -> tuple[float, dict | N
     from .pipeline import calibrate
 
     if args.tau == "auto":
-        report = calibrate(model, *_tensors(splits["val"]))
+        report = calibrate(model, *_source(args, splits["val"]))
         return report["tau"], report
     tau = float(args.tau)
     if not tau > 0:
@@ -159,20 +187,23 @@ def _semantics(args: argparse.Namespace, method: str) -> str | None:
 def cmd_trace(args: argparse.Namespace) -> dict:
     from .analysis import save_trace
     from .convert import convert
+    from .distributed import write_if_main
     from .engine import Engine
     from .pipeline import record_trace
 
-    model, meta, splits = _model_and_splits(args)
+    model, meta, splits = _model_and_splits(args, ("val", args.split))
     tau, calib = _tau(args, model, splits)
     net = convert(model, method=args.method, semantics=_semantics(args, args.method))
-    engine = Engine(net, device=_device(args.device))
+    engine = Engine(net, device=args.world.device)
     readout = _readout(args, args.method, net.bits, args.steps, tau)
-    x, y = _tensors(splits[args.split])
+    x, y = _source(args, splits[args.split])
+    t0 = time.perf_counter()
     trace = record_trace(engine, x, y, args.steps, readout,
                          {"model": str(args.checkpoint), "split": args.split, "dataset": args.dataset},
                          batch_size=args.batch_size, record_sums=args.sums)
-    save_trace(args.out, trace)
-    return {"trace": str(args.out), "samples": len(y), "steps": args.steps, "readout": readout.to_dict(), "calibration": calib}
+    write_if_main(args.world, args.out, lambda path: save_trace(path, trace))
+    return {"trace": str(args.out), "samples": len(y), "steps": args.steps, "readout": readout.to_dict(),
+            "calibration": calib, "trace_seconds": time.perf_counter() - t0, "ranks": args.world.size}
 
 
 def _write_plots(report: dict, folder: Path, stem: str = "") -> list[str]:
@@ -224,7 +255,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     from .engine import Engine
     from .pipeline import evaluate_live
 
-    model, meta, splits = _model_and_splits(args)
+    model, meta, splits = _model_and_splits(args, ("val", args.split))
     if (args.threshold is None) == (args.trace is None):
         raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
     net = convert(model, method=args.method, semantics=_semantics(args, args.method))
@@ -236,14 +267,14 @@ def cmd_eval(args: argparse.Namespace) -> dict:
             raise ValueError("--steps is required with --threshold")
         tau, _ = _tau(args, model, splits)
         readout = _readout(args, args.method, net.bits, steps, tau)
-    engine = Engine(net, device=_device(args.device), channels_last=args.channels_last, precision=args.precision,
+    engine = Engine(net, device=args.world.device, channels_last=args.channels_last, precision=args.precision,
                     spike_convs=args.spike_convs)
-    x, y = _tensors(splits[args.split])
+    x, y = _source(args, splits[args.split])
     res = evaluate_live(engine, x, y, steps, readout, threshold, batch_size=args.batch_size, chunk=args.chunk,
                         graphs=args.graphs)
     out = res.to_dict() | {"steps": steps, "readout": readout.to_dict(), "split": args.split, "samples": len(y),
                            "batch_size": args.batch_size, "device": str(engine.device)}
-    if args.json is None:
+    if args.json is None and args.world.main:
         print(f"{args.method} T={steps} th_c={threshold:.4g}: accuracy {res.accuracy:.4f}, mean steps {res.mean_steps:.2f}, "
               f"saving {100 * res.saving:.1f}%, spikes/neuron {res.spikes['pooled']:.3f}, {res.ms_per_inference:.3f} ms/inference")
     return out
@@ -252,29 +283,31 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 def run_report(model, meta: dict, splits: dict, out: Path, args: argparse.Namespace) -> dict:
     """Calibrate, then QCFS and QFFS with and without DC; writes report.md, report.json, traces and plots."""
     from .analysis import save_trace
+    from .distributed import write_if_main
     from .fileio import write_text_atomic
-    from .pipeline import calibrate, dynamic_confidence
+    from .pipeline import ann_logits, calibrate, dynamic_confidence
     from .report import markdown_table, table_rows, write_json
-    from .training import accuracy
 
-    out.mkdir(parents=True, exist_ok=True)
-    val, test = _tensors(splits["val"]), _tensors(splits["test"])
+    main = args.world.main
+    val, test = _source(args, splits["val"]), _source(args, splits["test"])
     calib = calibrate(model, *val)
     tau = calib["tau"] if args.tau == "auto" else float(args.tau)
-    ann_test = accuracy(model, *test)
+    ann_test = float((ann_logits(model, test[0]).argmax(1) == test[1]).float().mean())
     results, plots = [], []
     methods = ("qcfs",) if getattr(args, "normalize", None) else ("qcfs", "qffs")  # normalized float nets: no levels
     for method in methods:
         max_steps = args.qcfs_max_steps if method == "qcfs" else args.qffs_max_steps
         fixed = args.qcfs_steps if method == "qcfs" else args.qffs_steps
-        print(f"[dcsim] {method.upper()}: choosing T, tracing the validation split, selecting th_c, evaluating live",
-              file=sys.stderr)
+        if main:
+            print(f"[dcsim] {method.upper()}: choosing T, tracing the validation split, selecting th_c, "
+                  "evaluating live", file=sys.stderr)
         r = dynamic_confidence(model, method, {"val": val, "test": test}, max_steps=max_steps, tau=tau, steps=fixed,
                                semantics=args.qffs_semantics if method == "qffs" else None,
-                               tolerance=args.tolerance, device=_device(args.device), batch_size=args.batch_size,
+                               tolerance=args.tolerance, device=args.world.device, batch_size=args.batch_size,
                                meta={"model": meta.get("architecture"), "dataset": meta.get("dataset")})
-        save_trace(out / f"{method}_val_trace.npz", r["trace"])
-        plots += _write_plots(r["analysis"], out, stem=f"{method}_")
+        if main:
+            save_trace(out / f"{method}_val_trace.npz", r["trace"])
+            plots += _write_plots(r["analysis"], out, stem=f"{method}_")
         results.append({"method": method, "steps": r["steps"], "readout": r["readout"],
                         "val_accuracy_vs_t": r["val_accuracy_vs_t"], "analysis": r["analysis"],
                         "no_dc": r["no_dc"].to_dict(), "dc": r["dc"].to_dict()})
@@ -282,21 +315,23 @@ def run_report(model, meta: dict, splits: dict, out: Path, args: argparse.Namesp
     table = markdown_table(rows)
     summary = {"model": meta.get("architecture"), "dataset": meta.get("dataset"), "calibration": calib,
                "ann_test_accuracy": ann_test, "rows": rows, "results": results, "plots": plots,
-               "device": str(_device(args.device)), "test_samples": len(test[1])}
+               "device": str(args.world.device), "test_samples": len(test[1]), "ranks": args.world.size}
     md = (f"# dcsim report: {meta.get('architecture')} on {meta.get('dataset')}\n\n"
           f"Quantized ANN test accuracy {100 * ann_test:.2f}%; temperature tau = {tau:.4f} "
           f"(validation ECE {calib['ece_before']:.4f} -> {calib['ece_after']:.4f}).\n"
           "T: " + ", ".join(f"{r['method'].upper()} {r['steps']}" for r in results) + " steps. "
           f"th_c selected on the validation split, numbers on the test split ({len(test[1])} images).\n\n" + table + "\n"
           + "".join(f"![{Path(p).stem}]({Path(p).name})\n" for p in plots))
-    write_text_atomic(out / "report.md", md)
-    write_json(out / "report.json", summary)
-    print(table, file=sys.stderr)
+    if main:
+        write_text_atomic(out / "report.md", md)
+        write_json(out / "report.json", summary)
+        print(table, file=sys.stderr)
+    write_if_main(args.world, out, lambda _: None)  # every rank returns after rank 0 has written
     return summary
 
 
 def cmd_report(args: argparse.Namespace) -> dict:
-    model, meta, splits = _model_and_splits(args)
+    model, meta, splits = _model_and_splits(args, ("val", "test"))
     return run_report(model, meta, splits, args.out, args)
 
 
@@ -325,7 +360,7 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     from .benchmark import (bench_case, device_name, markdown, progress_line, skipped_models, standard_set,
                             stream_case, stream_markdown)
 
-    device = _device(args.device)
+    device = args.world.device
     cases = standard_set(device, quick=args.quick, full=args.full)
     if not args.models and skipped_models(cases):
         print(f"dcsim bench: models {', '.join(dict.fromkeys(c[0] for c in cases))}; skipped "
@@ -379,11 +414,14 @@ def _stream_setup(args: argparse.Namespace):
     from .convert import convert
     from .engine import Engine
 
-    model, meta, splits = _model_and_splits(args)
+    from .distributed import local_share
+
+    model, meta, splits = _model_and_splits(args, (args.split,))
     readout, steps, threshold = _from_trace(args)
-    engine = Engine(convert(model, method=args.method, semantics=_semantics(args, args.method)), device=_device(args.device), channels_last=args.channels_last,
+    engine = Engine(convert(model, method=args.method, semantics=_semantics(args, args.method)),
+                    device=args.world.device, channels_last=args.channels_last,
                     precision=args.precision, spike_convs=args.spike_convs)
-    return engine, readout, steps, threshold, _tensors(splits[args.split])
+    return engine, readout, steps, threshold, local_share(splits[args.split], args.world, getattr(args, "loader_workers", None))
 
 
 def cmd_stream(args: argparse.Namespace) -> dict:
@@ -391,7 +429,20 @@ def cmd_stream(args: argparse.Namespace) -> dict:
 
     engine, readout, steps, threshold, (x, y) = _stream_setup(args)
     out = stream_vs_static(engine, x.to(engine.device), y, args.slots, steps, readout, threshold,
-                           repeats=args.repeats if args.compare else 1, compare=args.compare, graphs=args.graphs)
+                           repeats=args.repeats if args.compare else 1, compare=args.compare,
+                           graphs=args.graphs) if len(y) else None
+    if args.world.distributed:  # every rank streamed its own share: totals over the ranks
+        ranks = [r | {"samples": n} for r, n in zip(args.world.all_gather(out), args.world.all_gather(len(y)))
+                 if r is not None]
+        total = sum(r["samples"] for r in ranks)
+        out = {"stream": {"throughput": sum(r["stream"]["throughput"] for r in ranks),
+                          "accuracy": sum(r["stream"]["accuracy"] * r["samples"] for r in ranks) / total,
+                          "samples": total},
+               "ranks": ranks}
+        if args.json is None and args.world.main:
+            print(f"stream S={args.slots} on {args.world.size} ranks: {out['stream']['throughput']:.1f} samples/s "
+                  f"in total, accuracy {out['stream']['accuracy']:.4f}")
+        return out
     summary = out["stream"]
     if args.json is None:
         print(f"stream S={args.slots}: {summary['throughput']:.1f} samples/s, accuracy {summary['accuracy']:.4f}, "
@@ -454,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-batch-size", dest="train_batch_size", type=int, default=32)
     p.add_argument("--augment", action="store_true", help="random crop (pad 4) and horizontal flip (CIFAR)")
     p.add_argument("--workdir", type=Path, help="per-epoch state for resuming (default: OUT.work/)")
+    p.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: synchronized batch norm (SyncBatchNorm)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", type=Path, required=True, help="checkpoint path (.safetensors)")
     p.set_defaults(func=cmd_train)
@@ -562,13 +614,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import setup, teardown
+
     args = build_parser().parse_args(argv)
+    where = ""
     try:
+        args.world = setup(args.command, getattr(args, "device", None))
+        if args.world.distributed:
+            where = f" (rank {args.world.rank} of {args.world.size})"
         result = args.func(args)
     except (ValueError, TypeError, FileNotFoundError, IndexError) as err:
-        print(f"dcsim {args.command}: error: {err}", file=sys.stderr)
+        print(f"dcsim {args.command}{where}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
-    if args.json is not None:
+    finally:
+        teardown()
+    if args.json is not None and args.world.main:
         from .report import write_json
 
         write_json(args.json, result)

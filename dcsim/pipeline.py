@@ -3,6 +3,10 @@
     quantized ANN --calibrate tau--> readout (alpha, tau)
     SNN on the validation split --trace--> front --select--> th_c
     SNN on the test split, live early exit at th_c --> accuracy, mean steps, spikes, wall time
+
+Every loop over a split takes its images either as one tensor [N, C, H, W] or as a
+:class:`dcsim.distributed.Sharded` split (streamed from disk and/or sharded over torchrun ranks);
+both run the same batches, so the results are the same.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from torch import nn
 from . import analysis
 from .calibration import calibration_report
 from .convert import convert
+from .distributed import Sharded, map_batches
 from .engine import Engine, ExitResult
 from .readout import Readout
-from .training import accuracy, predict_logits
+from .training import predict_logits
 
 NO_EXIT = 1.0
 """Threshold at which no sample exits early (scores are <= 1 and the rule is strict)."""
@@ -35,27 +40,41 @@ def spikes_per_neuron(spikes: torch.Tensor, neurons: list[int]) -> dict:
     return {"pooled": float(spikes.sum()) / (n * sum(neurons)), "per_layer": per_layer}
 
 
-def record_trace(engine: Engine, images: torch.Tensor, labels: torch.Tensor, steps: int, readout: Readout,
+Images = torch.Tensor | Sharded
+"""float32 [N, C, H, W] normalized images, or a Sharded split (see the module doc)."""
+
+
+def ann_logits(model: nn.Module, images: Images, batch_size: int = 512) -> torch.Tensor:
+    """Logits float32 [N, K] of the quantized ANN in eval mode (see dcsim.training.predict_logits)."""
+    return map_batches(images, batch_size, lambda x: (predict_logits(model, x, batch_size),), "ANN")[0]
+
+
+def record_trace(engine: Engine, images: Images, labels: torch.Tensor, steps: int, readout: Readout,
                  meta: dict, batch_size: int = 256, record_sums: bool = False) -> analysis.Trace:
     """Run all samples for ``steps`` steps and keep (prediction, score) per sample and step."""
-    sim = engine.simulate(images.to(engine.device), steps, readout, record_sums=record_sums, batch_size=batch_size)
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        sim = engine.simulate(x.to(engine.device), steps, readout, record_sums=record_sums, batch_size=batch_size)
+        return (sim.pred, sim.conf) + ((sim.sums,) if record_sums else ())
+
+    out = map_batches(images, batch_size, run, "trace")
     full_meta = {"method": engine.net.method, "semantics": engine.net.semantics,
                  "drive_steps": engine.net.drive_steps, "bits": engine.net.bits, "readout": readout.kind,
                  "alpha": readout.alpha, "tau": readout.tau, "steps": steps} | meta
     return analysis.Trace(
-        labels=labels.cpu().numpy().astype("int64"), pred=sim.pred.numpy(), conf=sim.conf.numpy(),
-        sums=None if sim.sums is None else sim.sums.numpy(), meta=full_meta,
+        labels=labels.cpu().numpy().astype("int64"), pred=out[0].numpy(), conf=out[1].numpy(),
+        sums=out[2].numpy() if record_sums else None, meta=full_meta,
     )
 
 
-def choose_steps(engine: Engine, images: torch.Tensor, labels: torch.Tensor, max_steps: int, target: float,
+def choose_steps(engine: Engine, images: Images, labels: torch.Tensor, max_steps: int, target: float,
                  batch_size: int = 256) -> tuple[int, list[float]]:
     """Smallest T whose validation accuracy reaches ``target`` (else the most accurate T <= max_steps).
 
     Returns (T, accuracy at t = 1..max_steps).
     """
-    sim = engine.simulate(images.to(engine.device), max_steps, batch_size=batch_size)
-    acc = (sim.pred == labels.cpu()[:, None]).float().mean(0).tolist()
+    pred = map_batches(images, batch_size, lambda x: (
+        engine.simulate(x.to(engine.device), max_steps, batch_size=batch_size).pred,), "choose T")[0]
+    acc = (pred == labels.cpu()[:, None]).float().mean(0).tolist()
     reached = [t + 1 for t, a in enumerate(acc) if a >= target]
     return (reached[0] if reached else max(range(1, max_steps + 1), key=lambda t: acc[t - 1])), acc
 
@@ -78,34 +97,43 @@ class LiveEval:
                 "spikes_per_layer": self.spikes["per_layer"], "ms_per_inference": self.ms_per_inference}
 
 
-def evaluate_live(engine: Engine, images: torch.Tensor, labels: torch.Tensor, steps: int, readout: Readout,
+def evaluate_live(engine: Engine, images: Images, labels: torch.Tensor, steps: int, readout: Readout,
                   threshold: float, batch_size: int = 256, chunk: int = 1, graphs: bool = False) -> LiveEval:
     """Live early exit at ``threshold`` (1.0: every sample runs T steps); wall time per inference in ms.
 
     chunk: steps computed per conv call (see Engine.advance); graphs: CUDA-graph step loop (see
-    Engine.early_exit; an untimed first run captures the graphs). Results are the same.
+    Engine.early_exit; an untimed first run captures the graphs). Results are the same. The wall
+    time is the whole loop's (with a Sharded split: until every rank is done, data loading included).
     """
-    x = images.to(engine.device)
+    if isinstance(images, torch.Tensor):
+        images = images.to(engine.device)
+    layers: list = []
 
-    def run() -> ExitResult:
-        return engine.early_exit(x, steps, readout, threshold, batch_size=batch_size, chunk=chunk, graphs=graphs)
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        r = engine.early_exit(x.to(engine.device), steps, readout, threshold, batch_size=batch_size, chunk=chunk,
+                              graphs=graphs)
+        layers[:] = [r.neurons, r.layers]
+        return r.pred, r.exit_step, r.conf, r.spikes
 
     if graphs:
-        run()
+        map_batches(images, batch_size, run, "warm-up")
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
     t0 = time.perf_counter()
-    res = run()
+    out = map_batches(images, batch_size, run, f"live th_c={threshold:.3g}")
     elapsed = time.perf_counter() - t0
+    if not layers:  # this rank ran no batch: the layer sizes come from the network
+        layers[:] = list(engine._layers(out[0].new_empty((0, *_sample_shape(images)), dtype=torch.float32)))
+    res = ExitResult(*out, *layers)
     correct = (res.pred == labels.cpu()).float()
     mean_steps = float(res.exit_step.float().mean())
     return LiveEval(
         threshold=threshold, accuracy=float(correct.mean()), mean_steps=mean_steps, saving=1.0 - mean_steps / steps,
-        spikes=spikes_per_neuron(res.spikes, res.neurons), ms_per_inference=1000.0 * elapsed / max(len(x), 1), result=res,
+        spikes=spikes_per_neuron(res.spikes, res.neurons), ms_per_inference=1000.0 * elapsed / max(len(res.pred), 1), result=res,
     )
 
 
-def dynamic_confidence(model: nn.Module, method: str, splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
+def dynamic_confidence(model: nn.Module, method: str, splits: dict[str, tuple[Images, torch.Tensor]],
                        max_steps: int, tau: float, steps: int | None = None, tolerance: float = 0.0,
                        readout_kind: str = "max_softmax", device: torch.device | str = "cpu", batch_size: int = 256,
                        meta: dict | None = None, semantics: str | None = None) -> dict:
@@ -120,7 +148,7 @@ def dynamic_confidence(model: nn.Module, method: str, splits: dict[str, tuple[to
     engine = Engine(net, device=device)
     val_x, val_y = splits["val"]
     test_x, test_y = splits["test"]
-    ann_val = accuracy(model, val_x, val_y)
+    ann_val = float((ann_logits(model, val_x).argmax(1) == val_y.cpu()).float().mean())
     acc_curve = None
     if steps is None:
         steps, acc_curve = choose_steps(engine, val_x, val_y, max_steps, ann_val, batch_size)
@@ -134,7 +162,15 @@ def dynamic_confidence(model: nn.Module, method: str, splits: dict[str, tuple[to
             "trace": trace, "analysis": report, "no_dc": no_dc, "dc": with_dc}
 
 
-def calibrate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
+def calibrate(model: nn.Module, images: Images, labels: torch.Tensor) -> dict:
     """Temperature scaling of the quantized ANN on a validation split (see dcsim.calibration)."""
-    return calibration_report(predict_logits(model, images), labels)
+    return calibration_report(ann_logits(model, images), labels)
+
+
+def _sample_shape(images: Images) -> tuple[int, ...]:
+    """[C, H, W] of one sample."""
+    if isinstance(images, torch.Tensor):
+        return tuple(images.shape[1:])
+    split = images.split
+    return tuple(split.image_shape) if hasattr(split, "image_shape") else tuple(split.images.shape[1:])
 

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ from tqdm.auto import tqdm
 
 from .fileio import atomic_output
 from .lsq import set_quantization
+
+if TYPE_CHECKING:
+    from .distributed import DataParallel
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ def train(
     workdir: str | Path | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    parallel: DataParallel | None = None,
 ) -> dict:
     """Train ``model`` in place and load the weights that were best on the validation split.
 
@@ -82,9 +87,12 @@ def train(
     With ``workdir``, the state after every epoch is written to workdir/last.safetensors
     (model, optimizer momentum, progress) and training resumes from it when present.
     Returns the history: {"epochs": [{"epoch", "phase", "loss", "train_acc", "val_acc"}], "best_val_acc"}.
+    parallel: training on several ranks (see dcsim.distributed.DataParallel): every rank draws the
+    same global batches and trains on its rows of each; rank 0 alone writes the workdir state.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
+    net = parallel.wrap(model) if parallel is not None else model
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -112,16 +120,20 @@ def train(
             if augment is not None:
                 xb = augment(xb, gen)
             xb, yb = xb.to(device), train_y[idx].to(device)
-            out = model(xb)
-            loss = F.cross_entropy(out, yb)
+            if parallel is not None:
+                xb, yb = parallel.local(xb), parallel.local(yb)
+            out = net(xb)
+            loss = F.cross_entropy(out, yb) if parallel is None else parallel.loss(out, yb, len(idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += float(loss.detach()) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx) / (1 if parallel is None else parallel.world.size)
             correct += int((out.argmax(1) == yb).sum())
-            seen += len(idx)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            seen += len(yb)
+            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", acc=f"{correct / max(seen, 1):.3f}")
         sched.step()
+        if parallel is not None:
+            loss_sum, correct, seen = parallel.reduce(loss_sum, correct, seen)
         val_acc = accuracy(model, val_x, val_y)
         history["epochs"].append({"epoch": epoch + 1, "phase": "lsq" if quantized else "float",
                                   "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "val_acc": val_acc})
@@ -131,7 +143,7 @@ def train(
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{total} {'lsq' if quantized else 'float'}: "
                        f"loss {loss_sum / max(seen, 1):.4f} train {correct / max(seen, 1):.4f} val {val_acc:.4f}")
-        if last is not None:
+        if last is not None and (parallel is None or parallel.main):
             _checkpoint(last, model, opt, sched, gen, history, best)
     set_quantization(model, True)
     if best is not None:

@@ -1,0 +1,54 @@
+"""Iterating over an in-memory Dataset in batches, and CIFAR-style augmentation of a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .dataset import Dataset
+
+
+def augment_cifar(x: torch.Tensor, generator: torch.Generator | None = None, padding: int = 4) -> torch.Tensor:
+    """Random crop with ``padding`` pixels of zero padding, then a random horizontal flip (p = 0.5).
+
+    x: float [B, C, H, W] (any device; usually already normalized, so the padding is the mean
+    colour). Offsets and flips are drawn from ``generator`` on its own device. Returns a new
+    tensor [B, C, H, W] of x's dtype and device; all samples are done at once (two gathers).
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"augment_cifar: x must be a float tensor [B, C, H, W], got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"augment_cifar: padding must be a non-negative integer, got {padding!r}")
+    b, c, h, w = x.shape
+    draw_device = generator.device if generator is not None else torch.device("cpu")
+    oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=draw_device).to(x.device)
+    ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=draw_device).to(x.device)
+    flip = torch.randint(0, 2, (b,), generator=generator, device=draw_device).to(x.device).bool()
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows = oy[:, None] + torch.arange(h, device=x.device)  # [B, H]
+    ar_w = torch.arange(w, device=x.device)
+    cols = ox[:, None] + torch.where(flip[:, None], ar_w.flip(0), ar_w)  # [B, W]
+    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * padding))
+    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def batches(dataset: Dataset, batch_size: int, shuffle: bool = False,
+            generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Iterate over ``dataset`` in batches: (normalized float32 [b, C, H, W], int64 labels [b]).
+
+    With ``shuffle`` the order is a permutation drawn from ``generator``; the last batch may be smaller.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n = len(dataset)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+
+    def it() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for lo in range(0, n, batch_size):
+            idx = order[lo:lo + batch_size]
+            yield dataset.normalized(idx), dataset.labels[idx]
+
+    return it()
