@@ -77,8 +77,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
     tr, va, te = splits["train"], splits["val"], splits["test"]
     in_channels = tr.images.shape[1]
     arch_kwargs = {"num_classes": len(tr.classes), "in_channels": in_channels, "bits": args.bits}
-    if args.arch == "small_cnn":
-        arch_kwargs["width"] = args.width
+    if args.width is not None or args.arch == "small_cnn":
+        arch_kwargs["width"] = args.width or 32  # small_cnn's default; the others default to the paper's 64
     torch.manual_seed(args.seed)  # weight initialisation
     model = build_model(args.arch, **arch_kwargs)
     config = TrainConfig(epochs=args.epochs, float_epochs=args.float_epochs, lr=args.lr, lr_decay=args.lr_decay,
@@ -403,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", "float pre-training and LSQ fine-tuning; writes a safetensors checkpoint")
     _add_data_args(p)
     p.add_argument("--arch", default="small_cnn", choices=["small_cnn", "vgg16", "resnet18", "resnet50"])
-    p.add_argument("--width", type=int, default=32, help="small_cnn base width")
+    p.add_argument("--width", type=int, help="base width: channels of the first conv (default: small_cnn 32; "
+                                             "resnet18, resnet50, vgg16 64, the paper's networks)")
     p.add_argument("--bits", type=int, default=2, help="activation bits b (levels 0..2^b-1)")
     p.add_argument("--epochs", type=int, default=60, help="LSQ fine-tuning epochs")
     p.add_argument("--float-epochs", type=int, default=0, help="float (ReLU) pre-training epochs before LSQ")
