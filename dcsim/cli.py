@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import time
 from pathlib import Path
@@ -67,13 +68,27 @@ def _check_dataset_matches(meta: dict, splits: dict, ckpt: Path) -> None:
 
 # ------------------------------------------------------------------ commands
 
-def cmd_train(args: argparse.Namespace) -> dict:
-    from .checkpoint import save_checkpoint
-    from .data import augment_cifar
-    from .models import build_model
-    from .training import TrainConfig, accuracy, train
+def limit_splits(splits: dict, train_subset: int | None = None, max_test: int | None = None, seed: int = 0) -> dict:
+    """The splits with at most ``train_subset`` training and ``max_test`` test images (seeded random picks)."""
+    out = dict(splits)
+    for name, n in (("train", train_subset), ("test", max_test)):
+        if n is None:
+            continue
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"--{'train-subset' if name == 'train' else 'max-test'} must be a positive integer, got {n!r}")
+        if n < len(splits[name]):
+            out[name] = splits[name].subset(torch.randperm(len(splits[name]), generator=torch.Generator().manual_seed(seed))[:n])
+    return out
 
-    splits = load_splits(args)
+
+def cmd_train(args: argparse.Namespace, splits: dict | None = None) -> dict:
+    """Train and write the checkpoint ``args.out``; ``splits`` (default: loaded from the data arguments)."""
+    from .batching import DeviceSplit, random_crop_flip
+    from .checkpoint import save_checkpoint
+    from .models import build_model
+    from .training import TrainConfig, TrainRuntime, milestones, split_accuracy, train
+
+    splits = limit_splits(splits or load_splits(args), getattr(args, "train_subset", None), seed=args.seed)
     tr, va, te = splits["train"], splits["val"], splits["test"]
     in_channels = tr.images.shape[1]
     arch_kwargs = {"num_classes": len(tr.classes), "in_channels": in_channels, "bits": args.bits}
@@ -82,21 +97,67 @@ def cmd_train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)  # weight initialisation
     model = build_model(args.arch, **arch_kwargs)
     config = TrainConfig(epochs=args.epochs, float_epochs=args.float_epochs, lr=args.lr, lr_decay=args.lr_decay,
-                         batch_size=args.train_batch_size, seed=args.seed, momentum=args.momentum, weight_decay=args.weight_decay)
-    augment = augment_cifar if args.augment else None
+                         batch_size=args.train_batch_size, seed=args.seed, momentum=args.momentum, weight_decay=args.weight_decay,
+                         schedule=args.schedule, lsq_lr=args.lsq_lr, warmup_epochs=args.warmup_epochs,
+                         nesterov=args.nesterov, label_smoothing=args.label_smoothing)
+    runtime = TrainRuntime(precision=args.train_precision, compile=args.compile)
+    device = _device(args.device)
+    augment = random_crop_flip if args.augment else None
+    data = {"normalization": (tr.mean, tr.std), "device": device}
     workdir = args.workdir or args.out.with_suffix(".work")
     t0 = time.perf_counter()
-    history = train(model, *_tensors(tr), *_tensors(va), config, augment=augment, workdir=workdir,
-                    device=_device(args.device), progress=not args.quiet)
+    plan, time_limit = None, None
+    if args.budget_minutes is not None:
+        config, plan = _budget_plan(model, tr, len(va), config, args, runtime, augment, data, workdir)
+        time_limit = 60 * args.budget_minutes * 1.15  # past the plan by 15%: stop, the run is incomplete
+        print(f"[dcsim] budget {args.budget_minutes} min: {config.float_epochs} float + {config.epochs} LSQ epochs "
+              f"(~{plan['seconds_per_epoch']['float']:.1f} / {plan['seconds_per_epoch']['lsq']:.1f} s each)", file=sys.stderr)
+    history = train(model, tr.images, tr.labels, va.images, va.labels, config, augment=augment, workdir=workdir,
+                    device=device, progress=not args.quiet, normalization=data["normalization"], runtime=runtime,
+                    time_limit_s=time_limit)
+    train_seconds = time.perf_counter() - t0
+    acc = {name: split_accuracy(model, DeviceSplit(ds.images, ds.labels, ds.mean, ds.std, device))
+           for name, ds in (("val", va), ("test", te))}
     model.cpu()
-    acc = {"val": accuracy(model, *_tensors(va)), "test": accuracy(model, *_tensors(te))}
+    training = {"completed": history["completed"], "planned_epochs": history["planned_epochs"],
+                "epochs": history["epochs"], "seconds": train_seconds, "device": _device_label(device),
+                "runtime": {"precision": args.train_precision, "compile": args.compile}, "budget_plan": plan,
+                "milestones": milestones(history, (0.5, 0.8, 0.9, 0.92, 0.93, 0.935)),
+                "train_images": len(tr)}
+    if "stopped" in history:
+        training["stopped"] = history["stopped"]
     meta = {"architecture": args.arch, "arch_kwargs": arch_kwargs, "classes": list(tr.classes),
             "normalization": {"mean": list(tr.mean), "std": list(tr.std)}, "dataset": args.dataset,
             "data_root": str(args.data_root) if args.data_root else None, "seed": args.seed,
-            "accuracy": acc, "train_config": history["config"]}
+            "accuracy": acc, "train_config": history["config"], "training": training}
     save_checkpoint(args.out, model, meta)
-    return {"checkpoint": str(args.out), "accuracy": acc, "train_seconds": time.perf_counter() - t0,
-            "history": history["epochs"]}
+    return {"checkpoint": str(args.out), "accuracy": acc, "train_seconds": train_seconds,
+            "history": history["epochs"], "completed": history["completed"], "budget_plan": plan}
+
+
+def _device_label(device: torch.device) -> str:
+    from .benchmark import device_name
+
+    return device_name(device)
+
+
+def _budget_plan(model, tr, val_size: int, config, args: argparse.Namespace, runtime, augment, data: dict, workdir: Path):
+    """(config, plan) for ``--budget-minutes``: measured and planned once, then reused from workdir/plan.json on resume."""
+    from dataclasses import replace
+
+    from .fileio import write_text_atomic
+    from .training import budget_config
+
+    saved = Path(workdir) / "plan.json"
+    if saved.exists():
+        plan = json.loads(saved.read_text())
+        if plan.get("budget_minutes") == args.budget_minutes and plan.get("lsq_share") == args.lsq_share:
+            return replace(config, float_epochs=plan["float_epochs"], epochs=plan["epochs"]), plan
+    config, plan = budget_config(model, tr.images, tr.labels, val_size, config, args.budget_minutes, args.lsq_share,
+                                 runtime, data["device"], data["normalization"], augment)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(saved, json.dumps(plan, indent=2))
+    return config, plan
 
 
 def _load_model(path: Path):
@@ -280,6 +341,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     args.dataset, args.data_root, args.val_size = "digits", None, None
     args.arch, args.width, args.bits, args.augment = "small_cnn", 16, 2, False
     args.momentum, args.weight_decay, args.lr_decay, args.workdir = 0.9, 2.5e-5, 0.95, None
+    _set_train_defaults(args)
     args.out = out / "model.safetensors"
     print("[dcsim] demo: training a 2-bit LSQ small CNN on scikit-learn's digits", file=sys.stderr)
     trained = cmd_train(args)
@@ -389,6 +451,34 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="CPU: event-driven convs of spike maps (sum only the weights of spiking inputs; float32)")
 
 
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    """Options of train and reproduce beyond the architecture and the basic schedule."""
+    p.add_argument("--augment", action="store_true", help="random crop (pad 4) and horizontal flip, in batches on the device")
+    p.add_argument("--schedule", choices=["exponential", "cosine"], default="exponential",
+                   help="exponential: lr * lr-decay^epoch; cosine: per stage, warm-up then cosine to zero (per batch)")
+    p.add_argument("--lsq-lr", type=float, help="cosine: peak learning rate of the LSQ stage (default lr / 10)")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="cosine: linear warm-up of each stage, in epochs")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--train-precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="training forward/backward: auto = bf16 autocast and channels_last on CUDA, float32 elsewhere")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward pass (GPU, many epochs)")
+    p.add_argument("--budget-minutes", type=float,
+                   help="set the float and LSQ epochs to fill this much training time (measured on this machine)")
+    p.add_argument("--lsq-share", type=float, default=0.4, help="with --budget-minutes: the LSQ stage's share of it")
+    p.add_argument("--train-subset", type=int, help="train on this many training images (seeded random pick)")
+    p.add_argument("--workdir", type=Path, help="per-epoch state for resuming (default: OUT.work/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _set_train_defaults(args: argparse.Namespace) -> None:
+    """Give ``args`` the defaults of the training options it lacks (for commands that train without offering them)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_train_args(parser)
+    for key, value in vars(parser.parse_args([])).items():
+        args.__dict__.setdefault(key, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsim", description="Spiking networks from LSQ CNNs with Dynamic Confidence.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -413,9 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=2.5e-5)
     p.add_argument("--train-batch-size", dest="train_batch_size", type=int, default=32)
-    p.add_argument("--augment", action="store_true", help="random crop (pad 4) and horizontal flip (CIFAR)")
-    p.add_argument("--workdir", type=Path, help="per-epoch state for resuming (default: OUT.work/)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_train_args(p)
     p.add_argument("--out", type=Path, required=True, help="checkpoint path (.safetensors)")
     p.set_defaults(func=cmd_train)
 
