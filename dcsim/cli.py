@@ -1,4 +1,4 @@
-"""The ``dcsim`` command line: train, trace, analyze, eval, report, demo, bench, stream.
+"""The ``dcsim`` command line: train, trace, analyze, eval, report, reproduce, demo, bench, stream.
 
 Every command takes ``--json PATH`` ('-' for stdout) for machine-readable output. Exit codes:
 0 success, 1 a run-time error (bad file, bad data, bad model), 2 bad command-line usage.
@@ -353,6 +353,12 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     return summary
 
 
+def cmd_reproduce(args: argparse.Namespace) -> dict:
+    from .reproduce import run
+
+    return run(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
 
@@ -584,6 +590,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(p)
     p.add_argument("--repeats", type=int, default=2, help="with --compare: interleaved rounds, best time of each")
     p.set_defaults(func=cmd_stream)
+
+    p = command("reproduce", "train, convert, calibrate, trace, select th_c, exit early and report in Table 1's layout")
+    _add_data_args(p)
+    p.add_argument("--arch", default="resnet18", choices=["small_cnn", "vgg16", "resnet18", "resnet50"])
+    p.add_argument("--width", type=int, help="base width (default: the paper's network)")
+    p.add_argument("--bits", type=int, default=2, help="activation bits b")
+    p.add_argument("--float-epochs", type=int, default=30, help="float epochs (without --budget-minutes)")
+    p.add_argument("--epochs", type=int, default=15, help="LSQ epochs (without --budget-minutes)")
+    p.add_argument("--lr", type=float, default=0.2, help="peak learning rate of the float stage")
+    p.add_argument("--lr-decay", type=float, default=0.95, help="with --schedule exponential: decay per epoch")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--train-batch-size", dest="train_batch_size", type=int, default=512)
+    _add_train_args(p)
+    p.set_defaults(augment=True, schedule="cosine", lsq_lr=0.02, warmup_epochs=1.0, nesterov=True)
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
+    p.add_argument("--min-accuracy", type=float, default=0.5,
+                   help="below this 2-bit ANN test accuracy the model counts as untrained: no report")
+    p.add_argument("--max-test", type=int, help="evaluate on this many test images (seeded random pick)")
+    p.add_argument("--tolerance", type=float, default=0.0, help="accepted accuracy drop when selecting th_c")
+    p.add_argument("--qcfs-steps", type=int, help="T for QCFS (default: the paper's, else chosen on validation)")
+    p.add_argument("--qffs-steps", type=int, help="T for QFFS (as for QCFS)")
+    p.add_argument("--qcfs-max-steps", type=int, default=64, help="largest T considered when T is chosen")
+    p.add_argument("--qffs-max-steps", type=int, default=12, help="largest T considered when T is chosen")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=cmd_reproduce)
 
     p = command("demo", "the end-to-end demo on scikit-learn's digits (trains, converts, reports)")
     _add_report_args(p)
