@@ -161,10 +161,12 @@ def _budget_plan(model, tr, val_size: int, config, args: argparse.Namespace, run
 
 
 def _load_model(path: Path):
+    """(model, metadata) from a checkpoint file or a zoo folder (shards checked against their sha256)."""
+    from . import zoo
     from .checkpoint import load_checkpoint
     from .models import build_model
 
-    return load_checkpoint(path, build_model)
+    return zoo.load(path, build_model) if zoo.is_zoo(path) else load_checkpoint(path, build_model)
 
 
 def _readout(args: argparse.Namespace, method: str, bits: int | None, steps: int, tau: float):
@@ -357,6 +359,13 @@ def cmd_reproduce(args: argparse.Namespace) -> dict:
     from .reproduce import run
 
     return run(args)
+
+
+def cmd_zoo(args: argparse.Namespace) -> dict:
+    from . import zoo
+
+    manifest = zoo.verify(zoo.export(args.checkpoint, args.out, int(args.max_shard_mib * 2**20)).parent)
+    return {"folder": str(args.out), "shards": [{k: v for k, v in sh.items() if k != "tensors"} for sh in manifest["shards"]]}
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
@@ -616,6 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qffs-max-steps", type=int, default=12, help="largest T considered when T is chosen")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=cmd_reproduce)
+
+    p = command("zoo", "split a checkpoint into sha256-checked safetensors shards (a folder other commands accept)")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="zoo folder (manifest.json and shards)")
+    p.add_argument("--max-shard-mib", type=float, default=16.0, help="largest shard in MiB")
+    p.set_defaults(func=cmd_zoo)
 
     p = command("demo", "the end-to-end demo on scikit-learn's digits (trains, converts, reports)")
     _add_report_args(p)

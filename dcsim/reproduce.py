@@ -22,6 +22,7 @@ import time
 import traceback
 from pathlib import Path
 
+from . import zoo
 from .analysis import accuracy_vs_t, save_trace
 from .batching import DeviceSplit
 from .checkpoint import load_checkpoint
@@ -116,6 +117,7 @@ def _run(args: argparse.Namespace, out: Path, results: Results) -> dict:
     train_args.workdir = out / "model.work"
     trained = cmd_train(train_args, splits)
     model, meta = load_checkpoint(train_args.out, build_model)
+    zoo.export(train_args.out, out / "zoo")  # the same weights as sha256-checked shards of <= 16 MiB
     training = meta["training"]
     results.stage("train", {"checkpoint": str(train_args.out), "completed": training["completed"],
                             "epochs": training["epochs"], "budget_plan": training["budget_plan"],

@@ -28,10 +28,10 @@ def tiny_cifar(tmp_path_factory):
 
 
 def test_reproduce_command_end_to_end_at_toy_scale(tiny_cifar, tmp_path):
-    # the GPU command (bench/gpu_check.sh) with a tiny subset, one epoch per stage and a quarter of the width
+    # the GPU command (bench/gpu_check.sh) with a tiny subset, one epoch per stage and 1/16 of the width
     out = tmp_path / "r18"
     rc = main(["reproduce", "--dataset", "cifar10", "--data-root", str(tiny_cifar), "--arch", "resnet18",
-               "--width", "8", "--float-epochs", "1", "--epochs", "1", "--train-subset", "40", "--val-size", "20",
+               "--width", "4", "--float-epochs", "1", "--epochs", "1", "--train-subset", "40", "--val-size", "20",
                "--max-test", "20", "--min-accuracy", "0", "--quiet", "--out", str(out)])
     assert rc == EXIT_OK
     results = json.loads((out / "results.json").read_text())
@@ -44,6 +44,7 @@ def test_reproduce_command_end_to_end_at_toy_scale(tiny_cifar, tmp_path):
     assert [r["method"] for r in report["rows"]] == ["QCFS", "QCFS + DC", "QFFS", "QFFS + DC"]
     md = (out / "report.md").read_text()
     assert "| ResNet-18 QCFS |" in md and "94.27% at 27" in md and "93.79%" in md and "3.02" in md
+    assert (out / "zoo" / "manifest.json").exists()
     for name in ("model.safetensors", "qcfs_val_trace.npz", "qffs_test_trace.npz", "qcfs_front.png",
                  "qcfs_accuracy_vs_t.png"):
         assert (out / name).stat().st_size > 0, name
