@@ -54,7 +54,7 @@ def is_zoo(path: str | os.PathLike) -> bool:
 def export(checkpoint: str | os.PathLike, folder: str | os.PathLike, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
     """Split the checkpoint file into shards of at most ``max_shard_bytes`` in ``folder``; returns the manifest path.
 
-    Tensors are packed in name order; the manifest is written last, so a folder without one is
+    Tensors are packed first-fit, largest first (a tensor over the limit gets a shard of its own); the manifest is written last, so a folder without one is
     not a zoo entry. Existing shards of an earlier export are replaced.
     """
     if max_shard_bytes <= _HEADER_ALLOWANCE:
@@ -63,15 +63,18 @@ def export(checkpoint: str | os.PathLike, folder: str | os.PathLike, max_shard_b
     tensors = load_file(str(checkpoint))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    groups: list[list[str]] = [[]]
-    size = 0
-    for name in sorted(tensors):
-        nbytes = tensors[name].numel() * tensors[name].element_size()
-        if groups[-1] and size + nbytes > max_shard_bytes - _HEADER_ALLOWANCE:
+    groups: list[list[str]] = []  # first fit, largest tensors first: few shards
+    sizes: list[int] = []
+    room = max_shard_bytes - _HEADER_ALLOWANCE
+    nbytes = {n: t.numel() * t.element_size() for n, t in tensors.items()}
+    for name in sorted(tensors, key=lambda n: (-nbytes[n], n)):
+        i = next((i for i, used in enumerate(sizes) if used + nbytes[name] <= room), None)
+        if i is None:
             groups.append([])
-            size = 0
-        groups[-1].append(name)
-        size += nbytes
+            sizes.append(0)
+            i = len(groups) - 1
+        groups[i].append(name)
+        sizes[i] += nbytes[name]
     shards = []
     for i, names in enumerate(groups, 1):
         path = folder / f"model-{i:05d}.safetensors"
