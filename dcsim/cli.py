@@ -383,6 +383,11 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     spike_convs = [s == "on" for s in (args.spike_convs or (["off", "on"] if device.type == "cpu" else ["off"]))]
     if any(spike_convs) and device.type != "cpu":
         raise ValueError("--spike-convs on: event-driven convs run on the CPU only")
+    networks = {}
+    if args.checkpoint is not None:
+        networks = _bench_networks(args, device)
+        cases += [(label, method, batch) for label in networks for method in ("qcfs", "qffs")
+                  for batch in dict.fromkeys(b for _, _, b in standard_set(device, quick=True))]
     rows, errors = [], []
     for model, method, batch in tqdm(cases, desc="dcsim bench", disable=None):
         for chunk, precision, (use_graphs, compact_fraction), spikes in itertools.product(
@@ -396,7 +401,8 @@ def cmd_bench(args: argparse.Namespace) -> dict:
             try:
                 new = bench_case(model, method, batch, device, repeats=args.repeats, chunk=chunk,
                                  channels_last=args.channels_last, graphs=use_graphs,
-                                 compact_fraction=compact_fraction, precision=precision, spike_convs=spikes)
+                                 compact_fraction=compact_fraction, precision=precision, spike_convs=spikes,
+                                 network=networks.get(model))
             except RuntimeError as err:  # report the case and go on with the others
                 errors.append({**case, "error": str(err).splitlines()[0]})
                 print(f"dcsim bench: {case} failed: {errors[-1]['error']}", file=sys.stderr, flush=True)
@@ -414,6 +420,26 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     if errors:
         print(f"dcsim bench: {len(errors)} case(s) failed", file=sys.stderr)
     return {"device": device_name(device), "rows": rows, "stream_rows": stream_rows, "errors": errors}
+
+
+def _bench_networks(args: argparse.Namespace, device: torch.device) -> dict:
+    """--checkpoint: {row label: (model, inputs, weights)}: the trained model on real test images and a
+    random-weight twin of the same architecture on random inputs (initialised as the standard set's)."""
+    from .benchmark import random_inputs
+    from .models import build_model
+
+    model, meta = _load_model(args.checkpoint)
+    splits = load_splits(args)
+    _check_dataset_matches(meta, splits, args.checkpoint)
+    x, _ = _tensors(splits["test"])
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[:256]]
+    torch.manual_seed(0)
+    twin = build_model(meta["architecture"], **meta["arch_kwargs"]).train()
+    with torch.no_grad():
+        twin(torch.randn(4, *x.shape[1:]))
+    name = f"{meta['architecture']} {meta['arch_kwargs'].get('width', '')}".strip()
+    return {f"{name} trained": (model, x, "trained"),
+            f"{name} random": (twin.eval(), random_inputs(len(x), tuple(x.shape[1:]), torch.device("cpu")), "random")}
 
 
 def _stream_setup(args: argparse.Namespace):
@@ -581,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine conv/linear precisions to time (all but fp32 reduced; see dcsim.Engine)")
     p.add_argument("--spike-convs", nargs="+", choices=["on", "off"],
                    help="event-driven convs of spike maps (float32, CPU), dense convs, or both (default: both on cpu)")
+    p.add_argument("--checkpoint", type=Path, help="also time this trained network (checkpoint or zoo folder) on real "
+                                                   "test images of --dataset, beside a random-weight twin")
+    _add_data_args(p)
     p.add_argument("--stream", type=int, metavar="SLOTS",
                    help="also time streaming with SLOTS slots against static batches of SLOTS (per model and method)")
     p.set_defaults(func=cmd_bench)
