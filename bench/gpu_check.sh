@@ -6,6 +6,11 @@
 # bench_more.json (VGG-16, ResNet-50), precision.json (accuracy effect of reduced precision), streaming.json.
 #   bash bench/gpu_check.sh          # ResNet-18 matrix, VGG-16 and ResNet-50 (about 8-9 minutes on an H200)
 #   bash bench/gpu_check.sh quick    # without VGG-16 and ResNet-50 (about 6 minutes)
+#   bash bench/gpu_check.sh reproduce [resnet18|vgg16] [BUDGET_MINUTES]
+#       build, then `dcsim reproduce` on CIFAR-10 (DCSIM_CIFAR, default ../shared/data/cifar10-jpeg.tar.gz)
+#       with a training budget (default 5.5 minutes: build ~1.5, data ~0.5, evaluation ~1 => ~9 minutes in all);
+#       brings back 7 files: summary.txt, build.log, reproduce.log, reproduce.tar.gz (report.md/json,
+#       results.json, traces, plots, zoo manifest) and the weights as safetensors shards of <= 16 MiB (ResNet-18: 3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-full}"
@@ -22,6 +27,27 @@ python3 -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU';
 DCSIM_CUDA=ON python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 \
   || { log "build FAILED (see build.log)"; tail -30 "$OUT/build.log"; exit 1; }
 python3 -c "import dcsim; print('dcsim backends', dcsim.backends())" 2>&1 | tee -a "$OUT/summary.txt"
+
+if [ "$mode" = reproduce ]; then
+  arch="${2:-resnet18}"
+  budget="${3:-5.5}"
+  data="${DCSIM_CIFAR:-../shared/data/cifar10-jpeg.tar.gz}"
+  run_dir="/tmp/dcsim-reproduce-$arch"  # full results stay on the machine; a packed copy comes back
+  log "reproduce $arch on CIFAR-10, training budget $budget minutes ($data)"
+  timeout 510 python3 -m dcsim.cli reproduce --dataset cifar10 --data-root "$data" --arch "$arch" \
+    --budget-minutes "$budget" --device cuda --quiet --out "$run_dir" > "$OUT/reproduce.log" 2>&1
+  rc=$?
+  log "reproduce rc=$rc ($(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['status'], r.get('message', '')[:300])" "$run_dir/results.json" 2>&1))"
+  tail -25 "$OUT/reproduce.log" >> "$OUT/summary.txt"
+  # reports, traces, plots and the zoo manifest in one archive; the shards (<= 16 MiB each) beside it
+  tar -czf "$OUT/reproduce.tar.gz" -C "$run_dir" --exclude='*.safetensors' --exclude='model.work' . 2>> "$OUT/summary.txt"
+  if [ "$arch" = resnet18 ]; then  # VGG-16's 134 MB would need 9 shards: more files than come back
+    cp "$run_dir"/zoo/model-*.safetensors "$OUT/" 2>> "$OUT/summary.txt" || log "no weight shards (training did not finish)"
+  fi
+  ls -la "$OUT" >> "$OUT/summary.txt"
+  log "done"
+  exit "$rc"
+fi
 
 log "tests (kernels, engine, graphs, precision: CPU and CUDA)"
 timeout 150 python3 -m pytest tests/test_kernels.py tests/test_graphs.py tests/test_engine.py tests/test_precision.py -q -rs --maxfail=20 \

@@ -100,19 +100,30 @@ def engine_label(graphs: bool, compact_fraction: float, precision: str, spike_co
 def bench_case(model_name: str, method: str, batch: int, device: torch.device, steps: int | None = None,
                repeats: int = 3, eager: bool = True, chunk: int = 1, channels_last: bool = False,
                graphs: bool = False, compact_fraction: float = 0.0, precision: str = "fp32",
-               spike_convs: bool = False) -> list[dict]:
+               spike_convs: bool = False, network: tuple[torch.nn.Module, torch.Tensor, str] | None = None) -> list[dict]:
     """Rows for one model/method/batch: modes "full" and "early_exit" (engine steps computed ``chunk`` at a time).
 
     graphs / compact_fraction / precision / spike_convs: the engine configuration (see
     :meth:`Engine.early_exit`, :class:`Engine`); the ANN forward and the eager reference always run in full float32.
+    network: (model, inputs float32 [>= batch, C, H, W], weights label) timed instead of the standard
+    random-weight model on random inputs, e.g. a trained model on real images ("trained") or a
+    random twin of it ("random"); ``model_name`` then only labels the rows.
+    Each row holds the spike rate: spikes per neuron per simulated step.
     """
-    model, shape = prepared_model(model_name)
+    weights = "random"
+    if network is None:
+        model, shape = prepared_model(model_name)
+        x = random_inputs(batch, shape, device)
+    else:
+        model, inputs, weights = network
+        if len(inputs) < batch:
+            raise ValueError(f"bench_case: {len(inputs)} real inputs for batch {batch}")
+        model, x = model.eval(), inputs[:batch].to(device)
     steps = steps or DEFAULT_STEPS[method]
     net = convert(model, method=method)
     engine = Engine(net, device=device, channels_last=channels_last, precision=precision, spike_convs=spike_convs)
     ann = model.to(device)
     readout = Readout.paper(method, net.bits, steps)
-    x = random_inputs(batch, shape, device)
     exit_threshold = mid_threshold(engine, x, steps, readout)
     with torch.no_grad(), gpu_flags(False, autotune=True):
         ann_s = timeit(lambda: ann(x), device, repeats)
@@ -123,11 +134,14 @@ def bench_case(model_name: str, method: str, batch: int, device: torch.device, s
         def run():
             return engine.early_exit(x, steps, readout, threshold, chunk=chunk, graphs=graphs,
                                      compact_fraction=compact_fraction)
-        mean_steps = float(run().exit_step.float().mean())
+        res = run()
+        mean_steps = float(res.exit_step.float().mean())
+        spike_rate = float(res.spikes.sum()) / (float(res.exit_step.sum()) * sum(res.neurons))
         ours = timeit(run, device, repeats)
         row = {"device": device_name(device), "model": model_name, "method": method, "batch": batch, "mode": mode,
                "engine": engine_label(graphs, compact_fraction, precision, spike_convs), "chunk": chunk, "channels_last": engine.channels_last,
-               "steps": steps, "threshold": threshold, "mean_steps": mean_steps,
+               "steps": steps, "threshold": threshold, "mean_steps": mean_steps, "weights": weights,
+               "spikes_per_neuron_step": spike_rate,
                "ms_per_inference": 1000 * ours / batch, "ms_per_step": 1000 * ours / batch / mean_steps,
                "ann_ms_per_inference": 1000 * ann_s / batch,
                "ratio_to_ann_per_step": (ours / mean_steps) / ann_s}
@@ -253,12 +267,12 @@ def progress_line(done: int, total: int, elapsed: float, what: str) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """Table of benchmark rows."""
-    head = ("| device | model | method | batch | mode | engine | chunk | mean steps | ms/inference | ms/step | "
+    head = ("| device | model | method | batch | mode | engine | chunk | mean steps | spikes/neuron/step | ms/inference | ms/step | "
             "vs eager reference | step / ANN forward | step / ANN graph |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "".join(
         f"| {r['device']} | {r['model']} | {r['method']} | {r['batch']} | {r['mode']} | {r['engine']} | {r['chunk']} | "
-        f"{r['mean_steps']:.2f} | "
+        f"{r['mean_steps']:.2f} | {r['spikes_per_neuron_step']:.4f} | "
         f"{r['ms_per_inference']:.3f} | {r['ms_per_step']:.3f} | "
         f"{format(r['speedup_vs_reference'], '.2f') + 'x' if 'speedup_vs_reference' in r else '-'} | "
         f"{r['ratio_to_ann_per_step']:.2f} | "

@@ -1,4 +1,4 @@
-"""The ``dcsim`` command line: train, trace, analyze, eval, report, demo, bench, stream, import.
+"""The ``dcsim`` command line: train, trace, analyze, eval, report, reproduce, demo, bench, stream, import, zoo.
 
 Every command takes ``--json PATH`` ('-' for stdout) for machine-readable output. Exit codes:
 0 success, 1 a run-time error (bad file, bad data, bad model), 2 bad command-line usage.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import json
 import sys
 import time
 from pathlib import Path
@@ -85,16 +86,29 @@ def _check_dataset_matches(meta: dict, splits: dict, ckpt: Path) -> None:
 
 # ------------------------------------------------------------------ commands
 
-def cmd_train(args: argparse.Namespace) -> dict:
+def limit_splits(splits: dict, train_subset: int | None = None, max_test: int | None = None, seed: int = 0) -> dict:
+    """The splits with at most ``train_subset`` training and ``max_test`` test images (seeded random picks)."""
+    out = dict(splits)
+    for name, n in (("train", train_subset), ("test", max_test)):
+        if n is None:
+            continue
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"--{'train-subset' if name == 'train' else 'max-test'} must be a positive integer, got {n!r}")
+        if n < len(splits[name]):
+            out[name] = splits[name].subset(torch.randperm(len(splits[name]), generator=torch.Generator().manual_seed(seed))[:n])
+    return out
+
+
+def cmd_train(args: argparse.Namespace, splits: dict | None = None) -> dict:
+    """Train and write the checkpoint ``args.out``; ``splits`` (default: loaded from the data arguments)."""
+    from .batching import DeviceSplit, random_crop_flip
     from .checkpoint import save_checkpoint
-    from .data import Dataset, augment_cifar
-    from .distributed import write_if_main
+    from .data import Dataset
+    from .distributed import DataParallel, write_if_main
     from .models import build_model
-    from .training import TrainConfig, accuracy, train
+    from .training import TrainConfig, TrainRuntime, milestones, split_accuracy, train
 
-    from .distributed import DataParallel
-
-    splits = load_splits(args)
+    splits = limit_splits(splits or load_splits(args), getattr(args, "train_subset", None), seed=args.seed)
     tr, va, te = splits["train"], splits["val"], splits["test"]
     if not isinstance(tr, Dataset):
         raise ValueError("dcsim train reads its data in memory: give --loader memory (streamed training is not "
@@ -102,41 +116,90 @@ def cmd_train(args: argparse.Namespace) -> dict:
     _agree(args, splits, ("train", "val", "test"))
     in_channels = tr.images.shape[1]
     arch_kwargs = {"num_classes": len(tr.classes), "in_channels": in_channels, "bits": args.bits}
-    if args.arch == "small_cnn":
-        arch_kwargs["width"] = args.width
+    if args.width is not None or args.arch == "small_cnn":
+        arch_kwargs["width"] = args.width or 32  # small_cnn's default; the others default to the paper's 64
     torch.manual_seed(args.seed)  # weight initialisation
     model = build_model(args.arch, **arch_kwargs)
     config = TrainConfig(epochs=args.epochs, float_epochs=args.float_epochs, lr=args.lr, lr_decay=args.lr_decay,
-                         batch_size=args.train_batch_size, seed=args.seed, momentum=args.momentum, weight_decay=args.weight_decay)
-    augment = augment_cifar if args.augment else None
+                         batch_size=args.train_batch_size, seed=args.seed, momentum=args.momentum, weight_decay=args.weight_decay,
+                         schedule=args.schedule, lsq_lr=args.lsq_lr, warmup_epochs=args.warmup_epochs,
+                         nesterov=args.nesterov, label_smoothing=args.label_smoothing)
+    runtime = TrainRuntime(precision=args.train_precision, compile=args.compile)
+    device = args.world.device
+    augment = random_crop_flip if args.augment else None
+    data = {"normalization": (tr.mean, tr.std), "device": device}
     workdir = args.workdir or args.out.with_suffix(".work")
     t0 = time.perf_counter()
+    plan, time_limit = None, None
+    if args.budget_minutes is not None:
+        config, plan = _budget_plan(model, tr, len(va), config, args, runtime, augment, data, workdir)
+        time_limit = 60 * args.budget_minutes * 1.15  # past the plan by 15%: stop, the run is incomplete
+        if args.world.main:
+            print(f"[dcsim] budget {args.budget_minutes} min: {config.float_epochs} float + {config.epochs} LSQ epochs "
+              f"(~{plan['seconds_per_epoch']['float']:.1f} / {plan['seconds_per_epoch']['lsq']:.1f} s each)", file=sys.stderr)
     world, sync_bn = args.world, getattr(args, "sync_bn", False)
     parallel = DataParallel(world, sync_batchnorm=sync_bn) if world.distributed or sync_bn else None
-    history = train(model, *_tensors(tr), *_tensors(va), config, augment=augment, workdir=workdir,
-                    device=world.device, progress=not args.quiet and world.main, parallel=parallel)
+    history = train(model, tr.images, tr.labels, va.images, va.labels, config, augment=augment, workdir=workdir,
+                    device=device, progress=not args.quiet and world.main, normalization=data["normalization"],
+                    runtime=runtime, time_limit_s=time_limit, parallel=parallel)
+    train_seconds = time.perf_counter() - t0
+    acc = {name: split_accuracy(model, DeviceSplit(ds.images, ds.labels, ds.mean, ds.std, device))
+           for name, ds in (("val", va), ("test", te))}
     model.cpu()
     if args.epochs == 0:  # float pre-training only: a float ReLU checkpoint (see dcsim.byom, --normalize)
         from .lsq import set_quantization
 
         set_quantization(model, False)
-    acc = {"val": accuracy(model, *_tensors(va)), "test": accuracy(model, *_tensors(te))}
+    training = {"completed": history["completed"], "planned_epochs": history["planned_epochs"],
+                "epochs": history["epochs"], "seconds": train_seconds, "device": _device_label(device),
+                "runtime": {"precision": args.train_precision, "compile": args.compile}, "budget_plan": plan,
+                "milestones": milestones(history, (0.5, 0.8, 0.9, 0.92, 0.93, 0.935)),
+                "train_images": len(tr)}
+    if "stopped" in history:
+        training["stopped"] = history["stopped"]
     meta = {"architecture": args.arch, "arch_kwargs": arch_kwargs, "classes": list(tr.classes),
             "normalization": {"mean": list(tr.mean), "std": list(tr.std)}, "dataset": args.dataset,
             "data_root": str(args.data_root) if args.data_root else None, "seed": args.seed,
-            "accuracy": acc, "train_config": history["config"], "ranks": world.size}
+            "accuracy": acc, "train_config": history["config"], "training": training, "ranks": world.size}
     if args.epochs == 0:
         meta["activations"] = "float_relu"
     write_if_main(world, args.out, lambda path: save_checkpoint(path, model, meta))
-    return {"checkpoint": str(args.out), "accuracy": acc, "train_seconds": time.perf_counter() - t0,
-            "history": history["epochs"]}
+    return {"checkpoint": str(args.out), "accuracy": acc, "train_seconds": train_seconds,
+            "history": history["epochs"], "completed": history["completed"], "budget_plan": plan}
+
+
+def _device_label(device: torch.device) -> str:
+    from .benchmark import device_name
+
+    return device_name(device)
+
+
+def _budget_plan(model, tr, val_size: int, config, args: argparse.Namespace, runtime, augment, data: dict, workdir: Path):
+    """(config, plan) for ``--budget-minutes``: measured and planned once, then reused from workdir/plan.json on resume."""
+    from dataclasses import replace
+
+    from .fileio import write_text_atomic
+    from .training import budget_config
+
+    saved = Path(workdir) / "plan.json"
+    if saved.exists():
+        plan = json.loads(saved.read_text())
+        if plan.get("budget_minutes") == args.budget_minutes and plan.get("lsq_share") == args.lsq_share:
+            return replace(config, float_epochs=plan["float_epochs"], epochs=plan["epochs"]), plan
+    config, plan = budget_config(model, tr.images, tr.labels, val_size, config, args.budget_minutes, args.lsq_share,
+                                 runtime, data["device"], data["normalization"], augment)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(saved, json.dumps(plan, indent=2))
+    return config, plan
 
 
 def _load_model(path: Path):
+    """(model, metadata) from a checkpoint file or a zoo folder (shards checked against their sha256)."""
+    from . import zoo
     from .checkpoint import load_checkpoint
     from .models import build_model
 
-    return load_checkpoint(path, build_model)
+    return zoo.load(path, build_model) if zoo.is_zoo(path) else load_checkpoint(path, build_model)
 
 
 def _model_and_splits(args: argparse.Namespace, used: tuple[str, ...]):
@@ -343,6 +406,7 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     args.dataset, args.data_root, args.val_size = "digits", None, None
     args.arch, args.width, args.bits, args.augment = "small_cnn", 16, 2, False
     args.momentum, args.weight_decay, args.lr_decay, args.workdir = 0.9, 2.5e-5, 0.95, None
+    _set_train_defaults(args)
     args.out = out / "model.safetensors"
     print("[dcsim] demo: training a 2-bit LSQ small CNN on scikit-learn's digits", file=sys.stderr)
     trained = cmd_train(args)
@@ -352,6 +416,19 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     summary["seconds"] = time.perf_counter() - t0
     print(f"[dcsim] demo done in {summary['seconds']:.1f} s: {out / 'report.md'}", file=sys.stderr)
     return summary
+
+
+def cmd_reproduce(args: argparse.Namespace) -> dict:
+    from .reproduce import run
+
+    return run(args)
+
+
+def cmd_zoo(args: argparse.Namespace) -> dict:
+    from . import zoo
+
+    manifest = zoo.verify(zoo.export(args.checkpoint, args.out, int(args.max_shard_mib * 2**20)).parent)
+    return {"folder": str(args.out), "shards": [{k: v for k, v in sh.items() if k != "tensors"} for sh in manifest["shards"]]}
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
@@ -373,6 +450,11 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     spike_convs = [s == "on" for s in (args.spike_convs or (["off", "on"] if device.type == "cpu" else ["off"]))]
     if any(spike_convs) and device.type != "cpu":
         raise ValueError("--spike-convs on: event-driven convs run on the CPU only")
+    networks = {}
+    if args.checkpoint is not None:
+        networks = _bench_networks(args, device)
+        cases += [(label, method, batch) for label in networks for method in ("qcfs", "qffs")
+                  for batch in dict.fromkeys(b for _, _, b in standard_set(device, quick=True))]
     rows, errors = [], []
     start = time.perf_counter()
     for done, (model, method, batch) in enumerate(tqdm(cases, desc="dcsim bench", disable=None)):
@@ -389,7 +471,8 @@ def cmd_bench(args: argparse.Namespace) -> dict:
             try:
                 new = bench_case(model, method, batch, device, repeats=args.repeats, chunk=chunk,
                                  channels_last=args.channels_last, graphs=use_graphs,
-                                 compact_fraction=compact_fraction, precision=precision, spike_convs=spikes)
+                                 compact_fraction=compact_fraction, precision=precision, spike_convs=spikes,
+                                 network=networks.get(model))
             except RuntimeError as err:  # report the case and go on with the others
                 errors.append({**case, "error": str(err).splitlines()[0]})
                 print(f"dcsim bench: {case} failed: {errors[-1]['error']}", file=sys.stderr, flush=True)
@@ -407,6 +490,26 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     if errors:
         print(f"dcsim bench: {len(errors)} case(s) failed", file=sys.stderr)
     return {"device": device_name(device), "rows": rows, "stream_rows": stream_rows, "errors": errors}
+
+
+def _bench_networks(args: argparse.Namespace, device: torch.device) -> dict:
+    """--checkpoint: {row label: (model, inputs, weights)}: the trained model on real test images and a
+    random-weight twin of the same architecture on random inputs (initialised as the standard set's)."""
+    from .benchmark import random_inputs
+    from .models import build_model
+
+    model, meta = _load_model(args.checkpoint)
+    splits = load_splits(args)
+    _check_dataset_matches(meta, splits, args.checkpoint)
+    x, _ = _tensors(splits["test"])
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[:256]]
+    torch.manual_seed(0)
+    twin = build_model(meta["architecture"], **meta["arch_kwargs"]).train()
+    with torch.no_grad():
+        twin(torch.randn(4, *x.shape[1:]))
+    name = f"{meta['architecture']} {meta['arch_kwargs'].get('width', '')}".strip()
+    return {f"{name} trained": (model, x, "trained"),
+            f"{name} random": (twin.eval(), random_inputs(len(x), tuple(x.shape[1:]), torch.device("cpu")), "random")}
 
 
 def _stream_setup(args: argparse.Namespace):
@@ -480,6 +583,35 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="CPU: event-driven convs of spike maps (sum only the weights of spiking inputs; float32)")
 
 
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    """Options of train and reproduce beyond the architecture and the basic schedule."""
+    p.add_argument("--augment", action="store_true", help="random crop (pad 4) and horizontal flip, in batches on the device")
+    p.add_argument("--schedule", choices=["exponential", "cosine"], default="exponential",
+                   help="exponential: lr * lr-decay^epoch; cosine: per stage, warm-up then cosine to zero (per batch)")
+    p.add_argument("--lsq-lr", type=float, help="cosine: peak learning rate of the LSQ stage (default lr / 10)")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="cosine: linear warm-up of each stage, in epochs")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--train-precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="training forward/backward: auto = bf16 autocast and channels_last on CUDA, float32 elsewhere")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward pass (GPU, many epochs)")
+    p.add_argument("--budget-minutes", type=float,
+                   help="set the float and LSQ epochs to fill this much training time (measured on this machine)")
+    p.add_argument("--lsq-share", type=float, default=0.4, help="with --budget-minutes: the LSQ stage's share of it")
+    p.add_argument("--train-subset", type=int, help="train on this many training images (seeded random pick)")
+    p.add_argument("--workdir", type=Path, help="per-epoch state for resuming (default: OUT.work/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: synchronized batch norm (SyncBatchNorm)")
+
+
+def _set_train_defaults(args: argparse.Namespace) -> None:
+    """Give ``args`` the defaults of the training options it lacks (for commands that train without offering them)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_train_args(parser)
+    for key, value in vars(parser.parse_args([])).items():
+        args.__dict__.setdefault(key, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcsim", description="Spiking networks from LSQ CNNs with Dynamic Confidence.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -494,7 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", "float pre-training and LSQ fine-tuning; writes a safetensors checkpoint")
     _add_data_args(p)
     p.add_argument("--arch", default="small_cnn", choices=["small_cnn", "vgg16", "resnet18", "resnet50"])
-    p.add_argument("--width", type=int, default=32, help="small_cnn base width")
+    p.add_argument("--width", type=int, help="base width: channels of the first conv (default: small_cnn 32; "
+                                             "resnet18, resnet50, vgg16 64, the paper's networks)")
     p.add_argument("--bits", type=int, default=2, help="activation bits b (levels 0..2^b-1)")
     p.add_argument("--epochs", type=int, default=60, help="LSQ fine-tuning epochs")
     p.add_argument("--float-epochs", type=int, default=0, help="float (ReLU) pre-training epochs before LSQ")
@@ -503,10 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=2.5e-5)
     p.add_argument("--train-batch-size", dest="train_batch_size", type=int, default=32)
-    p.add_argument("--augment", action="store_true", help="random crop (pad 4) and horizontal flip (CIFAR)")
-    p.add_argument("--workdir", type=Path, help="per-epoch state for resuming (default: OUT.work/)")
-    p.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: synchronized batch norm (SyncBatchNorm)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_train_args(p)
     p.add_argument("--out", type=Path, required=True, help="checkpoint path (.safetensors)")
     p.set_defaults(func=cmd_train)
 
@@ -577,6 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine conv/linear precisions to time (all but fp32 reduced; see dcsim.Engine)")
     p.add_argument("--spike-convs", nargs="+", choices=["on", "off"],
                    help="event-driven convs of spike maps (float32, CPU), dense convs, or both (default: both on cpu)")
+    p.add_argument("--checkpoint", type=Path, help="also time this trained network (checkpoint or zoo folder) on real "
+                                                   "test images of --dataset, beside a random-weight twin")
+    _add_data_args(p)
     p.add_argument("--stream", type=int, metavar="SLOTS",
                    help="also time streaming with SLOTS slots against static batches of SLOTS (per model and method)")
     p.set_defaults(func=cmd_bench)
@@ -599,6 +732,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stream)
 
     add_import_parser(command("import", "import a checkpoint trained elsewhere as a dcsim checkpoint"))
+
+    p = command("reproduce", "train, convert, calibrate, trace, select th_c, exit early and report in Table 1's layout")
+    _add_data_args(p)
+    p.add_argument("--arch", default="resnet18", choices=["small_cnn", "vgg16", "resnet18", "resnet50"])
+    p.add_argument("--width", type=int, help="base width (default: the paper's network)")
+    p.add_argument("--bits", type=int, default=2, help="activation bits b")
+    p.add_argument("--float-epochs", type=int, default=30, help="float epochs (without --budget-minutes)")
+    p.add_argument("--epochs", type=int, default=15, help="LSQ epochs (without --budget-minutes)")
+    p.add_argument("--lr", type=float, default=0.2, help="peak learning rate of the float stage")
+    p.add_argument("--lr-decay", type=float, default=0.95, help="with --schedule exponential: decay per epoch")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--train-batch-size", dest="train_batch_size", type=int, default=512)
+    _add_train_args(p)
+    p.set_defaults(augment=True, schedule="cosine", lsq_lr=0.02, warmup_epochs=1.0, nesterov=True)
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
+    p.add_argument("--min-accuracy", type=float, default=0.5,
+                   help="below this 2-bit ANN test accuracy the model counts as untrained: no report")
+    p.add_argument("--max-test", type=int, help="evaluate on this many test images (seeded random pick)")
+    p.add_argument("--tolerance", type=float, default=0.0, help="accepted accuracy drop when selecting th_c")
+    p.add_argument("--qcfs-steps", type=int, help="T for QCFS (default: the paper's, else chosen on validation)")
+    p.add_argument("--qffs-steps", type=int, help="T for QFFS (as for QCFS)")
+    p.add_argument("--qcfs-max-steps", type=int, default=64, help="largest T considered when T is chosen")
+    p.add_argument("--qffs-max-steps", type=int, default=12, help="largest T considered when T is chosen")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = command("zoo", "split a checkpoint into sha256-checked safetensors shards (a folder other commands accept)")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="zoo folder (manifest.json and shards)")
+    p.add_argument("--max-shard-mib", type=float, default=16.0, help="largest shard in MiB")
+    p.set_defaults(func=cmd_zoo)
 
     p = command("demo", "the end-to-end demo on scikit-learn's digits (trains, converts, reports)")
     _add_report_args(p)

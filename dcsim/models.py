@@ -44,19 +44,29 @@ def small_cnn(num_classes: int = 10, in_channels: int = 3, bits: int = 2, width:
 VGG16_CFG = (64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A")
 
 
-def vgg16(num_classes: int = 10, in_channels: int = 3, bits: int = 2, hidden: int = 4096, dropout: float = 0.5) -> nn.Sequential:
-    """VGG-16 for 32x32 inputs with average pooling; fc hidden layers quantized (spiking after conversion)."""
+def _check_width(width: int, what: str) -> None:
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"{what}: width must be a positive integer, got {width!r}")
+
+
+def vgg16(num_classes: int = 10, in_channels: int = 3, bits: int = 2, hidden: int = 4096, dropout: float = 0.5,
+          width: int = 64) -> nn.Sequential:
+    """VGG-16 for 32x32 inputs with average pooling; fc hidden layers quantized (spiking after conversion).
+
+    width: channels of the first conv block (the paper's 64); later blocks scale with it (2x, 4x, 8x).
+    """
+    _check_width(width, "vgg16")
     layers: list[nn.Module] = []
     cin = in_channels
     for v in VGG16_CFG:
         if v == "A":
             layers.append(nn.AvgPool2d(2))
         else:
-            layers += _conv_bn_act(cin, v, bits)
-            cin = v
+            layers += _conv_bn_act(cin, v * width // 64, bits)
+            cin = v * width // 64
     layers += [
         nn.Flatten(),
-        nn.Linear(512, hidden), LSQActivation(bits), nn.Dropout(dropout),
+        nn.Linear(cin, hidden), LSQActivation(bits), nn.Dropout(dropout),
         nn.Linear(hidden, hidden), LSQActivation(bits), nn.Dropout(dropout),
         nn.Linear(hidden, num_classes),
     ]
@@ -115,21 +125,26 @@ def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
 
 
 class ResNet(nn.Module):
-    """ResNet with LSQ activations. ``stem``: "cifar" (3x3 conv) or "imagenet" (7x7/2 conv, 3x3/2 avg-pool)."""
+    """ResNet with LSQ activations. ``stem``: "cifar" (3x3 conv) or "imagenet" (7x7/2 conv, 3x3/2 avg-pool).
 
-    def __init__(self, block: type, layers: tuple[int, ...], num_classes: int, in_channels: int, bits: int, stem: str) -> None:
+    base_width: channels of the stem and the first stage (the standard 64); stage i has base_width * 2^i.
+    """
+
+    def __init__(self, block: type, layers: tuple[int, ...], num_classes: int, in_channels: int, bits: int, stem: str,
+                 base_width: int = 64) -> None:
         super().__init__()
+        _check_width(base_width, "ResNet")
         if stem == "cifar":
-            self.stem = nn.Sequential(*_conv_bn_act(in_channels, 64, bits))
+            self.stem = nn.Sequential(*_conv_bn_act(in_channels, base_width, bits))
         else:
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), LSQActivation(bits),
+                nn.Conv2d(in_channels, base_width, 7, 2, 3, bias=False), nn.BatchNorm2d(base_width), LSQActivation(bits),
                 nn.AvgPool2d(3, 2, 1),
             )
         stages = []
-        cin = 64
+        cin = base_width
         for i, blocks in enumerate(layers):
-            width = 64 * 2**i
+            width = base_width * 2**i
             for b in range(blocks):
                 stride = 2 if (i > 0 and b == 0) else 1
                 stages.append(block(cin, width, stride, bits))
@@ -143,14 +158,14 @@ class ResNet(nn.Module):
         return self.fc(self.flatten(self.pool(self.layers(self.stem(x)))))
 
 
-def resnet18(num_classes: int = 10, in_channels: int = 3, bits: int = 2) -> ResNet:
-    """ResNet-18 for CIFAR (3x3 stem, no max-pool)."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, bits, stem="cifar")
+def resnet18(num_classes: int = 10, in_channels: int = 3, bits: int = 2, width: int = 64) -> ResNet:
+    """ResNet-18 for CIFAR (3x3 stem, no max-pool); ``width``: base width (64 standard; 16 is ~1/16 of the FLOPs)."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, bits, stem="cifar", base_width=width)
 
 
-def resnet50(num_classes: int = 1000, in_channels: int = 3, bits: int = 2) -> ResNet:
-    """ResNet-50 for ImageNet (7x7/2 stem, max-pool replaced by 3x3/2 average pooling)."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, bits, stem="imagenet")
+def resnet50(num_classes: int = 1000, in_channels: int = 3, bits: int = 2, width: int = 64) -> ResNet:
+    """ResNet-50 for ImageNet (7x7/2 stem, max-pool replaced by 3x3/2 average pooling); ``width``: base width."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, bits, stem="imagenet", base_width=width)
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {

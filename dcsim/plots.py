@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from .fileio import atomic_output
 
-__all__ = ["plot_accuracy_confidence", "plot_exit_histogram", "plot_front"]
+__all__ = ["plot_accuracy_confidence", "plot_curves", "plot_exit_histogram", "plot_front"]
 
 _MAX_LABELLED = 21
 """Grid fronts with more points than this are drawn without threshold labels."""
@@ -125,6 +125,22 @@ def plot_accuracy_confidence(analysis: dict, path: str | os.PathLike) -> Path:
     ax.set_xlabel("time step t")
     ax.set_ylabel("fraction")
     ax.set_title(_title(analysis, "Accuracy and confidence vs t"), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def plot_curves(curves: dict[str, list[float]], path: str | os.PathLike, title: str, ylabel: str = "accuracy (%)",
+                xlabel: str = "time step t") -> Path:
+    """Line plot of named curves against t = 1..len(curve) (e.g. measured and published accuracy vs t)."""
+    if not curves or not all(len(c) for c in curves.values()):
+        raise ValueError("plot_curves: give at least one non-empty curve")
+    fig, ax = _new_axes((6.0, 4.0))
+    for label, ys in curves.items():
+        ax.plot(range(1, len(ys) + 1), ys, "o-", ms=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)

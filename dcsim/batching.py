@@ -1,0 +1,103 @@
+"""Training batches made on the device: the whole split stays there, batches are augmented in bulk.
+
+A :class:`DeviceSplit` holds a split's images on the training device (uint8 [N, C, H, W], a
+quarter of float32's memory: CIFAR-10's 50,000 images are 150 MiB) and its labels (int64 [N]).
+A batch is gathered by index, augmented with :func:`crop_flip` (random crop with zero padding and
+a random horizontal flip, all samples at once), then converted to float32 and normalized there,
+so the host only sends a few hundred bytes of indices and offsets per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor, padding: int) -> torch.Tensor:
+    """Crop every image of x, zero-padded by ``padding`` pixels, at its offsets, then mirror it where ``flip``.
+
+    x: [B, C, H, W] of any dtype (uint8 included); oy, ox: int64 [B] in [0, 2 * padding]: the
+    top-left corner of the crop in the padded image; flip: bool [B]. Returns a new tensor of
+    x's shape, dtype and device: out[b] = pad(x[b])[:, oy:oy+H, ox:ox+W], flipped left-right if flip[b].
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"crop_flip: x must be a tensor [B, C, H, W], got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"crop_flip: padding must be a non-negative integer, got {padding!r}")
+    b, c, h, w = x.shape
+    for name, v in (("oy", oy), ("ox", ox), ("flip", flip)):
+        if not isinstance(v, torch.Tensor) or v.shape != (b,):
+            raise ValueError(f"crop_flip: {name} must be a tensor [{b}] (one per image)")
+    if b and (int(torch.minimum(oy.min(), ox.min())) < 0 or int(torch.maximum(oy.max(), ox.max())) > 2 * padding):
+        raise ValueError(f"crop_flip: offsets must lie in [0, {2 * padding}]")
+    oy, ox, flip = oy.to(x.device), ox.to(x.device), flip.to(x.device, torch.bool)
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows = oy[:, None] + torch.arange(h, device=x.device)  # [B, H]
+    ar_w = torch.arange(w, device=x.device)
+    cols = ox[:, None] + torch.where(flip[:, None], ar_w.flip(0), ar_w)  # [B, W]
+    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * padding))
+    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """:func:`crop_flip` with offsets uniform in [0, 2 * padding] and flips with p = 0.5.
+
+    The draws come from ``generator`` on the CPU (the same augmentation on every device, and a
+    state that checkpoints can store): oy [B], then ox [B], then flip [B].
+    """
+    b = x.shape[0]
+    oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator)
+    flip = torch.randint(0, 2, (b,), generator=generator).bool()
+    return crop_flip(x, oy, ox, flip, padding)
+
+
+class DeviceSplit:
+    """A split on ``device``: images uint8 or float32 [N, C, H, W], labels int64 [N], and the normalization.
+
+    mean, std: C floats applied to intensities in [0, 1] (uint8 images are divided by 255 first);
+    float images are taken as they are when mean = 0 and std = 1 (already normalized).
+    channels_last: batches come out in that memory layout (faster convs on GPUs).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device | str, channels_last: bool = False) -> None:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.dtype not in (torch.uint8, torch.float32):
+            raise ValueError("DeviceSplit: images must be a uint8 or float32 tensor [N, C, H, W]")
+        if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],):
+            raise ValueError(f"DeviceSplit: labels must be a tensor [{images.shape[0]}] (one per image)")
+        channels = images.shape[1]
+        if len(mean) != channels or len(std) != channels or not all(s > 0 for s in std):
+            raise ValueError(f"DeviceSplit: mean and std need {channels} values each (std > 0)")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device, torch.int64)
+        self._mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(list(std), dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, idx: torch.Tensor, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalized float32 [b, C, H, W], labels [b]) of the images at ``idx`` (int64 [b], any device).
+
+        augment(x, generator) -> x transforms the gathered images (uint8 or float, as stored)
+        before they are normalized, e.g. :func:`random_crop_flip` (its zero padding is black for
+        uint8 images, the mean colour for normalized floats).
+        """
+        idx = idx.to(self.device, non_blocking=True)
+        x = self.images.index_select(0, idx)
+        if augment is not None:
+            x = augment(x, generator)
+        x = x.float()
+        if self.images.dtype == torch.uint8:
+            x = x / 255.0
+        x = (x - self._mean) / self._std  # the operations of Dataset.normalized, so the values are the same
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels.index_select(0, idx)

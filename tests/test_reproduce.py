@@ -1,0 +1,78 @@
+"""``dcsim reproduce`` end to end on a tiny CIFAR-10-shaped set (the GPU command at toy scale), and its refusals."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcsim.cli import EXIT_ERROR, EXIT_OK, main
+from dcsim.reproduce import OFFICIAL_QCFS_CURVE, untrained_reason
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory):
+    """train/<class>/*.png and test/<class>/*.png: 6 and 3 random 32x32 images per class (class-tinted)."""
+    root = tmp_path_factory.mktemp("cifar")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 3)):
+        for c, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                img[..., c % 3] = 40 + 20 * c
+                Image.fromarray(img).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_reproduce_command_end_to_end_at_toy_scale(tiny_cifar, tmp_path):
+    # the GPU command (bench/gpu_check.sh) with a tiny subset, one epoch per stage and 1/16 of the width
+    out = tmp_path / "r18"
+    rc = main(["reproduce", "--dataset", "cifar10", "--data-root", str(tiny_cifar), "--arch", "resnet18",
+               "--width", "4", "--float-epochs", "1", "--epochs", "1", "--train-subset", "40", "--val-size", "20",
+               "--max-test", "20", "--min-accuracy", "0", "--quiet", "--out", str(out)])
+    assert rc == EXIT_OK
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "complete"
+    assert list(results["stages"]) == ["data", "train", "ann", "calibration", "qcfs", "qffs"]
+    report = json.loads((out / "report.json").read_text())
+    assert [m["steps"] for m in report["methods"]] == [27, 4]  # the paper's T for ResNet-18
+    assert len(report["methods"][0]["test_accuracy_vs_t"]) == 27 and report["test_samples"] == 20
+    assert report["paper"]["official_qcfs_curve"] == OFFICIAL_QCFS_CURVE
+    assert [r["method"] for r in report["rows"]] == ["QCFS", "QCFS + DC", "QFFS", "QFFS + DC"]
+    md = (out / "report.md").read_text()
+    assert "| ResNet-18 QCFS |" in md and "94.27% at 27" in md and "93.79%" in md and "3.02" in md
+    assert (out / "zoo" / "manifest.json").exists()
+    for name in ("model.safetensors", "qcfs_val_trace.npz", "qffs_test_trace.npz", "qcfs_front.png",
+                 "qcfs_accuracy_vs_t.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert report["training"]["completed"] and len(report["training"]["epochs"]) == 2
+
+
+def test_untrained_model_writes_no_report(tmp_path):
+    out = tmp_path / "u"
+    rc = main(["reproduce", "--arch", "small_cnn", "--width", "4", "--float-epochs", "1", "--epochs", "1",
+               "--train-subset", "64", "--min-accuracy", "0.999", "--quiet", "--out", str(out)])
+    assert rc == EXIT_ERROR
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "untrained" and "below the floor" in results["message"]
+    assert (out / "model.safetensors").exists() and not (out / "report.md").exists()
+
+
+def test_budget_too_small_says_so(tmp_path, capsys):
+    out = tmp_path / "b"
+    rc = main(["reproduce", "--arch", "small_cnn", "--width", "4", "--budget-minutes", "0.0001",
+               "--train-subset", "64", "--quiet", "--out", str(out)])
+    assert rc == EXIT_ERROR
+    assert "too small" in capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "failed" and "too small" in results["message"]
+    assert not (out / "report.md").exists() and not (out / "model.safetensors").exists()
+
+
+def test_untrained_reason():
+    assert untrained_reason({"completed": True}, 0.9, 0.5) is None
+    assert "2 of 5" in untrained_reason({"completed": False, "epochs": [{}, {}], "planned_epochs": 5}, 0.9, 0.5)
+    assert "below the floor" in untrained_reason({"completed": True}, 0.3, 0.5)
