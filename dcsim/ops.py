@@ -68,7 +68,7 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device,
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
     if not dense_rows(t):
         raise ValueError(f"{name} must be contiguous (or channels_last)")
-    if like is not None and t.stride() != like.stride() and _strides(t) != _strides(like):
+    if like is not None and t.numel() and t.stride() != like.stride() and _strides(t) != _strides(like):
         raise ValueError(f"{name} must have the memory layout of u (strides {like.stride()}), got {t.stride()}")
 
 

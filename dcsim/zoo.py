@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -59,7 +60,9 @@ def export(checkpoint: str | os.PathLike, folder: str | os.PathLike, max_shard_b
     """
     if max_shard_bytes <= _HEADER_ALLOWANCE:
         raise ValueError(f"max_shard_bytes must exceed {_HEADER_ALLOWANCE}, got {max_shard_bytes}")
-    meta = read_metadata(checkpoint)
+    meta = read_metadata(checkpoint)  # checks the file; the raw text below keeps its content hash
+    with safe_open(str(checkpoint), framework="pt") as f:
+        meta_text = f.metadata()[METADATA_KEY]
     tensors = load_file(str(checkpoint))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -81,7 +84,7 @@ def export(checkpoint: str | os.PathLike, folder: str | os.PathLike, max_shard_b
         with atomic_output(path) as tmp:
             save_file({n: tensors[n].contiguous() for n in names}, tmp)
         shards.append({"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "tensors": names})
-    manifest = {"format": FORMAT, "version": VERSION, "metadata": meta, "shards": shards}
+    manifest = {"format": FORMAT, "version": VERSION, "metadata": meta, "metadata_text": meta_text, "shards": shards}
     return write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
 
 
@@ -139,7 +142,11 @@ def load(folder: str | os.PathLike, build_model: Callable[..., nn.Module] | None
         tensors |= part
     with tempfile.TemporaryDirectory(prefix="dcsim-zoo-") as tmp:  # one checkpoint file, checked as any other
         merged = Path(tmp) / "model.safetensors"
-        save_file(tensors, str(merged), metadata={METADATA_KEY: json.dumps(manifest["metadata"])})
+        text = manifest.get("metadata_text")
+        if not isinstance(text, str):
+            raise ValueError(f"{folder / MANIFEST}: 'metadata_text' (the checkpoint's metadata with its content hash) "
+                             "is missing or not a string")
+        save_file(tensors, str(merged), metadata={METADATA_KEY: text})
         try:
             return load_checkpoint(merged, build_model)
         except ValueError as err:
