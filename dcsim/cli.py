@@ -63,13 +63,14 @@ def _source(args: argparse.Namespace, split):
 def _agree(args: argparse.Namespace, splits: dict, used: tuple[str, ...]) -> None:
     """Under torchrun: every rank must run the same dcsim, checkpoint and data (else an error names the rank)."""
     from . import __version__
-    from .distributed import check_agreement, data_fingerprint, file_digest
+    from .distributed import check_agreement, data_fingerprint
+    from .fileio import sha256_file
 
     if not args.world.distributed:
         return
     items = {"dcsim version": __version__, "torch version": torch.__version__}
     if getattr(args, "checkpoint", None) is not None:
-        items["checkpoint digest"] = file_digest(args.checkpoint)
+        items["checkpoint digest"] = sha256_file(args.checkpoint)
     items |= {f"{name} data fingerprint": data_fingerprint(splits[name]) for name in used}
     check_agreement(args.world, items)
 

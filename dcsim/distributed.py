@@ -139,15 +139,6 @@ def teardown() -> None:
 # ------------------------------------------------------------------ agreement between ranks
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def data_fingerprint(split: Dataset | FolderSplit) -> str:
     """sha256 over a split's size, classes, labels and content: its pixels (in memory) or the
     relative path and byte size of every file (streamed)."""

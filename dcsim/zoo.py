@@ -15,7 +15,6 @@ naming the file, and rebuilds the model as :func:`dcsim.checkpoint.load_checkpoi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -28,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checkpoint import METADATA_KEY, load_checkpoint, read_metadata
-from .fileio import atomic_output, write_text_atomic
+from .fileio import atomic_output, sha256_file, write_text_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "dcsim-zoo"
@@ -36,15 +35,6 @@ VERSION = 1
 MAX_SHARD_BYTES = 16 * 2**20
 _HEADER_ALLOWANCE = 64 * 1024
 """Bytes kept free in each shard for its safetensors header."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_zoo(path: str | os.PathLike) -> bool:

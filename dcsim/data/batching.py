@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from .dataset import Dataset
 
@@ -22,17 +21,9 @@ def augment_cifar(x: torch.Tensor, generator: torch.Generator | None = None, pad
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
         raise ValueError(f"augment_cifar: padding must be a non-negative integer, got {padding!r}")
-    b, c, h, w = x.shape
-    draw_device = generator.device if generator is not None else torch.device("cpu")
-    oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=draw_device).to(x.device)
-    ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=draw_device).to(x.device)
-    flip = torch.randint(0, 2, (b,), generator=generator, device=draw_device).to(x.device).bool()
-    padded = F.pad(x, (padding, padding, padding, padding))
-    rows = oy[:, None] + torch.arange(h, device=x.device)  # [B, H]
-    ar_w = torch.arange(w, device=x.device)
-    cols = ox[:, None] + torch.where(flip[:, None], ar_w.flip(0), ar_w)  # [B, W]
-    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * padding))
-    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+    from ..batching import random_crop_flip
+
+    return random_crop_flip(x, generator, padding)
 
 
 def batches(dataset: Dataset, batch_size: int, shuffle: bool = False,
