@@ -446,25 +446,23 @@ class Engine:
         vals: dict[int, torch.Tensor] = {}  # dynamic node -> [k, n, ...]
         drive = self._drive_mask(state, k, done)  # True/False for all rows, or float32 [k, n]
 
-        def driven(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # v [r, ...] times mask [r] per row
-            return v * mask.reshape(-1, *([1] * (v.dim() - 1)))
+        def gate(v: torch.Tensor, mask: torch.Tensor | bool) -> torch.Tensor:  # a drive term v [r, ...] of rows
+            if mask is True:  # with mask: their drive, True / False for all or float32 [r]
+                return v
+            return torch.zeros_like(v) if mask is False else v * mask.reshape(-1, *([1] * (v.dim() - 1)))
+
+        flat = drive if isinstance(drive, bool) else drive.reshape(k * n)  # the drive of the k * n rows
 
         def rows(j: int) -> torch.Tensor:  # input j as [k * n, ...]
             if j in vals:
                 return vals[j].reshape(k * n, *vals[j].shape[2:])
             s = state.static[j]
-            s = s.unsqueeze(0).expand(k, *s.shape).reshape(k * n, *s.shape[1:])
-            if drive is True:
-                return s
-            return torch.zeros_like(s) if drive is False else driven(s, drive.reshape(k * n))
+            return gate(s.unsqueeze(0).expand(k, *s.shape).reshape(k * n, *s.shape[1:]), flat)
 
         def at(j: int, t: int) -> torch.Tensor:  # input j at step t of the chunk, [n, ...]
             if j in vals:
                 return vals[j][t]
-            s = state.static[j]
-            if drive is True:
-                return s
-            return torch.zeros_like(s) if drive is False else driven(s, drive[t])
+            return gate(state.static[j], drive if isinstance(drive, bool) else drive[t])
 
         rec = StepRecord.empty(k, n, len(self.neurons), state.sums.shape[1] if record_sums else None, self.device)
         layer_of = {i: layer for layer, i in enumerate(self.neurons)}
@@ -493,7 +491,7 @@ class Engine:
                         r = self._apply(node, *(rows(j) for j in node.inputs))
                     if bias is not None and drive is not False:
                         b = bias.reshape(1, -1, *([1] * (r.dim() - 2)))
-                        r = r + (b if drive is True else driven(b.expand(k * n, *b.shape[1:]), drive.reshape(k * n)))
+                        r = r + gate(b if drive is True else b.expand(k * n, *b.shape[1:]), flat)
                     vals[i] = r.reshape(k, n, *r.shape[1:])
                 for j in self._free_after.get(i, ()):
                     del vals[j]
