@@ -7,6 +7,7 @@ Every command takes ``--json PATH`` ('-' for stdout) for machine-readable output
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import json
@@ -44,8 +45,11 @@ def load_splits(args: argparse.Namespace) -> dict:
 
     if args.dataset != "digits" and args.data_root is None:
         raise ValueError(f"--data-root is required for --dataset {args.dataset}")
-    return data.open_splits(args.dataset, args.data_root, loader=getattr(args, "loader", "auto"),
-                            val_size=args.val_size, seed=args.seed)
+    splits = data.open_splits(args.dataset, args.data_root, loader=getattr(args, "loader", "auto"),
+                              val_size=args.val_size, seed=args.seed)
+    if any(isinstance(s, data.FolderSplit) for s in splits.values()):
+        data.return_large_buffers()  # streamed: keep resident memory bounded over any number of batches
+    return splits
 
 
 def _source(args: argparse.Namespace, split):
@@ -530,6 +534,7 @@ def _stream_setup(args: argparse.Namespace):
 
 def cmd_stream(args: argparse.Namespace) -> dict:
     from .benchmark import stream_vs_static
+    from .latency import LatencyHistogram
 
     engine, readout, steps, threshold, (x, y) = _stream_setup(args)
     out = stream_vs_static(engine, x.to(engine.device), y, args.slots, steps, readout, threshold,
@@ -539,13 +544,17 @@ def cmd_stream(args: argparse.Namespace) -> dict:
         ranks = [r | {"samples": n} for r, n in zip(args.world.all_gather(out), args.world.all_gather(len(y)))
                  if r is not None]
         total = sum(r["samples"] for r in ranks)
+        latency = functools.reduce(LatencyHistogram.merge, (LatencyHistogram.from_dict(r["stream"]["latency_histogram"])
+                                                            for r in ranks), LatencyHistogram())
         out = {"stream": {"throughput": sum(r["stream"]["throughput"] for r in ranks),
                           "accuracy": sum(r["stream"]["accuracy"] * r["samples"] for r in ranks) / total,
-                          "samples": total},
+                          "samples": total, "latency_ms": latency.summary()},
                "ranks": ranks}
         if args.json is None and args.world.main:
+            lat = out["stream"]["latency_ms"]
             print(f"stream S={args.slots} on {args.world.size} ranks: {out['stream']['throughput']:.1f} samples/s "
-                  f"in total, accuracy {out['stream']['accuracy']:.4f}")
+                  f"in total, accuracy {out['stream']['accuracy']:.4f}, latency over all ranks p50 {lat['p50']:.2f} ms "
+                  f"p99 {lat['p99']:.2f} ms")
         return out
     summary = out["stream"]
     if args.json is None:

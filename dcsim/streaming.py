@@ -17,6 +17,7 @@ import torch
 
 from .engine import Engine, _check_steps, _check_threshold
 from .graphs import StepGraph
+from .latency import LatencyHistogram
 from .readout import Readout
 
 
@@ -36,23 +37,24 @@ class StreamResult:
 
 @dataclass
 class StreamStats:
-    """Running statistics of a stream: occupancy = mean fraction of slots busy per step."""
+    """Running statistics of a stream: occupancy = mean fraction of slots busy per step; latencies (ms,
+    admission to exit) in a bounded histogram, so a stream of any length keeps the same memory."""
 
     slots: int
     steps_run: int = 0
     busy_slot_steps: int = 0
     completed: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
 
     def summary(self) -> dict:
-        """{"samples", "seconds", "throughput" (samples/s), "latency_ms": {mean, p50, p99}, "occupancy"}."""
+        """{"samples", "seconds", "throughput" (samples/s), "latency_ms": {mean, p50, p99, max},
+        "latency_histogram" (:meth:`LatencyHistogram.to_dict`, to merge ranks), "occupancy"}."""
         seconds = (self.finished or time.perf_counter()) - self.started
-        lat = torch.tensor(self.latencies_ms, dtype=torch.float64) if self.latencies_ms else torch.zeros(1, dtype=torch.float64)
         return {
             "samples": self.completed, "seconds": seconds, "throughput": self.completed / seconds if seconds > 0 else 0.0,
-            "latency_ms": {"mean": float(lat.mean()), "p50": float(lat.quantile(0.5)), "p99": float(lat.quantile(0.99))},
+            "latency_ms": self.latency.summary(), "latency_histogram": self.latency.to_dict(),
             "occupancy": self.busy_slot_steps / (self.slots * self.steps_run) if self.steps_run else 0.0,
             "slots": self.slots, "engine_steps": self.steps_run,
         }
@@ -149,7 +151,7 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
         for j in range(len(ids)):
             latency = 1000.0 * (now - admitted[j])
             stats.completed += 1
-            stats.latencies_ms.append(latency)
+            stats.latency.add(latency)
             yield StreamResult(ids[j], preds[j], exit_steps[j], confs[j], tuple(spikes[j]), latency)
     stats.finished = time.perf_counter()
     if pending_error is not None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -113,3 +117,68 @@ def test_loader_choice_errors(tmp_path):
         data.open_splits("digits", loader="disk")
     with pytest.raises(ValueError, match="batch_size"):
         list(data.split_batches(data.load_digits_splits()["val"], 0))
+
+
+_HEAP_PROBE = r"""
+import ctypes, sys
+from pathlib import Path
+import dcsim.data
+
+def rss_mib():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+print("set", dcsim.data.return_large_buffers() if sys.argv[1] == "on" else None)
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+size = 16 << 20
+
+def touched():
+    p = libc.malloc(size)
+    ctypes.memset(p, 1, size)
+    return p
+
+libc.free(touched())  # a mapping of its own; under the dynamic threshold its free raises the threshold past it
+base, pins = rss_mib(), []
+for _ in range(8):  # batch-sized buffer, then a small live allocation above it, then the buffer freed
+    p = touched()
+    pins.append(libc.malloc(1000))
+    libc.free(p)
+print("growth", rss_mib() - base)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not platform.libc_ver()[0] == "glibc",
+                    reason="glibc's malloc only")
+def test_return_large_buffers_gives_freed_batch_buffers_back(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def probe(mode: str) -> tuple[str, float]:
+        out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], env=env, capture_output=True, text=True,
+                             check=True).stdout.split("\n")
+        return out[0].split()[1], float(out[1].split()[1])
+
+    # The default heap keeps a freed 16 MiB buffer resident; with the fixed threshold it goes back.
+    assert probe("off")[1] > 12
+    setting, growth = probe("on")
+    assert setting == "True" and growth < 2
+
+
+def test_return_large_buffers_respects_the_environment_and_checks_its_argument(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert data.return_large_buffers() is False  # the user's own setting wins
+    for bad in (0, -1, 1.5, True, 1 << 31):
+        with pytest.raises(ValueError, match="threshold"):
+            data.return_large_buffers(bad)
+
+
+def test_the_cli_bounds_the_heap_for_streamed_splits_only(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(data, "return_large_buffers", lambda: calls.append(1) or True)
+    root = _folder(tmp_path / "f")
+    cli.load_splits(_args(dataset="imagefolder", data_root=root, val_size=4, loader="memory"))
+    cli.load_splits(_args())
+    assert calls == []
+    cli.load_splits(_args(dataset="imagefolder", data_root=root, val_size=4, loader="stream"))
+    assert calls == [1]

@@ -103,6 +103,7 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
         ["fit", str(d / "fitR"), "5"],   # dies in the middle of the LSQ epoch ...
         ["fit", str(d / "fitR"), "-1"],  # ... and resumes from the state rank 0 wrote after the float epoch
         ["train", "--epochs", "1", "--width", "4", "--quiet", "--device", "cpu", "--out", str(d / "m2.safetensors")],
+        ["stream", str(ckpt), "--method", "qcfs", "--trace", str(d / "t2.npz"), "--slots", "16", *COMMON],
     ], nproc=2)
     assert main(trace + ["--out", str(d / "t1.npz")]) == EXIT_OK
     _same_trace(d / "t1.npz", d / "t2.npz")
@@ -124,6 +125,15 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
         torch.testing.assert_close(two_ranks[k], v, rtol=1e-4, atol=1e-5, msg=k)
         assert torch.equal(resumed[k], two_ranks[k]), k  # resuming under 2 ranks changes nothing
     assert (d / "m2.safetensors").is_file() and not list(d.glob(".m2.safetensors.*"))
+
+    # stream: each rank streams its share; the totals and the latency percentiles cover every sample of every rank
+    streamed = _result(out, 7)
+    assert len(streamed["ranks"]) == 2 and streamed["stream"]["samples"] == 360
+    counts = [r["stream"]["latency_histogram"]["count"] for r in streamed["ranks"]]
+    assert sum(counts) == 360 and all(c > 0 for c in counts)
+    lat = streamed["stream"]["latency_ms"]
+    slowest = max(r["stream"]["latency_ms"]["max"] for r in streamed["ranks"])
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] == slowest
 
 
 def test_three_ranks_uneven_and_more_ranks_than_samples(ckpt, tmp_path):

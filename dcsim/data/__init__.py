@@ -4,7 +4,8 @@ Modules: ``dataset`` (the in-memory :class:`Dataset`, normalizations, the seeded
 ``digits``, ``cifar10`` (with ``cifar_batches``: the restricted unpickler), ``archives`` (safe
 extraction), ``scan`` (listing class folders), ``decode`` (image files to pixels), ``cache`` (the
 decoded-image cache), ``folders`` (class folders in memory), ``batching`` (batches and augmentation),
-``stream`` (class folders decoded batch by batch in DataLoader workers), ``sources`` (choosing either path).
+``stream`` (class folders decoded batch by batch in DataLoader workers), ``heap`` (bounded resident memory
+for streamed runs), ``sources`` (choosing either path).
 
 Every loader returns :class:`Dataset` objects holding the whole split in memory:
 
@@ -43,6 +44,7 @@ from .cifar10 import load_cifar10
 from .dataset import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Dataset
 from .digits import load_digits_splits
 from .folders import load_image_folder, load_imagenet_style
+from .heap import return_large_buffers
 from .scan import IMAGE_EXTENSIONS
 from .sources import LOADERS, STREAM_ABOVE_BYTES, open_splits
 from .stream import FolderSplit, split_batches
@@ -55,5 +57,5 @@ _POOL_CHUNK = 1024
 __all__ = [
     "CACHE_DIR", "CIFAR10_MEAN", "CIFAR10_STD", "EXTRACTED_MARKER", "IMAGENET_MEAN", "IMAGENET_STD",
     "IMAGE_EXTENSIONS", "LOADERS", "STREAM_ABOVE_BYTES", "Dataset", "FolderSplit", "augment_cifar", "batches", "extract_archive", "load_cifar10",
-    "load_digits_splits", "load_image_folder", "load_imagenet_style", "open_splits", "split_batches",
+    "load_digits_splits", "load_image_folder", "load_imagenet_style", "open_splits", "return_large_buffers", "split_batches",
 ]
