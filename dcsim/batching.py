@@ -5,14 +5,27 @@ quarter of float32's memory: CIFAR-10's 50,000 images are 150 MiB) and its label
 A batch is gathered by index, augmented with :func:`crop_flip` (random crop with zero padding and
 a random horizontal flip, all samples at once), then converted to float32 and normalized there,
 so the host only sends a few hundred bytes of indices and offsets per batch.
+
+A :class:`StreamedSplit` serves the same batches from an image folder too large for memory
+(:class:`dcsim.data.FolderSplit`): each epoch's batches are decoded and augmented in DataLoader
+worker processes, and under torchrun each rank decodes only its own rows of every global batch.
+Both give ``epoch_batches`` (training) and ``eval_batches`` (accuracy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .data.stream import FolderSplit, _stack, loader_batches, split_batches
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+Local = Callable[[torch.Tensor], torch.Tensor]
+"""This rank's rows of a global batch (see :meth:`dcsim.distributed.DataParallel.local`)."""
 
 
 def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor, padding: int) -> torch.Tensor:
@@ -82,7 +95,7 @@ class DeviceSplit:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def batch(self, idx: torch.Tensor, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    def batch(self, idx: torch.Tensor, augment: Augment | None = None,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalized float32 [b, C, H, W], labels [b]) of the images at ``idx`` (int64 [b], any device).
 
@@ -101,3 +114,76 @@ class DeviceSplit:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels.index_select(0, idx)
+
+    def epoch_batches(self, perm: torch.Tensor, batch_size: int, n_batches: int, *, epoch: int,
+                      augment: Augment | None = None, generator: torch.Generator | None = None,
+                      local: Local | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(x, y, global rows) for the first ``n_batches`` global batches of ``batch_size`` in ``perm``.
+
+        Each global batch is gathered and augmented whole (the draws do not depend on the ranks),
+        then ``local`` keeps this rank's rows. ``epoch`` is not needed here (the generator's state
+        carries the draws) and is accepted for the interface shared with :class:`StreamedSplit`.
+        """
+        del epoch
+        for b in range(n_batches):
+            idx = perm[b * batch_size:(b + 1) * batch_size]
+            x, y = self.batch(idx, augment, generator)
+            if local is not None:
+                x, y = local(x), local(y)
+            yield x, y, len(idx)
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(normalized x, y) on the device for the whole split in order, ``batch_size`` at a time."""
+        for lo in range(0, len(self), batch_size):
+            yield self.batch(torch.arange(lo, min(lo + batch_size, len(self))))
+
+
+class StreamedSplit:
+    """A split decoded from disk batch by batch: a :class:`dcsim.data.FolderSplit` fed to the device.
+
+    With the "train" transform each image is augmented as it is decoded (random-resized crop and
+    flip, drawn from a generator seeded by (seed, epoch, image), so the batches do not depend on
+    the number of workers or ranks); ``augment`` must then be None. workers: DataLoader worker
+    processes (0: decode in this process). Memory holds only the batches in flight.
+    """
+
+    def __init__(self, split: FolderSplit, device: torch.device | str, channels_last: bool = False,
+                 workers: int = 0) -> None:
+        if not isinstance(split, FolderSplit):
+            raise ValueError(f"StreamedSplit: split must be a dcsim.data.FolderSplit, got {type(split).__name__}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"StreamedSplit: workers must be a non-negative integer, got {workers!r}")
+        self.split, self.device, self.channels_last, self.workers = split, torch.device(device), channels_last, workers
+        self.labels = split.labels.to(self.device)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.split.normalize(x, y).to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def epoch_batches(self, perm: torch.Tensor, batch_size: int, n_batches: int, *, epoch: int,
+                      augment: Augment | None = None, generator: torch.Generator | None = None,
+                      local: Local | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """(x, y, global rows) as :meth:`DeviceSplit.epoch_batches`; only this rank's rows are decoded."""
+        del generator  # the decode draws come from (seed, epoch, image)
+        if augment is not None:
+            raise ValueError("a streamed training split is augmented as it is decoded (its 'train' transform); "
+                             "pass augment=None")
+        globals_ = [perm[b * batch_size:(b + 1) * batch_size] for b in range(n_batches)]
+        rows = [g if local is None else local(g) for g in globals_]
+        loader = DataLoader(replace(self.split, epoch=epoch), batch_sampler=[r.tolist() for r in rows],
+                            num_workers=self.workers, collate_fn=_stack)
+        for g, (x, y) in zip(globals_, loader_batches(loader)):
+            x, y = self._to_device(x, y)
+            yield x, y, len(g)
+
+    def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(normalized x, y) on the device for the whole split in order (decoded by the workers)."""
+        for _, x, y in split_batches(self.split, batch_size, workers=self.workers):
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

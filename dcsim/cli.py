@@ -7,6 +7,7 @@ Every command takes ``--json PATH`` ('-' for stdout) for machine-readable output
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import os
@@ -52,15 +53,22 @@ def load_splits(args: argparse.Namespace) -> dict:
     return splits
 
 
-def _source(args: argparse.Namespace, split):
-    """(images, labels) of a split for the pipeline: sharded over the ranks, streamed when the split is."""
-    from .distributed import Sharded
-
+def _loader_workers(args: argparse.Namespace) -> int:
+    """--loader-workers, by default the usable CPUs shared among this node's ranks (at least 1)."""
     workers = getattr(args, "loader_workers", None)
     if workers is None:
         workers = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
                       // args.world.local_size)
-    source = Sharded(split, args.world, workers=workers, progress=not getattr(args, "quiet", False))
+    if workers < 0:
+        raise ValueError(f"--loader-workers must be >= 0, got {workers}")
+    return workers
+
+
+def _source(args: argparse.Namespace, split):
+    """(images, labels) of a split for the pipeline: sharded over the ranks, streamed when the split is."""
+    from .distributed import Sharded
+
+    source = Sharded(split, args.world, workers=_loader_workers(args), progress=not getattr(args, "quiet", False))
     return source, split.labels
 
 
@@ -106,7 +114,7 @@ def limit_splits(splits: dict, train_subset: int | None = None, max_test: int | 
 
 def cmd_train(args: argparse.Namespace, splits: dict | None = None) -> dict:
     """Train and write the checkpoint ``args.out``; ``splits`` (default: loaded from the data arguments)."""
-    from .batching import DeviceSplit, random_crop_flip
+    from .batching import DeviceSplit, StreamedSplit, random_crop_flip
     from .checkpoint import save_checkpoint
     from .data import Dataset
     from .distributed import DataParallel, write_if_main
@@ -115,11 +123,12 @@ def cmd_train(args: argparse.Namespace, splits: dict | None = None) -> dict:
 
     splits = limit_splits(splits or load_splits(args), getattr(args, "train_subset", None), seed=args.seed)
     tr, va, te = splits["train"], splits["val"], splits["test"]
-    if not isinstance(tr, Dataset):
-        raise ValueError("dcsim train reads its data in memory: give --loader memory (streamed training is not "
-                         "supported yet)")
+    streamed = not isinstance(tr, Dataset)
+    if streamed and args.budget_minutes is not None:
+        raise ValueError("--budget-minutes times batches of a split held in memory; with a streamed split "
+                         "(--loader stream) give --epochs and --float-epochs")
     _agree(args, splits, ("train", "val", "test"))
-    in_channels = tr.images.shape[1]
+    in_channels = tr.image_shape[0] if streamed else tr.images.shape[1]
     arch_kwargs = {"num_classes": len(tr.classes), "in_channels": in_channels, "bits": args.bits}
     if args.width is not None or args.arch == "small_cnn":
         arch_kwargs["width"] = args.width or 32  # small_cnn's default; the others default to the paper's 64
@@ -129,9 +138,16 @@ def cmd_train(args: argparse.Namespace, splits: dict | None = None) -> dict:
                          batch_size=args.train_batch_size, seed=args.seed, momentum=args.momentum, weight_decay=args.weight_decay,
                          schedule=args.schedule, lsq_lr=args.lsq_lr, warmup_epochs=args.warmup_epochs,
                          nesterov=args.nesterov, label_smoothing=args.label_smoothing)
-    runtime = TrainRuntime(precision=args.train_precision, compile=args.compile)
-    device = args.world.device
-    augment = random_crop_flip if args.augment else None
+    world = args.world
+    runtime = TrainRuntime(precision=args.train_precision, compile=args.compile,
+                           loader_workers=_loader_workers(args) if streamed else 0)
+    device = world.device
+    if streamed:  # augmented as decoded (random-resized crop and flip); --no-augment: the eval transform
+        augment = None
+        if not args.augment:
+            tr = dataclasses.replace(tr, transform="eval")
+    else:
+        augment = random_crop_flip if args.augment else None
     data = {"normalization": (tr.mean, tr.std), "device": device}
     workdir = args.workdir or args.out.with_suffix(".work")
     t0 = time.perf_counter()
@@ -142,13 +158,18 @@ def cmd_train(args: argparse.Namespace, splits: dict | None = None) -> dict:
         if args.world.main:
             print(f"[dcsim] budget {args.budget_minutes} min: {config.float_epochs} float + {config.epochs} LSQ epochs "
               f"(~{plan['seconds_per_epoch']['float']:.1f} / {plan['seconds_per_epoch']['lsq']:.1f} s each)", file=sys.stderr)
-    world, sync_bn = args.world, getattr(args, "sync_bn", False)
+    sync_bn = getattr(args, "sync_bn", False)
     parallel = DataParallel(world, sync_batchnorm=sync_bn) if world.distributed or sync_bn else None
-    history = train(model, tr.images, tr.labels, va.images, va.labels, config, augment=augment, workdir=workdir,
+
+    def images(ds):  # what train() takes: the uint8 images, or the streamed split itself
+        return ds if streamed else ds.images
+
+    history = train(model, images(tr), tr.labels, images(va), va.labels, config, augment=augment, workdir=workdir,
                     device=device, progress=not args.quiet and world.main, normalization=data["normalization"],
                     runtime=runtime, time_limit_s=time_limit, parallel=parallel)
     train_seconds = time.perf_counter() - t0
-    acc = {name: split_accuracy(model, DeviceSplit(ds.images, ds.labels, ds.mean, ds.std, device))
+    acc = {name: split_accuracy(model, StreamedSplit(ds, device, workers=runtime.loader_workers) if streamed
+                                else DeviceSplit(ds.images, ds.labels, ds.mean, ds.std, device))
            for name, ds in (("val", va), ("test", te))}
     model.cpu()
     if args.epochs == 0:  # float pre-training only: a float ReLU checkpoint (see dcsim.byom, --normalize)
@@ -595,7 +616,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     """Options of train and reproduce beyond the architecture and the basic schedule."""
-    p.add_argument("--augment", action="store_true", help="random crop (pad 4) and horizontal flip, in batches on the device")
+    p.add_argument("--augment", action="store_true",
+                   help="random crop (pad 4) and horizontal flip, in batches on the device; with a streamed split "
+                        "(--loader stream): random-resized crop and flip as each image is decoded")
     p.add_argument("--schedule", choices=["exponential", "cosine"], default="exponential",
                    help="exponential: lr * lr-decay^epoch; cosine: per stage, warm-up then cosine to zero (per batch)")
     p.add_argument("--lsq-lr", type=float, help="cosine: peak learning rate of the LSQ stage (default lr / 10)")

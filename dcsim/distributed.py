@@ -291,8 +291,9 @@ class DataParallel:
     def local(self, t: torch.Tensor) -> torch.Tensor:
         return t[self.world.rank::self.world.size]
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, global_rows: int) -> torch.Tensor:
-        ce = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, global_rows: int,
+             label_smoothing: float = 0.0) -> torch.Tensor:
+        ce = torch.nn.functional.cross_entropy(logits, labels, reduction="sum", label_smoothing=label_smoothing)
         return ce * (self.world.size / max(global_rows, 1))
 
     def reduce(self, *numbers: float) -> tuple[float, ...]:

@@ -26,7 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batching import DeviceSplit
+from .batching import DeviceSplit, StreamedSplit
+from .data.stream import FolderSplit
 from .fileio import atomic_output
 from .lsq import set_quantization
 
@@ -106,15 +107,19 @@ def learning_rate(config: TrainConfig, epoch: int, progress: float = 0.0) -> flo
 class TrainRuntime:
     """How training runs (not what it computes). precision: "auto" (bf16 autocast on CUDA, float32
     elsewhere), "fp32" or "bf16"; channels_last: None = on CUDA; compile: ``torch.compile`` the
-    training forward pass (pays on GPUs over many epochs; the first batches of each stage compile)."""
+    training forward pass (pays on GPUs over many epochs; the first batches of each stage compile);
+    loader_workers: DataLoader worker processes decoding a streamed split (0: in this process)."""
 
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    loader_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if isinstance(self.loader_workers, bool) or not isinstance(self.loader_workers, int) or self.loader_workers < 0:
+            raise ValueError(f"loader_workers must be a non-negative integer, got {self.loader_workers!r}")
 
     def resolve(self, device: torch.device) -> tuple[torch.dtype | None, bool]:
         """(autocast dtype or None, channels_last) on ``device``."""
@@ -138,12 +143,12 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 
 
 @torch.no_grad()
-def split_accuracy(model: nn.Module, split: DeviceSplit, batch_size: int = 1024) -> float:
-    """Top-1 accuracy (fraction) of ``model`` in eval mode, float32, on a :class:`DeviceSplit`."""
+def split_accuracy(model: nn.Module, split: DeviceSplit | StreamedSplit, batch_size: int = 1024) -> float:
+    """Top-1 accuracy (fraction) of ``model`` in eval mode, float32, on a :class:`DeviceSplit` or
+    :class:`StreamedSplit`."""
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=split.device)
-    for lo in range(0, len(split), batch_size):
-        x, y = split.batch(torch.arange(lo, min(lo + batch_size, len(split))))
+    for x, y in split.eval_batches(batch_size):
         correct += (model(x).argmax(1) == y).sum()
     return int(correct) / max(len(split), 1)
 
@@ -158,27 +163,28 @@ class _Stepper:
         net = parallel.wrap(model) if parallel is not None else model
         self.forward = torch.compile(net) if runtime.compile else net
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Loss (0-dim), correct predictions (0-dim int64) and rows trained here, of the global batch x [B, ...],
-        after the update; no host sync. Under ``parallel`` this rank trains its rows and the loss is
-        scaled so that the ranks' averaged gradient is the global batch's."""
-        rows = len(y)
-        if self.parallel is not None:
-            x, y = self.parallel.local(x), self.parallel.local(y)
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Loss (0-dim), correct predictions (0-dim int64) and rows trained here, after the update; no
+        host sync. x [b, ...], y [b]: the batch, or under ``parallel`` this rank's rows of a global
+        batch of ``rows`` rows; the loss is then scaled so that the ranks' averaged gradient is the
+        global batch's."""
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             out = self.forward(x)
             if self.parallel is None:
                 loss = F.cross_entropy(out.float(), y, label_smoothing=self.config.label_smoothing)
             else:
-                loss = F.cross_entropy(out.float(), y, label_smoothing=self.config.label_smoothing, reduction="sum")
-                loss = loss * (self.parallel.world.size / max(rows, 1))
+                loss = self.parallel.loss(out.float(), y, len(y) if rows is None else rows,
+                                          label_smoothing=self.config.label_smoothing)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         return loss.detach(), (out.detach().argmax(1) == y).sum(), len(y)
 
 
-def _as_split(x: torch.Tensor, y: torch.Tensor, normalization, device: torch.device, channels_last: bool) -> DeviceSplit:
+def _as_split(x: torch.Tensor | FolderSplit, y: torch.Tensor, normalization, device: torch.device, channels_last: bool,
+              workers: int = 0) -> DeviceSplit | StreamedSplit:
+    if isinstance(x, FolderSplit):  # streamed from disk; it carries its own normalization and labels
+        return StreamedSplit(x, device, channels_last, workers)
     channels = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 4 else 0
     mean, std = normalization if normalization is not None else ([0.0] * channels, [1.0] * channels)
     if x.dtype == torch.uint8 and normalization is None:
@@ -307,8 +313,11 @@ def train(
     """Train ``model`` in place and load the weights that were best on the validation split.
 
     Images: float32 [N, C, H, W] already normalized, or uint8 with ``normalization`` = (mean, std)
-    per channel (intensities in [0, 1]); both stay on the device. augment(x, generator) -> x
-    transforms a batch there before normalization (e.g. :func:`dcsim.batching.random_crop_flip`).
+    per channel (intensities in [0, 1]); both stay on the device. Or a :class:`dcsim.data.FolderSplit`
+    too large for memory (with its own labels), decoded batch by batch by ``runtime.loader_workers``
+    worker processes and augmented by its "train" transform as decoded (augment must be None).
+    augment(x, generator) -> x transforms an in-memory batch on the device before normalization
+    (e.g. :func:`dcsim.batching.random_crop_flip`).
     Float epochs train with LSQ layers as ReLU; LSQ epochs quantize (steps initialised from the
     first quantized batch). Only LSQ epochs compete for "best" (the model is used quantized).
     With ``workdir``, the state after every epoch is written to workdir/last.safetensors
@@ -327,8 +336,11 @@ def train(
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    train_split = _as_split(train_x, train_y, normalization, device, channels_last)
-    val_split = _as_split(val_x, val_y, normalization, device, channels_last)
+    train_split = _as_split(train_x, train_y, normalization, device, channels_last, runtime.loader_workers)
+    val_split = _as_split(val_x, val_y, normalization, device, channels_last, runtime.loader_workers)
+    if isinstance(train_split, StreamedSplit) and augment is not None:
+        raise ValueError("train: a streamed training split (FolderSplit) is augmented as it is decoded; pass "
+                         "augment=None (its transform 'eval' trains without augmentation)")
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
@@ -360,14 +372,14 @@ def train(
         seen = 0
         bar = tqdm(range(n_batches), disable=None if progress else True, leave=False,
                    desc=f"epoch {epoch + 1}/{total} ({'lsq' if quantized else 'float'})")
-        for b in bar:
+        batches = train_split.epoch_batches(perm, config.batch_size, n_batches, epoch=epoch, augment=augment,
+                                            generator=gen, local=None if parallel is None else parallel.local)
+        for b, (x, y, global_rows) in zip(bar, batches):
             lr = learning_rate(config, epoch, b / n_batches)
             for group in opt.param_groups:
                 group["lr"] = lr
-            idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
-            x, y = train_split.batch(idx, augment, gen)
-            loss, hits, rows = step(x, y)
-            loss_sum += loss * len(idx) / ranks
+            loss, hits, rows = step(x, y, global_rows)
+            loss_sum += loss * global_rows / ranks
             correct += hits
             seen += rows
             if b % 50 == 49 or b == n_batches - 1:  # a host sync only now and then

@@ -182,3 +182,62 @@ def test_the_cli_bounds_the_heap_for_streamed_splits_only(tmp_path, monkeypatch)
     assert calls == []
     cli.load_splits(_args(dataset="imagefolder", data_root=root, val_size=4, loader="stream"))
     assert calls == [1]
+
+
+# ------------------------------------------------------------------ streamed training
+
+
+def _train_folder(root):
+    """root/{train,val}/{a,b}/*.jpg: two noisy flat colours, 260x240 (resized to 256, cropped to 224)."""
+    rng = np.random.default_rng(5)
+    for split, n in (("train", 10), ("val", 3)):
+        for k, cls in enumerate(("a", "b")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                base = np.full((240, 260, 3), 60 + 120 * k, np.float32)
+                img = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / split / cls / f"{i}.jpg")
+    return root
+
+
+def _train(root, out, loader: str, *extra: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    argv = ["train", "--dataset", "imagefolder", "--data-root", str(root), "--loader", loader, "--val-size", "4",
+            "--epochs", "1", "--float-epochs", "1", "--width", "2", "--train-batch-size", "4", "--device", "cpu",
+            "--quiet", "--out", str(out), *extra]
+    assert cli.main(argv) == cli.EXIT_OK
+    return load_file(str(out))
+
+
+def test_streamed_training_equals_in_memory_training(tmp_path):
+    """Without augmentation the streamed batches are the in-memory batches: the weights are identical."""
+    root = _train_folder(tmp_path / "f")
+    memory = _train(root, tmp_path / "m.safetensors", "memory")
+    streamed = _train(root, tmp_path / "s.safetensors", "stream", "--loader-workers", "0")
+    assert memory.keys() == streamed.keys()
+    for k in memory:
+        assert torch.equal(memory[k], streamed[k]), k
+
+
+def test_streamed_augmented_training_does_not_depend_on_the_workers(tmp_path):
+    root = _train_folder(tmp_path / "f")
+    runs = [_train(root, tmp_path / f"w{w}.safetensors", "stream", "--augment", "--loader-workers", str(w))
+            for w in (0, 2)]
+    plain = _train(root, tmp_path / "plain.safetensors", "stream", "--loader-workers", "0")
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
+    assert any(not torch.equal(runs[0][k], plain[k]) for k in plain)  # the augmentation did change the batches
+
+
+def test_streamed_training_errors(tmp_path, capsys):
+    root = _train_folder(tmp_path / "f")
+    argv = ["train", "--dataset", "imagefolder", "--data-root", str(root), "--loader", "stream", "--val-size", "4",
+            "--device", "cpu", "--quiet", "--out", str(tmp_path / "x.safetensors")]
+    assert cli.main([*argv, "--budget-minutes", "1"]) == cli.EXIT_ERROR
+    assert "--budget-minutes" in capsys.readouterr().err
+    bad = next((root / "train" / "a").iterdir())
+    bad.write_bytes(b"not a jpeg")
+    assert cli.main([*argv, "--epochs", "1", "--loader-workers", "1"]) == cli.EXIT_ERROR
+    assert str(bad) in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()

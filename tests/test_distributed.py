@@ -90,8 +90,13 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
     """trace, eval and report: identical; training: equal within float tolerance; resume; CLI train."""
     from dist_worker import fit
 
+    from test_data_loader import _train_folder
+
     d = tmp_path
     trace = ["trace", str(ckpt), "--method", "qcfs", "--steps", "6", *COMMON]
+    streamed_train = ["train", "--dataset", "imagefolder", "--data-root", str(_train_folder(d / "f")), "--loader",
+                      "stream", "--loader-workers", "0", "--val-size", "4", "--epochs", "1",
+                      "--float-epochs", "1", "--width", "2", "--train-batch-size", "4", "--device", "cpu", "--quiet"]
     report = ["report", str(ckpt), "--qcfs-max-steps", "6", "--qffs-max-steps", "3", *COMMON]
     out = d / "out"
     out.mkdir()
@@ -104,6 +109,8 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
         ["fit", str(d / "fitR"), "-1"],  # ... and resumes from the state rank 0 wrote after the float epoch
         ["train", "--epochs", "1", "--width", "4", "--quiet", "--device", "cpu", "--out", str(d / "m2.safetensors")],
         ["stream", str(ckpt), "--method", "qcfs", "--trace", str(d / "t2.npz"), "--slots", "16", *COMMON],
+        streamed_train + ["--out", str(d / "s2.safetensors")],
+        streamed_train + ["--loader", "memory", "--out", str(d / "s2m.safetensors")],
     ], nproc=2)
     assert main(trace + ["--out", str(d / "t1.npz")]) == EXIT_OK
     _same_trace(d / "t1.npz", d / "t2.npz")
@@ -125,6 +132,13 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
         torch.testing.assert_close(two_ranks[k], v, rtol=1e-4, atol=1e-5, msg=k)
         assert torch.equal(resumed[k], two_ranks[k]), k  # resuming under 2 ranks changes nothing
     assert (d / "m2.safetensors").is_file() and not list(d.glob(".m2.safetensors.*"))
+
+    # streamed training under 2 ranks (each rank decodes only its rows of every global batch) equals the
+    # same 2-rank training from memory (batch norm sees each rank's rows, so one process differs)
+    s2, s2m = load_file(str(d / "s2.safetensors")), load_file(str(d / "s2m.safetensors"))
+    assert s2.keys() == s2m.keys()
+    for k, v in s2m.items():
+        assert torch.equal(s2[k], v), k
 
     # stream: each rank streams its share; the totals and the latency percentiles cover every sample of every rank
     streamed = _result(out, 7)

@@ -185,10 +185,19 @@ def split_batches(split: Dataset | FolderSplit, batch_size: int, batch_ids: Sequ
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
     loader = DataLoader(split, batch_sampler=[list(range(lo, hi)) for lo, hi in bounds], num_workers=workers,
                         collate_fn=_stack, persistent_workers=False)
+    for b, (images, labels) in zip(ids, loader_batches(loader)):
+        yield b, split.normalize(images, labels), labels
+
+
+def loader_batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The (uint8 images, labels) batches of a DataLoader over a FolderSplit; a file a worker could not
+    decode raises this process's ValueError naming it."""
     it = iter(loader)
-    for b in ids:
+    while True:
         try:
             images, labels = next(it)
+        except StopIteration:
+            return
         except ValueError as err:  # re-raised from a worker, with its traceback in the message
             raise (_worker_error(err) or err) from None
-        yield b, split.normalize(images, labels), labels
+        yield images, labels
