@@ -1,4 +1,5 @@
-"""Fuzzed files: mutated checkpoints and traces (corpus: tests/fuzz_files.py) loaded by dcsim.
+"""Fuzzed files: mutated checkpoints and traces loaded by dcsim, and mutated CIFAR-10 batch folders and
+.tar.gz archives given to ``dcsim train`` (corpus: tests/fuzz_files.py).
 
 Every mutation must end in dcsim's clear error naming the file (ValueError or
 FileNotFoundError), or load correctly: a byte-level mutation only if the content is unchanged,
@@ -9,10 +10,12 @@ file). CI runs DCSIM_FUZZ_CASES (default 200) per file type; the full run uses 2
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 import warnings
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,9 +25,21 @@ from torch import nn
 from dcsim import analysis
 from dcsim.checkpoint import load_checkpoint, save_checkpoint
 from dcsim.lsq import LSQActivation
-from fuzz_files import BYTE_LEVEL, checkpoint_mutation, safetensors_header, trace_mutation
+from fuzz_files import (
+    BYTE_LEVEL,
+    archive_mutation,
+    checkpoint_mutation,
+    cifar_archive,
+    cifar_batch_files,
+    cifar_mutation,
+    safetensors_header,
+    tar_of,
+    trace_mutation,
+)
 
 CASES = int(os.environ.get("DCSIM_FUZZ_CASES", "200"))
+CLI_CASES = int(os.environ.get("DCSIM_FUZZ_CLI_CASES", "40"))
+"""CIFAR-10 batch folders and archives go through ``dcsim train`` (about 0.3 s each); the full run uses 2000."""
 HANG_SECONDS = 10
 
 
@@ -140,3 +155,118 @@ def test_clear_errors_for_truncated_trace_name_the_file(tmp_path):
         bad.write_bytes(good[:cut])
         with pytest.raises(ValueError, match=rf"trace {bad}: "):
             analysis.load_trace(bad)
+
+
+# ------------------------------------------------------------------ CIFAR-10 batch folders and archives, via the CLI
+
+
+def _train_argv(root: Path, out: Path) -> list[str]:
+    return ["train", "--dataset", "cifar10", "--data-root", str(root), "--val-size", "3", "--epochs", "0",
+            "--float-epochs", "1", "--width", "1", "--train-batch-size", "16", "--device", "cpu", "--quiet",
+            "--out", str(out)]
+
+
+def _fuzz_cli(tmp_path, capsys, monkeypatch, name: str, make_case) -> None:
+    """Run ``dcsim train`` on CLI_CASES mutated inputs; make_case(case_dir, rng, outside, marker) writes one
+    and returns (kind, --data-root). Each must exit 0 with a valid checkpoint or 1 with an error naming a
+    path inside the case folder, within HANG_SECONDS, writing nothing outside the case folder and
+    running no code from the file."""
+    from dcsim.cli import EXIT_ERROR, EXIT_OK, main
+
+    rng = np.random.default_rng(len(name) + 100)
+    outside, cache = tmp_path / "outside", tmp_path / "cache"
+    outside.mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    marker = str(outside / "code-ran")
+    outcomes: Counter = Counter()
+    failures, slowest = [], 0.0
+    for case in range(CLI_CASES):
+        case_dir = tmp_path / f"case{case:05d}"
+        case_dir.mkdir()
+        kind, root = make_case(case_dir, rng, str(outside), marker)
+        out = case_dir / "out.safetensors"
+        t0 = time.perf_counter()
+        old = signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(HANG_SECONDS)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                code = main(_train_argv(root, out))
+            err = capsys.readouterr().err
+            if code == EXIT_OK:
+                _, meta = load_checkpoint(out, lambda arch, **kw: _small_cnn(arch, **kw))
+                assert meta["classes"] and all(isinstance(c, str) for c in meta["classes"]), "odd classes loaded"
+                outcomes[(kind, "loaded")] += 1
+            else:
+                assert code == EXIT_ERROR, f"exit code {code}"
+                assert str(case_dir) in err, f"the error names no file of the case: {err.strip()[-300:]}"
+                assert not out.exists(), "an error left a checkpoint"
+                outcomes[(kind, "error")] += 1
+        except Hang:
+            failures.append(f"case {case} ({kind}): over {HANG_SECONDS} s")
+        except AssertionError as e:
+            failures.append(f"case {case} ({kind}): {e}")
+        except Exception as e:  # escaped the CLI's error handling
+            failures.append(f"case {case} ({kind}): {type(e).__name__} escaped: {e}")
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+        slowest = max(slowest, time.perf_counter() - t0)
+        if Path(marker).exists():
+            failures.append(f"case {case} ({kind}): code from the file ran")
+        escaped = sorted(p.name for p in tmp_path.iterdir() if p != case_dir and p.name not in ("outside", "cache")
+                         and not p.name.startswith("case")) + [p.name for p in outside.iterdir()]
+        if escaped or (cache.exists() and any(cache.iterdir())):
+            failures.append(f"case {case} ({kind}): wrote outside its folder: {escaped}")
+        shutil.rmtree(case_dir)
+    print(f"\nfuzz {name} (CLI): {CLI_CASES} mutations, {len(failures)} failures, slowest {slowest:.2f} s; "
+          + ", ".join(f"{k}/{o}: {n}" for (k, o), n in sorted(outcomes.items())))
+    assert not failures, "\n".join(failures[:20])
+
+
+def _small_cnn(arch: str, **kw):
+    from dcsim.models import build_model
+
+    return build_model(arch, **kw)
+
+
+def test_fuzzed_cifar_batches_through_the_cli(tmp_path, capsys, monkeypatch):
+    files = cifar_batch_files()
+
+    def make_case(case_dir, rng, outside, marker):
+        kind, mutated = cifar_mutation(files, rng, marker)
+        folder = case_dir / "cifar-10-batches-py"
+        folder.mkdir()
+        for fname, blob in mutated.items():
+            (folder / fname).write_bytes(blob)
+        return kind, folder
+
+    _fuzz_cli(tmp_path, capsys, monkeypatch, "cifar-10-batches-py", make_case)
+
+
+def test_fuzzed_cifar_archives_through_the_cli(tmp_path, capsys, monkeypatch):
+    files = cifar_batch_files()
+
+    def make_case(case_dir, rng, outside, marker):
+        kind, blob = archive_mutation(files, rng, outside, marker)
+        archive = case_dir / "cifar-10-python.tar.gz"
+        archive.write_bytes(blob)
+        return kind, archive
+
+    _fuzz_cli(tmp_path, capsys, monkeypatch, "cifar-10-python.tar.gz", make_case)
+
+
+def test_the_cli_fuzz_corpus_is_valid_before_mutation(tmp_path, capsys):
+    """The unmutated folder and archive train (so the fuzz cases above start from a loadable input)."""
+    from dcsim.cli import EXIT_OK, main
+
+    files = cifar_batch_files()
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for fname, blob in files.items():
+        (folder / fname).write_bytes(blob)
+    assert main(_train_argv(folder, tmp_path / "a.safetensors")) == EXIT_OK
+    (tmp_path / "arch").mkdir()
+    archive = tmp_path / "arch" / "c.tar.gz"
+    archive.write_bytes(tar_of(cifar_archive(files)))
+    assert main(_train_argv(archive, tmp_path / "b.safetensors")) == EXIT_OK

@@ -98,7 +98,12 @@ def _load_python_batches(folder: Path) -> tuple[Dataset, Dataset]:
     names = _get(_read_pickle(meta_path), "label_names", meta_path)
     if not isinstance(names, list) or not names or not all(isinstance(n, (bytes, str)) for n in names):
         raise ValueError(f"{meta_path}: 'label_names' must be a non-empty list of names")
-    classes = [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    try:
+        classes = [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{meta_path}: 'label_names' must be UTF-8 text ({err})") from None
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{meta_path}: 'label_names' must be distinct, got {classes}")
     parts = [_read_batch(folder / f, len(classes)) for f in _CIFAR_BATCH_FILES]
 
     def make(batches: list[tuple[np.ndarray, np.ndarray]]) -> Dataset:
