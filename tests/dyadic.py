@@ -17,10 +17,23 @@ from dcsim.network import Conv, Linear, Neuron
 
 
 def dyadic_network(model: torch.nn.Module, method: str, sample_shape: tuple, seed: int) -> dcsim.SpikingNetwork:
-    """Convert ``model`` (after a seeded train-mode forward) and round it to power-of-two grids."""
+    """Convert ``model`` (after a seeded train-mode forward) and round it to power-of-two grids.
+
+    Weights and biases are rounded to multiples of 1/64 and thresholds to multiples of 1/8; then
+    every layer is made to spike: a layer firing in under MIN_RATE of its neuron-steps on dyadic
+    inputs has its threshold halved (still a power-of-two multiple), layer by layer from the input,
+    so that the exact tests below exercise every layer and not only the first ones.
+    """
+    from dcsim.lsq import LSQActivation
+
     torch.manual_seed(seed)
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: sizes.append(out[0].numel()))
+             for m in model.modules() if isinstance(m, LSQActivation)]
     model.train()
     model(torch.randn(16, *sample_shape))
+    for h in hooks:
+        h.remove()
     model.eval()
     net = dcsim.convert(model, method=method)
     nodes = []
@@ -32,7 +45,30 @@ def dyadic_network(model: torch.nn.Module, method: str, sample_shape: tuple, see
             th = max(round(node.threshold * 8) / 8, 0.125)
             node = replace(node, threshold=th, u0=th / 2)
         nodes.append(node)
-    return dataclasses.replace(net, nodes=nodes)
+    return _balanced(dataclasses.replace(net, nodes=nodes), sizes, sample_shape, seed)
+
+
+MIN_RATE = 0.02
+"""Least fraction of a layer's neuron-steps that spike in a balanced dyadic network."""
+
+
+def _balanced(net: dcsim.SpikingNetwork, sizes: list[int], sample_shape: tuple, seed: int) -> dcsim.SpikingNetwork:
+    neurons = [i for i, node in enumerate(net.nodes) if isinstance(node, Neuron)]
+    if len(sizes) != len(neurons):
+        raise AssertionError(f"{len(neurons)} neuron layers but {len(sizes)} LSQ activations")
+    steps = 8
+    x = dyadic_inputs(16, sample_shape, seed + 1000)
+    readout = dcsim.Readout("max_softmax", 1.0, 1.0)
+    for layer, i in enumerate(neurons):
+        for _ in range(6):
+            spikes = dcsim.Engine(net).simulate(x, steps, readout).spikes.double().mean(0)
+            if spikes[layer] >= MIN_RATE * sizes[layer] * steps or net.nodes[i].threshold <= 1 / 64:
+                break
+            nodes = list(net.nodes)
+            th = nodes[i].threshold / 2
+            nodes[i] = replace(nodes[i], threshold=th, u0=th / 2)
+            net = dataclasses.replace(net, nodes=nodes)
+    return net
 
 
 def dyadic_inputs(n: int, sample_shape: tuple, seed: int) -> torch.Tensor:
