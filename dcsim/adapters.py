@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import nn
@@ -84,8 +83,8 @@ class Quantization:
 
 
 Adapter = Callable[[nn.Module], Quantization]
-Matcher = Union[type, Callable[[nn.Module], bool]]
-Quantizers = Union[Mapping[type, Adapter], Sequence[tuple[Matcher, Adapter]], None]
+Matcher = type | Callable[[nn.Module], bool]
+Quantizers = Mapping[type, Adapter] | Sequence[tuple[Matcher, Adapter]] | None
 
 
 def _scalar(module: nn.Module, attribute: str) -> float:

@@ -149,9 +149,8 @@ def save_trace(path: str | os.PathLike, trace: Trace) -> Path:
     if trace.sums is not None:
         arrays["sums"] = trace.sums
     arrays["meta"] = np.array(json.dumps(trace.meta))
-    with atomic_output(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return Path(path)
 
 
@@ -299,13 +298,13 @@ def _evaluate_many(trace: Trace, events: _Events, thresholds: np.ndarray) -> tup
 
 
 def _points(thresholds: np.ndarray, acc: np.ndarray, steps: np.ndarray) -> list[FrontPoint]:
-    return list(map(FrontPoint._make, zip(thresholds.tolist(), acc.tolist(), steps.tolist())))
+    return list(map(FrontPoint._make, zip(thresholds.tolist(), acc.tolist(), steps.tolist(), strict=True)))
 
 
 def _grid(resolution: float) -> np.ndarray:
     if isinstance(resolution, bool) or not isinstance(resolution, numbers.Real) or not 0.0 < resolution <= 1.0:
         raise ValueError(f"resolution must be a number in (0, 1], got {resolution!r}")
-    k_max = int(math.floor(round(1.0 / resolution, 10)))
+    k_max = math.floor(round(1.0 / resolution, 10))
     grid = np.round(np.arange(k_max + 1) * float(resolution), 10)
     return grid if grid[-1] == 1.0 else np.append(grid, 1.0)
 
@@ -430,7 +429,7 @@ def _point_dict(p: FrontPoint) -> dict[str, float]:
 
 def _curve_points(curve: dict[str, np.ndarray]) -> list[dict[str, float]]:
     return [{"max_steps": t + 1, "accuracy": float(a), "mean_steps": float(s)}
-            for t, (a, s) in enumerate(zip(curve["accuracy"], curve["mean_steps"]))]
+            for t, (a, s) in enumerate(zip(curve["accuracy"], curve["mean_steps"], strict=True))]
 
 
 def analyze(trace: Trace, resolution: float = 0.1, tolerance: float = 0.0, exact: bool = True) -> dict:

@@ -11,9 +11,9 @@ steps only, as in the engine; this simulator removes them from the network's nod
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import replace
+
+import torch
 
 from .network import Conv, Input, Linear, Neuron, SpikingNetwork
 from .readout import Readout

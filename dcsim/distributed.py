@@ -212,7 +212,7 @@ class Sharded:
         parts = sorted((p for rank_parts in self.world.all_gather(local) for p in rank_parts), key=lambda p: p[0])
         if not parts:
             raise ValueError(f"{self.split.name}: the split is empty")
-        return tuple(torch.cat(ts) for ts in zip(*(p[1] for p in parts)))
+        return tuple(torch.cat(ts) for ts in zip(*(p[1] for p in parts), strict=True))
 
 
 def map_batches(images: torch.Tensor | Sharded, batch_size: int, fn: Callable[[torch.Tensor], Sequence[torch.Tensor]],
@@ -228,7 +228,7 @@ def map_batches(images: torch.Tensor | Sharded, batch_size: int, fn: Callable[[t
     outs = [tuple(t.detach().cpu() for t in fn(images[lo:lo + batch_size])) for lo in range(0, len(images), batch_size)]
     if not outs:
         raise ValueError("no images: the split is empty")
-    return tuple(torch.cat(ts) for ts in zip(*outs))
+    return tuple(torch.cat(ts) for ts in zip(*outs, strict=True))
 
 
 # ------------------------------------------------------------------ training

@@ -77,7 +77,7 @@ class BatchState:
             out += [v[k] for k in sorted(v)] if isinstance(v, dict) else [v]
         return out
 
-    def replace_tensors(self, tensors: list[torch.Tensor]) -> "BatchState":
+    def replace_tensors(self, tensors: list[torch.Tensor]) -> BatchState:
         """A new state made of ``tensors`` given in the order of :meth:`tensors`."""
         it = iter(tensors)
         kwargs = {}
@@ -139,7 +139,7 @@ class StepRecord:
     sums: torch.Tensor | None
 
     @staticmethod
-    def empty(k: int, n: int, layers: int, classes: int | None, device: torch.device) -> "StepRecord":
+    def empty(k: int, n: int, layers: int, classes: int | None, device: torch.device) -> StepRecord:
         return StepRecord(
             pred=torch.empty((k, n), dtype=torch.int64, device=device),
             score=torch.empty((k, n), dtype=torch.float32, device=device),
@@ -149,7 +149,7 @@ class StepRecord:
             sums=None if classes is None else torch.empty((k, n, classes), dtype=torch.float32, device=device),
         )
 
-    def store(self, t: int, state: "BatchState") -> None:
+    def store(self, t: int, state: BatchState) -> None:
         """Copy the output step's results into step t of the record (counts are stored by the neuron loop)."""
         self.pred[t] = state.pred
         self.score[t] = state.score
@@ -184,7 +184,7 @@ def gpu_flags(tf32: bool, autotune: bool | None = None) -> Iterator[None]:
         yield
     finally:
         cudnn.benchmark = saved_benchmark
-        for b, v in zip(backends, saved):
+        for b, v in zip(backends, saved, strict=True):
             b.fp32_precision = v
         if legacy is not None:
             cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = legacy
@@ -530,10 +530,8 @@ class Engine:
         spikes = [torch.empty((0, len(self.neurons)), dtype=torch.int64, device=self.device)]
         for lo in range(0, n_all, bs):
             state = self.start(x[lo:lo + bs])
-            records = []
-            for done in range(0, steps, chunk):
-                records.append(self.advance(state, min(chunk, steps - done), steps, readout, record_sums=record_sums,
-                                            done=done))
+            records = [self.advance(state, min(chunk, steps - done), steps, readout, record_sums=record_sums, done=done)
+                       for done in range(0, steps, chunk)]
             preds.append(torch.cat([r.pred for r in records]).T)
             confs.append(torch.cat([r.score for r in records]).T)
             sums_all.append(torch.cat([r.sums for r in records]).transpose(0, 1) if record_sums else None)

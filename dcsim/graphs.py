@@ -208,6 +208,6 @@ class StepGraph:
             return
         saved = [t.clone() for t in state.tensors()]  # the warm-up step runs for real: undo it after
         self.graph = capture_graphs({"step": step}, engine.device, engine.gpu_flags, "a streaming step")["step"]
-        for t, s in zip(state.tensors(), saved):
+        for t, s in zip(state.tensors(), saved, strict=True):
             t.copy_(s)
         self.replay = self.graph.replay

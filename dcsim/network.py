@@ -29,7 +29,7 @@ class Node:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {}
 
-    def to(self, device: torch.device | str) -> "Node":
+    def to(self, device: torch.device | str) -> Node:
         return replace(self, **{k: v.to(device) for k, v in self.tensors().items()})
 
 
@@ -179,7 +179,7 @@ class SpikingNetwork:
                 static.add(i)
         return static
 
-    def to(self, device: torch.device | str) -> "SpikingNetwork":
+    def to(self, device: torch.device | str) -> SpikingNetwork:
         return replace(self, nodes=[n.to(device) for n in self.nodes])
 
     @property

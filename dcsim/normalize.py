@@ -85,7 +85,7 @@ class _TopK:
         """The percentile of each row's positive values (linear interpolation, as torch.quantile); 0 if none."""
         q = percentile / 100.0
         out = []
-        for n, top in zip(self.count.reshape(-1).tolist(), self.top):
+        for n, top in zip(self.count.reshape(-1).tolist(), self.top, strict=True):
             if n == 0:
                 out.append(0.0)
                 continue
@@ -135,11 +135,10 @@ def activation_thresholds(model: nn.Module, calibration_images: torch.Tensor, pe
                    for name, m in layers.items()]
         try:
             for i in range(0, len(calibration_images), batch_size):
-                try:
-                    model(calibration_images[i:i + batch_size])
-                except RuntimeError as err:
-                    raise ValueError(f"calibration_images of shape {list(calibration_images.shape)} do not fit the "
-                                     f"model: {str(err).splitlines()[0]}") from err
+                model(calibration_images[i:i + batch_size])
+        except RuntimeError as err:
+            raise ValueError(f"calibration_images of shape {list(calibration_images.shape)} do not fit the "
+                             f"model: {str(err).splitlines()[0]}") from err
         finally:
             for h in handles:
                 h.remove()

@@ -74,7 +74,7 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device,
 
 def _strides(t: torch.Tensor) -> tuple[int | None, ...]:
     """Strides of the dimensions that matter (a dimension of size 1 may have any stride)."""
-    return tuple(st if size > 1 else None for size, st in zip(t.shape, t.stride()))
+    return tuple(st if size > 1 else None for size, st in zip(t.shape, t.stride(), strict=True))
 
 
 def _launch(device: torch.device, numel: int) -> tuple[bool, int, int]:

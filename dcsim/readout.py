@@ -52,7 +52,7 @@ class Readout:
         return 1.0 / (self.alpha * self.tau)
 
     @classmethod
-    def paper(cls, method: str, bits: int, steps: int, tau: float = 1.0, kind: str = "max_softmax") -> "Readout":
+    def paper(cls, method: str, bits: int, steps: int, tau: float = 1.0, kind: str = "max_softmax") -> Readout:
         """The paper's alpha: 2^bits - 1 for QFFS, the simulation length T for QCFS."""
         if method == "qffs":
             alpha = float(2**bits - 1)

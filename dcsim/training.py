@@ -213,7 +213,7 @@ def measure_epoch_seconds(model: nn.Module, train_x: torch.Tensor, train_y: torc
         for quantized in (False, True):
             set_quantization(model, quantized)
             times = []
-            for i in range(warmup + batches):
+            for _ in range(warmup + batches):
                 idx = torch.randint(0, len(split), (config.batch_size,), generator=gen)
                 model.train()
                 _sync(device)

@@ -75,7 +75,7 @@ def test_train_transform_is_seeded_per_image_and_epoch(tmp_path):
     for _ in range(200):
         w, h = (int(v) for v in rng.integers(1, 600, 2))
         left, top, cw, ch = stream.random_resized_crop_box(w, h, rng)
-        assert 0 <= left and 0 <= top and 1 <= cw and 1 <= ch and left + cw <= w and top + ch <= h
+        assert left >= 0 and top >= 0 and cw >= 1 and ch >= 1 and left + cw <= w and top + ch <= h
 
 
 def test_a_corrupt_image_is_named_and_nothing_hangs(tmp_path):

@@ -42,7 +42,7 @@ def _decode(path: str, resize: int | None, crop: tuple[int, int] | None) -> np.n
         ch, cw = crop
         if ch > h or cw > w:
             raise ValueError(f"{path}: the image is {w}x{h} (after resizing), smaller than the crop {cw}x{ch}")
-        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
         img = img.crop((left, top, left + cw, top + ch))
     return np.asarray(img)
 

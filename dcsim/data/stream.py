@@ -42,15 +42,15 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
     for _ in range(10):
         target = area * rng.uniform(scale[0], scale[1])
         aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
     in_ratio = width / height
     if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
+        w, h = width, round(width / ratio[0])
     elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
+        h, w = height, round(height * ratio[1])
     else:
         w, h = width, height
     return (width - w) // 2, (height - h) // 2, w, h
@@ -176,7 +176,7 @@ def split_batches(split: Dataset | FolderSplit, batch_size: int, batch_ids: Sequ
     ids = list(range(-(-n // batch_size))) if batch_ids is None else [int(b) for b in batch_ids]
     bounds = [(b * batch_size, min(n, (b + 1) * batch_size)) for b in ids]
     if isinstance(split, Dataset):
-        for b, (lo, hi) in zip(ids, bounds):
+        for b, (lo, hi) in zip(ids, bounds, strict=True):
             yield b, split.normalized(slice(lo, hi)), split.labels[lo:hi]
         return
     if workers is None:
