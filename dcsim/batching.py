@@ -42,7 +42,7 @@ def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.T
     return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None, padding: int = 4) -> torch.Tensor:
     """:func:`crop_flip` with offsets uniform in [0, 2 * padding] and flips with p = 0.5.
 
     The draws come from ``generator`` on the CPU (the same augmentation on every device, and a
@@ -82,7 +82,7 @@ class DeviceSplit:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def batch(self, idx: torch.Tensor, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    def batch(self, idx: torch.Tensor, augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalized float32 [b, C, H, W], labels [b]) of the images at ``idx`` (int64 [b], any device).
 

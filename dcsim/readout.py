@@ -62,5 +62,5 @@ class Readout:
             raise ValueError(f"method must be 'qcfs' or 'qffs', got {method!r}")
         return cls(kind=kind, alpha=alpha, tau=tau)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str | float]:
         return {"kind": self.kind, "alpha": self.alpha, "tau": self.tau}

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,11 @@ from .lsq import set_quantization
 
 if TYPE_CHECKING:
     from .distributed import DataParallel
+
+Normalization = tuple[Sequence[float], Sequence[float]]
+"""Per-channel (mean, std) of the images, in units of [0, 1] pixel intensity."""
+Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+"""augment(x, generator) -> x: a batch transform on the device (e.g. :func:`dcsim.batching.random_crop_flip`)."""
 SCHEDULES = ("exponential", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -173,12 +178,17 @@ class _Stepper:
                 loss = F.cross_entropy(out.float(), y, label_smoothing=self.config.label_smoothing, reduction="sum")
                 loss = loss * (self.parallel.world.size / max(rows, 1))
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         self.opt.step()
         return loss.detach(), (out.detach().argmax(1) == y).sum(), len(y)
 
 
-def _as_split(x: torch.Tensor, y: torch.Tensor, normalization, device: torch.device, channels_last: bool) -> DeviceSplit:
+def _to_memory_format(model: nn.Module, memory_format: torch.memory_format) -> None:
+    """``model.to(memory_format=...)``, in place: its 4-D parameters and buffers in that layout."""
+    model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's overloads of Module.to omit it
+
+
+def _as_split(x: torch.Tensor, y: torch.Tensor, normalization: Normalization | None, device: torch.device, channels_last: bool) -> DeviceSplit:
     channels = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 4 else 0
     mean, std = normalization if normalization is not None else ([0.0] * channels, [1.0] * channels)
     if x.dtype == torch.uint8 and normalization is None:
@@ -188,8 +198,8 @@ def _as_split(x: torch.Tensor, y: torch.Tensor, normalization, device: torch.dev
 
 def measure_epoch_seconds(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_size: int,
                           config: TrainConfig, runtime: TrainRuntime = TrainRuntime(),
-                          device: torch.device | str | None = None, normalization=None,
-                          augment: Callable | None = None, batches: int = 6, warmup: int = 3) -> dict:
+                          device: torch.device | str | None = None, normalization: Normalization | None = None,
+                          augment: Augment | None = None, batches: int = 6, warmup: int = 3) -> dict[str, Any]:
     """Seconds per float epoch and per LSQ epoch (training plus a validation pass of ``val_size`` images).
 
     Times ``batches`` optimisation steps in each mode after ``warmup`` untimed ones (cuDNN
@@ -200,7 +210,7 @@ def measure_epoch_seconds(model: nn.Module, train_x: torch.Tensor, train_y: torc
     _, channels_last = runtime.resolve(device)
     model.to(device)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        _to_memory_format(model, torch.channels_last)
     saved = copy.deepcopy(model.state_dict())
     split = _as_split(train_x, train_y, normalization, device, channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -208,7 +218,7 @@ def measure_epoch_seconds(model: nn.Module, train_x: torch.Tensor, train_y: torc
     gen = torch.Generator().manual_seed(config.seed)
     per_epoch = math.ceil(len(split) / config.batch_size)
     eval_batches = math.ceil(val_size / 1024)
-    out: dict = {"batch_s": {}}
+    out: dict[str, Any] = {"batch_s": {}}
     try:
         for quantized in (False, True):
             set_quantization(model, quantized)
@@ -240,7 +250,7 @@ def measure_epoch_seconds(model: nn.Module, train_x: torch.Tensor, train_y: torc
     return out
 
 
-def plan_epochs(seconds: dict, budget_s: float, lsq_share: float = 0.4) -> tuple[int, int]:
+def plan_epochs(seconds: dict[str, float], budget_s: float, lsq_share: float = 0.4) -> tuple[int, int]:
     """(float_epochs, lsq_epochs) that fit ``budget_s`` seconds of training, ``lsq_share`` of it LSQ.
 
     seconds: {"float_s", "lsq_s"} per epoch (see :func:`measure_epoch_seconds`). Raises
@@ -260,8 +270,8 @@ def plan_epochs(seconds: dict, budget_s: float, lsq_share: float = 0.4) -> tuple
 
 def budget_config(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_size: int, config: TrainConfig,
                   budget_minutes: float, lsq_share: float = 0.4, runtime: TrainRuntime = TrainRuntime(),
-                  device: torch.device | str | None = None, normalization=None,
-                  augment: Callable | None = None) -> tuple[TrainConfig, dict]:
+                  device: torch.device | str | None = None, normalization: Normalization | None = None,
+                  augment: Augment | None = None) -> tuple[TrainConfig, dict[str, Any]]:
     """``config`` with its float and LSQ epochs set to fill ``budget_minutes`` of training on this machine.
 
     Measures the epoch times (:func:`measure_epoch_seconds`; the measurement's own time comes
@@ -294,16 +304,16 @@ def train(
     val_x: torch.Tensor,
     val_y: torch.Tensor,
     config: TrainConfig = TrainConfig(),
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    augment: Augment | None = None,
     workdir: str | Path | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
     *,
-    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    normalization: Normalization | None = None,
     runtime: TrainRuntime = TrainRuntime(),
     time_limit_s: float | None = None,
     parallel: DataParallel | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Train ``model`` in place and load the weights that were best on the validation split.
 
     Images: float32 [N, C, H, W] already normalized, or uint8 with ``normalization`` = (mean, std)
@@ -324,7 +334,7 @@ def train(
     _, channels_last = runtime.resolve(device)
     model.to(device)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        _to_memory_format(model, torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     train_split = _as_split(train_x, train_y, normalization, device, channels_last)
@@ -336,7 +346,7 @@ def train(
     step = _Stepper(model, opt, config, runtime, device, parallel)
     ranks = 1 if parallel is None else parallel.world.size
     total = config.float_epochs + config.epochs
-    history: dict = {"epochs": [], "best_val_acc": -1.0, "config": asdict(config), "planned_epochs": total,
+    history: dict[str, Any] = {"epochs": [], "best_val_acc": -1.0, "config": asdict(config), "planned_epochs": total,
                      "completed": False}
     best: dict[str, torch.Tensor] | None = None
     start = 0
@@ -372,12 +382,15 @@ def train(
             seen += rows
             if b % 50 == 49 or b == n_batches - 1:  # a host sync only now and then
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}")
+        totals: tuple[float, ...] = (float(loss_sum), int(correct), seen)
         if parallel is not None:
-            loss_sum, correct, seen = parallel.reduce(float(loss_sum), int(correct), seen)
+            totals = parallel.reduce(*totals)
+        total_loss, total_correct, total_seen = totals
         val_acc = split_accuracy(model, val_split)
         seconds = time.perf_counter() - t_epoch
         record = {"epoch": epoch + 1, "phase": "lsq" if quantized else "float",
-                  "loss": float(loss_sum) / max(seen, 1), "train_acc": int(correct) / max(seen, 1), "val_acc": val_acc,
+                  "loss": total_loss / max(total_seen, 1), "train_acc": int(total_correct) / max(total_seen, 1),
+                  "val_acc": val_acc,
                   "lr": lr, "seconds": seconds, "elapsed_s": elapsed0 + time.perf_counter() - t_start}
         history["epochs"].append(record)
         if quantized and val_acc > history["best_val_acc"]:
@@ -396,12 +409,12 @@ def train(
     set_quantization(model, True)
     if best is not None:
         model.load_state_dict(best)
-    model.to(memory_format=torch.contiguous_format)
+    _to_memory_format(model, torch.contiguous_format)
     model.eval()
     return history
 
 
-def milestones(history: dict, levels: Sequence[float]) -> list[dict]:
+def milestones(history: dict[str, Any], levels: Sequence[float]) -> list[dict[str, Any]]:
     """Epochs and minutes until the validation accuracy first reached each level, per stage.
 
     Returns [{"phase", "level", "epoch", "minutes"}] with epoch/minutes None where not reached
@@ -418,7 +431,7 @@ def milestones(history: dict, levels: Sequence[float]) -> list[dict]:
 
 
 def _checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-                history: dict, best: dict[str, torch.Tensor] | None) -> None:
+                history: dict[str, Any], best: dict[str, torch.Tensor] | None) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if best is not None:
         tensors |= {f"best.{k}": v for k, v in best.items()}
@@ -432,13 +445,14 @@ def _checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: t
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"dcsim": json.dumps(meta)})
 
 
-def _same_config(stored: dict, config: TrainConfig) -> bool:
+def _same_config(stored: dict[str, Any], config: TrainConfig) -> bool:
     """Whether a stored config is ``config``; fields it predates count as their defaults."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     return defaults | stored == asdict(config)
 
 
-def _resume(path: Path, model: nn.Module, opt, gen: torch.Generator, config: TrainConfig):
+def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+            config: TrainConfig) -> tuple[int, dict[str, Any], dict[str, torch.Tensor] | None]:
     from safetensors import safe_open
 
     try:

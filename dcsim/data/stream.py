@@ -64,14 +64,14 @@ def _decode_train(path: str, crop: tuple[int, int], rng: np.random.Generator) ->
     except Exception as err:  # Pillow raises OSError, SyntaxError, DecompressionBombError, ... on bad files
         raise ValueError(f"{path}: cannot read the image ({type(err).__name__}: {err})") from None
     left, top, w, h = random_resized_crop_box(img.width, img.height, rng)
-    out = img.resize((crop[1], crop[0]), Image.BILINEAR, box=(left, top, left + w, top + h))
+    out = img.resize((crop[1], crop[0]), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
     if rng.random() < 0.5:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(out)
 
 
 @dataclass
-class FolderSplit(torch.utils.data.Dataset):
+class FolderSplit(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
     """One split of a class folder, decoded on demand (a map-style torch Dataset).
 
     scan: the folder listing; indices: int64 [n], the split's files (indices into ``scan.files``);
@@ -145,10 +145,13 @@ def folder_splits(train: _Scan, test: _Scan, val_size: int, seed: int, resize: i
     images); "train" uses the train transform, "val" and "test" the eval transform.
     """
     rest, val = _split_indices(train.labels, val_size, seed, "val_size")
-    common = {"resize": resize, "crop": crop, "mean": tuple(mean), "std": tuple(std), "name": name, "seed": seed}
-    return {"train": FolderSplit(train, rest, "train", **common),
-            "val": FolderSplit(train, val, "eval", **common),
-            "test": FolderSplit(test, np.arange(len(test.files), dtype=np.int64), "eval", **common)}
+
+    def split(scan: _Scan, indices: np.ndarray, transform: str) -> FolderSplit:
+        return FolderSplit(scan, indices, transform, resize=resize, crop=crop, mean=tuple(mean), std=tuple(std),
+                           name=name, seed=seed)
+
+    return {"train": split(train, rest, "train"), "val": split(train, val, "eval"),
+            "test": split(test, np.arange(len(test.files), dtype=np.int64), "eval")}
 
 
 def _stack(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
