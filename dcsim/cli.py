@@ -554,6 +554,8 @@ def cmd_stream(args: argparse.Namespace) -> dict:
             print(f"stream S={args.slots} on {args.world.size} ranks: {out['stream']['throughput']:.1f} samples/s "
                   f"in total, accuracy {out['stream']['accuracy']:.4f}")
         return out
+    if out is None:  # only one rank's share of a split may be empty
+        raise ValueError("no images: the split is empty")
     summary = out["stream"]
     if args.json is None:
         print(f"stream S={args.slots}: {summary['throughput']:.1f} samples/s, accuracy {summary['accuracy']:.4f}, "

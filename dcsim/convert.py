@@ -76,7 +76,7 @@ def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (v[0], v[-1])
 
 
-def _pair_or_none(v: int | None | tuple[int | None, ...]) -> tuple[int | None, int | None]:
+def _pair_or_none(v: int | tuple[int | None, ...] | None) -> tuple[int | None, int | None]:
     """:func:`_pair` for adaptive pooling sizes, where None keeps the input's size."""
     return (v, v) if v is None or isinstance(v, int) else (v[0], v[-1])
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset, FolderSplit, split_batches
+
+if TYPE_CHECKING:
+    from .lsq import LSQActivation
 
 DISTRIBUTED_COMMANDS = ("train", "trace", "eval", "report", "stream")
 """Commands that run under torchrun; the others refuse to."""
@@ -155,7 +159,7 @@ def data_fingerprint(split: Dataset | FolderSplit) -> str:
     return h.hexdigest()
 
 
-def check_agreement(world: World, items: dict[str, object]) -> None:
+def check_agreement(world: World, items: Mapping[str, object]) -> None:
     """Raise a ValueError when any rank's ``items`` (e.g. version, checkpoint digest, data
     fingerprint) differ from rank 0's, naming the first key and ranks that differ."""
     everyone = world.all_gather(items)
@@ -241,7 +245,7 @@ class _LSQGlobalInit:
     s = 2 * mean(|x|) / sqrt(Qp) as LSQ does on one process, before the layer's own forward.
     """
 
-    def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    def __call__(self, module: LSQActivation, inputs: tuple[torch.Tensor, ...]) -> None:
         if not (module.training and module.quantize) or bool(module.initialized):
             return
         x = inputs[0].detach()
