@@ -30,7 +30,7 @@ def trace() -> A.Trace:
 
 def brute_grid(trace: A.Trace, resolution: float) -> list[A.FrontPoint]:
     """The baseline: one vectorised pass over the trace per threshold."""
-    grid = np.round(np.arange(int(round(1 / resolution)) + 1) * resolution, 10)
+    grid = np.round(np.arange(round(1 / resolution) + 1) * resolution, 10)
     return [A.FrontPoint(float(c), *A.evaluate(trace, float(c))) for c in grid]
 
 

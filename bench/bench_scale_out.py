@@ -139,7 +139,7 @@ def ranks(root: Path, ckpt: Path, batch: int, steps: int, repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         seconds: dict[str, list[float]] = {"1x2": [], "2x1": []}
-        for r in range(repeats):  # interleaved
+        for _ in range(repeats):  # interleaved
             for key, (n, threads) in (("1x2", (1, 2)), ("2x1", (2, 1))):
                 res = _launch(n, threads, _trace_cmd(root, ckpt, t / f"{key}.npz", batch, 1, steps), t / "r.json")
                 seconds[key].append(res["trace_seconds"])
@@ -148,7 +148,7 @@ def ranks(root: Path, ckpt: Path, batch: int, steps: int, repeats: int) -> None:
             _launch(n, 1, _trace_cmd(root, ckpt, t / f"r{n}.npz", batch, 1, steps), t / "r.json")
             traces[n] = np.load(t / f"r{n}.npz")
         identical = all(np.array_equal(traces[1][k], traces[n][k]) for n in (2, 3) for k in traces[1].files)
-        print(json.dumps({"samples": int(len(traces[1]["labels"])), "batch": batch, "steps": steps,
+        print(json.dumps({"samples": len(traces[1]["labels"]), "batch": batch, "steps": steps,
                           "seconds_1rank_x_2threads": seconds["1x2"], "seconds_2ranks_x_1thread": seconds["2x1"],
                           "throughput_ratio_2x1_over_1x2": min(seconds["1x2"]) / min(seconds["2x1"]),
                           "traces_identical_1_2_3_ranks": identical}))

@@ -33,7 +33,7 @@ constexpr bool kHasCuda = false;
 #endif
 
 void neuron_step(int method, int64_t n, int64_t m, uintptr_t x, uintptr_t x2, uintptr_t u, uintptr_t z,
-                 uintptr_t out, uintptr_t counts, float th, int32_t zmax, bool cuda, uintptr_t stream,
+                 uintptr_t out, uintptr_t counts, float th, int32_t zmax, bool cuda, [[maybe_unused]] uintptr_t stream,
                  int threads) {
   const dcsim::NeuronStepArgs a{method, n, m, ptr<const float>(x), ptr<const float>(x2), ptr<float>(u),
                                 ptr<int32_t>(z), ptr<float>(out), ptr<int64_t>(counts), th, zmax};
@@ -51,7 +51,7 @@ void neuron_step(int method, int64_t n, int64_t m, uintptr_t x, uintptr_t x2, ui
 
 void output_step(int64_t n, int64_t k, uintptr_t x, uintptr_t sums, uintptr_t steps, int32_t max_steps,
                  int readout, float scale, float threshold, uintptr_t pred, uintptr_t score, uintptr_t exited,
-                 bool cuda, uintptr_t stream, int threads) {
+                 bool cuda, [[maybe_unused]] uintptr_t stream, int threads) {
   const dcsim::OutputStepArgs a{n,           k,     ptr<const float>(x), ptr<float>(sums), ptr<int32_t>(steps),
                                 max_steps,   readout, scale,           threshold,         ptr<int64_t>(pred),
                                 ptr<float>(score), ptr<uint8_t>(exited)};
@@ -69,7 +69,7 @@ void output_step(int64_t n, int64_t k, uintptr_t x, uintptr_t sums, uintptr_t st
 
 // entries: (src pointer, dst pointer, bytes per row); launched in groups of kMaxGatherEntries.
 void gather_rows(const std::vector<std::tuple<uintptr_t, uintptr_t, int64_t>>& entries, uintptr_t index,
-                 int64_t n_out, bool cuda, uintptr_t stream, int threads) {
+                 int64_t n_out, bool cuda, [[maybe_unused]] uintptr_t stream, int threads) {
   for (size_t first = 0; first < entries.size(); first += dcsim::kMaxGatherEntries) {
     dcsim::GatherArgs a{};
     a.index = ptr<const int64_t>(index);

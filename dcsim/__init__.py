@@ -17,8 +17,7 @@ from .ops import backends
 from .readout import Readout
 
 __all__ = [
-    "analysis", "data", "models", "training",
-    "BatchState", "ConversionError", "Engine", "ExitResult", "LSQActivation", "Readout", "Simulation",
-    "SpikingNetwork", "backends", "build_model", "convert",
+    "BatchState", "ConversionError", "Engine", "ExitResult", "LSQActivation", "Readout", "Simulation", "SpikingNetwork",
+    "analysis", "backends", "build_model", "convert", "data", "models", "training",
 ]
 __version__ = "0.1.0"

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import nn
@@ -84,8 +83,8 @@ class Quantization:
 
 
 Adapter = Callable[[nn.Module], Quantization]
-Matcher = Union[type, Callable[[nn.Module], bool]]
-Quantizers = Union[Mapping[type, Adapter], Sequence[tuple[Matcher, Adapter]], None]
+Matcher = type | Callable[[nn.Module], bool]
+Quantizers = Mapping[type, Adapter] | Sequence[tuple[Matcher, Adapter]] | None
 
 
 def _scalar(module: nn.Module, attribute: str) -> float:
@@ -111,6 +110,10 @@ def _integer(module: nn.Module, attribute: str) -> int:
 
 def dcsim_lsq(module: nn.Module) -> Quantization:
     """dcsim's :class:`~dcsim.lsq.LSQActivation`: s = step, Qp = 2^bits - 1, half up."""
+    from .lsq import LSQActivation
+
+    if not isinstance(module, LSQActivation):
+        raise ValueError(f"it is a {type(module).__name__}, not a dcsim LSQActivation")
     if not module.quantize:
         raise ValueError("it is in float (ReLU) mode; enable quantization first (dcsim.lsq.set_quantization(model, True)) "
                          "or build thresholds from data with dcsim.normalize")
@@ -142,6 +145,10 @@ def clip_floor_shift(threshold: str = "thresh", levels: str = "L") -> Adapter:
 
 def clip_relu(module: nn.Module) -> Quantization:
     """dcsim's :class:`~dcsim.normalize.ClipReLU`: an unquantized clip at its threshold."""
+    from .normalize import ClipReLU
+
+    if not isinstance(module, ClipReLU):
+        raise ValueError(f"it is a {type(module).__name__}, not a dcsim ClipReLU")
     return Quantization(float(module.threshold), None, "half_up")
 
 
@@ -159,7 +166,7 @@ def registry(quantizers: Quantizers = None) -> list[tuple[Matcher, Adapter]]:
     callable adapter.
     """
     if quantizers is None:
-        entries: list = []
+        entries: list[tuple[Matcher, Adapter]] = []
     elif isinstance(quantizers, Mapping):
         entries = list(quantizers.items())
     elif isinstance(quantizers, Sequence) and not isinstance(quantizers, (str, bytes)):

@@ -63,7 +63,7 @@ class Trace:
     pred: np.ndarray
     conf: np.ndarray
     sums: np.ndarray | None = None
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         labels = _integer_array("labels", self.labels)
@@ -136,7 +136,7 @@ _UNREADABLE = (ValueError, OSError, EOFError, KeyError, MemoryError, NotImplemen
 """What numpy and zipfile raise for a damaged .npz: truncated, bad checksums or headers, absurd sizes."""
 
 
-def save_trace(path: str | os.PathLike, trace: Trace) -> Path:
+def save_trace(path: str | os.PathLike[str], trace: Trace) -> Path:
     """Write ``trace`` to ``path`` as an uncompressed ``.npz``, atomically; returns the path.
 
     Keys: ``labels``, ``pred``, ``conf``, ``sums`` (only when present) and ``meta``, a 0-d
@@ -149,13 +149,12 @@ def save_trace(path: str | os.PathLike, trace: Trace) -> Path:
     if trace.sums is not None:
         arrays["sums"] = trace.sums
     arrays["meta"] = np.array(json.dumps(trace.meta))
-    with atomic_output(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return Path(path)
 
 
-def load_trace(path: str | os.PathLike) -> Trace:
+def load_trace(path: str | os.PathLike[str]) -> Trace:
     """Read a trace written by :func:`save_trace` (no pickle).
 
     Raises ``FileNotFoundError`` naming ``path`` if it does not exist, and ``ValueError``
@@ -235,7 +234,8 @@ def exit_steps(conf: np.ndarray, threshold: float) -> np.ndarray:
         raise ValueError(f"conf must have shape (N, T) with T >= 1, got {conf.shape}")
     passed = conf.astype(np.float32, copy=False) > np.float32(threshold)
     first = np.argmax(passed, axis=1) + 1
-    return np.where(passed.any(axis=1), first, conf.shape[1]).astype(np.int64)
+    steps: np.ndarray = np.where(passed.any(axis=1), first, conf.shape[1]).astype(np.int64)
+    return steps
 
 
 def evaluate(trace: Trace, threshold: float) -> tuple[float, float]:
@@ -299,13 +299,13 @@ def _evaluate_many(trace: Trace, events: _Events, thresholds: np.ndarray) -> tup
 
 
 def _points(thresholds: np.ndarray, acc: np.ndarray, steps: np.ndarray) -> list[FrontPoint]:
-    return list(map(FrontPoint._make, zip(thresholds.tolist(), acc.tolist(), steps.tolist())))
+    return list(map(FrontPoint._make, zip(thresholds.tolist(), acc.tolist(), steps.tolist(), strict=True)))
 
 
 def _grid(resolution: float) -> np.ndarray:
     if isinstance(resolution, bool) or not isinstance(resolution, numbers.Real) or not 0.0 < resolution <= 1.0:
         raise ValueError(f"resolution must be a number in (0, 1], got {resolution!r}")
-    k_max = int(math.floor(round(1.0 / resolution, 10)))
+    k_max = math.floor(round(1.0 / resolution, 10))
     grid = np.round(np.arange(k_max + 1) * float(resolution), 10)
     return grid if grid[-1] == 1.0 else np.append(grid, 1.0)
 
@@ -373,12 +373,14 @@ def baseline_curve(trace: Trace) -> dict[str, np.ndarray]:
 def accuracy_vs_t(trace: Trace) -> np.ndarray:
     """float64 [T]: fraction of samples whose prediction after step t is correct (index t-1)."""
     trace = _check_trace(trace)
-    return (trace.pred == trace.labels[:, None]).mean(axis=0, dtype=np.float64)
+    acc: np.ndarray = (trace.pred == trace.labels[:, None]).mean(axis=0, dtype=np.float64)
+    return acc
 
 
 def mean_confidence_vs_t(trace: Trace) -> np.ndarray:
     """float64 [T]: mean stopping score after step t over the samples (index t-1)."""
-    return _check_trace(trace).conf.mean(axis=0, dtype=np.float64)
+    mean: np.ndarray = _check_trace(trace).conf.mean(axis=0, dtype=np.float64)
+    return mean
 
 
 def oracle_curves(trace: Trace) -> dict[str, dict[str, np.ndarray]]:
@@ -430,10 +432,10 @@ def _point_dict(p: FrontPoint) -> dict[str, float]:
 
 def _curve_points(curve: dict[str, np.ndarray]) -> list[dict[str, float]]:
     return [{"max_steps": t + 1, "accuracy": float(a), "mean_steps": float(s)}
-            for t, (a, s) in enumerate(zip(curve["accuracy"], curve["mean_steps"]))]
+            for t, (a, s) in enumerate(zip(curve["accuracy"], curve["mean_steps"], strict=True))]
 
 
-def analyze(trace: Trace, resolution: float = 0.1, tolerance: float = 0.0, exact: bool = True) -> dict:
+def analyze(trace: Trace, resolution: float = 0.1, tolerance: float = 0.0, exact: bool = True) -> dict[str, Any]:
     """The whole Dynamic Confidence analysis of a trace as a JSON-ready dict (Python floats/ints).
 
     Keys: ``baseline`` {accuracy, mean_steps}; ``selected`` {threshold, accuracy, mean_steps,
@@ -453,14 +455,14 @@ def analyze(trace: Trace, resolution: float = 0.1, tolerance: float = 0.0, exact
     front = _points(grid, *_evaluate_many(trace, events, grid))
     exact_front = _exact_points(trace, events) if exact else None
     base = baseline(trace)
-    sel = select_threshold(exact_front if exact else front, base["accuracy"], tolerance)
+    sel = select_threshold(front if exact_front is None else exact_front, base["accuracy"], tolerance)
     orc = oracle_curves(trace)
-    report: dict = {
+    report: dict[str, Any] = {
         "baseline": base,
         "selected": _point_dict(sel) | {"saving": 1.0 - sel.mean_steps / trace.steps},
         "front": [_point_dict(p) for p in front],
     }
-    if exact:
+    if exact_front is not None:
         report["front_exact"] = [_point_dict(p) for p in exact_front]
     return report | {
         "oracle": _at_full_length(orc),

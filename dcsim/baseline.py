@@ -11,9 +11,9 @@ steps only, as in the engine; this simulator removes them from the network's nod
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import replace
+
+import torch
 
 from .network import Conv, Input, Linear, Neuron, SpikingNetwork
 from .readout import Readout
@@ -60,7 +60,8 @@ class EagerSimulator:
                         vals.append(spike * node.threshold)
                     else:
                         v = self.unbiased[i].apply(*(vals[j] for j in node.inputs))
-                        if self.unbiased[i] is not node and node.bias is not None and driven:
+                        if self.unbiased[i] is not node and isinstance(node, (Conv, Linear)) and node.bias is not None \
+                                and driven:
                             v = v + node.bias.reshape(1, -1, *([1] * (v.dim() - 2)))
                         vals.append(v)
                 out = vals[-1]

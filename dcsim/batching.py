@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from .data.stream import FolderSplit, _stack, loader_batches, split_batches
 
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 Local = Callable[[torch.Tensor], torch.Tensor]
 """This rank's rows of a global batch (see :meth:`dcsim.distributed.DataParallel.local`)."""
 
@@ -55,7 +55,7 @@ def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.T
     return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None, padding: int = 4) -> torch.Tensor:
     """:func:`crop_flip` with offsets uniform in [0, 2 * padding] and flips with p = 0.5.
 
     The draws come from ``generator`` on the CPU (the same augmentation on every device, and a
@@ -177,7 +177,7 @@ class StreamedSplit:
         rows = [g if local is None else local(g) for g in globals_]
         loader = DataLoader(replace(self.split, epoch=epoch), batch_sampler=[r.tolist() for r in rows],
                             num_workers=self.workers, collate_fn=_stack)
-        for g, (x, y) in zip(globals_, loader_batches(loader)):
+        for g, (x, y) in zip(globals_, loader_batches(loader), strict=True):
             x, y = self._to_device(x, y)
             yield x, y, len(g)
 

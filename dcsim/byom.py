@@ -82,6 +82,7 @@ def prepare(model: nn.Module, meta: dict, splits: dict, args: argparse.Namespace
     gen = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(train), generator=gen)[:size]
     set_quantization(model, False)
+    assert percentile is not None  # a float checkpoint needs --normalize (checked above)
     return normalize(model, train.normalized(idx), percentile=percentile), splits
 
 

@@ -182,7 +182,7 @@ def load_checkpoint(path: str | os.PathLike, build_model: Callable[..., nn.Modul
         raise ValueError(f"{path}: build_model returned a {type(model).__name__}, not a torch.nn.Module")
     try:
         with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 -- safe_open has keys(), no __iter__
     except Exception as err:  # as in read_metadata
         raise _open_error(path, err) from None
     if stored_hash is None:

@@ -10,8 +10,8 @@ import argparse
 import dataclasses
 import functools
 import itertools
-import os
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -280,7 +280,7 @@ def cmd_trace(args: argparse.Namespace) -> dict:
     from .engine import Engine
     from .pipeline import record_trace
 
-    model, meta, splits = _model_and_splits(args, ("val", args.split))
+    model, _meta, splits = _model_and_splits(args, ("val", args.split))
     tau, calib = _tau(args, model, splits)
     net = convert(model, method=args.method, semantics=_semantics(args, args.method))
     engine = Engine(net, device=args.world.device)
@@ -344,7 +344,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     from .engine import Engine
     from .pipeline import evaluate_live
 
-    model, meta, splits = _model_and_splits(args, ("val", args.split))
+    model, _meta, splits = _model_and_splits(args, ("val", args.split))
     if (args.threshold is None) == (args.trace is None):
         raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
     net = convert(model, method=args.method, semantics=_semantics(args, args.method))
@@ -460,8 +460,16 @@ def cmd_zoo(args: argparse.Namespace) -> dict:
 def cmd_bench(args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
 
-    from .benchmark import (bench_case, device_name, markdown, progress_line, skipped_models, standard_set,
-                            stream_case, stream_markdown)
+    from .benchmark import (
+        bench_case,
+        device_name,
+        markdown,
+        progress_line,
+        skipped_models,
+        standard_set,
+        stream_case,
+        stream_markdown,
+    )
 
     device = args.world.device
     cases = standard_set(device, quick=args.quick, full=args.full)
@@ -506,12 +514,11 @@ def cmd_bench(args: argparse.Namespace) -> dict:
             rows += new
             print(markdown(new).split("\n", 2)[2], end="", file=sys.stderr, flush=True)  # rows as they come
     print(markdown(rows), file=sys.stderr)
-    stream_rows = []
+    stream_rows: list[dict[str, object]] = []
     if args.stream:
-        for model, method in dict.fromkeys((m, meth) for m, meth, _ in cases):
-            for use_graphs in dict.fromkeys(g for g, _ in configs):
-                stream_rows.append(stream_case(model, method, args.stream, device, repeats=args.repeats,
-                                               graphs=use_graphs))
+        stream_rows = [stream_case(model, method, args.stream, device, repeats=args.repeats, graphs=use_graphs)
+                       for model, method in dict.fromkeys((m, meth) for m, meth, _ in cases)
+                       for use_graphs in dict.fromkeys(g for g, _ in configs)]
         print(stream_markdown(stream_rows), file=sys.stderr)
     if errors:
         print(f"dcsim bench: {len(errors)} case(s) failed", file=sys.stderr)
@@ -541,11 +548,10 @@ def _bench_networks(args: argparse.Namespace, device: torch.device) -> dict:
 def _stream_setup(args: argparse.Namespace):
     """Model, engine, readout, T, th_c and the split for ``stream``."""
     from .convert import convert
+    from .distributed import local_share
     from .engine import Engine
 
-    from .distributed import local_share
-
-    model, meta, splits = _model_and_splits(args, (args.split,))
+    model, _meta, splits = _model_and_splits(args, (args.split,))
     readout, steps, threshold = _from_trace(args)
     engine = Engine(convert(model, method=args.method, semantics=_semantics(args, args.method)),
                     device=args.world.device, channels_last=args.channels_last,
@@ -562,7 +568,8 @@ def cmd_stream(args: argparse.Namespace) -> dict:
                            repeats=args.repeats if args.compare else 1, compare=args.compare,
                            graphs=args.graphs) if len(y) else None
     if args.world.distributed:  # every rank streamed its own share: totals over the ranks
-        ranks = [r | {"samples": n} for r, n in zip(args.world.all_gather(out), args.world.all_gather(len(y)))
+        ranks = [r | {"samples": n}
+                 for r, n in zip(args.world.all_gather(out), args.world.all_gather(len(y)), strict=True)
                  if r is not None]
         total = sum(r["samples"] for r in ranks)
         latency = functools.reduce(LatencyHistogram.merge, (LatencyHistogram.from_dict(r["stream"]["latency_histogram"])
@@ -577,6 +584,8 @@ def cmd_stream(args: argparse.Namespace) -> dict:
                   f"in total, accuracy {out['stream']['accuracy']:.4f}, latency over all ranks p50 {lat['p50']:.2f} ms "
                   f"p99 {lat['p99']:.2f} ms")
         return out
+    if out is None:  # only one rank's share of a split may be empty
+        raise ValueError("no images: the split is empty")
     summary = out["stream"]
     if args.json is None:
         print(f"stream S={args.slots}: {summary['throughput']:.1f} samples/s, accuracy {summary['accuracy']:.4f}, "

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import operator
 import warnings
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .adapters import Quantization, Quantizers, RoundingWarning, find_adapter, registry
+from .adapters import Adapter, Matcher, Quantization, Quantizers, RoundingWarning, find_adapter, registry
 from .lsq import LSQActivation
 from .network import (
     SEMANTICS,
@@ -47,7 +48,7 @@ class ConversionError(ValueError):
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, adapters: list) -> None:
+    def __init__(self, adapters: list[tuple[Matcher, Adapter]]) -> None:
         super().__init__()
         self.adapters = adapters
 
@@ -55,7 +56,7 @@ class _Tracer(fx.Tracer):
         return find_adapter(m, self.adapters) is not None or super().is_leaf_module(m, qualname)
 
 
-def _quantization(mod: nn.Module, adapters: list, where: str) -> Quantization | None:
+def _quantization(mod: nn.Module, adapters: list[tuple[Matcher, Adapter]], where: str) -> Quantization | None:
     """The adapter's reading of ``mod`` (None when no adapter claims it); errors name the layer."""
     fn = find_adapter(mod, adapters)
     if fn is None:
@@ -70,14 +71,20 @@ def _quantization(mod: nn.Module, adapters: list, where: str) -> Quantization | 
     return q
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    """A 2-D size (an int for both dimensions, or a sequence of one or two) as a pair, as torch reads it."""
+    return (v, v) if isinstance(v, int) else (v[0], v[-1])
+
+
+def _pair_or_none(v: int | tuple[int | None, ...] | None) -> tuple[int | None, int | None]:
+    """:func:`_pair` for adaptive pooling sizes, where None keeps the input's size."""
+    return (v, v) if v is None or isinstance(v, int) else (v[0], v[-1])
 
 
 def _is_alias(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Nodes that pass their input through unchanged at inference (Dropout, Identity)."""
     if n.op == "call_module":
-        return isinstance(modules[n.target], (nn.Dropout, nn.Identity))
+        return isinstance(modules[str(n.target)], (nn.Dropout, nn.Identity))
     return n.op == "call_function" and n.target is F.dropout
 
 
@@ -89,16 +96,16 @@ def _consumers(n: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
     return out
 
 
-def _fold_bn(node: Node, bn: nn.Module, name: str) -> Node:
+def _fold_bn(node: Conv | Linear, bn: nn.BatchNorm1d | nn.BatchNorm2d, name: str) -> Conv | Linear:
     """Fold eval-mode batch norm into the conv/linear ``node``: w' = w*g, b' = (b - mean)*g + beta."""
-    if bn.running_mean is None:
+    if bn.running_mean is None or bn.running_var is None:  # both or neither
         raise ConversionError(f"layer {name!r} (BatchNorm) has no running statistics (track_running_stats=False)")
     gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_mean)
     beta = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)
     g = gamma / torch.sqrt(bn.running_var + bn.eps)
     w = node.weight * g.reshape(-1, *([1] * (node.weight.dim() - 1)))
     b = node.bias if node.bias is not None else torch.zeros_like(bn.running_mean)
-    return type(node)(**{**node.__dict__, "weight": w, "bias": (b - bn.running_mean) * g + beta})
+    return replace(node, weight=w, bias=(b - bn.running_mean) * g + beta)
 
 
 def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zmax: int | None = None, *,
@@ -156,7 +163,7 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
         origin[len(nodes)] = src
         nodes.append(node)
 
-    def arg(a, where: str) -> int:
+    def arg(a: object, where: str) -> int:
         if not isinstance(a, fx.Node) or a not in index:
             raise ConversionError(f"{where}: expected a tensor produced by a supported layer, got {a!r}")
         return index[a]
@@ -210,7 +217,7 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
                 if not th > 0:
                     raise ConversionError(f"{where} ({type(mod).__name__}) has a threshold {q.threshold!r} that is 0 in float32")
                 th_u0 = float(torch.tensor(u0_fraction * th, dtype=torch.float32))
-                inputs = (x,)
+                inputs: tuple[int, ...] = (x,)
                 prev = nodes[x]
                 # A residual sum used only here is fused into the neuron (its inputs are summed in the kernel).
                 if isinstance(prev, Add) and len(prev.inputs) == 2 and len(_consumers(origin[x], modules)) == 1 and x == len(nodes) - 1:
@@ -223,7 +230,7 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
                 add(AvgPool(name, (x,), _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size), _pair(mod.padding),
                             mod.ceil_mode, mod.count_include_pad), src)
             elif isinstance(mod, nn.AdaptiveAvgPool2d):
-                add(AdaptiveAvgPool(name, (x,), _pair(mod.output_size)), src)
+                add(AdaptiveAvgPool(name, (x,), _pair_or_none(mod.output_size)), src)
             elif isinstance(mod, nn.Flatten):
                 if mod.start_dim != 1 or mod.end_dim != -1:
                     raise ConversionError(f"{where} (Flatten) must flatten dims 1..-1")

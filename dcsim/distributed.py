@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset, FolderSplit, split_batches
+
+if TYPE_CHECKING:
+    from .lsq import LSQActivation
 
 DISTRIBUTED_COMMANDS = ("train", "trace", "eval", "report", "stream")
 """Commands that run under torchrun; the others refuse to."""
@@ -155,7 +159,7 @@ def data_fingerprint(split: Dataset | FolderSplit) -> str:
     return h.hexdigest()
 
 
-def check_agreement(world: World, items: dict[str, object]) -> None:
+def check_agreement(world: World, items: Mapping[str, object]) -> None:
     """Raise a ValueError when any rank's ``items`` (e.g. version, checkpoint digest, data
     fingerprint) differ from rank 0's, naming the first key and ranks that differ."""
     everyone = world.all_gather(items)
@@ -212,7 +216,7 @@ class Sharded:
         parts = sorted((p for rank_parts in self.world.all_gather(local) for p in rank_parts), key=lambda p: p[0])
         if not parts:
             raise ValueError(f"{self.split.name}: the split is empty")
-        return tuple(torch.cat(ts) for ts in zip(*(p[1] for p in parts)))
+        return tuple(torch.cat(ts) for ts in zip(*(p[1] for p in parts), strict=True))
 
 
 def map_batches(images: torch.Tensor | Sharded, batch_size: int, fn: Callable[[torch.Tensor], Sequence[torch.Tensor]],
@@ -228,7 +232,7 @@ def map_batches(images: torch.Tensor | Sharded, batch_size: int, fn: Callable[[t
     outs = [tuple(t.detach().cpu() for t in fn(images[lo:lo + batch_size])) for lo in range(0, len(images), batch_size)]
     if not outs:
         raise ValueError("no images: the split is empty")
-    return tuple(torch.cat(ts) for ts in zip(*outs))
+    return tuple(torch.cat(ts) for ts in zip(*outs, strict=True))
 
 
 # ------------------------------------------------------------------ training
@@ -241,7 +245,7 @@ class _LSQGlobalInit:
     s = 2 * mean(|x|) / sqrt(Qp) as LSQ does on one process, before the layer's own forward.
     """
 
-    def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    def __call__(self, module: LSQActivation, inputs: tuple[torch.Tensor, ...]) -> None:
         if not (module.training and module.quantize) or bool(module.initialized):
             return
         x = inputs[0].detach()

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -77,10 +78,10 @@ class BatchState:
             out += [v[k] for k in sorted(v)] if isinstance(v, dict) else [v]
         return out
 
-    def replace_tensors(self, tensors: list[torch.Tensor]) -> "BatchState":
+    def replace_tensors(self, tensors: list[torch.Tensor]) -> BatchState:
         """A new state made of ``tensors`` given in the order of :meth:`tensors`."""
         it = iter(tensors)
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
             kwargs[f.name] = {k: next(it) for k in sorted(v)} if isinstance(v, dict) else next(it)
@@ -139,7 +140,7 @@ class StepRecord:
     sums: torch.Tensor | None
 
     @staticmethod
-    def empty(k: int, n: int, layers: int, classes: int | None, device: torch.device) -> "StepRecord":
+    def empty(k: int, n: int, layers: int, classes: int | None, device: torch.device) -> StepRecord:
         return StepRecord(
             pred=torch.empty((k, n), dtype=torch.int64, device=device),
             score=torch.empty((k, n), dtype=torch.float32, device=device),
@@ -149,7 +150,7 @@ class StepRecord:
             sums=None if classes is None else torch.empty((k, n, classes), dtype=torch.float32, device=device),
         )
 
-    def store(self, t: int, state: "BatchState") -> None:
+    def store(self, t: int, state: BatchState) -> None:
         """Copy the output step's results into step t of the record (counts are stored by the neuron loop)."""
         self.pred[t] = state.pred
         self.score[t] = state.score
@@ -173,7 +174,9 @@ def gpu_flags(tf32: bool, autotune: bool | None = None) -> Iterator[None]:
     cudnn = torch.backends.cudnn
     saved_benchmark = cudnn.benchmark
     cudnn.benchmark = saved_benchmark if autotune is None else autotune
-    backends = [b for b in (cudnn.conv, torch.backends.cuda.matmul) if hasattr(b, "fp32_precision")]
+    # getattr: older PyTorch (allow_tf32 only) has no cudnn.conv, and reading it there raises
+    backends: list[Any] = [b for b in (getattr(cudnn, "conv", None), torch.backends.cuda.matmul)
+                           if hasattr(b, "fp32_precision")]
     saved = [b.fp32_precision for b in backends]
     legacy = None if backends else (cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)  # older PyTorch
     try:
@@ -184,7 +187,7 @@ def gpu_flags(tf32: bool, autotune: bool | None = None) -> Iterator[None]:
         yield
     finally:
         cudnn.benchmark = saved_benchmark
-        for b, v in zip(backends, saved):
+        for b, v in zip(backends, saved, strict=True):
             b.fp32_precision = v
         if legacy is not None:
             cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = legacy
@@ -263,18 +266,23 @@ class Engine:
             if j != out and not isinstance(nodes[j], Neuron):
                 self._free_after.setdefault(i, []).append(j)
         self.neurons = self.net.neurons
-        self._spike_weights = {  # event-driven convs: node -> weights packed for kernel 4
-            i: ops.pack_spike_conv_weight(nodes[i].weight) for i in self._dynamic
-            if self.spike_convs and isinstance(nodes[i], Conv) and nodes[i].groups == 1 and nodes[i].dilation == (1, 1)
-            and len(nodes[i].inputs) == 1 and isinstance(nodes[nodes[i].inputs[0]], Neuron)}
+        self._spike_weights: dict[int, torch.Tensor] = {}  # event-driven convs: node -> weights packed for kernel 4
+        for i in self._dynamic:
+            node = nodes[i]
+            if (self.spike_convs and isinstance(node, Conv) and node.groups == 1 and node.dilation == (1, 1)
+                    and len(node.inputs) == 1 and isinstance(nodes[node.inputs[0]], Neuron)):
+                self._spike_weights[i] = ops.pack_spike_conv_weight(node.weight)
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-        self._static_exits: dict[tuple, StaticExit] = {}
+        self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
         # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.
-        self._biases = {i: nodes[i].bias.float() for i in self._dynamic
-                        if self.net.drive_steps is not None and isinstance(nodes[i], (Conv, Linear))
-                        and nodes[i].bias is not None}
-        self._unbiased = {i: replace(nodes[i], bias=None) for i in self._biases}
+        self._biases: dict[int, torch.Tensor] = {}
+        self._unbiased: dict[int, Node] = {}
+        for i in self._dynamic:
+            node = nodes[i]
+            if self.net.drive_steps is not None and isinstance(node, (Conv, Linear)) and node.bias is not None:
+                self._biases[i] = node.bias.float()
+                self._unbiased[i] = replace(node, bias=None)
 
     # ---------------------------------------------------------------- state
 
@@ -354,7 +362,9 @@ class Engine:
         static = self._static_values(x)
         u, z, counts = {}, {}, {}
         for i in self.neurons:
-            u[i] = self._empty((n, *shapes[i]), torch.float32).fill_(nodes[i].u0)
+            neuron = nodes[i]
+            assert isinstance(neuron, Neuron)
+            u[i] = self._empty((n, *shapes[i]), torch.float32).fill_(neuron.u0)
             if self.net.method == "qffs":
                 z[i] = self._empty((n, *shapes[i]), torch.int32).zero_()
             counts[i] = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -394,7 +404,9 @@ class Engine:
         for i, v in self._static_values(x).items():
             state.static[i].index_copy_(0, rows, v)
         for i in self.neurons:
-            state.u[i].index_fill_(0, rows, self.net.nodes[i].u0)
+            neuron = self.net.nodes[i]
+            assert isinstance(neuron, Neuron)
+            state.u[i].index_fill_(0, rows, neuron.u0)
             if i in state.z:
                 state.z[i].index_fill_(0, rows, 0)
             state.counts[i].index_fill_(0, rows, 0)
@@ -485,6 +497,7 @@ class Engine:
                     if bias is not None:
                         node = self._unbiased[i]
                     if i in self._spike_weights:
+                        assert isinstance(node, Conv)
                         r = self.kernels.spike_conv2d(rows(node.inputs[0]), self._spike_weights[i], node.bias,
                                                       node.stride, node.padding)
                     else:
@@ -495,10 +508,10 @@ class Engine:
                     vals[i] = r.reshape(k, n, *r.shape[1:])
                 for j in self._free_after.get(i, ()):
                     del vals[j]
-            out = self.net.output
+            output = self.net.output
             for t in range(k):
                 self.kernels.output_step(
-                    at(out, t).contiguous(), state.sums, state.steps, max_steps, readout.code, readout.scale,
+                    at(output, t).contiguous(), state.sums, state.steps, max_steps, readout.code, readout.scale,
                     threshold, state.pred, state.score, state.exited,
                 )
                 rec.store(t, state)
@@ -530,13 +543,12 @@ class Engine:
         spikes = [torch.empty((0, len(self.neurons)), dtype=torch.int64, device=self.device)]
         for lo in range(0, n_all, bs):
             state = self.start(x[lo:lo + bs])
-            records = []
-            for done in range(0, steps, chunk):
-                records.append(self.advance(state, min(chunk, steps - done), steps, readout, record_sums=record_sums,
-                                            done=done))
+            records = [self.advance(state, min(chunk, steps - done), steps, readout, record_sums=record_sums, done=done)
+                       for done in range(0, steps, chunk)]
             preds.append(torch.cat([r.pred for r in records]).T)
             confs.append(torch.cat([r.score for r in records]).T)
-            sums_all.append(torch.cat([r.sums for r in records]).transpose(0, 1) if record_sums else None)
+            if record_sums:  # then every record has its sums
+                sums_all.append(torch.cat([r.sums for r in records if r.sums is not None]).transpose(0, 1))
             spikes.append(torch.stack([state.counts[i] for i in self.neurons], dim=1))
         neurons, layers = self._layers(x)
         return Simulation(

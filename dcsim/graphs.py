@@ -22,8 +22,9 @@ replay. On the CPU the same pieces run eagerly, so the logic is tested there.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
@@ -50,7 +51,7 @@ def bucket_sizes(n: int, buckets: bool) -> list[int]:
     return sizes
 
 
-def capture_graphs(pieces: dict[object, Callable[[], None]], device: torch.device,
+def capture_graphs(pieces: Mapping[object, Callable[[], object]], device: torch.device,
                    flags: Callable[[bool], AbstractContextManager[None]], what: str) -> dict[object, torch.cuda.CUDAGraph]:
     """Each piece captured as a CUDA graph, all in one memory pool.
 
@@ -108,9 +109,9 @@ class StaticExit:
         self.done: list[torch.Tensor | None] = [None] * len(self.sizes)
         pieces: dict[object, Callable[[], None]] = {"start": self._start}
         for level in range(len(self.sizes)):
-            pieces[("step", level)] = lambda level=level: self._step(level)
+            pieces[("step", level)] = functools.partial(self._step, level)
             if level + 1 < len(self.sizes):
-                pieces[("compact", level)] = lambda level=level: self._compact(level)
+                pieces[("compact", level)] = functools.partial(self._compact, level)
         self.graphs: dict[object, torch.cuda.CUDAGraph] = {}
         self._run: dict[object, Callable[[], None]] = pieces if not cuda else self._capture(pieces)
 
@@ -133,6 +134,7 @@ class StaticExit:
     def _step(self, level: int) -> None:
         """One chunk for the rows of ``level``; record each row's first exit by its sample row."""
         state, done = self.states[level], self.done[level]
+        assert state is not None and done is not None, "_start runs first"
         rec = self.engine.advance(state, self.chunk, self.steps, self.readout, self.threshold)
         first_exits = rec.exited.bool() & ~done  # [k, b]
         hit = first_exits.any(dim=0)
@@ -153,8 +155,10 @@ class StaticExit:
 
     def _compact(self, level: int) -> None:
         """Move the rows still running (in order) to the front, in place; the next level runs on the first rows."""
-        order = torch.argsort(self.done[level].to(torch.uint8), stable=True)[:self.sizes[level + 1]]
-        for t in [*self.states[level].tensors(), self.done[level]]:
+        state, done = self.states[level], self.done[level]
+        assert state is not None and done is not None, "_start runs first"
+        order = torch.argsort(done.to(torch.uint8), stable=True)[:self.sizes[level + 1]]
+        for t in [*state.tensors(), done]:
             t[:order.numel()] = t.index_select(0, order)
 
     # ------------------------------------------------------------- run
@@ -208,6 +212,6 @@ class StepGraph:
             return
         saved = [t.clone() for t in state.tensors()]  # the warm-up step runs for real: undo it after
         self.graph = capture_graphs({"step": step}, engine.device, engine.gpu_flags, "a streaming step")["step"]
-        for t, s in zip(state.tensors(), saved):
+        for t, s in zip(state.tensors(), saved, strict=True):
             t.copy_(s)
         self.replay = self.graph.replay

@@ -41,10 +41,7 @@ class LatencyHistogram:
         """Count one latency of ``ms`` milliseconds (finite, >= 0)."""
         if not (ms >= 0 and math.isfinite(ms)):
             raise ValueError(f"a latency must be a finite number of ms >= 0, got {ms!r}")
-        if ms < LOWEST_MS:
-            k = 0
-        else:
-            k = min(BINS + 1, 1 + int(math.log(ms / LOWEST_MS) / math.log(GROWTH)))
+        k = 0 if ms < LOWEST_MS else min(BINS + 1, 1 + int(math.log(ms / LOWEST_MS) / math.log(GROWTH)))
         self.counts[k] += 1
         self.count += 1
         self.total_ms += ms

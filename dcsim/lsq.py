@@ -39,6 +39,8 @@ class LSQActivation(nn.Module):
     With ``quantize = False`` (float pre-training, see :func:`set_quantization`) it is a ReLU.
     """
 
+    initialized: torch.Tensor  # buffer: the step has been initialised from data
+
     def __init__(self, bits: int = 2, grad_scale: str = "features") -> None:
         super().__init__()
         if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1:
@@ -56,7 +58,7 @@ class LSQActivation(nn.Module):
     @property
     def qp(self) -> int:
         """Highest quantization level Qp = 2^bits - 1."""
-        return 2**self.bits - 1
+        return (1 << self.bits) - 1  # 2^bits - 1 (bits >= 1)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, grad_scale={self.grad_scale!r}"

@@ -10,6 +10,7 @@ Inputs are float32 [N, C, H, W]; outputs are logits float32 [N, num_classes].
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ def vgg16(num_classes: int = 10, in_channels: int = 3, bits: int = 2, hidden: in
     layers: list[nn.Module] = []
     cin = in_channels
     for v in VGG16_CFG:
-        if v == "A":
+        if isinstance(v, str):  # "A"
             layers.append(nn.AvgPool2d(2))
         else:
             layers += _conv_bn_act(cin, v * width // 64, bits)
@@ -90,7 +91,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act1(self.bn1(self.conv1(x)))
-        return self.act2(self.bn2(self.conv2(h)) + self.shortcut(x))
+        out: torch.Tensor = self.act2(self.bn2(self.conv2(h)) + self.shortcut(x))
+        return out
 
 
 class Bottleneck(nn.Module):
@@ -115,7 +117,8 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act1(self.bn1(self.conv1(x)))
         h = self.act2(self.bn2(self.conv2(h)))
-        return self.act3(self.bn3(self.conv3(h)) + self.shortcut(x))
+        out: torch.Tensor = self.act3(self.bn3(self.conv3(h)) + self.shortcut(x))
+        return out
 
 
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
@@ -130,7 +133,7 @@ class ResNet(nn.Module):
     base_width: channels of the stem and the first stage (the standard 64); stage i has base_width * 2^i.
     """
 
-    def __init__(self, block: type, layers: tuple[int, ...], num_classes: int, in_channels: int, bits: int, stem: str,
+    def __init__(self, block: type[BasicBlock | Bottleneck], layers: tuple[int, ...], num_classes: int, in_channels: int, bits: int, stem: str,
                  base_width: int = 64) -> None:
         super().__init__()
         _check_width(base_width, "ResNet")
@@ -155,7 +158,8 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.flatten(self.pool(self.layers(self.stem(x)))))
+        out: torch.Tensor = self.fc(self.flatten(self.pool(self.layers(self.stem(x)))))
+        return out
 
 
 def resnet18(num_classes: int = 10, in_channels: int = 3, bits: int = 2, width: int = 64) -> ResNet:
@@ -176,7 +180,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(architecture: str, **kwargs) -> nn.Module:
+def build_model(architecture: str, **kwargs: Any) -> nn.Module:
     """Build a model by name (see ARCHITECTURES) with keyword arguments such as num_classes, bits."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")

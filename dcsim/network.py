@@ -11,6 +11,7 @@ are "static": the engine evaluates them once per sample, not once per step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +25,21 @@ class Node:
     inputs: tuple[int, ...]
 
     def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        """The node's value from its inputs' values (one per entry of ``inputs``)."""
         raise NotImplementedError(f"{type(self).__name__} has no stateless apply")
+
+    def _one(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The single input of a one-input node's :meth:`apply`."""
+        if len(xs) != 1:
+            raise TypeError(f"{type(self).__name__}.apply takes one input, got {len(xs)}")
+        return xs[0]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {}
 
-    def to(self, device: torch.device | str) -> "Node":
-        return replace(self, **{k: v.to(device) for k, v in self.tensors().items()})
+    def to(self, device: torch.device | str) -> Node:
+        moved: dict[str, Any] = {k: v.to(device) for k, v in self.tensors().items()}
+        return replace(self, **moved)
 
 
 @dataclass(frozen=True)
@@ -42,15 +51,15 @@ class Input(Node):
 class Conv(Node):
     """2-D convolution (batch norm folded in): weight [Cout, Cin/groups, kh, kw], bias [Cout]."""
 
-    weight: torch.Tensor = field(repr=False, default=None)
+    weight: torch.Tensor = field(repr=False)
     bias: torch.Tensor | None = field(repr=False, default=None)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self._one(xs), self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
@@ -60,11 +69,11 @@ class Conv(Node):
 class Linear(Node):
     """Fully connected layer (batch norm folded in): weight [out, in], bias [out]."""
 
-    weight: torch.Tensor = field(repr=False, default=None)
+    weight: torch.Tensor = field(repr=False)
     bias: torch.Tensor | None = field(repr=False, default=None)
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._one(xs), self.weight, self.bias)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
@@ -80,26 +89,26 @@ class AvgPool(Node):
     ceil_mode: bool = False
     count_include_pad: bool = True
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(self._one(xs), self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
 
 
 @dataclass(frozen=True)
 class AdaptiveAvgPool(Node):
     """Adaptive average pooling to ``output_size`` (global pooling for (1, 1))."""
 
-    output_size: tuple[int, int] = (1, 1)
+    output_size: tuple[int | None, int | None] = (1, 1)  # None: the input's size
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(x, self.output_size)
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self._one(xs), self.output_size)
 
 
 @dataclass(frozen=True)
 class Flatten(Node):
     """Flatten all dimensions after the sample dimension."""
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self._one(xs).flatten(1)
 
 
 @dataclass(frozen=True)
@@ -179,7 +188,7 @@ class SpikingNetwork:
                 static.add(i)
         return static
 
-    def to(self, device: torch.device | str) -> "SpikingNetwork":
+    def to(self, device: torch.device | str) -> SpikingNetwork:
         return replace(self, nodes=[n.to(device) for n in self.nodes])
 
     @property
@@ -198,7 +207,8 @@ class SpikingNetwork:
             elif isinstance(node, Neuron):
                 values.append(values[node.inputs[0]])
             else:
-                meta = replace(node, **{k: v.to("meta", torch.float32) for k, v in node.tensors().items()})
+                on_meta: dict[str, Any] = {k: v.to("meta", torch.float32) for k, v in node.tensors().items()}
+                meta = replace(node, **on_meta)
                 values.append(meta.apply(*(values[j] for j in node.inputs)))
         return [tuple(v.shape[1:]) for v in values]
 

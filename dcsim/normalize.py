@@ -30,6 +30,8 @@ from .lsq import LSQActivation
 class ClipReLU(nn.Module):
     """min(max(x, 0), threshold): a ReLU clipped at the data-based threshold (> 0, a buffer)."""
 
+    threshold: torch.Tensor  # the buffer
+
     def __init__(self, threshold: float) -> None:
         super().__init__()
         if not (math.isfinite(threshold) and threshold > 0):
@@ -78,14 +80,16 @@ class _TopK:
     def plan(self, percentile: float) -> None:
         """k per row: the values from the percentile's lower interpolation point upwards."""
         q = percentile / 100.0
+        assert self.count is not None, "observe_count comes first"
         self.k = [int(n) - math.floor(q * (int(n) - 1)) if int(n) else 0 for n in self.count.reshape(-1)]
         self.top = [torch.empty(0) for _ in self.k]
 
     def result(self, percentile: float) -> list[float]:
         """The percentile of each row's positive values (linear interpolation, as torch.quantile); 0 if none."""
         q = percentile / 100.0
+        assert self.count is not None, "observe_count comes first"
         out = []
-        for n, top in zip(self.count.reshape(-1).tolist(), self.top):
+        for n, top in zip(self.count.reshape(-1).tolist(), self.top, strict=True):
             if n == 0:
                 out.append(0.0)
                 continue
@@ -135,11 +139,10 @@ def activation_thresholds(model: nn.Module, calibration_images: torch.Tensor, pe
                    for name, m in layers.items()]
         try:
             for i in range(0, len(calibration_images), batch_size):
-                try:
-                    model(calibration_images[i:i + batch_size])
-                except RuntimeError as err:
-                    raise ValueError(f"calibration_images of shape {list(calibration_images.shape)} do not fit the "
-                                     f"model: {str(err).splitlines()[0]}") from err
+                model(calibration_images[i:i + batch_size])
+        except RuntimeError as err:
+            raise ValueError(f"calibration_images of shape {list(calibration_images.shape)} do not fit the "
+                             f"model: {str(err).splitlines()[0]}") from err
         finally:
             for h in handles:
                 h.remove()
@@ -202,6 +205,7 @@ def _scale_channels(model: nn.Module, thresholds: dict[str, torch.Tensor]) -> No
         if len(prev.users) != 1 or prev.op != "call_module":
             raise ValueError(f"{where} must be the only user of a conv/linear (+ batch norm) layer's output")
         producer = modules[prev.target]
+        targets: list[torch.Tensor]
         if isinstance(producer, (nn.BatchNorm1d, nn.BatchNorm2d)) and producer.affine:
             targets = [producer.weight, producer.bias]
         elif isinstance(producer, (nn.Conv2d, nn.Linear)):

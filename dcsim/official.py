@@ -107,7 +107,11 @@ def map_state_dict(state: dict[str, torch.Tensor], num_classes: int = 10, bits: 
     and misshapen keys.
     """
     target = resnet18(num_classes=num_classes, in_channels=3, bits=bits).state_dict()
-    expected = {official_name(k): k for k in target if official_name(k) is not None}
+    expected: dict[str, str] = {}  # official name -> dcsim name
+    for k in target:
+        name = official_name(k)
+        if name is not None:
+            expected[name] = k
     given = set(state) - {LOGIT_KEY}
     missing = sorted(k for k in set(expected) - given if not _OPTIONAL.search(k))
     unexpected = sorted(given - set(expected))

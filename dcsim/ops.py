@@ -56,7 +56,7 @@ def dense_rows(t: torch.Tensor) -> bool:
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
 
 
-def _check(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device, shape: tuple | None = None,
+def _check(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device, shape: tuple[int, ...] | None = None,
            like: torch.Tensor | None = None) -> None:
     """Check dtype, device, shape, and layout: dense rows, with the strides of ``like`` when given."""
     _tensor(name, t)
@@ -74,7 +74,7 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device,
 
 def _strides(t: torch.Tensor) -> tuple[int | None, ...]:
     """Strides of the dimensions that matter (a dimension of size 1 may have any stride)."""
-    return tuple(st if size > 1 else None for size, st in zip(t.shape, t.stride()))
+    return tuple(st if size > 1 else None for size, st in zip(t.shape, t.stride(), strict=True))
 
 
 def _launch(device: torch.device, numel: int) -> tuple[bool, int, int]:
@@ -114,10 +114,12 @@ def neuron_step(
     _check("out", out, torch.float32, device, shape, like=u)
     if x2 is not None:
         _check("x2", x2, torch.float32, device, shape, like=u)
+    z_ptr = 0  # QCFS keeps no spike count
     if method == "qffs":
         if z is None:
             raise ValueError("z (the spike count) is required for method 'qffs'")
         _check("z", z, torch.int32, device, shape, like=u)
+        z_ptr = z.data_ptr()
     n = shape[0]
     _check("counts", counts, torch.int64, device, (n,))
     if not (isinstance(th, (int, float)) and 0 < th <= FLOAT32_MAX):
@@ -126,7 +128,7 @@ def neuron_step(
     cuda, stream, threads = _launch(device, u.numel())
     _core().neuron_step(
         METHODS[method], n, m, x.data_ptr(), 0 if x2 is None else x2.data_ptr(), u.data_ptr(),
-        0 if method == "qcfs" else z.data_ptr(), out.data_ptr(), counts.data_ptr(), float(th), int(zmax),
+        z_ptr, out.data_ptr(), counts.data_ptr(), float(th), int(zmax),
         cuda, stream, threads,
     )
 

@@ -54,7 +54,7 @@ def record_trace(engine: Engine, images: Images, labels: torch.Tensor, steps: in
     """Run all samples for ``steps`` steps and keep (prediction, score) per sample and step."""
     def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         sim = engine.simulate(x.to(engine.device), steps, readout, record_sums=record_sums, batch_size=batch_size)
-        return (sim.pred, sim.conf) + ((sim.sums,) if record_sums else ())
+        return (sim.pred, sim.conf) + ((sim.sums,) if sim.sums is not None else ())  # sums: when record_sums
 
     out = map_batches(images, batch_size, run, "trace")
     full_meta = {"method": engine.net.method, "semantics": engine.net.semantics,
@@ -124,7 +124,9 @@ def evaluate_live(engine: Engine, images: Images, labels: torch.Tensor, steps: i
     elapsed = time.perf_counter() - t0
     if not layers:  # this rank ran no batch: the layer sizes come from the network
         layers[:] = list(engine._layers(out[0].new_empty((0, *_sample_shape(images)), dtype=torch.float32)))
-    res = ExitResult(*out, *layers)
+    pred, exit_step, conf, spikes = out
+    neurons, names = layers
+    res = ExitResult(pred, exit_step, conf, spikes, neurons, names)
     correct = (res.pred == labels.cpu()).float()
     mean_steps = float(res.exit_step.float().mean())
     return LiveEval(

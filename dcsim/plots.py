@@ -74,7 +74,8 @@ def plot_front(analysis: dict, path: str | os.PathLike) -> Path:
     exact = analysis.get("front_exact")
     if exact:
         pts = sorted((p["mean_steps"], 100 * p["accuracy"]) for p in exact)
-        ax.plot(*zip(*pts), "-", color="tab:blue", lw=1.0, alpha=0.7, label=f"DC, exact front ({len(exact)} th_c)")
+        ax.plot(*zip(*pts, strict=True), "-", color="tab:blue", lw=1.0, alpha=0.7,
+                label=f"DC, exact front ({len(exact)} th_c)")
     front = _get(analysis, "front")
     ax.plot([p["mean_steps"] for p in front], [100 * p["accuracy"] for p in front], "o", color="tab:blue", ms=5,
             label="DC, grid th_c")

@@ -52,9 +52,11 @@ class Readout:
         return 1.0 / (self.alpha * self.tau)
 
     @classmethod
-    def paper(cls, method: str, bits: int, steps: int, tau: float = 1.0, kind: str = "max_softmax") -> "Readout":
-        """The paper's alpha: 2^bits - 1 for QFFS, the simulation length T for QCFS."""
+    def paper(cls, method: str, bits: int | None, steps: int, tau: float = 1.0, kind: str = "max_softmax") -> Readout:
+        """The paper's alpha: 2^bits - 1 for QFFS, the simulation length T for QCFS (bits unused: may be None)."""
         if method == "qffs":
+            if bits is None:
+                raise ValueError("QFFS's paper alpha 2^bits - 1 needs the activations' bit width, got bits=None")
             alpha = float(2**bits - 1)
         elif method == "qcfs":
             alpha = float(steps)
@@ -62,5 +64,5 @@ class Readout:
             raise ValueError(f"method must be 'qcfs' or 'qffs', got {method!r}")
         return cls(kind=kind, alpha=alpha, tau=tau)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str | float]:
         return {"kind": self.kind, "alpha": self.alpha, "tau": self.tau}

@@ -37,6 +37,8 @@ def neuron_step(
     current = x if x2 is None else x + x2
     u.copy_(u + current)
     if METHODS[method] == METHODS["qffs"]:
+        if z is None:  # as dcsim.ops.neuron_step
+            raise ValueError("z (the spike count) is required for method 'qffs'")
         pos = (u >= th) & (z < zmax)
         neg = (u < 0) & (z > 0) & ~pos
         spike = pos.to(torch.int32) - neg.to(torch.int32)

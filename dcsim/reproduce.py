@@ -249,14 +249,12 @@ def _markdown(s: dict) -> str:
         parts.append(f"| {t} | {100 * a:.2f} |{theirs}\n")
     parts.append("\n## Training\n\n| epoch | stage | lr (end) | train acc | val acc | minutes (cumulative) |\n"
                  "|---|---|---|---|---|---|\n")
-    for e in tr["epochs"]:
-        parts.append(f"| {e['epoch']} | {e['phase']} | {e['lr']:.4g} | {_pct(e['train_acc'])} | {_pct(e['val_acc'])} | "
-                     f"{e['elapsed_s'] / 60:.2f} |\n")
+    parts.extend(f"| {e['epoch']} | {e['phase']} | {e['lr']:.4g} | {_pct(e['train_acc'])} | {_pct(e['val_acc'])} | "
+                 f"{e['elapsed_s'] / 60:.2f} |\n" for e in tr["epochs"])
     parts.append("\nEpochs and minutes until the validation accuracy first reached a level:\n\n"
                  "| stage | level | epoch | minutes |\n|---|---|---|---|\n")
-    for r in tr["milestones"]:
-        parts.append(f"| {r['phase']} | {_pct(r['level'])} | {r['epoch'] or 'not reached'} | "
-                     f"{'-' if r['minutes'] is None else format(r['minutes'], '.2f')} |\n")
+    parts.extend(f"| {r['phase']} | {_pct(r['level'])} | {r['epoch'] or 'not reached'} | "
+                 f"{'-' if r['minutes'] is None else format(r['minutes'], '.2f')} |\n" for r in tr["milestones"])
     if tr.get("budget_plan"):
         p = tr["budget_plan"]
         parts.append(f"\nBudget {p['budget_minutes']} minutes: {p['float_epochs']} float + {p['epochs']} LSQ epochs planned "

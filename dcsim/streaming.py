@@ -62,7 +62,8 @@ class StreamStats:
 
 def _next_inputs(source: Iterator, k: int, counter: list[int]) -> tuple[list[int], list[torch.Tensor], BaseException | None]:
     """Up to k (id, input) pairs; items are tensors [C, H, W] (ids count arrivals) or (id, tensor)."""
-    ids, xs = [], []
+    ids: list[int] = []
+    xs: list[torch.Tensor] = []
     try:
         while len(xs) < k:
             item = next(source)
@@ -114,8 +115,11 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
     x, ids, pending_error = admit(slots)
     state = engine.start(x, ids=ids) if x is not None else None
     neurons = engine.neurons
-    graph = StepGraph(engine, state, steps, readout, threshold) if graphs and state is not None else None
-    idle = torch.zeros(state.n, dtype=torch.bool, device=dev) if graph is not None else None  # empty slots
+    graph: StepGraph | None = None
+    idle: torch.Tensor | None = None  # the empty slots, with a graph
+    if graphs and state is not None:
+        graph = StepGraph(engine, state, steps, readout, threshold)
+        idle = torch.zeros(state.n, dtype=torch.bool, device=dev)
     n_idle = 0
     while state is not None and state.n > n_idle:
         if graph is not None:
@@ -129,30 +133,30 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
             continue
         now = time.perf_counter()
         rows = torch.nonzero(done).squeeze(1)
-        ids = state.ids[rows].tolist()
+        done_ids = state.ids[rows].tolist()
         preds = state.pred[rows].tolist()
         exit_steps = state.steps[rows].tolist()
         confs = state.score[rows].tolist()
-        spikes = torch.stack([state.counts[i][rows] for i in neurons], dim=1).tolist() if neurons else [[]] * len(ids)
+        spikes = torch.stack([state.counts[i][rows] for i in neurons], dim=1).tolist() if neurons else [[]] * len(done_ids)
         admitted = state.admitted[rows].tolist()
         filled = 0
         if pending_error is None:
-            x, new_ids, pending_error = admit(len(ids))
-            if x is not None:
+            x, new_ids, pending_error = admit(len(done_ids))
+            if x is not None and new_ids is not None:
                 filled = len(x)
                 engine.refill(state, rows[:filled], x, new_ids)
-        if filled < len(ids) and idle is not None:  # the graph's buffers keep their rows
+        if filled < len(done_ids) and idle is not None:  # the graph's buffers keep their rows
             idle[rows[filled:]] = True
-            n_idle += len(ids) - filled
-        elif filled < len(ids):
+            n_idle += len(done_ids) - filled
+        elif filled < len(done_ids):
             keep = torch.ones(state.n, dtype=torch.bool, device=dev)
             keep[rows[filled:]] = False
             state = engine.compact(state, torch.nonzero(keep).squeeze(1))
-        for j in range(len(ids)):
+        for j in range(len(done_ids)):
             latency = 1000.0 * (now - admitted[j])
             stats.completed += 1
             stats.latency.add(latency)
-            yield StreamResult(ids[j], preds[j], exit_steps[j], confs[j], tuple(spikes[j]), latency)
+            yield StreamResult(done_ids[j], preds[j], exit_steps[j], confs[j], tuple(spikes[j]), latency)
     stats.finished = time.perf_counter()
     if pending_error is not None:
         raise pending_error

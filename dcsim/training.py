@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,11 @@ from .lsq import set_quantization
 
 if TYPE_CHECKING:
     from .distributed import DataParallel
+
+Normalization = tuple[Sequence[float], Sequence[float]]
+"""Per-channel (mean, std) of the images, in units of [0, 1] pixel intensity."""
+Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+"""augment(x, generator) -> x: a batch transform on the device (e.g. :func:`dcsim.batching.random_crop_flip`)."""
 SCHEDULES = ("exponential", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -176,13 +181,18 @@ class _Stepper:
                 loss = self.parallel.loss(out.float(), y, len(y) if rows is None else rows,
                                           label_smoothing=self.config.label_smoothing)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         self.opt.step()
         return loss.detach(), (out.detach().argmax(1) == y).sum(), len(y)
 
 
-def _as_split(x: torch.Tensor | FolderSplit, y: torch.Tensor, normalization, device: torch.device, channels_last: bool,
-              workers: int = 0) -> DeviceSplit | StreamedSplit:
+def _to_memory_format(model: nn.Module, memory_format: torch.memory_format) -> None:
+    """``model.to(memory_format=...)``, in place: its 4-D parameters and buffers in that layout."""
+    model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's overloads of Module.to omit it
+
+
+def _as_split(x: torch.Tensor | FolderSplit, y: torch.Tensor, normalization: Normalization | None,
+              device: torch.device, channels_last: bool, workers: int = 0) -> DeviceSplit | StreamedSplit:
     if isinstance(x, FolderSplit):  # streamed from disk; it carries its own normalization and labels
         return StreamedSplit(x, device, channels_last, workers)
     channels = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 4 else 0
@@ -194,8 +204,8 @@ def _as_split(x: torch.Tensor | FolderSplit, y: torch.Tensor, normalization, dev
 
 def measure_epoch_seconds(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_size: int,
                           config: TrainConfig, runtime: TrainRuntime = TrainRuntime(),
-                          device: torch.device | str | None = None, normalization=None,
-                          augment: Callable | None = None, batches: int = 6, warmup: int = 3) -> dict:
+                          device: torch.device | str | None = None, normalization: Normalization | None = None,
+                          augment: Augment | None = None, batches: int = 6, warmup: int = 3) -> dict[str, Any]:
     """Seconds per float epoch and per LSQ epoch (training plus a validation pass of ``val_size`` images).
 
     Times ``batches`` optimisation steps in each mode after ``warmup`` untimed ones (cuDNN
@@ -206,20 +216,22 @@ def measure_epoch_seconds(model: nn.Module, train_x: torch.Tensor, train_y: torc
     _, channels_last = runtime.resolve(device)
     model.to(device)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        _to_memory_format(model, torch.channels_last)
     saved = copy.deepcopy(model.state_dict())
     split = _as_split(train_x, train_y, normalization, device, channels_last)
+    if not isinstance(split, DeviceSplit):
+        raise ValueError("measure_epoch_seconds times batches of a split held in memory, not a streamed FolderSplit")
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     step = _Stepper(model, opt, config, runtime, device)
     gen = torch.Generator().manual_seed(config.seed)
     per_epoch = math.ceil(len(split) / config.batch_size)
     eval_batches = math.ceil(val_size / 1024)
-    out: dict = {"batch_s": {}}
+    out: dict[str, Any] = {"batch_s": {}}
     try:
         for quantized in (False, True):
             set_quantization(model, quantized)
             times = []
-            for i in range(warmup + batches):
+            for _ in range(warmup + batches):
                 idx = torch.randint(0, len(split), (config.batch_size,), generator=gen)
                 model.train()
                 _sync(device)
@@ -246,7 +258,7 @@ def measure_epoch_seconds(model: nn.Module, train_x: torch.Tensor, train_y: torc
     return out
 
 
-def plan_epochs(seconds: dict, budget_s: float, lsq_share: float = 0.4) -> tuple[int, int]:
+def plan_epochs(seconds: dict[str, float], budget_s: float, lsq_share: float = 0.4) -> tuple[int, int]:
     """(float_epochs, lsq_epochs) that fit ``budget_s`` seconds of training, ``lsq_share`` of it LSQ.
 
     seconds: {"float_s", "lsq_s"} per epoch (see :func:`measure_epoch_seconds`). Raises
@@ -266,8 +278,8 @@ def plan_epochs(seconds: dict, budget_s: float, lsq_share: float = 0.4) -> tuple
 
 def budget_config(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_size: int, config: TrainConfig,
                   budget_minutes: float, lsq_share: float = 0.4, runtime: TrainRuntime = TrainRuntime(),
-                  device: torch.device | str | None = None, normalization=None,
-                  augment: Callable | None = None) -> tuple[TrainConfig, dict]:
+                  device: torch.device | str | None = None, normalization: Normalization | None = None,
+                  augment: Augment | None = None) -> tuple[TrainConfig, dict[str, Any]]:
     """``config`` with its float and LSQ epochs set to fill ``budget_minutes`` of training on this machine.
 
     Measures the epoch times (:func:`measure_epoch_seconds`; the measurement's own time comes
@@ -295,21 +307,21 @@ def _sync(device: torch.device) -> None:
 
 def train(
     model: nn.Module,
-    train_x: torch.Tensor,
+    train_x: torch.Tensor | FolderSplit,
     train_y: torch.Tensor,
-    val_x: torch.Tensor,
+    val_x: torch.Tensor | FolderSplit,
     val_y: torch.Tensor,
     config: TrainConfig = TrainConfig(),
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    augment: Augment | None = None,
     workdir: str | Path | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
     *,
-    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    normalization: Normalization | None = None,
     runtime: TrainRuntime = TrainRuntime(),
     time_limit_s: float | None = None,
     parallel: DataParallel | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Train ``model`` in place and load the weights that were best on the validation split.
 
     Images: float32 [N, C, H, W] already normalized, or uint8 with ``normalization`` = (mean, std)
@@ -333,7 +345,7 @@ def train(
     _, channels_last = runtime.resolve(device)
     model.to(device)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        _to_memory_format(model, torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     train_split = _as_split(train_x, train_y, normalization, device, channels_last, runtime.loader_workers)
@@ -348,7 +360,7 @@ def train(
     step = _Stepper(model, opt, config, runtime, device, parallel)
     ranks = 1 if parallel is None else parallel.world.size
     total = config.float_epochs + config.epochs
-    history: dict = {"epochs": [], "best_val_acc": -1.0, "config": asdict(config), "planned_epochs": total,
+    history: dict[str, Any] = {"epochs": [], "best_val_acc": -1.0, "config": asdict(config), "planned_epochs": total,
                      "completed": False}
     best: dict[str, torch.Tensor] | None = None
     start = 0
@@ -374,7 +386,7 @@ def train(
                    desc=f"epoch {epoch + 1}/{total} ({'lsq' if quantized else 'float'})")
         batches = train_split.epoch_batches(perm, config.batch_size, n_batches, epoch=epoch, augment=augment,
                                             generator=gen, local=None if parallel is None else parallel.local)
-        for b, (x, y, global_rows) in zip(bar, batches):
+        for b, (x, y, global_rows) in zip(bar, batches, strict=True):
             lr = learning_rate(config, epoch, b / n_batches)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -384,12 +396,15 @@ def train(
             seen += rows
             if b % 50 == 49 or b == n_batches - 1:  # a host sync only now and then
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}")
+        totals: tuple[float, ...] = (float(loss_sum), int(correct), seen)
         if parallel is not None:
-            loss_sum, correct, seen = parallel.reduce(float(loss_sum), int(correct), seen)
+            totals = parallel.reduce(*totals)
+        total_loss, total_correct, total_seen = totals
         val_acc = split_accuracy(model, val_split)
         seconds = time.perf_counter() - t_epoch
         record = {"epoch": epoch + 1, "phase": "lsq" if quantized else "float",
-                  "loss": float(loss_sum) / max(seen, 1), "train_acc": int(correct) / max(seen, 1), "val_acc": val_acc,
+                  "loss": total_loss / max(total_seen, 1), "train_acc": int(total_correct) / max(total_seen, 1),
+                  "val_acc": val_acc,
                   "lr": lr, "seconds": seconds, "elapsed_s": elapsed0 + time.perf_counter() - t_start}
         history["epochs"].append(record)
         if quantized and val_acc > history["best_val_acc"]:
@@ -408,12 +423,12 @@ def train(
     set_quantization(model, True)
     if best is not None:
         model.load_state_dict(best)
-    model.to(memory_format=torch.contiguous_format)
+    _to_memory_format(model, torch.contiguous_format)
     model.eval()
     return history
 
 
-def milestones(history: dict, levels: Sequence[float]) -> list[dict]:
+def milestones(history: dict[str, Any], levels: Sequence[float]) -> list[dict[str, Any]]:
     """Epochs and minutes until the validation accuracy first reached each level, per stage.
 
     Returns [{"phase", "level", "epoch", "minutes"}] with epoch/minutes None where not reached
@@ -430,7 +445,7 @@ def milestones(history: dict, levels: Sequence[float]) -> list[dict]:
 
 
 def _checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-                history: dict, best: dict[str, torch.Tensor] | None) -> None:
+                history: dict[str, Any], best: dict[str, torch.Tensor] | None) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if best is not None:
         tensors |= {f"best.{k}": v for k, v in best.items()}
@@ -444,13 +459,14 @@ def _checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: t
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"dcsim": json.dumps(meta)})
 
 
-def _same_config(stored: dict, config: TrainConfig) -> bool:
+def _same_config(stored: dict[str, Any], config: TrainConfig) -> bool:
     """Whether a stored config is ``config``; fields it predates count as their defaults."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     return defaults | stored == asdict(config)
 
 
-def _resume(path: Path, model: nn.Module, opt, gen: torch.Generator, config: TrainConfig):
+def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+            config: TrainConfig) -> tuple[int, dict[str, Any], dict[str, torch.Tensor] | None]:
     from safetensors import safe_open
 
     try:

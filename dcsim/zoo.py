@@ -120,7 +120,9 @@ def verify(folder: str | os.PathLike) -> dict:
 def load(folder: str | os.PathLike, build_model: Callable[..., nn.Module] | None = None) -> tuple[nn.Module, dict]:
     """Verify the shards of the zoo entry ``folder`` and rebuild its model: (model in eval mode on the CPU, metadata)."""
     if build_model is None:
-        from .models import build_model
+        from .models import build_model as default_build_model
+
+        build_model = default_build_model
     folder = Path(folder)
     manifest = verify(folder)
     tensors: dict[str, torch.Tensor] = {}

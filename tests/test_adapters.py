@@ -152,12 +152,12 @@ def test_nonpositive_official_scale_names_the_layer():
     act = LsqActivation(2, 0.5)
     with torch.no_grad():
         act.scale.fill_(0.0)
-    with pytest.raises(ConversionError, match="'act'.*step"):
+    with pytest.raises(ConversionError, match=r"'act'.*step"):
         dcsim.convert(_single_layer(act, 8), quantizers={LsqActivation: official_lsq})
 
 
 def test_float_mode_lsq_points_to_normalize():
     act = _lsq(2, 0.25)
     act.quantize = False
-    with pytest.raises(ConversionError, match="'act'.*float.*normalize"):
+    with pytest.raises(ConversionError, match=r"'act'.*float.*normalize"):
         dcsim.convert(_single_layer(act, 8))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -140,7 +141,7 @@ def test_front_exact_vs_brute_force(n, t, mode, seed):
     assert ths[0] == 0.0 and ths[-1] == 1.0 and ths == sorted(set(ths))
     assert front[-1].mean_steps == t and front[-1].accuracy == brute_evaluate(tr, 1.0)[0]
     steps = [p.mean_steps for p in front]
-    assert all(a < b for a, b in zip(steps[:-2], steps[1:-1])) and steps[-2] <= steps[-1]
+    assert all(a < b for a, b in pairwise(steps[:-1])) and steps[-2] <= steps[-1]
     assert (steps[-2] == steps[-1]) == (not ((tr.conf == 1.0) & (np.arange(t) < t - 1)).any())
     for p in sample(front, 40, rng):
         assert (p.accuracy, p.mean_steps) == brute_evaluate(tr, p.threshold), p
@@ -373,7 +374,7 @@ def test_load_errors(tmp_path):
         A.load_trace(_write_npz(tmp_path / "m.npz", meta=np.array("{oops")))
     with pytest.raises(ValueError, match=r"o\.npz"):
         A.load_trace(_write_npz(tmp_path / "o.npz", labels=np.array([0, 1, 2, 0, "a"], dtype=object)))
-    with pytest.raises(FileNotFoundError, match="absent.npz"):
+    with pytest.raises(FileNotFoundError, match=r"absent\.npz"):
         A.load_trace(tmp_path / "absent.npz")
     with pytest.raises(ValueError, match="not a file"):
         A.load_trace(tmp_path)

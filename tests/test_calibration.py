@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-
 import dcsim
 from dcsim.calibration import calibration_report, expected_calibration_error, fit_temperature
 
@@ -39,7 +38,7 @@ def _ece_brute(conf, correct, bins):
     total = 0.0
     for b in range(bins):
         lo, hi = b / bins, (b + 1) / bins
-        sel = [(c, k) for c, k in zip(conf, correct) if (lo < c <= hi) or (b == 0 and c == 0.0)]
+        sel = [(c, k) for c, k in zip(conf, correct, strict=True) if (lo < c <= hi) or (b == 0 and c == 0.0)]
         if sel:
             acc = sum(k for _, k in sel) / len(sel)
             avg = sum(c for c, _ in sel) / len(sel)

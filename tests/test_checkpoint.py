@@ -97,7 +97,7 @@ def test_save_validates_metadata(tmp_path):
         save_checkpoint(tmp_path / "m.safetensors", model, META | {"normalization": {"mean": [0.5]}})
     with pytest.raises(ValueError, match="JSON-serializable"):
         save_checkpoint(tmp_path / "m.safetensors", model, META | {"extra": object()})
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         save_checkpoint(tmp_path / "m.safetensors", {"w": torch.zeros(1)}, META)
     assert not any(tmp_path.iterdir())
 
@@ -198,7 +198,7 @@ def test_pickle_renamed_is_refused_without_running(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.safetensors"):
         load_checkpoint(tmp_path / "nope.safetensors", build)
     with pytest.raises(FileNotFoundError):
         read_metadata(tmp_path / "nope.safetensors")
@@ -242,7 +242,7 @@ def test_checkpoint_without_hash_loads_with_a_warning(tmp_path):
     save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: legacy})
     with pytest.warns(UserWarning, match=rf"{path}: the checkpoint has no content hash"):
         loaded, _ = load_checkpoint(path, build)
-    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 

@@ -144,7 +144,7 @@ def test_training_resumes_after_interruption_to_the_same_weights(tmp_path):
     resumed = fresh()
     history = training.train(resumed, xtr, ytr, xva, yva, cfg, augment=lambda x, g: x, workdir=tmp_path, progress=False)
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
-    for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+    for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 
@@ -158,7 +158,7 @@ def test_bench_rows_and_stream(tmp_path):
     assert len(b["rows"]) == 48
     assert {r["engine"] for r in b["rows"]} == {
         f"{g}{p}" for g in ("eager", "graphs+buckets") for p in ("", "+bf16", "+spikeconv")}
-    for full, early in zip(b["rows"][::2], b["rows"][1::2]):
+    for full, early in zip(b["rows"][::2], b["rows"][1::2], strict=True):
         assert (full["mode"], early["mode"]) == ("full", "early_exit")
         assert early["mean_steps"] < full["mean_steps"] == full["steps"]
         assert full["ms_per_inference"] > 0 and ("speedup_vs_reference" in full) == (full["batch"] == 1)

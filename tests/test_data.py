@@ -157,7 +157,7 @@ def test_cifar_class_folders(tmp_path):
         assert ds.mean == data.CIFAR10_MEAN and ds.std == data.CIFAR10_STD
     # every image's colour identifies (class, image): labels follow the folders, splits are disjoint
     for ds, offset in ((tr, 0), (va, 0), (te, 5)):
-        for red, label in zip(_red(ds), ds.labels.tolist()):
+        for red, label in zip(_red(ds), ds.labels.tolist(), strict=True):
             k, rem = divmod(red - 10 - offset + 2, 60)  # +-2: JPEG of a solid colour is nearly exact
             assert k == label and 0 <= rem <= 34
     assert not set(_red(tr)) & set(_red(va))
@@ -516,7 +516,7 @@ def test_augment_cifar_is_a_padded_crop_and_flip():
         found.add(matches[0][2])
     assert found == {False, True}  # both flipped and unflipped samples occur
     no_pad = data.augment_cifar(x, torch.Generator().manual_seed(3), padding=0)
-    assert all(torch.equal(o, xb) or torch.equal(o, xb.flip(-1)) for o, xb in zip(no_pad, x))
+    assert all(torch.equal(o, xb) or torch.equal(o, xb.flip(-1)) for o, xb in zip(no_pad, x, strict=True))
     with pytest.raises(ValueError, match="float tensor"):
         data.augment_cifar(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), g)
 

@@ -79,7 +79,7 @@ def test_train_transform_is_seeded_per_image_and_epoch(tmp_path):
     for _ in range(200):
         w, h = (int(v) for v in rng.integers(1, 600, 2))
         left, top, cw, ch = stream.random_resized_crop_box(w, h, rng)
-        assert 0 <= left and 0 <= top and 1 <= cw and 1 <= ch and left + cw <= w and top + ch <= h
+        assert left >= 0 and top >= 0 and cw >= 1 and ch >= 1 and left + cw <= w and top + ch <= h
 
 
 def test_a_corrupt_image_is_named_and_nothing_hangs(tmp_path):
@@ -149,7 +149,7 @@ print("growth", rss_mib() - base)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not platform.libc_ver()[0] == "glibc",
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="glibc's malloc only")
 def test_return_large_buffers_gives_freed_batch_buffers_back(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}

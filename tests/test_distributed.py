@@ -89,7 +89,6 @@ def ckpt(tmp_path_factory):
 def test_two_ranks_equal_one(ckpt, tmp_path):
     """trace, eval and report: identical; training: equal within float tolerance; resume; CLI train."""
     from dist_worker import fit
-
     from test_data_loader import _train_folder
 
     d = tmp_path
@@ -101,23 +100,23 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
     out = d / "out"
     out.mkdir()
     _launch(out, [
-        trace + ["--out", str(d / "t2.npz")],
+        [*trace, "--out", str(d / "t2.npz")],
         ["eval", str(ckpt), "--method", "qcfs", "--trace", str(d / "t2.npz"), *COMMON],
-        report + ["--out", str(d / "rep2")],
+        [*report, "--out", str(d / "rep2")],
         ["fit", str(d / "fit2"), "-1"],
         ["fit", str(d / "fitR"), "5"],   # dies in the middle of the LSQ epoch ...
         ["fit", str(d / "fitR"), "-1"],  # ... and resumes from the state rank 0 wrote after the float epoch
         ["train", "--epochs", "1", "--width", "4", "--quiet", "--device", "cpu", "--out", str(d / "m2.safetensors")],
         ["stream", str(ckpt), "--method", "qcfs", "--trace", str(d / "t2.npz"), "--slots", "16", *COMMON],
-        streamed_train + ["--out", str(d / "s2.safetensors")],
-        streamed_train + ["--loader", "memory", "--out", str(d / "s2m.safetensors")],
+        [*streamed_train, "--out", str(d / "s2.safetensors")],
+        [*streamed_train, "--loader", "memory", "--out", str(d / "s2m.safetensors")],
     ], nproc=2)
-    assert main(trace + ["--out", str(d / "t1.npz")]) == EXIT_OK
+    assert main([*trace, "--out", str(d / "t1.npz")]) == EXIT_OK
     _same_trace(d / "t1.npz", d / "t2.npz")
     assert main(["eval", str(ckpt), "--method", "qcfs", "--trace", str(d / "t1.npz"), *COMMON,
                  "--json", str(d / "e1.json")]) == EXIT_OK
     assert _no_time(json.loads((d / "e1.json").read_text())) == _no_time(_result(out, 1))
-    assert main(report + ["--out", str(d / "rep1"), "--json", str(d / "r1.json")]) == EXIT_OK
+    assert main([*report, "--out", str(d / "rep1"), "--json", str(d / "r1.json")]) == EXIT_OK
     one, two = json.loads((d / "r1.json").read_text()), _result(out, 2)
     assert _no_time(one["rows"]) == _no_time(two["rows"])
     assert one["results"][0]["analysis"]["selected"] == two["results"][0]["analysis"]["selected"]
@@ -156,9 +155,9 @@ def test_three_ranks_uneven_and_more_ranks_than_samples(ckpt, tmp_path):
     t2 = ["trace", str(ckpt), "--method", "qcfs", "--steps", "4", "--device", "cpu", *tiny]  # 2 samples on 3 ranks
     out = tmp_path / "out"
     out.mkdir()
-    _launch(out, [t300 + ["--out", str(tmp_path / "a3.npz")], t2 + ["--out", str(tmp_path / "b3.npz")]], nproc=3)
-    assert main(t300 + ["--out", str(tmp_path / "a1.npz")]) == EXIT_OK
-    assert main(t2 + ["--out", str(tmp_path / "b1.npz")]) == EXIT_OK
+    _launch(out, [[*t300, "--out", str(tmp_path / "a3.npz")], [*t2, "--out", str(tmp_path / "b3.npz")]], nproc=3)
+    assert main([*t300, "--out", str(tmp_path / "a1.npz")]) == EXIT_OK
+    assert main([*t2, "--out", str(tmp_path / "b1.npz")]) == EXIT_OK
     _same_trace(tmp_path / "a1.npz", tmp_path / "a3.npz")
     _same_trace(tmp_path / "b1.npz", tmp_path / "b3.npz")
     assert np.load(tmp_path / "b3.npz")["pred"].shape == (2, 4)
@@ -175,7 +174,7 @@ def test_two_nodes_on_localhost(ckpt, tmp_path):
              for i in range(2)]
     outs = [p.communicate(timeout=TIMEOUT) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outs]
-    assert main(args[2:] + ["--out", str(tmp_path / "t1.npz")]) == EXIT_OK
+    assert main([*args[2:], "--out", str(tmp_path / "t1.npz")]) == EXIT_OK
     _same_trace(tmp_path / "t1.npz", tmp_path / "t2.npz")
 
 

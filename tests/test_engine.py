@@ -122,12 +122,12 @@ def test_compaction_keeps_survivor_state_bit_identical(backend, method):
     keep = torch.tensor([0, 2, 3, 7, 12])
     part = engine.compact(part, keep)
     # every per-sample tensor but the admission times (the two states started at different instants)
-    for a, b in zip(part.tensors()[:-1], full.tensors()[:-1]):
+    for a, b in zip(part.tensors()[:-1], full.tensors()[:-1], strict=True):
         assert torch.equal(a, b[keep])
     for _ in range(4):  # and they stay identical while both keep running
         engine.step(full, 10, readout, NEVER)
         engine.step(part, 10, readout, NEVER)
-    for a, b in zip(part.tensors()[:-1], full.tensors()[:-1]):
+    for a, b in zip(part.tensors()[:-1], full.tensors()[:-1], strict=True):
         assert torch.equal(a, b[keep])
 
 
@@ -174,7 +174,7 @@ def test_stream_input_error_surfaces_after_in_flight_samples_finish():
         got = []
         with pytest.raises(RuntimeError, match="camera unplugged"):
             for r in stream(engine, source(), 4, 6, dcsim.Readout(), 0.5, graphs=graphs):
-                got.append(r)
+                got.append(r)  # noqa: PERF402 -- keeps the results yielded before the source fails
         assert sorted(r.id for r in got) == list(range(6))
 
 
@@ -216,7 +216,7 @@ def test_refill_resets_rows_to_a_fresh_start(method, channels_last):
     engine.refill(state, rows, y, torch.tensor([40, 10]))
     fresh = engine.start(y, ids=torch.tensor([40, 10]))
     other = torch.tensor([0, 2, 3, 5])
-    for name, after, old, new in zip(range(len(before) - 1), state.tensors(), before, fresh.tensors()):
+    for name, after, old, new in zip(range(len(before) - 1), state.tensors(), before, fresh.tensors(), strict=False):
         # every per-sample tensor but the last, the admission times
         assert torch.equal(after[rows], new), name
         assert torch.equal(after[other], old[other]), name

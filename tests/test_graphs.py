@@ -47,7 +47,7 @@ def test_graph_early_exit_equals_cpu_engine(device, model, method, steps):
                 xb = x[lo:lo + (batch_size or len(x))].to(device)
                 runner = StaticExit(engine, tuple(xb.shape), steps, readout, c, chunk, buckets, speculate)
                 parts.append([r.cpu() for r in runner.run(xb)])
-            for f, *g in zip(FIELDS, *parts):
+            for f, *g in zip(FIELDS, *parts, strict=True):
                 _assert_same(f, torch.cat(g), getattr(want, f), (c, batch_size, chunk, buckets, speculate))
         via_engine = engine.early_exit(x.to(device), steps, readout, c, batch_size=4, graphs=True)
         for f in FIELDS:
@@ -72,9 +72,9 @@ def test_static_exit_reuse_resets_state(device):
     c = 0.6
     runner = StaticExit(engine, tuple(xs[0].shape), 5, readout, c, chunk=2)
     results = [[t.cpu() for t in runner.run(x)] for x in xs]
-    for x, got in zip(xs, results):
+    for x, got in zip(xs, results, strict=True):
         want = dcsim.Engine(net).early_exit(x.cpu(), 5, readout, c)
-        for f, g in zip(FIELDS, got):
+        for f, g in zip(FIELDS, got, strict=True):
             assert torch.equal(g, getattr(want, f)), f
     assert engine.static_exit(tuple(xs[0].shape), 5, readout, c) is engine.static_exit(tuple(xs[0].shape), 5, readout, c)
 

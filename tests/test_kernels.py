@@ -66,13 +66,11 @@ NEURON_SHAPES = [
 
 
 def _neuron_cases():
-    cases = []
-    for shape in NEURON_SHAPES:
-        for seed in range(1 if shape[0] == 0 else 4):
-            cases.append(pytest.param(shape, seed, id=f"{'x'.join(map(str, shape))}-s{seed}"))
+    cases = [pytest.param(shape, seed, id=f"{'x'.join(map(str, shape))}-s{seed}")
+             for shape in NEURON_SHAPES for seed in range(1 if shape[0] == 0 else 4)]
     # Above ops.PARALLEL_MIN_ELEMENTS: the OpenMP path of the CPU kernel, which splits each
     # sample into blocks (one sample alone too) and sums their spike counts.
-    assert 3 * 200_003 >= ops.PARALLEL_MIN_ELEMENTS and 40_001 >= ops.PARALLEL_MIN_ELEMENTS
+    assert ops.PARALLEL_MIN_ELEMENTS <= 3 * 200_003 and ops.PARALLEL_MIN_ELEMENTS <= 40_001
     for seed in range(2):
         cases.append(pytest.param((3, 200_003), seed, id=f"large-s{seed}"))
         cases.append(pytest.param((1, 40_001), seed, id=f"one-large-s{seed}"))
@@ -100,7 +98,7 @@ def _run_steps(fn, method, xs, x2s, u, z, counts, th, zmax, device):
     z = None if z is None else z.clone().to(device)
     counts = counts.clone().to(device)
     snaps = []
-    for x, x2 in zip(xs, x2s):
+    for x, x2 in zip(xs, x2s, strict=True):
         out = torch.full_like(u, 123.0)  # garbage: the op must overwrite every element
         fn(method, x.to(device), u, z, out, counts, th, zmax, x2=None if x2 is None else x2.to(device))
         snaps.append((out.cpu(), u.cpu().clone(), None if z is None else z.cpu().clone(), counts.cpu().clone()))
@@ -129,12 +127,12 @@ def test_neuron_step_matches_reference(shape, seed, method, with_x2, device):
     got = _run_steps(ops.neuron_step, method, xs, x2s, u, z, counts, th, zmax, device)
     want = _run_steps(reference.neuron_step, method, xs, x2s, u, z, counts, th, zmax, "cpu")
     ctx = f"[{method} shape={shape} seed={seed} th={th:.4g} zmax={zmax} device={device}]"
-    for t, ((o1, u1, z1, c1), (o2, u2, z2, c2)) in enumerate(zip(got, want)):
+    for t, ((o1, u1, z1, c1), (o2, u2, z2, c2)) in enumerate(zip(got, want, strict=True)):
         th32 = torch.tensor(th, dtype=torch.float32)
         _assert_equal(f"spikes (step {t + 1})", o1 / th32, o2 / th32, ctx)
         _assert_equal(f"out current (step {t + 1})", o1, o2, ctx)
         print(f"membrane (step {t + 1}): max |diff| = {_max_diff(u1, u2):.3g} {ctx}")
-        torch.testing.assert_close(u1, u2, atol=MEMBRANE_ATOL, rtol=0, msg=lambda m: f"membrane step {t + 1} {ctx}: {m}")
+        torch.testing.assert_close(u1, u2, atol=MEMBRANE_ATOL, rtol=0, msg=lambda m: f"membrane step {t + 1} {ctx}: {m}")  # noqa: B023 -- called in this iteration
         if method == "qffs":
             _assert_equal(f"z (step {t + 1})", z1, z2, ctx)
         _assert_equal(f"counts (step {t + 1})", c1, c2, ctx)
@@ -167,7 +165,7 @@ def test_neuron_step_cuda_many_rows(method):
     x2s = [torch.randn(shape, generator=g) * th for _ in range(3)]
     got = _run_steps(ops.neuron_step, method, xs, x2s, u, z, counts, th, zmax, "cuda")
     want = _run_steps(reference.neuron_step, method, xs, x2s, u, z, counts, th, zmax, "cpu")
-    for (o1, u1, z1, c1), (o2, u2, z2, c2) in zip(got, want):
+    for (o1, u1, z1, c1), (o2, u2, z2, c2) in zip(got, want, strict=True):
         _assert_equal("out", o1, o2)
         torch.testing.assert_close(u1, u2, atol=MEMBRANE_ATOL, rtol=0)
         _assert_equal("counts", c1, c2)
@@ -280,12 +278,8 @@ def test_exactness_T_equals_Qp(method, bits, s, backend, device):
 # -------------------------------------------------------------------------- output step
 
 def _output_cases():
-    cases = []
-    for k in (1, 2, 10, 1000):
-        for n in (0, 1, 5, 300):
-            for seed in range(2):
-                cases.append(pytest.param(k, n, seed, id=f"K{k}-n{n}-s{seed}"))
-    return cases
+    return [pytest.param(k, n, seed, id=f"K{k}-n{n}-s{seed}")
+            for k in (1, 2, 10, 1000) for n in (0, 1, 5, 300) for seed in range(2)]
 
 
 def _output_state(n, k, g):
@@ -346,13 +340,13 @@ def test_output_step_matches_reference_and_formula(k, n, seed, kind, device):
     want = _run_output(reference.output_step, xs, state, max_steps, code, scale, threshold, "cpu")
     ctx = f"[{kind} K={k} n={n} seed={seed} scale={scale:.3g} thr={threshold:.3g} device={device}]"
     excluded = 0
-    for t, (a, b) in enumerate(zip(got, want)):
+    for t, (a, b) in enumerate(zip(got, want, strict=True)):
         _assert_equal(f"sums (step {t + 1})", a["sums"], b["sums"], ctx)
         _assert_equal(f"steps (step {t + 1})", a["steps"], b["steps"], ctx)
         _assert_equal(f"pred (step {t + 1})", a["pred"], b["pred"], ctx)
         print(f"score (step {t + 1}): max |diff| = {_max_diff(a['score'], b['score']):.3g} {ctx}")
         torch.testing.assert_close(a["score"], b["score"], atol=SCORE_ATOL, rtol=0,
-                                   msg=lambda m: f"score step {t + 1} {ctx}: {m}")
+                                   msg=lambda m: f"score step {t + 1} {ctx}: {m}")  # noqa: B023 -- called now
         near = (b["score"] - threshold).abs() < EXIT_MARGIN
         excluded += int(near.sum())
         _assert_equal(f"exited (step {t + 1}, {int(near.sum())} near-threshold excluded)",
@@ -365,7 +359,7 @@ def test_output_step_matches_reference_and_formula(k, n, seed, kind, device):
         _assert_equal(f"pred vs torch.argmax (step {t + 1})", a["pred"], f_pred, ctx)
         print(f"score vs float64 formula (step {t + 1}): max |diff| = {_max_diff(a['score'], f_score):.3g} {ctx}")
         torch.testing.assert_close(a["score"].double(), f_score, atol=FORMULA_ATOL, rtol=0,
-                                   msg=lambda m: f"formula step {t + 1} {ctx}: {m}")
+                                   msg=lambda m: f"formula step {t + 1} {ctx}: {m}")  # noqa: B023 -- called now
         assert bool(((a["score"] >= 0) & (a["score"] <= 1)).all()), f"score outside [0, 1] {ctx}"
         if k == 1:
             assert bool((a["score"] == 1.0).all()) and bool((a["pred"] == 0).all()), ctx
@@ -447,7 +441,7 @@ def test_gather_rows(n_in, count, device):
         got = ops.gather_rows(tensors, index.to(device))
         want = reference.gather_rows([t.cpu() for t in tensors], index)
         assert len(got) == len(tensors)
-        for i, (a, b, src) in enumerate(zip(got, want, tensors)):
+        for i, (a, b, src) in enumerate(zip(got, want, tensors, strict=True)):
             ctx = f"[tensor {i} {src.dtype} {tuple(src.shape)} index={name} n_in={n_in}]"
             assert a.dtype == src.dtype and a.device == src.device, ctx
             _assert_equal("gathered rows", a, b, ctx)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import torch
 from safetensors.torch import load_file
 

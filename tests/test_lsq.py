@@ -52,7 +52,7 @@ def test_forward_values_and_levels(bits, s, grad_scale, train):
     print(f"max |y - expected| = {float((y - want).abs().max()):.3g}")
     assert torch.equal(y, want), f"forward differs from s*floor(clip(x/s,0,Qp)+0.5) (bits={bits}, s={s})"
     levels = torch.unique(y / s)
-    assert set(levels.tolist()) == set(float(v) for v in range(qp + 1)), levels.tolist()
+    assert set(levels.tolist()) == {float(v) for v in range(qp + 1)}, levels.tolist()
     # Ties round half up: (k + 0.5) s -> (k + 1) s inside the range.
     k = torch.arange(0, qp, dtype=torch.float32)
     with torch.no_grad():

@@ -135,7 +135,7 @@ def test_model_without_relu_and_dead_layer():
     with torch.no_grad():
         dead[0].weight.zero_()
         dead[0].bias.fill_(-1.0)
-    with pytest.raises(ValueError, match="layer '1'.*never"):
+    with pytest.raises(ValueError, match=r"layer '1'.*never"):
         normalize(dead, torch.randn(2, 1, 8, 8))
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import assume, given, note
@@ -111,7 +110,7 @@ def test_neuron_step_matches_reference(data, method, with_x2, th, steps, seed):
         z = None if z0 is None else z0.clone(memory_format=torch.preserve_format)
         counts = counts0.clone()
         outs = []
-        for x, x2 in zip(xs, x2s):
+        for x, x2 in zip(xs, x2s, strict=True):
             out = torch.full_like(u, 123.0)
             fn(method, _tensor(x, shape, channels_last), u, z, out, counts, th, zmax,
                x2=None if x2 is None else _tensor(x2, shape, channels_last))
@@ -119,7 +118,7 @@ def test_neuron_step_matches_reference(data, method, with_x2, th, steps, seed):
         results.append((outs, u, z, counts))
     (ref_outs, ref_u, ref_z, ref_counts), (got_outs, got_u, got_z, got_counts) = results
     note(f"shape {shape} channels_last {channels_last} th {th!r} zmax {zmax}")
-    for t, (a, b) in enumerate(zip(got_outs, ref_outs)):
+    for t, (a, b) in enumerate(zip(got_outs, ref_outs, strict=True)):
         assert same_bits(a, b), f"out differs at step {t + 1}"
     assert same_bits(got_u, ref_u), "membrane differs"
     assert got_z is None or torch.equal(got_z, ref_z), "z differs"
@@ -183,7 +182,7 @@ def test_gather_rows_matches_index_select(n_in, n_out, data, seed):
         tensors.append(t)
     index = torch.randint(0, max(n_in, 1), (n_out,), generator=g)
     got = ops.gather_rows(tensors, index)
-    for t, o in zip(tensors, got):
+    for t, o in zip(tensors, got, strict=True):
         want = t.index_select(0, index)
         assert o.shape == want.shape and o.dtype == want.dtype and torch.equal(o, want)
         assert o.stride() == want.stride() or o.numel() == 0 or (
@@ -366,7 +365,7 @@ def one_neuron_layer_nets(draw):
 def test_converted_net_equals_lsq_ann_at_T_equals_Qp(net, method, seed):
     """One spiking layer, u0 = th/2, constant input for T = Qp steps: spike counts equal the ANN's
     quantization levels and the output sum S_T equals Qp times the ANN's logits (dyadic: exact)."""
-    model, shape, bits, step = net
+    model, shape, bits, _step = net
     qp = 2**bits - 1
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(-32, 33, (3, *shape), generator=g) / 16

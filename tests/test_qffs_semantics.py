@@ -5,13 +5,13 @@ import dataclasses
 
 import pytest
 import torch
-from dyadic import dyadic_inputs, resnet, small
 from torch import nn
 
 import dcsim
 from dcsim.baseline import EagerSimulator
 from dcsim.lsq import LSQActivation
-from dcsim.network import Add, Conv, Input, Linear, Neuron
+from dcsim.network import Conv, Input, Linear, Neuron
+from dyadic import dyadic_inputs, resnet, small
 
 
 def settled_levels(net: dcsim.SpikingNetwork, x: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:

@@ -1,6 +1,7 @@
 """Training schedule, budget planning, device batches and stopping (tiny models on digits)."""
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -43,7 +44,7 @@ def test_cosine_schedule_per_stage():
     assert lr(cfg, 8, 0.0) == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi / 3)))
     assert training.learning_rate(training.TrainConfig(schedule="cosine", lr=0.3, epochs=2), 0, 0.0) == 0.03
     xs = [lr(cfg, e, p / 10) for e in range(1, 6) for p in range(10)]
-    assert all(a >= b for a, b in zip(xs, xs[1:]))
+    assert all(a >= b for a, b in pairwise(xs))
 
 
 @pytest.mark.parametrize("bad, match", [({"schedule": "step"}, "schedule"), ({"lsq_lr": 0.0}, "lsq_lr"),
@@ -57,7 +58,7 @@ def test_config_errors(bad, match):
 
 def test_plan_epochs_fills_the_budget_and_refuses_too_small():
     assert training.plan_epochs({"float_s": 10.0, "lsq_s": 20.0}, 500, 0.4) == (30, 10)
-    with pytest.raises(ValueError, match="too small.*at least"):
+    with pytest.raises(ValueError, match=r"too small.*at least"):
         training.plan_epochs({"float_s": 10.0, "lsq_s": 20.0}, 40, 0.4)
 
 
@@ -88,7 +89,7 @@ def test_raw_images_with_normalization_train_like_normalized_floats(digits):
     assert ha["completed"] and ha["planned_epochs"] == 2
     assert all(e["seconds"] > 0 and math.isfinite(e["loss"]) for e in ha["epochs"])
     assert ha["epochs"][1]["elapsed_s"] >= ha["epochs"][0]["elapsed_s"]
-    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), k
     c = _model()  # augmented: black padding of the raw images, then the same normalization
     hc = training.train(c, tr.images, tr.labels, va.images, va.labels, cfg, augment=random_crop_flip, progress=False,

@@ -34,7 +34,7 @@ def test_export_and_load_round_trip_in_small_shards(ckpt, tmp_path):
     assert zoo.is_zoo(folder) and not zoo.is_zoo(path)
     loaded, meta = zoo.load(folder)
     assert meta["arch_kwargs"]["width"] == 8
-    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 
@@ -67,7 +67,7 @@ def test_cli_exports_and_commands_accept_a_zoo_folder(ckpt, tmp_path):
     assert main(["zoo", str(path), "--out", str(folder), "--json", str(tmp_path / "z.json")]) == EXIT_OK
     assert json.loads((tmp_path / "z.json").read_text())["shards"][0]["sha256"]
     from dcsim.cli import _load_model
-    model, meta = _load_model(folder)
+    _model, meta = _load_model(folder)
     assert meta["architecture"] == "resnet18"
     manifest = json.loads((folder / zoo.MANIFEST).read_text())
     manifest["shards"][0]["sha256"] = "0" * 64

@@ -47,7 +47,7 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
                          "are allowed (no links or devices)")
 
 
-def extract_archive(archive: str | os.PathLike, extract_to: str | os.PathLike | None = None) -> Path:
+def extract_archive(archive: str | os.PathLike[str], extract_to: str | os.PathLike[str] | None = None) -> Path:
     """Extract a ``.tar.gz`` / ``.tgz`` / ``.tar`` archive safely; returns the folder it was extracted to.
 
     Every member is checked before anything is written: absolute names, ``..`` components, links

@@ -28,7 +28,7 @@ def _read_cache(scan: _Scan, key: str) -> np.ndarray | None:
         info = json.loads((folder / "cache.json").read_text())
         if info.get("key") != key:
             return None
-        images = np.load(folder / "images.npy", allow_pickle=False)
+        images: np.ndarray = np.load(folder / "images.npy", allow_pickle=False)
     except (OSError, ValueError):
         return None
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != len(scan.files) or images.shape[3] != 3:

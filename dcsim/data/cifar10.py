@@ -32,7 +32,7 @@ def _find_cifar_layout(root: Path) -> tuple[str, Path]:
                      "image folders")
 
 
-def locate_cifar10(root: str | os.PathLike, extract_to: str | os.PathLike | None = None) -> tuple[str, Path]:
+def locate_cifar10(root: str | os.PathLike[str], extract_to: str | os.PathLike[str] | None = None) -> tuple[str, Path]:
     """("batches", folder of the python batches) or ("folders", folder with train/ and test/) for
     ``root`` (a folder or an archive, extracted once; see :func:`load_cifar10`)."""
     root = Path(root)
@@ -45,8 +45,8 @@ def locate_cifar10(root: str | os.PathLike, extract_to: str | os.PathLike | None
     return _find_cifar_layout(root)
 
 
-def load_cifar10(root: str | os.PathLike, val_size: int = 5000, seed: int = 0, *,
-                 extract_to: str | os.PathLike | None = None, cache: bool = True,
+def load_cifar10(root: str | os.PathLike[str], val_size: int = 5000, seed: int = 0, *,
+                 extract_to: str | os.PathLike[str] | None = None, cache: bool = True,
                  workers: int | None = None) -> dict[str, Dataset]:
     """CIFAR-10 as {"train", "val", "test"}: uint8 [N, 3, 32, 32] images, CIFAR-10 mean/std.
 

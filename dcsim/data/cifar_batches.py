@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -20,14 +22,22 @@ def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -
     return text.encode("latin-1", errors)
 
 
+def _numpy_core_global(module: str, name: str) -> object:
+    """``from <module> import <name>`` for numpy's private helpers, which numpy's type stubs do not declare."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except AttributeError as err:
+        raise ImportError(f"cannot import name {name!r} from {module!r}") from err
+
+
 def _allowed_globals() -> dict[tuple[str, str], object]:
     """The only globals a CIFAR-10 batch pickle may name: numpy array/dtype reconstruction and latin-1 bytes."""
     try:
-        from numpy._core.multiarray import _reconstruct
-        from numpy._core.numeric import _frombuffer
+        _reconstruct = _numpy_core_global("numpy._core.multiarray", "_reconstruct")
+        _frombuffer = _numpy_core_global("numpy._core.numeric", "_frombuffer")
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-        from numpy.core.numeric import _frombuffer
+        _reconstruct = _numpy_core_global("numpy.core.multiarray", "_reconstruct")
+        _frombuffer = _numpy_core_global("numpy.core.numeric", "_frombuffer")
     allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
                                               ("_codecs", "encode"): _latin1_encode}
     for core in ("numpy.core", "numpy._core"):
@@ -39,7 +49,7 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
 class _BatchUnpickler(pickle.Unpickler):
     """Unpickler for the CIFAR-10 batch files: plain containers, numpy arrays and nothing else."""
 
-    def __init__(self, file, path: Path) -> None:
+    def __init__(self, file: IO[bytes], path: Path) -> None:
         super().__init__(file, encoding="bytes")
         self._path = path
         self._allowed = _allowed_globals()
@@ -53,7 +63,7 @@ class _BatchUnpickler(pickle.Unpickler):
                 "dicts, lists, bytes and numpy arrays") from None
 
 
-def _read_pickle(path: Path) -> dict:
+def _read_pickle(path: Path) -> dict[Any, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing CIFAR-10 batch file")
     try:
@@ -68,7 +78,7 @@ def _read_pickle(path: Path) -> dict:
     return obj
 
 
-def _get(d: dict, key: str, path: Path):
+def _get(d: dict[Any, Any], key: str, path: Path) -> Any:
     for k in (key.encode(), key):
         if k in d:
             return d[k]

@@ -36,13 +36,13 @@ def _decode(path: str, resize: int | None, crop: tuple[int, int] | None) -> np.n
         w, h = img.size
         size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
         if size != img.size:
-            img = img.resize(size, Image.BILINEAR)
+            img = img.resize(size, Image.Resampling.BILINEAR)
     if crop is not None:
         w, h = img.size
         ch, cw = crop
         if ch > h or cw > w:
             raise ValueError(f"{path}: the image is {w}x{h} (after resizing), smaller than the crop {cw}x{ch}")
-        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        top, left = round((h - ch) / 2.0), round((w - cw) / 2.0)
         img = img.crop((left, top, left + cw, top + ch))
     return np.asarray(img)
 
@@ -82,14 +82,16 @@ def _decode_all(scan: _Scan, resize: int | None, crop: tuple[int, int] | None,
                     results = pool.map(decode, chunks)
             else:
                 results = map(decode, chunks)
+            size: tuple[int, ...] | None = image_size  # (height, width); the first image's when None
             for chunk in results:
                 for img in chunk:
+                    if size is None:
+                        size = img.shape[:2]
                     if out is None:
-                        image_size = image_size or img.shape[:2]
-                        out = np.empty((len(paths), *image_size, 3), dtype=np.uint8)
-                    if img.shape[:2] != tuple(image_size):
+                        out = np.empty((len(paths), *size, 3), dtype=np.uint8)
+                    if img.shape[:2] != tuple(size):
                         raise ValueError(f"{paths[i]}: the image is {img.shape[1]}x{img.shape[0]} but "
-                                         f"{image_size[1]}x{image_size[0]} was expected (width x height); "
+                                         f"{size[1]}x{size[0]} was expected (width x height); "
                                          "pass resize/crop to bring images of different sizes to one size")
                     out[i] = img
                     i += 1

@@ -31,10 +31,10 @@ def _load_scanned(scan: _Scan, image_size: int | Sequence[int] | None, resize: i
         if cache:
             _write_cache(scan, key, images)
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    return Dataset(tensor, torch.from_numpy(scan.labels), scan.classes, mean, std, name)
+    return Dataset(tensor, torch.from_numpy(scan.labels), scan.classes, tuple(mean), tuple(std), name)
 
 
-def load_image_folder(root: str | os.PathLike, image_size: int | Sequence[int] | None = None,
+def load_image_folder(root: str | os.PathLike[str], image_size: int | Sequence[int] | None = None,
                       resize: int | None = None, crop: int | Sequence[int] | None = None, *,
                       mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                       name: str | None = None, cache: bool = True, workers: int | None = None) -> Dataset:
@@ -65,7 +65,7 @@ def _check_same_shape(train: Dataset, test: Dataset, train_dir: Path, test_dir: 
                          f"{list(test.images.shape[1:])} ([C, H, W])")
 
 
-def load_imagenet_style(root: str | os.PathLike, val_size: int = 10000, seed: int = 0, resize: int | None = 256,
+def load_imagenet_style(root: str | os.PathLike[str], val_size: int = 10000, seed: int = 0, resize: int | None = 256,
                         crop: int | Sequence[int] | None = 224, *, cache: bool = True,
                         workers: int | None = None) -> dict[str, Dataset]:
     """{"train", "val", "test"} from ``root/train/<class>/*`` and ``root/val/<class>/*`` (the test split).

@@ -44,4 +44,4 @@ def return_large_buffers(threshold: int = DEFAULT_THRESHOLD) -> bool:
     del gnu_get_libc_version
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return mallopt(_M_MMAP_THRESHOLD, threshold) == 1
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold) == 1)

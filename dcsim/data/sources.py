@@ -25,7 +25,7 @@ IMAGENET_RESIZE, IMAGENET_CROP = 256, 224
 DEFAULT_VAL_SIZE = {"digits": 300, "cifar10": 5000, "imagefolder": 10000}
 
 
-def open_splits(dataset: str, root: str | os.PathLike | None = None, *, loader: str = "auto",
+def open_splits(dataset: str, root: str | os.PathLike[str] | None = None, *, loader: str = "auto",
                 val_size: int | None = None, seed: int = 0) -> dict[str, Dataset | FolderSplit]:
     """{"train", "val", "test"} of ``dataset`` ("digits", "cifar10" or "imagefolder"), in memory or streamed.
 
@@ -39,30 +39,31 @@ def open_splits(dataset: str, root: str | os.PathLike | None = None, *, loader: 
     if dataset not in DEFAULT_VAL_SIZE:
         raise ValueError(f"dataset must be one of {tuple(DEFAULT_VAL_SIZE)}, got {dataset!r}")
     val_size = DEFAULT_VAL_SIZE[dataset] if val_size is None else val_size
+    # dict(...): each loader's dict of one split type, as the dict of either type this returns
     if dataset == "digits":
         if loader == "stream":
             raise ValueError("loader 'stream' reads image files; the digits are built in (use loader 'memory' or 'auto')")
-        return load_digits_splits(seed=seed, val_size=val_size)
+        return dict(load_digits_splits(seed=seed, val_size=val_size))
     if root is None:
         raise ValueError(f"dataset {dataset!r} needs a data root (--data-root)")
     if dataset == "cifar10":
         if loader != "stream":
-            return load_cifar10(root, val_size=val_size, seed=seed)
+            return dict(load_cifar10(root, val_size=val_size, seed=seed))
         layout, folder = locate_cifar10(root)
         if layout != "folders":
             raise ValueError(f"{folder}: loader 'stream' needs train/<class>/ and test/<class>/ image folders, "
                              "not the python batches (use loader 'memory')")
         train, test = _scan_pair(folder / "train", folder / "test")
-        return folder_splits(train, test, val_size, seed, resize=None, crop=(32, 32), mean=CIFAR10_MEAN,
-                             std=CIFAR10_STD, name="cifar10")
+        return dict(folder_splits(train, test, val_size, seed, resize=None, crop=(32, 32), mean=CIFAR10_MEAN,
+                                  std=CIFAR10_STD, name="cifar10"))
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such folder")
     if loader == "memory":
-        return load_imagenet_style(root, val_size=val_size, seed=seed)
+        return dict(load_imagenet_style(root, val_size=val_size, seed=seed))
     train, test = _scan_pair(root / "train", root / "val")
     decoded = (len(train.files) + len(test.files)) * 3 * IMAGENET_CROP * IMAGENET_CROP
     if loader == "auto" and decoded <= STREAM_ABOVE_BYTES:
-        return load_imagenet_style(root, val_size=val_size, seed=seed)
-    return folder_splits(train, test, val_size, seed, resize=IMAGENET_RESIZE, crop=(IMAGENET_CROP, IMAGENET_CROP),
-                         mean=IMAGENET_MEAN, std=IMAGENET_STD, name=root.name)
+        return dict(load_imagenet_style(root, val_size=val_size, seed=seed))
+    return dict(folder_splits(train, test, val_size, seed, resize=IMAGENET_RESIZE, crop=(IMAGENET_CROP, IMAGENET_CROP),
+                              mean=IMAGENET_MEAN, std=IMAGENET_STD, name=root.name))

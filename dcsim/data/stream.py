@@ -14,7 +14,7 @@ folder's size. Transforms:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -42,15 +42,15 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
     for _ in range(10):
         target = area * rng.uniform(scale[0], scale[1])
         aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
     in_ratio = width / height
     if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
+        w, h = width, round(width / ratio[0])
     elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
+        h, w = height, round(height * ratio[1])
     else:
         w, h = width, height
     return (width - w) // 2, (height - h) // 2, w, h
@@ -64,14 +64,14 @@ def _decode_train(path: str, crop: tuple[int, int], rng: np.random.Generator) ->
     except Exception as err:  # Pillow raises OSError, SyntaxError, DecompressionBombError, ... on bad files
         raise ValueError(f"{path}: cannot read the image ({type(err).__name__}: {err})") from None
     left, top, w, h = random_resized_crop_box(img.width, img.height, rng)
-    out = img.resize((crop[1], crop[0]), Image.BILINEAR, box=(left, top, left + w, top + h))
+    out = img.resize((crop[1], crop[0]), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
     if rng.random() < 0.5:
-        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(out)
 
 
 @dataclass
-class FolderSplit(torch.utils.data.Dataset):
+class FolderSplit(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
     """One split of a class folder, decoded on demand (a map-style torch Dataset).
 
     scan: the folder listing; indices: int64 [n], the split's files (indices into ``scan.files``);
@@ -145,10 +145,13 @@ def folder_splits(train: _Scan, test: _Scan, val_size: int, seed: int, resize: i
     images); "train" uses the train transform, "val" and "test" the eval transform.
     """
     rest, val = _split_indices(train.labels, val_size, seed, "val_size")
-    common = {"resize": resize, "crop": crop, "mean": tuple(mean), "std": tuple(std), "name": name, "seed": seed}
-    return {"train": FolderSplit(train, rest, "train", **common),
-            "val": FolderSplit(train, val, "eval", **common),
-            "test": FolderSplit(test, np.arange(len(test.files), dtype=np.int64), "eval", **common)}
+
+    def split(scan: _Scan, indices: np.ndarray, transform: str) -> FolderSplit:
+        return FolderSplit(scan, indices, transform, resize=resize, crop=crop, mean=tuple(mean), std=tuple(std),
+                           name=name, seed=seed)
+
+    return {"train": split(train, rest, "train"), "val": split(train, val, "eval"),
+            "test": split(test, np.arange(len(test.files), dtype=np.int64), "eval")}
 
 
 def _stack(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +179,7 @@ def split_batches(split: Dataset | FolderSplit, batch_size: int, batch_ids: Sequ
     ids = list(range(-(-n // batch_size))) if batch_ids is None else [int(b) for b in batch_ids]
     bounds = [(b * batch_size, min(n, (b + 1) * batch_size)) for b in ids]
     if isinstance(split, Dataset):
-        for b, (lo, hi) in zip(ids, bounds):
+        for b, (lo, hi) in zip(ids, bounds, strict=True):
             yield b, split.normalized(slice(lo, hi)), split.labels[lo:hi]
         return
     if workers is None:
@@ -185,11 +188,11 @@ def split_batches(split: Dataset | FolderSplit, batch_size: int, batch_ids: Sequ
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
     loader = DataLoader(split, batch_sampler=[list(range(lo, hi)) for lo, hi in bounds], num_workers=workers,
                         collate_fn=_stack, persistent_workers=False)
-    for b, (images, labels) in zip(ids, loader_batches(loader)):
+    for b, (images, labels) in zip(ids, loader_batches(loader), strict=True):
         yield b, split.normalize(images, labels), labels
 
 
-def loader_batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def loader_batches(loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The (uint8 images, labels) batches of a DataLoader over a FolderSplit; a file a worker could not
     decode raises this process's ValueError naming it."""
     it = iter(loader)
