@@ -417,6 +417,18 @@ def test_python_batches_errors(tmp_path):
     (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 7]}))
     with pytest.raises(ValueError, match=r"data_batch_3: labels must lie in \[0, 3\)"):
         data.load_cifar10(folder, val_size=5)
+    # found by the fuzz run: labels that are not plain integers (a float was truncated, 2**70 overflowed)
+    for labels in ([0.5, 1.0], [[0], [1]], [2**70, 0], [True, False], np.zeros(2, np.float32), "ab"):
+        (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}))
+        with pytest.raises(ValueError, match="data_batch_3: 'labels' must be a list of integers"):
+            data.load_cifar10(folder, val_size=5)
+    meta = folder / "batches.meta"
+    good_meta = meta.read_bytes()
+    for names in ([b"\xff\xfe", b"b", b"c"], [b"a", b"a", b"c"]):
+        meta.write_bytes(pickle.dumps({b"label_names": names}))
+        with pytest.raises(ValueError, match="batches.meta: 'label_names' must be"):
+            data.load_cifar10(folder, val_size=5)
+    meta.write_bytes(good_meta)
     (folder / "data_batch_3").unlink()
     with pytest.raises(FileNotFoundError, match="data_batch_3"):
         data.load_cifar10(folder, val_size=5)

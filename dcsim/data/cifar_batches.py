@@ -92,9 +92,14 @@ def _read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise ValueError(f"{path}: 'data' must be a uint8 array [n, 3072], got {desc}")
+    raw = _get(d, "labels", path)
+    integral = (isinstance(raw, list) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw)) \
+        or (isinstance(raw, np.ndarray) and raw.ndim == 1 and np.issubdtype(raw.dtype, np.integer))
+    if not integral:
+        raise ValueError(f"{path}: 'labels' must be a list of integers, got {type(raw).__name__}")
     try:
-        labels = np.asarray(_get(d, "labels", path), dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError) as err:
+        labels = np.asarray(raw, dtype=np.int64).reshape(-1)
+    except (OverflowError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: 'labels' must be a list of integers ({err})") from None
     if len(labels) != len(data):
         raise ValueError(f"{path}: {len(data)} images but {len(labels)} labels")
