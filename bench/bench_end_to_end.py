@@ -30,11 +30,21 @@ def test_end_to_end(benchmark, model, method, batch, spike_convs):
     if model == "resnet50" and DEVICE.type == "cpu" and batch > 1:
         batch = 4
     benchmark.group = f"{model} {method} batch {batch}"
-    rows = benchmark.pedantic(bench_case, args=(model, method, batch, DEVICE), rounds=1,
-                              kwargs={"repeats": 2, "graphs": DEVICE.type == "cuda", "spike_convs": spike_convs})
+    rows = benchmark.pedantic(
+        bench_case,
+        args=(model, method, batch, DEVICE),
+        rounds=1,
+        kwargs={"repeats": 2, "graphs": DEVICE.type == "cuda", "spike_convs": spike_convs},
+    )
     for row in rows:
-        for key in ("ms_per_inference", "ms_per_step", "speedup_vs_reference", "ratio_to_ann_per_step",
-                    "time_saving_over_step_saving", "mean_steps"):
+        for key in (
+            "ms_per_inference",
+            "ms_per_step",
+            "speedup_vs_reference",
+            "ratio_to_ann_per_step",
+            "time_saving_over_step_saving",
+            "mean_steps",
+        ):
             if row.get(key) is not None:
                 benchmark.extra_info[f"{row['mode']}.{key}"] = row[key]
     assert rows[1]["mean_steps"] <= rows[0]["mean_steps"]

@@ -20,11 +20,13 @@ SIZES = [(1, 4096), (1, 65536), (32, 65536), (256, 16384)] + ([(256, 262144)] if
 
 def _synced(fn):
     """fn followed by a device sync, so that a GPU call is timed to its end."""
+
     def call(*args):
         out = fn(*args)
         if DEVICE.type == "cuda":
             torch.cuda.synchronize(DEVICE)
         return out
+
     return call
 
 
@@ -67,8 +69,10 @@ def test_output_step(benchmark, n, k):
     sums = torch.zeros(n, k)
     steps = torch.zeros(n, dtype=torch.int32)
     pred, score, exited = torch.empty(n, dtype=torch.int64), torch.empty(n), torch.empty(n, dtype=torch.uint8)
-    args = tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a
-                 for a in (x, sums, steps, 1 << 30, 0, 0.1, 0.9, pred, score, exited))
+    args = tuple(
+        a.to(DEVICE) if isinstance(a, torch.Tensor) else a
+        for a in (x, sums, steps, 1 << 30, 0, 0.1, 0.9, pred, score, exited)
+    )
     benchmark.group = "output_step"
     benchmark(_synced(ops.output_step), *args)
     ref = _best(lambda: reference.output_step(*args))

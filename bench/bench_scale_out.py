@@ -58,9 +58,34 @@ def make(root: Path, images: int, link_from: Path | None) -> None:
 
 
 def model(root: Path, out: Path) -> None:
-    subprocess.run([sys.executable, "-m", "dcsim", "train", "--dataset", "imagefolder", "--data-root", str(root),
-                    "--loader", "memory", "--val-size", "2", "--epochs", "1", "--width", "2", "--quiet",
-                    "--device", "cpu", "--train-batch-size", "4", "--out", str(out)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dcsim",
+            "train",
+            "--dataset",
+            "imagefolder",
+            "--data-root",
+            str(root),
+            "--loader",
+            "memory",
+            "--val-size",
+            "2",
+            "--epochs",
+            "1",
+            "--width",
+            "2",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--train-batch-size",
+            "4",
+            "--out",
+            str(out),
+        ],
+        check=True,
+    )
 
 
 def _tree(pid: int) -> list[int]:
@@ -101,22 +126,63 @@ def run_measured(cmd: list[str], env: dict) -> dict:
         time.sleep(0.1)
     if proc.returncode:
         raise SystemExit(f"{cmd}: exit code {proc.returncode}")
-    return {"peak_rss_main_mb": peak_main / 2**20, "peak_rss_tree_mb": peak_tree / 2**20,
-            "wall_s": time.perf_counter() - t0}
+    return {
+        "peak_rss_main_mb": peak_main / 2**20,
+        "peak_rss_tree_mb": peak_tree / 2**20,
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def _trace_cmd(root: Path, ckpt: Path, out: Path, batch: int, workers: int, steps: int) -> list[str]:
-    return ["-m", "dcsim", "trace", str(ckpt), "--dataset", "imagefolder", "--data-root", str(root), "--loader",
-            "stream", "--loader-workers", str(workers), "--val-size", "2", "--split", "test", "--method", "qcfs",
-            "--steps", str(steps), "--batch-size", str(batch), "--device", "cpu", "--tau", "1", "--out", str(out)]
+    return [
+        "-m",
+        "dcsim",
+        "trace",
+        str(ckpt),
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(root),
+        "--loader",
+        "stream",
+        "--loader-workers",
+        str(workers),
+        "--val-size",
+        "2",
+        "--split",
+        "test",
+        "--method",
+        "qcfs",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(batch),
+        "--device",
+        "cpu",
+        "--tau",
+        "1",
+        "--out",
+        str(out),
+    ]
 
 
 def rss(root: Path, ckpt: Path, batch: int, workers: int, steps: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        res = run_measured([sys.executable, *_trace_cmd(root, ckpt, Path(tmp) / "t.npz", batch, workers, steps),
-                            "--json", str(Path(tmp) / "t.json")], dict(os.environ))
-        res |= {"samples": json.loads((Path(tmp) / "t.json").read_text())["samples"], "batch": batch,
-                "workers": workers, "steps": steps}
+        res = run_measured(
+            [
+                sys.executable,
+                *_trace_cmd(root, ckpt, Path(tmp) / "t.npz", batch, workers, steps),
+                "--json",
+                str(Path(tmp) / "t.json"),
+            ],
+            dict(os.environ),
+        )
+        res |= {
+            "samples": json.loads((Path(tmp) / "t.json").read_text())["samples"],
+            "batch": batch,
+            "workers": workers,
+            "steps": steps,
+        }
     print(json.dumps(res))
 
 
@@ -128,9 +194,18 @@ def _port() -> int:
 
 def _launch(ranks: int, threads: int, cmd: list[str], json_out: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    launcher = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                    f"--nproc-per-node={ranks}", "--master-addr=127.0.0.1",
-                                                    f"--master-port={_port()}"]
+    launcher = (
+        [sys.executable]
+        if ranks == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={ranks}",
+            "--master-addr=127.0.0.1",
+            f"--master-port={_port()}",
+        ]
+    )
     subprocess.run([*launcher, *cmd, "--json", str(json_out)], env=env, check=True)
     return json.loads(json_out.read_text())
 
@@ -148,10 +223,19 @@ def ranks(root: Path, ckpt: Path, batch: int, steps: int, repeats: int) -> None:
             _launch(n, 1, _trace_cmd(root, ckpt, t / f"r{n}.npz", batch, 1, steps), t / "r.json")
             traces[n] = np.load(t / f"r{n}.npz")
         identical = all(np.array_equal(traces[1][k], traces[n][k]) for n in (2, 3) for k in traces[1].files)
-        print(json.dumps({"samples": len(traces[1]["labels"]), "batch": batch, "steps": steps,
-                          "seconds_1rank_x_2threads": seconds["1x2"], "seconds_2ranks_x_1thread": seconds["2x1"],
-                          "throughput_ratio_2x1_over_1x2": min(seconds["1x2"]) / min(seconds["2x1"]),
-                          "traces_identical_1_2_3_ranks": identical}))
+        print(
+            json.dumps(
+                {
+                    "samples": len(traces[1]["labels"]),
+                    "batch": batch,
+                    "steps": steps,
+                    "seconds_1rank_x_2threads": seconds["1x2"],
+                    "seconds_2ranks_x_1thread": seconds["2x1"],
+                    "throughput_ratio_2x1_over_1x2": min(seconds["1x2"]) / min(seconds["2x1"]),
+                    "traces_identical_1_2_3_ranks": identical,
+                }
+            )
+        )
 
 
 def main() -> None:

@@ -54,9 +54,16 @@ def test_stream_vs_static(benchmark, setup, slots):
     timed(th), timed(1.0)  # warm-up (captures the graphs on a GPU)
     t_dc, acc_dc = min(timed(th) for _ in range(3))
     t_full, acc_full = min(timed(1.0) for _ in range(3))
-    benchmark.extra_info.update({
-        "samples": len(y), "threshold": th, "accuracy_stream": acc_stream, "accuracy_static_dc": acc_dc,
-        "accuracy_static_no_dc": acc_full, "throughput_stream": len(y) / t_stream,
-        "ratio_vs_static_no_dc": t_full / t_stream, "ratio_vs_static_dc": t_dc / t_stream,
-    })
+    benchmark.extra_info.update(
+        {
+            "samples": len(y),
+            "threshold": th,
+            "accuracy_stream": acc_stream,
+            "accuracy_static_dc": acc_dc,
+            "accuracy_static_no_dc": acc_full,
+            "throughput_stream": len(y) / t_stream,
+            "ratio_vs_static_no_dc": t_full / t_stream,
+            "ratio_vs_static_dc": t_dc / t_stream,
+        }
+    )
     assert abs(acc_stream - acc_dc) < 0.01

@@ -50,23 +50,38 @@ def main() -> None:
         sim = Engine(convert(model, method="qcfs")).simulate(test_x, max(args.steps))
         acc_t = {t: float((sim.pred[:, t - 1] == test_y).float().mean()) for t in args.steps}
         tau = calibrate(model, *val)["tau"]
-        dc = dynamic_confidence(model, "qcfs", {"val": val, "test": (test_x, test_y)}, max_steps=args.max_steps, tau=tau)
-        row = {"percentile": percentile, "ann_test_accuracy": ann_test, "snn_test_accuracy_vs_T": acc_t,
-               "T": dc["steps"], "no_dc": {k: dc["no_dc"].to_dict()[k] for k in ("accuracy", "mean_steps")},
-               "dc": {k: dc["dc"].to_dict()[k] for k in ("threshold", "accuracy", "mean_steps", "saving")}}
+        dc = dynamic_confidence(
+            model, "qcfs", {"val": val, "test": (test_x, test_y)}, max_steps=args.max_steps, tau=tau
+        )
+        row = {
+            "percentile": percentile,
+            "ann_test_accuracy": ann_test,
+            "snn_test_accuracy_vs_T": acc_t,
+            "T": dc["steps"],
+            "no_dc": {k: dc["no_dc"].to_dict()[k] for k in ("accuracy", "mean_steps")},
+            "dc": {k: dc["dc"].to_dict()[k] for k in ("threshold", "accuracy", "mean_steps", "saving")},
+        }
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    print("| normalization | ANN (clipped) | " + " | ".join(f"T={t}" for t in args.steps) + " | T chosen | no DC | DC (mean steps, saving) |")
+    print(
+        "| normalization | ANN (clipped) | "
+        + " | ".join(f"T={t}" for t in args.steps)
+        + " | T chosen | no DC | DC (mean steps, saving) |"
+    )
     print("|---|---|" + "---|" * len(args.steps) + "---|---|---|")
     for r in rows:
         name = "max" if r["percentile"] == 100 else f"{r['percentile']}%"
-        print(f"| {name} | {100 * r['ann_test_accuracy']:.2f} | "
-              + " | ".join(f"{100 * a:.2f}" for a in r["snn_test_accuracy_vs_T"].values())
-              + f" | {r['T']} | {100 * r['no_dc']['accuracy']:.2f} | {100 * r['dc']['accuracy']:.2f} "
-                f"({r['dc']['mean_steps']:.2f}, {100 * r['dc']['saving']:.0f}%) |")
+        print(
+            f"| {name} | {100 * r['ann_test_accuracy']:.2f} | "
+            + " | ".join(f"{100 * a:.2f}" for a in r["snn_test_accuracy_vs_T"].values())
+            + f" | {r['T']} | {100 * r['no_dc']['accuracy']:.2f} | {100 * r['dc']['accuracy']:.2f} "
+            f"({r['dc']['mean_steps']:.2f}, {100 * r['dc']['saving']:.0f}%) |"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"machine": platform.machine(), "torch": torch.__version__, "rows": rows}, indent=2))
+        args.out.write_text(
+            json.dumps({"machine": platform.machine(), "torch": torch.__version__, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,12 @@ STEPS = {"qcfs": 16, "qffs": 4}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precisions", nargs="+", choices=[p for p in PRECISIONS if p != "fp32"],
-                        help="reduced precisions to compare with fp32 (default: bf16 fp16, and tf32 on cuda)")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=[p for p in PRECISIONS if p != "fp32"],
+        help="reduced precisions to compare with fp32 (default: bf16 fp16, and tf32 on cuda)",
+    )
     parser.add_argument("--out", help="JSON file for the results")
     args = parser.parse_args()
     reduced = args.precisions or (["tf32"] if args.device.startswith("cuda") else []) + ["bf16", "fp16"]
@@ -52,10 +56,16 @@ def main() -> None:
                 row[f"{p}_{name}_accuracy"] = float((res.pred == yte).float().mean())
                 row[f"{p}_{name}_mean_steps"] = float(res.exit_step.float().mean())
         rows.append(row)
-        print(f"{method} T={steps} th_c={th:.4f}: min per-step prediction agreement with fp32 "
-              + ", ".join(f"{p} {np.min(row[f'{p}_pred_agreement_per_step']):.4f}" for p in reduced) + "; "
-              + "; ".join(f"{p} acc {row[f'{p}_full_accuracy']:.4f} -> DC {row[f'{p}_dc_accuracy']:.4f} "
-                          f"at {row[f'{p}_dc_mean_steps']:.2f} steps" for p in engines))
+        print(
+            f"{method} T={steps} th_c={th:.4f}: min per-step prediction agreement with fp32 "
+            + ", ".join(f"{p} {np.min(row[f'{p}_pred_agreement_per_step']):.4f}" for p in reduced)
+            + "; "
+            + "; ".join(
+                f"{p} acc {row[f'{p}_full_accuracy']:.4f} -> DC {row[f'{p}_dc_accuracy']:.4f} "
+                f"at {row[f'{p}_dc_mean_steps']:.2f} steps"
+                for p in engines
+            )
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": args.device, "samples": len(yte), "rows": rows}, f, indent=1)

@@ -46,8 +46,9 @@ def main() -> None:
         net = dcsim.convert(model, method=method, semantics=semantics)
         sim = dcsim.Engine(net).simulate(x, args.steps, batch_size=args.batch_size)
         acc = (sim.pred == y[:, None]).float().mean(0)
-        rows.append({"run": label, "method": method, "semantics": net.semantics,
-                     "accuracy_vs_t": [float(a) for a in acc]})
+        rows.append(
+            {"run": label, "method": method, "semantics": net.semantics, "accuracy_vs_t": [float(a) for a in acc]}
+        )
         print(f"{label}: " + " ".join(f"{100 * a:.2f}" for a in acc), flush=True)
     head = " | ".join(str(t) for t in range(1, args.steps + 1))
     print(f"\n{args.split} accuracy (%), {len(y)} images; quantized ANN {100 * ann:.2f}%\n")
@@ -55,8 +56,18 @@ def main() -> None:
     for r in rows:
         print(f"| {r['run']} | " + " | ".join(f"{100 * a:.2f}" for a in r["accuracy_vs_t"]) + " |")
     if args.out:
-        args.out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, "samples": len(y),
-                                        "ann_accuracy": ann, "rows": rows}, indent=1))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "checkpoint": str(args.checkpoint),
+                    "split": args.split,
+                    "samples": len(y),
+                    "ann_accuracy": ann,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

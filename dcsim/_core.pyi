@@ -10,12 +10,63 @@ MAX_SOFTMAX: int
 ENTROPY: int
 MARGIN: int
 
-def neuron_step(method: int, n: int, m: int, x: int, x2: int, u: int, z: int, out: int, counts: int, th: float,
-                zmax: int, cuda: bool, stream: int, threads: int, /) -> None: ...
-def output_step(n: int, k: int, x: int, sums: int, steps: int, max_steps: int, readout: int, scale: float,
-                threshold: float, pred: int, score: int, exited: int, cuda: bool, stream: int, threads: int,
-                /) -> None: ...
-def gather_rows(entries: list[tuple[int, int, int]], index: int, n_out: int, cuda: bool, stream: int, threads: int,
-                /) -> None: ...
-def spike_conv(n: int, h: int, w: int, cin: int, oh: int, ow: int, cout: int, kh: int, kw: int, sh: int, sw: int,
-               ph: int, pw: int, x: int, weight: int, bias: int, out: int, threads: int, simd: bool, /) -> None: ...
+def neuron_step(
+    method: int,
+    n: int,
+    m: int,
+    x: int,
+    x2: int,
+    u: int,
+    z: int,
+    out: int,
+    counts: int,
+    th: float,
+    zmax: int,
+    cuda: bool,
+    stream: int,
+    threads: int,
+    /,
+) -> None: ...
+def output_step(
+    n: int,
+    k: int,
+    x: int,
+    sums: int,
+    steps: int,
+    max_steps: int,
+    readout: int,
+    scale: float,
+    threshold: float,
+    pred: int,
+    score: int,
+    exited: int,
+    cuda: bool,
+    stream: int,
+    threads: int,
+    /,
+) -> None: ...
+def gather_rows(
+    entries: list[tuple[int, int, int]], index: int, n_out: int, cuda: bool, stream: int, threads: int, /
+) -> None: ...
+def spike_conv(
+    n: int,
+    h: int,
+    w: int,
+    cin: int,
+    oh: int,
+    ow: int,
+    cout: int,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    x: int,
+    weight: int,
+    bias: int,
+    out: int,
+    threads: int,
+    simd: bool,
+    /,
+) -> None: ...

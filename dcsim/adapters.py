@@ -59,12 +59,19 @@ class Quantization:
     rounding: str = "half_up"
 
     def __post_init__(self) -> None:
-        if isinstance(self.step, bool) or not isinstance(self.step, (int, float)) \
-                or not math.isfinite(self.step) or not self.step > 0:
+        if (
+            isinstance(self.step, bool)
+            or not isinstance(self.step, (int, float))
+            or not math.isfinite(self.step)
+            or not self.step > 0
+        ):
             raise ValueError(f"the step must be a finite number > 0, got {self.step!r}")
-        if self.levels is not None and (isinstance(self.levels, bool) or not isinstance(self.levels, int)
-                                        or self.levels < 1):
-            raise ValueError(f"the levels Qp must be an integer >= 1 (or None for an unquantized clip), got {self.levels!r}")
+        if self.levels is not None and (
+            isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 1
+        ):
+            raise ValueError(
+                f"the levels Qp must be an integer >= 1 (or None for an unquantized clip), got {self.levels!r}"
+            )
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"the rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
 
@@ -115,8 +122,10 @@ def dcsim_lsq(module: nn.Module) -> Quantization:
     if not isinstance(module, LSQActivation):
         raise ValueError(f"it is a {type(module).__name__}, not a dcsim LSQActivation")
     if not module.quantize:
-        raise ValueError("it is in float (ReLU) mode; enable quantization first (dcsim.lsq.set_quantization(model, True)) "
-                         "or build thresholds from data with dcsim.normalize")
+        raise ValueError(
+            "it is in float (ReLU) mode; enable quantization first (dcsim.lsq.set_quantization(model, True)) "
+            "or build thresholds from data with dcsim.normalize"
+        )
     return Quantization(float(module.step.detach()), module.qp, "half_up")
 
 
@@ -172,8 +181,10 @@ def registry(quantizers: Quantizers = None) -> list[tuple[Matcher, Adapter]]:
     elif isinstance(quantizers, Sequence) and not isinstance(quantizers, (str, bytes)):
         entries = list(quantizers)
     else:
-        raise TypeError(f"quantizers must be a dict {{ModuleClass: fn}} or a list of (class or predicate, fn) pairs, "
-                        f"got {type(quantizers).__name__}")
+        raise TypeError(
+            f"quantizers must be a dict {{ModuleClass: fn}} or a list of (class or predicate, fn) pairs, "
+            f"got {type(quantizers).__name__}"
+        )
     for i, entry in enumerate(entries):
         if not (isinstance(entry, tuple) and len(entry) == 2):
             raise TypeError(f"quantizers entry {i} must be a (class or predicate, fn) pair, got {entry!r}")

@@ -38,9 +38,23 @@ import numpy as np
 from .fileio import atomic_output
 
 __all__ = [
-    "FrontPoint", "Trace", "accuracy_vs_t", "analyze", "baseline", "baseline_curve", "evaluate", "exit_histogram",
-    "exit_steps", "front_exact", "front_grid", "load_trace", "mean_confidence_vs_t", "oracle", "oracle_curves",
-    "save_trace", "select_threshold",
+    "FrontPoint",
+    "Trace",
+    "accuracy_vs_t",
+    "analyze",
+    "baseline",
+    "baseline_curve",
+    "evaluate",
+    "exit_histogram",
+    "exit_steps",
+    "front_exact",
+    "front_grid",
+    "load_trace",
+    "mean_confidence_vs_t",
+    "oracle",
+    "oracle_curves",
+    "save_trace",
+    "select_threshold",
 ]
 
 
@@ -90,8 +104,9 @@ class Trace:
         if sums is not None:
             sums = _real_array("sums", sums)
             if sums.ndim != 3 or sums.shape[:2] != pred.shape or sums.shape[2] < 1:
-                raise ValueError(f"array 'sums' has shape {sums.shape} but 'pred' has {pred.shape} "
-                                 "(expected (N, T, K) with K >= 1)")
+                raise ValueError(
+                    f"array 'sums' has shape {sums.shape} but 'pred' has {pred.shape} (expected (N, T, K) with K >= 1)"
+                )
             if pred.max() >= sums.shape[2]:
                 raise ValueError(f"array 'pred' holds class {pred.max()} but 'sums' has only {sums.shape[2]} classes")
         if not isinstance(self.meta, dict):
@@ -131,8 +146,20 @@ def _real_array(name: str, value: Any) -> np.ndarray:
 
 
 _ARRAYS = ("labels", "pred", "conf")
-_UNREADABLE = (ValueError, OSError, EOFError, KeyError, MemoryError, NotImplementedError, OverflowError, RuntimeError,
-               TypeError, struct.error, zipfile.BadZipFile, zlib.error)
+_UNREADABLE = (
+    ValueError,
+    OSError,
+    EOFError,
+    KeyError,
+    MemoryError,
+    NotImplementedError,
+    OverflowError,
+    RuntimeError,
+    TypeError,
+    struct.error,
+    zipfile.BadZipFile,
+    zlib.error,
+)
 """What numpy and zipfile raise for a damaged .npz: truncated, bad checksums or headers, absurd sizes."""
 
 
@@ -283,8 +310,11 @@ def _events(trace: Trace) -> _Events:
     values = conf[rows, cols]
     order = np.argsort(values)  # ties need no order: thresholds only split between distinct values
     zero = np.zeros(1, dtype=np.int64)
-    return _Events(values[order], np.concatenate([zero, np.cumsum(d_steps[order])]),
-                   np.concatenate([zero, np.cumsum(d_correct[order])]))
+    return _Events(
+        values[order],
+        np.concatenate([zero, np.cumsum(d_steps[order])]),
+        np.concatenate([zero, np.cumsum(d_correct[order])]),
+    )
 
 
 def _evaluate_many(trace: Trace, events: _Events, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -361,8 +391,10 @@ def select_threshold(front: list[FrontPoint], baseline_accuracy: float, toleranc
 def baseline(trace: Trace) -> dict[str, float]:
     """{accuracy, mean_steps} without early exit: prediction at T, mean steps = T."""
     trace = _check_trace(trace)
-    return {"accuracy": int((trace.pred[:, -1] == trace.labels).sum()) / trace.samples,
-            "mean_steps": float(trace.steps)}
+    return {
+        "accuracy": int((trace.pred[:, -1] == trace.labels).sum()) / trace.samples,
+        "mean_steps": float(trace.steps),
+    }
 
 
 def baseline_curve(trace: Trace) -> dict[str, np.ndarray]:
@@ -396,13 +428,15 @@ def oracle_curves(trace: Trace) -> dict[str, dict[str, np.ndarray]]:
     correct = trace.pred == trace.labels[:, None]
     step = np.arange(1, t_len + 1, dtype=np.int64)
     first = np.where(correct.any(axis=1), np.argmax(correct, axis=1) + 1, t_len + 1)
-    reached = np.bincount(first, minlength=t_len + 2)[1:t_len + 1]  # samples first correct at t
+    reached = np.bincount(first, minlength=t_len + 2)[1 : t_len + 1]  # samples first correct at t
     fc_acc = np.cumsum(reached) / n
     fc_steps = np.minimum(first[:, None], step[None, :]).sum(axis=0) / n
     last_wrong = np.maximum.accumulate(np.where(correct, 0, step), axis=1)  # last wrong step <= T', 0 if none
     sc_steps = np.where(correct, last_wrong + 1, step).sum(axis=0) / n
-    return {"first_correct": {"accuracy": fc_acc, "mean_steps": fc_steps},
-            "stays_correct": {"accuracy": correct.mean(axis=0, dtype=np.float64), "mean_steps": sc_steps}}
+    return {
+        "first_correct": {"accuracy": fc_acc, "mean_steps": fc_steps},
+        "stays_correct": {"accuracy": correct.mean(axis=0, dtype=np.float64), "mean_steps": sc_steps},
+    }
 
 
 def oracle(trace: Trace) -> dict[str, dict[str, float]]:
@@ -431,8 +465,10 @@ def _point_dict(p: FrontPoint) -> dict[str, float]:
 
 
 def _curve_points(curve: dict[str, np.ndarray]) -> list[dict[str, float]]:
-    return [{"max_steps": t + 1, "accuracy": float(a), "mean_steps": float(s)}
-            for t, (a, s) in enumerate(zip(curve["accuracy"], curve["mean_steps"], strict=True))]
+    return [
+        {"max_steps": t + 1, "accuracy": float(a), "mean_steps": float(s)}
+        for t, (a, s) in enumerate(zip(curve["accuracy"], curve["mean_steps"], strict=True))
+    ]
 
 
 def analyze(trace: Trace, resolution: float = 0.1, tolerance: float = 0.0, exact: bool = True) -> dict[str, Any]:

@@ -51,8 +51,9 @@ class EagerSimulator:
                             count[i] = torch.zeros_like(cur)
                         mem[i] = mem[i] + cur
                         if qffs:
-                            spike = ((mem[i] >= node.threshold) & (count[i] < node.zmax)).float() \
-                                - ((mem[i] < 0) & (count[i] > 0)).float()
+                            spike = ((mem[i] >= node.threshold) & (count[i] < node.zmax)).float() - (
+                                (mem[i] < 0) & (count[i] > 0)
+                            ).float()
                             count[i] = count[i] + spike
                         else:
                             spike = (mem[i] >= node.threshold).float()
@@ -60,8 +61,12 @@ class EagerSimulator:
                         vals.append(spike * node.threshold)
                     else:
                         v = self.unbiased[i].apply(*(vals[j] for j in node.inputs))
-                        if self.unbiased[i] is not node and isinstance(node, (Conv, Linear)) and node.bias is not None \
-                                and driven:
+                        if (
+                            self.unbiased[i] is not node
+                            and isinstance(node, (Conv, Linear))
+                            and node.bias is not None
+                            and driven
+                        ):
                             v = v + node.bias.reshape(1, -1, *([1] * (v.dim() - 2)))
                         vals.append(v)
                 out = vals[-1]

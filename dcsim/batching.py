@@ -36,8 +36,10 @@ def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.T
     x's shape, dtype and device: out[b] = pad(x[b])[:, oy:oy+H, ox:ox+W], flipped left-right if flip[b].
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"crop_flip: x must be a tensor [B, C, H, W], got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        raise ValueError(
+            f"crop_flip: x must be a tensor [B, C, H, W], got "
+            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+        )
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
         raise ValueError(f"crop_flip: padding must be a non-negative integer, got {padding!r}")
     b, c, h, w = x.shape
@@ -76,9 +78,20 @@ class DeviceSplit:
     channels_last: batches come out in that memory layout (faster convs on GPUs).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                 device: torch.device | str, channels_last: bool = False) -> None:
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.dtype not in (torch.uint8, torch.float32):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str,
+        channels_last: bool = False,
+    ) -> None:
+        if (
+            not isinstance(images, torch.Tensor)
+            or images.dim() != 4
+            or images.dtype not in (torch.uint8, torch.float32)
+        ):
             raise ValueError("DeviceSplit: images must be a uint8 or float32 tensor [N, C, H, W]")
         if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],):
             raise ValueError(f"DeviceSplit: labels must be a tensor [{images.shape[0]}] (one per image)")
@@ -95,8 +108,9 @@ class DeviceSplit:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def batch(self, idx: torch.Tensor, augment: Augment | None = None,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, idx: torch.Tensor, augment: Augment | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalized float32 [b, C, H, W], labels [b]) of the images at ``idx`` (int64 [b], any device).
 
         augment(x, generator) -> x transforms the gathered images (uint8 or float, as stored)
@@ -115,9 +129,17 @@ class DeviceSplit:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels.index_select(0, idx)
 
-    def epoch_batches(self, perm: torch.Tensor, batch_size: int, n_batches: int, *, epoch: int,
-                      augment: Augment | None = None, generator: torch.Generator | None = None,
-                      local: Local | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    def epoch_batches(
+        self,
+        perm: torch.Tensor,
+        batch_size: int,
+        n_batches: int,
+        *,
+        epoch: int,
+        augment: Augment | None = None,
+        generator: torch.Generator | None = None,
+        local: Local | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         """(x, y, global rows) for the first ``n_batches`` global batches of ``batch_size`` in ``perm``.
 
         Each global batch is gathered and augmented whole (the draws do not depend on the ranks),
@@ -126,7 +148,7 @@ class DeviceSplit:
         """
         del epoch
         for b in range(n_batches):
-            idx = perm[b * batch_size:(b + 1) * batch_size]
+            idx = perm[b * batch_size : (b + 1) * batch_size]
             x, y = self.batch(idx, augment, generator)
             if local is not None:
                 x, y = local(x), local(y)
@@ -147,8 +169,9 @@ class StreamedSplit:
     processes (0: decode in this process). Memory holds only the batches in flight.
     """
 
-    def __init__(self, split: FolderSplit, device: torch.device | str, channels_last: bool = False,
-                 workers: int = 0) -> None:
+    def __init__(
+        self, split: FolderSplit, device: torch.device | str, channels_last: bool = False, workers: int = 0
+    ) -> None:
         if not isinstance(split, FolderSplit):
             raise ValueError(f"StreamedSplit: split must be a dcsim.data.FolderSplit, got {type(split).__name__}")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -165,18 +188,31 @@ class StreamedSplit:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True)
 
-    def epoch_batches(self, perm: torch.Tensor, batch_size: int, n_batches: int, *, epoch: int,
-                      augment: Augment | None = None, generator: torch.Generator | None = None,
-                      local: Local | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    def epoch_batches(
+        self,
+        perm: torch.Tensor,
+        batch_size: int,
+        n_batches: int,
+        *,
+        epoch: int,
+        augment: Augment | None = None,
+        generator: torch.Generator | None = None,
+        local: Local | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         """(x, y, global rows) as :meth:`DeviceSplit.epoch_batches`; only this rank's rows are decoded."""
         del generator  # the decode draws come from (seed, epoch, image)
         if augment is not None:
-            raise ValueError("a streamed training split is augmented as it is decoded (its 'train' transform); "
-                             "pass augment=None")
-        globals_ = [perm[b * batch_size:(b + 1) * batch_size] for b in range(n_batches)]
+            raise ValueError(
+                "a streamed training split is augmented as it is decoded (its 'train' transform); pass augment=None"
+            )
+        globals_ = [perm[b * batch_size : (b + 1) * batch_size] for b in range(n_batches)]
         rows = [g if local is None else local(g) for g in globals_]
-        loader = DataLoader(replace(self.split, epoch=epoch), batch_sampler=[r.tolist() for r in rows],
-                            num_workers=self.workers, collate_fn=_stack)
+        loader = DataLoader(
+            replace(self.split, epoch=epoch),
+            batch_sampler=[r.tolist() for r in rows],
+            num_workers=self.workers,
+            collate_fn=_stack,
+        )
         for g, (x, y) in zip(globals_, loader_batches(loader), strict=True):
             x, y = self._to_device(x, y)
             yield x, y, len(g)

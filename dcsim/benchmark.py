@@ -97,10 +97,22 @@ def engine_label(graphs: bool, compact_fraction: float, precision: str, spike_co
     return label + ("" if precision == "fp32" else f"+{precision}") + ("+spikeconv" if spike_convs else "")
 
 
-def bench_case(model_name: str, method: str, batch: int, device: torch.device, steps: int | None = None,
-               repeats: int = 3, eager: bool = True, chunk: int = 1, channels_last: bool = False,
-               graphs: bool = False, compact_fraction: float = 0.0, precision: str = "fp32",
-               spike_convs: bool = False, network: tuple[torch.nn.Module, torch.Tensor, str] | None = None) -> list[dict]:
+def bench_case(
+    model_name: str,
+    method: str,
+    batch: int,
+    device: torch.device,
+    steps: int | None = None,
+    repeats: int = 3,
+    eager: bool = True,
+    chunk: int = 1,
+    channels_last: bool = False,
+    graphs: bool = False,
+    compact_fraction: float = 0.0,
+    precision: str = "fp32",
+    spike_convs: bool = False,
+    network: tuple[torch.nn.Module, torch.Tensor, str] | None = None,
+) -> list[dict]:
     """Rows for one model/method/batch: modes "full" and "early_exit" (engine steps computed ``chunk`` at a time).
 
     graphs / compact_fraction / precision / spike_convs: the engine configuration (see
@@ -131,20 +143,41 @@ def bench_case(model_name: str, method: str, batch: int, device: torch.device, s
     eager_sim = EagerSimulator(net.to(device)) if eager and batch == 1 else None
     rows = []
     for mode, threshold in (("full", 1.0), ("early_exit", exit_threshold)):
+
         def run():  # timed in this iteration only
-            return engine.early_exit(x, steps, readout, threshold, chunk=chunk, graphs=graphs,  # noqa: B023
-                                     compact_fraction=compact_fraction)
+            return engine.early_exit(
+                x,
+                steps,
+                readout,
+                threshold,
+                chunk=chunk,
+                graphs=graphs,  # noqa: B023
+                compact_fraction=compact_fraction,
+            )
+
         res = run()
         mean_steps = float(res.exit_step.float().mean())
         spike_rate = float(res.spikes.sum()) / (float(res.exit_step.sum()) * sum(res.neurons))
         ours = timeit(run, device, repeats)
-        row = {"device": device_name(device), "model": model_name, "method": method, "batch": batch, "mode": mode,
-               "engine": engine_label(graphs, compact_fraction, precision, spike_convs), "chunk": chunk, "channels_last": engine.channels_last,
-               "steps": steps, "threshold": threshold, "mean_steps": mean_steps, "weights": weights,
-               "spikes_per_neuron_step": spike_rate,
-               "ms_per_inference": 1000 * ours / batch, "ms_per_step": 1000 * ours / batch / mean_steps,
-               "ann_ms_per_inference": 1000 * ann_s / batch,
-               "ratio_to_ann_per_step": (ours / mean_steps) / ann_s}
+        row = {
+            "device": device_name(device),
+            "model": model_name,
+            "method": method,
+            "batch": batch,
+            "mode": mode,
+            "engine": engine_label(graphs, compact_fraction, precision, spike_convs),
+            "chunk": chunk,
+            "channels_last": engine.channels_last,
+            "steps": steps,
+            "threshold": threshold,
+            "mean_steps": mean_steps,
+            "weights": weights,
+            "spikes_per_neuron_step": spike_rate,
+            "ms_per_inference": 1000 * ours / batch,
+            "ms_per_step": 1000 * ours / batch / mean_steps,
+            "ann_ms_per_inference": 1000 * ann_s / batch,
+            "ratio_to_ann_per_step": (ours / mean_steps) / ann_s,
+        }
         if ann_graph_s is not None:  # the floor without launch overhead: the ANN's kernels alone
             row["ann_graph_ms_per_inference"] = 1000 * ann_graph_s / batch
             row["ratio_to_ann_graph_per_step"] = (ours / mean_steps) / ann_graph_s
@@ -163,8 +196,18 @@ def bench_case(model_name: str, method: str, batch: int, device: torch.device, s
     return rows
 
 
-def stream_vs_static(engine: Engine, x: torch.Tensor, y: torch.Tensor | None, slots: int, steps: int, readout: Readout,
-                     threshold: float, repeats: int = 2, compare: bool = True, graphs: bool = False) -> dict:
+def stream_vs_static(
+    engine: Engine,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    slots: int,
+    steps: int,
+    readout: Readout,
+    threshold: float,
+    repeats: int = 2,
+    compare: bool = True,
+    graphs: bool = False,
+) -> dict:
     """Streaming with ``slots`` slots against static batches of ``slots`` with and without early exit.
 
     Interleaved rounds, best throughput of each (samples/s); ``graphs``: all three with CUDA graphs. x: float32 [N, ...] on the engine's
@@ -199,8 +242,15 @@ def stream_vs_static(engine: Engine, x: torch.Tensor, y: torch.Tensor | None, sl
     return out
 
 
-def stream_case(model_name: str, method: str, slots: int, device: torch.device, samples: int | None = None,
-                repeats: int = 2, graphs: bool = False) -> dict:
+def stream_case(
+    model_name: str,
+    method: str,
+    slots: int,
+    device: torch.device,
+    samples: int | None = None,
+    repeats: int = 2,
+    graphs: bool = False,
+) -> dict:
     """Streaming vs static batches on a random-weight model (threshold: samples stop around T/2)."""
     model, shape = prepared_model(model_name)
     steps = DEFAULT_STEPS[method]
@@ -211,25 +261,39 @@ def stream_case(model_name: str, method: str, slots: int, device: torch.device, 
     threshold = mid_threshold(engine, x[:slots], steps, readout)
     out = stream_vs_static(engine, x, None, slots, steps, readout, threshold, repeats, graphs=graphs)
     s = out["stream"]
-    return {"device": device_name(device), "model": model_name, "method": method, "slots": slots, "samples": len(x),
-            "engine": "graphs" if graphs else "eager",
-            "steps": steps, "threshold": threshold, "stream_throughput": s["throughput"],
-            "latency_ms_p50": s["latency_ms"]["p50"], "latency_ms_p99": s["latency_ms"]["p99"],
-            "occupancy": s["occupancy"], "static_dc_throughput": out["static_dc"]["throughput"],
-            "static_no_dc_throughput": out["static_no_dc"]["throughput"],
-            "mean_steps": out["static_dc"]["mean_steps"],
-            "ratio_vs_static_no_dc": out["throughput_ratio_vs_static_no_dc"],
-            "ratio_vs_static_dc": out["throughput_ratio_vs_static_dc"]}
+    return {
+        "device": device_name(device),
+        "model": model_name,
+        "method": method,
+        "slots": slots,
+        "samples": len(x),
+        "engine": "graphs" if graphs else "eager",
+        "steps": steps,
+        "threshold": threshold,
+        "stream_throughput": s["throughput"],
+        "latency_ms_p50": s["latency_ms"]["p50"],
+        "latency_ms_p99": s["latency_ms"]["p99"],
+        "occupancy": s["occupancy"],
+        "static_dc_throughput": out["static_dc"]["throughput"],
+        "static_no_dc_throughput": out["static_no_dc"]["throughput"],
+        "mean_steps": out["static_dc"]["mean_steps"],
+        "ratio_vs_static_no_dc": out["throughput_ratio_vs_static_no_dc"],
+        "ratio_vs_static_dc": out["throughput_ratio_vs_static_dc"],
+    }
 
 
 def stream_markdown(rows: list[dict]) -> str:
     """Table of :func:`stream_case` rows."""
-    head = ("| device | model | method | engine | slots | mean steps | stream (samples/s) | p50 / p99 latency (ms) | "
-            "occupancy | vs static, no exit | vs static, early exit |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| device | model | method | engine | slots | mean steps | stream (samples/s) | p50 / p99 latency (ms) | "
+        "occupancy | vs static, no exit | vs static, early exit |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     return head + "".join(
         f"| {r['device']} | {r['model']} | {r['method']} | {r['engine']} | {r['slots']} | {r['mean_steps']:.2f} | "
         f"{r['stream_throughput']:.1f} | {r['latency_ms_p50']:.2f} / {r['latency_ms_p99']:.2f} | {r['occupancy']:.2f} | "
-        f"{r['ratio_vs_static_no_dc']:.2f}x | {r['ratio_vs_static_dc']:.2f}x |\n" for r in rows)
+        f"{r['ratio_vs_static_no_dc']:.2f}x | {r['ratio_vs_static_dc']:.2f}x |\n"
+        for r in rows
+    )
 
 
 FULL_MODELS = ["resnet18", "vgg16", "resnet50"]
@@ -246,8 +310,12 @@ def standard_set(device: torch.device, quick: bool = False, full: bool = False) 
         raise ValueError("quick and full exclude each other")
     large = 256 if device.type == "cuda" else 32
     models = FULL_MODELS if full or (device.type == "cuda" and not quick) else QUICK_MODELS
-    return [(m, method, batch) for m in models for method in ("qcfs", "qffs")
-            for batch in (1, large if m != "resnet50" or device.type == "cuda" else 4)]
+    return [
+        (m, method, batch)
+        for m in models
+        for method in ("qcfs", "qffs")
+        for batch in (1, large if m != "resnet50" or device.type == "cuda" else 4)
+    ]
 
 
 def skipped_models(cases: list[tuple[str, str, int]]) -> list[str]:
@@ -263,9 +331,11 @@ def progress_line(done: int, total: int, elapsed: float, what: str) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """Table of benchmark rows."""
-    head = ("| device | model | method | batch | mode | engine | chunk | mean steps | spikes/neuron/step | ms/inference | ms/step | "
-            "vs eager reference | step / ANN forward | step / ANN graph |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| device | model | method | batch | mode | engine | chunk | mean steps | spikes/neuron/step | ms/inference | ms/step | "
+        "vs eager reference | step / ANN forward | step / ANN graph |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     return head + "".join(
         f"| {r['device']} | {r['model']} | {r['method']} | {r['batch']} | {r['mode']} | {r['engine']} | {r['chunk']} | "
         f"{r['mean_steps']:.2f} | {r['spikes_per_neuron_step']:.4f} | "
@@ -273,4 +343,5 @@ def markdown(rows: list[dict]) -> str:
         f"{format(r['speedup_vs_reference'], '.2f') + 'x' if 'speedup_vs_reference' in r else '-'} | "
         f"{r['ratio_to_ann_per_step']:.2f} | "
         f"{format(r['ratio_to_ann_graph_per_step'], '.2f') if 'ratio_to_ann_graph_per_step' in r else '-'} |\n"
-        for r in rows)
+        for r in rows
+    )

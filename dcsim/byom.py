@@ -39,11 +39,16 @@ def percentile_arg(text: str) -> float:
 
 def add_normalize_args(p: argparse.ArgumentParser) -> None:
     """--normalize and --calibration-size (trace, eval, report, stream)."""
-    p.add_argument("--normalize", type=percentile_arg, metavar="P",
-                   help="float ReLU checkpoint: thresholds from the P-th percentile ('max' or 100: the maximum) of each "
-                        "layer's activations on training-split images (QCFS only)")
-    p.add_argument("--calibration-size", type=int, default=1000,
-                   help="training images drawn (seeded by --seed) for --normalize")
+    p.add_argument(
+        "--normalize",
+        type=percentile_arg,
+        metavar="P",
+        help="float ReLU checkpoint: thresholds from the P-th percentile ('max' or 100: the maximum) of each "
+        "layer's activations on training-split images (QCFS only)",
+    )
+    p.add_argument(
+        "--calibration-size", type=int, default=1000, help="training images drawn (seeded by --seed) for --normalize"
+    )
 
 
 def with_checkpoint_normalization(splits: dict, meta: dict) -> dict:
@@ -66,12 +71,16 @@ def prepare(model: nn.Module, meta: dict, splits: dict, args: argparse.Namespace
     percentile = getattr(args, "normalize", None)
     is_float = meta.get("activations") == FLOAT_RELU
     if is_float and percentile is None:
-        raise ValueError(f"{args.checkpoint}: a float ReLU checkpoint; give --normalize P (e.g. 99.9 or max) to set "
-                         "its thresholds from training data")
+        raise ValueError(
+            f"{args.checkpoint}: a float ReLU checkpoint; give --normalize P (e.g. 99.9 or max) to set "
+            "its thresholds from training data"
+        )
     if not is_float:
         if percentile is not None:
-            raise ValueError(f"{args.checkpoint}: --normalize applies to float ReLU checkpoints (metadata "
-                             f"activations = {FLOAT_RELU!r}); this one is quantized")
+            raise ValueError(
+                f"{args.checkpoint}: --normalize applies to float ReLU checkpoints (metadata "
+                f"activations = {FLOAT_RELU!r}); this one is quantized"
+            )
         return model, splits
     if getattr(args, "method", "qcfs") != "qcfs":
         raise ValueError("--normalize: a normalized float network converts with --method qcfs only (QFFS needs levels)")
@@ -100,7 +109,9 @@ def cmd_import(args: argparse.Namespace) -> dict:
 
 def add_import_parser(p: argparse.ArgumentParser) -> None:
     """Arguments of ``dcsim import``."""
-    p.add_argument("kind", choices=["official"], help="official: the Dynamic Confidence code's CIFAR-10 ResNet-18 state dict")
+    p.add_argument(
+        "kind", choices=["official"], help="official: the Dynamic Confidence code's CIFAR-10 ResNet-18 state dict"
+    )
     p.add_argument("file", type=Path, help="the .pth state dict (read with weights_only=True)")
     p.add_argument("--out", type=Path, required=True, help="dcsim checkpoint to write (.safetensors)")
     p.add_argument("--bits", type=int, default=2, help="activation bits (the official 'constraint'; not in the .pth)")

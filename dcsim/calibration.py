@@ -80,7 +80,8 @@ def calibration_report(logits: torch.Tensor, labels: torch.Tensor, bins: int = 1
     p2 = torch.softmax(logits.double() / tau, 1).max(1).values
     return {
         "tau": tau,
-        "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, tau),
+        "nll_before": nll(logits, labels),
+        "nll_after": nll(logits, labels, tau),
         "ece_before": expected_calibration_error(p1, correct, bins),
         "ece_after": expected_calibration_error(p2, correct, bins),
     }

@@ -99,8 +99,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> Pa
     tensors: dict[str, torch.Tensor] = {}
     for name, value in model.state_dict().items():
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"save_checkpoint: state_dict entry {name!r} is a {type(value).__name__}, not a tensor; "
-                             "only tensors can be stored")
+            raise ValueError(
+                f"save_checkpoint: state_dict entry {name!r} is a {type(value).__name__}, not a tensor; "
+                "only tensors can be stored"
+            )
         tensors[name] = value.detach().to("cpu", copy=True).contiguous()  # copies: no shared storage
     with atomic_output(path) as tmp:
         hashed = json.dumps(full | {HASH_KEY: content_hash(header, tensors)})
@@ -109,8 +111,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> Pa
 
 
 def _open_error(path: Path, err: Exception) -> ValueError:
-    return ValueError(f"{path}: not a valid safetensors checkpoint ({type(err).__name__}: {err}); "
-                      "dcsim checkpoints are .safetensors files written by save_checkpoint")
+    return ValueError(
+        f"{path}: not a valid safetensors checkpoint ({type(err).__name__}: {err}); "
+        "dcsim checkpoints are .safetensors files written by save_checkpoint"
+    )
 
 
 def _check_file(path: Path) -> None:
@@ -148,14 +152,18 @@ def _read_header(path: Path) -> tuple[dict, str | None]:
     _check_meta(meta, str(path))
     version = meta.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format_version {version!r} is not supported (this dcsim reads 1.."
-                         f"{FORMAT_VERSION}; a newer dcsim may have written it)")
+        raise ValueError(
+            f"{path}: checkpoint format_version {version!r} is not supported (this dcsim reads 1.."
+            f"{FORMAT_VERSION}; a newer dcsim may have written it)"
+        )
     stored = meta.pop(HASH_KEY, None)
     if stored is not None and not isinstance(stored, str):
         raise ValueError(f"{path}: metadata '{HASH_KEY}' must be a hex string, got {stored!r}")
     if stored is None and version >= 2:
-        raise ValueError(f"{path}: the metadata lacks '{HASH_KEY}', which format_version {version} requires: "
-                         "the checkpoint is damaged")
+        raise ValueError(
+            f"{path}: the metadata lacks '{HASH_KEY}', which format_version {version} requires: "
+            "the checkpoint is damaged"
+        )
     return meta, stored
 
 
@@ -176,8 +184,9 @@ def load_checkpoint(path: str | os.PathLike, build_model: Callable[..., nn.Modul
     try:
         model = build_model(meta["architecture"], **meta["arch_kwargs"])
     except (TypeError, ValueError, KeyError) as err:
-        raise ValueError(f"{path}: cannot build architecture {meta['architecture']!r} with "
-                         f"{meta['arch_kwargs']}: {err}") from err
+        raise ValueError(
+            f"{path}: cannot build architecture {meta['architecture']!r} with {meta['arch_kwargs']}: {err}"
+        ) from err
     if not isinstance(model, nn.Module):
         raise ValueError(f"{path}: build_model returned a {type(model).__name__}, not a torch.nn.Module")
     try:
@@ -186,22 +195,39 @@ def load_checkpoint(path: str | os.PathLike, build_model: Callable[..., nn.Modul
     except Exception as err:  # as in read_metadata
         raise _open_error(path, err) from None
     if stored_hash is None:
-        warnings.warn(f"{path}: the checkpoint has no content hash ('{HASH_KEY}', written by an older dcsim); "
-                      "its tensors cannot be verified. Save it again to add one.", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: the checkpoint has no content hash ('{HASH_KEY}', written by an older dcsim); "
+            "its tensors cannot be verified. Save it again to add one.",
+            UserWarning,
+            stacklevel=2,
+        )
     elif stored_hash != content_hash(json.dumps(meta), tensors):
-        raise ValueError(f"{path}: the checkpoint is corrupted: its content hash does not match the stored "
-                         f"'{HASH_KEY}' (a changed byte in the tensors or metadata); re-create or re-copy the file")
+        raise ValueError(
+            f"{path}: the checkpoint is corrupted: its content hash does not match the stored "
+            f"'{HASH_KEY}' (a changed byte in the tensors or metadata); re-create or re-copy the file"
+        )
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     stored = {k: tuple(v.shape) for k, v in tensors.items()}
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
-    mismatched = [f"{k} (file {list(stored[k])}, model {list(expected[k])})"
-                  for k in sorted(set(stored) & set(expected)) if stored[k] != expected[k]]
+    mismatched = [
+        f"{k} (file {list(stored[k])}, model {list(expected[k])})"
+        for k in sorted(set(stored) & set(expected))
+        if stored[k] != expected[k]
+    ]
     if missing or unexpected or mismatched:
-        parts = [f"{label}: {_describe(items)}" for label, items in
-                 (("missing from the file", missing), ("unexpected in the file", unexpected),
-                  ("shape mismatch", mismatched)) if items]
-        raise ValueError(f"{path}: the tensors do not fit architecture {meta['architecture']!r} with "
-                         f"{meta['arch_kwargs']}; " + "; ".join(parts))
+        parts = [
+            f"{label}: {_describe(items)}"
+            for label, items in (
+                ("missing from the file", missing),
+                ("unexpected in the file", unexpected),
+                ("shape mismatch", mismatched),
+            )
+            if items
+        ]
+        raise ValueError(
+            f"{path}: the tensors do not fit architecture {meta['architecture']!r} with "
+            f"{meta['arch_kwargs']}; " + "; ".join(parts)
+        )
     model.load_state_dict(tensors, strict=True)
     return model.eval(), meta

@@ -108,9 +108,16 @@ def _fold_bn(node: Conv | Linear, bn: nn.BatchNorm1d | nn.BatchNorm2d, name: str
     return replace(node, weight=w, bias=(b - bn.running_mean) * g + beta)
 
 
-def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zmax: int | None = None, *,
-            quantizers: Quantizers = None, semantics: str | None = None,
-            drive_steps: int | None = None) -> SpikingNetwork:
+def convert(
+    model: nn.Module,
+    method: str = "qcfs",
+    u0_fraction: float = 0.5,
+    zmax: int | None = None,
+    *,
+    quantizers: Quantizers = None,
+    semantics: str | None = None,
+    drive_steps: int | None = None,
+) -> SpikingNetwork:
     """Convert ``model`` (float CNN with quantized hidden activations) to a spiking network.
 
     method: "qcfs" (soft-reset IF) or "qffs" (IF with negative spikes and the cap Zmax).
@@ -135,8 +142,10 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
     if semantics not in SEMANTICS:
         raise ValueError(f"semantics must be one of {list(SEMANTICS)}, got {semantics!r}")
     if semantics == "settle" and method != "qffs":
-        raise ValueError(f"semantics 'settle' applies to QFFS only (negative spikes correct the settling); "
-                         f"method {method!r} supports 'constant' only")
+        raise ValueError(
+            f"semantics 'settle' applies to QFFS only (negative spikes correct the settling); "
+            f"method {method!r} supports 'constant' only"
+        )
     if drive_steps is not None and semantics != "settle":
         raise ValueError(f"drive_steps applies to semantics 'settle' only, got semantics {semantics!r}")
     if not 0.0 <= u0_fraction <= 1.0:
@@ -176,10 +185,18 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
             add(Input(src.name, ()), src)
         elif src.op == "get_attr":
             owner = str(src.target).rpartition(".")[0]
-            hint = (f" Layer {owner!r} ({type(modules[owner]).__name__}) is unknown to dcsim; if it is an activation, "
+            hint = (
+                (
+                    f" Layer {owner!r} ({type(modules[owner]).__name__}) is unknown to dcsim; if it is an activation, "
                     f"give an adapter: dcsim.convert(model, quantizers={{{type(modules[owner]).__name__}: fn}}) "
-                    "(see dcsim.adapters).") if owner in modules and owner else ""
-            raise ConversionError(f"{where}: reading a parameter in forward is not supported; supported: {SUPPORTED}.{hint}")
+                    "(see dcsim.adapters)."
+                )
+                if owner in modules and owner
+                else ""
+            )
+            raise ConversionError(
+                f"{where}: reading a parameter in forward is not supported; supported: {SUPPORTED}.{hint}"
+            )
         elif src.op == "call_module":
             mod = modules[src.target]
             name = str(src.target)
@@ -189,24 +206,48 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
             q = _quantization(mod, adapters, where)
             if isinstance(mod, nn.Conv2d):
                 if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-                    raise ConversionError(f"{where} (Conv2d) uses padding {mod.padding!r}/{mod.padding_mode!r}; only numeric zero padding is supported")
-                add(Conv(name, (x,), mod.weight.detach().clone(), None if mod.bias is None else mod.bias.detach().clone(),
-                         _pair(mod.stride), _pair(mod.padding), _pair(mod.dilation), mod.groups), src)
+                    raise ConversionError(
+                        f"{where} (Conv2d) uses padding {mod.padding!r}/{mod.padding_mode!r}; only numeric zero padding is supported"
+                    )
+                add(
+                    Conv(
+                        name,
+                        (x,),
+                        mod.weight.detach().clone(),
+                        None if mod.bias is None else mod.bias.detach().clone(),
+                        _pair(mod.stride),
+                        _pair(mod.padding),
+                        _pair(mod.dilation),
+                        mod.groups,
+                    ),
+                    src,
+                )
             elif isinstance(mod, nn.Linear):
-                add(Linear(name, (x,), mod.weight.detach().clone(), None if mod.bias is None else mod.bias.detach().clone()), src)
+                add(
+                    Linear(
+                        name, (x,), mod.weight.detach().clone(), None if mod.bias is None else mod.bias.detach().clone()
+                    ),
+                    src,
+                )
             elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 prev = nodes[x]
-                if not isinstance(prev, (Conv, Linear)) or len(_consumers(src.args[0], modules)) != 1 \
-                        or len(_consumers(origin[x], modules)) != 1:
+                if (
+                    not isinstance(prev, (Conv, Linear))
+                    or len(_consumers(src.args[0], modules)) != 1
+                    or len(_consumers(origin[x], modules)) != 1
+                ):
                     raise ConversionError(
                         f"{where} (BatchNorm) must directly follow a conv or linear layer whose output it alone uses; "
-                        f"it follows {type(prev).__name__} {prev.name!r}")
+                        f"it follows {type(prev).__name__} {prev.name!r}"
+                    )
                 nodes[x] = _fold_bn(prev, mod, name)
                 index[src] = x
             elif q is not None:
                 if q.levels is None and method == "qffs" and zmax is None:
-                    raise ConversionError(f"{where} ({type(mod).__name__}) is an unquantized clip: QFFS needs a spike "
-                                          "cap, give zmax= or use method='qcfs'")
+                    raise ConversionError(
+                        f"{where} ({type(mod).__name__}) is an unquantized clip: QFFS needs a spike "
+                        "cap, give zmax= or use method='qcfs'"
+                    )
                 if isinstance(mod, LSQActivation) and not bool(mod.initialized) and float(mod.step.detach()) == 1.0:
                     untrained.append(name)
                 bits_seen.add(q.bits)
@@ -215,20 +256,40 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
                     half_even.append(name)
                 th = float(torch.tensor(q.threshold, dtype=torch.float32))
                 if not th > 0:
-                    raise ConversionError(f"{where} ({type(mod).__name__}) has a threshold {q.threshold!r} that is 0 in float32")
+                    raise ConversionError(
+                        f"{where} ({type(mod).__name__}) has a threshold {q.threshold!r} that is 0 in float32"
+                    )
                 th_u0 = float(torch.tensor(u0_fraction * th, dtype=torch.float32))
                 inputs: tuple[int, ...] = (x,)
                 prev = nodes[x]
                 # A residual sum used only here is fused into the neuron (its inputs are summed in the kernel).
-                if isinstance(prev, Add) and len(prev.inputs) == 2 and len(_consumers(origin[x], modules)) == 1 and x == len(nodes) - 1:
+                if (
+                    isinstance(prev, Add)
+                    and len(prev.inputs) == 2
+                    and len(_consumers(origin[x], modules)) == 1
+                    and x == len(nodes) - 1
+                ):
                     inputs = prev.inputs
                     nodes.pop()
-                add(Neuron(name, inputs, threshold=th, u0=th_u0, zmax=zmax if zmax is not None else (q.levels or 1)), src)
+                add(
+                    Neuron(name, inputs, threshold=th, u0=th_u0, zmax=zmax if zmax is not None else (q.levels or 1)),
+                    src,
+                )
             elif isinstance(mod, nn.AvgPool2d):
                 if mod.divisor_override is not None:
                     raise ConversionError(f"{where} (AvgPool2d) with divisor_override is not supported")
-                add(AvgPool(name, (x,), _pair(mod.kernel_size), _pair(mod.stride or mod.kernel_size), _pair(mod.padding),
-                            mod.ceil_mode, mod.count_include_pad), src)
+                add(
+                    AvgPool(
+                        name,
+                        (x,),
+                        _pair(mod.kernel_size),
+                        _pair(mod.stride or mod.kernel_size),
+                        _pair(mod.padding),
+                        mod.ceil_mode,
+                        mod.count_include_pad,
+                    ),
+                    src,
+                )
             elif isinstance(mod, nn.AdaptiveAvgPool2d):
                 add(AdaptiveAvgPool(name, (x,), _pair_or_none(mod.output_size)), src)
             elif isinstance(mod, nn.Flatten):
@@ -238,14 +299,17 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
             elif _is_alias(src, modules):
                 index[src] = x
             elif isinstance(mod, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
-                raise ConversionError(f"{where} ({type(mod).__name__}) cannot be converted: max pooling has no spiking "
-                                      f"equivalent here; use AvgPool2d. Supported: {SUPPORTED}")
+                raise ConversionError(
+                    f"{where} ({type(mod).__name__}) cannot be converted: max pooling has no spiking "
+                    f"equivalent here; use AvgPool2d. Supported: {SUPPORTED}"
+                )
             else:
                 raise ConversionError(
                     f"{where} ({type(mod).__name__}) cannot be converted to a spiking layer; supported: {SUPPORTED}. "
                     "Float activations such as ReLU must be replaced by dcsim.lsq.LSQActivation or given thresholds with "
                     "dcsim.normalize; other activation classes need an adapter: dcsim.convert(model, "
-                    "quantizers={ActivationClass: fn}) (see dcsim.adapters).")
+                    "quantizers={ActivationClass: fn}) (see dcsim.adapters)."
+                )
         elif src.op == "call_function":
             if src.target in (operator.add, torch.add) and len(src.args) == 2 and not src.kwargs:
                 a, b = arg(src.args[0], where), arg(src.args[1], where)
@@ -255,7 +319,9 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
             elif _is_alias(src, modules):
                 index[src] = arg(src.args[0], where)
             else:
-                raise ConversionError(f"{where} (function {getattr(src.target, '__name__', src.target)}) is not supported; supported: {SUPPORTED}")
+                raise ConversionError(
+                    f"{where} (function {getattr(src.target, '__name__', src.target)}) is not supported; supported: {SUPPORTED}"
+                )
         elif src.op == "call_method":
             if src.target == "flatten" and src.args[1:] in ((1,), ()) and not src.kwargs:
                 add(Flatten(src.name, (arg(src.args[0], where),)), src)
@@ -271,23 +337,37 @@ def convert(model: nn.Module, method: str = "qcfs", u0_fraction: float = 0.5, zm
     if not isinstance(last, (Conv, Linear, AvgPool, AdaptiveAvgPool, Flatten, Add)):
         raise ConversionError(
             f"the output layer {last.name!r} is a {type(last).__name__}; it must be a full-precision conv or linear "
-            "layer (the integrator), not a quantized activation")
+            "layer (the integrator), not a quantized activation"
+        )
     if not any(isinstance(n, Neuron) for n in nodes):
-        raise ConversionError("the model has no LSQActivation layer nor any activation matched by quantizers=: nothing to "
-                              f"convert to spiking neurons (supported: {SUPPORTED})")
+        raise ConversionError(
+            "the model has no LSQActivation layer nor any activation matched by quantizers=: nothing to "
+            f"convert to spiking neurons (supported: {SUPPORTED})"
+        )
     if half_even:
-        warnings.warn(f"layers {half_even} round half to even; their IF neurons (u0 = th/2) round half up, so at exact "
-                      "ties x/s = k + 0.5 with k even the SNN gives one level more than the ANN (equal elsewhere)",
-                      RoundingWarning, stacklevel=2)
+        warnings.warn(
+            f"layers {half_even} round half to even; their IF neurons (u0 = th/2) round half up, so at exact "
+            "ties x/s = k + 0.5 with k even the SNN gives one level more than the ANN (equal elsewhere)",
+            RoundingWarning,
+            stacklevel=2,
+        )
     if untrained:
-        shown = ", ".join(repr(n) for n in untrained[:5]) + (f" and {len(untrained) - 5} more" if len(untrained) > 5 else "")
-        warnings.warn(f"convert: LSQActivation layer(s) {shown} still have the untrained step size 1.0 (never "
-                      "initialised from data by a training-mode forward pass), so their thresholds are Qp * 1.0; "
-                      "train or calibrate the model first", UserWarning, stacklevel=2)
+        shown = ", ".join(repr(n) for n in untrained[:5]) + (
+            f" and {len(untrained) - 5} more" if len(untrained) > 5 else ""
+        )
+        warnings.warn(
+            f"convert: LSQActivation layer(s) {shown} still have the untrained step size 1.0 (never "
+            "initialised from data by a training-mode forward pass), so their thresholds are Qp * 1.0; "
+            "train or calibrate the model first",
+            UserWarning,
+            stacklevel=2,
+        )
     if semantics == "settle" and drive_steps is None:
         if len(levels_seen) != 1 or None in levels_seen:
-            raise ConversionError(f"the model's layers have level counts Qp {sorted(map(str, levels_seen))}, not one "
-                                  "Qp; pass drive_steps for semantics 'settle' (the steps during which the image and "
-                                  "biases drive the network)")
+            raise ConversionError(
+                f"the model's layers have level counts Qp {sorted(map(str, levels_seen))}, not one "
+                "Qp; pass drive_steps for semantics 'settle' (the steps during which the image and "
+                "biases drive the network)"
+            )
         drive_steps = levels_seen.pop()
     return SpikingNetwork(nodes, method, bits_seen.pop() if len(bits_seen) == 1 else None, drive_steps)

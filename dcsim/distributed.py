@@ -108,8 +108,10 @@ def resolve_device(name: str | None, local_rank: int = 0, local_size: int = 1) -
         return device
     gpus = torch.cuda.device_count()
     if local_size > gpus:
-        raise ValueError(f"--device {name or 'cuda'}: {local_size} ranks on this node but only {gpus} GPU(s); "
-                         f"start at most {gpus} processes per node (torchrun --nproc-per-node {gpus})")
+        raise ValueError(
+            f"--device {name or 'cuda'}: {local_size} ranks on this node but only {gpus} GPU(s); "
+            f"start at most {gpus} processes per node (torchrun --nproc-per-node {gpus})"
+        )
     if device.index is not None and device.index != local_rank:
         raise ValueError(f"--device {name}: under torchrun each rank uses cuda:LOCAL_RANK; give --device cuda")
     return torch.device("cuda", local_rank)
@@ -120,8 +122,10 @@ def setup(command: str, device: str | None) -> World:
     if not launched():
         return World(device=resolve_device(device))
     if command not in DISTRIBUTED_COMMANDS:
-        raise ValueError(f"dcsim {command} does not run distributed; start it without torchrun "
-                         f"(distributed commands: {', '.join(DISTRIBUTED_COMMANDS)})")
+        raise ValueError(
+            f"dcsim {command} does not run distributed; start it without torchrun "
+            f"(distributed commands: {', '.join(DISTRIBUTED_COMMANDS)})"
+        )
     rank, size = _env_int("RANK"), _env_int("WORLD_SIZE")
     local_rank = _env_int("LOCAL_RANK", 0)
     local_size = _env_int("LOCAL_WORLD_SIZE", size)
@@ -129,8 +133,7 @@ def setup(command: str, device: str | None) -> World:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
-                                device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
     return World(rank=rank, size=size, local_rank=local_rank, local_size=local_size, device=dev)
 
 
@@ -198,16 +201,22 @@ class Sharded:
     def __len__(self) -> int:
         return len(self.split)
 
-    def map(self, batch_size: int, fn: Callable[[torch.Tensor], Sequence[torch.Tensor]],
-            desc: str = "batches") -> tuple[torch.Tensor, ...]:
+    def map(
+        self, batch_size: int, fn: Callable[[torch.Tensor], Sequence[torch.Tensor]], desc: str = "batches"
+    ) -> tuple[torch.Tensor, ...]:
         """fn(x) on every batch x (normalized float32 [b, C, H, W]) of this rank, gathered on every rank.
 
         fn returns a tuple of CPU-movable tensors, each [b, ...]; the result concatenates each
         across all batches in sample order (tensors [N, ...]).
         """
         ids = rank_batches(len(self.split), batch_size, self.world)
-        bar = tqdm(total=len(ids), desc=desc, unit="batch", leave=False,
-                   disable=True if not (self.progress and self.world.main) else None)
+        bar = tqdm(
+            total=len(ids),
+            desc=desc,
+            unit="batch",
+            leave=False,
+            disable=True if not (self.progress and self.world.main) else None,
+        )
         local = []
         with bar:
             for b, x, _ in split_batches(self.split, batch_size, ids, workers=self.workers):
@@ -219,8 +228,12 @@ class Sharded:
         return tuple(torch.cat(ts) for ts in zip(*(p[1] for p in parts), strict=True))
 
 
-def map_batches(images: torch.Tensor | Sharded, batch_size: int, fn: Callable[[torch.Tensor], Sequence[torch.Tensor]],
-                desc: str = "batches") -> tuple[torch.Tensor, ...]:
+def map_batches(
+    images: torch.Tensor | Sharded,
+    batch_size: int,
+    fn: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    desc: str = "batches",
+) -> tuple[torch.Tensor, ...]:
     """fn over batches of ``batch_size`` of images (a tensor [N, ...] or a Sharded split), concatenated in order.
 
     fn(x) returns a tuple of tensors [b, ...]; the result holds each concatenated over the batches ([N, ...], CPU).
@@ -229,7 +242,9 @@ def map_batches(images: torch.Tensor | Sharded, batch_size: int, fn: Callable[[t
         return images.map(batch_size, fn, desc=desc)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    outs = [tuple(t.detach().cpu() for t in fn(images[lo:lo + batch_size])) for lo in range(0, len(images), batch_size)]
+    outs = [
+        tuple(t.detach().cpu() for t in fn(images[lo : lo + batch_size])) for lo in range(0, len(images), batch_size)
+    ]
     if not outs:
         raise ValueError("no images: the split is empty")
     return tuple(torch.cat(ts) for ts in zip(*outs, strict=True))
@@ -249,13 +264,14 @@ class _LSQGlobalInit:
         if not (module.training and module.quantize) or bool(module.initialized):
             return
         x = inputs[0].detach()
-        stats = torch.stack([x.abs().sum(dtype=torch.float64), torch.tensor(float(x.numel()), dtype=torch.float64,
-                                                                             device=x.device)])
+        stats = torch.stack(
+            [x.abs().sum(dtype=torch.float64), torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device)]
+        )
         if dist.is_initialized():
             dist.all_reduce(stats)
         with torch.no_grad():
             mean = (stats[0] / stats[1].clamp_min(1)).to(module.step.dtype)
-            module.step.copy_((2 * mean / module.qp ** 0.5).clamp_min(1e-8))
+            module.step.copy_((2 * mean / module.qp**0.5).clamp_min(1e-8))
             module.initialized.fill_(True)
 
 
@@ -293,10 +309,11 @@ class DataParallel:
         return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
     def local(self, t: torch.Tensor) -> torch.Tensor:
-        return t[self.world.rank::self.world.size]
+        return t[self.world.rank :: self.world.size]
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, global_rows: int,
-             label_smoothing: float = 0.0) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, global_rows: int, label_smoothing: float = 0.0
+    ) -> torch.Tensor:
         ce = torch.nn.functional.cross_entropy(logits, labels, reduction="sum", label_smoothing=label_smoothing)
         return ce * (self.world.size / max(global_rows, 1))
 
@@ -316,7 +333,9 @@ def write_if_main(world: World, path: str | os.PathLike, write: Callable[[Path],
         dist.barrier()
 
 
-def local_share(split: Dataset | FolderSplit, world: World, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def local_share(
+    split: Dataset | FolderSplit, world: World, workers: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's contiguous share of a split, normalized in memory: (float32 [n_r, C, H, W], int64 labels [n_r])."""
     n = len(split)
     part = split.subset(np.arange(n * world.rank // world.size, n * (world.rank + 1) // world.size))

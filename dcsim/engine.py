@@ -32,8 +32,12 @@ from .readout import Readout
 BACKENDS: dict[str, ModuleType] = {"native": ops, "reference": reference}
 MAX_STATIC_EXITS = 8
 """Captured runners an engine keeps (one per batch shape, T, readout, threshold, chunk); oldest dropped."""
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16,
-                                      "fp16": torch.float16}
+PRECISIONS: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "tf32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 """Engine precisions and the dtype their convs and linears compute in (see :class:`Engine`)."""
 NEVER = 2.0
 """A threshold no score exceeds (scores are in [0, 1]): samples run to T."""
@@ -175,8 +179,9 @@ def gpu_flags(tf32: bool, autotune: bool | None = None) -> Iterator[None]:
     saved_benchmark = cudnn.benchmark
     cudnn.benchmark = saved_benchmark if autotune is None else autotune
     # getattr: older PyTorch (allow_tf32 only) has no cudnn.conv, and reading it there raises
-    backends: list[Any] = [b for b in (getattr(cudnn, "conv", None), torch.backends.cuda.matmul)
-                           if hasattr(b, "fp32_precision")]
+    backends: list[Any] = [
+        b for b in (getattr(cudnn, "conv", None), torch.backends.cuda.matmul) if hasattr(b, "fp32_precision")
+    ]
     saved = [b.fp32_precision for b in backends]
     legacy = None if backends else (cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)  # older PyTorch
     try:
@@ -229,15 +234,24 @@ class Engine:
              dense conv's: results agree with it within float32 rounding, as another conv algorithm would.
     """
 
-    def __init__(self, net: SpikingNetwork, backend: str = "native", device: torch.device | str | None = None,
-                 channels_last: bool = False, precision: str = "fp32", spike_convs: bool = False) -> None:
+    def __init__(
+        self,
+        net: SpikingNetwork,
+        backend: str = "native",
+        device: torch.device | str | None = None,
+        channels_last: bool = False,
+        precision: str = "fp32",
+        spike_convs: bool = False,
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = _resolve_device(device if device is not None else net.device)
         if spike_convs and (self.device.type != "cpu" or PRECISIONS[precision] != torch.float32):
-            raise ValueError(f"spike_convs runs on the CPU in float32, got device {self.device} and precision {precision!r}")
+            raise ValueError(
+                f"spike_convs runs on the CPU in float32, got device {self.device} and precision {precision!r}"
+            )
         self.channels_last = bool(channels_last or spike_convs)
         self.spike_convs = bool(spike_convs)
         self.precision = precision
@@ -269,8 +283,14 @@ class Engine:
         self._spike_weights: dict[int, torch.Tensor] = {}  # event-driven convs: node -> weights packed for kernel 4
         for i in self._dynamic:
             node = nodes[i]
-            if (self.spike_convs and isinstance(node, Conv) and node.groups == 1 and node.dilation == (1, 1)
-                    and len(node.inputs) == 1 and isinstance(nodes[node.inputs[0]], Neuron)):
+            if (
+                self.spike_convs
+                and isinstance(node, Conv)
+                and node.groups == 1
+                and node.dilation == (1, 1)
+                and len(node.inputs) == 1
+                and isinstance(nodes[node.inputs[0]], Neuron)
+            ):
                 self._spike_weights[i] = ops.pack_spike_conv_weight(node.weight)
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
@@ -325,7 +345,8 @@ class Engine:
                 raise ValueError(f"input of per-sample shape {sample_shape} does not fit the network: {err}") from err
             if len(shapes[-1]) != 1:
                 raise ValueError(
-                    f"the output layer {self.net.nodes[-1].name!r} gives per-sample shape {shapes[-1]}; expected [K] logits")
+                    f"the output layer {self.net.nodes[-1].name!r} gives per-sample shape {shapes[-1]}; expected [K] logits"
+                )
             self._shapes[sample_shape] = shapes
         return self._shapes[sample_shape]
 
@@ -371,7 +392,10 @@ class Engine:
         k = shapes[-1][0]
         return BatchState(
             ids=torch.arange(n, device=dev) if ids is None else ids.to(dev, torch.int64),
-            static=static, u=u, z=z, counts=counts,
+            static=static,
+            u=u,
+            z=z,
+            counts=counts,
             sums=torch.zeros((n, k), dtype=torch.float32, device=dev),
             steps=torch.zeros(n, dtype=torch.int32, device=dev),
             pred=torch.zeros(n, dtype=torch.int64, device=dev),
@@ -441,8 +465,16 @@ class Engine:
         first = torch.arange(1, k + 1, device=self.device, dtype=torch.int32)[:, None]
         return ((state.steps[None, :] + first) <= drive).to(torch.float32)
 
-    def advance(self, state: BatchState, k: int, max_steps: int, readout: Readout, threshold: float = NEVER,
-                record_sums: bool = False, done: int | None = None) -> StepRecord:
+    def advance(
+        self,
+        state: BatchState,
+        k: int,
+        max_steps: int,
+        readout: Readout,
+        threshold: float = NEVER,
+        record_sums: bool = False,
+        done: int | None = None,
+    ) -> StepRecord:
         """Advance every active sample by k time steps, in place, and return what each step produced.
 
         Within the chunk the network runs layer by layer: each conv/linear takes the k steps as one
@@ -486,8 +518,14 @@ class Engine:
                     out = self._empty((k * n, *shape[1:]), torch.float32).view(k, *shape)
                     for t in range(k):
                         self.kernels.neuron_step(
-                            method, self._layout(at(node.inputs[0], t)), state.u[i], state.z.get(i), out[t],
-                            state.counts[i], node.threshold, node.zmax,
+                            method,
+                            self._layout(at(node.inputs[0], t)),
+                            state.u[i],
+                            state.z.get(i),
+                            out[t],
+                            state.counts[i],
+                            node.threshold,
+                            node.zmax,
                             x2=self._layout(at(node.inputs[1], t)) if len(node.inputs) > 1 else None,
                         )
                         rec.counts[layer_of[i], t] = state.counts[i]
@@ -498,8 +536,9 @@ class Engine:
                         node = self._unbiased[i]
                     if i in self._spike_weights:
                         assert isinstance(node, Conv)
-                        r = self.kernels.spike_conv2d(rows(node.inputs[0]), self._spike_weights[i], node.bias,
-                                                      node.stride, node.padding)
+                        r = self.kernels.spike_conv2d(
+                            rows(node.inputs[0]), self._spike_weights[i], node.bias, node.stride, node.padding
+                        )
                     else:
                         r = self._apply(node, *(rows(j) for j in node.inputs))
                     if bias is not None and drive is not False:
@@ -511,8 +550,16 @@ class Engine:
             output = self.net.output
             for t in range(k):
                 self.kernels.output_step(
-                    at(output, t).contiguous(), state.sums, state.steps, max_steps, readout.code, readout.scale,
-                    threshold, state.pred, state.score, state.exited,
+                    at(output, t).contiguous(),
+                    state.sums,
+                    state.steps,
+                    max_steps,
+                    readout.code,
+                    readout.scale,
+                    threshold,
+                    state.pred,
+                    state.score,
+                    state.exited,
                 )
                 rec.store(t, state)
         return rec
@@ -522,8 +569,15 @@ class Engine:
     def _layers(self, x: torch.Tensor) -> tuple[list[int], list[str]]:
         return self.neurons_per_layer(tuple(x.shape[1:])), [self.net.nodes[i].name for i in self.neurons]
 
-    def simulate(self, x: torch.Tensor, steps: int, readout: Readout | None = None, record_sums: bool = False,
-                 batch_size: int | None = None, chunk: int = 1) -> Simulation:
+    def simulate(
+        self,
+        x: torch.Tensor,
+        steps: int,
+        readout: Readout | None = None,
+        record_sums: bool = False,
+        batch_size: int | None = None,
+        chunk: int = 1,
+    ) -> Simulation:
         """Run all samples for ``steps`` steps; record prediction and score per step.
 
         x: float32 [N, ...]; readout: the stopping score recorded in ``conf`` (default max
@@ -542,9 +596,11 @@ class Engine:
         sums_all = [torch.empty((0, steps, k_out), dtype=torch.float32, device=self.device)]
         spikes = [torch.empty((0, len(self.neurons)), dtype=torch.int64, device=self.device)]
         for lo in range(0, n_all, bs):
-            state = self.start(x[lo:lo + bs])
-            records = [self.advance(state, min(chunk, steps - done), steps, readout, record_sums=record_sums, done=done)
-                       for done in range(0, steps, chunk)]
+            state = self.start(x[lo : lo + bs])
+            records = [
+                self.advance(state, min(chunk, steps - done), steps, readout, record_sums=record_sums, done=done)
+                for done in range(0, steps, chunk)
+            ]
             preds.append(torch.cat([r.pred for r in records]).T)
             confs.append(torch.cat([r.score for r in records]).T)
             if record_sums:  # then every record has its sums
@@ -553,13 +609,24 @@ class Engine:
         neurons, layers = self._layers(x)
         return Simulation(
             sums=torch.cat(sums_all).cpu() if record_sums else None,
-            pred=torch.cat(preds).cpu(), conf=torch.cat(confs).cpu(), spikes=torch.cat(spikes).cpu(),
-            neurons=neurons, layers=layers,
+            pred=torch.cat(preds).cpu(),
+            conf=torch.cat(confs).cpu(),
+            spikes=torch.cat(spikes).cpu(),
+            neurons=neurons,
+            layers=layers,
         )
 
-    def early_exit(self, x: torch.Tensor, steps: int, readout: Readout, threshold: float,
-                   batch_size: int | None = None, chunk: int = 1, compact_fraction: float = 0.0,
-                   graphs: bool = False) -> ExitResult:
+    def early_exit(
+        self,
+        x: torch.Tensor,
+        steps: int,
+        readout: Readout,
+        threshold: float,
+        batch_size: int | None = None,
+        chunk: int = 1,
+        compact_fraction: float = 0.0,
+        graphs: bool = False,
+    ) -> ExitResult:
         """Live Dynamic Confidence: each sample stops at the first step whose score is > threshold, or at T.
 
         Finished samples are compacted out of the batch, so later steps compute only on survivors.
@@ -587,11 +654,14 @@ class Engine:
         spikes = torch.empty((n_all, len(self.neurons)), dtype=torch.int64, device=self.device)
         for lo in range(0, n_all, bs):
             if graphs:
-                runner = self.static_exit(tuple(x[lo:lo + bs].shape), steps, readout, threshold, chunk,
-                                          buckets=compact_fraction < 1)
-                pred[lo:lo + bs], exit_step[lo:lo + bs], conf[lo:lo + bs], spikes[lo:lo + bs] = runner.run(x[lo:lo + bs])
+                runner = self.static_exit(
+                    tuple(x[lo : lo + bs].shape), steps, readout, threshold, chunk, buckets=compact_fraction < 1
+                )
+                pred[lo : lo + bs], exit_step[lo : lo + bs], conf[lo : lo + bs], spikes[lo : lo + bs] = runner.run(
+                    x[lo : lo + bs]
+                )
                 continue
-            state = self.start(x[lo:lo + bs], ids=torch.arange(lo, min(lo + bs, n_all), device=self.device))
+            state = self.start(x[lo : lo + bs], ids=torch.arange(lo, min(lo + bs, n_all), device=self.device))
             alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
             ran = 0
             while state.n:
@@ -616,8 +686,15 @@ class Engine:
         neurons, layers = self._layers(x)
         return ExitResult(pred.cpu(), exit_step.cpu(), conf.cpu(), spikes.cpu(), neurons, layers)
 
-    def static_exit(self, shape: tuple[int, ...], steps: int, readout: Readout, threshold: float, chunk: int = 1,
-                    buckets: bool = True) -> StaticExit:
+    def static_exit(
+        self,
+        shape: tuple[int, ...],
+        steps: int,
+        readout: Readout,
+        threshold: float,
+        chunk: int = 1,
+        buckets: bool = True,
+    ) -> StaticExit:
         """The :class:`StaticExit` runner for batches of ``shape`` (built once, then reused)."""
         key = (shape, steps, readout, threshold, chunk, buckets)
         if key not in self._static_exits:

@@ -51,8 +51,12 @@ def bucket_sizes(n: int, buckets: bool) -> list[int]:
     return sizes
 
 
-def capture_graphs(pieces: Mapping[object, Callable[[], object]], device: torch.device,
-                   flags: Callable[[bool], AbstractContextManager[None]], what: str) -> dict[object, torch.cuda.CUDAGraph]:
+def capture_graphs(
+    pieces: Mapping[object, Callable[[], object]],
+    device: torch.device,
+    flags: Callable[[bool], AbstractContextManager[None]],
+    what: str,
+) -> dict[object, torch.cuda.CUDAGraph]:
     """Each piece captured as a CUDA graph, all in one memory pool.
 
     Every piece first runs once on a side stream under ``flags(True)`` (cuDNN autotuning: library
@@ -86,8 +90,17 @@ class StaticExit:
     for each batch. Results equal :meth:`Engine.early_exit`'s: the same steps, decided per step.
     """
 
-    def __init__(self, engine: Engine, shape: tuple[int, ...], steps: int, readout: Readout, threshold: float,
-                 chunk: int = 1, buckets: bool = True, speculate: bool | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        shape: tuple[int, ...],
+        steps: int,
+        readout: Readout,
+        threshold: float,
+        chunk: int = 1,
+        buckets: bool = True,
+        speculate: bool | None = None,
+    ) -> None:
         self.engine = engine
         self.speculate = shape[0] <= SPECULATE_MAX_ROWS if speculate is None else speculate
         self.steps, self.readout, self.threshold, self.chunk = steps, readout, threshold, chunk
@@ -157,9 +170,9 @@ class StaticExit:
         """Move the rows still running (in order) to the front, in place; the next level runs on the first rows."""
         state, done = self.states[level], self.done[level]
         assert state is not None and done is not None, "_start runs first"
-        order = torch.argsort(done.to(torch.uint8), stable=True)[:self.sizes[level + 1]]
+        order = torch.argsort(done.to(torch.uint8), stable=True)[: self.sizes[level + 1]]
         for t in [*state.tensors(), done]:
-            t[:order.numel()] = t.index_select(0, order)
+            t[: order.numel()] = t.index_select(0, order)
 
     # ------------------------------------------------------------- run
 

@@ -50,8 +50,13 @@ class LatencyHistogram:
 
     def merge(self, other: LatencyHistogram) -> LatencyHistogram:
         """A new histogram of the samples of both."""
-        return LatencyHistogram(self.counts + other.counts, self.count + other.count, self.total_ms + other.total_ms,
-                                min(self.min_ms, other.min_ms), max(self.max_ms, other.max_ms))
+        return LatencyHistogram(
+            self.counts + other.counts,
+            self.count + other.count,
+            self.total_ms + other.total_ms,
+            min(self.min_ms, other.min_ms),
+            max(self.max_ms, other.max_ms),
+        )
 
     def quantile(self, q: float) -> float:
         """The q-quantile in ms (the smallest sample with at least q of the samples at or below it),
@@ -82,8 +87,14 @@ class LatencyHistogram:
     def to_dict(self) -> dict:
         """A JSON-ready form (non-empty bins only), read back by :meth:`from_dict`."""
         nz = np.flatnonzero(self.counts)
-        return {"bins": nz.tolist(), "counts": self.counts[nz].tolist(), "count": self.count,
-                "total_ms": self.total_ms, "min_ms": self.min_ms if self.count else None, "max_ms": self.max_ms}
+        return {
+            "bins": nz.tolist(),
+            "counts": self.counts[nz].tolist(),
+            "count": self.count,
+            "total_ms": self.total_ms,
+            "min_ms": self.min_ms if self.count else None,
+            "max_ms": self.max_ms,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> LatencyHistogram:
@@ -91,5 +102,10 @@ class LatencyHistogram:
         counts[np.asarray(d["bins"], dtype=np.int64)] = np.asarray(d["counts"], dtype=np.int64)
         if int(counts.sum()) != d["count"]:
             raise ValueError(f"latency histogram: bin counts sum to {int(counts.sum())}, not count {d['count']}")
-        return cls(counts, int(d["count"]), float(d["total_ms"]),
-                   math.inf if d["min_ms"] is None else float(d["min_ms"]), float(d["max_ms"]))
+        return cls(
+            counts,
+            int(d["count"]),
+            float(d["total_ms"]),
+            math.inf if d["min_ms"] is None else float(d["min_ms"]),
+            float(d["max_ms"]),
+        )

@@ -50,8 +50,14 @@ def _check_width(width: int, what: str) -> None:
         raise ValueError(f"{what}: width must be a positive integer, got {width!r}")
 
 
-def vgg16(num_classes: int = 10, in_channels: int = 3, bits: int = 2, hidden: int = 4096, dropout: float = 0.5,
-          width: int = 64) -> nn.Sequential:
+def vgg16(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    bits: int = 2,
+    hidden: int = 4096,
+    dropout: float = 0.5,
+    width: int = 64,
+) -> nn.Sequential:
     """VGG-16 for 32x32 inputs with average pooling; fc hidden layers quantized (spiking after conversion).
 
     width: channels of the first conv block (the paper's 64); later blocks scale with it (2x, 4x, 8x).
@@ -67,8 +73,12 @@ def vgg16(num_classes: int = 10, in_channels: int = 3, bits: int = 2, hidden: in
             cin = v * width // 64
     layers += [
         nn.Flatten(),
-        nn.Linear(cin, hidden), LSQActivation(bits), nn.Dropout(dropout),
-        nn.Linear(hidden, hidden), LSQActivation(bits), nn.Dropout(dropout),
+        nn.Linear(cin, hidden),
+        LSQActivation(bits),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, hidden),
+        LSQActivation(bits),
+        nn.Dropout(dropout),
         nn.Linear(hidden, num_classes),
     ]
     return nn.Sequential(*layers)
@@ -133,15 +143,25 @@ class ResNet(nn.Module):
     base_width: channels of the stem and the first stage (the standard 64); stage i has base_width * 2^i.
     """
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: tuple[int, ...], num_classes: int, in_channels: int, bits: int, stem: str,
-                 base_width: int = 64) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: tuple[int, ...],
+        num_classes: int,
+        in_channels: int,
+        bits: int,
+        stem: str,
+        base_width: int = 64,
+    ) -> None:
         super().__init__()
         _check_width(base_width, "ResNet")
         if stem == "cifar":
             self.stem = nn.Sequential(*_conv_bn_act(in_channels, base_width, bits))
         else:
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, base_width, 7, 2, 3, bias=False), nn.BatchNorm2d(base_width), LSQActivation(bits),
+                nn.Conv2d(in_channels, base_width, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(base_width),
+                LSQActivation(bits),
                 nn.AvgPool2d(3, 2, 1),
             )
         stages = []

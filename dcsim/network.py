@@ -90,7 +90,9 @@ class AvgPool(Node):
     count_include_pad: bool = True
 
     def apply(self, *xs: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(self._one(xs), self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+        return F.avg_pool2d(
+            self._one(xs), self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+        )
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ class SpikingNetwork:
 
     @property
     def semantics(self) -> str:
-        """"settle" (image and biases over the first ``drive_steps`` steps) or "constant" (at every step)."""
+        """ "settle" (image and biases over the first ``drive_steps`` steps) or "constant" (at every step)."""
         return "constant" if self.drive_steps is None else "settle"
 
     @property
@@ -214,8 +216,10 @@ class SpikingNetwork:
 
     def __repr__(self) -> str:
         drive = "" if self.drive_steps is None else f", drive_steps={self.drive_steps}"
-        lines = [f"SpikingNetwork(method={self.method!r}, semantics={self.semantics!r}{drive}, bits={self.bits}, "
-                 f"nodes={len(self.nodes)})"]
+        lines = [
+            f"SpikingNetwork(method={self.method!r}, semantics={self.semantics!r}{drive}, bits={self.bits}, "
+            f"nodes={len(self.nodes)})"
+        ]
         for i, n in enumerate(self.nodes):
             extra = f" th={n.threshold:.4g} u0={n.u0:.4g}" if isinstance(n, Neuron) else ""
             lines.append(f"  [{i}] {type(n).__name__}({n.name!r}) <- {list(n.inputs)}{extra}")

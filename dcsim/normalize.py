@@ -106,7 +106,9 @@ def _check_calibration(images: torch.Tensor, batch_size: int) -> None:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"calibration_images must be a torch.Tensor, got {type(images).__name__}")
     if not images.is_floating_point():
-        raise ValueError(f"calibration_images must be a float tensor [N, ...] (normalized images), got dtype {images.dtype}")
+        raise ValueError(
+            f"calibration_images must be a float tensor [N, ...] (normalized images), got dtype {images.dtype}"
+        )
     if images.dim() < 2 or images.shape[0] < 1:
         raise ValueError(f"calibration_images must be [N, ...] with N >= 1 samples, got shape {list(images.shape)}")
     if not bool(torch.isfinite(images).all()):
@@ -115,8 +117,13 @@ def _check_calibration(images: torch.Tensor, batch_size: int) -> None:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
 
-def activation_thresholds(model: nn.Module, calibration_images: torch.Tensor, percentile: float = 99.9,
-                          per_channel: bool = False, batch_size: int = 256) -> dict[str, torch.Tensor]:
+def activation_thresholds(
+    model: nn.Module,
+    calibration_images: torch.Tensor,
+    percentile: float = 99.9,
+    per_channel: bool = False,
+    batch_size: int = 256,
+) -> dict[str, torch.Tensor]:
     """The data-based threshold of every ReLU layer of ``model``: {qualified name: lambda}.
 
     lambda is the ``percentile``-th percentile (linear interpolation) of the layer's positive
@@ -130,19 +137,25 @@ def activation_thresholds(model: nn.Module, calibration_images: torch.Tensor, pe
     _check_calibration(calibration_images, batch_size)
     layers = {name: m for name, m in model.named_modules() if _is_relu(m)}
     if not layers:
-        raise ValueError("the model has no ReLU layer (nn.ReLU modules, or dcsim LSQActivation in float mode) to normalize")
+        raise ValueError(
+            "the model has no ReLU layer (nn.ReLU modules, or dcsim LSQActivation in float mode) to normalize"
+        )
     stats = {name: _TopK(per_channel) for name in layers}
 
     def run(observe: str) -> None:
         """One pass over the calibration data calling ``stats[layer].<observe>`` on each ReLU output."""
-        handles = [m.register_forward_hook(lambda _m, _i, y, s=stats[name]: getattr(s, observe)(y))
-                   for name, m in layers.items()]
+        handles = [
+            m.register_forward_hook(lambda _m, _i, y, s=stats[name]: getattr(s, observe)(y))
+            for name, m in layers.items()
+        ]
         try:
             for i in range(0, len(calibration_images), batch_size):
-                model(calibration_images[i:i + batch_size])
+                model(calibration_images[i : i + batch_size])
         except RuntimeError as err:
-            raise ValueError(f"calibration_images of shape {list(calibration_images.shape)} do not fit the "
-                             f"model: {str(err).splitlines()[0]}") from err
+            raise ValueError(
+                f"calibration_images of shape {list(calibration_images.shape)} do not fit the "
+                f"model: {str(err).splitlines()[0]}"
+            ) from err
         finally:
             for h in handles:
                 h.remove()
@@ -165,8 +178,9 @@ def activation_thresholds(model: nn.Module, calibration_images: torch.Tensor, pe
         values = torch.tensor(stats[name].result(percentile), dtype=torch.float32)
         dead = (values <= 0).nonzero().flatten().tolist()
         if dead and not per_channel:
-            raise ValueError(f"layer {name!r} (ReLU) never outputs a positive value on the calibration data: "
-                             "no threshold can be set")
+            raise ValueError(
+                f"layer {name!r} (ReLU) never outputs a positive value on the calibration data: no threshold can be set"
+            )
         out[name] = values if per_channel else values.reshape(())
     return out
 
@@ -211,24 +225,30 @@ def _scale_channels(model: nn.Module, thresholds: dict[str, torch.Tensor]) -> No
         elif isinstance(producer, (nn.Conv2d, nn.Linear)):
             targets = [producer.weight] + ([producer.bias] if producer.bias is not None else [])
         else:
-            raise ValueError(f"{where} is fed by {type(producer).__name__} {prev.target!r}; per_channel needs a conv, "
-                             "linear or affine batch norm layer there")
+            raise ValueError(
+                f"{where} is fed by {type(producer).__name__} {prev.target!r}; per_channel needs a conv, "
+                "linear or affine batch norm layer there"
+            )
         with torch.no_grad():
             for t in targets:
                 t.div_(lam.reshape(-1, *([1] * (t.dim() - 1))))
         consumer, flattened = node, False
         while True:
             if len(consumer.users) != 1:
-                raise ValueError(f"{where}: its output must reach exactly one conv/linear layer (through pooling, "
-                                 f"flatten, dropout), but {consumer.name!r} has {len(consumer.users)} users")
+                raise ValueError(
+                    f"{where}: its output must reach exactly one conv/linear layer (through pooling, "
+                    f"flatten, dropout), but {consumer.name!r} has {len(consumer.users)} users"
+                )
             consumer = next(iter(consumer.users))
             mod = modules.get(consumer.target) if consumer.op == "call_module" else None
             if isinstance(mod, (nn.Conv2d, nn.Linear)):
                 break
             is_flatten = isinstance(mod, nn.Flatten) or consumer.target in (torch.flatten, "flatten", "view", "reshape")
             if not (isinstance(mod, _PASS_THROUGH) or is_flatten):
-                raise ValueError(f"{where}: {consumer.name!r} between it and the next conv/linear layer is not a "
-                                 "pooling, flatten or dropout layer")
+                raise ValueError(
+                    f"{where}: {consumer.name!r} between it and the next conv/linear layer is not a "
+                    "pooling, flatten or dropout layer"
+                )
             flattened = flattened or is_flatten
         with torch.no_grad():
             w = mod.weight
@@ -239,8 +259,10 @@ def _scale_channels(model: nn.Module, thresholds: dict[str, torch.Tensor]) -> No
             else:
                 per = w.shape[1] // lam.numel() if flattened else 1
                 if per * lam.numel() != w.shape[1]:
-                    raise ValueError(f"{where}: {consumer.target!r} has {w.shape[1]} inputs, not a multiple of "
-                                     f"{lam.numel()} channels")
+                    raise ValueError(
+                        f"{where}: {consumer.target!r} has {w.shape[1]} inputs, not a multiple of "
+                        f"{lam.numel()} channels"
+                    )
                 w.mul_(lam.repeat_interleave(per).reshape(1, -1))
 
 
@@ -249,8 +271,13 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def normalize(model: nn.Module, calibration_images: torch.Tensor, percentile: float = 99.9,
-              per_channel: bool = False, batch_size: int = 256) -> nn.Module:
+def normalize(
+    model: nn.Module,
+    calibration_images: torch.Tensor,
+    percentile: float = 99.9,
+    per_channel: bool = False,
+    batch_size: int = 256,
+) -> nn.Module:
     """A copy of the float ReLU network ``model`` with every ReLU clipped at its data-based threshold.
 
     calibration_images: float [N, ...] inputs as the model takes them (normalized images of

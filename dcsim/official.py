@@ -58,7 +58,7 @@ def official_name(dcsim_name: str) -> str | None:
     stem = {"stem.0.": "conv1.", "stem.1.": "bn1.", "stem.2.": "activation1."}
     for prefix, official in stem.items():
         if dcsim_name.startswith(prefix):
-            rest = dcsim_name[len(prefix):]
+            rest = dcsim_name[len(prefix) :]
             return official + ("scale" if rest == "step" else rest)
     m = _BLOCK.match(dcsim_name)
     if m:
@@ -82,15 +82,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: not a state dict that torch.load(weights_only=True) can read safely ({first})") from None
+        raise ValueError(
+            f"{path}: not a state dict that torch.load(weights_only=True) can read safely ({first})"
+        ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
     for key, value in obj.items():
         if not isinstance(key, str):
             raise ValueError(f"{path}: key {key!r} is not a string; a state dict maps names to tensors")
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; only a state dict "
-                             "of tensors can be imported (save model.state_dict())")
+            raise ValueError(
+                f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; only a state dict "
+                "of tensors can be imported (save model.state_dict())"
+            )
     return dict(obj)
 
 
@@ -98,8 +102,9 @@ def _describe(keys: list[str], shown: int = 5) -> str:
     return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
-def map_state_dict(state: dict[str, torch.Tensor], num_classes: int = 10, bits: int = 2,
-                   where: str = "state dict") -> tuple[dict[str, torch.Tensor], float | None]:
+def map_state_dict(
+    state: dict[str, torch.Tensor], num_classes: int = 10, bits: int = 2, where: str = "state dict"
+) -> tuple[dict[str, torch.Tensor], float | None]:
     """(dcsim resnet18 state dict, logit step or None) from an official ResNet-18 state dict.
 
     Every expected key must be present with the expected shape (``scale``: one element, > 0);
@@ -124,8 +129,11 @@ def map_state_dict(state: dict[str, torch.Tensor], num_classes: int = 10, bits: 
     if LOGIT_KEY in state and state[LOGIT_KEY].numel() != 1:
         misshapen.append(f"{LOGIT_KEY} (file {list(state[LOGIT_KEY].shape)}, expected [1])")
     if missing or unexpected or misshapen:
-        parts = [f"{label}: {_describe(keys)}" for label, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", misshapen)) if keys]
+        parts = [
+            f"{label}: {_describe(keys)}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", misshapen))
+            if keys
+        ]
         raise ValueError(f"{where}: not an official CIFAR-10 ResNet-18 with {num_classes} classes; " + "; ".join(parts))
     out: dict[str, torch.Tensor] = {}
     for k, value in target.items():
@@ -142,9 +150,14 @@ def map_state_dict(state: dict[str, torch.Tensor], num_classes: int = 10, bits: 
     return out, logit_step
 
 
-def import_official(path: str | os.PathLike, out: str | os.PathLike, bits: int = 2,
-                    classes: tuple[str, ...] | list[str] = CIFAR10_CLASSES,
-                    mean: tuple[float, ...] = OFFICIAL_MEAN, std: tuple[float, ...] = OFFICIAL_STD) -> Path:
+def import_official(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    bits: int = 2,
+    classes: tuple[str, ...] | list[str] = CIFAR10_CLASSES,
+    mean: tuple[float, ...] = OFFICIAL_MEAN,
+    std: tuple[float, ...] = OFFICIAL_STD,
+) -> Path:
     """Convert the official ResNet-18 ``.pth`` at ``path`` into the dcsim checkpoint ``out`` (.safetensors).
 
     bits: the activations' bit width (the official ``constraint``; not stored in its file).
@@ -157,8 +170,13 @@ def import_official(path: str | os.PathLike, out: str | os.PathLike, bits: int =
     mapped, logit_step = map_state_dict(state, num_classes=len(classes), bits=bits, where=str(path))
     model = resnet18(num_classes=len(classes), in_channels=3, bits=bits)
     model.load_state_dict(mapped, strict=True)
-    meta = {"architecture": "resnet18", "arch_kwargs": {"num_classes": len(classes), "in_channels": 3, "bits": bits},
-            "classes": list(classes), "normalization": {"mean": list(mean), "std": list(std)}, "dataset": "cifar10",
-            "accuracy": {}, "source": {"kind": "official", "file": path.name, "rounding": "half_even",
-                                       "logit_step": logit_step}}
+    meta = {
+        "architecture": "resnet18",
+        "arch_kwargs": {"num_classes": len(classes), "in_channels": 3, "bits": bits},
+        "classes": list(classes),
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "dataset": "cifar10",
+        "accuracy": {},
+        "source": {"kind": "official", "file": path.name, "rounding": "half_even", "logit_step": logit_step},
+    }
     return save_checkpoint(out, model.eval(), meta)

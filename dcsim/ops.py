@@ -56,8 +56,14 @@ def dense_rows(t: torch.Tensor) -> bool:
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
 
 
-def _check(name: str, t: torch.Tensor, dtype: torch.dtype, device: torch.device, shape: tuple[int, ...] | None = None,
-           like: torch.Tensor | None = None) -> None:
+def _check(
+    name: str,
+    t: torch.Tensor,
+    dtype: torch.dtype,
+    device: torch.device,
+    shape: tuple[int, ...] | None = None,
+    like: torch.Tensor | None = None,
+) -> None:
     """Check dtype, device, shape, and layout: dense rows, with the strides of ``like`` when given."""
     _tensor(name, t)
     if t.dtype != dtype:
@@ -127,9 +133,20 @@ def neuron_step(
     m = u.numel() // n if n else 0
     cuda, stream, threads = _launch(device, u.numel())
     _core().neuron_step(
-        METHODS[method], n, m, x.data_ptr(), 0 if x2 is None else x2.data_ptr(), u.data_ptr(),
-        z_ptr, out.data_ptr(), counts.data_ptr(), float(th), int(zmax),
-        cuda, stream, threads,
+        METHODS[method],
+        n,
+        m,
+        x.data_ptr(),
+        0 if x2 is None else x2.data_ptr(),
+        u.data_ptr(),
+        z_ptr,
+        out.data_ptr(),
+        counts.data_ptr(),
+        float(th),
+        int(zmax),
+        cuda,
+        stream,
+        threads,
     )
 
 
@@ -165,8 +182,21 @@ def output_step(
     _check("exited", exited, torch.uint8, device, (n,))
     cuda, stream, threads = _launch(device, n * k * 8)
     _core().output_step(
-        n, k, x.data_ptr(), sums.data_ptr(), steps.data_ptr(), int(max_steps), int(readout), float(scale),
-        float(threshold), pred.data_ptr(), score.data_ptr(), exited.data_ptr(), cuda, stream, threads,
+        n,
+        k,
+        x.data_ptr(),
+        sums.data_ptr(),
+        steps.data_ptr(),
+        int(max_steps),
+        int(readout),
+        float(scale),
+        float(threshold),
+        pred.data_ptr(),
+        score.data_ptr(),
+        exited.data_ptr(),
+        cuda,
+        stream,
+        threads,
     )
 
 
@@ -211,8 +241,14 @@ def pack_spike_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(2, 3, 1, 0).contiguous()
 
 
-def spike_conv2d(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
-                 padding: tuple[int, int], simd: bool = True) -> torch.Tensor:
+def spike_conv2d(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    simd: bool = True,
+) -> torch.Tensor:
     """Event-driven convolution (kernel 4, CPU): ``F.conv2d(x, weight, bias, stride, padding)`` that sums, at each
     output position, only the nonzero inputs of its window. See dcsim.reference.spike_conv2d.
 
@@ -226,7 +262,9 @@ def spike_conv2d(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | Non
     if device.type != "cpu":
         raise ValueError(f"spike_conv2d runs on the CPU, got x on {device}")
     if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
-        raise ValueError(f"x must be a channels_last [n, Cin, H, W] tensor, got shape {tuple(x.shape)}, strides {x.stride()}")
+        raise ValueError(
+            f"x must be a channels_last [n, Cin, H, W] tensor, got shape {tuple(x.shape)}, strides {x.stride()}"
+        )
     n, cin, h, w = x.shape
     _check("x", x, torch.float32, device)
     _check("packed", packed, torch.float32, device)
@@ -244,6 +282,25 @@ def spike_conv2d(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | Non
         raise ValueError(f"a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding}")
     out = torch.empty((n, oh, ow, cout), dtype=torch.float32).permute(0, 3, 1, 2)
     _, _, threads = _launch(device, n * oh * ow * cout)
-    _core().spike_conv(n, h, w, cin, oh, ow, cout, kh, kw, sh, sw, ph, pw, x.data_ptr(), packed.data_ptr(),
-                       0 if bias is None else bias.data_ptr(), out.data_ptr(), threads, bool(simd))
+    _core().spike_conv(
+        n,
+        h,
+        w,
+        cin,
+        oh,
+        ow,
+        cout,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        x.data_ptr(),
+        packed.data_ptr(),
+        0 if bias is None else bias.data_ptr(),
+        out.data_ptr(),
+        threads,
+        bool(simd),
+    )
     return out

@@ -49,31 +49,55 @@ def ann_logits(model: nn.Module, images: Images, batch_size: int = 512) -> torch
     return map_batches(images, batch_size, lambda x: (predict_logits(model, x, batch_size),), "ANN")[0]
 
 
-def record_trace(engine: Engine, images: Images, labels: torch.Tensor, steps: int, readout: Readout,
-                 meta: dict, batch_size: int = 256, record_sums: bool = False) -> analysis.Trace:
+def record_trace(
+    engine: Engine,
+    images: Images,
+    labels: torch.Tensor,
+    steps: int,
+    readout: Readout,
+    meta: dict,
+    batch_size: int = 256,
+    record_sums: bool = False,
+) -> analysis.Trace:
     """Run all samples for ``steps`` steps and keep (prediction, score) per sample and step."""
+
     def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         sim = engine.simulate(x.to(engine.device), steps, readout, record_sums=record_sums, batch_size=batch_size)
         return (sim.pred, sim.conf) + ((sim.sums,) if sim.sums is not None else ())  # sums: when record_sums
 
     out = map_batches(images, batch_size, run, "trace")
-    full_meta = {"method": engine.net.method, "semantics": engine.net.semantics,
-                 "drive_steps": engine.net.drive_steps, "bits": engine.net.bits, "readout": readout.kind,
-                 "alpha": readout.alpha, "tau": readout.tau, "steps": steps} | meta
+    full_meta = {
+        "method": engine.net.method,
+        "semantics": engine.net.semantics,
+        "drive_steps": engine.net.drive_steps,
+        "bits": engine.net.bits,
+        "readout": readout.kind,
+        "alpha": readout.alpha,
+        "tau": readout.tau,
+        "steps": steps,
+    } | meta
     return analysis.Trace(
-        labels=labels.cpu().numpy().astype("int64"), pred=out[0].numpy(), conf=out[1].numpy(),
-        sums=out[2].numpy() if record_sums else None, meta=full_meta,
+        labels=labels.cpu().numpy().astype("int64"),
+        pred=out[0].numpy(),
+        conf=out[1].numpy(),
+        sums=out[2].numpy() if record_sums else None,
+        meta=full_meta,
     )
 
 
-def choose_steps(engine: Engine, images: Images, labels: torch.Tensor, max_steps: int, target: float,
-                 batch_size: int = 256) -> tuple[int, list[float]]:
+def choose_steps(
+    engine: Engine, images: Images, labels: torch.Tensor, max_steps: int, target: float, batch_size: int = 256
+) -> tuple[int, list[float]]:
     """Smallest T whose validation accuracy reaches ``target`` (else the most accurate T <= max_steps).
 
     Returns (T, accuracy at t = 1..max_steps).
     """
-    pred = map_batches(images, batch_size, lambda x: (
-        engine.simulate(x.to(engine.device), max_steps, batch_size=batch_size).pred,), "choose T")[0]
+    pred = map_batches(
+        images,
+        batch_size,
+        lambda x: (engine.simulate(x.to(engine.device), max_steps, batch_size=batch_size).pred,),
+        "choose T",
+    )[0]
     acc = (pred == labels.cpu()[:, None]).float().mean(0).tolist()
     reached = [t + 1 for t, a in enumerate(acc) if a >= target]
     return (reached[0] if reached else max(range(1, max_steps + 1), key=lambda t: acc[t - 1])), acc
@@ -92,13 +116,28 @@ class LiveEval:
     result: ExitResult
 
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold, "accuracy": self.accuracy, "mean_steps": self.mean_steps,
-                "saving": self.saving, "spikes_per_neuron": self.spikes["pooled"],
-                "spikes_per_layer": self.spikes["per_layer"], "ms_per_inference": self.ms_per_inference}
+        return {
+            "threshold": self.threshold,
+            "accuracy": self.accuracy,
+            "mean_steps": self.mean_steps,
+            "saving": self.saving,
+            "spikes_per_neuron": self.spikes["pooled"],
+            "spikes_per_layer": self.spikes["per_layer"],
+            "ms_per_inference": self.ms_per_inference,
+        }
 
 
-def evaluate_live(engine: Engine, images: Images, labels: torch.Tensor, steps: int, readout: Readout,
-                  threshold: float, batch_size: int = 256, chunk: int = 1, graphs: bool = False) -> LiveEval:
+def evaluate_live(
+    engine: Engine,
+    images: Images,
+    labels: torch.Tensor,
+    steps: int,
+    readout: Readout,
+    threshold: float,
+    batch_size: int = 256,
+    chunk: int = 1,
+    graphs: bool = False,
+) -> LiveEval:
     """Live early exit at ``threshold`` (1.0: every sample runs T steps); wall time per inference in ms.
 
     chunk: steps computed per conv call (see Engine.advance); graphs: CUDA-graph step loop (see
@@ -110,8 +149,9 @@ def evaluate_live(engine: Engine, images: Images, labels: torch.Tensor, steps: i
     layers: list = []
 
     def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        r = engine.early_exit(x.to(engine.device), steps, readout, threshold, batch_size=batch_size, chunk=chunk,
-                              graphs=graphs)
+        r = engine.early_exit(
+            x.to(engine.device), steps, readout, threshold, batch_size=batch_size, chunk=chunk, graphs=graphs
+        )
         layers[:] = [r.neurons, r.layers]
         return r.pred, r.exit_step, r.conf, r.spikes
 
@@ -130,15 +170,30 @@ def evaluate_live(engine: Engine, images: Images, labels: torch.Tensor, steps: i
     correct = (res.pred == labels.cpu()).float()
     mean_steps = float(res.exit_step.float().mean())
     return LiveEval(
-        threshold=threshold, accuracy=float(correct.mean()), mean_steps=mean_steps, saving=1.0 - mean_steps / steps,
-        spikes=spikes_per_neuron(res.spikes, res.neurons), ms_per_inference=1000.0 * elapsed / max(len(res.pred), 1), result=res,
+        threshold=threshold,
+        accuracy=float(correct.mean()),
+        mean_steps=mean_steps,
+        saving=1.0 - mean_steps / steps,
+        spikes=spikes_per_neuron(res.spikes, res.neurons),
+        ms_per_inference=1000.0 * elapsed / max(len(res.pred), 1),
+        result=res,
     )
 
 
-def dynamic_confidence(model: nn.Module, method: str, splits: dict[str, tuple[Images, torch.Tensor]],
-                       max_steps: int, tau: float, steps: int | None = None, tolerance: float = 0.0,
-                       readout_kind: str = "max_softmax", device: torch.device | str = "cpu", batch_size: int = 256,
-                       meta: dict | None = None, semantics: str | None = None) -> dict:
+def dynamic_confidence(
+    model: nn.Module,
+    method: str,
+    splits: dict[str, tuple[Images, torch.Tensor]],
+    max_steps: int,
+    tau: float,
+    steps: int | None = None,
+    tolerance: float = 0.0,
+    readout_kind: str = "max_softmax",
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    meta: dict | None = None,
+    semantics: str | None = None,
+) -> dict:
     """Convert, pick T and th_c on the validation split, and evaluate live on the test split.
 
     splits: {"val": (images, labels), "test": (images, labels)}. steps: T (default: the smallest
@@ -154,14 +209,26 @@ def dynamic_confidence(model: nn.Module, method: str, splits: dict[str, tuple[Im
     acc_curve = None
     if steps is None:
         steps, acc_curve = choose_steps(engine, val_x, val_y, max_steps, ann_val, batch_size)
-    readout = Readout.paper(method, net.bits, steps, tau=tau, kind=readout_kind) if net.bits else Readout(readout_kind, float(steps), tau)
+    readout = (
+        Readout.paper(method, net.bits, steps, tau=tau, kind=readout_kind)
+        if net.bits
+        else Readout(readout_kind, float(steps), tau)
+    )
     trace = record_trace(engine, val_x, val_y, steps, readout, (meta or {}) | {"split": "val"}, batch_size)
     report = analysis.analyze(trace, tolerance=tolerance)
     threshold = report["selected"]["threshold"]
     no_dc = evaluate_live(engine, test_x, test_y, steps, readout, NO_EXIT, batch_size)
     with_dc = evaluate_live(engine, test_x, test_y, steps, readout, threshold, batch_size)
-    return {"method": method, "steps": steps, "readout": readout.to_dict(), "val_accuracy_vs_t": acc_curve,
-            "trace": trace, "analysis": report, "no_dc": no_dc, "dc": with_dc}
+    return {
+        "method": method,
+        "steps": steps,
+        "readout": readout.to_dict(),
+        "val_accuracy_vs_t": acc_curve,
+        "trace": trace,
+        "analysis": report,
+        "no_dc": no_dc,
+        "dc": with_dc,
+    }
 
 
 def calibrate(model: nn.Module, images: Images, labels: torch.Tensor) -> dict:
@@ -175,4 +242,3 @@ def _sample_shape(images: Images) -> tuple[int, ...]:
         return tuple(images.shape[1:])
     split = images.split
     return tuple(split.image_shape) if hasattr(split, "image_shape") else tuple(split.images.shape[1:])
-

@@ -26,7 +26,9 @@ def _get(analysis: dict, *keys: str):
     value = analysis
     for i, key in enumerate(keys):
         if not isinstance(value, dict) or key not in value:
-            raise ValueError(f"analysis dict lacks {'.'.join(keys[:i + 1])!r} (expected the output of analysis.analyze)")
+            raise ValueError(
+                f"analysis dict lacks {'.'.join(keys[: i + 1])!r} (expected the output of analysis.analyze)"
+            )
         value = value[key]
     return value
 
@@ -64,21 +66,48 @@ def plot_front(analysis: dict, path: str | os.PathLike) -> Path:
     steps = _get(analysis, "steps")
     fig, ax = _new_axes((7.0, 5.0))
     acc_t = _get(analysis, "curves", "accuracy_vs_t")
-    ax.plot(range(1, len(acc_t) + 1), [100 * a for a in acc_t], "o-", color="0.45", ms=3, lw=1.2,
-            label="no DC: stop all at T'")
-    for key, label, color in (("oracle_first_correct", "oracle: first correct step", "tab:green"),
-                              ("oracle_stays_correct", "oracle: stays correct after", "tab:olive")):
+    ax.plot(
+        range(1, len(acc_t) + 1),
+        [100 * a for a in acc_t],
+        "o-",
+        color="0.45",
+        ms=3,
+        lw=1.2,
+        label="no DC: stop all at T'",
+    )
+    for key, label, color in (
+        ("oracle_first_correct", "oracle: first correct step", "tab:green"),
+        ("oracle_stays_correct", "oracle: stays correct after", "tab:olive"),
+    ):
         curve = _get(analysis, "curves", key)
-        ax.plot([p["mean_steps"] for p in curve], [100 * p["accuracy"] for p in curve], "--", color=color, lw=1.2,
-                label=label)
+        ax.plot(
+            [p["mean_steps"] for p in curve],
+            [100 * p["accuracy"] for p in curve],
+            "--",
+            color=color,
+            lw=1.2,
+            label=label,
+        )
     exact = analysis.get("front_exact")
     if exact:
         pts = sorted((p["mean_steps"], 100 * p["accuracy"]) for p in exact)
-        ax.plot(*zip(*pts, strict=True), "-", color="tab:blue", lw=1.0, alpha=0.7,
-                label=f"DC, exact front ({len(exact)} th_c)")
+        ax.plot(
+            *zip(*pts, strict=True),
+            "-",
+            color="tab:blue",
+            lw=1.0,
+            alpha=0.7,
+            label=f"DC, exact front ({len(exact)} th_c)",
+        )
     front = _get(analysis, "front")
-    ax.plot([p["mean_steps"] for p in front], [100 * p["accuracy"] for p in front], "o", color="tab:blue", ms=5,
-            label="DC, grid th_c")
+    ax.plot(
+        [p["mean_steps"] for p in front],
+        [100 * p["accuracy"] for p in front],
+        "o",
+        color="tab:blue",
+        ms=5,
+        label="DC, grid th_c",
+    )
     if len(front) <= _MAX_LABELLED:
         labels: dict[tuple[float, float], list[str]] = {}
         for p in front:
@@ -86,8 +115,15 @@ def plot_front(analysis: dict, path: str | os.PathLike) -> Path:
         for xy, names in labels.items():
             ax.annotate(", ".join(names), xy, xytext=(4, 4), textcoords="offset points", fontsize=7, color="tab:blue")
     sel = _get(analysis, "selected")
-    ax.plot([sel["mean_steps"]], [100 * sel["accuracy"]], "*", color="tab:red", ms=14, zorder=5,
-            label=f"selected th_c={sel['threshold']:.4g}: {100 * sel['accuracy']:.2f}% at {sel['mean_steps']:.2f} steps")
+    ax.plot(
+        [sel["mean_steps"]],
+        [100 * sel["accuracy"]],
+        "*",
+        color="tab:red",
+        ms=14,
+        zorder=5,
+        label=f"selected th_c={sel['threshold']:.4g}: {100 * sel['accuracy']:.2f}% at {sel['mean_steps']:.2f} steps",
+    )
     ax.set_xlim(0, steps + 0.5)
     ax.set_xlabel("mean time steps per sample")
     ax.set_ylabel("accuracy (%)")
@@ -131,8 +167,13 @@ def plot_accuracy_confidence(analysis: dict, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
-def plot_curves(curves: dict[str, list[float]], path: str | os.PathLike, title: str, ylabel: str = "accuracy (%)",
-                xlabel: str = "time step t") -> Path:
+def plot_curves(
+    curves: dict[str, list[float]],
+    path: str | os.PathLike,
+    title: str,
+    ylabel: str = "accuracy (%)",
+    xlabel: str = "time step t",
+) -> Path:
     """Line plot of named curves against t = 1..len(curve) (e.g. measured and published accuracy vs t)."""
     if not curves or not all(len(c) for c in curves.values()):
         raise ValueError("plot_curves: give at least one non-empty curve")

@@ -102,7 +102,8 @@ def gather_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.
     return [t.index_select(0, index) for t in tensors]
 
 
-def spike_conv2d(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
-                 padding: tuple[int, int]) -> torch.Tensor:
+def spike_conv2d(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int], padding: tuple[int, int]
+) -> torch.Tensor:
     """Convolution of x float32 [n, Cin, H, W] with weights packed as [kh, kw, Cin, Cout] (a dense conv)."""
     return F.conv2d(x, packed.permute(3, 2, 0, 1), bias, stride, padding)

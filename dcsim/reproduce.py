@@ -50,8 +50,35 @@ SNN + DC accuracy (%) at mean steps)."""
 PAPER_SPIKES = {("resnet18", "qcfs"): (3.02, 1.29)}
 """Table 3: spikes per neuron without and with DC."""
 
-OFFICIAL_QCFS_CURVE = [78.76, 84.28, 87.07, 88.89, 90.11, 90.96, 91.68, 92.17, 92.49, 92.79, 93.08, 93.18, 93.40,
-                       93.53, 93.63, 93.76, 93.85, 93.92, 94.01, 94.01, 94.08, 94.13, 94.22, 94.23, 94.22, 94.22, 94.27]
+OFFICIAL_QCFS_CURVE = [
+    78.76,
+    84.28,
+    87.07,
+    88.89,
+    90.11,
+    90.96,
+    91.68,
+    92.17,
+    92.49,
+    92.79,
+    93.08,
+    93.18,
+    93.40,
+    93.53,
+    93.63,
+    93.76,
+    93.85,
+    93.92,
+    94.01,
+    94.01,
+    94.08,
+    94.13,
+    94.22,
+    94.23,
+    94.22,
+    94.22,
+    94.27,
+]
 """QCFS test accuracy (%) of the official code's 2-bit ResNet-18 on CIFAR-10 at t = 1..27."""
 
 NAMES = {"resnet18": "ResNet-18", "vgg16": "VGG-16", "resnet50": "ResNet-50", "small_cnn": "small CNN"}
@@ -84,8 +111,10 @@ def untrained_reason(training: dict, ann_accuracy: float, min_accuracy: float) -
     epochs, or the quantized ANN's test accuracy is below ``min_accuracy``."""
     if not training.get("completed", False):
         done = len(training.get("epochs", []))
-        return (f"training did not complete its planned epochs ({done} of {training.get('planned_epochs')}"
-                f"{': ' + training['stopped'] if training.get('stopped') else ''})")
+        return (
+            f"training did not complete its planned epochs ({done} of {training.get('planned_epochs')}"
+            f"{': ' + training['stopped'] if training.get('stopped') else ''})"
+        )
     if ann_accuracy < min_accuracy:
         return f"the 2-bit ANN reached {100 * ann_accuracy:.2f}% test accuracy, below the floor of {100 * min_accuracy:.2f}%"
     return None
@@ -119,20 +148,32 @@ def _run(args: argparse.Namespace, out: Path, results: Results) -> dict:
     model, meta = load_checkpoint(train_args.out, build_model)
     zoo.export(train_args.out, out / "zoo")  # the same weights as sha256-checked shards of <= 16 MiB
     training = meta["training"]
-    results.stage("train", {"checkpoint": str(train_args.out), "completed": training["completed"],
-                            "epochs": training["epochs"], "budget_plan": training["budget_plan"],
-                            "seconds": training["seconds"], "milestones": training["milestones"]})
+    results.stage(
+        "train",
+        {
+            "checkpoint": str(train_args.out),
+            "completed": training["completed"],
+            "epochs": training["epochs"],
+            "budget_plan": training["budget_plan"],
+            "seconds": training["seconds"],
+            "milestones": training["milestones"],
+        },
+    )
 
     # 2. the quantized ANN's test accuracy (float32)
     test_ds = splits["test"]
-    ann_test = split_accuracy(model.to(device), DeviceSplit(test_ds.images, test_ds.labels, test_ds.mean, test_ds.std, device))
+    ann_test = split_accuracy(
+        model.to(device), DeviceSplit(test_ds.images, test_ds.labels, test_ds.mean, test_ds.std, device)
+    )
     model.cpu()
     results.stage("ann", {"test_accuracy": ann_test, "val_accuracy": trained["accuracy"]["val"]})
     reason = untrained_reason(training, ann_test, args.min_accuracy)
     if reason is not None:
         results.finish("untrained", reason)
-        raise ValueError(f"{reason}: no report is written for it (weights kept in {train_args.out}; "
-                         f"give a larger --budget-minutes or more epochs)")
+        raise ValueError(
+            f"{reason}: no report is written for it (weights kept in {train_args.out}; "
+            f"give a larger --budget-minutes or more epochs)"
+        )
 
     # 3. temperature
     val, test = _tensors(splits["val"]), _tensors(test_ds)
@@ -144,22 +185,49 @@ def _run(args: argparse.Namespace, out: Path, results: Results) -> dict:
     for method in ("qcfs", "qffs"):
         steps = getattr(args, f"{method}_steps") or PAPER_STEPS.get(args.arch, {}).get(method)
         max_steps = args.qcfs_max_steps if method == "qcfs" else args.qffs_max_steps
-        print(f"[dcsim] {method.upper()}: tracing the validation split, selecting th_c, evaluating live", file=sys.stderr)
-        r = dynamic_confidence(model, method, {"val": val, "test": test}, max_steps=max_steps, tau=calib["tau"],
-                               steps=steps, tolerance=args.tolerance, device=device, batch_size=args.batch_size,
-                               meta={"model": args.arch, "dataset": args.dataset})
+        print(
+            f"[dcsim] {method.upper()}: tracing the validation split, selecting th_c, evaluating live", file=sys.stderr
+        )
+        r = dynamic_confidence(
+            model,
+            method,
+            {"val": val, "test": test},
+            max_steps=max_steps,
+            tau=calib["tau"],
+            steps=steps,
+            tolerance=args.tolerance,
+            device=device,
+            batch_size=args.batch_size,
+            meta={"model": args.arch, "dataset": args.dataset},
+        )
         save_trace(out / f"{method}_val_trace.npz", r["trace"])
         engine = Engine(convert(model, method=method), device=device)
-        test_trace = record_trace(engine, *test, r["steps"], Readout(**r["readout"]),
-                                  {"model": args.arch, "dataset": args.dataset, "split": "test"}, args.batch_size)
+        test_trace = record_trace(
+            engine,
+            *test,
+            r["steps"],
+            Readout(**r["readout"]),
+            {"model": args.arch, "dataset": args.dataset, "split": "test"},
+            args.batch_size,
+        )
         save_trace(out / f"{method}_test_trace.npz", test_trace)
-        entry = {"method": method, "steps": r["steps"], "readout": r["readout"], "analysis": r["analysis"],
-                 "val_accuracy_vs_t": r["val_accuracy_vs_t"], "test_accuracy_vs_t": accuracy_vs_t(test_trace).tolist(),
-                 "no_dc": r["no_dc"].to_dict(), "dc": r["dc"].to_dict()}
+        entry = {
+            "method": method,
+            "steps": r["steps"],
+            "readout": r["readout"],
+            "analysis": r["analysis"],
+            "val_accuracy_vs_t": r["val_accuracy_vs_t"],
+            "test_accuracy_vs_t": accuracy_vs_t(test_trace).tolist(),
+            "no_dc": r["no_dc"].to_dict(),
+            "dc": r["dc"].to_dict(),
+        }
         entry["plots"] = _write_plots(r["analysis"], out, stem=f"{method}_")
         methods.append(entry)
-        results.stage(method, {k: v for k, v in entry.items() if k != "analysis"} | {
-            "selected": r["analysis"]["selected"], "oracle": r["analysis"]["oracle"]})
+        results.stage(
+            method,
+            {k: v for k, v in entry.items() if k != "analysis"}
+            | {"selected": r["analysis"]["selected"], "oracle": r["analysis"]["oracle"]},
+        )
 
     # 7. report
     curve = methods[0]["test_accuracy_vs_t"]
@@ -175,23 +243,41 @@ def _run(args: argparse.Namespace, out: Path, results: Results) -> dict:
     return summary
 
 
-def _summary(args, meta: dict, ann_test: float, calib: dict, methods: list[dict], plots: list[str], device,
-             seconds: float) -> dict:
+def _summary(
+    args, meta: dict, ann_test: float, calib: dict, methods: list[dict], plots: list[str], device, seconds: float
+) -> dict:
     from .benchmark import device_name
 
     rows = table_rows(ann_test, [{"method": m["method"], "no_dc": m["no_dc"], "dc": m["dc"]} for m in methods])
     paper = PAPER_TABLE1.get(args.arch)
     return {
-        "model": args.arch, "arch_kwargs": meta["arch_kwargs"], "dataset": args.dataset, "device": device_name(device),
-        "val_samples": int(methods[0]["analysis"]["samples"]), "test_samples": args.test_samples,
-        "ann_test_accuracy": ann_test, "calibration": calib, "rows": rows,
-        "paper": {"table1": paper, "spikes": {m: PAPER_SPIKES.get((args.arch, m)) for m in ("qcfs", "qffs")},
-                  "official_qcfs_curve": OFFICIAL_QCFS_CURVE if args.arch == "resnet18" else None},
-        "methods": [{k: v for k, v in m.items() if k != "analysis"} | {
-            "selected": m["analysis"]["selected"], "oracle": m["analysis"]["oracle"],
-            "baseline_val": m["analysis"]["baseline"]} for m in methods],
-        "training": meta["training"], "train_config": meta["train_config"],
-        "plots": [p for m in methods for p in m["plots"]] + plots, "seconds": seconds,
+        "model": args.arch,
+        "arch_kwargs": meta["arch_kwargs"],
+        "dataset": args.dataset,
+        "device": device_name(device),
+        "val_samples": int(methods[0]["analysis"]["samples"]),
+        "test_samples": args.test_samples,
+        "ann_test_accuracy": ann_test,
+        "calibration": calib,
+        "rows": rows,
+        "paper": {
+            "table1": paper,
+            "spikes": {m: PAPER_SPIKES.get((args.arch, m)) for m in ("qcfs", "qffs")},
+            "official_qcfs_curve": OFFICIAL_QCFS_CURVE if args.arch == "resnet18" else None,
+        },
+        "methods": [
+            {k: v for k, v in m.items() if k != "analysis"}
+            | {
+                "selected": m["analysis"]["selected"],
+                "oracle": m["analysis"]["oracle"],
+                "baseline_val": m["analysis"]["baseline"],
+            }
+            for m in methods
+        ],
+        "training": meta["training"],
+        "train_config": meta["train_config"],
+        "plots": [p for m in methods for p in m["plots"]] + plots,
+        "seconds": seconds,
     }
 
 
@@ -203,8 +289,10 @@ def _markdown_table1(s: dict) -> str:
     """Table 1's layout: ours and the paper's side by side."""
     name = NAMES.get(s["model"], s["model"])
     paper = s["paper"]["table1"]
-    head = (f"| {s['dataset']} | ANN (2-bit) | paper | SNN, no DC | paper | SNN + DC | paper |\n"
-            "|---|---|---|---|---|---|---|\n")
+    head = (
+        f"| {s['dataset']} | ANN (2-bit) | paper | SNN, no DC | paper | SNN + DC | paper |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
     lines = []
     ann_paper = f"{paper['ann']:.2f}%" if paper else "-"
     for m in s["methods"]:
@@ -214,50 +302,78 @@ def _markdown_table1(s: dict) -> str:
             f"| {name} {m['method'].upper()} | {_pct(s['ann_test_accuracy'])} | {ann_paper} | "
             f"{_pct(no['accuracy'])} at {steps} | {f'{p[0]:.2f}% at {p[1]}' if p else '-'} | "
             f"{_pct(dc['accuracy'])} at {dc['mean_steps']:.2f} ({100 * dc['saving']:.0f}% fewer) | "
-            f"{f'{p[2]:.2f}% at {p[3]:.2f} ({100 * (1 - p[3] / p[1]):.0f}% fewer)' if p else '-'} |")
+            f"{f'{p[2]:.2f}% at {p[3]:.2f} ({100 * (1 - p[3] / p[1]):.0f}% fewer)' if p else '-'} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 
 def _markdown(s: dict) -> str:
     name = NAMES.get(s["model"], s["model"])
     tr = s["training"]
-    parts = [f"# dcsim reproduce: {name} (2-bit, {s['arch_kwargs']}) on {s['dataset']}\n\n",
-             f"Device: {s['device']}. Whole run {s['seconds'] / 60:.1f} minutes; training {tr['seconds'] / 60:.1f} minutes "
-             f"({len(tr['epochs'])} epochs on {tr['train_images']} images, {tr['device']}).\n\n",
-             "## Table 1 (test split; th_c selected on the validation split at zero tolerance)\n\n", _markdown_table1(s),
-             "\nAll rows, with th_c, spikes and wall time (live early exit):\n\n", markdown_table(s["rows"]),
-             f"\nTemperature tau = {s['calibration']['tau']:.4f} (validation ECE {s['calibration']['ece_before']:.4f} -> "
-             f"{s['calibration']['ece_after']:.4f}).\n",
-             "\n## Spikes per neuron per inference (test split)\n\n| method | no DC | + DC | paper no DC | paper + DC |\n"
-             "|---|---|---|---|---|\n"]
+    parts = [
+        f"# dcsim reproduce: {name} (2-bit, {s['arch_kwargs']}) on {s['dataset']}\n\n",
+        f"Device: {s['device']}. Whole run {s['seconds'] / 60:.1f} minutes; training {tr['seconds'] / 60:.1f} minutes "
+        f"({len(tr['epochs'])} epochs on {tr['train_images']} images, {tr['device']}).\n\n",
+        "## Table 1 (test split; th_c selected on the validation split at zero tolerance)\n\n",
+        _markdown_table1(s),
+        "\nAll rows, with th_c, spikes and wall time (live early exit):\n\n",
+        markdown_table(s["rows"]),
+        f"\nTemperature tau = {s['calibration']['tau']:.4f} (validation ECE {s['calibration']['ece_before']:.4f} -> "
+        f"{s['calibration']['ece_after']:.4f}).\n",
+        "\n## Spikes per neuron per inference (test split)\n\n| method | no DC | + DC | paper no DC | paper + DC |\n"
+        "|---|---|---|---|---|\n",
+    ]
     for m in s["methods"]:
         ps = s["paper"]["spikes"].get(m["method"])
-        parts.append(f"| {m['method'].upper()} | {m['no_dc']['spikes_per_neuron']:.3f} | {m['dc']['spikes_per_neuron']:.3f} | "
-                     f"{ps[0] if ps else '-'} | {ps[1] if ps else '-'} |\n")
-    parts.append("\n## Oracle bound (validation split, label-aware stopping at the first correct step)\n\n"
-                 "| method | T | baseline accuracy | oracle accuracy | oracle mean steps | DC mean steps |\n|---|---|---|---|---|---|\n")
+        parts.append(
+            f"| {m['method'].upper()} | {m['no_dc']['spikes_per_neuron']:.3f} | {m['dc']['spikes_per_neuron']:.3f} | "
+            f"{ps[0] if ps else '-'} | {ps[1] if ps else '-'} |\n"
+        )
+    parts.append(
+        "\n## Oracle bound (validation split, label-aware stopping at the first correct step)\n\n"
+        "| method | T | baseline accuracy | oracle accuracy | oracle mean steps | DC mean steps |\n|---|---|---|---|---|---|\n"
+    )
     for m in s["methods"]:
         o = m["oracle"]["first_correct"]
-        parts.append(f"| {m['method'].upper()} | {m['steps']} | {_pct(m['baseline_val']['accuracy'])} | {_pct(o['accuracy'])} | "
-                     f"{o['mean_steps']:.2f} | {m['selected']['mean_steps']:.2f} |\n")
+        parts.append(
+            f"| {m['method'].upper()} | {m['steps']} | {_pct(m['baseline_val']['accuracy'])} | {_pct(o['accuracy'])} | "
+            f"{o['mean_steps']:.2f} | {m['selected']['mean_steps']:.2f} |\n"
+        )
     curve = s["methods"][0]["test_accuracy_vs_t"]
     official = s["paper"]["official_qcfs_curve"]
-    parts.append("\n## QCFS test accuracy (%) against t\n\n| t | dcsim |" + (" official code |" if official else "")
-                 + "\n|---|---|" + ("---|" if official else "") + "\n")
+    parts.append(
+        "\n## QCFS test accuracy (%) against t\n\n| t | dcsim |"
+        + (" official code |" if official else "")
+        + "\n|---|---|"
+        + ("---|" if official else "")
+        + "\n"
+    )
     for t, a in enumerate(curve, 1):
         theirs = (f" {official[t - 1]:.2f} |" if t <= len(official) else " - |") if official else ""
         parts.append(f"| {t} | {100 * a:.2f} |{theirs}\n")
-    parts.append("\n## Training\n\n| epoch | stage | lr (end) | train acc | val acc | minutes (cumulative) |\n"
-                 "|---|---|---|---|---|---|\n")
-    parts.extend(f"| {e['epoch']} | {e['phase']} | {e['lr']:.4g} | {_pct(e['train_acc'])} | {_pct(e['val_acc'])} | "
-                 f"{e['elapsed_s'] / 60:.2f} |\n" for e in tr["epochs"])
-    parts.append("\nEpochs and minutes until the validation accuracy first reached a level:\n\n"
-                 "| stage | level | epoch | minutes |\n|---|---|---|---|\n")
-    parts.extend(f"| {r['phase']} | {_pct(r['level'])} | {r['epoch'] or 'not reached'} | "
-                 f"{'-' if r['minutes'] is None else format(r['minutes'], '.2f')} |\n" for r in tr["milestones"])
+    parts.append(
+        "\n## Training\n\n| epoch | stage | lr (end) | train acc | val acc | minutes (cumulative) |\n"
+        "|---|---|---|---|---|---|\n"
+    )
+    parts.extend(
+        f"| {e['epoch']} | {e['phase']} | {e['lr']:.4g} | {_pct(e['train_acc'])} | {_pct(e['val_acc'])} | "
+        f"{e['elapsed_s'] / 60:.2f} |\n"
+        for e in tr["epochs"]
+    )
+    parts.append(
+        "\nEpochs and minutes until the validation accuracy first reached a level:\n\n"
+        "| stage | level | epoch | minutes |\n|---|---|---|---|\n"
+    )
+    parts.extend(
+        f"| {r['phase']} | {_pct(r['level'])} | {r['epoch'] or 'not reached'} | "
+        f"{'-' if r['minutes'] is None else format(r['minutes'], '.2f')} |\n"
+        for r in tr["milestones"]
+    )
     if tr.get("budget_plan"):
         p = tr["budget_plan"]
-        parts.append(f"\nBudget {p['budget_minutes']} minutes: {p['float_epochs']} float + {p['epochs']} LSQ epochs planned "
-                     f"from measured epoch times ({p['seconds_per_epoch']['float']:.1f} s / {p['seconds_per_epoch']['lsq']:.1f} s).\n")
+        parts.append(
+            f"\nBudget {p['budget_minutes']} minutes: {p['float_epochs']} float + {p['epochs']} LSQ epochs planned "
+            f"from measured epoch times ({p['seconds_per_epoch']['float']:.1f} s / {p['seconds_per_epoch']['lsq']:.1f} s).\n"
+        )
     parts.append("\n" + "".join(f"![{Path(p).stem}]({Path(p).name})\n" for p in s["plots"]))
     return "".join(parts)

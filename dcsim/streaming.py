@@ -53,14 +53,20 @@ class StreamStats:
         "latency_histogram" (:meth:`LatencyHistogram.to_dict`, to merge ranks), "occupancy"}."""
         seconds = (self.finished or time.perf_counter()) - self.started
         return {
-            "samples": self.completed, "seconds": seconds, "throughput": self.completed / seconds if seconds > 0 else 0.0,
-            "latency_ms": self.latency.summary(), "latency_histogram": self.latency.to_dict(),
+            "samples": self.completed,
+            "seconds": seconds,
+            "throughput": self.completed / seconds if seconds > 0 else 0.0,
+            "latency_ms": self.latency.summary(),
+            "latency_histogram": self.latency.to_dict(),
             "occupancy": self.busy_slot_steps / (self.slots * self.steps_run) if self.steps_run else 0.0,
-            "slots": self.slots, "engine_steps": self.steps_run,
+            "slots": self.slots,
+            "engine_steps": self.steps_run,
         }
 
 
-def _next_inputs(source: Iterator, k: int, counter: list[int]) -> tuple[list[int], list[torch.Tensor], BaseException | None]:
+def _next_inputs(
+    source: Iterator, k: int, counter: list[int]
+) -> tuple[list[int], list[torch.Tensor], BaseException | None]:
     """Up to k (id, input) pairs; items are tensors [C, H, W] (ids count arrivals) or (id, tensor)."""
     ids: list[int] = []
     xs: list[torch.Tensor] = []
@@ -81,8 +87,16 @@ def _next_inputs(source: Iterator, k: int, counter: list[int]) -> tuple[list[int
     return ids, xs, None
 
 
-def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Readout, threshold: float,
-           stats: StreamStats | None = None, graphs: bool = False) -> Iterator[StreamResult]:
+def stream(
+    engine: Engine,
+    inputs: Iterable,
+    slots: int,
+    steps: int,
+    readout: Readout,
+    threshold: float,
+    stats: StreamStats | None = None,
+    graphs: bool = False,
+) -> Iterator[StreamResult]:
     """Run ``inputs`` through ``slots`` slots with early exit; yield results in completion order.
 
     inputs: iterable of per-sample tensors float32 [C, H, W] (ids 0, 1, ... by arrival) or of
@@ -137,7 +151,9 @@ def stream(engine: Engine, inputs: Iterable, slots: int, steps: int, readout: Re
         preds = state.pred[rows].tolist()
         exit_steps = state.steps[rows].tolist()
         confs = state.score[rows].tolist()
-        spikes = torch.stack([state.counts[i][rows] for i in neurons], dim=1).tolist() if neurons else [[]] * len(done_ids)
+        spikes = (
+            torch.stack([state.counts[i][rows] for i in neurons], dim=1).tolist() if neurons else [[]] * len(done_ids)
+        )
         admitted = state.admitted[rows].tolist()
         filled = 0
         if pending_error is None:

@@ -138,7 +138,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512
     """Logits float32 [N, K] of ``model`` in eval mode for images float32 [N, ...] (on the model's device)."""
     model.eval()
     device = next(model.parameters()).device
-    outs = [model(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    outs = [model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(outs) if outs else torch.empty(0)
 
 
@@ -161,14 +161,23 @@ def split_accuracy(model: nn.Module, split: DeviceSplit | StreamedSplit, batch_s
 class _Stepper:
     """One optimisation step of a stage, with the runtime's autocast, layout and optional compilation."""
 
-    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, runtime: TrainRuntime,
-                 device: torch.device, parallel: DataParallel | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        config: TrainConfig,
+        runtime: TrainRuntime,
+        device: torch.device,
+        parallel: DataParallel | None = None,
+    ) -> None:
         self.model, self.opt, self.config, self.device, self.parallel = model, opt, config, device, parallel
         self.dtype, _ = runtime.resolve(device)
         net = parallel.wrap(model) if parallel is not None else model
         self.forward = torch.compile(net) if runtime.compile else net
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, rows: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Loss (0-dim), correct predictions (0-dim int64) and rows trained here, after the update; no
         host sync. x [b, ...], y [b]: the batch, or under ``parallel`` this rank's rows of a global
         batch of ``rows`` rows; the loss is then scaled so that the ranks' averaged gradient is the
@@ -178,8 +187,9 @@ class _Stepper:
             if self.parallel is None:
                 loss = F.cross_entropy(out.float(), y, label_smoothing=self.config.label_smoothing)
             else:
-                loss = self.parallel.loss(out.float(), y, len(y) if rows is None else rows,
-                                          label_smoothing=self.config.label_smoothing)
+                loss = self.parallel.loss(
+                    out.float(), y, len(y) if rows is None else rows, label_smoothing=self.config.label_smoothing
+                )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         self.opt.step()
@@ -191,8 +201,14 @@ def _to_memory_format(model: nn.Module, memory_format: torch.memory_format) -> N
     model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's overloads of Module.to omit it
 
 
-def _as_split(x: torch.Tensor | FolderSplit, y: torch.Tensor, normalization: Normalization | None,
-              device: torch.device, channels_last: bool, workers: int = 0) -> DeviceSplit | StreamedSplit:
+def _as_split(
+    x: torch.Tensor | FolderSplit,
+    y: torch.Tensor,
+    normalization: Normalization | None,
+    device: torch.device,
+    channels_last: bool,
+    workers: int = 0,
+) -> DeviceSplit | StreamedSplit:
     if isinstance(x, FolderSplit):  # streamed from disk; it carries its own normalization and labels
         return StreamedSplit(x, device, channels_last, workers)
     channels = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 4 else 0
@@ -202,10 +218,19 @@ def _as_split(x: torch.Tensor | FolderSplit, y: torch.Tensor, normalization: Nor
     return DeviceSplit(x, y, mean, std, device, channels_last=channels_last)
 
 
-def measure_epoch_seconds(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_size: int,
-                          config: TrainConfig, runtime: TrainRuntime = TrainRuntime(),
-                          device: torch.device | str | None = None, normalization: Normalization | None = None,
-                          augment: Augment | None = None, batches: int = 6, warmup: int = 3) -> dict[str, Any]:
+def measure_epoch_seconds(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_size: int,
+    config: TrainConfig,
+    runtime: TrainRuntime = TrainRuntime(),
+    device: torch.device | str | None = None,
+    normalization: Normalization | None = None,
+    augment: Augment | None = None,
+    batches: int = 6,
+    warmup: int = 3,
+) -> dict[str, Any]:
     """Seconds per float epoch and per LSQ epoch (training plus a validation pass of ``val_size`` images).
 
     Times ``batches`` optimisation steps in each mode after ``warmup`` untimed ones (cuDNN
@@ -270,16 +295,27 @@ def plan_epochs(seconds: dict[str, float], budget_s: float, lsq_share: float = 0
     lsq_epochs = int(budget_s * lsq_share // seconds["lsq_s"])
     if float_epochs < 1 or lsq_epochs < 1:
         need = seconds["float_s"] / (1 - lsq_share) if float_epochs < 1 else seconds["lsq_s"] / lsq_share
-        raise ValueError(f"a training budget of {budget_s / 60:.2f} minutes is too small: one float epoch takes "
-                         f"~{seconds['float_s']:.0f} s and one LSQ epoch ~{seconds['lsq_s']:.0f} s here "
-                         f"({100 * lsq_share:.0f}% of the budget goes to LSQ); give at least {need / 60:.1f} minutes")
+        raise ValueError(
+            f"a training budget of {budget_s / 60:.2f} minutes is too small: one float epoch takes "
+            f"~{seconds['float_s']:.0f} s and one LSQ epoch ~{seconds['lsq_s']:.0f} s here "
+            f"({100 * lsq_share:.0f}% of the budget goes to LSQ); give at least {need / 60:.1f} minutes"
+        )
     return float_epochs, lsq_epochs
 
 
-def budget_config(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_size: int, config: TrainConfig,
-                  budget_minutes: float, lsq_share: float = 0.4, runtime: TrainRuntime = TrainRuntime(),
-                  device: torch.device | str | None = None, normalization: Normalization | None = None,
-                  augment: Augment | None = None) -> tuple[TrainConfig, dict[str, Any]]:
+def budget_config(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_size: int,
+    config: TrainConfig,
+    budget_minutes: float,
+    lsq_share: float = 0.4,
+    runtime: TrainRuntime = TrainRuntime(),
+    device: torch.device | str | None = None,
+    normalization: Normalization | None = None,
+    augment: Augment | None = None,
+) -> tuple[TrainConfig, dict[str, Any]]:
     """``config`` with its float and LSQ epochs set to fill ``budget_minutes`` of training on this machine.
 
     Measures the epoch times (:func:`measure_epoch_seconds`; the measurement's own time comes
@@ -293,10 +329,15 @@ def budget_config(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor
     seconds = measure_epoch_seconds(model, train_x, train_y, val_size, config, runtime, device, normalization, augment)
     measured = time.perf_counter() - t0
     float_epochs, epochs = plan_epochs(seconds, 60 * budget_minutes - measured, lsq_share)
-    plan = {"budget_minutes": budget_minutes, "lsq_share": lsq_share, "measured_s": measured,
-            "seconds_per_epoch": {"float": seconds["float_s"], "lsq": seconds["lsq_s"]},
-            "float_epochs": float_epochs, "epochs": epochs,
-            "expected_minutes": (measured + float_epochs * seconds["float_s"] + epochs * seconds["lsq_s"]) / 60}
+    plan = {
+        "budget_minutes": budget_minutes,
+        "lsq_share": lsq_share,
+        "measured_s": measured,
+        "seconds_per_epoch": {"float": seconds["float_s"], "lsq": seconds["lsq_s"]},
+        "float_epochs": float_epochs,
+        "epochs": epochs,
+        "expected_minutes": (measured + float_epochs * seconds["float_s"] + epochs * seconds["lsq_s"]) / 60,
+    }
     return replace(config, float_epochs=float_epochs, epochs=epochs), plan
 
 
@@ -351,17 +392,29 @@ def train(
     train_split = _as_split(train_x, train_y, normalization, device, channels_last, runtime.loader_workers)
     val_split = _as_split(val_x, val_y, normalization, device, channels_last, runtime.loader_workers)
     if isinstance(train_split, StreamedSplit) and augment is not None:
-        raise ValueError("train: a streamed training split (FolderSplit) is augmented as it is decoded; pass "
-                         "augment=None (its transform 'eval' trains without augmentation)")
+        raise ValueError(
+            "train: a streamed training split (FolderSplit) is augmented as it is decoded; pass "
+            "augment=None (its transform 'eval' trains without augmentation)"
+        )
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                          nesterov=config.nesterov)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
     step = _Stepper(model, opt, config, runtime, device, parallel)
     ranks = 1 if parallel is None else parallel.world.size
     total = config.float_epochs + config.epochs
-    history: dict[str, Any] = {"epochs": [], "best_val_acc": -1.0, "config": asdict(config), "planned_epochs": total,
-                     "completed": False}
+    history: dict[str, Any] = {
+        "epochs": [],
+        "best_val_acc": -1.0,
+        "config": asdict(config),
+        "planned_epochs": total,
+        "completed": False,
+    }
     best: dict[str, torch.Tensor] | None = None
     start = 0
     last = Path(workdir) / "last.safetensors" if workdir is not None else None
@@ -382,10 +435,21 @@ def train(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
-        bar = tqdm(range(n_batches), disable=None if progress else True, leave=False,
-                   desc=f"epoch {epoch + 1}/{total} ({'lsq' if quantized else 'float'})")
-        batches = train_split.epoch_batches(perm, config.batch_size, n_batches, epoch=epoch, augment=augment,
-                                            generator=gen, local=None if parallel is None else parallel.local)
+        bar = tqdm(
+            range(n_batches),
+            disable=None if progress else True,
+            leave=False,
+            desc=f"epoch {epoch + 1}/{total} ({'lsq' if quantized else 'float'})",
+        )
+        batches = train_split.epoch_batches(
+            perm,
+            config.batch_size,
+            n_batches,
+            epoch=epoch,
+            augment=augment,
+            generator=gen,
+            local=None if parallel is None else parallel.local,
+        )
         for b, (x, y, global_rows) in zip(bar, batches, strict=True):
             lr = learning_rate(config, epoch, b / n_batches)
             for group in opt.param_groups:
@@ -402,17 +466,25 @@ def train(
         total_loss, total_correct, total_seen = totals
         val_acc = split_accuracy(model, val_split)
         seconds = time.perf_counter() - t_epoch
-        record = {"epoch": epoch + 1, "phase": "lsq" if quantized else "float",
-                  "loss": total_loss / max(total_seen, 1), "train_acc": int(total_correct) / max(total_seen, 1),
-                  "val_acc": val_acc,
-                  "lr": lr, "seconds": seconds, "elapsed_s": elapsed0 + time.perf_counter() - t_start}
+        record = {
+            "epoch": epoch + 1,
+            "phase": "lsq" if quantized else "float",
+            "loss": total_loss / max(total_seen, 1),
+            "train_acc": int(total_correct) / max(total_seen, 1),
+            "val_acc": val_acc,
+            "lr": lr,
+            "seconds": seconds,
+            "elapsed_s": elapsed0 + time.perf_counter() - t_start,
+        }
         history["epochs"].append(record)
         if quantized and val_acc > history["best_val_acc"]:
             history["best_val_acc"] = val_acc
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if progress:
-            tqdm.write(f"epoch {epoch + 1}/{total} {record['phase']}: loss {record['loss']:.4f} "
-                       f"train {record['train_acc']:.4f} val {val_acc:.4f} ({seconds:.1f} s)")
+            tqdm.write(
+                f"epoch {epoch + 1}/{total} {record['phase']}: loss {record['loss']:.4f} "
+                f"train {record['train_acc']:.4f} val {val_acc:.4f} ({seconds:.1f} s)"
+            )
         if last is not None and (parallel is None or parallel.main):
             _checkpoint(last, model, opt, gen, history, best)
         if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s and epoch + 1 < total:
@@ -439,13 +511,25 @@ def milestones(history: dict[str, Any], levels: Sequence[float]) -> list[dict[st
         epochs = [e for e in history["epochs"] if e["phase"] == phase]
         for level in levels:
             hit = next((e for e in epochs if e["val_acc"] >= level), None)
-            rows.append({"phase": phase, "level": level, "epoch": hit["epoch"] if hit else None,
-                         "minutes": hit["elapsed_s"] / 60 if hit else None})
+            rows.append(
+                {
+                    "phase": phase,
+                    "level": level,
+                    "epoch": hit["epoch"] if hit else None,
+                    "minutes": hit["elapsed_s"] / 60 if hit else None,
+                }
+            )
     return rows
 
 
-def _checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-                history: dict[str, Any], best: dict[str, torch.Tensor] | None) -> None:
+def _checkpoint(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    history: dict[str, Any],
+    best: dict[str, torch.Tensor] | None,
+) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if best is not None:
         tensors |= {f"best.{k}": v for k, v in best.items()}
@@ -456,7 +540,9 @@ def _checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: t
     tensors["rng"] = gen.get_state()
     meta = {"history": history}
     with atomic_output(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"dcsim": json.dumps(meta)})
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"dcsim": json.dumps(meta)}
+        )
 
 
 def _same_config(stored: dict[str, Any], config: TrainConfig) -> bool:
@@ -465,8 +551,9 @@ def _same_config(stored: dict[str, Any], config: TrainConfig) -> bool:
     return defaults | stored == asdict(config)
 
 
-def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-            config: TrainConfig) -> tuple[int, dict[str, Any], dict[str, torch.Tensor] | None]:
+def _resume(
+    path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, config: TrainConfig
+) -> tuple[int, dict[str, Any], dict[str, torch.Tensor] | None]:
     from safetensors import safe_open
 
     try:
@@ -476,7 +563,9 @@ def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch
     except Exception as err:
         raise ValueError(f"{path}: cannot resume training from this file ({err}); delete it to start over") from err
     if not _same_config(meta["history"].get("config", {}), config):
-        raise ValueError(f"{path}: was written with a different training configuration; delete it or use the same settings")
+        raise ValueError(
+            f"{path}: was written with a different training configuration; delete it or use the same settings"
+        )
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     for i, p in enumerate(opt.param_groups[0]["params"]):

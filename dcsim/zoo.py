@@ -90,10 +90,15 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} manifest")
     if manifest.get("version") != VERSION:
-        raise ValueError(f"{path}: zoo version {manifest.get('version')!r} is not supported (this dcsim reads {VERSION})")
+        raise ValueError(
+            f"{path}: zoo version {manifest.get('version')!r} is not supported (this dcsim reads {VERSION})"
+        )
     shards = manifest.get("shards")
-    if not isinstance(shards, list) or not shards or not all(
-            isinstance(s, dict) and {"file", "sha256", "bytes"} <= set(s) for s in shards):
+    if (
+        not isinstance(shards, list)
+        or not shards
+        or not all(isinstance(s, dict) and {"file", "sha256", "bytes"} <= set(s) for s in shards)
+    ):
         raise ValueError(f"{path}: 'shards' must be a non-empty list of {{file, sha256, bytes}}")
     for s in shards:
         if Path(s["file"]).name != s["file"]:
@@ -110,7 +115,9 @@ def verify(folder: str | os.PathLike) -> dict:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: shard listed in {folder / MANIFEST} is missing")
         if path.stat().st_size != s["bytes"]:
-            raise ValueError(f"{path}: {path.stat().st_size} bytes, the manifest says {s['bytes']} (truncated or replaced)")
+            raise ValueError(
+                f"{path}: {path.stat().st_size} bytes, the manifest says {s['bytes']} (truncated or replaced)"
+            )
         digest = sha256_file(path)
         if digest != s["sha256"]:
             raise ValueError(f"{path}: sha256 {digest} differs from the manifest's {s['sha256']} (corrupt or altered)")
@@ -136,8 +143,10 @@ def load(folder: str | os.PathLike, build_model: Callable[..., nn.Module] | None
         merged = Path(tmp) / "model.safetensors"
         text = manifest.get("metadata_text")
         if not isinstance(text, str):
-            raise ValueError(f"{folder / MANIFEST}: 'metadata_text' (the checkpoint's metadata with its content hash) "
-                             "is missing or not a string")
+            raise ValueError(
+                f"{folder / MANIFEST}: 'metadata_text' (the checkpoint's metadata with its content hash) "
+                "is missing or not a string"
+            )
         save_file(tensors, str(merged), metadata={METADATA_KEY: text})
         try:
             return load_checkpoint(merged, build_model)

@@ -10,7 +10,14 @@ import os
 from hypothesis import HealthCheck, settings
 
 CI_EXAMPLES = 30
-settings.register_profile("ci", max_examples=CI_EXAMPLES, derandomize=True, deadline=None, database=None,
-                          print_blob=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "ci",
+    max_examples=CI_EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.register_profile("long", settings.get_profile("ci"), max_examples=100 * CI_EXAMPLES)
 settings.load_profile(os.environ.get("DCSIM_HYPOTHESIS_PROFILE", "ci"))

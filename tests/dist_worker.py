@@ -24,8 +24,14 @@ def tiny_lsq_net() -> nn.Module:
     from dcsim.lsq import LSQActivation
 
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), LSQActivation(2), nn.Conv2d(6, 8, 3, padding=1, stride=2),
-                         LSQActivation(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        LSQActivation(2),
+        nn.Conv2d(6, 8, 3, padding=1, stride=2),
+        LSQActivation(2),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
+    )
 
 
 class Stop(Exception):
@@ -49,8 +55,19 @@ def fit(workdir: Path, stop: int, parallel=None) -> nn.Module:
 
     config = training.TrainConfig(epochs=1, float_epochs=1, lr=0.05, batch_size=64)
     tr, va = splits["train"], splits["val"]
-    training.train(model, tr.normalized(), tr.labels, va.normalized(), va.labels, config, augment=augment,
-                   workdir=workdir, device="cpu", progress=False, parallel=parallel)
+    training.train(
+        model,
+        tr.normalized(),
+        tr.labels,
+        va.normalized(),
+        va.labels,
+        config,
+        augment=augment,
+        workdir=workdir,
+        device="cpu",
+        progress=False,
+        parallel=parallel,
+    )
     return model
 
 
@@ -78,8 +95,10 @@ def main(argv: list[str]) -> None:
                 except Stop:
                     continue
                 if world.main:
-                    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-                              str(Path(cmd[1]) / "weights.safetensors"))
+                    save_file(
+                        {k: v.contiguous() for k, v in model.state_dict().items()},
+                        str(Path(cmd[1]) / "weights.safetensors"),
+                    )
                 continue
             args = build_parser().parse_args(cmd)
             args.world = world

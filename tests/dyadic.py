@@ -28,8 +28,11 @@ def dyadic_network(model: torch.nn.Module, method: str, sample_shape: tuple, see
 
     torch.manual_seed(seed)
     sizes: list[int] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: sizes.append(out[0].numel()))
-             for m in model.modules() if isinstance(m, LSQActivation)]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out: sizes.append(out[0].numel()))
+        for m in model.modules()
+        if isinstance(m, LSQActivation)
+    ]
     model.train()
     model(torch.randn(16, *sample_shape))
     for h in hooks:
@@ -39,8 +42,11 @@ def dyadic_network(model: torch.nn.Module, method: str, sample_shape: tuple, see
     nodes = []
     for node in net.nodes:
         if isinstance(node, (Conv, Linear)):
-            node = replace(node, weight=torch.round(node.weight * 64) / 64,
-                           bias=None if node.bias is None else torch.round(node.bias * 64) / 64)
+            node = replace(
+                node,
+                weight=torch.round(node.weight * 64) / 64,
+                bias=None if node.bias is None else torch.round(node.bias * 64) / 64,
+            )
         elif isinstance(node, Neuron):
             th = max(round(node.threshold * 8) / 8, 0.125)
             node = replace(node, threshold=th, u0=th / 2)

@@ -39,7 +39,7 @@ def byte_mutation(blob: bytes, rng: np.random.Generator, data_start: int = 0) ->
     if kind == "splice":  # a block of the file copied over another place
         n = int(rng.integers(1, 64))
         src, dst = int(rng.integers(0, max(1, len(b) - n))), int(rng.integers(0, max(1, len(b) - n)))
-        b[dst:dst + n] = blob[src:src + n]
+        b[dst : dst + n] = blob[src : src + n]
         return kind, bytes(b)
     return kind, pickle.dumps({"weights": np.zeros(3), "exec": print})  # a pickle under the expected name
 
@@ -47,7 +47,7 @@ def byte_mutation(blob: bytes, rng: np.random.Generator, data_start: int = 0) ->
 def safetensors_header(blob: bytes) -> tuple[dict, int]:
     """(header JSON, start of the tensor data) of a safetensors file."""
     size = struct.unpack("<Q", blob[:8])[0]
-    return json.loads(blob[8:8 + size]), 8 + size
+    return json.loads(blob[8 : 8 + size]), 8 + size
 
 
 def with_safetensors_header(blob: bytes, header: dict) -> bytes:
@@ -89,8 +89,9 @@ def checkpoint_mutation(blob: bytes, rng: np.random.Generator) -> tuple[str, byt
 
 def npz_bytes(arrays: dict[str, np.ndarray], allow_pickle: bool = False) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **arrays) if not allow_pickle else np.savez(buf, **{k: np.asarray(v, dtype=object) if k == "conf" else v
-                                                                      for k, v in arrays.items()})
+    np.savez(buf, **arrays) if not allow_pickle else np.savez(
+        buf, **{k: np.asarray(v, dtype=object) if k == "conf" else v for k, v in arrays.items()}
+    )
     return buf.getvalue()
 
 
@@ -106,7 +107,9 @@ def trace_mutation(blob: bytes, arrays: dict[str, np.ndarray], rng: np.random.Ge
     elif kind == "object-array":
         return kind, npz_bytes(a, allow_pickle=True)
     elif name == "meta":
-        a["meta"] = [np.array("{not json"), np.array(3), np.array(["{}"]), np.array('["list"]')][int(rng.integers(0, 4))]
+        a["meta"] = [np.array("{not json"), np.array(3), np.array(["{}"]), np.array('["list"]')][
+            int(rng.integers(0, 4))
+        ]
     elif kind == "wrong-dtype":
         a[name] = a[name].astype(rng.choice([np.float16, np.complex64, np.bool_, np.uint64, "U3", "datetime64[s]"]))
     elif kind == "wrong-shape":
@@ -138,12 +141,16 @@ def cifar_batch_files(per_batch: int = 3, protocol: int = 2) -> dict[str, bytes]
     rng = np.random.default_rng(0)
     files = {}
     for name in CIFAR_FILES:
-        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 3, per_batch).tolist(),
-                 b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"filenames": [f"{j}.png".encode() for j in range(per_batch)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": rng.integers(0, 3, per_batch).tolist(),
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"filenames": [f"{j}.png".encode() for j in range(per_batch)],
+        }
         files[name] = pickle.dumps(batch, protocol=protocol)
-    files["batches.meta"] = pickle.dumps({b"label_names": list(CIFAR_CLASSES), b"num_cases_per_batch": per_batch,
-                                          b"num_vis": 3072}, protocol=protocol)
+    files["batches.meta"] = pickle.dumps(
+        {b"label_names": list(CIFAR_CLASSES), b"num_cases_per_batch": per_batch, b"num_vis": 3072}, protocol=protocol
+    )
     return files
 
 
@@ -155,8 +162,20 @@ def cifar_mutation(files: dict[str, bytes], rng: np.random.Generator, marker: st
     if rng.random() < 0.5:
         kind, out[name] = byte_mutation(files[name], rng)
         return kind, out
-    kind = str(rng.choice(["wrong-dtype", "wrong-shape", "bad-labels", "missing-key", "not-a-dict", "code",
-                           "missing-file", "bad-names"]))
+    kind = str(
+        rng.choice(
+            [
+                "wrong-dtype",
+                "wrong-shape",
+                "bad-labels",
+                "missing-key",
+                "not-a-dict",
+                "code",
+                "missing-file",
+                "bad-names",
+            ]
+        )
+    )
     n = 3
     good = {b"labels": [0, 1, 2], b"data": np.zeros((n, 3072), np.uint8)}
     if kind == "missing-file":
@@ -205,24 +224,40 @@ def _member(name: str, data: bytes | None = None, kind: bytes = tarfile.REGTYPE,
 
 def cifar_archive(files: dict[str, bytes]) -> list[tuple[tarfile.TarInfo, bytes | None]]:
     """The members of a valid archive of the batches: cifar-10-batches-py/ and its files."""
-    return [_member("cifar-10-batches-py", kind=tarfile.DIRTYPE)] + \
-        [_member(f"cifar-10-batches-py/{name}", blob) for name, blob in files.items()]
+    return [_member("cifar-10-batches-py", kind=tarfile.DIRTYPE)] + [
+        _member(f"cifar-10-batches-py/{name}", blob) for name, blob in files.items()
+    ]
 
 
-def archive_mutation(files: dict[str, bytes], rng: np.random.Generator, outside: str,
-                     marker: str) -> tuple[str, bytes]:
+def archive_mutation(files: dict[str, bytes], rng: np.random.Generator, outside: str, marker: str) -> tuple[str, bytes]:
     """A mutated .tar.gz of the batches: byte level, or members that try to escape the extraction folder
     (``..``, absolute names into ``outside``, symbolic and hard links, devices), malformed members, or a
     valid archive of mutated batch files."""
     entries = cifar_archive(files)
     if rng.random() < 0.35:
         return byte_mutation(tar_of(entries), rng)
-    kind = str(rng.choice(["traversal", "absolute", "symlink", "hardlink", "device", "fifo", "duplicate",
-                           "dir-as-file", "huge-size", "inner", "plain-tar"]))
+    kind = str(
+        rng.choice(
+            [
+                "traversal",
+                "absolute",
+                "symlink",
+                "hardlink",
+                "device",
+                "fifo",
+                "duplicate",
+                "dir-as-file",
+                "huge-size",
+                "inner",
+                "plain-tar",
+            ]
+        )
+    )
     target = f"cifar-10-batches-py/{rng.choice(CIFAR_FILES)}"
     if kind == "traversal":
-        entries.append(_member(str(rng.choice(["../escaped", "cifar-10-batches-py/../../escaped", "a/../../escaped"])),
-                               b"x"))
+        entries.append(
+            _member(str(rng.choice(["../escaped", "cifar-10-batches-py/../../escaped", "a/../../escaped"])), b"x")
+        )
     elif kind == "absolute":
         entries.append(_member(f"{outside}/escaped", b"x"))
     elif kind in ("symlink", "hardlink"):
@@ -230,7 +265,9 @@ def archive_mutation(files: dict[str, bytes], rng: np.random.Generator, outside:
         entries = [e for e in entries if e[0].name != target]
         entries.append(_member(target, None, tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE, link))
     elif kind in ("device", "fifo"):
-        entries.append(_member("cifar-10-batches-py/dev", None, tarfile.CHRTYPE if kind == "device" else tarfile.FIFOTYPE))
+        entries.append(
+            _member("cifar-10-batches-py/dev", None, tarfile.CHRTYPE if kind == "device" else tarfile.FIFOTYPE)
+        )
     elif kind == "duplicate":  # the same name again with other content: the later member wins, as in tar
         entries.append(_member(target, pickle.dumps({b"labels": [0], b"data": np.zeros((1, 3072), np.uint8)})))
     elif kind == "dir-as-file":

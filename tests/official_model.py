@@ -34,8 +34,11 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.activation2 = LsqActivation(bits)
-        self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, 0, bias=False),
-                                        nn.BatchNorm2d(planes)) if downsample else None
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, planes, 1, stride, 0, bias=False), nn.BatchNorm2d(planes))
+            if downsample
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = x if self.downsample is None else self.downsample(x)
@@ -56,7 +59,10 @@ class OfficialResNet18(nn.Module):
         cin = 64
         for i, planes in enumerate((64, 128, 256, 512)):
             stride = 1 if i == 0 else 2
-            blocks = [BasicBlock(cin, planes, stride, stride != 1 or cin != planes, bits), BasicBlock(planes, planes, 1, False, bits)]
+            blocks = [
+                BasicBlock(cin, planes, stride, stride != 1 or cin != planes, bits),
+                BasicBlock(planes, planes, 1, False, bits),
+            ]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             cin = planes
         self.fc = nn.Linear(512, num_classes)

@@ -126,14 +126,18 @@ def test_unknown_activation_names_the_registry():
     assert "'act'" in msg and "LsqActivation" in msg and "quantizers=" in msg, msg
 
 
-@pytest.mark.parametrize("adapter,words", [
-    (lambda m: Quantization(-1.0, 3), ["'act'", "step", "> 0"]),
-    (lambda m: Quantization(0.5, 0), ["'act'", "levels", ">= 1"]),
-    (lambda m: Quantization(0.5, 3, "nearest"), ["'act'", "rounding"]),
-    (lambda m: (0.5, 3), ["'act'", "tuple", "Quantization"]),
-    (clip_floor_shift("theta", "levels"), ["'act'", "'theta'"]),
-    (official_lsq, ["'act'", "'scale'"]),
-], ids=["negative-step", "zero-levels", "bad-rounding", "not-a-Quantization", "missing-attribute", "wrong-adapter"])
+@pytest.mark.parametrize(
+    "adapter,words",
+    [
+        (lambda m: Quantization(-1.0, 3), ["'act'", "step", "> 0"]),
+        (lambda m: Quantization(0.5, 0), ["'act'", "levels", ">= 1"]),
+        (lambda m: Quantization(0.5, 3, "nearest"), ["'act'", "rounding"]),
+        (lambda m: (0.5, 3), ["'act'", "tuple", "Quantization"]),
+        (clip_floor_shift("theta", "levels"), ["'act'", "'theta'"]),
+        (official_lsq, ["'act'", "'scale'"]),
+    ],
+    ids=["negative-step", "zero-levels", "bad-rounding", "not-a-Quantization", "missing-attribute", "wrong-adapter"],
+)
 def test_bad_adapter_output_names_the_layer(adapter, words):
     model = _single_layer(QcfsIF(4, 1.0), 8)
     with pytest.raises(ConversionError) as info:
@@ -142,7 +146,9 @@ def test_bad_adapter_output_names_the_layer(adapter, words):
         assert w in str(info.value), (w, str(info.value))
 
 
-@pytest.mark.parametrize("quantizers", [42, "LsqActivation", [LsqActivation], [(LsqActivation, 3)], [(3, official_lsq)]])
+@pytest.mark.parametrize(
+    "quantizers", [42, "LsqActivation", [LsqActivation], [(LsqActivation, 3)], [(3, official_lsq)]]
+)
 def test_bad_quantizers_argument(quantizers):
     with pytest.raises(TypeError, match="quantizers"):
         dcsim.convert(_single_layer(LsqActivation(2, 0.5), 8), quantizers=quantizers)

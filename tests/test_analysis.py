@@ -13,8 +13,9 @@ from dcsim import analysis as A
 from dcsim import plots
 
 MODES = ("uniform", "quarters", "increasing", "sparse")
-CASES = [(n, t, mode, seed) for n in (1, 7, 200) for t in (1, 2, 13) for mode in MODES
-         for seed in range(5 if n < 200 else 2)]
+CASES = [
+    (n, t, mode, seed) for n in (1, 7, 200) for t in (1, 2, 13) for mode in MODES for seed in range(5 if n < 200 else 2)
+]
 CASE_IDS = [f"N{n}-T{t}-{mode}-s{seed}" for n, t, mode, seed in CASES]
 
 
@@ -95,8 +96,10 @@ def brute_oracle(trace: A.Trace, t_max: int) -> dict:
             sc_steps += start
         else:
             sc_steps += t_max
-    return {"first_correct": {"accuracy": fc_ok / n, "mean_steps": fc_steps / n},
-            "stays_correct": {"accuracy": sc_ok / n, "mean_steps": sc_steps / n}}
+    return {
+        "first_correct": {"accuracy": fc_ok / n, "mean_steps": fc_steps / n},
+        "stays_correct": {"accuracy": sc_ok / n, "mean_steps": sc_steps / n},
+    }
 
 
 def sample(values: list, k: int, rng: np.random.Generator) -> list:
@@ -123,7 +126,12 @@ def test_exit_steps_paper_example_and_strictness():
 def test_front_exact_hand_case():
     # sample 0: conf .25 .75, right only at t=2; sample 1: conf .5 .5, right only at t=1
     tr = A.Trace(np.array([1, 0]), np.array([[0, 1], [0, 2]]), np.array([[0.25, 0.75], [0.5, 0.5]], np.float32))
-    assert [tuple(p) for p in A.front_exact(tr)] == [(0.0, 0.5, 1.0), (0.25, 1.0, 1.5), (0.5, 0.5, 2.0), (1.0, 0.5, 2.0)]
+    assert [tuple(p) for p in A.front_exact(tr)] == [
+        (0.0, 0.5, 1.0),
+        (0.25, 1.0, 1.5),
+        (0.5, 0.5, 2.0),
+        (1.0, 0.5, 2.0),
+    ]
     assert A.evaluate(tr, 0.3) == (1.0, 1.5)
     assert A.evaluate(tr, 0.6) == (0.5, 2.0)
     assert A.analyze(tr)["selected"] == {"threshold": 0.0, "accuracy": 0.5, "mean_steps": 1.0, "saving": 0.5}
@@ -183,8 +191,14 @@ def test_selection_vs_brute_force(n, t, mode, seed, tolerance):
 
 def test_select_threshold_ties_and_errors():
     P = A.FrontPoint
-    front = [P(0.0, 0.5, 1.0), P(0.2, 0.9, 3.0), P(0.3, 0.95, 3.0), P(0.4, 0.95, 3.0), P(0.6, 0.96, 5.0),
-             P(1.0, 0.95, 8.0)]
+    front = [
+        P(0.0, 0.5, 1.0),
+        P(0.2, 0.9, 3.0),
+        P(0.3, 0.95, 3.0),
+        P(0.4, 0.95, 3.0),
+        P(0.6, 0.96, 5.0),
+        P(1.0, 0.95, 8.0),
+    ]
     assert A.select_threshold(front, 0.95) == P(0.4, 0.95, 3.0)  # tie on steps and accuracy -> higher threshold
     assert A.select_threshold(front, 0.96) == P(0.6, 0.96, 5.0)
     assert A.select_threshold(front, 0.96, tolerance=0.1) == P(0.4, 0.95, 3.0)  # tie on steps -> higher accuracy
@@ -227,8 +241,9 @@ def test_oracle_and_curves_vs_brute_force(n, t, mode, seed):
 
 def test_oracle_hand_case():
     # correct pattern per sample over T=4: 1 0 1 1 | 0 0 0 0 | 0 1 0 0
-    tr = A.Trace(np.array([1, 1, 1]), np.array([[1, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0]]),
-                 np.zeros((3, 4), np.float32))
+    tr = A.Trace(
+        np.array([1, 1, 1]), np.array([[1, 0, 1, 1], [0, 0, 0, 0], [0, 1, 0, 0]]), np.zeros((3, 4), np.float32)
+    )
     o = A.oracle(tr)
     assert o["first_correct"] == {"accuracy": 2 / 3, "mean_steps": (1 + 4 + 2) / 3}
     assert o["stays_correct"] == {"accuracy": 1 / 3, "mean_steps": (3 + 4 + 4) / 3}
@@ -254,8 +269,18 @@ def test_analyze_structure():
     rep = A.analyze(tr, resolution=0.25)
     _assert_plain_json(rep)
     json.dumps(rep)
-    assert set(rep) == {"baseline", "selected", "front", "front_exact", "oracle", "curves", "exit_histogram", "steps",
-                        "samples", "meta"}
+    assert set(rep) == {
+        "baseline",
+        "selected",
+        "front",
+        "front_exact",
+        "oracle",
+        "curves",
+        "exit_histogram",
+        "steps",
+        "samples",
+        "meta",
+    }
     assert rep["steps"] == 13 and rep["samples"] == 200 and rep["meta"] == {"mode": "increasing", "seed": 0}
     assert [p["threshold"] for p in rep["front"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert rep["front_exact"] == [p._asdict() for p in A.front_exact(tr)]
@@ -291,21 +316,24 @@ def test_bad_tolerance():
         A.analyze(make_trace(7, 2, "uniform", 0), tolerance=-0.01)
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"labels": np.array([0, -1])}, "labels"),
-    ({"labels": np.array([0.0, 1.0])}, "labels"),
-    ({"labels": np.zeros(0, np.int64), "pred": np.zeros((0, 2), np.int64), "conf": np.zeros((0, 2))}, "labels"),
-    ({"pred": np.array([[0, 1], [2, -3]])}, "pred"),
-    ({"pred": np.zeros((2, 3), np.int64)}, "conf"),
-    ({"pred": np.zeros((3, 2), np.int64)}, "pred"),
-    ({"conf": np.array([[0.1, 1.5], [0, 0]])}, "conf"),
-    ({"conf": np.array([[0.1, np.nan], [0, 0]])}, "conf"),
-    ({"conf": np.zeros((2, 0)), "pred": np.zeros((2, 0), np.int64)}, "pred"),
-    ({"sums": np.zeros((2, 3, 4))}, "sums"),
-    ({"sums": np.zeros((2, 2, 1))}, "pred"),
-    ({"meta": {"x": object()}}, "meta"),
-    ({"meta": [1]}, "meta"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"labels": np.array([0, -1])}, "labels"),
+        ({"labels": np.array([0.0, 1.0])}, "labels"),
+        ({"labels": np.zeros(0, np.int64), "pred": np.zeros((0, 2), np.int64), "conf": np.zeros((0, 2))}, "labels"),
+        ({"pred": np.array([[0, 1], [2, -3]])}, "pred"),
+        ({"pred": np.zeros((2, 3), np.int64)}, "conf"),
+        ({"pred": np.zeros((3, 2), np.int64)}, "pred"),
+        ({"conf": np.array([[0.1, 1.5], [0, 0]])}, "conf"),
+        ({"conf": np.array([[0.1, np.nan], [0, 0]])}, "conf"),
+        ({"conf": np.zeros((2, 0)), "pred": np.zeros((2, 0), np.int64)}, "pred"),
+        ({"sums": np.zeros((2, 3, 4))}, "sums"),
+        ({"sums": np.zeros((2, 2, 1))}, "pred"),
+        ({"meta": {"x": object()}}, "meta"),
+        ({"meta": [1]}, "meta"),
+    ],
+)
 def test_trace_validation(kwargs, field):
     args = {"labels": np.array([0, 1]), "pred": np.array([[0, 1], [1, 1]]), "conf": np.array([[0.1, 0.9], [0, 1]])}
     A.Trace(**args)  # the unmodified arguments are valid
@@ -393,8 +421,11 @@ def test_plots_write_png(tmp_path):
     for fn in (plots.plot_front, plots.plot_exit_histogram, plots.plot_accuracy_confidence):
         out = fn(rep, tmp_path / "p" / f"{fn.__name__}.png")
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
-    assert sorted(os.listdir(tmp_path / "p")) == ["plot_accuracy_confidence.png", "plot_exit_histogram.png",
-                                                  "plot_front.png"]
+    assert sorted(os.listdir(tmp_path / "p")) == [
+        "plot_accuracy_confidence.png",
+        "plot_exit_histogram.png",
+        "plot_front.png",
+    ]
     rep_grid = A.analyze(tr, resolution=0.01, exact=False)
     assert plots.plot_front(rep_grid, tmp_path / "grid.png").stat().st_size > 5000
     del rep["curves"]

@@ -13,7 +13,7 @@ def _reference(x, oy, ox, flip, padding):
     h, w = x.shape[2:]
     out = []
     for i in range(len(x)):
-        img = F.pad(x[i], (padding,) * 4)[:, int(oy[i]):int(oy[i]) + h, int(ox[i]):int(ox[i]) + w]
+        img = F.pad(x[i], (padding,) * 4)[:, int(oy[i]) : int(oy[i]) + h, int(ox[i]) : int(ox[i]) + w]
         out.append(img.flip(-1) if bool(flip[i]) else img)
     return torch.stack(out)
 
@@ -77,4 +77,6 @@ def test_device_split_validates():
     with pytest.raises(ValueError, match="mean and std"):
         DeviceSplit(torch.zeros(3, 1, 2, 2), torch.zeros(3, dtype=torch.int64), [0.0, 0.0], [1.0, 1.0], "cpu")
     with pytest.raises(ValueError, match="uint8 or float32"):
-        DeviceSplit(torch.zeros(3, 1, 2, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.int64), [0.0], [1.0], "cpu")
+        DeviceSplit(
+            torch.zeros(3, 1, 2, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.int64), [0.0], [1.0], "cpu"
+        )

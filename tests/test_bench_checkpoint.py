@@ -15,14 +15,35 @@ def test_bench_checkpoint_rows(tmp_path):
     torch.manual_seed(1)
     model = build_model("small_cnn", num_classes=10, in_channels=1, width=4).train()
     model(splits["train"].normalized()[:64])  # BN statistics and LSQ steps from real images
-    meta = {"architecture": "small_cnn", "arch_kwargs": {"num_classes": 10, "in_channels": 1, "bits": 2, "width": 4},
-            "classes": splits["test"].classes, "normalization": {"mean": list(splits["test"].mean),
-                                                                 "std": list(splits["test"].std)},
-            "dataset": "digits", "accuracy": {}}
+    meta = {
+        "architecture": "small_cnn",
+        "arch_kwargs": {"num_classes": 10, "in_channels": 1, "bits": 2, "width": 4},
+        "classes": splits["test"].classes,
+        "normalization": {"mean": list(splits["test"].mean), "std": list(splits["test"].std)},
+        "dataset": "digits",
+        "accuracy": {},
+    }
     ckpt = save_checkpoint(tmp_path / "m.safetensors", model.eval(), meta)
     out = tmp_path / "b.json"
-    assert main(["bench", "--quick", "--models", "small_cnn", "--repeats", "1", "--spike-convs", "off",
-                 "--checkpoint", str(ckpt), "--json", str(out)]) == EXIT_OK
+    assert (
+        main(
+            [
+                "bench",
+                "--quick",
+                "--models",
+                "small_cnn",
+                "--repeats",
+                "1",
+                "--spike-convs",
+                "off",
+                "--checkpoint",
+                str(ckpt),
+                "--json",
+                str(out),
+            ]
+        )
+        == EXIT_OK
+    )
     rows = json.loads(out.read_text())["rows"]
     by = {}
     for r in rows:

@@ -23,21 +23,33 @@ from dcsim.checkpoint import (
 )
 
 
-def build(architecture: str, num_classes: int = 5, in_channels: int = 3, width: int = 4,
-          extra: bool = False) -> nn.Module:
+def build(
+    architecture: str, num_classes: int = 5, in_channels: int = 3, width: int = 4, extra: bool = False
+) -> nn.Module:
     """conv -> bn -> relu -> flatten -> linear on 8x8 inputs; ``extra`` appends a second linear layer."""
     if architecture != "tiny":
         raise ValueError(f"unknown architecture {architecture!r}")
-    layers = [nn.Conv2d(in_channels, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.Flatten(),
-              nn.Linear(width * 36, num_classes)]
+    layers = [
+        nn.Conv2d(in_channels, width, 3),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(width * 36, num_classes),
+    ]
     if extra:
         layers.append(nn.Linear(num_classes, num_classes))
     return nn.Sequential(*layers)
 
 
-META = {"architecture": "tiny", "arch_kwargs": {"num_classes": 5, "in_channels": 3, "width": 4},
-        "classes": ["a", "b", "c", "d", "e"], "normalization": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]},
-        "dataset": "synthetic", "accuracy": {"val": 0.5, "test": 0.25}, "seed": 3}
+META = {
+    "architecture": "tiny",
+    "arch_kwargs": {"num_classes": 5, "in_channels": 3, "width": 4},
+    "classes": ["a", "b", "c", "d", "e"],
+    "normalization": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]},
+    "dataset": "synthetic",
+    "accuracy": {"val": 0.5, "test": 0.25},
+    "seed": 3,
+}
 
 
 def _trained() -> nn.Module:
@@ -130,8 +142,11 @@ def test_tampered_metadata_names_the_mismatched_tensor(tmp_path):
     _, path = _save(tmp_path)
     meta = read_metadata(path)
     _rewrite(path, json.dumps(meta | {"arch_kwargs": {**meta["arch_kwargs"], "num_classes": 7}}))
-    with pytest.raises(ValueError, match=r"model\.safetensors: .*shape mismatch: 4\.bias \(file \[5\], model \[7\]\), "
-                                         r"4\.weight \(file \[5, 144\], model \[7, 144\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.safetensors: .*shape mismatch: 4\.bias \(file \[5\], model \[7\]\), "
+        r"4\.weight \(file \[5, 144\], model \[7, 144\]\)",
+    ):
         load_checkpoint(path, build)
     _rewrite(path, json.dumps(meta | {"arch_kwargs": {**meta["arch_kwargs"], "width": 6}}))
     with pytest.raises(ValueError, match=r"shape mismatch: 0\.bias .*1\.running_mean .* and \d+ more"):
@@ -156,12 +171,15 @@ def test_unexpected_tensors_are_named(tmp_path):
         load_checkpoint(path, build)
 
 
-@pytest.mark.parametrize("meta_text, match", [
-    (None, "no 'dcsim' metadata"),
-    ("{not json", "not valid JSON"),
-    ('["a list"]', "must be a JSON object"),
-    ('{"architecture": "tiny"}', r"lacks \['arch_kwargs'"),
-])
+@pytest.mark.parametrize(
+    "meta_text, match",
+    [
+        (None, "no 'dcsim' metadata"),
+        ("{not json", "not valid JSON"),
+        ('["a list"]', "must be a JSON object"),
+        ('{"architecture": "tiny"}', r"lacks \['arch_kwargs'"),
+    ],
+)
 def test_bad_metadata(tmp_path, meta_text, match):
     _, path = _save(tmp_path)
     _rewrite(path, meta_text)

@@ -17,8 +17,24 @@ from dcsim.models import build_model
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "model.safetensors"
-    rc = main(["train", "--epochs", "3", "--float-epochs", "2", "--lr", "0.05", "--width", "8", "--quiet",
-               "--out", str(out), "--json", str(out.with_suffix(".json"))])
+    rc = main(
+        [
+            "train",
+            "--epochs",
+            "3",
+            "--float-epochs",
+            "2",
+            "--lr",
+            "0.05",
+            "--width",
+            "8",
+            "--quiet",
+            "--out",
+            str(out),
+            "--json",
+            str(out.with_suffix(".json")),
+        ]
+    )
     assert rc == EXIT_OK
     return out
 
@@ -35,8 +51,23 @@ def test_train_writes_a_loadable_checkpoint(ckpt):
 
 def test_trace_analyze_eval_stream(ckpt, tmp_path):
     trace = tmp_path / "val.npz"
-    assert main(["trace", str(ckpt), "--method", "qffs", "--steps", "4", "--out", str(trace),
-                 "--json", str(tmp_path / "trace.json")]) == EXIT_OK
+    assert (
+        main(
+            [
+                "trace",
+                str(ckpt),
+                "--method",
+                "qffs",
+                "--steps",
+                "4",
+                "--out",
+                str(trace),
+                "--json",
+                str(tmp_path / "trace.json"),
+            ]
+        )
+        == EXIT_OK
+    )
     t = dcsim.analysis.load_trace(trace)
     assert t.pred.shape == (300, 4) and t.meta["method"] == "qffs" and t.meta["alpha"] == 3.0
     assert json.loads((tmp_path / "trace.json").read_text())["calibration"]["tau"] > 0
@@ -49,31 +80,95 @@ def test_trace_analyze_eval_stream(ckpt, tmp_path):
     assert set(a["oracle"]) == {"first_correct", "stays_correct"}
     assert all((tmp_path / p.split("/")[-1]).stat().st_size > 0 for p in a["plots"])
 
-    assert main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace), "--json", str(tmp_path / "e.json")]) == EXIT_OK
+    assert (
+        main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace), "--json", str(tmp_path / "e.json")])
+        == EXIT_OK
+    )
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["steps"] == 4 and e["threshold"] == a["selected"]["threshold"] and 1 <= e["mean_steps"] <= 4
     assert e["samples"] == 360 and e["spikes_per_neuron"] > 0
     # the fixed-buffer (CUDA-graph) path, run eagerly on the CPU, with chunking: the same exits
     # (up to conv rounding at other batch sizes, which can move a sample whose membrane sits on a threshold)
-    assert main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace), "--graphs", "--chunk", "2",
-                 "--json", str(tmp_path / "g.json")]) == EXIT_OK
+    assert (
+        main(
+            [
+                "eval",
+                str(ckpt),
+                "--method",
+                "qffs",
+                "--trace",
+                str(trace),
+                "--graphs",
+                "--chunk",
+                "2",
+                "--json",
+                str(tmp_path / "g.json"),
+            ]
+        )
+        == EXIT_OK
+    )
     g = json.loads((tmp_path / "g.json").read_text())
     assert g["accuracy"] == pytest.approx(e["accuracy"], abs=2 / 360)
     assert g["mean_steps"] == pytest.approx(e["mean_steps"], abs=2 / 360 * 4)
     # bf16 currents: reduced precision, close to the float32 result on this small model
-    assert main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace), "--precision", "bf16",
-                 "--json", str(tmp_path / "h.json")]) == EXIT_OK
+    assert (
+        main(
+            [
+                "eval",
+                str(ckpt),
+                "--method",
+                "qffs",
+                "--trace",
+                str(trace),
+                "--precision",
+                "bf16",
+                "--json",
+                str(tmp_path / "h.json"),
+            ]
+        )
+        == EXIT_OK
+    )
     h = json.loads((tmp_path / "h.json").read_text())
     assert h["accuracy"] == pytest.approx(e["accuracy"], abs=0.05) and 1 <= h["mean_steps"] <= 4
     # event-driven convs: float32, the same exits up to summation-order rounding
-    assert main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace), "--spike-convs",
-                 "--json", str(tmp_path / "v.json")]) == EXIT_OK
+    assert (
+        main(
+            [
+                "eval",
+                str(ckpt),
+                "--method",
+                "qffs",
+                "--trace",
+                str(trace),
+                "--spike-convs",
+                "--json",
+                str(tmp_path / "v.json"),
+            ]
+        )
+        == EXIT_OK
+    )
     v = json.loads((tmp_path / "v.json").read_text())
     assert v["accuracy"] == pytest.approx(e["accuracy"], abs=2 / 360)
     assert v["mean_steps"] == pytest.approx(e["mean_steps"], abs=2 / 360 * 4)
 
-    assert main(["stream", str(ckpt), "--method", "qffs", "--trace", str(trace), "--slots", "16", "--compare",
-                 "--json", str(tmp_path / "s.json")]) == EXIT_OK
+    assert (
+        main(
+            [
+                "stream",
+                str(ckpt),
+                "--method",
+                "qffs",
+                "--trace",
+                str(trace),
+                "--slots",
+                "16",
+                "--compare",
+                "--json",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == EXIT_OK
+    )
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["stream"]["samples"] == 360
     assert s["stream"]["accuracy"] == pytest.approx(e["accuracy"], abs=1e-6)  # same exits, same predictions
@@ -81,7 +176,10 @@ def test_trace_analyze_eval_stream(ckpt, tmp_path):
 
 
 def test_report(ckpt, tmp_path):
-    assert main(["report", str(ckpt), "--out", str(tmp_path), "--qcfs-max-steps", "12", "--qffs-max-steps", "5"]) == EXIT_OK
+    assert (
+        main(["report", str(ckpt), "--out", str(tmp_path), "--qcfs-max-steps", "12", "--qffs-max-steps", "5"])
+        == EXIT_OK
+    )
     md = (tmp_path / "report.md").read_text()
     for row in ("| QCFS |", "| QCFS + DC |", "| QFFS |", "| QFFS + DC |"):
         assert row in md
@@ -99,13 +197,35 @@ def test_errors_have_exit_codes(ckpt, tmp_path, capsys):
     assert "bad.safetensors" in capsys.readouterr().err
     assert main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "1.5", "--steps", "4"]) == EXIT_ERROR
     assert "threshold" in capsys.readouterr().err
-    assert main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "0.5", "--steps", "4", "--device", "gpu0"]) == EXIT_ERROR
+    assert (
+        main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "0.5", "--steps", "4", "--device", "gpu0"])
+        == EXIT_ERROR
+    )
     assert "--device 'gpu0'" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "0.5", "--steps", "4", "--device", "cuda"]) == EXIT_ERROR
+        assert (
+            main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "0.5", "--steps", "4", "--device", "cuda"])
+            == EXIT_ERROR
+        )
         assert "no CUDA GPU" in capsys.readouterr().err
-    assert main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "0.5", "--steps", "4", "--spike-convs",
-                 "--precision", "bf16"]) == EXIT_ERROR
+    assert (
+        main(
+            [
+                "eval",
+                str(ckpt),
+                "--method",
+                "qcfs",
+                "--threshold",
+                "0.5",
+                "--steps",
+                "4",
+                "--spike-convs",
+                "--precision",
+                "bf16",
+            ]
+        )
+        == EXIT_ERROR
+    )
     assert "spike_convs" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["trace", str(ckpt), "--method", "lif", "--steps", "3", "--out", "x.npz"])
@@ -113,7 +233,9 @@ def test_errors_have_exit_codes(ckpt, tmp_path, capsys):
 
 
 def test_entry_point_help():
-    out = subprocess.run([sys.executable, "-m", "dcsim.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "dcsim.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for cmd in ("train", "trace", "analyze", "eval", "report", "demo", "bench", "stream"):
         assert cmd in out
 
@@ -150,37 +272,97 @@ def test_training_resumes_after_interruption_to_the_same_weights(tmp_path):
 
 def test_bench_rows_and_stream(tmp_path):
     out = tmp_path / "b.json"
-    assert main(["bench", "--quick", "--models", "small_cnn", "--repeats", "1", "--graphs", "off", "on",
-                 "--precision", "fp32", "bf16", "--stream", "4", "--json", str(out)]) == EXIT_OK
+    assert (
+        main(
+            [
+                "bench",
+                "--quick",
+                "--models",
+                "small_cnn",
+                "--repeats",
+                "1",
+                "--graphs",
+                "off",
+                "on",
+                "--precision",
+                "fp32",
+                "bf16",
+                "--stream",
+                "4",
+                "--json",
+                str(out),
+            ]
+        )
+        == EXIT_OK
+    )
     b = json.loads(out.read_text())
     assert not b["errors"]
     # 2 methods x 2 batches x 2 graph modes x (fp32 dense, fp32 spike convs, bf16 dense) x 2 modes
     assert len(b["rows"]) == 48
     assert {r["engine"] for r in b["rows"]} == {
-        f"{g}{p}" for g in ("eager", "graphs+buckets") for p in ("", "+bf16", "+spikeconv")}
+        f"{g}{p}" for g in ("eager", "graphs+buckets") for p in ("", "+bf16", "+spikeconv")
+    }
     for full, early in zip(b["rows"][::2], b["rows"][1::2], strict=True):
         assert (full["mode"], early["mode"]) == ("full", "early_exit")
         assert early["mean_steps"] < full["mean_steps"] == full["steps"]
         assert full["ms_per_inference"] > 0 and ("speedup_vs_reference" in full) == (full["batch"] == 1)
     assert [(r["method"], r["engine"]) for r in b["stream_rows"]] == [
-        ("qcfs", "eager"), ("qcfs", "graphs"), ("qffs", "eager"), ("qffs", "graphs")]
+        ("qcfs", "eager"),
+        ("qcfs", "graphs"),
+        ("qffs", "eager"),
+        ("qffs", "graphs"),
+    ]
     for r in b["stream_rows"]:
         assert 0 < r["occupancy"] <= 1 and r["stream_throughput"] > 0 and r["ratio_vs_static_no_dc"] > 0
 
 
 def test_qffs_semantics_option(ckpt, tmp_path, capsys):
     trace = tmp_path / "constant.npz"
-    assert main(["trace", str(ckpt), "--method", "qcfs", "--steps", "4", "--qffs-semantics", "settle",
-                 "--out", str(trace)]) == EXIT_ERROR
+    assert (
+        main(
+            ["trace", str(ckpt), "--method", "qcfs", "--steps", "4", "--qffs-semantics", "settle", "--out", str(trace)]
+        )
+        == EXIT_ERROR
+    )
     assert "--qffs-semantics applies to --method qffs only" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["trace", str(ckpt), "--method", "qffs", "--steps", "4", "--qffs-semantics", "bogus", "--out", str(trace)])
     assert exc.value.code == 2
-    assert main(["trace", str(ckpt), "--method", "qffs", "--steps", "6", "--qffs-semantics", "constant",
-                 "--out", str(trace)]) == EXIT_OK
+    assert (
+        main(
+            [
+                "trace",
+                str(ckpt),
+                "--method",
+                "qffs",
+                "--steps",
+                "6",
+                "--qffs-semantics",
+                "constant",
+                "--out",
+                str(trace),
+            ]
+        )
+        == EXIT_OK
+    )
     assert dcsim.analysis.load_trace(trace).meta["semantics"] == "constant"
     assert main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace)]) == EXIT_ERROR
     assert "recorded with the 'constant' QFFS semantics" in capsys.readouterr().err
-    assert main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace), "--qffs-semantics", "constant",
-                 "--json", str(tmp_path / "e.json")]) == EXIT_OK
+    assert (
+        main(
+            [
+                "eval",
+                str(ckpt),
+                "--method",
+                "qffs",
+                "--trace",
+                str(trace),
+                "--qffs-semantics",
+                "constant",
+                "--json",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == EXIT_OK
+    )
     assert json.loads((tmp_path / "e.json").read_text())["steps"] == 6

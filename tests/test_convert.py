@@ -137,8 +137,10 @@ def test_batch_norm_folded_resnet_shortcut():
 
 
 def test_batch_norm_folded_linear():
-    model = _prepare(nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6), LSQActivation(2), nn.Linear(6, 3)),
-                     (16, 3, 2, 2))
+    model = _prepare(
+        nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6), LSQActivation(2), nn.Linear(6, 3)),
+        (16, 3, 2, 2),
+    )
     net = dcsim.convert(model)
     lin = net.nodes[2]
     assert isinstance(lin, Linear) and lin.name == "1"
@@ -158,13 +160,16 @@ def test_converted_network_owns_its_tensors():
 
 # ----------------------------------------------------------------- functional equivalence
 
+
 def test_single_hidden_layer_exact_at_T_equals_Qp():
     """Conv (no BN) -> LSQ (dyadic step) -> Linear: with QCFS, u0 = th/2 and T = Qp, every hidden
     neuron's spike count equals its ANN quantization level, and S_T / T matches the logits."""
     torch.manual_seed(1)
     bits, s = 2, 0.25
     qp = 2**bits - 1
-    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), LSQActivation(bits), nn.Flatten(), nn.Linear(6 * 8 * 8, 5)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), LSQActivation(bits), nn.Flatten(), nn.Linear(6 * 8 * 8, 5)
+    ).eval()
     with torch.no_grad():
         model[1].step.fill_(s)
     x = torch.randn(7, 1, 8, 8)
@@ -232,10 +237,14 @@ def test_early_exit_native_matches_reference(method):
 
 # ------------------------------------------------------------------------ conversion errors
 
+
 def _small(tail: nn.Module | None = None, act: nn.Module | None = None) -> nn.Module:
     """conv -> bn -> <act> -> head(<tail>, flatten, fc); names: stem.{conv,bn,act}, head.*"""
-    stem = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 4, 3, padding=1), bn=nn.BatchNorm2d(4),
-                                     act=act if act is not None else LSQActivation(2)))
+    stem = nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(1, 4, 3, padding=1), bn=nn.BatchNorm2d(4), act=act if act is not None else LSQActivation(2)
+        )
+    )
     head = OrderedDict()
     if tail is not None:
         head["extra"] = tail
@@ -251,7 +260,11 @@ ERROR_CASES = [
     ("maxpool", lambda: _small(tail=nn.MaxPool2d(2)), ["head.extra", "MaxPool2d"]),
     ("bn-after-lsq", lambda: _small(tail=nn.BatchNorm2d(4)), ["head.extra", "BatchNorm"]),
     ("no-lsq", lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 3)).eval(), ["LSQActivation"]),
-    ("lsq-output", lambda: nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 4, 3), out=LSQActivation(2))).eval(), ["'out'", "quantized activation"]),
+    (
+        "lsq-output",
+        lambda: nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 4, 3), out=LSQActivation(2))).eval(),
+        ["'out'", "quantized activation"],
+    ),
     ("functional-relu", None, ["relu"]),
 ]
 
@@ -281,11 +294,16 @@ def test_conversion_errors_name_the_layer(case, build, words):
     assert _state_equal(model.state_dict(), before), f"{case}: the model was modified"
 
 
-@pytest.mark.parametrize("kwargs,word", [
-    ({"method": "foo"}, "method"), ({"method": "QCFS"}, "method"),
-    ({"u0_fraction": 2}, "u0_fraction"), ({"u0_fraction": -0.1}, "u0_fraction"),
-    ({"zmax": 0}, "zmax"),
-])
+@pytest.mark.parametrize(
+    "kwargs,word",
+    [
+        ({"method": "foo"}, "method"),
+        ({"method": "QCFS"}, "method"),
+        ({"u0_fraction": 2}, "u0_fraction"),
+        ({"u0_fraction": -0.1}, "u0_fraction"),
+        ({"zmax": 0}, "zmax"),
+    ],
+)
 def test_convert_bad_arguments(kwargs, word):
     model = _prepare(models.small_cnn(in_channels=1), (4, 1, 8, 8))
     before = copy.deepcopy(model.state_dict())
@@ -332,6 +350,7 @@ def test_batch_norm_chain_with_shared_output_is_faithful_or_rejected():
 
 
 # ----------------------------------------------------------------------- engine bad input
+
 
 @pytest.fixture(scope="module")
 def engine() -> dcsim.Engine:

@@ -36,8 +36,9 @@ def _write_image(path: Path, size: tuple[int, int], colour: tuple[int, int, int]
     Image.new("RGB", size, colour).save(path)
 
 
-def _make_tree(root: Path, per_class: int = 4, splits: dict[str, int] | None = None,
-               classes: list[str] = TREE_CLASSES) -> Path:
+def _make_tree(
+    root: Path, per_class: int = 4, splits: dict[str, int] | None = None, classes: list[str] = TREE_CLASSES
+) -> Path:
     """root/<split>/<class>/<i>.png|jpg, 32x32; PNG (lossless) for even i, JPEG for odd i."""
     splits = splits or {"train": 0, "test": 5}
     for split, offset in splits.items():
@@ -90,18 +91,27 @@ def test_subset_and_len():
     assert torch.equal(ds.subset(np.array([1])).images, ds.images[1:2])
 
 
-@pytest.mark.parametrize("change, match", [
-    (dict(images=torch.zeros(4, 3, 4)), "4-D"),
-    (dict(images=torch.zeros(4, 3, 4, 4, dtype=torch.float64)), "uint8 or float32"),
-    (dict(labels=torch.zeros(3, dtype=torch.int64)), "4 images but 3 labels"),
-    (dict(labels=torch.zeros(4, dtype=torch.int32)), "int64"),
-    (dict(labels=torch.tensor([0, 1, 2, 3])), r"\[0, 3\)"),
-    (dict(mean=(0.5,)), "one per channel"),
-    (dict(std=(0.2, 0.0, 0.3)), "std must be > 0"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(images=torch.zeros(4, 3, 4)), "4-D"),
+        (dict(images=torch.zeros(4, 3, 4, 4, dtype=torch.float64)), "uint8 or float32"),
+        (dict(labels=torch.zeros(3, dtype=torch.int64)), "4 images but 3 labels"),
+        (dict(labels=torch.zeros(4, dtype=torch.int32)), "int64"),
+        (dict(labels=torch.tensor([0, 1, 2, 3])), r"\[0, 3\)"),
+        (dict(mean=(0.5,)), "one per channel"),
+        (dict(std=(0.2, 0.0, 0.3)), "std must be > 0"),
+    ],
+)
 def test_dataset_validates(change, match):
-    args = dict(images=torch.zeros(4, 3, 4, 4, dtype=torch.uint8), labels=torch.zeros(4, dtype=torch.int64),
-                classes=["a", "b", "c"], mean=(0.5,) * 3, std=(0.2,) * 3, name="bad")
+    args = dict(
+        images=torch.zeros(4, 3, 4, 4, dtype=torch.uint8),
+        labels=torch.zeros(4, dtype=torch.int64),
+        classes=["a", "b", "c"],
+        mean=(0.5,) * 3,
+        std=(0.2,) * 3,
+        name="bad",
+    )
     with pytest.raises(ValueError, match=match):
         Dataset(**(args | change))
 
@@ -340,8 +350,12 @@ def _write_batches(folder: Path, per_batch: int = 4, test: int = 6, protocol: in
         images = np.repeat(values[:, None], 3072, axis=1)
         labels = rng.integers(0, 3, n).tolist()
         labels_all.append(np.asarray(labels))
-        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": images,
-                 b"filenames": [f"{j}.png".encode() for j in range(n)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels,
+            b"data": images,
+            b"filenames": [f"{j}.png".encode() for j in range(n)],
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
         start += n
     meta = {b"label_names": [b"cat", b"dog", b"frog"], b"num_cases_per_batch": per_batch, b"num_vis": 3072}
@@ -486,12 +500,15 @@ def test_archive_beside_read_only_folder_goes_to_user_cache(tmp_path, monkeypatc
     assert (dest / "train" / "bee" / "01.jpg").is_file() and not (ro / "c").exists()
 
 
-@pytest.mark.parametrize("name, entry, match", [
-    ("../evil.txt", b"x", r"'\.\./evil\.txt'.*absolute path or '\.\.'"),
-    ("train/../../evil.txt", b"x", r"absolute path or '\.\.'"),
-    ("/tmp/dcsim-evil.txt", b"x", "absolute path"),
-    ("train/link", ("symlink", "/etc/passwd"), "only regular files and folders"),
-])
+@pytest.mark.parametrize(
+    "name, entry, match",
+    [
+        ("../evil.txt", b"x", r"'\.\./evil\.txt'.*absolute path or '\.\.'"),
+        ("train/../../evil.txt", b"x", r"absolute path or '\.\.'"),
+        ("/tmp/dcsim-evil.txt", b"x", "absolute path"),
+        ("train/link", ("symlink", "/etc/passwd"), "only regular files and folders"),
+    ],
+)
 def test_archive_path_traversal_is_refused(tmp_path, name, entry, match):
     (tmp_path / "a").mkdir()
     archive = _tar(tmp_path / "a" / "evil.tar.gz", {"train/ok.txt": b"fine", name: entry})
@@ -522,8 +539,13 @@ def test_augment_cifar_is_a_padded_crop_and_flip():
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     found = set()
     for b in range(len(x)):
-        matches = [(oy, ox, flip) for oy in range(9) for ox in range(9) for flip in (False, True)
-                   if torch.equal(out[b], (lambda c: c.flip(-1) if flip else c)(padded[b, :, oy:oy + 8, ox:ox + 8]))]
+        matches = [
+            (oy, ox, flip)
+            for oy in range(9)
+            for ox in range(9)
+            for flip in (False, True)
+            if torch.equal(out[b], (lambda c: c.flip(-1) if flip else c)(padded[b, :, oy : oy + 8, ox : ox + 8]))
+        ]
         assert matches, f"sample {b} is not a crop of the padded input"
         found.add(matches[0][2])
     assert found == {False, True}  # both flipped and unflipped samples occur
@@ -549,8 +571,9 @@ def test_batches():
 
 # ------------------------------------------------------------------ the real CIFAR-10 copy
 
-needs_archive = pytest.mark.skipif(not REAL_ARCHIVE.is_file(),
-                                   reason=f"the CIFAR-10 JPEG archive is absent ({REAL_ARCHIVE.resolve()})")
+needs_archive = pytest.mark.skipif(
+    not REAL_ARCHIVE.is_file(), reason=f"the CIFAR-10 JPEG archive is absent ({REAL_ARCHIVE.resolve()})"
+)
 
 
 @needs_archive
@@ -579,8 +602,10 @@ def real_cifar(tmp_path_factory):
 
 @needs_archive
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("DCSIM_SLOW") != "1",
-                    reason="full CIFAR-10 extraction and load (20-45 s on 2 cores): set DCSIM_SLOW=1")
+@pytest.mark.skipif(
+    os.environ.get("DCSIM_SLOW") != "1",
+    reason="full CIFAR-10 extraction and load (20-45 s on 2 cores): set DCSIM_SLOW=1",
+)
 def test_real_cifar10_full(real_cifar):
     splits, seconds, extract_to = real_cifar
     print(f"\nCIFAR-10 JPEG archive: extracted and decoded in {seconds:.1f} s")

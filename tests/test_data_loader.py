@@ -149,14 +149,16 @@ print("growth", rss_mib() - base)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                    reason="glibc's malloc only")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only"
+)
 def test_return_large_buffers_gives_freed_batch_buffers_back(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
 
     def probe(mode: str) -> tuple[str, float]:
-        out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], env=env, capture_output=True, text=True,
-                             check=True).stdout.split("\n")
+        out = subprocess.run(
+            [sys.executable, "-c", _HEAP_PROBE, mode], env=env, capture_output=True, text=True, check=True
+        ).stdout.split("\n")
         return out[0].split()[1], float(out[1].split()[1])
 
     # The default heap keeps a freed 16 MiB buffer resident; with the fixed threshold it goes back.
@@ -203,9 +205,31 @@ def _train_folder(root):
 def _train(root, out, loader: str, *extra: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    argv = ["train", "--dataset", "imagefolder", "--data-root", str(root), "--loader", loader, "--val-size", "4",
-            "--epochs", "1", "--float-epochs", "1", "--width", "2", "--train-batch-size", "4", "--device", "cpu",
-            "--quiet", "--out", str(out), *extra]
+    argv = [
+        "train",
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(root),
+        "--loader",
+        loader,
+        "--val-size",
+        "4",
+        "--epochs",
+        "1",
+        "--float-epochs",
+        "1",
+        "--width",
+        "2",
+        "--train-batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+        *extra,
+    ]
     assert cli.main(argv) == cli.EXIT_OK
     return load_file(str(out))
 
@@ -222,8 +246,9 @@ def test_streamed_training_equals_in_memory_training(tmp_path):
 
 def test_streamed_augmented_training_does_not_depend_on_the_workers(tmp_path):
     root = _train_folder(tmp_path / "f")
-    runs = [_train(root, tmp_path / f"w{w}.safetensors", "stream", "--augment", "--loader-workers", str(w))
-            for w in (0, 2)]
+    runs = [
+        _train(root, tmp_path / f"w{w}.safetensors", "stream", "--augment", "--loader-workers", str(w)) for w in (0, 2)
+    ]
     plain = _train(root, tmp_path / "plain.safetensors", "stream", "--loader-workers", "0")
     for k in runs[0]:
         assert torch.equal(runs[0][k], runs[1][k]), k
@@ -232,8 +257,22 @@ def test_streamed_augmented_training_does_not_depend_on_the_workers(tmp_path):
 
 def test_streamed_training_errors(tmp_path, capsys):
     root = _train_folder(tmp_path / "f")
-    argv = ["train", "--dataset", "imagefolder", "--data-root", str(root), "--loader", "stream", "--val-size", "4",
-            "--device", "cpu", "--quiet", "--out", str(tmp_path / "x.safetensors")]
+    argv = [
+        "train",
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(root),
+        "--loader",
+        "stream",
+        "--val-size",
+        "4",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(tmp_path / "x.safetensors"),
+    ]
     assert cli.main([*argv, "--budget-minutes", "1"]) == cli.EXIT_ERROR
     assert "--budget-minutes" in capsys.readouterr().err
     bad = next((root / "train" / "a").iterdir())

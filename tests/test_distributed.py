@@ -43,8 +43,16 @@ def _env() -> dict:
 
 
 def _torchrun(*args: str, nproc: int = 2, extra: tuple[str, ...] = ()) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
-            f"--master-port={_port()}", *extra, *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={_port()}",
+        *extra,
+        *args,
+    ]
 
 
 def _launch(out: Path, commands: list[list[str]], nproc: int) -> None:
@@ -70,8 +78,11 @@ def _same_trace(a: Path, b: Path) -> None:
 def _no_time(d):
     """A result without its wall-time fields (the only ones allowed to differ between runs)."""
     if isinstance(d, dict):
-        return {k: _no_time(v) for k, v in d.items()
-                if k not in ("ms_per_inference", "plots", "ranks", "seconds", "train_seconds")}
+        return {
+            k: _no_time(v)
+            for k, v in d.items()
+            if k not in ("ms_per_inference", "plots", "ranks", "seconds", "train_seconds")
+        }
     if isinstance(d, list):
         return [_no_time(v) for v in d]
     return d
@@ -81,8 +92,27 @@ def _no_time(d):
 def ckpt(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("dist") / "model.safetensors"
-    assert main(["train", "--epochs", "1", "--float-epochs", "1", "--lr", "0.05", "--width", "4", "--quiet",
-                 "--device", "cpu", "--out", str(out)]) == EXIT_OK
+    assert (
+        main(
+            [
+                "train",
+                "--epochs",
+                "1",
+                "--float-epochs",
+                "1",
+                "--lr",
+                "0.05",
+                "--width",
+                "4",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == EXIT_OK
+    )
     return out
 
 
@@ -93,28 +123,68 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
 
     d = tmp_path
     trace = ["trace", str(ckpt), "--method", "qcfs", "--steps", "6", *COMMON]
-    streamed_train = ["train", "--dataset", "imagefolder", "--data-root", str(_train_folder(d / "f")), "--loader",
-                      "stream", "--loader-workers", "0", "--val-size", "4", "--epochs", "1",
-                      "--float-epochs", "1", "--width", "2", "--train-batch-size", "4", "--device", "cpu", "--quiet"]
+    streamed_train = [
+        "train",
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(_train_folder(d / "f")),
+        "--loader",
+        "stream",
+        "--loader-workers",
+        "0",
+        "--val-size",
+        "4",
+        "--epochs",
+        "1",
+        "--float-epochs",
+        "1",
+        "--width",
+        "2",
+        "--train-batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     report = ["report", str(ckpt), "--qcfs-max-steps", "6", "--qffs-max-steps", "3", *COMMON]
     out = d / "out"
     out.mkdir()
-    _launch(out, [
-        [*trace, "--out", str(d / "t2.npz")],
-        ["eval", str(ckpt), "--method", "qcfs", "--trace", str(d / "t2.npz"), *COMMON],
-        [*report, "--out", str(d / "rep2")],
-        ["fit", str(d / "fit2"), "-1"],
-        ["fit", str(d / "fitR"), "5"],   # dies in the middle of the LSQ epoch ...
-        ["fit", str(d / "fitR"), "-1"],  # ... and resumes from the state rank 0 wrote after the float epoch
-        ["train", "--epochs", "1", "--width", "4", "--quiet", "--device", "cpu", "--out", str(d / "m2.safetensors")],
-        ["stream", str(ckpt), "--method", "qcfs", "--trace", str(d / "t2.npz"), "--slots", "16", *COMMON],
-        [*streamed_train, "--out", str(d / "s2.safetensors")],
-        [*streamed_train, "--loader", "memory", "--out", str(d / "s2m.safetensors")],
-    ], nproc=2)
+    _launch(
+        out,
+        [
+            [*trace, "--out", str(d / "t2.npz")],
+            ["eval", str(ckpt), "--method", "qcfs", "--trace", str(d / "t2.npz"), *COMMON],
+            [*report, "--out", str(d / "rep2")],
+            ["fit", str(d / "fit2"), "-1"],
+            ["fit", str(d / "fitR"), "5"],  # dies in the middle of the LSQ epoch ...
+            ["fit", str(d / "fitR"), "-1"],  # ... and resumes from the state rank 0 wrote after the float epoch
+            [
+                "train",
+                "--epochs",
+                "1",
+                "--width",
+                "4",
+                "--quiet",
+                "--device",
+                "cpu",
+                "--out",
+                str(d / "m2.safetensors"),
+            ],
+            ["stream", str(ckpt), "--method", "qcfs", "--trace", str(d / "t2.npz"), "--slots", "16", *COMMON],
+            [*streamed_train, "--out", str(d / "s2.safetensors")],
+            [*streamed_train, "--loader", "memory", "--out", str(d / "s2m.safetensors")],
+        ],
+        nproc=2,
+    )
     assert main([*trace, "--out", str(d / "t1.npz")]) == EXIT_OK
     _same_trace(d / "t1.npz", d / "t2.npz")
-    assert main(["eval", str(ckpt), "--method", "qcfs", "--trace", str(d / "t1.npz"), *COMMON,
-                 "--json", str(d / "e1.json")]) == EXIT_OK
+    assert (
+        main(
+            ["eval", str(ckpt), "--method", "qcfs", "--trace", str(d / "t1.npz"), *COMMON, "--json", str(d / "e1.json")]
+        )
+        == EXIT_OK
+    )
     assert _no_time(json.loads((d / "e1.json").read_text())) == _no_time(_result(out, 1))
     assert main([*report, "--out", str(d / "rep1"), "--json", str(d / "r1.json")]) == EXIT_OK
     one, two = json.loads((d / "r1.json").read_text()), _result(out, 2)
@@ -167,11 +237,28 @@ def test_two_nodes_on_localhost(ckpt, tmp_path):
     """Two ``torchrun --nnodes 2 --node-rank i`` launches meeting at one rendezvous address."""
     port = _port()
     args = ["-m", "dcsim", "trace", str(ckpt), "--method", "qcfs", "--steps", "5", *COMMON]
-    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={i}",
-                               "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}",
-                               *args, "--out", str(tmp_path / "t2.npz")],
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node-rank={i}",
+                "--nproc-per-node=1",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                *args,
+                "--out",
+                str(tmp_path / "t2.npz"),
+            ],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=TIMEOUT) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-3000:] for o in outs]
     assert main([*args[2:], "--out", str(tmp_path / "t1.npz")]) == EXIT_OK
@@ -183,8 +270,20 @@ def test_a_failing_rank_ends_the_job_and_is_named(ckpt, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     shutil.copy(ckpt, tmp_path / "m0.safetensors")
-    argv = [str(WORKER), str(out), "--", "trace", str(tmp_path / "m{rank}.safetensors"), "--method", "qcfs",
-            "--steps", "3", *COMMON, "--out", str(tmp_path / "t.npz")]
+    argv = [
+        str(WORKER),
+        str(out),
+        "--",
+        "trace",
+        str(tmp_path / "m{rank}.safetensors"),
+        "--method",
+        "qcfs",
+        "--steps",
+        "3",
+        *COMMON,
+        "--out",
+        str(tmp_path / "t.npz"),
+    ]
     proc = subprocess.run(_torchrun(*argv, nproc=2), env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode != 0
     assert "m1.safetensors" in proc.stderr and "rank: 1" in proc.stderr

@@ -183,7 +183,10 @@ def test_stream_handles_short_and_empty_inputs():
     engine = dcsim.Engine(net)
     x = dyadic_inputs(2, shape, seed=14)
     for graphs in (False, True):
-        assert sorted(r.id for r in stream(engine, iter([x[0], x[1]]), 16, 4, dcsim.Readout(), 0.9, graphs=graphs)) == [0, 1]
+        assert sorted(r.id for r in stream(engine, iter([x[0], x[1]]), 16, 4, dcsim.Readout(), 0.9, graphs=graphs)) == [
+            0,
+            1,
+        ]
         assert list(stream(engine, iter([]), 4, 4, dcsim.Readout(), 0.9, graphs=graphs)) == []
     with pytest.raises(ValueError, match="slots"):
         list(stream(engine, iter([x[0]]), 0, 4, dcsim.Readout(), 0.9))

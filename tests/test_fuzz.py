@@ -48,12 +48,19 @@ def build(architecture: str, width: int = 3, classes: int = 4) -> nn.Module:
         raise ValueError(f"unknown architecture {architecture!r}")
     if not (isinstance(width, int) and isinstance(classes, int) and 1 <= width <= 64 and 1 <= classes <= 64):
         raise ValueError(f"width and classes must be integers in 1..64, got {width!r}, {classes!r}")
-    return nn.Sequential(nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), LSQActivation(2), nn.Flatten(),
-                         nn.Linear(width * 4 * 4, classes))
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), LSQActivation(2), nn.Flatten(), nn.Linear(width * 4 * 4, classes)
+    )
 
 
-META = {"architecture": "fuzz", "arch_kwargs": {"width": 3, "classes": 4}, "classes": ["a", "b", "c", "d"],
-        "normalization": {"mean": [0.5], "std": [0.25]}, "dataset": "synthetic", "accuracy": {"val": 0.5}}
+META = {
+    "architecture": "fuzz",
+    "arch_kwargs": {"width": 3, "classes": 4},
+    "classes": ["a", "b", "c", "d"],
+    "normalization": {"mean": [0.5], "std": [0.25]},
+    "dataset": "synthetic",
+    "accuracy": {"val": 0.5},
+}
 
 
 class Hang(Exception):
@@ -103,8 +110,10 @@ def _fuzz(tmp_path, original: bytes, mutate, load, check_loaded, name: str):
             failures.append(f"case {case} ({kind}): {err}")
         slowest = max(slowest, time.perf_counter() - t0)
         path.unlink()
-    print(f"\nfuzz {name}: {CASES} mutations, {len(failures)} failures, slowest {slowest:.2f} s; "
-          + ", ".join(f"{k}/{o}: {n}" for (k, o), n in sorted(outcomes.items())))
+    print(
+        f"\nfuzz {name}: {CASES} mutations, {len(failures)} failures, slowest {slowest:.2f} s; "
+        + ", ".join(f"{k}/{o}: {n}" for (k, o), n in sorted(outcomes.items()))
+    )
     assert not failures, "\n".join(failures[:20])
 
 
@@ -121,8 +130,11 @@ def test_fuzzed_checkpoints(tmp_path):
 
     def check_loaded(obj, kind, unchanged):
         loaded, meta = obj
-        same = all(torch.equal(a, b) for a, b in zip(want.values(), loaded.state_dict().values(), strict=False)) and \
-            list(want) == list(loaded.state_dict()) and {k: meta[k] for k in META} == META
+        same = (
+            all(torch.equal(a, b) for a, b in zip(want.values(), loaded.state_dict().values(), strict=False))
+            and list(want) == list(loaded.state_dict())
+            and {k: meta[k] for k in META} == META
+        )
         assert same, "a changed checkpoint loaded"
 
     _fuzz(tmp_path, good, checkpoint_mutation, lambda p: load_checkpoint(p, build), check_loaded, "model.safetensors")
@@ -131,11 +143,17 @@ def test_fuzzed_checkpoints(tmp_path):
 def test_fuzzed_traces(tmp_path):
     rng = np.random.default_rng(1)
     n, t_len = 40, 6
-    trace = analysis.Trace(labels=rng.integers(0, 3, n), pred=rng.integers(0, 3, (n, t_len)),
-                           conf=rng.random((n, t_len), dtype=np.float32), meta={"method": "qcfs", "steps": t_len})
+    trace = analysis.Trace(
+        labels=rng.integers(0, 3, n),
+        pred=rng.integers(0, 3, (n, t_len)),
+        conf=rng.random((n, t_len), dtype=np.float32),
+        meta={"method": "qcfs", "steps": t_len},
+    )
     path = analysis.save_trace(tmp_path / "good.npz", trace)
     good = path.read_bytes()
-    arrays = {k: getattr(trace, k) for k in ("labels", "pred", "conf")} | {"meta": np.array('{"method": "qcfs", "steps": 6}')}
+    arrays = {k: getattr(trace, k) for k in ("labels", "pred", "conf")} | {
+        "meta": np.array('{"method": "qcfs", "steps": 6}')
+    }
 
     def check_loaded(obj, kind, unchanged):
         assert isinstance(obj, analysis.Trace)
@@ -143,13 +161,18 @@ def test_fuzzed_traces(tmp_path):
             same = all(np.array_equal(getattr(obj, k), getattr(trace, k)) for k in ("labels", "pred", "conf"))
             assert same and obj.meta == trace.meta, "a damaged trace loaded with other values"
 
-    _fuzz(tmp_path, good, lambda blob, r: trace_mutation(blob, arrays, r), analysis.load_trace, check_loaded, "trace.npz")
+    _fuzz(
+        tmp_path, good, lambda blob, r: trace_mutation(blob, arrays, r), analysis.load_trace, check_loaded, "trace.npz"
+    )
 
 
 def test_clear_errors_for_truncated_trace_name_the_file(tmp_path):
     """load_trace wraps zipfile/numpy errors (BadZipFile, EOFError, OSError) in a ValueError naming the file."""
-    trace = analysis.Trace(labels=np.zeros(3, dtype=np.int64), pred=np.zeros((3, 2), dtype=np.int64),
-                           conf=np.zeros((3, 2), dtype=np.float32))
+    trace = analysis.Trace(
+        labels=np.zeros(3, dtype=np.int64),
+        pred=np.zeros((3, 2), dtype=np.int64),
+        conf=np.zeros((3, 2), dtype=np.float32),
+    )
     good = analysis.save_trace(tmp_path / "t.npz", trace).read_bytes()
     bad = tmp_path / "bad.npz"
     for cut in (len(good) - 1, len(good) // 2, 30, 4):
@@ -162,9 +185,28 @@ def test_clear_errors_for_truncated_trace_name_the_file(tmp_path):
 
 
 def _train_argv(root: Path, out: Path) -> list[str]:
-    return ["train", "--dataset", "cifar10", "--data-root", str(root), "--val-size", "3", "--epochs", "0",
-            "--float-epochs", "1", "--width", "1", "--train-batch-size", "16", "--device", "cpu", "--quiet",
-            "--out", str(out)]
+    return [
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        str(root),
+        "--val-size",
+        "3",
+        "--epochs",
+        "0",
+        "--float-epochs",
+        "1",
+        "--width",
+        "1",
+        "--train-batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
 
 
 def _fuzz_cli(tmp_path, capsys, monkeypatch, name: str, make_case) -> None:
@@ -215,13 +257,18 @@ def _fuzz_cli(tmp_path, capsys, monkeypatch, name: str, make_case) -> None:
         slowest = max(slowest, time.perf_counter() - t0)
         if Path(marker).exists():
             failures.append(f"case {case} ({kind}): code from the file ran")
-        escaped = sorted(p.name for p in tmp_path.iterdir() if p != case_dir and p.name not in ("outside", "cache")
-                         and not p.name.startswith("case")) + [p.name for p in outside.iterdir()]
+        escaped = sorted(
+            p.name
+            for p in tmp_path.iterdir()
+            if p != case_dir and p.name not in ("outside", "cache") and not p.name.startswith("case")
+        ) + [p.name for p in outside.iterdir()]
         if escaped or (cache.exists() and any(cache.iterdir())):
             failures.append(f"case {case} ({kind}): wrote outside its folder: {escaped}")
         shutil.rmtree(case_dir)
-    print(f"\nfuzz {name} (CLI): {CLI_CASES} mutations, {len(failures)} failures, slowest {slowest:.2f} s; "
-          + ", ".join(f"{k}/{o}: {n}" for (k, o), n in sorted(outcomes.items())))
+    print(
+        f"\nfuzz {name} (CLI): {CLI_CASES} mutations, {len(failures)} failures, slowest {slowest:.2f} s; "
+        + ", ".join(f"{k}/{o}: {n}" for (k, o), n in sorted(outcomes.items()))
+    )
     assert not failures, "\n".join(failures[:20])
 
 

@@ -15,7 +15,10 @@ from dcsim.streaming import stream
 from dyadic import dyadic_inputs, resnet, small, trace_of
 
 HAS_CUDA = torch.cuda.is_available() and "cuda" in dcsim.backends()
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and dcsim built with CUDA"))]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and dcsim built with CUDA")),
+]
 FIELDS = ("pred", "exit_step", "conf", "spikes")
 SCORE_ATOL = 1e-5
 """CPU vs CUDA stopping scores (as in test_kernels)."""
@@ -40,11 +43,16 @@ def test_graph_early_exit_equals_cpu_engine(device, model, method, steps):
     trace = trace_of(cpu, x, steps, readout)
     for c in [*np.quantile(trace.conf, [0.15, 0.6]).tolist(), 1.0]:
         want = cpu.early_exit(x, steps, readout, c)
-        for batch_size, chunk, buckets, speculate in [(None, 1, True, False), (None, 3, False, True), (1, 1, True, True),
-                                                      (1, 2, True, False), (5, 2, True, None)]:
+        for batch_size, chunk, buckets, speculate in [
+            (None, 1, True, False),
+            (None, 3, False, True),
+            (1, 1, True, True),
+            (1, 2, True, False),
+            (5, 2, True, None),
+        ]:
             parts = []
             for lo in range(0, len(x), batch_size or len(x)):
-                xb = x[lo:lo + (batch_size or len(x))].to(device)
+                xb = x[lo : lo + (batch_size or len(x))].to(device)
                 runner = StaticExit(engine, tuple(xb.shape), steps, readout, c, chunk, buckets, speculate)
                 parts.append([r.cpu() for r in runner.run(xb)])
             for f, *g in zip(FIELDS, *parts, strict=True):
@@ -76,7 +84,9 @@ def test_static_exit_reuse_resets_state(device):
         want = dcsim.Engine(net).early_exit(x.cpu(), 5, readout, c)
         for f, g in zip(FIELDS, got, strict=True):
             assert torch.equal(g, getattr(want, f)), f
-    assert engine.static_exit(tuple(xs[0].shape), 5, readout, c) is engine.static_exit(tuple(xs[0].shape), 5, readout, c)
+    assert engine.static_exit(tuple(xs[0].shape), 5, readout, c) is engine.static_exit(
+        tuple(xs[0].shape), 5, readout, c
+    )
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and dcsim built with CUDA")
@@ -88,7 +98,8 @@ def test_cuda_simulation_equals_cpu(method, steps, channels_last):
     readout = dcsim.Readout.paper(method, 2, steps)
     want = dcsim.Engine(net).simulate(x, steps, readout, record_sums=True)
     got = dcsim.Engine(net, device="cuda", channels_last=channels_last).simulate(
-        x.cuda(), steps, readout, record_sums=True, chunk=2)
+        x.cuda(), steps, readout, record_sums=True, chunk=2
+    )
     for f in ("pred", "conf", "sums", "spikes"):
         _assert_same(f, getattr(got, f), getattr(want, f), channels_last)
 

@@ -100,8 +100,9 @@ def test_imported_checkpoint_converts(official):
     model, _, out = official
     imported, _ = load_checkpoint(out, dcsim.build_model)
     net = dcsim.convert(imported, method="qcfs")
-    scales = OrderedDict((n, float(m.scale)) for n, m in model.named_modules()
-                         if isinstance(m, LsqActivation) and n != "activation2")
+    scales = OrderedDict(
+        (n, float(m.scale)) for n, m in model.named_modules() if isinstance(m, LsqActivation) and n != "activation2"
+    )
     th = [net.nodes[i].threshold for i in net.neurons]
     assert th == [float(torch.tensor(3 * s, dtype=torch.float32)) for s in scales.values()]
 
@@ -122,9 +123,15 @@ def test_imported_checkpoint_with_trace_and_eval(official, tmp_path):
     _fake_cifar(data, per_class=1)
     common = ["--dataset", "cifar10", "--data-root", str(data), "--val-size", "5", "--device", "cpu"]
     trace = tmp_path / "val.npz"
-    assert main(["trace", str(ckpt), *common, "--method", "qcfs", "--steps", "3", "--tau", "1", "--out", str(trace)]) == 0
-    assert main(["eval", str(ckpt), *common, "--method", "qcfs", "--trace", str(trace),
-                 "--json", str(tmp_path / "e.json")]) == 0
+    assert (
+        main(["trace", str(ckpt), *common, "--method", "qcfs", "--steps", "3", "--tau", "1", "--out", str(trace)]) == 0
+    )
+    assert (
+        main(
+            ["eval", str(ckpt), *common, "--method", "qcfs", "--trace", str(trace), "--json", str(tmp_path / "e.json")]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "e.json").read_text())["samples"] == 10
 
 
@@ -141,19 +148,27 @@ def test_checkpoint_normalization_is_applied():
 
 # ------------------------------------------------------------------ bad input
 
+
 @pytest.fixture(scope="module")
 def state(official):
     return official[0].state_dict()
 
 
-@pytest.mark.parametrize("edit,words", [
-    (lambda s: s.pop("layer3.0.downsample.1.running_var"), ["missing", "layer3.0.downsample.1.running_var"]),
-    (lambda s: s.pop("activation1.scale"), ["missing", "activation1.scale"]),
-    (lambda s: s.__setitem__("layer5.0.conv1.weight", torch.zeros(1)), ["unexpected", "layer5.0.conv1.weight"]),
-    (lambda s: s.__setitem__("fc.weight", torch.zeros(100, 512)), ["shape", "fc.weight", "[100, 512]", "[10, 512]"]),
-    (lambda s: s.__setitem__("layer2.1.activation2.scale", torch.ones(2)), ["shape", "layer2.1.activation2.scale"]),
-    (lambda s: s.__setitem__("layer2.1.activation2.scale", -torch.ones(1)), ["layer2.1.activation2.scale", "> 0"]),
-], ids=["missing-bn", "missing-scale", "extra", "misshapen-fc", "misshapen-scale", "negative-scale"])
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (lambda s: s.pop("layer3.0.downsample.1.running_var"), ["missing", "layer3.0.downsample.1.running_var"]),
+        (lambda s: s.pop("activation1.scale"), ["missing", "activation1.scale"]),
+        (lambda s: s.__setitem__("layer5.0.conv1.weight", torch.zeros(1)), ["unexpected", "layer5.0.conv1.weight"]),
+        (
+            lambda s: s.__setitem__("fc.weight", torch.zeros(100, 512)),
+            ["shape", "fc.weight", "[100, 512]", "[10, 512]"],
+        ),
+        (lambda s: s.__setitem__("layer2.1.activation2.scale", torch.ones(2)), ["shape", "layer2.1.activation2.scale"]),
+        (lambda s: s.__setitem__("layer2.1.activation2.scale", -torch.ones(1)), ["layer2.1.activation2.scale", "> 0"]),
+    ],
+    ids=["missing-bn", "missing-scale", "extra", "misshapen-fc", "misshapen-scale", "negative-scale"],
+)
 def test_bad_state_dict_names_the_key(state, edit, words):
     bad = dict(state)
     edit(bad)

@@ -61,13 +61,26 @@ def _assert_equal(name: str, got: torch.Tensor, want: torch.Tensor, ctx: str = "
 # --------------------------------------------------------------------------------- neuron step
 
 NEURON_SHAPES = [
-    (0,), (0, 4), (1,), (1, 1), (5, 1), (3, 0), (7, 13), (2, 3, 5, 7), (4, 16, 8, 8), (1, 3, 1, 1), (9, 1, 17),
+    (0,),
+    (0, 4),
+    (1,),
+    (1, 1),
+    (5, 1),
+    (3, 0),
+    (7, 13),
+    (2, 3, 5, 7),
+    (4, 16, 8, 8),
+    (1, 3, 1, 1),
+    (9, 1, 17),
 ]
 
 
 def _neuron_cases():
-    cases = [pytest.param(shape, seed, id=f"{'x'.join(map(str, shape))}-s{seed}")
-             for shape in NEURON_SHAPES for seed in range(1 if shape[0] == 0 else 4)]
+    cases = [
+        pytest.param(shape, seed, id=f"{'x'.join(map(str, shape))}-s{seed}")
+        for shape in NEURON_SHAPES
+        for seed in range(1 if shape[0] == 0 else 4)
+    ]
     # Above ops.PARALLEL_MIN_ELEMENTS: the OpenMP path of the CPU kernel, which splits each
     # sample into blocks (one sample alone too) and sums their spike counts.
     assert ops.PARALLEL_MIN_ELEMENTS <= 3 * 200_003 and ops.PARALLEL_MIN_ELEMENTS <= 40_001
@@ -118,8 +131,10 @@ def test_neuron_step_matches_reference(shape, seed, method, with_x2, device):
         th = [0.5, 0.75, 1.5, 3.0][seed // 2 % 4]
         u = (torch.randint(-8, 17, shape, generator=g) * (th / 8)).float().contiguous()
         xs = [(torch.randint(-6, 9, shape, generator=g) * (th / 8)).float().contiguous() for _ in range(steps)]
-        x2s = [(torch.randint(-4, 5, shape, generator=g) * (th / 8)).float().contiguous() if with_x2 else None
-               for _ in range(steps)]
+        x2s = [
+            (torch.randint(-4, 5, shape, generator=g) * (th / 8)).float().contiguous() if with_x2 else None
+            for _ in range(steps)
+        ]
     else:
         scale = float(torch.empty(()).uniform_(0.2, 1.5, generator=g))
         xs = [(torch.randn(shape, generator=g) * th * scale).contiguous() for _ in range(steps)]
@@ -132,7 +147,9 @@ def test_neuron_step_matches_reference(shape, seed, method, with_x2, device):
         _assert_equal(f"spikes (step {t + 1})", o1 / th32, o2 / th32, ctx)
         _assert_equal(f"out current (step {t + 1})", o1, o2, ctx)
         print(f"membrane (step {t + 1}): max |diff| = {_max_diff(u1, u2):.3g} {ctx}")
-        torch.testing.assert_close(u1, u2, atol=MEMBRANE_ATOL, rtol=0, msg=lambda m: f"membrane step {t + 1} {ctx}: {m}")  # noqa: B023 -- called in this iteration
+        torch.testing.assert_close(
+            u1, u2, atol=MEMBRANE_ATOL, rtol=0, msg=lambda m: f"membrane step {t + 1} {ctx}: {m}"
+        )  # noqa: B023 -- called in this iteration
         if method == "qffs":
             _assert_equal(f"z (step {t + 1})", z1, z2, ctx)
         _assert_equal(f"counts (step {t + 1})", c1, c2, ctx)
@@ -199,7 +216,7 @@ def test_neuron_step_semantics_long_run(method, seed, device):
         c_before = counts.cpu().clone()
         out = torch.empty_like(u)
         ops.neuron_step(method, x, u, z, out, counts, th, zmax)
-        spikes = (out.cpu() / th32)
+        spikes = out.cpu() / th32
         values = set(torch.unique(spikes).tolist())
         seen |= values
         allowed = {0.0, 1.0} if method == "qcfs" else {-1.0, 0.0, 1.0}
@@ -226,6 +243,7 @@ def test_neuron_step_semantics_long_run(method, seed, device):
 
 
 # -------------------------------------------------------------------- exactness property
+
 
 def _lsq_levels(v: torch.Tensor, s: float, qp: int) -> torch.Tensor:
     st = torch.tensor(s, dtype=torch.float32)
@@ -277,9 +295,14 @@ def test_exactness_T_equals_Qp(method, bits, s, backend, device):
 
 # -------------------------------------------------------------------------- output step
 
+
 def _output_cases():
-    return [pytest.param(k, n, seed, id=f"K{k}-n{n}-s{seed}")
-            for k in (1, 2, 10, 1000) for n in (0, 1, 5, 300) for seed in range(2)]
+    return [
+        pytest.param(k, n, seed, id=f"K{k}-n{n}-s{seed}")
+        for k in (1, 2, 10, 1000)
+        for n in (0, 1, 5, 300)
+        for seed in range(2)
+    ]
 
 
 def _output_state(n, k, g):
@@ -297,8 +320,18 @@ def _run_output(fn, xs, state, max_steps, code, scale, threshold, device):
     st = {k: v.clone().to(device) for k, v in state.items()}
     snaps = []
     for x in xs:
-        fn(x.to(device), st["sums"], st["steps"], max_steps, code, scale, threshold,
-           st["pred"], st["score"], st["exited"])
+        fn(
+            x.to(device),
+            st["sums"],
+            st["steps"],
+            max_steps,
+            code,
+            scale,
+            threshold,
+            st["pred"],
+            st["score"],
+            st["exited"],
+        )
         snaps.append({k: v.cpu().clone() for k, v in st.items()})
     return snaps
 
@@ -345,12 +378,17 @@ def test_output_step_matches_reference_and_formula(k, n, seed, kind, device):
         _assert_equal(f"steps (step {t + 1})", a["steps"], b["steps"], ctx)
         _assert_equal(f"pred (step {t + 1})", a["pred"], b["pred"], ctx)
         print(f"score (step {t + 1}): max |diff| = {_max_diff(a['score'], b['score']):.3g} {ctx}")
-        torch.testing.assert_close(a["score"], b["score"], atol=SCORE_ATOL, rtol=0,
-                                   msg=lambda m: f"score step {t + 1} {ctx}: {m}")  # noqa: B023 -- called now
+        torch.testing.assert_close(
+            a["score"], b["score"], atol=SCORE_ATOL, rtol=0, msg=lambda m: f"score step {t + 1} {ctx}: {m}"
+        )  # noqa: B023 -- called now
         near = (b["score"] - threshold).abs() < EXIT_MARGIN
         excluded += int(near.sum())
-        _assert_equal(f"exited (step {t + 1}, {int(near.sum())} near-threshold excluded)",
-                      a["exited"][~near], b["exited"][~near], ctx)
+        _assert_equal(
+            f"exited (step {t + 1}, {int(near.sum())} near-threshold excluded)",
+            a["exited"][~near],
+            b["exited"][~near],
+            ctx,
+        )
         # The kernel's exit flag is consistent with its own score, exactly.
         own = ((a["score"] > threshold) | (a["steps"] >= max_steps)).to(torch.uint8)
         _assert_equal(f"exited vs own score (step {t + 1})", a["exited"], own, ctx)
@@ -358,8 +396,9 @@ def test_output_step_matches_reference_and_formula(k, n, seed, kind, device):
         f_score, f_pred = _formula(a["sums"], kind, scale)
         _assert_equal(f"pred vs torch.argmax (step {t + 1})", a["pred"], f_pred, ctx)
         print(f"score vs float64 formula (step {t + 1}): max |diff| = {_max_diff(a['score'], f_score):.3g} {ctx}")
-        torch.testing.assert_close(a["score"].double(), f_score, atol=FORMULA_ATOL, rtol=0,
-                                   msg=lambda m: f"formula step {t + 1} {ctx}: {m}")  # noqa: B023 -- called now
+        torch.testing.assert_close(
+            a["score"].double(), f_score, atol=FORMULA_ATOL, rtol=0, msg=lambda m: f"formula step {t + 1} {ctx}: {m}"
+        )  # noqa: B023 -- called now
         assert bool(((a["score"] >= 0) & (a["score"] <= 1)).all()), f"score outside [0, 1] {ctx}"
         if k == 1:
             assert bool((a["score"] == 1.0).all()) and bool((a["pred"] == 0).all()), ctx
@@ -385,12 +424,20 @@ def test_output_step_max_steps_forces_exit(kind, device):
 @pytest.mark.parametrize("kind", sorted(READOUT_KINDS))
 def test_output_step_ties_choose_first_index(kind):
     sums = torch.zeros(4, 5)
-    x = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0],
-                      [2.0, 2.0, 2.0, 2.0, 2.0],
-                      [-1.0, -5.0, -1.0, -1.0, -2.0],
-                      [0.0, 0.0, 0.0, 0.0, 7.0]])
-    st = dict(steps=torch.zeros(4, dtype=torch.int32), pred=torch.zeros(4, dtype=torch.int64),
-              score=torch.zeros(4), exited=torch.zeros(4, dtype=torch.uint8))
+    x = torch.tensor(
+        [
+            [1.0, 3.0, 3.0, 0.0, 3.0],
+            [2.0, 2.0, 2.0, 2.0, 2.0],
+            [-1.0, -5.0, -1.0, -1.0, -2.0],
+            [0.0, 0.0, 0.0, 0.0, 7.0],
+        ]
+    )
+    st = dict(
+        steps=torch.zeros(4, dtype=torch.int32),
+        pred=torch.zeros(4, dtype=torch.int64),
+        score=torch.zeros(4),
+        exited=torch.zeros(4, dtype=torch.uint8),
+    )
     ops.output_step(x, sums, st["steps"], 10, READOUT_KINDS[kind], 1.0, 0.5, st["pred"], st["score"], st["exited"])
     assert st["pred"].tolist() == [1, 0, 0, 4] == torch.argmax(x, dim=1).tolist()
     if kind == "margin":  # tied top-2 -> margin 0
@@ -427,7 +474,9 @@ def _indices(n_in: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         "empty": torch.zeros(0, dtype=torch.int64),
         "full": torch.arange(n_in),
         "subset": torch.nonzero(keep).squeeze(1),
-        "repeat-unsorted": torch.randint(0, n_in, (n_in + 3,), generator=g) if n_in else torch.zeros(0, dtype=torch.int64),
+        "repeat-unsorted": torch.randint(0, n_in, (n_in + 3,), generator=g)
+        if n_in
+        else torch.zeros(0, dtype=torch.int64),
     }
 
 
@@ -461,6 +510,7 @@ def test_gather_rows_index_out_of_range(bad):
 
 # ------------------------------------------------------------------------------ bad input
 
+
 def _assert_names(case: str, msg: str, argname: str) -> None:
     """The message names the argument as a word (``x`` does not match inside ``x2``)."""
     assert re.search(rf"(?<![\w\[]){re.escape(argname)}(?!\w)", msg), f"{case}: {msg!r} does not name {argname!r}"
@@ -468,8 +518,14 @@ def _assert_names(case: str, msg: str, argname: str) -> None:
 
 def _neuron_args(shape=(2, 3), method="qffs"):
     return dict(
-        method=method, x=torch.zeros(shape), u=torch.zeros(shape), z=torch.zeros(shape, dtype=torch.int32),
-        out=torch.zeros(shape), counts=torch.zeros(shape[0], dtype=torch.int64), th=1.0, zmax=3,
+        method=method,
+        x=torch.zeros(shape),
+        u=torch.zeros(shape),
+        z=torch.zeros(shape, dtype=torch.int32),
+        out=torch.zeros(shape),
+        counts=torch.zeros(shape[0], dtype=torch.int64),
+        th=1.0,
+        zmax=3,
     )
 
 
@@ -546,8 +602,15 @@ def test_neuron_step_non_tensor_u():
 
 def _output_args(n=3, k=4):
     return dict(
-        x=torch.zeros(n, k), sums=torch.zeros(n, k), steps=torch.zeros(n, dtype=torch.int32), max_steps=5,
-        readout=0, scale=1.0, threshold=0.5, pred=torch.zeros(n, dtype=torch.int64), score=torch.zeros(n),
+        x=torch.zeros(n, k),
+        sums=torch.zeros(n, k),
+        steps=torch.zeros(n, dtype=torch.int32),
+        max_steps=5,
+        readout=0,
+        scale=1.0,
+        threshold=0.5,
+        pred=torch.zeros(n, dtype=torch.int64),
+        score=torch.zeros(n),
         exited=torch.zeros(n, dtype=torch.uint8),
     )
 
@@ -580,8 +643,20 @@ GATHER_BAD = [
     ("index 2-D", [torch.zeros(4, 2)], torch.zeros(1, 2, dtype=torch.int64), ValueError, "index"),
     ("rows differ", [torch.zeros(4, 2), torch.zeros(5)], torch.zeros(2, dtype=torch.int64), ValueError, "tensors[1]"),
     ("0-dim tensor", [torch.zeros(4, 2), torch.zeros(())], torch.zeros(2, dtype=torch.int64), ValueError, "tensors[1]"),
-    ("non-contiguous", [torch.zeros(4, 2), _noncontig((4, 3))], torch.zeros(2, dtype=torch.int64), ValueError, "tensors[1]"),
-    ("device mismatch", [torch.zeros(4, 2), torch.zeros(4, device="meta")], torch.zeros(2, dtype=torch.int64), ValueError, "tensors[1]"),
+    (
+        "non-contiguous",
+        [torch.zeros(4, 2), _noncontig((4, 3))],
+        torch.zeros(2, dtype=torch.int64),
+        ValueError,
+        "tensors[1]",
+    ),
+    (
+        "device mismatch",
+        [torch.zeros(4, 2), torch.zeros(4, device="meta")],
+        torch.zeros(2, dtype=torch.int64),
+        ValueError,
+        "tensors[1]",
+    ),
     ("index on meta", [torch.zeros(4, 2)], torch.zeros(2, dtype=torch.int64, device="meta"), ValueError, "index"),
 ]
 
@@ -600,6 +675,7 @@ def test_backends_contains_cpu():
 
 
 # ------------------------------------------------------- non-finite input (engine level)
+
 
 def _tiny_engine() -> dcsim.Engine:
     torch.manual_seed(0)
@@ -626,13 +702,25 @@ def test_neuron_step_channels_last_matches_reference(method):
     shape = (3, 5, 4, 6)
     x = torch.randn(shape, generator=g).contiguous(memory_format=cl)
     u = torch.rand(shape, generator=g).contiguous(memory_format=cl)
-    z = torch.randint(0, 3, shape, generator=g, dtype=torch.int32).contiguous(memory_format=cl) if method == "qffs" else None
+    z = (
+        torch.randint(0, 3, shape, generator=g, dtype=torch.int32).contiguous(memory_format=cl)
+        if method == "qffs"
+        else None
+    )
     ref = [t.clone() if t is not None else None for t in (u, z)]
     out, ref_out = torch.empty_like(u), torch.empty(shape)
     counts, ref_counts = torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64)
     ops.neuron_step(method, x, u, z, out, counts, 0.7, 2)
-    reference.neuron_step(method, x.contiguous(), ref[0].contiguous(), None if z is None else ref[1].contiguous(),
-                          ref_out, ref_counts, 0.7, 2)
+    reference.neuron_step(
+        method,
+        x.contiguous(),
+        ref[0].contiguous(),
+        None if z is None else ref[1].contiguous(),
+        ref_out,
+        ref_counts,
+        0.7,
+        2,
+    )
     assert torch.equal(out.contiguous(), ref_out) and torch.equal(counts, ref_counts)
     with pytest.raises(ValueError, match="layout"):
         ops.neuron_step(method, x.contiguous(), u, z, out, counts, 0.7, 2)

@@ -26,14 +26,32 @@ from dcsim.checkpoint import load_checkpoint, read_metadata
 from dcsim.models import build_model
 
 TRIALS = int(os.environ.get("DCSIM_KILL_TRIALS", "1"))
-TRAIN = ["train", "--dataset", "digits", "--arch", "small_cnn", "--width", "4", "--epochs", "1", "--float-epochs", "1",
-         "--seed", "3", "--quiet"]
+TRAIN = [
+    "train",
+    "--dataset",
+    "digits",
+    "--arch",
+    "small_cnn",
+    "--width",
+    "4",
+    "--epochs",
+    "1",
+    "--float-epochs",
+    "1",
+    "--seed",
+    "3",
+    "--quiet",
+]
 
 
 def _train(out: Path, workdir: Path, kill_after: float | None = None) -> bool:
     """Run ``dcsim train``; with kill_after, SIGKILL it after that many seconds. True if it finished."""
-    proc = subprocess.Popen([sys.executable, "-m", "dcsim.cli", *TRAIN, "--out", str(out), "--workdir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcsim.cli", *TRAIN, "--out", str(out), "--workdir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _, err = proc.communicate(timeout=kill_after)
     except subprocess.TimeoutExpired:
@@ -130,4 +148,6 @@ def test_writes_killed_mid_way_leave_a_complete_file(tmp_path, kind):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert _version(kind, path) in (0, 1)
-        assert {p.name for p in tmp_path.iterdir()} <= {path.name} | {p.name for p in tmp_path.glob(f".{path.name}.*.tmp")}
+        assert {p.name for p in tmp_path.iterdir()} <= {path.name} | {
+            p.name for p in tmp_path.glob(f".{path.name}.*.tmp")
+        }

@@ -34,6 +34,7 @@ def _act(bits: int, s: float, grad_scale: str = "features", train: bool = False)
 
 # -------------------------------------------------------------------------------- forward
 
+
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("grad_scale", GRAD_SCALES)
 @pytest.mark.parametrize("s", DYADIC_STEPS)
@@ -43,7 +44,7 @@ def test_forward_values_and_levels(bits, s, grad_scale, train):
     g = torch.Generator().manual_seed(bits * 100 + int(s * 8))
     x = torch.randn(6, 3, 5, 5, generator=g) * qp * s  # covers below 0, inside and above Qp * s
     # plus exact half-step ties, integers and the boundaries
-    ties = (torch.arange(-2 * qp, 2 * qp + 3, dtype=torch.float32) * 0.5 * s)
+    ties = torch.arange(-2 * qp, 2 * qp + 3, dtype=torch.float32) * 0.5 * s
     x.view(-1)[: ties.numel()] = ties
     act = _act(bits, s, grad_scale, train)
     with torch.no_grad():
@@ -99,6 +100,7 @@ def test_bad_grad_scale(grad_scale):
 
 # ------------------------------------------------------------------------------ gradients
 
+
 def _away_from_boundaries(shape, qp: int, g: torch.Generator) -> torch.Tensor:
     """v = k + f with integer k in [-2, Qp + 2) and f in [0.05, 0.45] or [0.55, 0.95]:
     never within 0.05 of an integer (so not near 0 or Qp) nor of a half step."""
@@ -138,15 +140,23 @@ def test_gradients_match_eq_10_11(bits, s, grad_scale, shape):
     assert bool(inside.any()) and bool(above.any()) and bool((~inside & ~above).any()), "need all three regions"
     # eq. 10-11 (QN = 0): dy/dx = 1 inside, 0 outside; dy/ds = round(v) - v inside, Qp above, 0 below; times g.
     dx = inside.double()
-    ds = torch.where(inside, torch.floor(v32 + 0.5) - v32, torch.where(above, torch.full_like(v32, qp), torch.zeros_like(v32)))
+    ds = torch.where(
+        inside, torch.floor(v32 + 0.5) - v32, torch.where(above, torch.full_like(v32, qp), torch.zeros_like(v32))
+    )
     gs = _g(grad_scale, x, qp)
     want_x = upstream.double() * dx
     want_s = float((upstream.double() * ds).sum()) * gs
-    print(f"x.grad max |diff| = {float((x.grad.double() - want_x).abs().max()):.3g}; "
-          f"step.grad {float(act.step.grad):.8g} vs {want_s:.8g} (g = {gs:.6g})")
+    print(
+        f"x.grad max |diff| = {float((x.grad.double() - want_x).abs().max()):.3g}; "
+        f"step.grad {float(act.step.grad):.8g} vs {want_s:.8g} (g = {gs:.6g})"
+    )
     torch.testing.assert_close(x.grad.double(), want_x, rtol=GRAD_RTOL, atol=1e-6)
-    torch.testing.assert_close(act.step.grad.double(), torch.tensor(want_s, dtype=torch.float64),
-                               rtol=GRAD_RTOL, atol=1e-6 * max(1.0, abs(want_s)))
+    torch.testing.assert_close(
+        act.step.grad.double(),
+        torch.tensor(want_s, dtype=torch.float64),
+        rtol=GRAD_RTOL,
+        atol=1e-6 * max(1.0, abs(want_s)),
+    )
 
 
 @pytest.mark.parametrize("grad_scale", GRAD_SCALES)
@@ -165,6 +175,7 @@ def test_grad_scale_modes_differ_as_documented(grad_scale):
 
 
 # ------------------------------------------------------------------------- initialisation
+
 
 @pytest.mark.parametrize("bits", [1, 2, 4])
 def test_first_train_forward_initialises_step(bits):

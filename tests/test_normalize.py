@@ -21,9 +21,17 @@ from dcsim.normalize import ClipReLU, activation_thresholds, normalize
 def _float_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(8 * 16, 12), nn.ReLU(), nn.Dropout(0.1), nn.Linear(12, 5),
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 16, 12),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Linear(12, 5),
     )
     with torch.no_grad():
         model[1].running_mean.uniform_(-0.2, 0.2)
@@ -33,8 +41,11 @@ def _float_model(seed: int = 0) -> nn.Module:
 
 def _relu_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, y, n=n: out.__setitem__(n, y.detach().clone()))
-             for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, y, n=n: out.__setitem__(n, y.detach().clone()))
+        for n, m in model.named_modules()
+        if isinstance(m, nn.ReLU)
+    ]
     with torch.no_grad():
         model(x)
     for h in hooks:
@@ -44,11 +55,15 @@ def _relu_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def _clipped_reference(model: nn.Module, x: torch.Tensor, lam: dict[str, torch.Tensor]) -> torch.Tensor:
     """The float network with each ReLU output clipped at its threshold(s), by forward hooks."""
+
     def clip(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return torch.minimum(y, t.reshape(1, -1, *([1] * (y.dim() - 2))) if t.dim() else t)
 
-    hooks = [m.register_forward_hook(lambda _m, _i, y, n=n: clip(y, lam[n]))
-             for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, y, n=n: clip(y, lam[n]))
+        for n, m in model.named_modules()
+        if isinstance(m, nn.ReLU)
+    ]
     with torch.no_grad():
         y = model(x)
     for h in hooks:
@@ -68,8 +83,14 @@ def test_thresholds_are_the_percentile_of_positive_activations(percentile):
         print(name, float(lam[name]), float(ref))
         torch.testing.assert_close(lam[name], ref, rtol=1e-5, atol=0)
         rows = y.transpose(0, 1).reshape(y.shape[1], -1)
-        ref_c = torch.stack([torch.quantile(r[r > 0].double(), percentile / 100).float() if bool((r > 0).any())
-                             else torch.tensor(0.0) for r in rows])
+        ref_c = torch.stack(
+            [
+                torch.quantile(r[r > 0].double(), percentile / 100).float()
+                if bool((r > 0).any())
+                else torch.tensor(0.0)
+                for r in rows
+            ]
+        )
         torch.testing.assert_close(lam_c[name], ref_c, rtol=1e-5, atol=0)
 
 
@@ -88,8 +109,9 @@ def test_normalized_network_is_the_clipped_network(per_channel):
     with torch.no_grad():
         got = norm(x)
     ref = _clipped_reference(model, x, lam)
-    assert float((ref - _clipped_reference(model, x, {n: torch.tensor(1e9) for n in lam})).abs().max()) > 1e-4, \
+    assert float((ref - _clipped_reference(model, x, {n: torch.tensor(1e9) for n in lam})).abs().max()) > 1e-4, (
         "the clipping must matter for the comparison to mean something"
+    )
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -111,17 +133,22 @@ def test_normalized_network_converts_and_approaches_the_clipped_ann():
         dcsim.convert(norm, method="qffs")
 
 
-@pytest.mark.parametrize("kwargs,error,words", [
-    ({"percentile": 0}, ValueError, "percentile"), ({"percentile": 100.5}, ValueError, "percentile"),
-    ({"percentile": -3}, ValueError, "percentile"), ({"percentile": True}, ValueError, "percentile"),
-    ({"calibration_images": torch.randn(4, 3, 8, 8)}, ValueError, "calibration_images"),
-    ({"calibration_images": torch.randn(4, 1, 3)}, ValueError, "calibration_images"),
-    ({"calibration_images": torch.randn(64)}, ValueError, "calibration_images"),
-    ({"calibration_images": torch.zeros(0, 1, 8, 8)}, ValueError, "calibration_images"),
-    ({"calibration_images": torch.ones(2, 1, 8, 8, dtype=torch.int64)}, ValueError, "calibration_images"),
-    ({"calibration_images": torch.full((2, 1, 8, 8), float("nan"))}, ValueError, "calibration_images"),
-    ({"calibration_images": [[1.0]]}, TypeError, "calibration_images"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,words",
+    [
+        ({"percentile": 0}, ValueError, "percentile"),
+        ({"percentile": 100.5}, ValueError, "percentile"),
+        ({"percentile": -3}, ValueError, "percentile"),
+        ({"percentile": True}, ValueError, "percentile"),
+        ({"calibration_images": torch.randn(4, 3, 8, 8)}, ValueError, "calibration_images"),
+        ({"calibration_images": torch.randn(4, 1, 3)}, ValueError, "calibration_images"),
+        ({"calibration_images": torch.randn(64)}, ValueError, "calibration_images"),
+        ({"calibration_images": torch.zeros(0, 1, 8, 8)}, ValueError, "calibration_images"),
+        ({"calibration_images": torch.ones(2, 1, 8, 8, dtype=torch.int64)}, ValueError, "calibration_images"),
+        ({"calibration_images": torch.full((2, 1, 8, 8), float("nan"))}, ValueError, "calibration_images"),
+        ({"calibration_images": [[1.0]]}, TypeError, "calibration_images"),
+    ],
+)
 def test_bad_arguments(kwargs, error, words):
     args = {"calibration_images": torch.randn(4, 1, 8, 8), "percentile": 99.9} | kwargs
     with pytest.raises(error, match=words):
@@ -141,12 +168,30 @@ def test_model_without_relu_and_dead_layer():
 
 # ------------------------------------------------------------------ CLI, digits, end to end
 
+
 @pytest.fixture(scope="module")
 def float_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("float") / "float.safetensors"
-    rc = main(["train", "--epochs", "0", "--float-epochs", "2", "--lr", "0.1", "--width", "8", "--quiet",
-               "--train-batch-size", "64",
-               "--out", str(path), "--device", "cpu"])
+    rc = main(
+        [
+            "train",
+            "--epochs",
+            "0",
+            "--float-epochs",
+            "2",
+            "--lr",
+            "0.1",
+            "--width",
+            "8",
+            "--quiet",
+            "--train-batch-size",
+            "64",
+            "--out",
+            str(path),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     return path
 
@@ -162,16 +207,44 @@ def test_float_checkpoint_end_to_end(float_ckpt, tmp_path):
     print("float route, digits val, T=24:", report["baseline"], selected)
     assert report["baseline"]["accuracy"] > meta["accuracy"]["val"] - 0.15
     # live exit on the same (val) split at the selected th_c reproduces the trace's numbers
-    assert main(["eval", str(float_ckpt), *common[:4], "--normalize", "99.9", "--trace", str(trace), "--split", "val",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(float_ckpt),
+                *common[:4],
+                "--normalize",
+                "99.9",
+                "--trace",
+                str(trace),
+                "--split",
+                "val",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     live = json.loads(out.read_text())
     assert live["accuracy"] == pytest.approx(selected["accuracy"], abs=1e-6)
     assert live["mean_steps"] == pytest.approx(selected["mean_steps"], abs=1e-6)
 
 
 def test_float_checkpoint_cli_errors(float_ckpt, tmp_path, capsys):
-    args = ["trace", str(float_ckpt), "--device", "cpu", "--method", "qcfs", "--steps", "4", "--tau", "1",
-            "--out", str(tmp_path / "t.npz")]
+    args = [
+        "trace",
+        str(float_ckpt),
+        "--device",
+        "cpu",
+        "--method",
+        "qcfs",
+        "--steps",
+        "4",
+        "--tau",
+        "1",
+        "--out",
+        str(tmp_path / "t.npz"),
+    ]
     assert main(args) == 1
     assert "--normalize" in capsys.readouterr().err
     assert main([*args, "--normalize", "99.9", "--method", "qffs"]) == 1

@@ -36,8 +36,20 @@ def _f32(v: float) -> float:
 
 def edge_floats(th: float) -> st.SearchStrategy[float]:
     """float32 values concentrated at the edges that matter next to threshold th."""
-    near = [th, _f32(np.nextafter(np.float32(th), np.float32(np.inf))), _f32(np.nextafter(np.float32(th), np.float32(0))),
-            th / 2, -th, 0.0, -0.0, DENORMAL, -DENORMAL, F32_TINY, -F32_TINY, 3 * DENORMAL]
+    near = [
+        th,
+        _f32(np.nextafter(np.float32(th), np.float32(np.inf))),
+        _f32(np.nextafter(np.float32(th), np.float32(0))),
+        th / 2,
+        -th,
+        0.0,
+        -0.0,
+        DENORMAL,
+        -DENORMAL,
+        F32_TINY,
+        -F32_TINY,
+        3 * DENORMAL,
+    ]
     return st.one_of(
         st.sampled_from([_f32(v) for v in near]),
         st.floats(-min(4 * th, F32_MAX), min(4 * th, F32_MAX), allow_nan=False).map(_f32),
@@ -55,7 +67,10 @@ thresholds = st.one_of(
 def neuron_shapes(draw) -> tuple[tuple[int, ...], bool]:
     """(shape, channels_last): n in 0..5 and up to three more dims; sometimes one large row."""
     if draw(st.integers(0, 9)) == 0:
-        return (draw(st.integers(1, 2)), draw(st.integers(ops.PARALLEL_MIN_ELEMENTS, 3 * ops.PARALLEL_MIN_ELEMENTS))), False
+        return (
+            draw(st.integers(1, 2)),
+            draw(st.integers(ops.PARALLEL_MIN_ELEMENTS, 3 * ops.PARALLEL_MIN_ELEMENTS)),
+        ), False
     n = draw(st.integers(0, 5))
     rest = tuple(draw(st.lists(st.integers(0, 7), max_size=3)))
     shape = (n, *rest)
@@ -88,8 +103,14 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 # ----------------------------------------------------------------------------- neuron step
 
 
-@given(data=st.data(), method=st.sampled_from(["qcfs", "qffs"]), with_x2=st.booleans(), th=thresholds,
-       steps=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+@given(
+    data=st.data(),
+    method=st.sampled_from(["qcfs", "qffs"]),
+    with_x2=st.booleans(),
+    th=thresholds,
+    steps=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_neuron_step_matches_reference(data, method, with_x2, th, steps, seed):
     (shape, channels_last) = data.draw(neuron_shapes())
     th = _f32(th)
@@ -97,7 +118,7 @@ def test_neuron_step_matches_reference(data, method, with_x2, th, steps, seed):
     zmax = data.draw(st.sampled_from([1, 3, 7, 2**15 - 1]))
     edges = edge_floats(th)
     u0 = _tensor(_fill(data.draw, edges, shape, rng), shape, channels_last)
-    z0 = (torch.from_numpy(rng.integers(0, zmax + 1, shape).astype(np.int32)) if method == "qffs" else None)
+    z0 = torch.from_numpy(rng.integers(0, zmax + 1, shape).astype(np.int32)) if method == "qffs" else None
     if z0 is not None and channels_last:
         z0 = z0.contiguous(memory_format=torch.channels_last)
     counts0 = torch.from_numpy(rng.integers(0, 1000, shape[:1]))
@@ -112,8 +133,17 @@ def test_neuron_step_matches_reference(data, method, with_x2, th, steps, seed):
         outs = []
         for x, x2 in zip(xs, x2s, strict=True):
             out = torch.full_like(u, 123.0)
-            fn(method, _tensor(x, shape, channels_last), u, z, out, counts, th, zmax,
-               x2=None if x2 is None else _tensor(x2, shape, channels_last))
+            fn(
+                method,
+                _tensor(x, shape, channels_last),
+                u,
+                z,
+                out,
+                counts,
+                th,
+                zmax,
+                x2=None if x2 is None else _tensor(x2, shape, channels_last),
+            )
             outs.append(out.clone())
         results.append((outs, u, z, counts))
     (ref_outs, ref_u, ref_z, ref_counts), (got_outs, got_u, got_z, got_counts) = results
@@ -128,10 +158,18 @@ def test_neuron_step_matches_reference(data, method, with_x2, th, steps, seed):
 # ----------------------------------------------------------------------------- output step
 
 
-@given(n=st.integers(0, 6), k=st.integers(1, 12), kind=st.sampled_from(sorted(READOUT_KINDS)),
-       scale=st.sampled_from([0.01, 0.5, 1.0, 3.0, 40.0]), steps=st.integers(1, 3), max_steps=st.integers(1, 4),
-       threshold=st.one_of(st.sampled_from([0.0, 0.5, 1.0]), st.floats(0, 1, width=32)),
-       magnitude=st.sampled_from([1.0, 100.0, 1e6, 1e30]), ties=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@given(
+    n=st.integers(0, 6),
+    k=st.integers(1, 12),
+    kind=st.sampled_from(sorted(READOUT_KINDS)),
+    scale=st.sampled_from([0.01, 0.5, 1.0, 3.0, 40.0]),
+    steps=st.integers(1, 3),
+    max_steps=st.integers(1, 4),
+    threshold=st.one_of(st.sampled_from([0.0, 0.5, 1.0]), st.floats(0, 1, width=32)),
+    magnitude=st.sampled_from([1.0, 100.0, 1e6, 1e30]),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_output_step_matches_reference(n, k, kind, scale, steps, max_steps, threshold, magnitude, ties, seed):
     rng = np.random.default_rng(seed)
     code = READOUT_KINDS[kind]
@@ -185,8 +223,12 @@ def test_gather_rows_matches_index_select(n_in, n_out, data, seed):
     for t, o in zip(tensors, got, strict=True):
         want = t.index_select(0, index)
         assert o.shape == want.shape and o.dtype == want.dtype and torch.equal(o, want)
-        assert o.stride() == want.stride() or o.numel() == 0 or (
-            t.dim() == 4 and o.is_contiguous(memory_format=torch.channels_last)) or o.is_contiguous()
+        assert (
+            o.stride() == want.stride()
+            or o.numel() == 0
+            or (t.dim() == 4 and o.is_contiguous(memory_format=torch.channels_last))
+            or o.is_contiguous()
+        )
 
 
 # ----------------------------------------------------------------------------- event-driven conv
@@ -198,13 +240,27 @@ def conv_cases(draw):
     ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
     h = draw(st.integers(max(1, kh - 2 * ph), 9))
     w = draw(st.integers(max(1, kw - 2 * pw), 9))
-    return dict(n=draw(st.integers(0, 3)), cin=draw(st.integers(1, 20)), h=h, w=w,
-                cout=draw(st.sampled_from([1, 5, 16, 63, 64, 65, 80, 130])), kh=kh, kw=kw,
-                stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))), padding=(ph, pw))
+    return dict(
+        n=draw(st.integers(0, 3)),
+        cin=draw(st.integers(1, 20)),
+        h=h,
+        w=w,
+        cout=draw(st.sampled_from([1, 5, 16, 63, 64, 65, 80, 130])),
+        kh=kh,
+        kw=kw,
+        stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        padding=(ph, pw),
+    )
 
 
-@given(case=conv_cases(), rate=st.sampled_from([0.0, 0.05, 0.3, 1.0]), with_bias=st.booleans(), simd=st.booleans(),
-       signed_zero=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@given(
+    case=conv_cases(),
+    rate=st.sampled_from([0.0, 0.05, 0.3, 1.0]),
+    with_bias=st.booleans(),
+    simd=st.booleans(),
+    signed_zero=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_spike_conv_matches_dense_conv(case, rate, with_bias, simd, signed_zero, seed):
     """Dyadic spikes and weights: every sum exact in float32, so the event-driven conv equals a dense one."""
     g = torch.Generator().manual_seed(seed % 2**63)
@@ -229,8 +285,11 @@ def test_spike_conv_matches_dense_conv(case, rate, with_bias, simd, signed_zero,
 def traces(draw) -> analysis.Trace:
     """Small traces with tied scores, scores of exactly 0 and 1, and never-confident samples."""
     n, t_len, k = draw(st.integers(1, 12)), draw(st.integers(1, 8)), draw(st.integers(2, 4))
-    levels = draw(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.7, 0.9, 1.0]) | st.floats(0, 1, width=32),
-                           min_size=1, max_size=5))
+    levels = draw(
+        st.lists(
+            st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.7, 0.9, 1.0]) | st.floats(0, 1, width=32), min_size=1, max_size=5
+        )
+    )
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     conf = rng.choice(np.asarray(levels, dtype=np.float32), size=(n, t_len))
     never = rng.random(n) < 0.2
@@ -299,7 +358,7 @@ def test_oracles_match_brute_force(trace):
             first = next((t for t in range(1, t_max + 1) if correct[i, t - 1]), None)
             fc_acc += first is not None
             fc_steps += first if first is not None else t_max
-            stay = next((t for t in range(1, t_max + 1) if correct[i, t - 1:t_max].all()), None)
+            stay = next((t for t in range(1, t_max + 1) if correct[i, t - 1 : t_max].all()), None)
             sc_steps += stay if stay is not None else t_max
         n = trace.samples
         assert curves["first_correct"]["accuracy"][t_max - 1] == fc_acc / n

@@ -123,8 +123,8 @@ def test_engine_paths_agree_on_settle(backend, chunk):
     assert torch.equal(sim.pred, ref.pred) and torch.equal(sim.spikes, ref.spikes)
     torch.testing.assert_close(sim.conf, ref.conf, rtol=0, atol=1e-5)
     values = torch.unique(sim.conf[:, 4])  # midway between two confidences: no sample sits on th_c, where
-    k = len(values) // 2                    # the eager baseline's rounding could decide differently
-    threshold = float(values[max(k - 1, 0):k + 1].mean())
+    k = len(values) // 2  # the eager baseline's rounding could decide differently
+    threshold = float(values[max(k - 1, 0) : k + 1].mean())
     live = engine.early_exit(x, steps, readout, threshold, chunk=chunk)
     graphed = engine.early_exit(x, steps, readout, threshold, chunk=chunk, graphs=True)
     for r in (live, graphed):
@@ -133,7 +133,7 @@ def test_engine_paths_agree_on_settle(backend, chunk):
     assert torch.equal(live.exit_step, graphed.exit_step) and torch.equal(live.spikes, graphed.spikes)
     eager = EagerSimulator(net)
     for i in range(len(x)):
-        assert eager.run(x[i:i + 1], steps, readout, threshold) == (int(live.pred[i]), int(live.exit_step[i]))
+        assert eager.run(x[i : i + 1], steps, readout, threshold) == (int(live.pred[i]), int(live.exit_step[i]))
 
 
 def test_stream_with_staggered_starts_equals_isolated_runs_on_settle():
@@ -154,11 +154,14 @@ def test_stream_with_staggered_starts_equals_isolated_runs_on_settle():
         assert (got[i].pred, got[i].exit_step) == (int(alone.pred[i]), int(alone.exit_step[i])), i
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(method="qffs", semantics="bogus"), "semantics must be one of"),
-    (dict(method="qcfs", semantics="settle"), "QFFS only"),
-    (dict(method="qffs", semantics="constant", drive_steps=3), "drive_steps applies"),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(method="qffs", semantics="bogus"), "semantics must be one of"),
+        (dict(method="qcfs", semantics="settle"), "QFFS only"),
+        (dict(method="qffs", semantics="constant", drive_steps=3), "drive_steps applies"),
+    ],
+)
 def test_bad_semantics_are_clear_errors(kwargs, words):
     model = dcsim.models.small_cnn(in_channels=1, width=4)
     with pytest.raises(ValueError, match=words):
@@ -175,8 +178,14 @@ def test_network_rejects_settle_for_qcfs_and_bad_drive_steps():
 
 
 def test_mixed_bit_widths_need_explicit_drive_steps():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), LSQActivation(2), nn.Conv2d(4, 4, 3), LSQActivation(3), nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        LSQActivation(2),
+        nn.Conv2d(4, 4, 3),
+        LSQActivation(3),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3),
+    )
     with pytest.raises(dcsim.ConversionError, match="not one Qp; pass drive_steps"):
         dcsim.convert(model, method="qffs")
     assert dcsim.convert(model, method="qffs", drive_steps=7).drive_steps == 7

@@ -30,9 +30,34 @@ def tiny_cifar(tmp_path_factory):
 def test_reproduce_command_end_to_end_at_toy_scale(tiny_cifar, tmp_path):
     # the GPU command (bench/gpu_check.sh) with a tiny subset, one epoch per stage and 1/16 of the width
     out = tmp_path / "r18"
-    rc = main(["reproduce", "--dataset", "cifar10", "--data-root", str(tiny_cifar), "--arch", "resnet18",
-               "--width", "4", "--float-epochs", "1", "--epochs", "1", "--train-subset", "40", "--val-size", "20",
-               "--max-test", "20", "--min-accuracy", "0", "--quiet", "--out", str(out)])
+    rc = main(
+        [
+            "reproduce",
+            "--dataset",
+            "cifar10",
+            "--data-root",
+            str(tiny_cifar),
+            "--arch",
+            "resnet18",
+            "--width",
+            "4",
+            "--float-epochs",
+            "1",
+            "--epochs",
+            "1",
+            "--train-subset",
+            "40",
+            "--val-size",
+            "20",
+            "--max-test",
+            "20",
+            "--min-accuracy",
+            "0",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == EXIT_OK
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "complete"
@@ -45,16 +70,39 @@ def test_reproduce_command_end_to_end_at_toy_scale(tiny_cifar, tmp_path):
     md = (out / "report.md").read_text()
     assert "| ResNet-18 QCFS |" in md and "94.27% at 27" in md and "93.79%" in md and "3.02" in md
     assert (out / "zoo" / "manifest.json").exists()
-    for name in ("model.safetensors", "qcfs_val_trace.npz", "qffs_test_trace.npz", "qcfs_front.png",
-                 "qcfs_accuracy_vs_t.png"):
+    for name in (
+        "model.safetensors",
+        "qcfs_val_trace.npz",
+        "qffs_test_trace.npz",
+        "qcfs_front.png",
+        "qcfs_accuracy_vs_t.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert report["training"]["completed"] and len(report["training"]["epochs"]) == 2
 
 
 def test_untrained_model_writes_no_report(tmp_path):
     out = tmp_path / "u"
-    rc = main(["reproduce", "--arch", "small_cnn", "--width", "4", "--float-epochs", "1", "--epochs", "1",
-               "--train-subset", "64", "--min-accuracy", "0.999", "--quiet", "--out", str(out)])
+    rc = main(
+        [
+            "reproduce",
+            "--arch",
+            "small_cnn",
+            "--width",
+            "4",
+            "--float-epochs",
+            "1",
+            "--epochs",
+            "1",
+            "--train-subset",
+            "64",
+            "--min-accuracy",
+            "0.999",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == EXIT_ERROR
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "untrained" and "below the floor" in results["message"]
@@ -63,8 +111,22 @@ def test_untrained_model_writes_no_report(tmp_path):
 
 def test_budget_too_small_says_so(tmp_path, capsys):
     out = tmp_path / "b"
-    rc = main(["reproduce", "--arch", "small_cnn", "--width", "4", "--budget-minutes", "0.0001",
-               "--train-subset", "64", "--quiet", "--out", str(out)])
+    rc = main(
+        [
+            "reproduce",
+            "--arch",
+            "small_cnn",
+            "--width",
+            "4",
+            "--budget-minutes",
+            "0.0001",
+            "--train-subset",
+            "64",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == EXIT_ERROR
     assert "too small" in capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())

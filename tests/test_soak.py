@@ -104,10 +104,12 @@ def test_stream_soak_with_failing_inputs():
     seconds = time.perf_counter() - start
     rss_end = rss_mib()
     growth = rss_end - rss_start
-    print(f"\nsoak: {SAMPLES} samples in {seconds:.1f} s ({SAMPLES / seconds:.0f}/s), {restarts} input failures "
-          f"and restarts, lost {int((seen == 0).sum())}, duplicated {int((seen > 1).sum())}, mismatches {mismatches}; "
-          f"RSS {rss_start:.1f} MiB after warm-up, peak {max(rss_peak, rss_end):.1f}, end {rss_end:.1f} "
-          f"(growth {growth:+.1f} MiB)")
+    print(
+        f"\nsoak: {SAMPLES} samples in {seconds:.1f} s ({SAMPLES / seconds:.0f}/s), {restarts} input failures "
+        f"and restarts, lost {int((seen == 0).sum())}, duplicated {int((seen > 1).sum())}, mismatches {mismatches}; "
+        f"RSS {rss_start:.1f} MiB after warm-up, peak {max(rss_peak, rss_end):.1f}, end {rss_end:.1f} "
+        f"(growth {growth:+.1f} MiB)"
+    )
     assert restarts > 0, "the fault injection never fired"
     assert (seen == 1).all(), f"lost {np.flatnonzero(seen == 0)[:10]}, duplicated {np.flatnonzero(seen > 1)[:10]}"
     assert mismatches == 0

@@ -39,7 +39,9 @@ def _case(shape, rate: float, seed: int, dyadic: bool):
     return x.float().contiguous(memory_format=torch.channels_last), weight.float(), bias.float()
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:7])) + f"-s{s[7][0]}{s[7][1]}p{s[8][0]}{s[8][1]}")
+@pytest.mark.parametrize(
+    "shape", SHAPES, ids=lambda s: "x".join(map(str, s[:7])) + f"-s{s[7][0]}{s[7][1]}p{s[8][0]}{s[8][1]}"
+)
 @pytest.mark.parametrize("rate", RATES)
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("simd", [True, False], ids=["simd", "portable"])

@@ -47,10 +47,16 @@ def test_cosine_schedule_per_stage():
     assert all(a >= b for a, b in pairwise(xs))
 
 
-@pytest.mark.parametrize("bad, match", [({"schedule": "step"}, "schedule"), ({"lsq_lr": 0.0}, "lsq_lr"),
-                                        ({"label_smoothing": 1.0}, "label_smoothing"),
-                                        ({"nesterov": True, "momentum": 0.0}, "nesterov"),
-                                        ({"warmup_epochs": -1}, "warmup")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"schedule": "step"}, "schedule"),
+        ({"lsq_lr": 0.0}, "lsq_lr"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"nesterov": True, "momentum": 0.0}, "nesterov"),
+        ({"warmup_epochs": -1}, "warmup"),
+    ],
+)
 def test_config_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         training.TrainConfig(**bad)
@@ -66,25 +72,48 @@ def test_budget_config_measures_and_restores_the_model(digits):
     tr, va = digits
     model = _model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg, plan = training.budget_config(model, tr.images, tr.labels, len(va), training.TrainConfig(batch_size=32),
-                                       budget_minutes=30, normalization=(tr.mean, tr.std))
+    cfg, plan = training.budget_config(
+        model,
+        tr.images,
+        tr.labels,
+        len(va),
+        training.TrainConfig(batch_size=32),
+        budget_minutes=30,
+        normalization=(tr.mean, tr.std),
+    )
     assert cfg.float_epochs == plan["float_epochs"] >= 1 and cfg.epochs == plan["epochs"] >= 1
     assert plan["expected_minutes"] <= 30 and plan["seconds_per_epoch"]["lsq"] > 0
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     with pytest.raises(ValueError, match="too small"):
-        training.budget_config(model, tr.images, tr.labels, len(va), training.TrainConfig(batch_size=32),
-                               budget_minutes=1e-5, normalization=(tr.mean, tr.std))
+        training.budget_config(
+            model,
+            tr.images,
+            tr.labels,
+            len(va),
+            training.TrainConfig(batch_size=32),
+            budget_minutes=1e-5,
+            normalization=(tr.mean, tr.std),
+        )
 
 
 def test_raw_images_with_normalization_train_like_normalized_floats(digits):
     tr, va = digits
-    cfg = training.TrainConfig(epochs=1, float_epochs=1, lr=0.05, batch_size=64, schedule="cosine",
-                               warmup_epochs=0.5, nesterov=True, label_smoothing=0.1)
+    cfg = training.TrainConfig(
+        epochs=1,
+        float_epochs=1,
+        lr=0.05,
+        batch_size=64,
+        schedule="cosine",
+        warmup_epochs=0.5,
+        nesterov=True,
+        label_smoothing=0.1,
+    )
     a, b = _model(), _model()
     ha = training.train(a, tr.normalized(), tr.labels, va.normalized(), va.labels, cfg, progress=False)
-    hb = training.train(b, tr.images, tr.labels, va.images, va.labels, cfg, progress=False,
-                        normalization=(tr.mean, tr.std))
+    hb = training.train(
+        b, tr.images, tr.labels, va.images, va.labels, cfg, progress=False, normalization=(tr.mean, tr.std)
+    )
     assert [e["val_acc"] for e in ha["epochs"]] == [e["val_acc"] for e in hb["epochs"]]
     assert ha["completed"] and ha["planned_epochs"] == 2
     assert all(e["seconds"] > 0 and math.isfinite(e["loss"]) for e in ha["epochs"])
@@ -92,32 +121,60 @@ def test_raw_images_with_normalization_train_like_normalized_floats(digits):
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), k
     c = _model()  # augmented: black padding of the raw images, then the same normalization
-    hc = training.train(c, tr.images, tr.labels, va.images, va.labels, cfg, augment=random_crop_flip, progress=False,
-                        normalization=(tr.mean, tr.std))
+    hc = training.train(
+        c,
+        tr.images,
+        tr.labels,
+        va.images,
+        va.labels,
+        cfg,
+        augment=random_crop_flip,
+        progress=False,
+        normalization=(tr.mean, tr.std),
+    )
     assert hc["completed"] and not torch.equal(c.state_dict()["0.weight"], a.state_dict()["0.weight"])
 
 
 def test_time_limit_stops_and_marks_the_run_incomplete(digits):
     tr, va = digits
-    h = training.train(_model(), tr.normalized(), tr.labels, va.normalized(), va.labels,
-                       training.TrainConfig(epochs=2, float_epochs=1, batch_size=64), progress=False, time_limit_s=0.0)
+    h = training.train(
+        _model(),
+        tr.normalized(),
+        tr.labels,
+        va.normalized(),
+        va.labels,
+        training.TrainConfig(epochs=2, float_epochs=1, batch_size=64),
+        progress=False,
+        time_limit_s=0.0,
+    )
     assert not h["completed"] and len(h["epochs"]) == 1 and "time limit" in h["stopped"]
 
 
 def test_bf16_autocast_on_request_keeps_float32_weights(digits):
     tr, va = digits
     model = _model()
-    h = training.train(model, tr.normalized(), tr.labels, va.normalized(), va.labels,
-                       training.TrainConfig(epochs=1, float_epochs=1, batch_size=64), progress=False,
-                       runtime=training.TrainRuntime(precision="bf16", channels_last=True))
+    h = training.train(
+        model,
+        tr.normalized(),
+        tr.labels,
+        va.normalized(),
+        va.labels,
+        training.TrainConfig(epochs=1, float_epochs=1, batch_size=64),
+        progress=False,
+        runtime=training.TrainRuntime(precision="bf16", channels_last=True),
+    )
     assert h["completed"] and all(p.dtype == torch.float32 for p in model.parameters())
     assert all(p.is_contiguous() for p in model.parameters())
 
 
 def test_milestones():
-    h = {"epochs": [{"epoch": 1, "phase": "float", "val_acc": 0.6, "elapsed_s": 60},
-                    {"epoch": 2, "phase": "float", "val_acc": 0.85, "elapsed_s": 120},
-                    {"epoch": 3, "phase": "lsq", "val_acc": 0.82, "elapsed_s": 200}]}
+    h = {
+        "epochs": [
+            {"epoch": 1, "phase": "float", "val_acc": 0.6, "elapsed_s": 60},
+            {"epoch": 2, "phase": "float", "val_acc": 0.85, "elapsed_s": 120},
+            {"epoch": 3, "phase": "lsq", "val_acc": 0.82, "elapsed_s": 200},
+        ]
+    }
     rows = {(r["phase"], r["level"]): (r["epoch"], r["minutes"]) for r in training.milestones(h, (0.5, 0.8, 0.9))}
     assert rows[("float", 0.8)] == (2, 2.0) and rows[("lsq", 0.8)] == (3, 200 / 60)
     assert rows[("float", 0.9)] == (None, None) and rows[("lsq", 0.5)] == (3, 200 / 60)
@@ -126,11 +183,19 @@ def test_milestones():
 def test_resume_accepts_files_from_before_the_new_options(digits, tmp_path):
     tr, va = digits
     cfg = training.TrainConfig(epochs=1, float_epochs=1, batch_size=64)
-    training.train(_model(), tr.normalized(), tr.labels, va.normalized(), va.labels, cfg, workdir=tmp_path,
-                   progress=False)
+    training.train(
+        _model(), tr.normalized(), tr.labels, va.normalized(), va.labels, cfg, workdir=tmp_path, progress=False
+    )
     assert training._same_config({k: v for k, v in cfg.__dict__.items() if k not in ("schedule", "nesterov")}, cfg)
     assert not training._same_config(cfg.__dict__ | {"schedule": "cosine"}, cfg)
     with pytest.raises(ValueError, match="different training configuration"):
-        training.train(_model(), tr.normalized(), tr.labels, va.normalized(), va.labels,
-                       training.TrainConfig(epochs=1, float_epochs=1, batch_size=64, nesterov=True),
-                       workdir=tmp_path, progress=False)
+        training.train(
+            _model(),
+            tr.normalized(),
+            tr.labels,
+            va.normalized(),
+            va.labels,
+            training.TrainConfig(epochs=1, float_epochs=1, batch_size=64, nesterov=True),
+            workdir=tmp_path,
+            progress=False,
+        )

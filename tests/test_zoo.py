@@ -18,9 +18,14 @@ def ckpt(tmp_path):
     model = build_model("resnet18", width=8)
     model.train()
     model(torch.randn(2, 3, 32, 32))  # BN statistics and LSQ steps
-    meta = {"architecture": "resnet18", "arch_kwargs": {"num_classes": 10, "in_channels": 3, "bits": 2, "width": 8},
-            "classes": [str(i) for i in range(10)], "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
-            "dataset": "cifar10", "accuracy": {"test": 0.1}}
+    meta = {
+        "architecture": "resnet18",
+        "arch_kwargs": {"num_classes": 10, "in_channels": 3, "bits": 2, "width": 8},
+        "classes": [str(i) for i in range(10)],
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+        "dataset": "cifar10",
+        "accuracy": {"test": 0.1},
+    }
     return save_checkpoint(tmp_path / "m.safetensors", model.eval(), meta), model
 
 
@@ -67,13 +72,29 @@ def test_cli_exports_and_commands_accept_a_zoo_folder(ckpt, tmp_path):
     assert main(["zoo", str(path), "--out", str(folder), "--json", str(tmp_path / "z.json")]) == EXIT_OK
     assert json.loads((tmp_path / "z.json").read_text())["shards"][0]["sha256"]
     from dcsim.cli import _load_model
+
     _model, meta = _load_model(folder)
     assert meta["architecture"] == "resnet18"
     manifest = json.loads((folder / zoo.MANIFEST).read_text())
     manifest["shards"][0]["sha256"] = "0" * 64
     (folder / zoo.MANIFEST).write_text(json.dumps(manifest))
-    assert main(["trace", str(folder), "--dataset", "digits", "--method", "qcfs", "--steps", "2",
-                 "--out", str(tmp_path / "t.npz")]) == EXIT_ERROR
+    assert (
+        main(
+            [
+                "trace",
+                str(folder),
+                "--dataset",
+                "digits",
+                "--method",
+                "qcfs",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "t.npz"),
+            ]
+        )
+        == EXIT_ERROR
+    )
 
 
 def test_committed_zoo_entries_load_with_their_checks():

@@ -55,7 +55,25 @@ of results cost more than the second core saves."""
 _POOL_CHUNK = 1024
 
 __all__ = [
-    "CACHE_DIR", "CIFAR10_MEAN", "CIFAR10_STD", "EXTRACTED_MARKER", "IMAGENET_MEAN", "IMAGENET_STD",
-    "IMAGE_EXTENSIONS", "LOADERS", "STREAM_ABOVE_BYTES", "Dataset", "FolderSplit", "augment_cifar", "batches", "extract_archive", "load_cifar10",
-    "load_digits_splits", "load_image_folder", "load_imagenet_style", "open_splits", "return_large_buffers", "split_batches",
+    "CACHE_DIR",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "EXTRACTED_MARKER",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "LOADERS",
+    "STREAM_ABOVE_BYTES",
+    "Dataset",
+    "FolderSplit",
+    "augment_cifar",
+    "batches",
+    "extract_archive",
+    "load_cifar10",
+    "load_digits_splits",
+    "load_image_folder",
+    "load_imagenet_style",
+    "open_splits",
+    "return_large_buffers",
+    "split_batches",
 ]

@@ -29,8 +29,7 @@ def _writable(folder: Path) -> bool:
 
 
 def _default_extract_dir(archive: Path) -> Path:
-    """``<archive folder>/<stem>`` where that folder is writable, else ``$XDG_CACHE_HOME/dcsim/<stem>-<hash>``.
-    """
+    """``<archive folder>/<stem>`` where that folder is writable, else ``$XDG_CACHE_HOME/dcsim/<stem>-<hash>``."""
     if _writable(archive.parent):
         return archive.parent / _archive_stem(archive)
     digest = hashlib.sha256(str(archive.resolve()).encode()).hexdigest()[:12]
@@ -43,8 +42,10 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
     if name.is_absolute() or member.name.startswith(("/", "\\")) or ".." in name.parts or ":" in member.name:
         raise ValueError(f"{archive}: refusing to extract member {member.name!r}: absolute path or '..' component")
     if not (member.isfile() or member.isdir()):
-        raise ValueError(f"{archive}: refusing to extract member {member.name!r}: only regular files and folders "
-                         "are allowed (no links or devices)")
+        raise ValueError(
+            f"{archive}: refusing to extract member {member.name!r}: only regular files and folders "
+            "are allowed (no links or devices)"
+        )
 
 
 def extract_archive(archive: str | os.PathLike[str], extract_to: str | os.PathLike[str] | None = None) -> Path:

@@ -17,8 +17,10 @@ def augment_cifar(x: torch.Tensor, generator: torch.Generator | None = None, pad
     tensor [B, C, H, W] of x's dtype and device; all samples are done at once (two gathers).
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"augment_cifar: x must be a float tensor [B, C, H, W], got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        raise ValueError(
+            f"augment_cifar: x must be a float tensor [B, C, H, W], got "
+            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+        )
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
         raise ValueError(f"augment_cifar: padding must be a non-negative integer, got {padding!r}")
     from ..batching import random_crop_flip
@@ -26,8 +28,9 @@ def augment_cifar(x: torch.Tensor, generator: torch.Generator | None = None, pad
     return random_crop_flip(x, generator, padding)
 
 
-def batches(dataset: Dataset, batch_size: int, shuffle: bool = False,
-            generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    dataset: Dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Iterate over ``dataset`` in batches: (normalized float32 [b, C, H, W], int64 labels [b]).
 
     With ``shuffle`` the order is a permutation drawn from ``generator``; the last batch may be smaller.
@@ -39,7 +42,7 @@ def batches(dataset: Dataset, batch_size: int, shuffle: bool = False,
 
     def it() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for lo in range(0, n, batch_size):
-            idx = order[lo:lo + batch_size]
+            idx = order[lo : lo + batch_size]
             yield dataset.normalized(idx), dataset.labels[idx]
 
     return it()

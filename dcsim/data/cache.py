@@ -16,8 +16,9 @@ CACHE_DIR = ".dcsim-cache"
 _CACHE_VERSION = 1
 
 
-def _cache_key(scan: _Scan, resize: int | None, crop: tuple[int, int] | None,
-               image_size: tuple[int, int] | None) -> str:
+def _cache_key(
+    scan: _Scan, resize: int | None, crop: tuple[int, int] | None, image_size: tuple[int, int] | None
+) -> str:
     blob = json.dumps([_CACHE_VERSION, resize, crop, image_size, scan.stamp])
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -48,5 +49,6 @@ def _write_cache(scan: _Scan, key: str, images: np.ndarray) -> None:
         info = {"key": key, "classes": scan.classes, "shape": list(images.shape)}
         write_text_atomic(folder / "cache.json", json.dumps(info))
     except OSError as err:
-        warnings.warn(f"{scan.root}: cannot write the decoded-image cache ({err}); the next load decodes again",
-                      stacklevel=3)
+        warnings.warn(
+            f"{scan.root}: cannot write the decoded-image cache ({err}); the next load decodes again", stacklevel=3
+        )

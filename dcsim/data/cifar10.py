@@ -27,9 +27,11 @@ def _find_cifar_layout(root: Path) -> tuple[str, Path]:
         if len(subdirs) != 1:
             break
         folder = subdirs[0]
-    raise ValueError(f"{root}: not a CIFAR-10 folder: expected the python batches (cifar-10-batches-py/ with "
-                     f"{', '.join(_CIFAR_BATCH_FILES)}, batches.meta) or train/<class>/ and test/<class>/ "
-                     "image folders")
+    raise ValueError(
+        f"{root}: not a CIFAR-10 folder: expected the python batches (cifar-10-batches-py/ with "
+        f"{', '.join(_CIFAR_BATCH_FILES)}, batches.meta) or train/<class>/ and test/<class>/ "
+        "image folders"
+    )
 
 
 def locate_cifar10(root: str | os.PathLike[str], extract_to: str | os.PathLike[str] | None = None) -> tuple[str, Path]:
@@ -45,9 +47,15 @@ def locate_cifar10(root: str | os.PathLike[str], extract_to: str | os.PathLike[s
     return _find_cifar_layout(root)
 
 
-def load_cifar10(root: str | os.PathLike[str], val_size: int = 5000, seed: int = 0, *,
-                 extract_to: str | os.PathLike[str] | None = None, cache: bool = True,
-                 workers: int | None = None) -> dict[str, Dataset]:
+def load_cifar10(
+    root: str | os.PathLike[str],
+    val_size: int = 5000,
+    seed: int = 0,
+    *,
+    extract_to: str | os.PathLike[str] | None = None,
+    cache: bool = True,
+    workers: int | None = None,
+) -> dict[str, Dataset]:
     """CIFAR-10 as {"train", "val", "test"}: uint8 [N, 3, 32, 32] images, CIFAR-10 mean/std.
 
     root: (a) the python batches folder ``cifar-10-batches-py/`` (or its parent), read with a
@@ -66,8 +74,17 @@ def load_cifar10(root: str | os.PathLike[str], val_size: int = 5000, seed: int =
     else:
         train_dir, test_dir = folder / "train", folder / "test"
         train_scan, test_scan = _scan_pair(train_dir, test_dir)
-        load = functools.partial(_load_scanned, image_size=None, resize=None, crop=None, mean=CIFAR10_MEAN,
-                                 std=CIFAR10_STD, name="cifar10", cache=cache, workers=workers)
+        load = functools.partial(
+            _load_scanned,
+            image_size=None,
+            resize=None,
+            crop=None,
+            mean=CIFAR10_MEAN,
+            std=CIFAR10_STD,
+            name="cifar10",
+            cache=cache,
+            workers=workers,
+        )
         train, test = load(train_scan), load(test_scan)
         _check_same_shape(train, test, train_dir, test_dir)
     return _with_val(train, test, val_size, seed)

@@ -38,8 +38,11 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     except ImportError:  # numpy < 2
         _reconstruct = _numpy_core_global("numpy.core.multiarray", "_reconstruct")
         _frombuffer = _numpy_core_global("numpy.core.numeric", "_frombuffer")
-    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                                              ("_codecs", "encode"): _latin1_encode}
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = _reconstruct
         allowed[(f"{core}.numeric", "_frombuffer")] = _frombuffer
@@ -60,7 +63,8 @@ class _BatchUnpickler(pickle.Unpickler):
         except KeyError:
             raise pickle.UnpicklingError(
                 f"{self._path}: refusing to load the global {module}.{name}: a CIFAR-10 batch file holds only "
-                "dicts, lists, bytes and numpy arrays") from None
+                "dicts, lists, bytes and numpy arrays"
+            ) from None
 
 
 def _read_pickle(path: Path) -> dict[Any, Any]:
@@ -93,8 +97,9 @@ def _read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise ValueError(f"{path}: 'data' must be a uint8 array [n, 3072], got {desc}")
     raw = _get(d, "labels", path)
-    integral = (isinstance(raw, list) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw)) \
-        or (isinstance(raw, np.ndarray) and raw.ndim == 1 and np.issubdtype(raw.dtype, np.integer))
+    integral = (
+        isinstance(raw, list) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw)
+    ) or (isinstance(raw, np.ndarray) and raw.ndim == 1 and np.issubdtype(raw.dtype, np.integer))
     if not integral:
         raise ValueError(f"{path}: 'labels' must be a list of integers, got {type(raw).__name__}")
     try:

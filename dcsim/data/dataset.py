@@ -46,8 +46,10 @@ class Dataset:
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
         if len(self.mean) != channels or len(self.std) != channels:
-            raise ValueError(f"Dataset {self.name!r}: mean and std need {channels} values (one per channel), "
-                             f"got {len(self.mean)} and {len(self.std)}")
+            raise ValueError(
+                f"Dataset {self.name!r}: mean and std need {channels} values (one per channel), "
+                f"got {len(self.mean)} and {len(self.std)}"
+            )
         if not all(s > 0 for s in self.std):
             raise ValueError(f"Dataset {self.name!r}: std must be > 0, got {self.std}")
 
@@ -89,8 +91,9 @@ def _split_indices(labels: np.ndarray, size: int, seed: int, what: str) -> tuple
     counts = np.bincount(labels)
     counts = counts[counts > 0]
     stratify = labels if counts.min() >= 2 and len(counts) <= min(size, n - size) else None
-    rest, drawn = train_test_split(np.arange(n, dtype=np.int64), test_size=int(size), random_state=seed,
-                                   shuffle=True, stratify=stratify)
+    rest, drawn = train_test_split(
+        np.arange(n, dtype=np.int64), test_size=int(size), random_state=seed, shuffle=True, stratify=stratify
+    )
     return np.sort(rest), np.sort(drawn)
 
 

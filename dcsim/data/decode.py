@@ -60,25 +60,30 @@ def _default_workers() -> int:
     return max(1, min(cpus, 8))
 
 
-def _decode_all(scan: _Scan, resize: int | None, crop: tuple[int, int] | None,
-                image_size: tuple[int, int] | None, workers: int) -> np.ndarray:
+def _decode_all(
+    scan: _Scan, resize: int | None, crop: tuple[int, int] | None, image_size: tuple[int, int] | None, workers: int
+) -> np.ndarray:
     """uint8 [N, H, W, 3], every file of ``scan`` decoded; all must have the same size."""
     paths = [str(scan.root / f) for f in scan.files]
     pool_min_files, pool_chunk = _pool_settings()
     decode = functools.partial(_decode_chunk, resize=resize, crop=crop)
-    chunks = [paths[i:i + pool_chunk] for i in range(0, len(paths), pool_chunk)]
+    chunks = [paths[i : i + pool_chunk] for i in range(0, len(paths), pool_chunk)]
     out: np.ndarray | None = None
     i = 0
     # fork, as torch's DataLoader does on Linux: spawn/forkserver would re-run the caller's
     # __main__ (breaking scripts without a main guard) and re-import torch in every worker.
-    pool = (ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=multiprocessing.get_context("fork"))
-            if workers > 1 and len(paths) >= pool_min_files and _can_fork() else None)
+    pool = (
+        ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=multiprocessing.get_context("fork"))
+        if workers > 1 and len(paths) >= pool_min_files and _can_fork()
+        else None
+    )
     with tqdm(total=len(paths), desc=f"decoding {scan.root}", unit="img", disable=None, leave=False) as bar:
         try:
             if pool is not None:
                 with warnings.catch_warnings():  # the children only run Pillow and numpy
-                    warnings.filterwarnings("ignore", message=r".*multi-threaded, use of fork\(\)",
-                                            category=DeprecationWarning)
+                    warnings.filterwarnings(
+                        "ignore", message=r".*multi-threaded, use of fork\(\)", category=DeprecationWarning
+                    )
                     results = pool.map(decode, chunks)
             else:
                 results = map(decode, chunks)
@@ -90,9 +95,11 @@ def _decode_all(scan: _Scan, resize: int | None, crop: tuple[int, int] | None,
                     if out is None:
                         out = np.empty((len(paths), *size, 3), dtype=np.uint8)
                     if img.shape[:2] != tuple(size):
-                        raise ValueError(f"{paths[i]}: the image is {img.shape[1]}x{img.shape[0]} but "
-                                         f"{size[1]}x{size[0]} was expected (width x height); "
-                                         "pass resize/crop to bring images of different sizes to one size")
+                        raise ValueError(
+                            f"{paths[i]}: the image is {img.shape[1]}x{img.shape[0]} but "
+                            f"{size[1]}x{size[0]} was expected (width x height); "
+                            "pass resize/crop to bring images of different sizes to one size"
+                        )
                     out[i] = img
                     i += 1
                 bar.update(len(chunk))

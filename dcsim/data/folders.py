@@ -15,9 +15,17 @@ from .decode import _decode_all, _default_workers
 from .scan import _as_size, _Scan, _scan, _scan_pair
 
 
-def _load_scanned(scan: _Scan, image_size: int | Sequence[int] | None, resize: int | None,
-                  crop: int | Sequence[int] | None, mean: Sequence[float], std: Sequence[float], name: str,
-                  cache: bool, workers: int | None) -> Dataset:
+def _load_scanned(
+    scan: _Scan,
+    image_size: int | Sequence[int] | None,
+    resize: int | None,
+    crop: int | Sequence[int] | None,
+    mean: Sequence[float],
+    std: Sequence[float],
+    name: str,
+    cache: bool,
+    workers: int | None,
+) -> Dataset:
     if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or resize <= 0):
         raise ValueError(f"resize must be a positive integer (the shorter side in pixels), got {resize!r}")
     crop_hw, size_hw = _as_size(crop, "crop"), _as_size(image_size, "image_size")
@@ -34,10 +42,18 @@ def _load_scanned(scan: _Scan, image_size: int | Sequence[int] | None, resize: i
     return Dataset(tensor, torch.from_numpy(scan.labels), scan.classes, tuple(mean), tuple(std), name)
 
 
-def load_image_folder(root: str | os.PathLike[str], image_size: int | Sequence[int] | None = None,
-                      resize: int | None = None, crop: int | Sequence[int] | None = None, *,
-                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                      name: str | None = None, cache: bool = True, workers: int | None = None) -> Dataset:
+def load_image_folder(
+    root: str | os.PathLike[str],
+    image_size: int | Sequence[int] | None = None,
+    resize: int | None = None,
+    crop: int | Sequence[int] | None = None,
+    *,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    name: str | None = None,
+    cache: bool = True,
+    workers: int | None = None,
+) -> Dataset:
     """Images in ``root/<class>/<file>`` class folders as a Dataset (uint8 [N, 3, H, W], RGB).
 
     Classes are the sub-folder names sorted (label i = i-th name; hidden folders are skipped);
@@ -54,20 +70,37 @@ def load_image_folder(root: str | os.PathLike[str], image_size: int | Sequence[i
     """
     root = Path(root)
     scan = _scan(root)
-    return _load_scanned(scan, image_size=image_size, resize=resize, crop=crop, mean=mean, std=std,
-                         name=name or root.name, cache=cache, workers=workers)
-
+    return _load_scanned(
+        scan,
+        image_size=image_size,
+        resize=resize,
+        crop=crop,
+        mean=mean,
+        std=std,
+        name=name or root.name,
+        cache=cache,
+        workers=workers,
+    )
 
 
 def _check_same_shape(train: Dataset, test: Dataset, train_dir: Path, test_dir: Path) -> None:
     if train.images.shape[1:] != test.images.shape[1:]:
-        raise ValueError(f"images in {train_dir} are {list(train.images.shape[1:])} but images in {test_dir} are "
-                         f"{list(test.images.shape[1:])} ([C, H, W])")
+        raise ValueError(
+            f"images in {train_dir} are {list(train.images.shape[1:])} but images in {test_dir} are "
+            f"{list(test.images.shape[1:])} ([C, H, W])"
+        )
 
 
-def load_imagenet_style(root: str | os.PathLike[str], val_size: int = 10000, seed: int = 0, resize: int | None = 256,
-                        crop: int | Sequence[int] | None = 224, *, cache: bool = True,
-                        workers: int | None = None) -> dict[str, Dataset]:
+def load_imagenet_style(
+    root: str | os.PathLike[str],
+    val_size: int = 10000,
+    seed: int = 0,
+    resize: int | None = 256,
+    crop: int | Sequence[int] | None = 224,
+    *,
+    cache: bool = True,
+    workers: int | None = None,
+) -> dict[str, Dataset]:
     """{"train", "val", "test"} from ``root/train/<class>/*`` and ``root/val/<class>/*`` (the test split).
 
     Images are uint8 [N, 3, crop, crop] after the resize/crop of :func:`load_image_folder`;
@@ -79,8 +112,17 @@ def load_imagenet_style(root: str | os.PathLike[str], val_size: int = 10000, see
         raise FileNotFoundError(f"{root}: no such folder")
     train_dir, test_dir = root / "train", root / "val"
     train_scan, test_scan = _scan_pair(train_dir, test_dir)
-    load = functools.partial(_load_scanned, image_size=None, resize=resize, crop=crop, mean=IMAGENET_MEAN,
-                             std=IMAGENET_STD, name=root.name, cache=cache, workers=workers)
+    load = functools.partial(
+        _load_scanned,
+        image_size=None,
+        resize=resize,
+        crop=crop,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        name=root.name,
+        cache=cache,
+        workers=workers,
+    )
     train, test = load(train_scan), load(test_scan)
     _check_same_shape(train, test, train_dir, test_dir)
     return _with_val(train, test, val_size, seed)

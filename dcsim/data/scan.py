@@ -34,8 +34,14 @@ def _scan(root: Path) -> _Scan:
     labels: list[int] = []
     stamp: list[tuple[str, int, int]] = []
     for label, cls in enumerate(classes):
-        entries = sorted((e for e in os.scandir(root / cls) if e.is_file() and not e.name.startswith(".")
-                          and e.name.lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e.name)
+        entries = sorted(
+            (
+                e
+                for e in os.scandir(root / cls)
+                if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
+            ),
+            key=lambda e: e.name,
+        )
         if not entries:
             raise ValueError(f"{root / cls}: class folder holds no images ({' '.join(IMAGE_EXTENSIONS)})")
         for e in entries:
@@ -57,13 +63,13 @@ def _as_size(value: int | Sequence[int] | None, what: str) -> tuple[int, int] | 
     return (int(pair[0]), int(pair[1]))
 
 
-
 def _scan_pair(train_dir: Path, test_dir: Path) -> tuple[_Scan, _Scan]:
     """Scan both class-folder trees and require the same classes (before decoding anything)."""
     train, test = _scan(train_dir), _scan(test_dir)
     if train.classes != test.classes:
         only_train = sorted(set(train.classes) - set(test.classes))
         only_test = sorted(set(test.classes) - set(train.classes))
-        raise ValueError(f"the classes of {train_dir} and {test_dir} differ: only in train {only_train}, "
-                         f"only in test {only_test}")
+        raise ValueError(
+            f"the classes of {train_dir} and {test_dir} differ: only in train {only_train}, only in test {only_test}"
+        )
     return train, test

@@ -25,8 +25,14 @@ IMAGENET_RESIZE, IMAGENET_CROP = 256, 224
 DEFAULT_VAL_SIZE = {"digits": 300, "cifar10": 5000, "imagefolder": 10000}
 
 
-def open_splits(dataset: str, root: str | os.PathLike[str] | None = None, *, loader: str = "auto",
-                val_size: int | None = None, seed: int = 0) -> dict[str, Dataset | FolderSplit]:
+def open_splits(
+    dataset: str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    loader: str = "auto",
+    val_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, Dataset | FolderSplit]:
     """{"train", "val", "test"} of ``dataset`` ("digits", "cifar10" or "imagefolder"), in memory or streamed.
 
     root: the data's location (cifar10: see :func:`load_cifar10`; imagefolder: ``root/train`` and
@@ -42,7 +48,9 @@ def open_splits(dataset: str, root: str | os.PathLike[str] | None = None, *, loa
     # dict(...): each loader's dict of one split type, as the dict of either type this returns
     if dataset == "digits":
         if loader == "stream":
-            raise ValueError("loader 'stream' reads image files; the digits are built in (use loader 'memory' or 'auto')")
+            raise ValueError(
+                "loader 'stream' reads image files; the digits are built in (use loader 'memory' or 'auto')"
+            )
         return dict(load_digits_splits(seed=seed, val_size=val_size))
     if root is None:
         raise ValueError(f"dataset {dataset!r} needs a data root (--data-root)")
@@ -51,11 +59,24 @@ def open_splits(dataset: str, root: str | os.PathLike[str] | None = None, *, loa
             return dict(load_cifar10(root, val_size=val_size, seed=seed))
         layout, folder = locate_cifar10(root)
         if layout != "folders":
-            raise ValueError(f"{folder}: loader 'stream' needs train/<class>/ and test/<class>/ image folders, "
-                             "not the python batches (use loader 'memory')")
+            raise ValueError(
+                f"{folder}: loader 'stream' needs train/<class>/ and test/<class>/ image folders, "
+                "not the python batches (use loader 'memory')"
+            )
         train, test = _scan_pair(folder / "train", folder / "test")
-        return dict(folder_splits(train, test, val_size, seed, resize=None, crop=(32, 32), mean=CIFAR10_MEAN,
-                                  std=CIFAR10_STD, name="cifar10"))
+        return dict(
+            folder_splits(
+                train,
+                test,
+                val_size,
+                seed,
+                resize=None,
+                crop=(32, 32),
+                mean=CIFAR10_MEAN,
+                std=CIFAR10_STD,
+                name="cifar10",
+            )
+        )
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such folder")
@@ -65,5 +86,16 @@ def open_splits(dataset: str, root: str | os.PathLike[str] | None = None, *, loa
     decoded = (len(train.files) + len(test.files)) * 3 * IMAGENET_CROP * IMAGENET_CROP
     if loader == "auto" and decoded <= STREAM_ABOVE_BYTES:
         return dict(load_imagenet_style(root, val_size=val_size, seed=seed))
-    return dict(folder_splits(train, test, val_size, seed, resize=IMAGENET_RESIZE, crop=(IMAGENET_CROP, IMAGENET_CROP),
-                              mean=IMAGENET_MEAN, std=IMAGENET_STD, name=root.name))
+    return dict(
+        folder_splits(
+            train,
+            test,
+            val_size,
+            seed,
+            resize=IMAGENET_RESIZE,
+            crop=(IMAGENET_CROP, IMAGENET_CROP),
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            name=root.name,
+        )
+    )

@@ -29,9 +29,13 @@ from .scan import _Scan
 TRANSFORMS = ("eval", "train")
 
 
-def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
-                            scale: tuple[float, float] = (0.08, 1.0),
-                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
     """(left, top, crop width, crop height) in pixels, drawn as torchvision's RandomResizedCrop does.
 
     Ten tries at an area fraction in ``scale`` and a log-uniform aspect ratio in ``ratio`` that fit
@@ -122,9 +126,11 @@ class FolderSplit(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
         else:
             img = _decode(self.path(i), self.resize, self.crop)
             if img.shape[:2] != self.crop:
-                raise ValueError(f"{self.path(i)}: the image is {img.shape[1]}x{img.shape[0]} but "
-                                 f"{self.crop[1]}x{self.crop[0]} was expected (width x height); "
-                                 "give resize/crop to bring images of different sizes to one size")
+                raise ValueError(
+                    f"{self.path(i)}: the image is {img.shape[1]}x{img.shape[0]} but "
+                    f"{self.crop[1]}x{self.crop[0]} was expected (width x height); "
+                    "give resize/crop to bring images of different sizes to one size"
+                )
         return torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1), int(self.labels[i])
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> FolderSplit:
@@ -136,9 +142,17 @@ class FolderSplit(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
         return Dataset(images, labels, self.classes, self.mean, self.std, self.name).normalized()
 
 
-def folder_splits(train: _Scan, test: _Scan, val_size: int, seed: int, resize: int | None,
-                  crop: tuple[int, int], mean: Sequence[float], std: Sequence[float],
-                  name: str) -> dict[str, FolderSplit]:
+def folder_splits(
+    train: _Scan,
+    test: _Scan,
+    val_size: int,
+    seed: int,
+    resize: int | None,
+    crop: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    name: str,
+) -> dict[str, FolderSplit]:
     """{"train", "val", "test"} streamed from two scanned class folders.
 
     "val" is the same draw from the training files as the in-memory loaders make (same seed, same
@@ -147,11 +161,15 @@ def folder_splits(train: _Scan, test: _Scan, val_size: int, seed: int, resize: i
     rest, val = _split_indices(train.labels, val_size, seed, "val_size")
 
     def split(scan: _Scan, indices: np.ndarray, transform: str) -> FolderSplit:
-        return FolderSplit(scan, indices, transform, resize=resize, crop=crop, mean=tuple(mean), std=tuple(std),
-                           name=name, seed=seed)
+        return FolderSplit(
+            scan, indices, transform, resize=resize, crop=crop, mean=tuple(mean), std=tuple(std), name=name, seed=seed
+        )
 
-    return {"train": split(train, rest, "train"), "val": split(train, val, "eval"),
-            "test": split(test, np.arange(len(test.files), dtype=np.int64), "eval")}
+    return {
+        "train": split(train, rest, "train"),
+        "val": split(train, val, "eval"),
+        "test": split(test, np.arange(len(test.files), dtype=np.int64), "eval"),
+    }
 
 
 def _stack(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,11 +179,12 @@ def _stack(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.T
 def _worker_error(err: Exception) -> ValueError | None:
     """The ValueError a DataLoader worker raised (its last line names the file), or None."""
     lines = [ln for ln in str(err).splitlines() if ln.startswith("ValueError: ")]
-    return ValueError(lines[-1][len("ValueError: "):]) if lines else None
+    return ValueError(lines[-1][len("ValueError: ") :]) if lines else None
 
 
-def split_batches(split: Dataset | FolderSplit, batch_size: int, batch_ids: Sequence[int] | None = None,
-                  workers: int | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+def split_batches(
+    split: Dataset | FolderSplit, batch_size: int, batch_ids: Sequence[int] | None = None, workers: int | None = None
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """(batch id, normalized float32 [b, C, H, W], int64 labels [b]) for batches of ``batch_size``.
 
     Batch k holds samples k*batch_size .. (k+1)*batch_size - 1; batch_ids chooses which (default
@@ -186,8 +205,13 @@ def split_batches(split: Dataset | FolderSplit, batch_size: int, batch_ids: Sequ
         workers = _default_workers()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
-    loader = DataLoader(split, batch_sampler=[list(range(lo, hi)) for lo, hi in bounds], num_workers=workers,
-                        collate_fn=_stack, persistent_workers=False)
+    loader = DataLoader(
+        split,
+        batch_sampler=[list(range(lo, hi)) for lo, hi in bounds],
+        num_workers=workers,
+        collate_fn=_stack,
+        persistent_workers=False,
+    )
     for b, (images, labels) in zip(ids, loader_batches(loader), strict=True):
         yield b, split.normalize(images, labels), labels
 
