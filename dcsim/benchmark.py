@@ -149,9 +149,9 @@ def bench_case(
                 x,
                 steps,
                 readout,
-                threshold,
+                threshold,  # noqa: B023 -- run() is called in this iteration only
                 chunk=chunk,
-                graphs=graphs,  # noqa: B023
+                graphs=graphs,
                 compact_fraction=compact_fraction,
             )
 

@@ -440,7 +440,7 @@ def test_python_batches_errors(tmp_path):
     good_meta = meta.read_bytes()
     for names in ([b"\xff\xfe", b"b", b"c"], [b"a", b"a", b"c"]):
         meta.write_bytes(pickle.dumps({b"label_names": names}))
-        with pytest.raises(ValueError, match="batches.meta: 'label_names' must be"):
+        with pytest.raises(ValueError, match=r"batches\.meta: 'label_names' must be"):
             data.load_cifar10(folder, val_size=5)
     meta.write_bytes(good_meta)
     (folder / "data_batch_3").unlink()

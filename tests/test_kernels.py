@@ -148,8 +148,12 @@ def test_neuron_step_matches_reference(shape, seed, method, with_x2, device):
         _assert_equal(f"out current (step {t + 1})", o1, o2, ctx)
         print(f"membrane (step {t + 1}): max |diff| = {_max_diff(u1, u2):.3g} {ctx}")
         torch.testing.assert_close(
-            u1, u2, atol=MEMBRANE_ATOL, rtol=0, msg=lambda m: f"membrane step {t + 1} {ctx}: {m}"
-        )  # noqa: B023 -- called in this iteration
+            u1,
+            u2,
+            atol=MEMBRANE_ATOL,
+            rtol=0,
+            msg=lambda m: f"membrane step {t + 1} {ctx}: {m}",  # noqa: B023 -- called in this iteration
+        )
         if method == "qffs":
             _assert_equal(f"z (step {t + 1})", z1, z2, ctx)
         _assert_equal(f"counts (step {t + 1})", c1, c2, ctx)
@@ -379,8 +383,12 @@ def test_output_step_matches_reference_and_formula(k, n, seed, kind, device):
         _assert_equal(f"pred (step {t + 1})", a["pred"], b["pred"], ctx)
         print(f"score (step {t + 1}): max |diff| = {_max_diff(a['score'], b['score']):.3g} {ctx}")
         torch.testing.assert_close(
-            a["score"], b["score"], atol=SCORE_ATOL, rtol=0, msg=lambda m: f"score step {t + 1} {ctx}: {m}"
-        )  # noqa: B023 -- called now
+            a["score"],
+            b["score"],
+            atol=SCORE_ATOL,
+            rtol=0,
+            msg=lambda m: f"score step {t + 1} {ctx}: {m}",  # noqa: B023 -- called now
+        )
         near = (b["score"] - threshold).abs() < EXIT_MARGIN
         excluded += int(near.sum())
         _assert_equal(
@@ -397,8 +405,12 @@ def test_output_step_matches_reference_and_formula(k, n, seed, kind, device):
         _assert_equal(f"pred vs torch.argmax (step {t + 1})", a["pred"], f_pred, ctx)
         print(f"score vs float64 formula (step {t + 1}): max |diff| = {_max_diff(a['score'], f_score):.3g} {ctx}")
         torch.testing.assert_close(
-            a["score"].double(), f_score, atol=FORMULA_ATOL, rtol=0, msg=lambda m: f"formula step {t + 1} {ctx}: {m}"
-        )  # noqa: B023 -- called now
+            a["score"].double(),
+            f_score,
+            atol=FORMULA_ATOL,
+            rtol=0,
+            msg=lambda m: f"formula step {t + 1} {ctx}: {m}",  # noqa: B023 -- called now
+        )
         assert bool(((a["score"] >= 0) & (a["score"] <= 1)).all()), f"score outside [0, 1] {ctx}"
         if k == 1:
             assert bool((a["score"] == 1.0).all()) and bool((a["pred"] == 0).all()), ctx
