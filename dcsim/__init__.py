@@ -9,12 +9,13 @@ res = engine.early_exit(x, steps=8, readout=dcsim.Readout.paper("qffs", 2, 8), t
 
 from . import analysis, data, models, training
 from .convert import ConversionError, convert
-from .engine import BatchState, Engine, ExitResult, Simulation
+from .engine import Engine
 from .lsq import LSQActivation
 from .models import build_model
 from .network import SpikingNetwork
 from .ops import backends
 from .readout import Readout
+from .state import BatchState, ExitResult, Simulation
 
 __all__ = [
     "BatchState",

@@ -4,7 +4,7 @@ The engine advances the whole network one time step at a time (step-major), so a
 step each sample's running output sums S_t, prediction and stopping score are known. With
 ``chunk=k`` it computes k steps at once, layer by layer within the chunk, and still decides
 every exit at its own step (same results, fewer and larger conv calls). Per-sample state (membranes, spike counts, sums, static layer values) lives in
-:class:`BatchState`, one row per active sample, so finished samples can be compacted out
+:class:`dcsim.state.BatchState`, one row per active sample, so finished samples can be compacted out
 (kernel 3) or their rows reset and refilled with new inputs (streaming).
 
 Convs and linears run in PyTorch; neuron updates (kernel 1) and the output step (kernel 2)
@@ -18,7 +18,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from types import ModuleType
 from typing import Any
 
@@ -28,6 +28,7 @@ from . import ops, reference
 from .graphs import StaticExit
 from .network import Conv, Input, Linear, Neuron, Node, SpikingNetwork
 from .readout import Readout
+from .state import BatchState, ExitResult, Simulation, StepRecord
 
 BACKENDS: dict[str, ModuleType] = {"native": ops, "reference": reference}
 MAX_STATIC_EXITS = 8
@@ -41,127 +42,6 @@ PRECISIONS: dict[str, torch.dtype] = {
 """Engine precisions and the dtype their convs and linears compute in (see :class:`Engine`)."""
 NEVER = 2.0
 """A threshold no score exceeds (scores are in [0, 1]): samples run to T."""
-
-
-@dataclass
-class BatchState:
-    """State of the active samples, one row each (n rows).
-
-    ids:    int64 [n]   caller's id of the sample in each row
-    static: {node: float32 [n, ...]}  values of input-only layers, computed once per sample
-    u:      {neuron node: float32 [n, ...]}  membrane potentials
-    z:      {neuron node: int32 [n, ...]}    net spike counts (QFFS only)
-    counts: {neuron node: int64 [n]}         spikes emitted so far per sample
-    sums:   float32 [n, K]  running output sums S_t
-    steps:  int32 [n]       steps run so far
-    pred:   int64 [n], score: float32 [n], exited: uint8 [n]  results of the last step
-    admitted: float64 [n]   wall-clock admission time (time.perf_counter seconds)
-    """
-
-    ids: torch.Tensor
-    static: dict[int, torch.Tensor]
-    u: dict[int, torch.Tensor]
-    z: dict[int, torch.Tensor]
-    counts: dict[int, torch.Tensor]
-    sums: torch.Tensor
-    steps: torch.Tensor
-    pred: torch.Tensor
-    score: torch.Tensor
-    exited: torch.Tensor
-    admitted: torch.Tensor
-
-    @property
-    def n(self) -> int:
-        return int(self.ids.shape[0])
-
-    def tensors(self) -> list[torch.Tensor]:
-        """Every per-sample tensor, in a fixed order (see :meth:`replace_tensors`)."""
-        out: list[torch.Tensor] = []
-        for f in fields(self):
-            v = getattr(self, f.name)
-            out += [v[k] for k in sorted(v)] if isinstance(v, dict) else [v]
-        return out
-
-    def replace_tensors(self, tensors: list[torch.Tensor]) -> BatchState:
-        """A new state made of ``tensors`` given in the order of :meth:`tensors`."""
-        it = iter(tensors)
-        kwargs: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            kwargs[f.name] = {k: next(it) for k in sorted(v)} if isinstance(v, dict) else next(it)
-        return BatchState(**kwargs)
-
-
-@dataclass
-class Simulation:
-    """A full-length run (all samples, all steps).
-
-    sums:   float32 [N, T, K] running output sums S_t (None unless requested)
-    pred:   int64 [N, T]   argmax of S_t at step t = 1..T (column t-1)
-    conf:   float32 [N, T] stopping score of the readout at each step
-    spikes: int64 [N, L]   spikes per sample per hidden layer over the T steps
-    neurons: neurons per sample of each hidden layer [L]; layers: their names [L]
-    """
-
-    sums: torch.Tensor | None
-    pred: torch.Tensor
-    conf: torch.Tensor
-    spikes: torch.Tensor
-    neurons: list[int]
-    layers: list[str]
-
-
-@dataclass
-class ExitResult:
-    """A live early-exit run.
-
-    pred: int64 [N] prediction at exit; exit_step: int64 [N] in 1..T; conf: float32 [N] score
-    at exit; spikes: int64 [N, L] spikes per hidden layer over the steps each sample ran;
-    neurons, layers: as in :class:`Simulation`.
-    """
-
-    pred: torch.Tensor
-    exit_step: torch.Tensor
-    conf: torch.Tensor
-    spikes: torch.Tensor
-    neurons: list[int]
-    layers: list[str]
-
-
-@dataclass
-class StepRecord:
-    """What each step of a chunk produced for the n active samples (k steps).
-
-    pred: int64 [k, n]; score: float32 [k, n]; exited: uint8 [k, n]; steps: int32 [k, n] (steps run);
-    counts: int64 [L, k, n] spikes so far per hidden layer; sums: float32 [k, n, K] or None.
-    """
-
-    pred: torch.Tensor
-    score: torch.Tensor
-    exited: torch.Tensor
-    steps: torch.Tensor
-    counts: torch.Tensor
-    sums: torch.Tensor | None
-
-    @staticmethod
-    def empty(k: int, n: int, layers: int, classes: int | None, device: torch.device) -> StepRecord:
-        return StepRecord(
-            pred=torch.empty((k, n), dtype=torch.int64, device=device),
-            score=torch.empty((k, n), dtype=torch.float32, device=device),
-            exited=torch.empty((k, n), dtype=torch.uint8, device=device),
-            steps=torch.empty((k, n), dtype=torch.int32, device=device),
-            counts=torch.empty((layers, k, n), dtype=torch.int64, device=device),
-            sums=None if classes is None else torch.empty((k, n, classes), dtype=torch.float32, device=device),
-        )
-
-    def store(self, t: int, state: BatchState) -> None:
-        """Copy the output step's results into step t of the record (counts are stored by the neuron loop)."""
-        self.pred[t] = state.pred
-        self.score[t] = state.score
-        self.exited[t] = state.exited
-        self.steps[t] = state.steps
-        if self.sums is not None:
-            self.sums[t] = state.sums
 
 
 @contextlib.contextmanager
@@ -323,7 +203,7 @@ class Engine:
             return node.apply(*inputs)
         return node.apply(*(v.to(self._dtype) for v in inputs)).float()
 
-    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised tensor in the engine's memory layout (see :meth:`_layout`)."""
         if self.channels_last and len(shape) == 4:
             n, c, h, w = shape
@@ -385,9 +265,9 @@ class Engine:
         for i in self.neurons:
             neuron = nodes[i]
             assert isinstance(neuron, Neuron)
-            u[i] = self._empty((n, *shapes[i]), torch.float32).fill_(neuron.u0)
+            u[i] = self.empty((n, *shapes[i]), torch.float32).fill_(neuron.u0)
             if self.net.method == "qffs":
-                z[i] = self._empty((n, *shapes[i]), torch.int32).zero_()
+                z[i] = self.empty((n, *shapes[i]), torch.int32).zero_()
             counts[i] = torch.zeros(n, dtype=torch.int64, device=dev)
         k = shapes[-1][0]
         return BatchState(
@@ -515,7 +395,7 @@ class Engine:
                 node = nodes[i]
                 if isinstance(node, Neuron):
                     shape = state.u[i].shape
-                    out = self._empty((k * n, *shape[1:]), torch.float32).view(k, *shape)
+                    out = self.empty((k * n, *shape[1:]), torch.float32).view(k, *shape)
                     for t in range(k):
                         self.kernels.neuron_step(
                             method,

@@ -26,14 +26,49 @@ import functools
 import math
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from .readout import Readout
+from .state import BatchState, StepRecord
 
-if TYPE_CHECKING:
-    from .engine import BatchState, Engine
+
+class SteppingEngine(Protocol):
+    """What the runners need of an engine (:class:`dcsim.engine.Engine` provides it)."""
+
+    device: torch.device
+    neurons: list[int]
+    """Node indices of the hidden (spiking) layers."""
+
+    def gpu_flags(self, autotune: bool | None = None) -> AbstractContextManager[None]:
+        """Context in which the engine's convs and matmuls run."""
+        ...
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised tensor in the engine's memory layout."""
+        ...
+
+    def fresh(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> BatchState:
+        """The state of samples x at t = 0 (no host sync)."""
+        ...
+
+    def advance(
+        self,
+        state: BatchState,
+        k: int,
+        max_steps: int,
+        readout: Readout,
+        threshold: float = ...,
+        record_sums: bool = False,
+        done: int | None = None,
+    ) -> StepRecord:
+        """k steps of every row of ``state``, in place; what each step produced."""
+        ...
+
+    def step(self, state: BatchState, max_steps: int, readout: Readout, threshold: float = ...) -> None:
+        """One step of every row of ``state``, in place."""
+        ...
 
 
 SPECULATE_MAX_ROWS = 16
@@ -87,12 +122,12 @@ class StaticExit:
     """Early exit of batches of one shape [n, ...] with fixed T, readout, threshold and chunk.
 
     Build once (on CUDA this captures the graphs: a fraction of a second), then call :meth:`run`
-    for each batch. Results equal :meth:`Engine.early_exit`'s: the same steps, decided per step.
+    for each batch. Results equal :meth:`dcsim.engine.Engine.early_exit`'s: the same steps, decided per step.
     """
 
     def __init__(
         self,
-        engine: Engine,
+        engine: SteppingEngine,
         shape: tuple[int, ...],
         steps: int,
         readout: Readout,
@@ -108,7 +143,7 @@ class StaticExit:
         self.chunks = math.ceil(steps / chunk)
         dev = engine.device
         n = shape[0]
-        self.x = engine._empty(shape, torch.float32)
+        self.x = engine.empty(shape, torch.float32)
         self.rows = torch.arange(n, device=dev)
         self.pred = torch.zeros(n, dtype=torch.int64, device=dev)
         self.exit_step = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -210,13 +245,15 @@ class StaticExit:
 
 
 class StepGraph:
-    """One :meth:`Engine.step` of a fixed state (same tensors every step), replayed as a CUDA graph.
+    """One :meth:`dcsim.engine.Engine.step` of a fixed state (same tensors every step), replayed as a CUDA graph.
 
     For loops that change the state's rows in place between steps (streaming refills slots
     with index_copy_), so the graph always sees the current values. On the CPU, the plain step.
     """
 
-    def __init__(self, engine: Engine, state: BatchState, steps: int, readout: Readout, threshold: float) -> None:
+    def __init__(
+        self, engine: SteppingEngine, state: BatchState, steps: int, readout: Readout, threshold: float
+    ) -> None:
         def step() -> None:
             engine.step(state, steps, readout, threshold)
 

@@ -21,8 +21,9 @@ from . import analysis
 from .calibration import calibration_report
 from .convert import convert
 from .distributed import Sharded, map_batches
-from .engine import Engine, ExitResult
+from .engine import Engine
 from .readout import Readout
+from .state import ExitResult
 from .training import predict_logits
 
 NO_EXIT = 1.0
