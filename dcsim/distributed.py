@@ -261,7 +261,7 @@ class _LSQGlobalInit:
     """
 
     def __call__(self, module: LSQActivation, inputs: tuple[torch.Tensor, ...]) -> None:
-        if not (module.training and module.quantize) or bool(module.initialized):
+        if not (module.training and module.quantize) or not module.needs_init:
             return
         x = inputs[0].detach()
         stats = torch.stack(

@@ -9,6 +9,7 @@ reproduces exactly this rounding, ties included.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,6 +55,19 @@ class LSQActivation(nn.Module):
         self.step = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("initialized", torch.tensor(False))
         self.quantize = True
+        self._init_seen = False  # host copy of ``initialized`` once seen True: no device sync per forward
+
+    @property
+    def needs_init(self) -> bool:
+        """Whether the step still waits for its initialisation from data. Reads the ``initialized``
+        buffer (a device sync on a GPU) only until it is seen set, then answers from the host."""
+        if not self._init_seen:
+            self._init_seen = bool(self.initialized)
+        return not self._init_seen
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._init_seen = False  # the loaded buffer decides again
 
     @property
     def qp(self) -> int:
@@ -66,10 +80,11 @@ class LSQActivation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.quantize:
             return torch.relu(x)
-        if self.training and not bool(self.initialized):
+        if self.training and self.needs_init:
             with torch.no_grad():
                 self.step.copy_((2 * x.detach().abs().mean() / math.sqrt(self.qp)).clamp_min(1e-8))
                 self.initialized.fill_(True)
+            self._init_seen = True
         if self.grad_scale == "features":
             g = 1.0 / math.sqrt(max(x[0].numel(), 1) * self.qp)
         elif self.grad_scale == "batch":

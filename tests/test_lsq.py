@@ -207,6 +207,32 @@ def test_eval_forward_does_not_initialise():
     torch.testing.assert_close(act.step.detach(), 2 * x.abs().mean() / math.sqrt(3), rtol=1e-6, atol=0)
 
 
+def test_the_initialised_flag_is_read_from_the_device_only_until_seen(monkeypatch):
+    """After the step is initialised, training forwards answer from the host: no bool() of a tensor (on a
+    GPU, a sync per layer per batch; under torch.compile, a graph break)."""
+    act = LSQActivation(2).train()
+    act(torch.randn(8, 10))
+    reads = []
+    real = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(1) or real(t))
+    for _ in range(5):
+        act(torch.randn(8, 10))
+    assert reads == []
+    monkeypatch.undo()
+    # a flag set from outside (a loader, the torchrun hook) is honoured: no re-initialisation
+    other = LSQActivation(2).train()
+    other.step.data.fill_(0.75)
+    other.initialized.fill_(True)
+    other(torch.randn(8, 10) * 9)
+    assert other.step.item() == 0.75
+    # loading an uninitialised state makes the next training forward initialise again
+    fresh = LSQActivation(2).state_dict()
+    act.load_state_dict(fresh)
+    x = torch.randn(8, 10)
+    act(x)
+    torch.testing.assert_close(act.step.detach(), 2 * x.abs().mean() / math.sqrt(3), rtol=1e-6, atol=0)
+
+
 def test_initialisation_of_all_zero_input_keeps_step_positive():
     act = LSQActivation(2).train()
     act(torch.zeros(4, 3))
