@@ -209,12 +209,14 @@ class StreamedSplit:
         rows = [g if local is None else local(g) for g in globals_]
         loader = DataLoader(
             replace(self.split, epoch=epoch),
-            batch_sampler=[r.tolist() for r in rows],
+            batch_sampler=[r.tolist() for r in rows if len(r)],
             num_workers=self.workers,
             collate_fn=_stack,
         )
-        for g, (x, y) in zip(globals_, loader_batches(loader), strict=True):
-            x, y = self._to_device(x, y)
+        decoded = loader_batches(loader)
+        none = (torch.empty((0, *self.split.image_shape), dtype=torch.uint8), torch.empty(0, dtype=torch.int64))
+        for g, r in zip(globals_, rows, strict=True):  # a rank with no rows of a batch (more ranks than rows)
+            x, y = self._to_device(*(next(decoded) if len(r) else none))
             yield x, y, len(g)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import subprocess
@@ -280,3 +281,29 @@ def test_streamed_training_errors(tmp_path, capsys):
     assert cli.main([*argv, "--epochs", "1", "--loader-workers", "1"]) == cli.EXIT_ERROR
     assert str(bad) in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_streamed_epoch_batches_are_the_in_memory_rows_of_each_rank(tmp_path):
+    """Each rank's rows of every global batch, as DeviceSplit gives them; a rank without rows of a batch
+    (more ranks than rows) gets an empty batch."""
+    from dcsim.batching import DeviceSplit, StreamedSplit
+
+    root = _train_folder(tmp_path / "f")
+    mem = data.open_splits("imagefolder", root, loader="memory", val_size=4, seed=0)["train"]
+    st = data.open_splits("imagefolder", root, loader="stream", val_size=4, seed=0)["train"]
+    st = dataclasses.replace(st, transform="eval")
+    device_split = DeviceSplit(mem.images, mem.labels, mem.mean, mem.std, "cpu")
+    perm = torch.randperm(len(mem), generator=torch.Generator().manual_seed(3))
+    for ranks in (1, 3, 8):
+        for rank in range(ranks):
+
+            def local(t, rank=rank, ranks=ranks):
+                return t[rank::ranks]
+
+            want = list(device_split.epoch_batches(perm, 5, 3, epoch=0, local=local))
+            got = list(StreamedSplit(st, "cpu", workers=0).epoch_batches(perm, 5, 3, epoch=0, local=local))
+            assert len(got) == len(want) == 3
+            for (xa, ya, na), (xb, yb, nb) in zip(got, want, strict=True):
+                assert na == nb == 5 and xa.shape == xb.shape and torch.equal(xa, xb) and torch.equal(ya, yb)
+            if ranks == 8 and rank >= 5:
+                assert all(len(y) == 0 for _, y, _ in got)
