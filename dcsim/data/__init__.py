@@ -7,7 +7,8 @@ decoded-image cache), ``folders`` (class folders in memory), ``batching`` (batch
 ``stream`` (class folders decoded batch by batch in DataLoader workers), ``heap`` (bounded resident memory
 for streamed runs), ``sources`` (choosing either path).
 
-Every loader returns :class:`Dataset` objects holding the whole split in memory:
+The in-memory loaders return :class:`Dataset` objects holding the whole split (``open_splits`` with
+``loader="stream"`` returns :class:`FolderSplit` file lists instead, decoded batch by batch):
 
 - images: torch.uint8 [N, C, H, W] (pixel values 0..255) for image files, or torch.float32
   [N, 1, 8, 8] with values in [0, 1] for the digits;
