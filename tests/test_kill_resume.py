@@ -79,6 +79,7 @@ def test_train_killed_and_resumed_equals_uninterrupted(tmp_path):
                 break
         assert kills >= 1 or trial > 0, "the first trial must be interrupted at least once"
         _assert_same_training(out, reference, f"trial {trial} ({kills} kills)")
+        print(f"\nkill trial {trial}: killed {kills} times, resumed; final checkpoint equal to the uninterrupted run's")
 
 
 def _assert_same_training(path: Path, reference: Path, what: str) -> None:
