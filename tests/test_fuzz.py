@@ -9,6 +9,7 @@ file). CI runs DCSIM_FUZZ_CASES (default 200) per file type; the full run uses 2
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from torch import nn
 from dcsim import analysis
 from dcsim.checkpoint import load_checkpoint, save_checkpoint
 from dcsim.lsq import LSQActivation
+from dcsim.models import build_model
 from fuzz_files import (
     BYTE_LEVEL,
     archive_mutation,
@@ -39,7 +41,8 @@ from fuzz_files import (
 
 CASES = int(os.environ.get("DCSIM_FUZZ_CASES", "200"))
 CLI_CASES = int(os.environ.get("DCSIM_FUZZ_CLI_CASES", "40"))
-"""CIFAR-10 batch folders and archives go through ``dcsim train`` (about 0.3 s each); the full run uses 2000."""
+"""Cases run through the CLI (``dcsim eval`` for checkpoints and traces, ``dcsim train`` for CIFAR-10 batch
+folders and archives); the full run uses 2000."""
 HANG_SECONDS = 10
 
 
@@ -186,33 +189,27 @@ def test_clear_errors_for_truncated_trace_name_the_file(tmp_path):
 
 def _train_argv(root: Path, out: Path) -> list[str]:
     return [
-        "train",
-        "--dataset",
-        "cifar10",
-        "--data-root",
-        str(root),
-        "--val-size",
-        "3",
-        "--epochs",
-        "0",
-        "--float-epochs",
-        "1",
-        "--width",
-        "1",
-        "--train-batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--out",
-        str(out),
-    ]
+        "train", "--dataset", "cifar10", "--data-root", str(root), "--val-size", "3", "--epochs", "0",
+        "--float-epochs", "1", "--width", "1", "--train-batch-size", "16", "--device", "cpu", "--quiet",
+        "--out", str(out),
+    ]  # fmt: skip
 
 
-def _fuzz_cli(tmp_path, capsys, monkeypatch, name: str, make_case) -> None:
-    """Run ``dcsim train`` on CLI_CASES mutated inputs; make_case(case_dir, rng, outside, marker) writes one
-    and returns (kind, --data-root). Each must exit 0 with a valid checkpoint or 1 with an error naming a
-    path inside the case folder, within HANG_SECONDS, writing nothing outside the case folder and
+def _valid_checkpoint(out: Path) -> None:
+    _, meta = load_checkpoint(out, build_model)
+    assert meta["classes"] and all(isinstance(c, str) for c in meta["classes"]), "odd classes loaded"
+
+
+def _valid_eval(out: Path) -> None:
+    result = json.loads(out.read_text())
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["samples"] == 360, "odd evaluation"
+
+
+def _fuzz_cli(tmp_path, capsys, monkeypatch, name: str, make_case, valid) -> None:
+    """Run the CLI on CLI_CASES mutated inputs; make_case(case_dir, rng, outside, marker) writes one into
+    case_dir and returns (kind, argv, out): the command line and the file it writes on success.
+    Each must exit 0 with an ``out`` that ``valid`` accepts, or 1 with an error naming a path inside the
+    case folder and no ``out``, within HANG_SECONDS, writing nothing outside the case folder and
     running no code from the file."""
     from dcsim.cli import EXIT_ERROR, EXIT_OK, main
 
@@ -221,29 +218,28 @@ def _fuzz_cli(tmp_path, capsys, monkeypatch, name: str, make_case) -> None:
     outside.mkdir()
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     marker = str(outside / "code-ran")
+    before = set(tmp_path.iterdir())
     outcomes: Counter = Counter()
     failures, slowest = [], 0.0
     for case in range(CLI_CASES):
         case_dir = tmp_path / f"case{case:05d}"
         case_dir.mkdir()
-        kind, root = make_case(case_dir, rng, str(outside), marker)
-        out = case_dir / "out.safetensors"
+        kind, argv, out = make_case(case_dir, rng, str(outside), marker)
         t0 = time.perf_counter()
         old = signal.signal(signal.SIGALRM, _alarm)
         signal.alarm(HANG_SECONDS)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                code = main(_train_argv(root, out))
+                code = main(argv)
             err = capsys.readouterr().err
             if code == EXIT_OK:
-                _, meta = load_checkpoint(out, lambda arch, **kw: _small_cnn(arch, **kw))
-                assert meta["classes"] and all(isinstance(c, str) for c in meta["classes"]), "odd classes loaded"
+                valid(out)
                 outcomes[(kind, "loaded")] += 1
             else:
                 assert code == EXIT_ERROR, f"exit code {code}"
                 assert str(case_dir) in err, f"the error names no file of the case: {err.strip()[-300:]}"
-                assert not out.exists(), "an error left a checkpoint"
+                assert not out.exists(), "an error left its output"
                 outcomes[(kind, "error")] += 1
         except Hang:
             failures.append(f"case {case} ({kind}): over {HANG_SECONDS} s")
@@ -257,11 +253,8 @@ def _fuzz_cli(tmp_path, capsys, monkeypatch, name: str, make_case) -> None:
         slowest = max(slowest, time.perf_counter() - t0)
         if Path(marker).exists():
             failures.append(f"case {case} ({kind}): code from the file ran")
-        escaped = sorted(
-            p.name
-            for p in tmp_path.iterdir()
-            if p != case_dir and p.name not in ("outside", "cache") and not p.name.startswith("case")
-        ) + [p.name for p in outside.iterdir()]
+        escaped = sorted(p.name for p in set(tmp_path.iterdir()) - before - {case_dir})
+        escaped += [p.name for p in outside.iterdir()]
         if escaped or (cache.exists() and any(cache.iterdir())):
             failures.append(f"case {case} ({kind}): wrote outside its folder: {escaped}")
         shutil.rmtree(case_dir)
@@ -272,10 +265,50 @@ def _fuzz_cli(tmp_path, capsys, monkeypatch, name: str, make_case) -> None:
     assert not failures, "\n".join(failures[:20])
 
 
-def _small_cnn(arch: str, **kw):
-    from dcsim.models import build_model
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    """(checkpoint, its validation trace) of a tiny digits model, made with the CLI."""
+    from dcsim.cli import EXIT_OK, main
 
-    return build_model(arch, **kw)
+    d = tmp_path_factory.mktemp("fuzz-model")
+    ckpt, trace = d / "model.safetensors", d / "val.npz"
+    common = ["--device", "cpu", "--quiet"]
+    train = ["train", "--epochs", "1", "--float-epochs", "1", "--width", "2", "--out", str(ckpt), *common]
+    assert main(train) == EXIT_OK
+    assert main(["trace", str(ckpt), "--method", "qcfs", "--steps", "3", "--out", str(trace), "--device", "cpu"]) == 0
+    return ckpt, trace
+
+
+def _eval_argv(ckpt: Path, trace: Path, out: Path) -> list[str]:
+    return ["eval", str(ckpt), "--method", "qcfs", "--trace", str(trace), "--device", "cpu", "--json", str(out)]
+
+
+def test_fuzzed_checkpoints_through_the_cli(tmp_path, capsys, monkeypatch, digits_model):
+    ckpt, trace = digits_model
+    good = ckpt.read_bytes()
+
+    def make_case(case_dir, rng, outside, marker):
+        kind, blob = checkpoint_mutation(good, rng)
+        (case_dir / "model.safetensors").write_bytes(blob)
+        out = case_dir / "eval.json"
+        return kind, _eval_argv(case_dir / "model.safetensors", trace, out), out
+
+    _fuzz_cli(tmp_path, capsys, monkeypatch, "model.safetensors", make_case, _valid_eval)
+
+
+def test_fuzzed_traces_through_the_cli(tmp_path, capsys, monkeypatch, digits_model):
+    ckpt, trace = digits_model
+    good = trace.read_bytes()
+    with np.load(trace) as z:
+        arrays = {k: z[k] for k in z.files}
+
+    def make_case(case_dir, rng, outside, marker):
+        kind, blob = trace_mutation(good, arrays, rng)
+        (case_dir / "val.npz").write_bytes(blob)
+        out = case_dir / "eval.json"
+        return kind, _eval_argv(ckpt, case_dir / "val.npz", out), out
+
+    _fuzz_cli(tmp_path, capsys, monkeypatch, "trace.npz", make_case, _valid_eval)
 
 
 def test_fuzzed_cifar_batches_through_the_cli(tmp_path, capsys, monkeypatch):
@@ -287,9 +320,10 @@ def test_fuzzed_cifar_batches_through_the_cli(tmp_path, capsys, monkeypatch):
         folder.mkdir()
         for fname, blob in mutated.items():
             (folder / fname).write_bytes(blob)
-        return kind, folder
+        out = case_dir / "out.safetensors"
+        return kind, _train_argv(folder, out), out
 
-    _fuzz_cli(tmp_path, capsys, monkeypatch, "cifar-10-batches-py", make_case)
+    _fuzz_cli(tmp_path, capsys, monkeypatch, "cifar-10-batches-py", make_case, _valid_checkpoint)
 
 
 def test_fuzzed_cifar_archives_through_the_cli(tmp_path, capsys, monkeypatch):
@@ -299,9 +333,10 @@ def test_fuzzed_cifar_archives_through_the_cli(tmp_path, capsys, monkeypatch):
         kind, blob = archive_mutation(files, rng, outside, marker)
         archive = case_dir / "cifar-10-python.tar.gz"
         archive.write_bytes(blob)
-        return kind, archive
+        out = case_dir / "out.safetensors"
+        return kind, _train_argv(archive, out), out
 
-    _fuzz_cli(tmp_path, capsys, monkeypatch, "cifar-10-python.tar.gz", make_case)
+    _fuzz_cli(tmp_path, capsys, monkeypatch, "cifar-10-python.tar.gz", make_case, _valid_checkpoint)
 
 
 def test_the_cli_fuzz_corpus_is_valid_before_mutation(tmp_path, capsys):
