@@ -1,10 +1,12 @@
-"""Fuzzed files: mutated checkpoints and traces loaded by dcsim, and mutated CIFAR-10 batch folders and
-.tar.gz archives given to ``dcsim train`` (corpus: tests/fuzz_files.py).
+"""Fuzzed files (corpus: tests/fuzz_files.py): mutated checkpoints and traces loaded by the library
+and given to ``dcsim eval``; mutated CIFAR-10 batch folders and .tar.gz archives given to ``dcsim train``.
 
-Every mutation must end in dcsim's clear error naming the file (ValueError or
-FileNotFoundError), or load correctly: a byte-level mutation only if the content is unchanged,
-a structural one only as a valid object. Never another exception, a crash or a hang (10 s per
-file). CI runs DCSIM_FUZZ_CASES (default 200) per file type; the full run uses 2000.
+Library loads must end in dcsim's clear error naming the file (ValueError or FileNotFoundError),
+or load correctly: a byte-level mutation only if the content is unchanged, a structural one only
+as a valid object. CLI runs must exit 1 with an error naming a file of the case, or 0 with a valid
+result. Never another exception, a crash, a hang (10 s per file), a write outside the case's
+folder or code from the file run. CI runs DCSIM_FUZZ_CASES (default 200) library loads and
+DCSIM_FUZZ_CLI_CASES (default 40) CLI runs per file type; the full run uses 2000 of each.
 """
 
 from __future__ import annotations
