@@ -27,6 +27,7 @@ import math
 import numbers
 import os
 import struct
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -157,6 +158,8 @@ _UNREADABLE = (
     RuntimeError,
     TypeError,
     struct.error,
+    SyntaxError,  # numpy parsing a damaged .npy header (ast.literal_eval)
+    tokenize.TokenError,  # ... or tokenizing it
     zipfile.BadZipFile,
     zlib.error,
 )

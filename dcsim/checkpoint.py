@@ -178,17 +178,11 @@ def load_checkpoint(path: str | os.PathLike, build_model: Callable[..., nn.Modul
     build_model(architecture, **arch_kwargs) makes the module (e.g. dcsim.models.build_model). The
     file's tensor names and shapes must equal the module's state_dict exactly, else a ValueError
     names the file and the missing, unexpected and shape-mismatched tensors (the first few of each).
+    The content hash is checked before anything is built, and the shapes are compared on a model
+    built on the meta device, so metadata asking for a huge model fails without allocating it.
     """
     path = Path(path)
     meta, stored_hash = _read_header(path)
-    try:
-        model = build_model(meta["architecture"], **meta["arch_kwargs"])
-    except (TypeError, ValueError, KeyError) as err:
-        raise ValueError(
-            f"{path}: cannot build architecture {meta['architecture']!r} with {meta['arch_kwargs']}: {err}"
-        ) from err
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{path}: build_model returned a {type(model).__name__}, not a torch.nn.Module")
     try:
         with safe_open(str(path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 -- safe_open has keys(), no __iter__
@@ -206,6 +200,21 @@ def load_checkpoint(path: str | os.PathLike, build_model: Callable[..., nn.Modul
             f"{path}: the checkpoint is corrupted: its content hash does not match the stored "
             f"'{HASH_KEY}' (a changed byte in the tensors or metadata); re-create or re-copy the file"
         )
+
+    def build(device: str) -> nn.Module:
+        try:
+            with torch.device(device):
+                model = build_model(meta["architecture"], **meta["arch_kwargs"])
+        except (TypeError, ValueError, KeyError, RuntimeError, MemoryError, OverflowError) as err:
+            raise ValueError(
+                f"{path}: cannot build architecture {meta['architecture']!r} with {meta['arch_kwargs']}: {err}"
+            ) from err
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{path}: build_model returned a {type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    # First on the meta device (no memory): metadata asking for a huge model is refused before any allocation.
+    model = build("meta")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     stored = {k: tuple(v.shape) for k, v in tensors.items()}
     missing = sorted(set(expected) - set(stored))
@@ -229,5 +238,6 @@ def load_checkpoint(path: str | os.PathLike, build_model: Callable[..., nn.Modul
             f"{path}: the tensors do not fit architecture {meta['architecture']!r} with "
             f"{meta['arch_kwargs']}; " + "; ".join(parts)
         )
+    model = build("cpu")
     model.load_state_dict(tensors, strict=True)
     return model.eval(), meta

@@ -151,6 +151,12 @@ def test_tampered_metadata_names_the_mismatched_tensor(tmp_path):
     _rewrite(path, json.dumps(meta | {"arch_kwargs": {**meta["arch_kwargs"], "width": 6}}))
     with pytest.raises(ValueError, match=r"shape mismatch: 0\.bias .*1\.running_mean .* and \d+ more"):
         load_checkpoint(path, build)
+    # found by fuzzing through the CLI: a huge width used to be built (and allocated) before the comparison
+    _rewrite(path, json.dumps(meta | {"arch_kwargs": {**meta["arch_kwargs"], "width": 2**40}}))
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors: .*shape mismatch: 0\.bias \(file \[\d+\], model \[1099511627776\]\)"
+    ):
+        load_checkpoint(path, build)
     _rewrite(path, json.dumps(meta | {"arch_kwargs": {**meta["arch_kwargs"], "extra": True}}))
     with pytest.raises(ValueError, match=r"missing from the file: 5\.bias, 5\.weight"):
         load_checkpoint(path, build)

@@ -355,3 +355,20 @@ def test_the_cli_fuzz_corpus_is_valid_before_mutation(tmp_path, capsys):
     archive = tmp_path / "arch" / "c.tar.gz"
     archive.write_bytes(tar_of(cifar_archive(files)))
     assert main(_train_argv(archive, tmp_path / "b.safetensors")) == EXIT_OK
+
+
+def test_an_unclosed_npy_header_is_a_clear_error(tmp_path):
+    """Found by fuzzing through the CLI: numpy tokenizes an .npy header whose dict is never closed and
+    raised tokenize.TokenError, which escaped load_trace (a large member is read before its CRC is)."""
+    n = 4000
+    trace = analysis.Trace(
+        labels=np.zeros(n, dtype=np.int64),
+        pred=np.zeros((n, 2), dtype=np.int64),
+        conf=np.zeros((n, 2), dtype=np.float32),
+    )
+    good = analysis.save_trace(tmp_path / "t.npz", trace).read_bytes()
+    end = good.index(b"}", good.index(b"{'descr'"))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(good[:end] + b" " + good[end + 1 :])
+    with pytest.raises(ValueError, match=rf"trace {bad}: unreadable array data \(TokenError"):
+        analysis.load_trace(bad)
