@@ -203,34 +203,17 @@ def _train_folder(root):
     return root
 
 
+def train_argv(root, loader: str) -> list[str]:
+    """``dcsim train`` of a width-2 small CNN for one float and one LSQ epoch on the folder ``root``."""
+    return ["train", "--dataset", "imagefolder", "--data-root", str(root), "--loader", loader, "--val-size", "4",
+            "--epochs", "1", "--float-epochs", "1", "--width", "2", "--train-batch-size", "4", "--device", "cpu",
+            "--quiet"]  # fmt: skip
+
+
 def _train(root, out, loader: str, *extra: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    argv = [
-        "train",
-        "--dataset",
-        "imagefolder",
-        "--data-root",
-        str(root),
-        "--loader",
-        loader,
-        "--val-size",
-        "4",
-        "--epochs",
-        "1",
-        "--float-epochs",
-        "1",
-        "--width",
-        "2",
-        "--train-batch-size",
-        "4",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    argv = [*train_argv(root, loader), "--out", str(out), *extra]
     assert cli.main(argv) == cli.EXIT_OK
     return load_file(str(out))
 

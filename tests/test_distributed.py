@@ -119,34 +119,11 @@ def ckpt(tmp_path_factory):
 def test_two_ranks_equal_one(ckpt, tmp_path):
     """trace, eval and report: identical; training: equal within float tolerance; resume; CLI train."""
     from dist_worker import fit
-    from test_data_loader import _train_folder
+    from test_data_loader import _train_folder, train_argv
 
     d = tmp_path
     trace = ["trace", str(ckpt), "--method", "qcfs", "--steps", "6", *COMMON]
-    streamed_train = [
-        "train",
-        "--dataset",
-        "imagefolder",
-        "--data-root",
-        str(_train_folder(d / "f")),
-        "--loader",
-        "stream",
-        "--loader-workers",
-        "0",
-        "--val-size",
-        "4",
-        "--epochs",
-        "1",
-        "--float-epochs",
-        "1",
-        "--width",
-        "2",
-        "--train-batch-size",
-        "4",
-        "--device",
-        "cpu",
-        "--quiet",
-    ]
+    streamed_train = [*train_argv(_train_folder(d / "f"), "stream"), "--loader-workers", "0"]
     report = ["report", str(ckpt), "--qcfs-max-steps", "6", "--qffs-max-steps", "3", *COMMON]
     out = d / "out"
     out.mkdir()
