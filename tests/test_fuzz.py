@@ -197,20 +197,32 @@ def _train_argv(root: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _valid_checkpoint(out: Path) -> None:
+def _valid_checkpoint(out: Path, kind: str) -> None:
     _, meta = load_checkpoint(out, build_model)
     assert meta["classes"] and all(isinstance(c, str) for c in meta["classes"]), "odd classes loaded"
 
 
-def _valid_eval(out: Path) -> None:
-    result = json.loads(out.read_text())
-    assert 0.0 <= result["accuracy"] <= 1.0 and result["samples"] == 360, "odd evaluation"
+def _without_times(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in ("ms_per_inference", "seconds")}
+
+
+def _valid_eval(reference: dict):
+    """A check of ``dcsim eval``'s JSON: a plausible result, and for byte-level damage that loaded (the
+    file's content must then be unchanged) exactly the unmutated files' result."""
+
+    def check(out: Path, kind: str) -> None:
+        result = json.loads(out.read_text())
+        assert 0.0 <= result["accuracy"] <= 1.0 and result["samples"] == 360, "odd evaluation"
+        if kind in BYTE_LEVEL:
+            assert _without_times(result) == _without_times(reference), "damaged bytes loaded with another result"
+
+    return check
 
 
 def _fuzz_cli(tmp_path, capsys, monkeypatch, name: str, make_case, valid) -> None:
     """Run the CLI on CLI_CASES mutated inputs; make_case(case_dir, rng, outside, marker) writes one into
     case_dir and returns (kind, argv, out): the command line and the file it writes on success.
-    Each must exit 0 with an ``out`` that ``valid`` accepts, or 1 with an error naming a path inside the
+    Each must exit 0 with an ``out`` that ``valid(out, kind)`` accepts, or 1 with an error naming a path inside the
     case folder and no ``out``, within HANG_SECONDS, writing nothing outside the case folder and
     running no code from the file."""
     from dcsim.cli import EXIT_ERROR, EXIT_OK, main
@@ -236,7 +248,7 @@ def _fuzz_cli(tmp_path, capsys, monkeypatch, name: str, make_case, valid) -> Non
                 code = main(argv)
             err = capsys.readouterr().err
             if code == EXIT_OK:
-                valid(out)
+                valid(out, kind)
                 outcomes[(kind, "loaded")] += 1
             else:
                 assert code == EXIT_ERROR, f"exit code {code}"
@@ -269,7 +281,7 @@ def _fuzz_cli(tmp_path, capsys, monkeypatch, name: str, make_case, valid) -> Non
 
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory):
-    """(checkpoint, its validation trace) of a tiny digits model, made with the CLI."""
+    """(checkpoint, its validation trace, the eval JSON of both) of a tiny digits model, made with the CLI."""
     from dcsim.cli import EXIT_OK, main
 
     d = tmp_path_factory.mktemp("fuzz-model")
@@ -278,7 +290,8 @@ def digits_model(tmp_path_factory):
     train = ["train", "--epochs", "1", "--float-epochs", "1", "--width", "2", "--out", str(ckpt), *common]
     assert main(train) == EXIT_OK
     assert main(["trace", str(ckpt), "--method", "qcfs", "--steps", "3", "--out", str(trace), "--device", "cpu"]) == 0
-    return ckpt, trace
+    assert main(_eval_argv(ckpt, trace, d / "eval.json")) == EXIT_OK
+    return ckpt, trace, json.loads((d / "eval.json").read_text())
 
 
 def _eval_argv(ckpt: Path, trace: Path, out: Path) -> list[str]:
@@ -286,7 +299,7 @@ def _eval_argv(ckpt: Path, trace: Path, out: Path) -> list[str]:
 
 
 def test_fuzzed_checkpoints_through_the_cli(tmp_path, capsys, monkeypatch, digits_model):
-    ckpt, trace = digits_model
+    ckpt, trace, reference = digits_model
     good = ckpt.read_bytes()
 
     def make_case(case_dir, rng, outside, marker):
@@ -295,11 +308,11 @@ def test_fuzzed_checkpoints_through_the_cli(tmp_path, capsys, monkeypatch, digit
         out = case_dir / "eval.json"
         return kind, _eval_argv(case_dir / "model.safetensors", trace, out), out
 
-    _fuzz_cli(tmp_path, capsys, monkeypatch, "model.safetensors", make_case, _valid_eval)
+    _fuzz_cli(tmp_path, capsys, monkeypatch, "model.safetensors", make_case, _valid_eval(reference))
 
 
 def test_fuzzed_traces_through_the_cli(tmp_path, capsys, monkeypatch, digits_model):
-    ckpt, trace = digits_model
+    ckpt, trace, reference = digits_model
     good = trace.read_bytes()
     with np.load(trace) as z:
         arrays = {k: z[k] for k in z.files}
@@ -310,7 +323,7 @@ def test_fuzzed_traces_through_the_cli(tmp_path, capsys, monkeypatch, digits_mod
         out = case_dir / "eval.json"
         return kind, _eval_argv(ckpt, case_dir / "val.npz", out), out
 
-    _fuzz_cli(tmp_path, capsys, monkeypatch, "trace.npz", make_case, _valid_eval)
+    _fuzz_cli(tmp_path, capsys, monkeypatch, "trace.npz", make_case, _valid_eval(reference))
 
 
 def test_fuzzed_cifar_batches_through_the_cli(tmp_path, capsys, monkeypatch):
