@@ -177,7 +177,6 @@ class StreamedSplit:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f"StreamedSplit: workers must be a non-negative integer, got {workers!r}")
         self.split, self.device, self.channels_last, self.workers = split, torch.device(device), channels_last, workers
-        self.labels = split.labels.to(self.device)
 
     def __len__(self) -> int:
         return len(self.split)
