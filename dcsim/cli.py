@@ -915,7 +915,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", type=Path, help="per-epoch state for resuming (default: OUT.work/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
-        "--sync-bn", action="store_true", help="under torchrun on GPUs: synchronized batch norm (SyncBatchNorm)"
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun: batch norm over the global batch (SyncBatchNorm on CUDA, GlobalBatchNorm2d on the CPU)",
     )
 
 

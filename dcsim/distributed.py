@@ -15,8 +15,8 @@ process group (NCCL on CUDA, gloo on the CPU) and uses the GPU ``cuda:LOCAL_RANK
 - Rank 0 alone prints, shows progress bars and writes outputs, after the gather.
 - Training (:class:`DataParallel`): DistributedDataParallel; each global batch is split across
   the ranks (rank r takes rows r, r + N, ...), so N ranks train on the single process's batches;
-  LSQ step sizes are initialised from the whole global batch (all-reduced); optional
-  SyncBatchNorm (CUDA only in PyTorch).
+  LSQ step sizes are initialised from the whole global batch (all-reduced); optional batch norm
+  over the global batch (PyTorch's SyncBatchNorm on CUDA, dcsim's GlobalBatchNorm2d on the CPU).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset, FolderSplit, split_batches
+from .global_bn import convert_global_batchnorm
 
 if TYPE_CHECKING:
     from .lsq import LSQActivation
@@ -278,18 +279,18 @@ class _LSQGlobalInit:
 class DataParallel:
     """Training hooks for :func:`dcsim.training.train` on several ranks.
 
-    wrap(model): DistributedDataParallel around the model (after optional SyncBatchNorm
-    conversion), with LSQ step sizes initialised from the global batch; local(t): this rank's
-    rows r, r + N, ... of a global batch t [B, ...]; loss(logits, labels, global_rows): the sum
+    wrap(model): DistributedDataParallel around the model (with ``sync_batchnorm``, after
+    converting its batch norms to ``nn.SyncBatchNorm`` on CUDA, to
+    :class:`dcsim.global_bn.GlobalBatchNorm2d` elsewhere), with LSQ step sizes initialised from
+    the global batch; local(t): this rank's rows r, r + N, ... of a global batch t [B, ...]; loss(logits, labels, global_rows): the sum
     cross-entropy scaled so that DDP's gradient average equals the gradient of the global batch's
     mean loss; reduce(*numbers): sums over the ranks; main: whether this rank writes.
     """
 
     def __init__(self, world: World, sync_batchnorm: bool = False) -> None:
-        if sync_batchnorm and world.device.type != "cuda":
-            raise ValueError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only")
         self.world = world
         self.sync_batchnorm = sync_batchnorm
+        self._bn_group: dist.ProcessGroup | None = None
 
     @property
     def main(self) -> bool:
@@ -303,8 +304,12 @@ class DataParallel:
                 m.register_forward_pre_hook(_LSQGlobalInit())
         if not dist.is_initialized():
             return model
-        if self.sync_batchnorm:
+        if self.sync_batchnorm and self.world.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif self.sync_batchnorm:  # PyTorch's SyncBatchNorm runs on GPUs only
+            if self._bn_group is None:  # its own group: its collectives never interleave with DDP's
+                self._bn_group = dist.new_group(backend="gloo")
+            model = convert_global_batchnorm(model, self._bn_group)
         ids = [self.world.device.index] if self.world.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 

@@ -6,7 +6,10 @@ Each ``--``-separated command runs as ``dcsim CMD ARGS`` on every rank in one pr
 ``{rank}`` in an argument is replaced by the rank, and the JSON result of command i is written
 by rank 0 to OUT/i.json. The pseudo-command ``fit DIR STOP`` trains :func:`tiny_lsq_net` on
 the digits with DataParallel hooks into DIR (the workdir), raising after STOP batches of the
-second epoch when STOP >= 0, and rank 0 writes DIR/weights.safetensors.
+second epoch when STOP >= 0, and rank 0 writes DIR/weights.safetensors; ``fit DIR STOP bn``
+trains the net with batch norms, synchronized over the ranks (``sync_batchnorm``). The
+pseudo-command ``globalbn DIR`` runs :func:`global_bn_rows` and each rank writes
+DIR/rank{r}.safetensors.
 """
 
 from __future__ import annotations
@@ -19,31 +22,80 @@ import torch
 from torch import nn
 
 
-def tiny_lsq_net() -> nn.Module:
-    """A BN-free LSQ CNN for digits (1x8x8 -> 10): N ranks and one process see the same batches."""
+def tiny_lsq_net(bn: bool = False) -> nn.Module:
+    """An LSQ CNN for digits (1x8x8 -> 10), BN-free unless ``bn``: without batch norm (or with it
+    synchronized over the ranks) N ranks and one process compute the same batches."""
     from dcsim.lsq import LSQActivation
 
     torch.manual_seed(0)
+    norm = nn.BatchNorm2d if bn else (lambda c: nn.Identity())
     return nn.Sequential(
         nn.Conv2d(1, 6, 3, padding=1),
+        norm(6),
         LSQActivation(2),
         nn.Conv2d(6, 8, 3, padding=1, stride=2),
+        norm(8),
         LSQActivation(2),
         nn.Flatten(),
         nn.Linear(8 * 4 * 4, 10),
     )
 
 
+def global_bn_case(n: int) -> tuple[torch.Tensor, torch.Tensor, nn.BatchNorm2d]:
+    """A global batch x [n, 5, 3, 4], an upstream gradient of the same shape and a batch norm with
+    non-trivial affine parameters and running statistics (seeded: every rank draws the same)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 5, 3, 4, generator=g) * 3 + torch.arange(5.0)[None, :, None, None]
+    grad = torch.randn(n, 5, 3, 4, generator=g)
+    bn = nn.BatchNorm2d(5, momentum=0.3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(5, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(5, generator=g))
+        bn.running_mean.copy_(torch.randn(5, generator=g))
+        bn.running_var.copy_(torch.rand(5, generator=g) + 0.5)
+    return x, grad, bn
+
+
+def global_bn_rows(rank: int, size: int) -> dict[str, torch.Tensor]:
+    """Two training steps (inputs x, then 2x) of GlobalBatchNorm2d on this rank's rows rank,
+    rank + size, ... of :func:`global_bn_case` for global batches of 7 and 2 rows (on 3 ranks the
+    last rank then has none): its output rows, input gradient, weight/bias gradients (this rank's
+    share) and running statistics after the steps, keyed ``n{rows}_{name}``."""
+    import torch.distributed as dist
+
+    from dcsim.global_bn import convert_global_batchnorm
+
+    out: dict[str, torch.Tensor] = {}
+    group = dist.new_group(backend="gloo")
+    for n in (7, 2):
+        x, grad, bn = global_bn_case(n)
+        gbn = convert_global_batchnorm(bn, group).train()
+        for step in range(2):
+            xr = (x[rank::size] * (step + 1)).requires_grad_(True)
+            y = gbn(xr)
+            gbn.zero_grad()
+            y.backward(grad[rank::size])
+            assert xr.grad is not None and gbn.weight.grad is not None and gbn.bias.grad is not None
+            out |= {
+                f"n{n}_y{step}": y.detach(),
+                f"n{n}_dx{step}": xr.grad,
+                f"n{n}_dw{step}": gbn.weight.grad.clone(),
+                f"n{n}_db{step}": gbn.bias.grad.clone(),
+            }
+        out |= {f"n{n}_running_mean": gbn.running_mean, f"n{n}_running_var": gbn.running_var}
+    return out
+
+
 class Stop(Exception):
     """Raised inside training to simulate a job that dies mid-epoch."""
 
 
-def fit(workdir: Path, stop: int, parallel=None) -> nn.Module:
+def fit(workdir: Path, stop: int, parallel=None, bn: bool = False) -> nn.Module:
     """1 float + 1 LSQ epoch on digits (batch 64, lr 0.05); with stop >= 0, raise Stop after ``stop`` LSQ batches."""
     from dcsim import data, training
 
     splits = data.load_digits_splits(seed=0)
-    model = tiny_lsq_net()
+    model = tiny_lsq_net(bn)
     calls = {"n": 0}
     batches_per_epoch = -(-len(splits["train"]) // 64)
 
@@ -89,9 +141,16 @@ def main(argv: list[str]) -> None:
     try:
         for i, cmd in enumerate(commands):
             cmd = [a.replace("{rank}", str(world.rank)) for a in cmd]
+            if cmd[0] == "globalbn":
+                rows = global_bn_rows(world.rank, world.size)
+                save_file(
+                    {k: v.contiguous() for k, v in rows.items()}, str(Path(cmd[1]) / f"rank{world.rank}.safetensors")
+                )
+                continue
             if cmd[0] == "fit":
+                bn = cmd[3:] == ["bn"]
                 try:
-                    model = fit(Path(cmd[1]), int(cmd[2]), DataParallel(world))
+                    model = fit(Path(cmd[1]), int(cmd[2]), DataParallel(world, sync_batchnorm=bn), bn)
                 except Stop:
                     continue
                 if world.main:

@@ -8,6 +8,7 @@ rank that fails alone. The cheap parts (errors, agreement checks) run without a 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -136,6 +137,7 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
             ["fit", str(d / "fit2"), "-1"],
             ["fit", str(d / "fitR"), "5"],  # dies in the middle of the LSQ epoch ...
             ["fit", str(d / "fitR"), "-1"],  # ... and resumes from the state rank 0 wrote after the float epoch
+            ["fit", str(d / "fitBN"), "-1", "bn"],  # batch norm over the global batch (GlobalBatchNorm2d on gloo)
             [
                 "train",
                 "--epochs",
@@ -145,6 +147,7 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
                 "--quiet",
                 "--device",
                 "cpu",
+                "--sync-bn",
                 "--out",
                 str(d / "m2.safetensors"),
             ],
@@ -178,6 +181,20 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
         torch.testing.assert_close(two_ranks[k], v, rtol=1e-4, atol=1e-5, msg=k)
         assert torch.equal(resumed[k], two_ranks[k]), k  # resuming under 2 ranks changes nothing
     assert (d / "m2.safetensors").is_file() and not list(d.glob(".m2.safetensors.*"))
+    # dcsim train --sync-bn under torchrun on the CPU: the small CNN's batch norms see the global batch
+    one_cli = ["train", "--epochs", "1", "--width", "4", "--quiet", "--device", "cpu", "--sync-bn"]
+    assert main([*one_cli, "--out", str(d / "m1.safetensors")]) == EXIT_OK
+    m1, m2 = load_file(str(d / "m1.safetensors")), load_file(str(d / "m2.safetensors"))
+    assert m1.keys() == m2.keys() and any("running_var" in k for k in m1)
+    for k, v in m1.items():
+        torch.testing.assert_close(m2[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+    # with batch norm synchronized over the 2 ranks, training equals one process's on the whole batches
+    single_bn = fit(d / "fit1bn", -1, bn=True).state_dict()
+    two_bn = load_file(str(d / "fitBN" / "weights.safetensors"))
+    assert single_bn.keys() == two_bn.keys() and any("running_var" in k for k in two_bn)
+    for k, v in single_bn.items():
+        torch.testing.assert_close(two_bn[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
     # streamed training under 2 ranks (each rank decodes only its rows of every global batch) equals the
     # same 2-rank training from memory (batch norm sees each rank's rows, so one process differs)
@@ -187,7 +204,7 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
         assert torch.equal(s2[k], v), k
 
     # stream: each rank streams its share; the totals and the latency percentiles cover every sample of every rank
-    streamed = _result(out, 7)
+    streamed = _result(out, 8)
     assert len(streamed["ranks"]) == 2 and streamed["stream"]["samples"] == 360
     counts = [r["stream"]["latency_histogram"]["count"] for r in streamed["ranks"]]
     assert sum(counts) == 360 and all(c > 0 for c in counts)
@@ -202,12 +219,45 @@ def test_three_ranks_uneven_and_more_ranks_than_samples(ckpt, tmp_path):
     t2 = ["trace", str(ckpt), "--method", "qcfs", "--steps", "4", "--device", "cpu", *tiny]  # 2 samples on 3 ranks
     out = tmp_path / "out"
     out.mkdir()
-    _launch(out, [[*t300, "--out", str(tmp_path / "a3.npz")], [*t2, "--out", str(tmp_path / "b3.npz")]], nproc=3)
+    bn = tmp_path / "bn"
+    bn.mkdir()
+    _launch(
+        out,
+        [[*t300, "--out", str(tmp_path / "a3.npz")], [*t2, "--out", str(tmp_path / "b3.npz")], ["globalbn", str(bn)]],
+        nproc=3,
+    )
+    _global_bn_equals_one_process(bn, ranks=3)
     assert main([*t300, "--out", str(tmp_path / "a1.npz")]) == EXIT_OK
     assert main([*t2, "--out", str(tmp_path / "b1.npz")]) == EXIT_OK
     _same_trace(tmp_path / "a1.npz", tmp_path / "a3.npz")
     _same_trace(tmp_path / "b1.npz", tmp_path / "b3.npz")
     assert np.load(tmp_path / "b3.npz")["pred"].shape == (2, 4)
+
+
+def _global_bn_equals_one_process(d: Path, ranks: int) -> None:
+    """GlobalBatchNorm2d on each rank's rows r, r + N, ... against nn.BatchNorm2d on the whole batch:
+    output and input-gradient rows, weight/bias gradients summed over the ranks, running statistics."""
+    from dist_worker import global_bn_case
+
+    per_rank = [load_file(str(d / f"rank{r}.safetensors")) for r in range(ranks)]
+    close = {"rtol": 1e-5, "atol": 1e-5}
+    for n in (7, 2):
+        x, grad, bn = global_bn_case(n)
+        bn.train()
+        assert n >= ranks or per_rank[-1][f"n{n}_y0"].shape[0] == 0  # a rank without rows takes part
+        for step in range(2):
+            xs = (x * (step + 1)).requires_grad_(True)
+            y = bn(xs)
+            bn.zero_grad()
+            y.backward(grad)
+            for r, got in enumerate(per_rank):
+                torch.testing.assert_close(got[f"n{n}_y{step}"], y.detach()[r::ranks], **close)
+                torch.testing.assert_close(got[f"n{n}_dx{step}"], xs.grad[r::ranks], **close)
+            for name, ref in (("dw", bn.weight.grad), ("db", bn.bias.grad)):
+                torch.testing.assert_close(sum(got[f"n{n}_{name}{step}"] for got in per_rank), ref, **close)
+        for got in per_rank:
+            torch.testing.assert_close(got[f"n{n}_running_mean"], bn.running_mean, **close)
+            torch.testing.assert_close(got[f"n{n}_running_var"], bn.running_var, **close)
 
 
 def test_two_nodes_on_localhost(ckpt, tmp_path):
@@ -325,6 +375,22 @@ def test_more_ranks_than_gpus(monkeypatch):
         distributed.resolve_device("cuda", local_rank=0, local_size=2)
 
 
-def test_sync_bn_needs_cuda():
-    with pytest.raises(ValueError, match="--sync-bn needs CUDA"):
-        distributed.DataParallel(distributed.World(), sync_batchnorm=True)
+def test_global_bn_without_a_group_is_batchnorm():
+    """Outside a process group (one process) or in eval mode GlobalBatchNorm2d is nn.BatchNorm2d;
+    conversion shares parameters and buffers, keeps the state dict keys, and is idempotent."""
+    from dcsim.global_bn import GlobalBatchNorm2d, convert_global_batchnorm
+    from dist_worker import global_bn_case
+
+    x, _, bn = global_bn_case(7)
+    model = torch.nn.Sequential(torch.nn.Conv2d(5, 5, 1), bn)
+    keys = model.state_dict().keys()
+    converted = convert_global_batchnorm(model, group=None)
+    assert converted is model and isinstance(model[1], GlobalBatchNorm2d) and model.state_dict().keys() == keys
+    assert model[1].weight is bn.weight and model[1].running_var is bn.running_var
+    assert convert_global_batchnorm(model, group=None)[1] is model[1]
+    ref = copy.deepcopy(bn)
+    for mode in (True, False):
+        model.train(mode)
+        ref.train(mode)
+        assert torch.equal(model[1](x), ref(x))
+    assert torch.equal(bn.running_mean, ref.running_mean)
