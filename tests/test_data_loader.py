@@ -101,11 +101,13 @@ def test_trace_of_a_streamed_split_equals_the_in_memory_trace(tmp_path):
 
     root = _folder(tmp_path / "f", per_class=3, test_per_class=3)
     torch.manual_seed(0)
-    model = small_cnn(num_classes=2, in_channels=3, width=4, bits=2).eval()
-    engine = Engine(convert(model, method="qffs"))
-    readout = Readout.paper("qffs", 2, 3)
     mem = data.open_splits("imagefolder", root, loader="memory", val_size=2)["test"]
     st = data.open_splits("imagefolder", root, loader="stream", val_size=2)["test"]
+    model = small_cnn(num_classes=2, in_channels=3, width=4, bits=2).train()
+    with torch.no_grad():
+        model(mem.normalized())  # the LSQ step sizes initialised from data
+    engine = Engine(convert(model.eval(), method="qffs"))
+    readout = Readout.paper("qffs", 2, 3)
     a = record_trace(engine, mem.normalized(), mem.labels, 3, readout, {}, batch_size=4)
     b = record_trace(engine, Sharded(st, workers=1, progress=False), st.labels, 3, readout, {}, batch_size=4)
     assert np.array_equal(a.pred, b.pred) and np.array_equal(a.conf, b.conf) and np.array_equal(a.labels, b.labels)

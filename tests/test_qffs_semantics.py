@@ -186,6 +186,8 @@ def test_mixed_bit_widths_need_explicit_drive_steps():
         nn.Flatten(),
         nn.Linear(4 * 4 * 4, 3),
     )
+    with torch.no_grad():
+        model(torch.rand(2, 1, 8, 8))  # the LSQ step sizes initialised from data
     with pytest.raises(dcsim.ConversionError, match="not one Qp; pass drive_steps"):
         dcsim.convert(model, method="qffs")
     assert dcsim.convert(model, method="qffs", drive_steps=7).drive_steps == 7
