@@ -372,8 +372,14 @@ def _semantics(args: argparse.Namespace, method: str) -> str | None:
     return semantics
 
 
+def _says(args: argparse.Namespace) -> bool:
+    """Whether this process prints the human summary: rank 0, with stdout not taken by ``--json -``."""
+    world = getattr(args, "world", None)
+    return (world is None or world.main) and str(args.json) != "-"
+
+
 def cmd_trace(args: argparse.Namespace) -> dict:
-    from .analysis import save_trace
+    from .analysis import accuracy_vs_t, save_trace
     from .convert import convert
     from .distributed import write_if_main
     from .engine import Engine
@@ -397,13 +403,19 @@ def cmd_trace(args: argparse.Namespace) -> dict:
         record_sums=args.sums,
     )
     write_if_main(args.world, args.out, lambda path: save_trace(path, trace))
+    seconds = time.perf_counter() - t0
+    if _says(args):
+        print(
+            f"{args.method} T={args.steps}: traced {len(y)} {args.split} samples in {seconds:.1f} s on "
+            f"{args.world.size} rank(s), accuracy at T {accuracy_vs_t(trace)[-1]:.4f}: {args.out}"
+        )
     return {
         "trace": str(args.out),
         "samples": len(y),
         "steps": args.steps,
         "readout": readout.to_dict(),
         "calibration": calib,
-        "trace_seconds": time.perf_counter() - t0,
+        "trace_seconds": seconds,
         "ranks": args.world.size,
     }
 
@@ -429,7 +441,7 @@ def cmd_analyze(args: argparse.Namespace) -> dict:
     report = analyze(trace, resolution=args.resolution, tolerance=args.tolerance)
     plot_dir = args.plots or (args.json.parent if args.json and str(args.json) != "-" else Path("."))
     report["plots"] = _write_plots(report, plot_dir, stem=args.trace.stem + "_")
-    if args.json is None:
+    if _says(args):
         s = report["selected"]
         print(
             f"baseline: accuracy {report['baseline']['accuracy']:.4f} at {report['baseline']['mean_steps']:.2f} steps"
@@ -497,7 +509,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "device": str(engine.device),
     }
-    if args.json is None and args.world.main:
+    if _says(args):
         print(
             f"{args.method} T={steps} th_c={threshold:.4g}: accuracy {res.accuracy:.4f}, mean steps {res.mean_steps:.2f}, "
             f"saving {100 * res.saving:.1f}%, spikes/neuron {res.spikes['pooled']:.3f}, {res.ms_per_inference:.3f} ms/inference"
@@ -814,7 +826,7 @@ def cmd_stream(args: argparse.Namespace) -> dict:
             },
             "ranks": ranks,
         }
-        if args.json is None and args.world.main:
+        if _says(args):
             lat = out["stream"]["latency_ms"]
             print(
                 f"stream S={args.slots} on {args.world.size} ranks: {out['stream']['throughput']:.1f} samples/s "
@@ -825,7 +837,7 @@ def cmd_stream(args: argparse.Namespace) -> dict:
     if out is None:  # only one rank's share of a split may be empty
         raise ValueError("no images: the split is empty")
     summary = out["stream"]
-    if args.json is None:
+    if _says(args):
         print(
             f"stream S={args.slots}: {summary['throughput']:.1f} samples/s, accuracy {summary['accuracy']:.4f}, "
             f"latency p50 {summary['latency_ms']['p50']:.2f} ms p99 {summary['latency_ms']['p99']:.2f} ms, "

@@ -279,12 +279,13 @@ class _LSQGlobalInit:
 class DataParallel:
     """Training hooks for :func:`dcsim.training.train` on several ranks.
 
-    wrap(model): DistributedDataParallel around the model (with ``sync_batchnorm``, after
-    converting its batch norms to ``nn.SyncBatchNorm`` on CUDA, to
+    wrap(model, unused_parameters): DistributedDataParallel around the model (with
+    ``sync_batchnorm``, after converting its batch norms to ``nn.SyncBatchNorm`` on CUDA, to
     :class:`dcsim.global_bn.GlobalBatchNorm2d` elsewhere), with LSQ step sizes initialised from
-    the global batch; local(t): this rank's rows r, r + N, ... of a global batch t [B, ...]; loss(logits, labels, global_rows): the sum
-    cross-entropy scaled so that DDP's gradient average equals the gradient of the global batch's
-    mean loss; reduce(*numbers): sums over the ranks; main: whether this rank writes.
+    the global batch; local(t): this rank's rows r, r + N, ... of a global batch t [B, ...];
+    loss(logits, labels, global_rows): the sum cross-entropy scaled so that DDP's gradient
+    average equals the gradient of the global batch's mean loss; reduce(*numbers): sums over the
+    ranks; main: whether this rank writes.
     """
 
     def __init__(self, world: World, sync_batchnorm: bool = False) -> None:
@@ -296,7 +297,10 @@ class DataParallel:
     def main(self) -> bool:
         return self.world.main
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, unused_parameters: bool = False) -> nn.Module:
+        """``unused_parameters``: some forward pass leaves parameters without gradients (LSQ step
+        sizes in float epochs); DDP then searches the graph for them after every forward pass,
+        which costs a traversal of the graph, so it is off otherwise."""
         from .lsq import LSQActivation
 
         for m in model.modules():
@@ -311,7 +315,7 @@ class DataParallel:
                 self._bn_group = dist.new_group(backend="gloo")
             model = convert_global_batchnorm(model, self._bn_group)
         ids = [self.world.device.index] if self.world.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused_parameters)
 
     def local(self, t: torch.Tensor) -> torch.Tensor:
         return t[self.world.rank :: self.world.size]

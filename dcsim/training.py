@@ -169,10 +169,13 @@ class _Stepper:
         runtime: TrainRuntime,
         device: torch.device,
         parallel: DataParallel | None = None,
+        float_epochs_ahead: bool = False,
     ) -> None:
+        """``float_epochs_ahead``: some epoch to run trains the LSQ layers as ReLUs, leaving their
+        step sizes without gradients (DDP must then look for unused parameters)."""
         self.model, self.opt, self.config, self.device, self.parallel = model, opt, config, device, parallel
         self.dtype, _ = runtime.resolve(device)
-        net = parallel.wrap(model) if parallel is not None else model
+        net = parallel.wrap(model, float_epochs_ahead) if parallel is not None else model
         self.forward = torch.compile(net) if runtime.compile else net
 
     def __call__(
@@ -405,7 +408,6 @@ def train(
         weight_decay=config.weight_decay,
         nesterov=config.nesterov,
     )
-    step = _Stepper(model, opt, config, runtime, device, parallel)
     ranks = 1 if parallel is None else parallel.world.size
     total = config.float_epochs + config.epochs
     history: dict[str, Any] = {
@@ -422,6 +424,7 @@ def train(
         last.parent.mkdir(parents=True, exist_ok=True)
         if last.exists():
             start, history, best = _resume(last, model, opt, gen, config)
+    step = _Stepper(model, opt, config, runtime, device, parallel, float_epochs_ahead=start < config.float_epochs)
     drop_last = runtime.compile and len(train_split) >= config.batch_size  # fixed shapes: no recompilation
     t_start = time.perf_counter()
     elapsed0 = history["epochs"][-1]["elapsed_s"] if history["epochs"] else 0.0

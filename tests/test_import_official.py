@@ -101,7 +101,9 @@ def test_imported_checkpoint_converts(official):
     imported, _ = load_checkpoint(out, dcsim.build_model)
     net = dcsim.convert(imported, method="qcfs")
     scales = OrderedDict(
-        (n, float(m.scale.detach())) for n, m in model.named_modules() if isinstance(m, LsqActivation) and n != "activation2"
+        (n, float(m.scale.detach()))
+        for n, m in model.named_modules()
+        if isinstance(m, LsqActivation) and n != "activation2"
     )
     th = [net.nodes[i].threshold for i in net.neurons]
     assert th == [float(torch.tensor(3 * s, dtype=torch.float32)) for s in scales.values()]
