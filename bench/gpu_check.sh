@@ -11,6 +11,10 @@
 #       with a training budget (default 5.5 minutes: build ~1.5, data ~0.5, evaluation ~1 => ~9 minutes in all);
 #       brings back 7 files: summary.txt, build.log, reproduce.log, reproduce.tar.gz (report.md/json,
 #       results.json, traces, plots, zoo manifest) and the weights as safetensors shards of <= 16 MiB (ResNet-18: 3).
+#   bash bench/gpu_check.sh distributed
+#       build, then bench/distributed_check.sh on CUDA (NCCL; about 3 minutes in all): torchrun train with
+#       --sync-bn killed and resumed, trace and eval against one process, and on a 1-GPU node the refusal
+#       of 2 ranks; brings back summary.txt, build.log, distributed.txt and the train/trace/eval/refuse logs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-full}"
@@ -46,6 +50,15 @@ if [ "$mode" = reproduce ]; then
   fi
   ls -la "$OUT" >> "$OUT/summary.txt"
   log "done"
+  exit "$rc"
+fi
+
+if [ "$mode" = distributed ]; then
+  log "torchrun on CUDA (NCCL): bench/distributed_check.sh"
+  timeout 400 bash bench/distributed_check.sh cuda "$OUT"
+  rc=$?
+  log "distributed rc=$rc"
+  grep -E "PASS|FAIL|done" "$OUT/distributed.txt" >> "$OUT/summary.txt"
   exit "$rc"
 fi
 

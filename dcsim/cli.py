@@ -250,8 +250,9 @@ def cmd_train(args: argparse.Namespace, splits: dict | None = None) -> dict:
         "milestones": milestones(history, (0.5, 0.8, 0.9, 0.92, 0.93, 0.935)),
         "train_images": len(tr),
     }
-    if "stopped" in history:
-        training["stopped"] = history["stopped"]
+    for key in ("stopped", "resumed_at_epochs"):
+        if key in history:
+            training[key] = history[key]
     meta = {
         "architecture": args.arch,
         "arch_kwargs": arch_kwargs,

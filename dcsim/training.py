@@ -424,6 +424,9 @@ def train(
         last.parent.mkdir(parents=True, exist_ok=True)
         if last.exists():
             start, history, best = _resume(last, model, opt, gen, config)
+            history["resumed_at_epochs"] = [*history.get("resumed_at_epochs", []), start]
+            if progress:
+                tqdm.write(f"resuming from {last} after epoch {start}/{total}")
     step = _Stepper(model, opt, config, runtime, device, parallel, float_epochs_ahead=start < config.float_epochs)
     drop_last = runtime.compile and len(train_split) >= config.batch_size  # fixed shapes: no recompilation
     t_start = time.perf_counter()

@@ -266,6 +266,7 @@ def test_training_resumes_after_interruption_to_the_same_weights(tmp_path):
     resumed = fresh()
     history = training.train(resumed, xtr, ytr, xva, yva, cfg, augment=lambda x, g: x, workdir=tmp_path, progress=False)
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    assert history["resumed_at_epochs"] == [1]
     for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
