@@ -140,7 +140,22 @@ def limit_splits(splits: dict, train_subset: int | None = None, max_test: int | 
 
 
 def cmd_train(args: argparse.Namespace, splits: dict | None = None) -> dict:
-    """Train and write the checkpoint ``args.out``; ``splits`` (default: loaded from the data arguments)."""
+    """Train and write the checkpoint ``args.out``; ``splits`` (default: loaded from the data arguments).
+
+    The working folder (``--workdir``, default OUT.work/: per-epoch state for resuming) is held by
+    this run from start to end (by rank 0 under torchrun): a second run into it is an error.
+    """
+    from .fileio import exclusive_folder
+
+    with exclusive_folder(_train_workdir(args), held=args.world.main):
+        return _train(args, splits)
+
+
+def _train_workdir(args: argparse.Namespace) -> Path:
+    return args.workdir or args.out.with_suffix(".work")
+
+
+def _train(args: argparse.Namespace, splits: dict | None) -> dict:
     from .batching import DeviceSplit, StreamedSplit, random_crop_flip
     from .checkpoint import save_checkpoint
     from .data import Dataset
@@ -190,7 +205,7 @@ def cmd_train(args: argparse.Namespace, splits: dict | None = None) -> dict:
     else:
         augment = random_crop_flip if args.augment else None
     data = {"normalization": (tr.mean, tr.std), "device": device}
-    workdir = args.workdir or args.out.with_suffix(".work")
+    workdir = _train_workdir(args)
     t0 = time.perf_counter()
     plan, time_limit = None, None
     if args.budget_minutes is not None:

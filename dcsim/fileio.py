@@ -1,7 +1,9 @@
-"""Atomic file output: write beside the target, then rename, so nothing half-written remains."""
+"""Atomic file output (write beside the target, then rename, so nothing half-written remains) and
+exclusive use of a working folder."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -49,3 +51,34 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@contextmanager
+def exclusive_folder(folder: str | os.PathLike, *, held: bool = True) -> Iterator[Path]:
+    """Hold ``folder`` (created if missing) for this process for the block: an exclusive lock on
+    folder/.lock, which the system releases when the process ends however it ends (no stale locks).
+
+    Another process holding it is a ValueError naming the folder and that process's pid.
+    ``held=False`` (ranks other than 0) yields the folder without locking.
+    """
+    folder = Path(folder)
+    if not held:
+        yield folder
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ValueError(
+                f"{folder}: another dcsim run (pid {owner}) is using this folder; wait for it to end, "
+                "or give another --workdir / --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)

@@ -271,6 +271,33 @@ def test_training_resumes_after_interruption_to_the_same_weights(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_train_refuses_a_working_folder_another_run_holds(tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    args = ["train", "--epochs", "1", "--width", "4", "--quiet", "--device", "cpu", "--out", str(out)]
+    other = subprocess.Popen(  # another process holds OUT.work/ (as a running train does)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from dcsim.fileio import exclusive_folder\n"
+            "with exclusive_folder(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
+            str(out.with_suffix(".work")),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout.readline().strip() == "held"
+        assert main(args) == EXIT_ERROR
+        err = capsys.readouterr().err
+        assert f"m.work: another dcsim run (pid {other.pid}) is using this folder" in err
+        assert not out.exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert main(args) == EXIT_OK  # the lock ends with its process, however it ends
+    assert out.is_file()
+
+
 def test_bench_rows_and_stream(tmp_path):
     out = tmp_path / "b.json"
     assert (
