@@ -5,7 +5,9 @@ networks every float operation is exact, so equality tests the engine's logic, n
 library's.
 """
 
+import copy
 import dataclasses
+import functools
 from dataclasses import replace
 
 import numpy as np
@@ -88,8 +90,16 @@ def small(method: str, seed: int = 0):
 
 
 def resnet(method: str, seed: int = 0):
+    """A full-width dyadic ResNet-18 on 1x8x8 inputs (a copy: tests may change it)."""
+    return copy.deepcopy(_resnet(method, seed)), (1, 8, 8)
+
+
+@functools.cache
+def _resnet(method: str, seed: int) -> dcsim.SpikingNetwork:
+    # built once per process: balancing its 17 neuron layers takes up to ~100 simulations
+    # (seconds here, about 20 s in the sanitized build), so the tests share seed 3
     model = dcsim.models.resnet18(num_classes=10, in_channels=1)
-    return dyadic_network(model, method, (1, 8, 8), seed), (1, 8, 8)
+    return dyadic_network(model, method, (1, 8, 8), seed)
 
 
 def trace_of(engine: dcsim.Engine, x: torch.Tensor, steps: int, readout: dcsim.Readout) -> analysis.Trace:

@@ -113,7 +113,7 @@ def test_exact_at_T_equals_Qp_on_constant_input_under_both_semantics():
 def test_engine_paths_agree_on_settle(backend, chunk):
     """simulate (uniform drive, host-known), early exit, graphs runner (per-row masks) and the
     official-style eager simulator give the same results across the drive boundary."""
-    net, shape = resnet("qffs", seed=6)
+    net, shape = resnet("qffs", seed=3)
     x = dyadic_inputs(5, shape, 6)
     steps = 7
     engine = dcsim.Engine(net, backend=backend)
