@@ -6,6 +6,7 @@
 # GlobalBatchNorm2d on the CPU), killed after its first epoch and resumed; then trace and eval
 # under torchrun against one process. With N = 2 ranks where the node has 2 devices (always on the
 # CPU), else 1 rank, and on a 1-GPU node it checks that 2 ranks are refused with a clear error.
+# Python: $PYTHON, else run.sh's .venv when present, else python3.
 # Writes OUTDIR/distributed.txt (every verdict) and the logs; exits 1 if any check failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ out="${2:?usage: distributed_check.sh cpu|cuda OUTDIR}"
 mkdir -p "$out"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-py="${PYTHON:-python3}"
+py="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"  # run.sh's venv when present
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 failed=0
 say() { echo "[distributed_check $(date +%T)] $*" | tee -a "$out/distributed.txt"; }
@@ -38,7 +39,7 @@ else
   gpus=2
 fi
 ranks=$(( gpus >= 2 ? 2 : 1 ))
-say "device $dev, $gpus device(s) on this node, $ranks rank(s); $("$py" -c 'import torch, dcsim; print("torch", torch.__version__, "dcsim", dcsim.__version__)')"
+say "device $dev, $gpus device(s) on this node, $ranks rank(s); $py: $("$py" -c 'import torch, dcsim; print("torch", torch.__version__, "dcsim", dcsim.__version__)')"
 
 # train, float stage: one process; then torchrun, killed (SIGKILL: launcher and ranks) once its first epoch is
 # saved, and the same line again (resumes). Float training is compared: LSQ rounding amplifies
