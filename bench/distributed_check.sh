@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Multi-process check of dcsim under torchrun on one machine, for a device: cpu (gloo) or cuda (NCCL).
-#   bash bench/distributed_check.sh cpu  OUTDIR   # any machine: 1 vs 2 ranks (about 2 minutes on 2 cores)
+#   bash bench/distributed_check.sh cpu  OUTDIR   # any machine: 1 vs 2 ranks (about 1 minute on 2 cores)
 #   bash bench/distributed_check.sh cuda OUTDIR   # a GPU machine; bench/gpu_check.sh distributed runs it
 # On digits (no files needed): `dcsim train --sync-bn` under torchrun (SyncBatchNorm on CUDA, dcsim's
 # GlobalBatchNorm2d on the CPU), killed after its first epoch and resumed; then trace and eval
@@ -53,8 +53,17 @@ verdict "train, one process" $?
 agent=$!
 for _ in $(seq 1200); do [ -e "$work/dist.work/last.safetensors" ] && break; sleep 0.05; done
 # the ranks run in sessions of their own (torchrun starts them so): freeze the agent, kill them, then it
-kill -STOP "$agent"; kill -KILL $(children_of "$agent") "$agent"; wait "$agent" 2>/dev/null
-sleep 1
+kill -STOP "$agent"
+ranks_pids="$(children_of "$agent")"
+kill -KILL $ranks_pids "$agent"; wait "$agent" 2>/dev/null
+for pid in $ranks_pids; do  # until each rank has exited (and so released the working folder's lock); at most 5 s
+  for _ in $(seq 100); do
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || break
+    read -r -a fields <<< "${stat##*) }"
+    [ "${fields[0]}" = Z ] && break
+    sleep 0.05
+  done
+done
 [ -e "$work/dist.work/last.safetensors" ] && [ ! -e "$work/dist.safetensors" ]
 verdict "train under torchrun ($ranks ranks): killed after its first epoch, no checkpoint written" $?
 torchrun_n "$ranks" "${F[@]}" --out "$work/dist.safetensors" >> "$out/train.log" 2>&1

@@ -381,7 +381,8 @@ def train(
     With ``time_limit_s``, training stops after the first epoch that ends past the limit.
     Returns the history: {"epochs": [{"epoch", "phase", "loss", "train_acc", "val_acc", "lr",
     "seconds", "elapsed_s"}], "best_val_acc", "config", "completed", "planned_epochs"}; "seconds"
-    is the epoch's wall time (training and validation), "elapsed_s" the sum so far.
+    is the epoch's wall time (training and validation), "elapsed_s" the sum so far; a resumed run
+    adds "resumed_at_epochs" (the epochs completed at each resume).
     parallel: training on several ranks (see dcsim.distributed.DataParallel): every rank draws the
     same global batches and trains on its rows of each; rank 0 alone writes the workdir state.
     """
@@ -424,7 +425,6 @@ def train(
         last.parent.mkdir(parents=True, exist_ok=True)
         if last.exists():
             start, history, best = _resume(last, model, opt, gen, config)
-            history["resumed_at_epochs"] = [*history.get("resumed_at_epochs", []), start]
             if progress:
                 tqdm.write(f"resuming from {last} after epoch {start}/{total}")
     step = _Stepper(model, opt, config, runtime, device, parallel, float_epochs_ahead=start < config.float_epochs)
@@ -584,4 +584,5 @@ def _resume(
     history["config"] = asdict(config)
     history.setdefault("planned_epochs", config.float_epochs + config.epochs)
     history["completed"] = False
+    history["resumed_at_epochs"] = [*history.get("resumed_at_epochs", []), len(history["epochs"])]
     return len(history["epochs"]), history, best
