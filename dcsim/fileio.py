@@ -58,16 +58,19 @@ def exclusive_folder(folder: str | os.PathLike, *, held: bool = True) -> Iterato
     """Hold ``folder`` (created if missing) for this process for the block: an exclusive lock on
     folder/.lock, which the system releases when the process ends however it ends (no stale locks).
 
-    Another process holding it is a ValueError naming the folder and that process's pid.
+    Another process holding it is a ValueError naming the folder and that process's pid; a folder
+    that cannot be made or written (a file of that name, no permission) is a ValueError naming it.
     ``held=False`` (ranks other than 0) yields the folder without locking.
     """
     folder = Path(folder)
     if not held:
         yield folder
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / ".lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise ValueError(f"{folder}: cannot use as a working folder ({err.strerror or err})") from err
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

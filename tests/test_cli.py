@@ -296,6 +296,11 @@ def test_train_refuses_a_working_folder_another_run_holds(tmp_path, capsys):
         other.wait()
     assert main(args) == EXIT_OK  # the lock ends with its process, however it ends
     assert out.is_file()
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    assert main([*args[:-1], str(tmp_path / "n.safetensors"), "--workdir", str(blocked)]) == EXIT_ERROR
+    assert f"{blocked}: cannot use as a working folder (File exists)" in capsys.readouterr().err
+    assert not (tmp_path / "n.safetensors").exists()
 
 
 def test_bench_rows_and_stream(tmp_path):
