@@ -20,6 +20,7 @@ import torch
 
 from .byom import add_import_parser, add_normalize_args
 from .engine import PRECISIONS
+from .models import ARCHITECTURES
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -160,7 +161,7 @@ def _train(args: argparse.Namespace, splits: dict | None) -> dict:
     from .checkpoint import save_checkpoint
     from .data import Dataset
     from .distributed import DataParallel, write_if_main
-    from .models import build_model
+    from .models import build_model, init_whitening
     from .training import TrainConfig, TrainRuntime, milestones, split_accuracy, train
 
     splits = limit_splits(splits or load_splits(args), getattr(args, "train_subset", None), seed=args.seed)
@@ -178,6 +179,8 @@ def _train(args: argparse.Namespace, splits: dict | None) -> dict:
         arch_kwargs["width"] = args.width or 32  # small_cnn's default; the others default to the paper's 64
     torch.manual_seed(args.seed)  # weight initialisation
     model = build_model(args.arch, **arch_kwargs)
+    if hasattr(model, "whiten") and not streamed:  # patch whitening from the training split only
+        init_whitening(model, tr.normalized(slice(0, 5000)))
     config = TrainConfig(
         epochs=args.epochs,
         float_epochs=args.float_epochs,
@@ -972,7 +975,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", "float pre-training and LSQ fine-tuning; writes a safetensors checkpoint")
     _add_data_args(p)
-    p.add_argument("--arch", default="small_cnn", choices=["small_cnn", "vgg16", "resnet18", "resnet50"])
+    p.add_argument("--arch", default="small_cnn", choices=sorted(ARCHITECTURES))
     p.add_argument(
         "--width",
         type=int,
@@ -1116,7 +1119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("reproduce", "train, convert, calibrate, trace, select th_c, exit early and report in Table 1's layout")
     _add_data_args(p)
-    p.add_argument("--arch", default="resnet18", choices=["small_cnn", "vgg16", "resnet18", "resnet50"])
+    p.add_argument("--arch", default="resnet18", choices=sorted(ARCHITECTURES))
     p.add_argument("--width", type=int, help="base width (default: the paper's network)")
     p.add_argument("--bits", type=int, default=2, help="activation bits b")
     p.add_argument("--float-epochs", type=int, default=30, help="float epochs (without --budget-minutes)")

@@ -27,6 +27,46 @@ def _round_half_up_ste(v: torch.Tensor) -> torch.Tensor:
     return (torch.floor(v + 0.5) - v).detach() + v
 
 
+def lsq_quantize_ref(x: torch.Tensor, step: torch.Tensor, g: float, qp: int) -> torch.Tensor:
+    """Reference of the LSQ quantizer, composed of autograd ops: s * round_half_up(clamp(x / s, 0, Qp)).
+
+    x: float [N, ...]; step: scalar parameter s; g: the gradient scale on s; qp: highest level.
+    """
+    s = _scale_grad(step, g)
+    return _round_half_up_ste(torch.clamp(x / s, 0, qp)) * s
+
+
+class _LSQQuantize(torch.autograd.Function):
+    """y = s * floor(clamp(x / s, 0, Qp) + 0.5) with LSQ's gradients, in fewer passes over memory.
+
+    Forward values equal :func:`lsq_quantize_ref` bit for bit, and so does the input gradient ((dy * s) masked, / s, as
+    autograd computes it there); the step's gradient is the same sum, g * sum(dy * (q - v) inside
+    [0, Qp], dy * q outside), reduced in one pass (float rounding may differ in the last bits).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, step: torch.Tensor, g: float, qp: int) -> torch.Tensor:
+        v = x / step
+        q = torch.clamp(v, 0, qp).add_(0.5).floor_()
+        ctx.save_for_backward(v, q, step)
+        ctx.g, ctx.qp = g, qp
+        return q * step
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        v, q, step = ctx.saved_tensors
+        inside = (v >= 0) & (v <= ctx.qp)
+        grad_x = (grad * step).mul_(inside).div_(step)
+        grad_step = (grad * torch.where(inside, q - v, q)).sum() * ctx.g
+        return grad_x, grad_step.reshape(step.shape), None, None
+
+
+def lsq_quantize(x: torch.Tensor, step: torch.Tensor, g: float, qp: int) -> torch.Tensor:
+    """The LSQ quantizer of :func:`lsq_quantize_ref`, fused (see :class:`_LSQQuantize`)."""
+    out: torch.Tensor = _LSQQuantize.apply(x, step, g, qp)
+    return out
+
+
 class LSQActivation(nn.Module):
     """LSQ-quantized ReLU with ``bits`` bits: levels 0..Qp, step size ``step`` (learned).
 
@@ -91,8 +131,7 @@ class LSQActivation(nn.Module):
             g = 1.0 / math.sqrt(max(x.shape[0], 1) * self.qp)
         else:
             g = 1.0
-        s = _scale_grad(self.step, g)
-        return _round_half_up_ste(torch.clamp(x / s, 0, self.qp)) * s
+        return lsq_quantize(x, self.step, g, self.qp)
 
 
 def set_quantization(model: nn.Module, enabled: bool) -> int:

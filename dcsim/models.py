@@ -3,7 +3,8 @@
 All models use average pooling (no max-pool) so they convert to spiking networks:
 ``small_cnn`` (fast, for tests and demos), ``vgg16`` (32x32 inputs; its fully connected
 hidden layers are quantized too), ``resnet18`` (CIFAR: 3x3 stem, no max-pool) and
-``resnet50`` (ImageNet: the 3x3/2 max-pool replaced by average pooling).
+``resnet50`` (ImageNet: the 3x3/2 max-pool replaced by average pooling) and ``whitened_cnn``
+(a fast CIFAR-10 trainer's shape: patch-whitening first conv, three conv groups).
 Inputs are float32 [N, C, H, W]; outputs are logits float32 [N, num_classes].
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .lsq import LSQActivation
@@ -192,11 +194,93 @@ def resnet50(num_classes: int = 1000, in_channels: int = 3, bits: int = 2, width
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, bits, stem="imagenet", base_width=width)
 
 
+class WhitenedCNN(nn.Module):
+    """A fast CIFAR trainer's network made convertible: a fixed 2x2 patch-whitening conv, then conv groups.
+
+    Designed after the published fast CIFAR-10 trainers (a whitening first layer initialised from
+    the training images' patch covariance, three groups of two 3x3 convs, batch norm), with LSQ
+    activations as the only non-linearity and average pooling, so every layer converts:
+
+    ``whiten`` (2x2, no padding, 2 * in_channels * 4 filters: each whitened patch direction and its
+    negation, so the rectifying quantizer keeps both signs; bias) -> LSQ, then per group of width
+    c: conv3x3 -> BN -> LSQ -> 2x2 average pool -> conv3x3 -> BN -> LSQ; global average pooling,
+    linear. ``widths``: the three groups' channels ((64, 256, 256) as airbench94).
+    Inputs float32 [N, C, 32, 32] (normalized); 32 -> 31 (whitening) -> 15 -> 7 -> 3 pixels.
+    The whitening weights are frozen (``requires_grad`` False) once set by :func:`init_whitening`.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 3, bits: int = 2, widths: tuple[int, ...] = (64, 256, 256)
+    ) -> None:
+        super().__init__()
+        widths = tuple(widths)
+        if not widths:
+            raise ValueError("whitened_cnn: widths must name at least one group")
+        for w in widths:
+            _check_width(w, "whitened_cnn")
+        patches = 2 * in_channels * 4
+        self.whiten = nn.Conv2d(in_channels, patches, 2, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        self.act0 = LSQActivation(bits)
+        layers: list[nn.Module] = []
+        cin = patches
+        for c in widths:
+            layers += [*_conv_bn_act(cin, c, bits), nn.AvgPool2d(2), *_conv_bn_act(c, c, bits)]
+            cin = c
+        self.groups = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc(self.flatten(self.pool(self.groups(self.act0(self.whiten(x))))))
+        return out
+
+
+@torch.no_grad()
+def init_whitening(model: nn.Module, images: torch.Tensor, eps: float = 5e-4, max_images: int = 5000) -> bool:
+    """Set ``model.whiten`` (if it has one) from the patch covariance of ``images``; True if set.
+
+    images: float32 [N, C, H, W], normalized as the model sees them: the **training** split only
+    (the first ``max_images``). The filters are the eigenvectors V of the covariance of all 2x2
+    patches scaled by 1/sqrt(eigenvalue + eps), stacked with their negations ([V; -V]); the bias
+    is zeroed. Deterministic (no randomness).
+    """
+    whiten = getattr(model, "whiten", None)
+    if not isinstance(whiten, nn.Conv2d):
+        return False
+    if images.ndim != 4 or images.shape[1] != whiten.in_channels:
+        raise ValueError(
+            f"init_whitening: images must be [N, {whiten.in_channels}, H, W], got {tuple(images.shape)}"
+        )
+    x = images[:max_images].float().to(whiten.weight.device)
+    k = whiten.kernel_size[0]
+    patches = F.unfold(x, k).transpose(1, 2).reshape(-1, whiten.in_channels * k * k).double()
+    patches = patches - patches.mean(0)
+    cov = patches.T @ patches / patches.shape[0]
+    eigval, eigvec = torch.linalg.eigh(cov)
+    filters = (eigvec.T / torch.sqrt(eigval.clamp_min(0) + eps)[:, None]).float()
+    filters = filters.reshape(-1, whiten.in_channels, k, k)
+    whiten.weight.copy_(torch.cat([filters, -filters]))
+    if whiten.bias is not None:
+        whiten.bias.zero_()
+    return True
+
+
+def whitened_cnn(
+    num_classes: int = 10, in_channels: int = 3, bits: int = 2, width: int = 64
+) -> WhitenedCNN:
+    """:class:`WhitenedCNN` with groups (width, 4 * width, 4 * width): width 64 is airbench94's (64, 256, 256)."""
+    _check_width(width, "whitened_cnn")
+    return WhitenedCNN(num_classes, in_channels, bits, (width, 4 * width, 4 * width))
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": small_cnn,
     "vgg16": vgg16,
     "resnet18": resnet18,
     "resnet50": resnet50,
+    "whitened_cnn": whitened_cnn,
 }
 
 

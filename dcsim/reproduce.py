@@ -37,7 +37,11 @@ from .readout import Readout
 from .report import markdown_table, table_rows, write_json
 from .training import split_accuracy
 
-PAPER_STEPS = {"resnet18": {"qcfs": 27, "qffs": 4}, "vgg16": {"qcfs": 30, "qffs": 6}}
+PAPER_STEPS = {
+    "resnet18": {"qcfs": 27, "qffs": 4},
+    "vgg16": {"qcfs": 30, "qffs": 6},
+    "whitened_cnn": {"qcfs": 27, "qffs": 4},  # not in the paper: its ResNet-18 T, for comparison
+}
 """T of the paper's CIFAR-10 runs per architecture and method."""
 
 PAPER_TABLE1 = {
@@ -81,7 +85,13 @@ OFFICIAL_QCFS_CURVE = [
 ]
 """QCFS test accuracy (%) of the official code's 2-bit ResNet-18 on CIFAR-10 at t = 1..27."""
 
-NAMES = {"resnet18": "ResNet-18", "vgg16": "VGG-16", "resnet50": "ResNet-50", "small_cnn": "small CNN"}
+NAMES = {
+    "resnet18": "ResNet-18",
+    "vgg16": "VGG-16",
+    "resnet50": "ResNet-50",
+    "small_cnn": "small CNN",
+    "whitened_cnn": "whitened CNN",
+}
 
 
 class Results:
@@ -249,7 +259,9 @@ def _summary(
     from .benchmark import device_name
 
     rows = table_rows(ann_test, [{"method": m["method"], "no_dc": m["no_dc"], "dc": m["dc"]} for m in methods])
-    paper = PAPER_TABLE1.get(args.arch)
+    # the paper's rows of this network, else its ResNet-18 rows for reference (labelled as another network)
+    paper_model = args.arch if args.arch in PAPER_TABLE1 else ("resnet18" if args.dataset == "cifar10" else None)
+    paper = PAPER_TABLE1.get(paper_model) if paper_model else None
     return {
         "model": args.arch,
         "arch_kwargs": meta["arch_kwargs"],
@@ -261,8 +273,9 @@ def _summary(
         "calibration": calib,
         "rows": rows,
         "paper": {
+            "model": paper_model,
             "table1": paper,
-            "spikes": {m: PAPER_SPIKES.get((args.arch, m)) for m in ("qcfs", "qffs")},
+            "spikes": {m: PAPER_SPIKES.get((paper_model, m)) for m in ("qcfs", "qffs")},
             "official_qcfs_curve": OFFICIAL_QCFS_CURVE if args.arch == "resnet18" else None,
         },
         "methods": [
@@ -289,8 +302,10 @@ def _markdown_table1(s: dict) -> str:
     """Table 1's layout: ours and the paper's side by side."""
     name = NAMES.get(s["model"], s["model"])
     paper = s["paper"]["table1"]
+    paper_model = s["paper"].get("model")
+    label = "paper" if paper_model in (None, s["model"]) else f"paper's {NAMES.get(paper_model, paper_model)} (another network)"
     head = (
-        f"| {s['dataset']} | ANN (2-bit) | paper | SNN, no DC | paper | SNN + DC | paper |\n"
+        f"| {s['dataset']} | ANN (2-bit) | {label} | SNN, no DC | {label} | SNN + DC | {label} |\n"
         "|---|---|---|---|---|---|---|\n"
     )
     lines = []

@@ -111,7 +111,8 @@ def learning_rate(config: TrainConfig, epoch: int, progress: float = 0.0) -> flo
 @dataclass(frozen=True)
 class TrainRuntime:
     """How training runs (not what it computes). precision: "auto" (bf16 autocast on CUDA, float32
-    elsewhere), "fp32" or "bf16"; channels_last: None = on CUDA; compile: ``torch.compile`` the
+    elsewhere), "fp32" or "bf16"; channels_last: None = on CUDA, and with bf16 on the CPU (oneDNN's fast bf16 convs
+    want that layout); compile: ``torch.compile`` the
     training forward pass (pays on GPUs over many epochs; the first batches of each stage compile);
     loader_workers: DataLoader worker processes decoding a streamed split (0: in this process)."""
 
@@ -130,7 +131,8 @@ class TrainRuntime:
         """(autocast dtype or None, channels_last) on ``device``."""
         cuda = device.type == "cuda"
         bf16 = self.precision == "bf16" or (self.precision == "auto" and cuda)
-        return (torch.bfloat16 if bf16 else None), (cuda if self.channels_last is None else self.channels_last)
+        channels_last = (cuda or bf16) if self.channels_last is None else self.channels_last
+        return (torch.bfloat16 if bf16 else None), channels_last
 
 
 @torch.no_grad()
