@@ -161,7 +161,7 @@ def _train(args: argparse.Namespace, splits: dict | None) -> dict:
     from .checkpoint import save_checkpoint
     from .data import Dataset
     from .distributed import DataParallel, write_if_main
-    from .models import build_model, init_whitening
+    from .models import build_model
     from .training import TrainConfig, TrainRuntime, milestones, split_accuracy, train
 
     splits = limit_splits(splits or load_splits(args), getattr(args, "train_subset", None), seed=args.seed)
@@ -179,8 +179,6 @@ def _train(args: argparse.Namespace, splits: dict | None) -> dict:
         arch_kwargs["width"] = args.width or 32  # small_cnn's default; the others default to the paper's 64
     torch.manual_seed(args.seed)  # weight initialisation
     model = build_model(args.arch, **arch_kwargs)
-    if hasattr(model, "whiten") and not streamed:  # patch whitening from the training split only
-        init_whitening(model, tr.normalized(slice(0, 5000)))
     config = TrainConfig(
         epochs=args.epochs,
         float_epochs=args.float_epochs,
@@ -198,7 +196,10 @@ def _train(args: argparse.Namespace, splits: dict | None) -> dict:
     )
     world = args.world
     runtime = TrainRuntime(
-        precision=args.train_precision, compile=args.compile, loader_workers=_loader_workers(args) if streamed else 0
+        precision=args.train_precision,
+        channels_last=args.train_channels_last,
+        compile=args.compile,
+        loader_workers=_loader_workers(args) if streamed else 0,
     )
     device = world.device
     if streamed:  # augmented as decoded (random-resized crop and flip); --no-augment: the eval transform
@@ -263,7 +264,7 @@ def _train(args: argparse.Namespace, splits: dict | None) -> dict:
         "epochs": history["epochs"],
         "seconds": train_seconds,
         "device": _device_label(device),
-        "runtime": {"precision": args.train_precision, "compile": args.compile},
+        "runtime": {"precision": args.train_precision, "channels_last": args.train_channels_last, "compile": args.compile},
         "budget_plan": plan,
         "milestones": milestones(history, (0.5, 0.8, 0.9, 0.92, 0.93, 0.935)),
         "train_images": len(tr),
@@ -934,6 +935,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         choices=["auto", "fp32", "bf16"],
         default="auto",
         help="training forward/backward: auto = bf16 autocast and channels_last on CUDA, float32 elsewhere",
+    )
+    p.add_argument(
+        "--train-channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="training in the channels_last layout (default: on CUDA and with bf16; 1.1-1.6x faster for "
+        "whitened_cnn in float32 on a 2-core CPU)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward pass (GPU, many epochs)")
     p.add_argument(

@@ -206,8 +206,11 @@ class WhitenedCNN(nn.Module):
     c: conv3x3 -> BN -> LSQ -> 2x2 average pool -> conv3x3 -> BN -> LSQ; global average pooling,
     linear. ``widths``: the three groups' channels ((64, 256, 256) as airbench94).
     Inputs float32 [N, C, 32, 32] (normalized); 32 -> 31 (whitening) -> 15 -> 7 -> 3 pixels.
-    The whitening weights are frozen (``requires_grad`` False) once set by :func:`init_whitening`.
+    The whitening weights are frozen (``requires_grad`` False); :func:`init_whitening` sets them
+    (training does so from the training split) and marks the buffer ``whitening_set``.
     """
+
+    whitening_set: torch.Tensor  # buffer: the whitening filters have been computed from data
 
     def __init__(
         self, num_classes: int = 10, in_channels: int = 3, bits: int = 2, widths: tuple[int, ...] = (64, 256, 256)
@@ -221,6 +224,7 @@ class WhitenedCNN(nn.Module):
         patches = 2 * in_channels * 4
         self.whiten = nn.Conv2d(in_channels, patches, 2, bias=True)
         self.whiten.weight.requires_grad_(False)
+        self.register_buffer("whitening_set", torch.tensor(False))
         self.act0 = LSQActivation(bits)
         layers: list[nn.Module] = []
         cin = patches
@@ -231,6 +235,11 @@ class WhitenedCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(cin, num_classes)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # weights saved without the flag (the first whitened_cnn checkpoints) carry trained filters
+        state_dict.setdefault(prefix + "whitening_set", torch.tensor(True))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.fc(self.flatten(self.pool(self.groups(self.act0(self.whiten(x))))))
@@ -264,6 +273,8 @@ def init_whitening(model: nn.Module, images: torch.Tensor, eps: float = 5e-4, ma
     whiten.weight.copy_(torch.cat([filters, -filters]))
     if whiten.bias is not None:
         whiten.bias.zero_()
+    if isinstance(getattr(model, "whitening_set", None), torch.Tensor):
+        model.whitening_set.fill_(True)
     return True
 
 

@@ -30,6 +30,7 @@ from .batching import DeviceSplit, StreamedSplit
 from .data.stream import FolderSplit
 from .fileio import atomic_output
 from .lsq import set_quantization
+from .models import WhitenedCNN, init_whitening
 
 if TYPE_CHECKING:
     from .distributed import DataParallel
@@ -422,6 +423,7 @@ def train(
     }
     best: dict[str, torch.Tensor] | None = None
     start = 0
+    whiten_from_training_split(model, train_split)
     last = Path(workdir) / "last.safetensors" if workdir is not None else None
     if last is not None:
         last.parent.mkdir(parents=True, exist_ok=True)
@@ -528,6 +530,16 @@ def milestones(history: dict[str, Any], levels: Sequence[float]) -> list[dict[st
                 }
             )
     return rows
+
+
+def whiten_from_training_split(model: nn.Module, train_split: DeviceSplit | StreamedSplit, images: int = 5000) -> None:
+    """Set the patch-whitening layers of ``model`` not yet set (see :func:`dcsim.models.init_whitening`)
+    from the first ``images`` images of the **training** split, normalized, without augmentation."""
+    pending = [m for m in model.modules() if isinstance(m, WhitenedCNN) and not bool(m.whitening_set)]
+    if pending:
+        x, _ = next(iter(train_split.eval_batches(images)))
+        for m in pending:
+            init_whitening(m, x.contiguous())
 
 
 def _checkpoint(
