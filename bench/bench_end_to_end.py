@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from dcsim.benchmark import bench_case
+from dcsim.workflows.benchmark import bench_case
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 MODELS = ["resnet18", "vgg16", "resnet50"] if os.environ.get("DCSIM_BENCH_FULL") else ["small_cnn", "resnet18"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcsim import ops, reference
+from dcsim.sim import ops, reference
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SIZES = [(1, 4096), (1, 65536), (32, 65536), (256, 16384)] + ([(256, 262144)] if DEVICE.type == "cuda" else [])

@@ -13,8 +13,8 @@ import torch
 
 import dcsim
 from dcsim import analysis, training
-from dcsim.pipeline import record_trace
-from dcsim.streaming import StreamStats, stream
+from dcsim.sim.continuous import StreamStats, stream
+from dcsim.workflows.dynamic_confidence import record_trace
 
 STEPS = 16
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

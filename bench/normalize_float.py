@@ -19,20 +19,23 @@ from pathlib import Path
 
 import torch
 
-from dcsim.byom import prepare
-from dcsim.checkpoint import load_checkpoint
-from dcsim.cli import _add_data_args, load_splits
-from dcsim.convert import convert
-from dcsim.engine import Engine
+from dcsim.conversion.convert import convert
+from dcsim.io.checkpoint import load_checkpoint
 from dcsim.models import build_model
-from dcsim.pipeline import calibrate, dynamic_confidence
+from dcsim.sim.engine import Engine
 from dcsim.training import accuracy
+from dcsim.workflows.dynamic_confidence import calibrate, dynamic_confidence
+from dcsim.workflows.inputs import load_splits, prepare
+from dcsim.workflows.options import DataOptions, ModelOptions
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path)
-    _add_data_args(p)
+    p.add_argument("--dataset", choices=["digits", "cifar10", "imagefolder"], default="digits")
+    p.add_argument("--data-root", type=Path)
+    p.add_argument("--val-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128])
     p.add_argument("--max-steps", type=int, default=128, help="largest T for the DC pipeline")
     p.add_argument("--calibration-size", type=int, default=1000)
@@ -42,8 +45,9 @@ def main() -> None:
     rows = []
     for percentile in (99.9, 100.0):
         model, meta = load_checkpoint(args.checkpoint, build_model)
-        args.normalize, args.method = percentile, "qcfs"
-        model, splits = prepare(model, meta, load_splits(args), args)
+        data = DataOptions(args.dataset, args.data_root, args.val_size, args.seed)
+        opts = ModelOptions(args.checkpoint, percentile, args.calibration_size)
+        model, splits = prepare(model, meta, load_splits(data), opts, "qcfs", args.seed)
         test_x, test_y = splits["test"].normalized(), splits["test"].labels
         val = (splits["val"].normalized(), splits["val"].labels)
         ann_test = accuracy(model, test_x, test_y)

@@ -17,8 +17,8 @@ import torch
 
 import dcsim
 from dcsim import analysis, training
-from dcsim.engine import PRECISIONS
-from dcsim.pipeline import NO_EXIT, record_trace
+from dcsim.sim.engine import PRECISIONS
+from dcsim.workflows.dynamic_confidence import NO_EXIT, record_trace
 
 STEPS = {"qcfs": 16, "qffs": 4}
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 import dcsim
-from dcsim.checkpoint import load_checkpoint
-from dcsim.cli import load_splits
+from dcsim.io.checkpoint import load_checkpoint
 from dcsim.models import build_model
 from dcsim.training import accuracy
+from dcsim.workflows.inputs import load_splits
+from dcsim.workflows.options import DataOptions
 
 RUNS = (("QCFS", "qcfs", None), ("QFFS settle", "qffs", "settle"), ("QFFS constant", "qffs", "constant"))
 
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON file for the results")
     args = parser.parse_args()
     model, _ = load_checkpoint(args.checkpoint, build_model)
-    ds = load_splits(args)[args.split]
+    ds = load_splits(DataOptions(args.dataset, args.data_root, args.val_size, args.seed))[args.split]
     x, y = ds.normalized(), ds.labels
     ann = accuracy(model, x, y)
     rows = []

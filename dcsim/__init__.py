@@ -7,15 +7,17 @@ sim = engine.simulate(x, steps=8)                               # per-step predi
 res = engine.early_exit(x, steps=8, readout=dcsim.Readout.paper("qffs", 2, 8), threshold=0.9)
 """
 
-from . import analysis, data, models, training
-from .convert import ConversionError, convert
-from .engine import Engine
-from .lsq import LSQActivation
+from types import ModuleType
+
+from . import _moved, analysis, data, models, training
+from .conversion.convert import ConversionError, convert
 from .models import build_model
-from .network import SpikingNetwork
-from .ops import backends
-from .readout import Readout
-from .state import BatchState, ExitResult, Simulation
+from .models.lsq import LSQActivation
+from .sim.engine import Engine
+from .sim.network import SpikingNetwork
+from .sim.ops import backends
+from .sim.readout import Readout
+from .sim.state import BatchState, ExitResult, Simulation
 
 __all__ = [
     "BatchState",
@@ -35,3 +37,10 @@ __all__ = [
     "training",
 ]
 __version__ = "0.1.0"
+
+_moved.install(__name__)
+
+
+def __getattr__(name: str) -> ModuleType:
+    """The old module paths (``dcsim.engine``, ...) for one release, with a DeprecationWarning (see dcsim._moved)."""
+    return _moved.old_module(__name__, name)

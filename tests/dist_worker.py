@@ -25,7 +25,7 @@ from torch import nn
 def tiny_lsq_net(bn: bool = False) -> nn.Module:
     """An LSQ CNN for digits (1x8x8 -> 10), BN-free unless ``bn``: without batch norm (or with it
     synchronized over the ranks) N ranks and one process compute the same batches."""
-    from dcsim.lsq import LSQActivation
+    from dcsim.models.lsq import LSQActivation
 
     torch.manual_seed(0)
     norm = nn.BatchNorm2d if bn else (lambda c: nn.Identity())
@@ -63,7 +63,7 @@ def global_bn_rows(rank: int, size: int) -> dict[str, torch.Tensor]:
     share) and running statistics after the steps, keyed ``n{rows}_{name}``."""
     import torch.distributed as dist
 
-    from dcsim.global_bn import convert_global_batchnorm
+    from dcsim.parallel.global_bn import convert_global_batchnorm
 
     out: dict[str, torch.Tensor] = {}
     group = dist.new_group(backend="gloo")
@@ -126,9 +126,9 @@ def fit(workdir: Path, stop: int, parallel=None, bn: bool = False) -> nn.Module:
 def main(argv: list[str]) -> None:
     from safetensors.torch import save_file
 
+    from dcsim.analysis.tables import write_json
     from dcsim.cli import build_parser
-    from dcsim.distributed import DataParallel, setup, teardown
-    from dcsim.report import write_json
+    from dcsim.parallel.distributed import DataParallel, setup, teardown
 
     out = Path(argv[0])
     commands: list[list[str]] = []

@@ -15,7 +15,7 @@ import torch
 
 import dcsim
 from dcsim import analysis
-from dcsim.network import Conv, Linear, Neuron
+from dcsim.sim.network import Conv, Linear, Neuron
 
 
 def dyadic_network(model: torch.nn.Module, method: str, sample_shape: tuple, seed: int) -> dcsim.SpikingNetwork:
@@ -26,7 +26,7 @@ def dyadic_network(model: torch.nn.Module, method: str, sample_shape: tuple, see
     inputs has its threshold halved (still a power-of-two multiple), layer by layer from the input,
     so that the exact tests below exercise every layer and not only the first ones.
     """
-    from dcsim.lsq import LSQActivation
+    from dcsim.models.lsq import LSQActivation
 
     torch.manual_seed(seed)
     sizes: list[int] = []

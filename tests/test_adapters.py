@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 import dcsim
-from dcsim.adapters import Quantization, RoundingWarning, clip_floor_shift, official_lsq, quantize_reference
-from dcsim.convert import ConversionError
-from dcsim.lsq import LSQActivation
+from dcsim.conversion.adapters import Quantization, RoundingWarning, clip_floor_shift, official_lsq, quantize_reference
+from dcsim.conversion.convert import ConversionError
+from dcsim.models.lsq import LSQActivation
 from official_model import LsqActivation
 
 

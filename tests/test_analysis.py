@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dcsim import analysis as A
-from dcsim import plots
+from dcsim.analysis import plots
 
 MODES = ("uniform", "quarters", "increasing", "sparse")
 CASES = [

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcsim.batching import DeviceSplit, crop_flip, random_crop_flip
 from dcsim.data import Dataset
+from dcsim.data.augment import crop_flip, random_crop_flip
+from dcsim.training.device_batches import DeviceSplit
 
 
 def _reference(x, oy, ox, flip, padding):

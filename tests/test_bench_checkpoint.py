@@ -4,9 +4,9 @@ import json
 
 import torch
 
-from dcsim.checkpoint import save_checkpoint
 from dcsim.cli import EXIT_OK, main
 from dcsim.data import load_digits_splits
+from dcsim.io.checkpoint import save_checkpoint
 from dcsim.models import build_model
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dcsim
-from dcsim.calibration import calibration_report, expected_calibration_error, fit_temperature
+from dcsim.analysis.calibration import calibration_report, expected_calibration_error, fit_temperature
 
 
 def _synthetic(n: int, k: int, true_tau: float, seed: int):

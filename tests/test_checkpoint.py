@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dcsim.checkpoint import (
+from dcsim.io.checkpoint import (
     FORMAT_VERSION,
     HASH_KEY,
     METADATA_KEY,

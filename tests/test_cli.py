@@ -9,8 +9,8 @@ import torch
 
 import dcsim
 from dcsim import training
-from dcsim.checkpoint import load_checkpoint
-from dcsim.cli import EXIT_ERROR, EXIT_OK, main
+from dcsim.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
+from dcsim.io.checkpoint import load_checkpoint
 from dcsim.models import build_model
 
 
@@ -195,7 +195,7 @@ def test_errors_have_exit_codes(ckpt, tmp_path, capsys):
     bad.write_bytes(ckpt.read_bytes()[:1000])
     assert main(["eval", str(bad), "--method", "qcfs", "--threshold", "0.5", "--steps", "4"]) == EXIT_ERROR
     assert "bad.safetensors" in capsys.readouterr().err
-    assert main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "1.5", "--steps", "4"]) == EXIT_ERROR
+    assert main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "1.5", "--steps", "4"]) == EXIT_USAGE
     assert "threshold" in capsys.readouterr().err
     assert (
         main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "0.5", "--steps", "4", "--device", "gpu0"])

@@ -13,9 +13,9 @@ from torch import nn
 
 import dcsim
 from dcsim import models
-from dcsim.convert import ConversionError
-from dcsim.lsq import LSQActivation
-from dcsim.network import Conv, Linear, Neuron
+from dcsim.conversion.convert import ConversionError
+from dcsim.models.lsq import LSQActivation
+from dcsim.sim.network import Conv, Linear, Neuron
 
 FOLD_ATOL = 1e-5
 """Folded conv/linear vs conv/linear + eval batch norm: different float32 operation order."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import platform
@@ -16,21 +15,22 @@ from PIL import Image
 
 from dcsim import cli, data
 from dcsim.data import stream
+from dcsim.workflows.inputs import load_splits
+from dcsim.workflows.options import DataOptions
 
 
-def _args(**kw) -> argparse.Namespace:
-    base = {"dataset": "digits", "data_root": None, "val_size": None, "seed": 0}
-    return argparse.Namespace(**(base | kw))
+def _args(**kw) -> DataOptions:
+    return DataOptions(**kw)
 
 
 def test_val_size_is_honoured_for_digits():
-    default = cli.load_splits(_args())
+    default = load_splits(_args())
     assert len(default["val"]) == 300
-    splits = cli.load_splits(_args(val_size=301))
+    splits = load_splits(_args(val_size=301))
     assert len(splits["val"]) == 301 and len(splits["test"]) == 360
     assert len(splits["train"]) + 301 + 360 == 1797
     with pytest.raises(ValueError, match="val_size"):
-        cli.load_splits(_args(val_size=0))
+        load_splits(_args(val_size=0))
 
 
 # ------------------------------------------------------------------ streamed image folders
@@ -94,10 +94,11 @@ def test_a_corrupt_image_is_named_and_nothing_hangs(tmp_path):
 
 
 def test_trace_of_a_streamed_split_equals_the_in_memory_trace(tmp_path):
-    from dcsim import Engine, Readout, convert
-    from dcsim.distributed import Sharded
+    from dcsim import Engine, Readout
+    from dcsim.conversion import convert
     from dcsim.models import small_cnn
-    from dcsim.pipeline import record_trace
+    from dcsim.parallel.distributed import Sharded
+    from dcsim.workflows.dynamic_confidence import record_trace
 
     root = _folder(tmp_path / "f", per_class=3, test_per_class=3)
     torch.manual_seed(0)
@@ -182,10 +183,10 @@ def test_the_cli_bounds_the_heap_for_streamed_splits_only(tmp_path, monkeypatch)
     calls = []
     monkeypatch.setattr(data, "return_large_buffers", lambda: calls.append(1) or True)
     root = _folder(tmp_path / "f")
-    cli.load_splits(_args(dataset="imagefolder", data_root=root, val_size=4, loader="memory"))
-    cli.load_splits(_args())
+    load_splits(_args(dataset="imagefolder", data_root=root, val_size=4, loader="memory"))
+    load_splits(_args())
     assert calls == []
-    cli.load_splits(_args(dataset="imagefolder", data_root=root, val_size=4, loader="stream"))
+    load_splits(_args(dataset="imagefolder", data_root=root, val_size=4, loader="stream"))
     assert calls == [1]
 
 
@@ -271,7 +272,7 @@ def test_streamed_training_errors(tmp_path, capsys):
 def test_streamed_epoch_batches_are_the_in_memory_rows_of_each_rank(tmp_path):
     """Each rank's rows of every global batch, as DeviceSplit gives them; a rank without rows of a batch
     (more ranks than rows) gets an empty batch."""
-    from dcsim.batching import DeviceSplit, StreamedSplit
+    from dcsim.training.device_batches import DeviceSplit, StreamedSplit
 
     root = _train_folder(tmp_path / "f")
     mem = data.open_splits("imagefolder", root, loader="memory", val_size=4, seed=0)["train"]

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import dcsim
-from dcsim.benchmark import FULL_MODELS, progress_line, skipped_models, standard_set
-from dcsim.lsq import LSQActivation
+from dcsim.models.lsq import LSQActivation
+from dcsim.workflows.benchmark import FULL_MODELS, progress_line, skipped_models, standard_set
 
 
 def test_cpu_default_bench_set_is_the_quick_one_and_names_what_it_skips():

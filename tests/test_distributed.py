@@ -22,8 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dcsim import distributed
 from dcsim.cli import EXIT_ERROR, EXIT_OK, main
+from dcsim.parallel import distributed
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 COMMON = ["--device", "cpu", "--batch-size", "64"]
@@ -378,7 +378,7 @@ def test_more_ranks_than_gpus(monkeypatch):
 def test_global_bn_without_a_group_is_batchnorm():
     """Outside a process group (one process) or in eval mode GlobalBatchNorm2d is nn.BatchNorm2d;
     conversion shares parameters and buffers, keeps the state dict keys, and is idempotent."""
-    from dcsim.global_bn import GlobalBatchNorm2d, convert_global_batchnorm
+    from dcsim.parallel.global_bn import GlobalBatchNorm2d, convert_global_batchnorm
     from dist_worker import global_bn_case
 
     x, _, bn = global_bn_case(7)

@@ -11,8 +11,8 @@ import torch
 
 import dcsim
 from dcsim import analysis
-from dcsim.engine import NEVER
-from dcsim.streaming import StreamStats, stream
+from dcsim.sim.continuous import StreamStats, stream
+from dcsim.sim.engine import NEVER
 from dyadic import dyadic_inputs, resnet, small, trace_of
 
 BACKENDS = ["native", "reference"]

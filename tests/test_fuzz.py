@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from dcsim import analysis
-from dcsim.checkpoint import load_checkpoint, save_checkpoint
-from dcsim.lsq import LSQActivation
+from dcsim.io.checkpoint import load_checkpoint, save_checkpoint
 from dcsim.models import build_model
+from dcsim.models.lsq import LSQActivation
 from fuzz_files import (
     BYTE_LEVEL,
     archive_mutation,

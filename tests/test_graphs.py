@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import dcsim
-from dcsim.engine import gpu_flags
-from dcsim.graphs import StaticExit, bucket_sizes
-from dcsim.streaming import stream
+from dcsim.sim.continuous import stream
+from dcsim.sim.engine import gpu_flags
+from dcsim.sim.graphs import StaticExit, bucket_sizes
 from dyadic import dyadic_inputs, resnet, small, trace_of
 
 HAS_CUDA = torch.cuda.is_available() and "cuda" in dcsim.backends()

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 import dcsim
-from dcsim.checkpoint import load_checkpoint
 from dcsim.cli import main
-from dcsim.official import CIFAR10_CLASSES, OFFICIAL_MEAN, OFFICIAL_STD, map_state_dict, official_name
+from dcsim.conversion.official import CIFAR10_CLASSES, OFFICIAL_MEAN, OFFICIAL_STD, map_state_dict, official_name
+from dcsim.io.checkpoint import load_checkpoint
 from official_model import LsqActivation, OfficialResNet18, randomize
 
 
@@ -138,7 +138,7 @@ def test_imported_checkpoint_with_trace_and_eval(official, tmp_path):
 
 
 def test_checkpoint_normalization_is_applied():
-    from dcsim.byom import with_checkpoint_normalization
+    from dcsim.workflows.inputs import with_checkpoint_normalization
 
     splits = dcsim.data.load_digits_splits(seed=0)
     meta = {"normalization": {"mean": [0.25], "std": [0.5]}}

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 import dcsim
-from dcsim import ops, reference
-from dcsim.lsq import LSQActivation
-from dcsim.readout import READOUT_KINDS
+from dcsim.models.lsq import LSQActivation
+from dcsim.sim import ops, reference
+from dcsim.sim.readout import READOUT_KINDS
 
 MEMBRANE_ATOL = 0.0
 """Membranes: bit-identical. Kernel and reference do the same IEEE float32 operations in the

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from dcsim import analysis
-from dcsim.checkpoint import load_checkpoint, read_metadata
+from dcsim.io.checkpoint import load_checkpoint, read_metadata
 from dcsim.models import build_model
 
 TRIALS = int(os.environ.get("DCSIM_KILL_TRIALS", "1"))
@@ -110,8 +110,8 @@ import json, sys
 import numpy as np
 from pathlib import Path
 from dcsim import analysis
-from dcsim.checkpoint import save_checkpoint
-from dcsim.fileio import write_text_atomic
+from dcsim.io.checkpoint import save_checkpoint
+from dcsim.io.atomic import write_text_atomic
 from dcsim.models import build_model
 import torch
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from dcsim.latency import BINS, GROWTH, LOWEST_MS, LatencyHistogram
+from dcsim.sim.latency import BINS, GROWTH, LOWEST_MS, LatencyHistogram
 
 
 def _of(values) -> LatencyHistogram:

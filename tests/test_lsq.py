@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dcsim.lsq import GRAD_SCALES, LSQActivation, set_quantization
+from dcsim.models.lsq import GRAD_SCALES, LSQActivation, set_quantization
 
 GRAD_RTOL = 1e-5
 """Gradients against the float64 hand computation: float32 accumulation of the step gradient

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dcsim.lsq import lsq_quantize, lsq_quantize_ref
+from dcsim.models.lsq import lsq_quantize, lsq_quantize_ref
 
 
 @pytest.mark.parametrize("seed", range(6))

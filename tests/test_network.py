@@ -7,7 +7,7 @@ from sklearn.datasets import load_digits
 
 import dcsim
 from dcsim import analysis, training
-from dcsim.pipeline import record_trace
+from dcsim.workflows.dynamic_confidence import record_trace
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from torch import nn
 
 import dcsim
 from dcsim.cli import main
-from dcsim.convert import ConversionError
-from dcsim.normalize import ClipReLU, activation_thresholds, normalize
+from dcsim.conversion.convert import ConversionError
+from dcsim.conversion.thresholds import ClipReLU, activation_thresholds, normalize
 
 
 def _float_model(seed: int = 0) -> nn.Module:

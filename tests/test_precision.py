@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 import dcsim
-from dcsim.benchmark import prepared_model
-from dcsim.engine import PRECISIONS
-from dcsim.network import Conv, Linear
+from dcsim.sim.engine import PRECISIONS
+from dcsim.sim.network import Conv, Linear
+from dcsim.workflows.benchmark import prepared_model
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 REDUCED = {"bf16": torch.bfloat16, "fp16": torch.float16}

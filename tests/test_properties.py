@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import dcsim
-from dcsim import analysis, ops, reference
-from dcsim.lsq import LSQActivation
-from dcsim.readout import READOUT_KINDS
+from dcsim import analysis
+from dcsim.models.lsq import LSQActivation
+from dcsim.sim import ops, reference
+from dcsim.sim.readout import READOUT_KINDS
 
 F32_MAX = float(np.finfo(np.float32).max)
 F32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal

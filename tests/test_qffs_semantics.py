@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import dcsim
-from dcsim.baseline import EagerSimulator
-from dcsim.lsq import LSQActivation
-from dcsim.network import Conv, Input, Linear, Neuron
+from dcsim.models.lsq import LSQActivation
+from dcsim.sim.eager import EagerSimulator
+from dcsim.sim.network import Conv, Input, Linear, Neuron
 from dyadic import dyadic_inputs, resnet, small
 
 
@@ -138,7 +138,7 @@ def test_engine_paths_agree_on_settle(backend, chunk):
 
 def test_stream_with_staggered_starts_equals_isolated_runs_on_settle():
     """Streaming puts rows in the drive window and rows past it in one batch (per-row masks)."""
-    from dcsim.streaming import stream
+    from dcsim.sim.continuous import stream
 
     net, shape = small("qffs", seed=7)
     x = dyadic_inputs(23, shape, 7)

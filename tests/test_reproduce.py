@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from dcsim.cli import EXIT_ERROR, EXIT_OK, main
-from dcsim.reproduce import OFFICIAL_QCFS_CURVE, untrained_reason
+from dcsim.workflows.reproduce import OFFICIAL_QCFS_CURVE, untrained_reason
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -18,8 +18,8 @@ from torch import nn
 
 import dcsim
 from dcsim import analysis
-from dcsim.lsq import LSQActivation
-from dcsim.streaming import StreamStats, stream
+from dcsim.models.lsq import LSQActivation
+from dcsim.sim.continuous import StreamStats, stream
 from dyadic import dyadic_inputs, trace_of
 
 SAMPLES = int(os.environ.get("DCSIM_SOAK_SAMPLES", "2000"))

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import dcsim
-from dcsim import ops, reference
-from dcsim.streaming import stream
+from dcsim.sim import ops, reference
+from dcsim.sim.continuous import stream
 from dyadic import dyadic_inputs, resnet, small, trace_of
 
 # (n, Cin, H, W, Cout, kh, kw, stride, padding)

@@ -8,7 +8,7 @@ import torch
 
 import dcsim
 from dcsim import training
-from dcsim.batching import random_crop_flip
+from dcsim.data.augment import random_crop_flip
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dcsim import zoo
-from dcsim.checkpoint import save_checkpoint
 from dcsim.cli import EXIT_ERROR, EXIT_OK, main
+from dcsim.io import zoo
+from dcsim.io.checkpoint import save_checkpoint
 from dcsim.models import build_model
 
 
@@ -71,7 +71,7 @@ def test_cli_exports_and_commands_accept_a_zoo_folder(ckpt, tmp_path):
     folder = tmp_path / "cz"
     assert main(["zoo", str(path), "--out", str(folder), "--json", str(tmp_path / "z.json")]) == EXIT_OK
     assert json.loads((tmp_path / "z.json").read_text())["shards"][0]["sha256"]
-    from dcsim.cli import _load_model
+    from dcsim.workflows.inputs import load_model as _load_model
 
     _model, meta = _load_model(folder)
     assert meta["architecture"] == "resnet18"

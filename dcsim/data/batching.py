@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
+from .augment import random_crop_flip
 from .dataset import Dataset
 
 
@@ -23,8 +24,6 @@ def augment_cifar(x: torch.Tensor, generator: torch.Generator | None = None, pad
         )
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
         raise ValueError(f"augment_cifar: padding must be a non-negative integer, got {padding!r}")
-    from ..batching import random_crop_flip
-
     return random_crop_flip(x, generator, padding)
 
 

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from ..fileio import atomic_output, write_text_atomic
+from ..io.atomic import atomic_output, write_text_atomic
 from .archives import _writable
 from .scan import _Scan
 

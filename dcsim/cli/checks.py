@@ -1,0 +1,96 @@
+"""The command line's validation layer: every flag's value and every output path, checked before any work.
+
+A bad value or an output that cannot be written is a :class:`UsageError` (exit 2) naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..checks import check_int, check_real
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot be used (exit code 2)."""
+
+
+POSITIVE = ("batch_size", "train_batch_size", "steps", "slots", "repeats", "val_size", "calibration_size",
+            "train_subset", "max_test", "qcfs_steps", "qffs_steps", "qcfs_max_steps", "qffs_max_steps", "width",
+            "bits", "stream", "chunk")  # fmt: skip
+"""Integer flags that must be >= 1 (``chunk`` takes several)."""
+NON_NEGATIVE = ("epochs", "float_epochs", "loader_workers")
+"""Integer flags that must be >= 0."""
+REALS = {"lr": (0, None, False), "lr_decay": (0, None, False), "budget_minutes": (0, None, False),
+         "max_shard_mib": (0, None, False), "resolution": (0, 1, False), "weight_decay": (0, None, True),
+         "warmup_epochs": (0, None, True), "momentum": (0, 1, True), "label_smoothing": (0, 1, True),
+         "lsq_share": (0, 1, False), "tolerance": (0, 1, True), "threshold": (0, 1, True),
+         "min_accuracy": (0, 1, True), "lsq_lr": (0, None, False)}  # fmt: skip
+"""Real flags: (low, high or None, low allowed); high is always allowed."""
+FILE_OUTPUTS = {"train": "out", "trace": "out", "import": "out"}
+"""Commands whose --out is a file; the other --out are folders."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Check the parsed arguments of any command; raises :class:`UsageError` naming the flag."""
+    try:
+        for name in POSITIVE + NON_NEGATIVE:
+            values = getattr(args, name, None)
+            for v in values if isinstance(values, list) else [values]:
+                if v is not None:
+                    check_int(v, _flag(name), minimum=1 if name in POSITIVE else 0)
+        for name, (low, high, closed) in REALS.items():
+            if getattr(args, name, None) is not None:
+                check_real(getattr(args, name), _flag(name), low, high, low_allowed=closed)
+        for name in ("tau", "alpha"):
+            value = getattr(args, name, None)
+            if value not in (None, "auto", "paper", "official"):
+                check_real(_number(value, _flag(name)), _flag(name), 0, None, low_allowed=False)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _check_combinations(args)
+    out = getattr(args, "out", None)
+    if out is not None:
+        check_writable(out, "--out", folder=FILE_OUTPUTS.get(args.command) is None)
+    if getattr(args, "plots", None) is not None:
+        check_writable(args.plots, "--plots", folder=True)
+    if args.json is not None and str(args.json) != "-":
+        check_writable(args.json, "--json", folder=False)
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{flag} takes a number or a keyword, got {text!r}") from None
+
+
+def _check_combinations(args: argparse.Namespace) -> None:
+    """Flags that only make sense together (or apart)."""
+    if getattr(args, "qffs_semantics", None) is not None and getattr(args, "method", "qffs") != "qffs":
+        raise UsageError(f"--qffs-semantics applies to --method qffs only, got --method {args.method}")
+    if args.command == "eval":
+        if (args.threshold is None) == (args.trace is None):
+            raise UsageError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
+        if args.threshold is not None and args.steps is None:
+            raise UsageError("--steps is required with --threshold")
+
+
+def check_writable(path: Path, flag: str, folder: bool) -> None:
+    """``path`` can be written as a file (``folder`` False) or filled as a folder: it is not the other kind,
+    does not lie under a file, and its first existing ancestor is a writable folder."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise UsageError(f"{flag} {path}: {'a file, not a folder' if folder else 'a folder, not a file'}")
+    parent = path if folder else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is a file, so nothing can be written under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: no permission to write in {parent}")

@@ -1,0 +1,228 @@
+"""The spiking network IR: an explicit, ordered graph of current-carrying nodes.
+
+Every node maps the values of its input nodes (float32 [n, ...], one row per sample) to its
+own value for one time step. ``Input`` is the analog image fed at every step; ``Neuron`` is the
+only stateful node (membrane, spike count) and emits spike * th; the network's last node is the
+output layer, whose current is integrated into the running sums S_t by the engine.
+Nodes whose inputs are all constant over time (the input and the layers fed only by it)
+are "static": the engine evaluates them once per sample, not once per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .semantics import Semantics
+
+
+@dataclass(frozen=True)
+class Node:
+    """Base node: ``name`` is the source layer's qualified name, ``inputs`` the indices of its inputs."""
+
+    name: str
+    inputs: tuple[int, ...]
+
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        """The node's value from its inputs' values (one per entry of ``inputs``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no stateless apply")
+
+    def _one(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The single input of a one-input node's :meth:`apply`."""
+        if len(xs) != 1:
+            raise TypeError(f"{type(self).__name__}.apply takes one input, got {len(xs)}")
+        return xs[0]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def to(self, device: torch.device | str) -> Node:
+        moved: dict[str, Any] = {k: v.to(device) for k, v in self.tensors().items()}
+        return replace(self, **moved)
+
+
+@dataclass(frozen=True)
+class Input(Node):
+    """The input image [n, C, H, W], presented as an analog current at every step."""
+
+
+@dataclass(frozen=True)
+class Conv(Node):
+    """2-D convolution (batch norm folded in): weight [Cout, Cin/groups, kh, kw], bias [Cout]."""
+
+    weight: torch.Tensor = field(repr=False)
+    bias: torch.Tensor | None = field(repr=False, default=None)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self._one(xs), self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
+
+
+@dataclass(frozen=True)
+class Linear(Node):
+    """Fully connected layer (batch norm folded in): weight [out, in], bias [out]."""
+
+    weight: torch.Tensor = field(repr=False)
+    bias: torch.Tensor | None = field(repr=False, default=None)
+
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._one(xs), self.weight, self.bias)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
+
+
+@dataclass(frozen=True)
+class AvgPool(Node):
+    """Average pooling over [kernel] windows (count_include_pad as in torch's default)."""
+
+    kernel: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (2, 2)
+    padding: tuple[int, int] = (0, 0)
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(
+            self._one(xs), self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+        )
+
+
+@dataclass(frozen=True)
+class AdaptiveAvgPool(Node):
+    """Adaptive average pooling to ``output_size`` (global pooling for (1, 1))."""
+
+    output_size: tuple[int | None, int | None] = (1, 1)  # None: the input's size
+
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self._one(xs), self.output_size)
+
+
+@dataclass(frozen=True)
+class Flatten(Node):
+    """Flatten all dimensions after the sample dimension."""
+
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self._one(xs).flatten(1)
+
+
+@dataclass(frozen=True)
+class Add(Node):
+    """Sum of currents (residual connection)."""
+
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+@dataclass(frozen=True)
+class Neuron(Node):
+    """Integrate-and-fire neurons with soft reset (QCFS, or QFFS with the cap ``zmax``).
+
+    threshold: th = Qp * s (float32-representable, > 0); a spike carries th.
+    u0: initial membrane potential (same unit as th; th / 2 by default at conversion).
+    zmax: spike-count cap for QFFS (Qp). ``inputs`` are summed (one or two currents).
+    """
+
+    threshold: float = 1.0
+    u0: float = 0.5
+    zmax: int = 3
+
+
+SEMANTICS = tuple(s.value for s in Semantics)
+"""How the input image and the biases drive the network over time (see :class:`SpikingNetwork`)."""
+
+
+@dataclass
+class SpikingNetwork:
+    """Converted network: ``nodes`` in topological order; the last node is the output layer.
+
+    method: "qcfs" or "qffs"; bits: activation bits of the source model (None if mixed).
+    drive_steps: None for the "constant" semantics: the image and every bias drive the network at
+        every step. An integer D >= 1 for the "settle" semantics (QFFS only): the image and the
+        biases drive the first D steps only (D = Qp); afterwards only spikes move currents, so each
+        neuron settles, negative spikes correcting what it sent too early, and the spike counts
+        stop at the quantized ANN's levels instead of growing with T (README, "QFFS beyond T = Qp").
+    """
+
+    nodes: list[Node]
+    method: str
+    bits: int | None
+    drive_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.drive_steps is not None:
+            if self.method != "qffs":
+                raise ValueError(f"the 'settle' semantics (drive_steps) applies to QFFS only, not {self.method!r}")
+            if isinstance(self.drive_steps, bool) or not isinstance(self.drive_steps, int) or self.drive_steps < 1:
+                raise ValueError(f"drive_steps must be an integer >= 1 or None, got {self.drive_steps!r}")
+
+    @property
+    def semantics(self) -> Semantics:
+        """ "settle" (image and biases over the first ``drive_steps`` steps) or "constant" (at every step)."""
+        return Semantics.CONSTANT if self.drive_steps is None else Semantics.SETTLE
+
+    @property
+    def output(self) -> int:
+        return len(self.nodes) - 1
+
+    @property
+    def neurons(self) -> list[int]:
+        """Indices of the Neuron nodes (the hidden spiking layers), in order."""
+        return [i for i, n in enumerate(self.nodes) if isinstance(n, Neuron)]
+
+    def static_nodes(self) -> set[int]:
+        """Nodes whose value is the same at every step (depend on the input only, not on spikes)."""
+        static: set[int] = set()
+        for i, node in enumerate(self.nodes):
+            if isinstance(node, Input) or (
+                not isinstance(node, Neuron) and node.inputs and all(j in static for j in node.inputs)
+            ):
+                static.add(i)
+        return static
+
+    def to(self, device: torch.device | str) -> SpikingNetwork:
+        return replace(self, nodes=[n.to(device) for n in self.nodes])
+
+    @property
+    def device(self) -> torch.device:
+        for node in self.nodes:
+            for t in node.tensors().values():
+                return t.device
+        return torch.device("cpu")
+
+    def shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Per-sample value shape of every node for an input of per-sample shape ``input_shape``."""
+        values: list[torch.Tensor] = []
+        for node in self.nodes:
+            if isinstance(node, Input):
+                values.append(torch.empty((1, *input_shape), device="meta"))
+            elif isinstance(node, Neuron):
+                values.append(values[node.inputs[0]])
+            else:
+                on_meta: dict[str, Any] = {k: v.to("meta", torch.float32) for k, v in node.tensors().items()}
+                meta = replace(node, **on_meta)
+                values.append(meta.apply(*(values[j] for j in node.inputs)))
+        return [tuple(v.shape[1:]) for v in values]
+
+    def __repr__(self) -> str:
+        drive = "" if self.drive_steps is None else f", drive_steps={self.drive_steps}"
+        lines = [
+            f"SpikingNetwork(method={self.method!r}, semantics={self.semantics!r}{drive}, bits={self.bits}, "
+            f"nodes={len(self.nodes)})"
+        ]
+        for i, n in enumerate(self.nodes):
+            extra = f" th={n.threshold:.4g} u0={n.u0:.4g}" if isinstance(n, Neuron) else ""
+            lines.append(f"  [{i}] {type(n).__name__}({n.name!r}) <- {list(n.inputs)}{extra}")
+        return "\n".join(lines)

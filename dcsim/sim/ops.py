@@ -1,0 +1,306 @@
+"""Native fused kernels from ``dcsim._core``, behind Python wrappers that check arguments.
+
+The extension never sees torch: these wrappers check dtype, device, shape and contiguity,
+then pass data pointers, sizes and (on CUDA) torch's current stream. A missing native build
+fails here, at call time, with a clear message; importing dcsim never needs it or a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+import torch
+
+from .readout import READOUT_KINDS
+
+METHODS: dict[str, int] = {"qcfs": 0, "qffs": 1}
+"""Neuron models and their codes in the native kernels (csrc/dcsim_math.h)."""
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+READOUT_CODES = frozenset(READOUT_KINDS.values())
+
+PARALLEL_MIN_ELEMENTS = 1 << 15
+"""Below this many elements per call the CPU kernels run on one thread (threads cost more)."""
+
+
+@functools.cache
+def _core() -> ModuleType:
+    try:
+        from .. import _core as core
+    except ImportError as err:
+        raise ImportError(
+            "dcsim._core (the native kernels) is not built; install dcsim with "
+            "`pip install .` from a source checkout, or use backend='reference'"
+        ) from err
+    return core
+
+
+def backends() -> list[str]:
+    """Backends the native extension was built with: ``[]``, ``["cpu"]`` or ``["cpu", "cuda"]``."""
+    try:
+        core = _core()
+    except ImportError:
+        return []
+    return ["cpu", "cuda"] if core.has_cuda else ["cpu"]
+
+
+def _tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def dense_rows(t: torch.Tensor) -> bool:
+    """True if every sample row of t is one dense block: contiguous, or channels_last [n, C, H, W]."""
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
+def _check(
+    name: str,
+    t: torch.Tensor,
+    dtype: torch.dtype,
+    device: torch.device,
+    shape: tuple[int, ...] | None = None,
+    like: torch.Tensor | None = None,
+) -> None:
+    """Check dtype, device, shape, and layout: dense rows, with the strides of ``like`` when given."""
+    _tensor(name, t)
+    if t.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the other tensors are on {device}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if not dense_rows(t):
+        raise ValueError(f"{name} must be contiguous (or channels_last)")
+    if like is not None and t.numel() and t.stride() != like.stride() and _strides(t) != _strides(like):
+        raise ValueError(f"{name} must have the memory layout of u (strides {like.stride()}), got {t.stride()}")
+
+
+def _strides(t: torch.Tensor) -> tuple[int | None, ...]:
+    """Strides of the dimensions that matter (a dimension of size 1 may have any stride)."""
+    return tuple(st if size > 1 else None for size, st in zip(t.shape, t.stride(), strict=True))
+
+
+def _launch(device: torch.device, numel: int) -> tuple[bool, int, int]:
+    """(is_cuda, stream handle, CPU threads) for a kernel call on ``device``."""
+    if device.type == "cuda":
+        return True, torch.cuda.current_stream(device).cuda_stream, 1
+    if device.type != "cpu":
+        raise ValueError(f"dcsim kernels run on cpu or cuda tensors, got device {device}")
+    threads = torch.get_num_threads() if numel >= PARALLEL_MIN_ELEMENTS else 1
+    return False, 0, threads
+
+
+def neuron_step(
+    method: str,
+    x: torch.Tensor,
+    u: torch.Tensor,
+    z: torch.Tensor | None,
+    out: torch.Tensor,
+    counts: torch.Tensor,
+    th: float,
+    zmax: int,
+    x2: torch.Tensor | None = None,
+) -> None:
+    """Fused integrate-and-fire step of one layer (kernel 1), in place. See dcsim.reference.neuron_step.
+
+    x, x2 (optional), u, out: float32 [n, ...] (same shape); z: int32 [n, ...] for QFFS, None
+    for QCFS; counts: int64 [n]; th: threshold (> 0); zmax: spike-count cap (QFFS).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    device = _tensor("u", u).device
+    shape = tuple(u.shape)
+    if len(shape) < 1:
+        raise ValueError("u must have a leading sample dimension")
+    _check("u", u, torch.float32, device)
+    _check("x", x, torch.float32, device, shape, like=u)
+    _check("out", out, torch.float32, device, shape, like=u)
+    if x2 is not None:
+        _check("x2", x2, torch.float32, device, shape, like=u)
+    z_ptr = 0  # QCFS keeps no spike count
+    if method == "qffs":
+        if z is None:
+            raise ValueError("z (the spike count) is required for method 'qffs'")
+        _check("z", z, torch.int32, device, shape, like=u)
+        z_ptr = z.data_ptr()
+    n = shape[0]
+    _check("counts", counts, torch.int64, device, (n,))
+    if not (isinstance(th, (int, float)) and 0 < th <= FLOAT32_MAX):
+        raise ValueError(f"th must be a finite float32 number > 0, got {th!r}")
+    m = u.numel() // n if n else 0
+    cuda, stream, threads = _launch(device, u.numel())
+    _core().neuron_step(
+        METHODS[method],
+        n,
+        m,
+        x.data_ptr(),
+        0 if x2 is None else x2.data_ptr(),
+        u.data_ptr(),
+        z_ptr,
+        out.data_ptr(),
+        counts.data_ptr(),
+        float(th),
+        int(zmax),
+        cuda,
+        stream,
+        threads,
+    )
+
+
+def output_step(
+    x: torch.Tensor,
+    sums: torch.Tensor,
+    steps: torch.Tensor,
+    max_steps: int,
+    readout: int,
+    scale: float,
+    threshold: float,
+    pred: torch.Tensor,
+    score: torch.Tensor,
+    exited: torch.Tensor,
+) -> None:
+    """Fused output step (kernel 2), in place. See dcsim.reference.output_step.
+
+    x, sums: float32 [n, K]; steps: int32 [n]; pred: int64 [n]; score: float32 [n]; exited: uint8 [n].
+    """
+    device = _tensor("sums", sums).device
+    if readout not in READOUT_CODES:
+        raise ValueError(f"readout must be one of the codes {sorted(READOUT_CODES)}, got {readout!r}")
+    if not 1 <= max_steps < 2**31:
+        raise ValueError(f"max_steps must be in [1, 2^31), got {max_steps!r}")
+    if sums.dim() != 2 or sums.shape[1] < 1:
+        raise ValueError(f"sums must have shape [n, K] with K >= 1, got {tuple(sums.shape)}")
+    n, k = sums.shape
+    _check("sums", sums, torch.float32, device)
+    _check("x", x, torch.float32, device, (n, k))
+    _check("steps", steps, torch.int32, device, (n,))
+    _check("pred", pred, torch.int64, device, (n,))
+    _check("score", score, torch.float32, device, (n,))
+    _check("exited", exited, torch.uint8, device, (n,))
+    cuda, stream, threads = _launch(device, n * k * 8)
+    _core().output_step(
+        n,
+        k,
+        x.data_ptr(),
+        sums.data_ptr(),
+        steps.data_ptr(),
+        int(max_steps),
+        int(readout),
+        float(scale),
+        float(threshold),
+        pred.data_ptr(),
+        score.data_ptr(),
+        exited.data_ptr(),
+        cuda,
+        stream,
+        threads,
+    )
+
+
+def gather_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
+    """Compaction (kernel 3): new tensors whose row r is row index[r] of each input, in one pass.
+
+    tensors: tensors [n_in, ...] on one device (any dtype), contiguous or channels_last (the
+    outputs keep the layout); index: int64 [n_out] with values in [0, n_in) (checked).
+    """
+    if not tensors:
+        return []
+    device = _tensor("tensors[0]", tensors[0]).device
+    _check("index", index, torch.int64, device)
+    if index.dim() != 1:
+        raise ValueError(f"index must be 1-D, got shape {tuple(index.shape)}")
+    n_in = tensors[0].shape[0]
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n_in):
+        raise IndexError(f"index values must be in [0, {n_in})")
+    outs, entries = [], []
+    for i, t in enumerate(tensors):
+        _check(f"tensors[{i}]", t, t.dtype, device)
+        if t.dim() < 1 or t.shape[0] != n_in:
+            raise ValueError(f"tensors[{i}] must have {n_in} rows, got shape {tuple(t.shape)}")
+        if t.is_contiguous():
+            o = torch.empty((index.numel(), *t.shape[1:]), dtype=t.dtype, device=device)
+        else:  # channels_last: the same layout, so rows copy as blocks
+            c, h, w = t.shape[1:]
+            o = torch.empty((index.numel(), h, w, c), dtype=t.dtype, device=device).permute(0, 3, 1, 2)
+        row_bytes = t.element_size() * (t.numel() // n_in if n_in else 0)
+        entries.append((t.data_ptr(), o.data_ptr(), row_bytes))
+        outs.append(o)
+    cuda, stream, threads = _launch(device, sum(e[2] for e in entries) * index.numel() // 4)
+    _core().gather_rows(entries, index.data_ptr(), index.numel(), cuda, stream, threads)
+    return outs
+
+
+def pack_spike_conv_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Conv weights float32 [Cout, Cin, kh, kw] repacked for :func:`spike_conv2d`: float32 [kh, kw, Cin, Cout]."""
+    _check("weight", weight, torch.float32, _tensor("weight", weight).device)
+    if weight.dim() != 4:
+        raise ValueError(f"weight must have shape [Cout, Cin, kh, kw], got {tuple(weight.shape)}")
+    return weight.permute(2, 3, 1, 0).contiguous()
+
+
+def spike_conv2d(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    simd: bool = True,
+) -> torch.Tensor:
+    """Event-driven convolution (kernel 4, CPU): ``F.conv2d(x, weight, bias, stride, padding)`` that sums, at each
+    output position, only the nonzero inputs of its window. See dcsim.reference.spike_conv2d.
+
+    x: float32 [n, Cin, H, W] channels_last (spike maps: mostly exact zeros); packed: float32 [kh, kw, Cin, Cout]
+    from :func:`pack_spike_conv_weight`; bias: float32 [Cout] or None. Returns float32 [n, Cout, OH, OW],
+    channels_last. The sums run in another order than a dense conv's, so results agree with it within
+    float32 rounding, not bit for bit. simd: the AVX-512 loop (fused multiply-adds) where the CPU has
+    it; False runs the portable loop (tests compare both).
+    """
+    device = _tensor("x", x).device
+    if device.type != "cpu":
+        raise ValueError(f"spike_conv2d runs on the CPU, got x on {device}")
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(
+            f"x must be a channels_last [n, Cin, H, W] tensor, got shape {tuple(x.shape)}, strides {x.stride()}"
+        )
+    n, cin, h, w = x.shape
+    _check("x", x, torch.float32, device)
+    _check("packed", packed, torch.float32, device)
+    if packed.dim() != 4 or packed.shape[2] != cin or not packed.is_contiguous():
+        raise ValueError(f"packed must be a contiguous [kh, kw, {cin}, Cout] tensor, got shape {tuple(packed.shape)}")
+    kh, kw, _, cout = packed.shape
+    if bias is not None:
+        _check("bias", bias, torch.float32, device, (cout,))
+        bias = bias.contiguous()
+    (sh, sw), (ph, pw) = stride, padding
+    if min(sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"stride must be >= 1 and padding >= 0, got {stride} and {padding}")
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding}")
+    out = torch.empty((n, oh, ow, cout), dtype=torch.float32).permute(0, 3, 1, 2)
+    _, _, threads = _launch(device, n * oh * ow * cout)
+    _core().spike_conv(
+        n,
+        h,
+        w,
+        cin,
+        oh,
+        ow,
+        cout,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        x.data_ptr(),
+        packed.data_ptr(),
+        0 if bias is None else bias.data_ptr(),
+        out.data_ptr(),
+        threads,
+        bool(simd),
+    )
+    return out

@@ -1,0 +1,602 @@
+"""Training: float pre-training, then LSQ fine-tuning, with checkpoints, resume and best-on-val.
+
+The paper's recipe is the default: SGD with momentum 0.9, weight decay 2.5e-5, learning rate
+0.01 decayed exponentially per epoch, batch 32. ``schedule="cosine"`` gives each stage its own
+warm-up and cosine decay (the fast recipe of ``dcsim reproduce``). The whole split lives on the
+training device (uint8 images stay uint8 there; see :mod:`dcsim.batching`), batches are
+augmented there, and on a GPU the forward and backward passes run under bf16 autocast in the
+channels_last layout (:class:`TrainRuntime`); the weights stay float32 and come back in the
+standard layout, so conversion and simulation are float32 as before.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.stream import FolderSplit
+from ..io.atomic import atomic_output
+from ..models.architectures import WhitenedCNN, init_whitening
+from ..models.lsq import set_quantization
+from .device_batches import DeviceSplit, StreamedSplit
+
+if TYPE_CHECKING:
+    from ..parallel.distributed import DataParallel
+
+Normalization = tuple[Sequence[float], Sequence[float]]
+"""Per-channel (mean, std) of the images, in units of [0, 1] pixel intensity."""
+Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+"""augment(x, generator) -> x: a batch transform on the device (e.g. :func:`dcsim.batching.random_crop_flip`)."""
+SCHEDULES = ("exponential", "cosine")
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters. ``float_epochs`` of float (ReLU) pre-training precede ``epochs`` of LSQ fine-tuning.
+
+    schedule: "exponential": lr * lr_decay^epoch over both stages (per epoch); "cosine": each
+    stage rises linearly from a tenth of its peak over ``warmup_epochs`` and then follows a
+    half cosine to zero, per batch; the float stage peaks at ``lr``, the LSQ stage at ``lsq_lr``
+    (default lr / 10). nesterov: Nesterov momentum; label_smoothing: of the cross-entropy.
+    """
+
+    epochs: int = 60
+    float_epochs: int = 0
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 2.5e-5
+    lr_decay: float = 0.95
+    batch_size: int = 32
+    seed: int = 0
+    schedule: str = "exponential"
+    lsq_lr: float | None = None
+    warmup_epochs: float = 0.0
+    nesterov: bool = False
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "float_epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "batch_size" else 0):
+                raise ValueError(f"{name} must be a non-negative integer (batch_size >= 1), got {v!r}")
+        if self.epochs + self.float_epochs < 1:
+            raise ValueError("epochs + float_epochs must be >= 1")
+        for name in ("lr", "lr_decay"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.lsq_lr is not None and not self.lsq_lr > 0:
+            raise ValueError(f"lsq_lr must be > 0 (or None: lr / 10), got {self.lsq_lr!r}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ValueError("momentum and weight_decay must be >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not self.warmup_epochs >= 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing!r}")
+
+
+def learning_rate(config: TrainConfig, epoch: int, progress: float = 0.0) -> float:
+    """The learning rate ``progress`` (in [0, 1)) of the way through ``epoch`` (0-based, float stage first)."""
+    if config.schedule == "exponential":
+        lr = config.lr
+        for _ in range(epoch):  # multiplied epoch by epoch, as torch's ExponentialLR does (the same floats)
+            lr *= config.lr_decay
+        return lr
+    if epoch < config.float_epochs:
+        peak, position, length = config.lr, epoch + progress, config.float_epochs
+    else:
+        peak = config.lsq_lr if config.lsq_lr is not None else config.lr / 10
+        position, length = epoch - config.float_epochs + progress, config.epochs
+    warmup = min(config.warmup_epochs, length / 2)
+    if position < warmup:
+        return peak * (0.1 + 0.9 * position / warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * (position - warmup) / (length - warmup)))
+
+
+@dataclass(frozen=True)
+class TrainRuntime:
+    """How training runs (not what it computes). precision: "auto" (bf16 autocast on CUDA, float32
+    elsewhere), "fp32" or "bf16"; channels_last: None = on CUDA, and with bf16 on the CPU (oneDNN's fast bf16 convs
+    want that layout); compile: ``torch.compile`` the
+    training forward pass (pays on GPUs over many epochs; the first batches of each stage compile);
+    loader_workers: DataLoader worker processes decoding a streamed split (0: in this process)."""
+
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    loader_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"precision must be one of {TRAIN_PRECISIONS}, got {self.precision!r}")
+        if isinstance(self.loader_workers, bool) or not isinstance(self.loader_workers, int) or self.loader_workers < 0:
+            raise ValueError(f"loader_workers must be a non-negative integer, got {self.loader_workers!r}")
+
+    def resolve(self, device: torch.device) -> tuple[torch.dtype | None, bool]:
+        """(autocast dtype or None, channels_last) on ``device``."""
+        cuda = device.type == "cuda"
+        bf16 = self.precision == "bf16" or (self.precision == "auto" and cuda)
+        channels_last = (cuda or bf16) if self.channels_last is None else self.channels_last
+        return (torch.bfloat16 if bf16 else None), channels_last
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits float32 [N, K] of ``model`` in eval mode for images float32 [N, ...] (on the model's device)."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs = [model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy (fraction) of ``model`` on (images, labels)."""
+    return int((predict_logits(model, images, batch_size).argmax(1) == labels.cpu()).sum()) / max(len(labels), 1)
+
+
+@torch.no_grad()
+def split_accuracy(model: nn.Module, split: DeviceSplit | StreamedSplit, batch_size: int = 1024) -> float:
+    """Top-1 accuracy (fraction) of ``model`` in eval mode, float32, on a :class:`DeviceSplit` or
+    :class:`StreamedSplit`."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=split.device)
+    for x, y in split.eval_batches(batch_size):
+        correct += (model(x).argmax(1) == y).sum()
+    return int(correct) / max(len(split), 1)
+
+
+class _Stepper:
+    """One optimisation step of a stage, with the runtime's autocast, layout and optional compilation."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        config: TrainConfig,
+        runtime: TrainRuntime,
+        device: torch.device,
+        parallel: DataParallel | None = None,
+        float_epochs_ahead: bool = False,
+    ) -> None:
+        """``float_epochs_ahead``: some epoch to run trains the LSQ layers as ReLUs, leaving their
+        step sizes without gradients (DDP must then look for unused parameters)."""
+        self.model, self.opt, self.config, self.device, self.parallel = model, opt, config, device, parallel
+        self.dtype, _ = runtime.resolve(device)
+        net = parallel.wrap(model, float_epochs_ahead) if parallel is not None else model
+        self.forward = torch.compile(net) if runtime.compile else net
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, rows: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Loss (0-dim), correct predictions (0-dim int64) and rows trained here, after the update; no
+        host sync. x [b, ...], y [b]: the batch, or under ``parallel`` this rank's rows of a global
+        batch of ``rows`` rows; the loss is then scaled so that the ranks' averaged gradient is the
+        global batch's."""
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            out = self.forward(x)
+            if self.parallel is None:
+                loss = F.cross_entropy(out.float(), y, label_smoothing=self.config.label_smoothing)
+            else:
+                loss = self.parallel.loss(
+                    out.float(), y, len(y) if rows is None else rows, label_smoothing=self.config.label_smoothing
+                )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
+        self.opt.step()
+        return loss.detach(), (out.detach().argmax(1) == y).sum(), len(y)
+
+
+def _to_memory_format(model: nn.Module, memory_format: torch.memory_format) -> None:
+    """``model.to(memory_format=...)``, in place: its 4-D parameters and buffers in that layout."""
+    model.to(memory_format=memory_format)  # type: ignore[call-overload]  # torch's overloads of Module.to omit it
+
+
+def _as_split(
+    x: torch.Tensor | FolderSplit,
+    y: torch.Tensor,
+    normalization: Normalization | None,
+    device: torch.device,
+    channels_last: bool,
+    workers: int = 0,
+) -> DeviceSplit | StreamedSplit:
+    if isinstance(x, FolderSplit):  # streamed from disk; it carries its own normalization and labels
+        return StreamedSplit(x, device, channels_last, workers)
+    channels = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 4 else 0
+    mean, std = normalization if normalization is not None else ([0.0] * channels, [1.0] * channels)
+    if x.dtype == torch.uint8 and normalization is None:
+        raise ValueError("train: uint8 images need normalization=(mean, std)")
+    return DeviceSplit(x, y, mean, std, device, channels_last=channels_last)
+
+
+def measure_epoch_seconds(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_size: int,
+    config: TrainConfig,
+    runtime: TrainRuntime = TrainRuntime(),
+    device: torch.device | str | None = None,
+    normalization: Normalization | None = None,
+    augment: Augment | None = None,
+    batches: int = 6,
+    warmup: int = 3,
+) -> dict[str, Any]:
+    """Seconds per float epoch and per LSQ epoch (training plus a validation pass of ``val_size`` images).
+
+    Times ``batches`` optimisation steps in each mode after ``warmup`` untimed ones (cuDNN
+    autotuning, compilation) on ``model`` itself with a throw-away optimizer, then restores the
+    model's state (weights, BN statistics, LSQ steps). Returns {"float_s", "lsq_s", "batch_s": {...}}.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _, channels_last = runtime.resolve(device)
+    model.to(device)
+    if channels_last:
+        _to_memory_format(model, torch.channels_last)
+    saved = copy.deepcopy(model.state_dict())
+    split = _as_split(train_x, train_y, normalization, device, channels_last)
+    if not isinstance(split, DeviceSplit):
+        raise ValueError("measure_epoch_seconds times batches of a split held in memory, not a streamed FolderSplit")
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    step = _Stepper(model, opt, config, runtime, device)
+    gen = torch.Generator().manual_seed(config.seed)
+    per_epoch = math.ceil(len(split) / config.batch_size)
+    eval_batches = math.ceil(val_size / 1024)
+    out: dict[str, Any] = {"batch_s": {}}
+    try:
+        for quantized in (False, True):
+            set_quantization(model, quantized)
+            times = []
+            for _ in range(warmup + batches):
+                idx = torch.randint(0, len(split), (config.batch_size,), generator=gen)
+                model.train()
+                _sync(device)
+                t0 = time.perf_counter()
+                x, y = split.batch(idx, augment, gen)
+                step(x, y)
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+            batch_s = min(times[warmup:]) if batches else times[-1]
+            with torch.no_grad():
+                model.eval()
+                x, _ = split.batch(torch.arange(min(1024, len(split))))
+                _sync(device)
+                t0 = time.perf_counter()
+                model(x)
+                _sync(device)
+                eval_s = (time.perf_counter() - t0) * eval_batches
+            name = "lsq" if quantized else "float"
+            out["batch_s"][name] = batch_s
+            out[f"{name}_s"] = batch_s * per_epoch + eval_s
+    finally:
+        model.load_state_dict(saved)
+        set_quantization(model, True)
+    return out
+
+
+def plan_epochs(seconds: dict[str, float], budget_s: float, lsq_share: float = 0.4) -> tuple[int, int]:
+    """(float_epochs, lsq_epochs) that fit ``budget_s`` seconds of training, ``lsq_share`` of it LSQ.
+
+    seconds: {"float_s", "lsq_s"} per epoch (see :func:`measure_epoch_seconds`). Raises
+    ValueError when the budget does not hold one epoch of each stage.
+    """
+    if not 0 < lsq_share < 1:
+        raise ValueError(f"lsq_share must lie in (0, 1), got {lsq_share!r}")
+    float_epochs = int(budget_s * (1 - lsq_share) // seconds["float_s"])
+    lsq_epochs = int(budget_s * lsq_share // seconds["lsq_s"])
+    if float_epochs < 1 or lsq_epochs < 1:
+        need = seconds["float_s"] / (1 - lsq_share) if float_epochs < 1 else seconds["lsq_s"] / lsq_share
+        raise ValueError(
+            f"a training budget of {budget_s / 60:.2f} minutes is too small: one float epoch takes "
+            f"~{seconds['float_s']:.0f} s and one LSQ epoch ~{seconds['lsq_s']:.0f} s here "
+            f"({100 * lsq_share:.0f}% of the budget goes to LSQ); give at least {need / 60:.1f} minutes"
+        )
+    return float_epochs, lsq_epochs
+
+
+def budget_config(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_size: int,
+    config: TrainConfig,
+    budget_minutes: float,
+    lsq_share: float = 0.4,
+    runtime: TrainRuntime = TrainRuntime(),
+    device: torch.device | str | None = None,
+    normalization: Normalization | None = None,
+    augment: Augment | None = None,
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """``config`` with its float and LSQ epochs set to fill ``budget_minutes`` of training on this machine.
+
+    Measures the epoch times (:func:`measure_epoch_seconds`; the measurement's own time comes
+    out of the budget), then plans with :func:`plan_epochs`. Returns (config, plan), plan being
+    {"budget_minutes", "lsq_share", "measured_s", "seconds_per_epoch": {"float", "lsq"},
+    "float_epochs", "epochs", "expected_minutes"}. ValueError when the budget is too small.
+    """
+    if not budget_minutes > 0:
+        raise ValueError(f"budget_minutes must be > 0, got {budget_minutes!r}")
+    t0 = time.perf_counter()
+    seconds = measure_epoch_seconds(model, train_x, train_y, val_size, config, runtime, device, normalization, augment)
+    measured = time.perf_counter() - t0
+    float_epochs, epochs = plan_epochs(seconds, 60 * budget_minutes - measured, lsq_share)
+    plan = {
+        "budget_minutes": budget_minutes,
+        "lsq_share": lsq_share,
+        "measured_s": measured,
+        "seconds_per_epoch": {"float": seconds["float_s"], "lsq": seconds["lsq_s"]},
+        "float_epochs": float_epochs,
+        "epochs": epochs,
+        "expected_minutes": (measured + float_epochs * seconds["float_s"] + epochs * seconds["lsq_s"]) / 60,
+    }
+    return replace(config, float_epochs=float_epochs, epochs=epochs), plan
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(
+    model: nn.Module,
+    train_x: torch.Tensor | FolderSplit,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor | FolderSplit,
+    val_y: torch.Tensor,
+    config: TrainConfig = TrainConfig(),
+    augment: Augment | None = None,
+    workdir: str | Path | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    *,
+    normalization: Normalization | None = None,
+    runtime: TrainRuntime = TrainRuntime(),
+    time_limit_s: float | None = None,
+    parallel: DataParallel | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place and load the weights that were best on the validation split.
+
+    Images: float32 [N, C, H, W] already normalized, or uint8 with ``normalization`` = (mean, std)
+    per channel (intensities in [0, 1]); both stay on the device. Or a :class:`dcsim.data.FolderSplit`
+    too large for memory (with its own labels), decoded batch by batch by ``runtime.loader_workers``
+    worker processes and augmented by its "train" transform as decoded (augment must be None).
+    augment(x, generator) -> x transforms an in-memory batch on the device before normalization
+    (e.g. :func:`dcsim.batching.random_crop_flip`).
+    Float epochs train with LSQ layers as ReLU; LSQ epochs quantize (steps initialised from the
+    first quantized batch). Only LSQ epochs compete for "best" (the model is used quantized).
+    With ``workdir``, the state after every epoch is written to workdir/last.safetensors
+    (model, optimizer momentum, progress) and training resumes from it when present.
+    With ``time_limit_s``, training stops after the first epoch that ends past the limit.
+    Returns the history: {"epochs": [{"epoch", "phase", "loss", "train_acc", "val_acc", "lr",
+    "seconds", "elapsed_s"}], "best_val_acc", "config", "completed", "planned_epochs"}; "seconds"
+    is the epoch's wall time (training and validation), "elapsed_s" the sum so far; a resumed run
+    adds "resumed_at_epochs" (the epochs completed at each resume).
+    parallel: training on several ranks (see dcsim.distributed.DataParallel): every rank draws the
+    same global batches and trains on its rows of each; rank 0 alone writes the workdir state.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _, channels_last = runtime.resolve(device)
+    model.to(device)
+    if channels_last:
+        _to_memory_format(model, torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    train_split = _as_split(train_x, train_y, normalization, device, channels_last, runtime.loader_workers)
+    val_split = _as_split(val_x, val_y, normalization, device, channels_last, runtime.loader_workers)
+    if isinstance(train_split, StreamedSplit) and augment is not None:
+        raise ValueError(
+            "train: a streamed training split (FolderSplit) is augmented as it is decoded; pass "
+            "augment=None (its transform 'eval' trains without augmentation)"
+        )
+    gen = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+    ranks = 1 if parallel is None else parallel.world.size
+    total = config.float_epochs + config.epochs
+    history: dict[str, Any] = {
+        "epochs": [],
+        "best_val_acc": -1.0,
+        "config": asdict(config),
+        "planned_epochs": total,
+        "completed": False,
+    }
+    best: dict[str, torch.Tensor] | None = None
+    start = 0
+    whiten_from_training_split(model, train_split)
+    last = Path(workdir) / "last.safetensors" if workdir is not None else None
+    if last is not None:
+        last.parent.mkdir(parents=True, exist_ok=True)
+        if last.exists():
+            start, history, best = _resume(last, model, opt, gen, config)
+            if progress:
+                tqdm.write(f"resuming from {last} after epoch {start}/{total}")
+    step = _Stepper(model, opt, config, runtime, device, parallel, float_epochs_ahead=start < config.float_epochs)
+    drop_last = runtime.compile and len(train_split) >= config.batch_size  # fixed shapes: no recompilation
+    t_start = time.perf_counter()
+    elapsed0 = history["epochs"][-1]["elapsed_s"] if history["epochs"] else 0.0
+    for epoch in range(start, total):
+        t_epoch = time.perf_counter()
+        quantized = epoch >= config.float_epochs
+        set_quantization(model, quantized)
+        model.train()
+        perm = torch.randperm(len(train_split), generator=gen)
+        n_batches = len(perm) // config.batch_size if drop_last else math.ceil(len(perm) / config.batch_size)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        bar = tqdm(
+            range(n_batches),
+            disable=None if progress else True,
+            leave=False,
+            desc=f"epoch {epoch + 1}/{total} ({'lsq' if quantized else 'float'})",
+        )
+        batches = train_split.epoch_batches(
+            perm,
+            config.batch_size,
+            n_batches,
+            epoch=epoch,
+            augment=augment,
+            generator=gen,
+            local=None if parallel is None else parallel.local,
+        )
+        for b, (x, y, global_rows) in zip(bar, batches, strict=True):
+            lr = learning_rate(config, epoch, b / n_batches)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss, hits, rows = step(x, y, global_rows)
+            loss_sum += loss * global_rows / ranks
+            correct += hits
+            seen += rows
+            if b % 50 == 49 or b == n_batches - 1:  # a host sync only now and then
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}")
+        totals: tuple[float, ...] = (float(loss_sum), int(correct), seen)
+        if parallel is not None:
+            totals = parallel.reduce(*totals)
+        total_loss, total_correct, total_seen = totals
+        val_acc = split_accuracy(model, val_split)
+        seconds = time.perf_counter() - t_epoch
+        record = {
+            "epoch": epoch + 1,
+            "phase": "lsq" if quantized else "float",
+            "loss": total_loss / max(total_seen, 1),
+            "train_acc": int(total_correct) / max(total_seen, 1),
+            "val_acc": val_acc,
+            "lr": lr,
+            "seconds": seconds,
+            "elapsed_s": elapsed0 + time.perf_counter() - t_start,
+        }
+        history["epochs"].append(record)
+        if quantized and val_acc > history["best_val_acc"]:
+            history["best_val_acc"] = val_acc
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if progress:
+            tqdm.write(
+                f"epoch {epoch + 1}/{total} {record['phase']}: loss {record['loss']:.4f} "
+                f"train {record['train_acc']:.4f} val {val_acc:.4f} ({seconds:.1f} s)"
+            )
+        if last is not None and (parallel is None or parallel.main):
+            _checkpoint(last, model, opt, gen, history, best)
+        if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s and epoch + 1 < total:
+            history["stopped"] = f"time limit of {time_limit_s:.0f} s reached after epoch {epoch + 1} of {total}"
+            break
+    else:
+        history["completed"] = True
+    set_quantization(model, True)
+    if best is not None:
+        model.load_state_dict(best)
+    _to_memory_format(model, torch.contiguous_format)
+    model.eval()
+    return history
+
+
+def milestones(history: dict[str, Any], levels: Sequence[float]) -> list[dict[str, Any]]:
+    """Epochs and minutes until the validation accuracy first reached each level, per stage.
+
+    Returns [{"phase", "level", "epoch", "minutes"}] with epoch/minutes None where not reached
+    (epoch counts from the start of training; minutes: training wall time including validation).
+    """
+    rows = []
+    for phase in ("float", "lsq"):
+        epochs = [e for e in history["epochs"] if e["phase"] == phase]
+        for level in levels:
+            hit = next((e for e in epochs if e["val_acc"] >= level), None)
+            rows.append(
+                {
+                    "phase": phase,
+                    "level": level,
+                    "epoch": hit["epoch"] if hit else None,
+                    "minutes": hit["elapsed_s"] / 60 if hit else None,
+                }
+            )
+    return rows
+
+
+def whiten_from_training_split(model: nn.Module, train_split: DeviceSplit | StreamedSplit, images: int = 5000) -> None:
+    """Set the patch-whitening layers of ``model`` not yet set (see :func:`dcsim.models.init_whitening`)
+    from the first ``images`` images of the **training** split, normalized, without augmentation."""
+    pending = [m for m in model.modules() if isinstance(m, WhitenedCNN) and not bool(m.whitening_set)]
+    if pending:
+        x, _ = next(iter(train_split.eval_batches(images)))
+        for m in pending:
+            init_whitening(m, x.contiguous())
+
+
+def _checkpoint(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    history: dict[str, Any],
+    best: dict[str, torch.Tensor] | None,
+) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if best is not None:
+        tensors |= {f"best.{k}": v for k, v in best.items()}
+    for i, p in enumerate(opt.param_groups[0]["params"]):
+        buf = opt.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            tensors[f"momentum.{i}"] = buf
+    tensors["rng"] = gen.get_state()
+    meta = {"history": history}
+    with atomic_output(path) as tmp:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"dcsim": json.dumps(meta)}
+        )
+
+
+def _same_config(stored: dict[str, Any], config: TrainConfig) -> bool:
+    """Whether a stored config is ``config``; fields it predates count as their defaults."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return defaults | stored == asdict(config)
+
+
+def _resume(
+    path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, config: TrainConfig
+) -> tuple[int, dict[str, Any], dict[str, torch.Tensor] | None]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["dcsim"])
+        tensors = load_file(str(path))
+    except Exception as err:
+        raise ValueError(f"{path}: cannot resume training from this file ({err}); delete it to start over") from err
+    if not _same_config(meta["history"].get("config", {}), config):
+        raise ValueError(
+            f"{path}: was written with a different training configuration; delete it or use the same settings"
+        )
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    for i, p in enumerate(opt.param_groups[0]["params"]):
+        if f"momentum.{i}" in tensors:
+            opt.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device)
+    gen.set_state(tensors["rng"])
+    history = meta["history"]
+    for e in history["epochs"]:  # files from before per-epoch timing
+        e.setdefault("elapsed_s", 0.0)
+    history["config"] = asdict(config)
+    history.setdefault("planned_epochs", config.float_epochs + config.epochs)
+    history["completed"] = False
+    history["resumed_at_epochs"] = [*history.get("resumed_at_epochs", []), len(history["epochs"])]
+    return len(history["epochs"]), history, best

@@ -1,0 +1,134 @@
+"""``dcsim bench``: the standard benchmark set (engine vs the eager simulator vs the ANN forward) over
+chunk, precision, CUDA graphs and event-driven convs, optionally a trained network and streaming."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models import build_model
+from ..parallel.distributed import World
+from ..sim.engine import PRECISIONS
+from .benchmark import (
+    bench_case,
+    device_name,
+    markdown,
+    progress_line,
+    random_inputs,
+    skipped_models,
+    standard_set,
+    stream_case,
+    stream_markdown,
+)
+from .inputs import check_dataset_matches, load_model, load_splits, tensors
+from .options import BenchOptions, DataOptions
+
+
+def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
+    """Rows of timings per case (see dcsim.workflows.benchmark); failed cases are reported, not raised."""
+    device = world.device
+    cases = standard_set(device, quick=opts.quick, full=opts.full)
+    if not opts.models and skipped_models(cases):
+        print(
+            f"dcsim bench: models {', '.join(dict.fromkeys(c[0] for c in cases))}; skipped "
+            f"{', '.join(skipped_models(cases))} (run with --full for them)",
+            file=sys.stderr,
+            flush=True,
+        )
+    if opts.models:
+        cases = [c for c in cases if c[0] in opts.models] or [
+            (m, meth, b) for m in opts.models for meth in ("qcfs", "qffs") for b in (1, 32)
+        ]
+    graphs = opts.graphs or (["on"] if device.type == "cuda" else ["off"])
+    configs = [(g == "on", cf) for g in graphs for cf in ((0.0, 1.0) if g == "on" and opts.masked else (0.0,))]
+    spike_convs = [s == "on" for s in (opts.spike_convs or (["off", "on"] if device.type == "cpu" else ["off"]))]
+    if any(spike_convs) and device.type != "cpu":
+        raise ValueError("--spike-convs on: event-driven convs run on the CPU only")
+    networks = {}
+    if opts.checkpoint is not None:
+        networks = _trained_networks(opts, data)
+        cases += [
+            (label, method, batch)
+            for label in networks
+            for method in ("qcfs", "qffs")
+            for batch in dict.fromkeys(b for _, _, b in standard_set(device, quick=True))
+        ]
+    rows, errors = [], []
+    start = time.perf_counter()
+    for done, (model, method, batch) in enumerate(tqdm(cases, desc="dcsim bench", disable=None)):
+        if done:
+            print(progress_line(done, len(cases), time.perf_counter() - start, "cases"), file=sys.stderr, flush=True)
+        for chunk, precision, (use_graphs, compact_fraction), spikes in itertools.product(
+            opts.chunk, opts.precision, configs, spike_convs
+        ):
+            if use_graphs and compact_fraction >= 1 and batch == 1:
+                continue  # at batch 1 buckets and a masked batch are the same thing
+            if spikes and PRECISIONS[precision] != torch.float32:
+                continue  # event-driven convs are float32
+            case = dict(
+                model=model,
+                method=method,
+                batch=batch,
+                chunk=chunk,
+                graphs=use_graphs,
+                compact_fraction=compact_fraction,
+                precision=precision,
+                spike_convs=spikes,
+            )
+            try:
+                new = bench_case(
+                    model,
+                    method,
+                    batch,
+                    device,
+                    repeats=opts.repeats,
+                    chunk=chunk,
+                    channels_last=opts.channels_last,
+                    graphs=use_graphs,
+                    compact_fraction=compact_fraction,
+                    precision=precision,
+                    spike_convs=spikes,
+                    network=networks.get(model),
+                )
+            except RuntimeError as err:  # report the case and go on with the others
+                errors.append({**case, "error": str(err).splitlines()[0]})
+                print(f"dcsim bench: {case} failed: {errors[-1]['error']}", file=sys.stderr, flush=True)
+                continue
+            rows += new
+            print(markdown(new).split("\n", 2)[2], end="", file=sys.stderr, flush=True)  # rows as they come
+    print(markdown(rows), file=sys.stderr)
+    stream_rows: list[dict[str, object]] = []
+    if opts.stream:
+        stream_rows = [
+            stream_case(model, method, opts.stream, device, repeats=opts.repeats, graphs=use_graphs)
+            for model, method in dict.fromkeys((m, meth) for m, meth, _ in cases)
+            for use_graphs in dict.fromkeys(g for g, _ in configs)
+        ]
+        print(stream_markdown(stream_rows), file=sys.stderr)
+    if errors:
+        print(f"dcsim bench: {len(errors)} case(s) failed", file=sys.stderr)
+    return {"device": device_name(device), "rows": rows, "stream_rows": stream_rows, "errors": errors}
+
+
+def _trained_networks(opts: BenchOptions, data: DataOptions) -> dict:
+    """{row label: (model, inputs, weights)}: the trained model on real test images and a random-weight
+    twin of the same architecture on random inputs (initialised as the standard set's)."""
+    assert opts.checkpoint is not None
+    model, meta = load_model(opts.checkpoint)
+    splits = load_splits(data)
+    check_dataset_matches(meta, splits, opts.checkpoint)
+    x, _ = tensors(splits["test"])
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(data.seed))[:256]]
+    torch.manual_seed(0)
+    twin = build_model(meta["architecture"], **meta["arch_kwargs"]).train()
+    with torch.no_grad():
+        twin(torch.randn(4, *x.shape[1:]))
+    name = f"{meta['architecture']} {meta['arch_kwargs'].get('width', '')}".strip()
+    return {
+        f"{name} trained": (model, x, "trained"),
+        f"{name} random": (twin.eval(), random_inputs(len(x), tuple(x.shape[1:]), torch.device("cpu")), "random"),
+    }

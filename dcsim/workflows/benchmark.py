@@ -1,0 +1,347 @@
+"""Standard benchmark set of ``dcsim bench``: wall time per inference, side by side.
+
+For each model, method, batch size and mode (full T, or early exit at a threshold that stops
+samples around mid-simulation), it times:
+  - dcsim's engine (native kernels, static layers computed once, compaction);
+  - the official-style eager simulator (dcsim.baseline: batch 1, host sync every step),
+    at batch 1 only (that is how it runs);
+  - the quantized ANN's forward pass at the same batch (the floor: one step can hardly cost less),
+    on a GPU also replayed as a CUDA graph (its kernels alone, no launch overhead).
+Random weights are fine for timing. Ratios are the point; absolute times depend on the machine.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+from ..conversion.convert import convert
+from ..models import build_model
+from ..sim.continuous import StreamStats, stream
+from ..sim.eager import EagerSimulator
+from ..sim.engine import Engine, gpu_flags
+from ..sim.graphs import capture_graphs
+from ..sim.readout import Readout
+from .dynamic_confidence import NO_EXIT
+
+MODELS: dict[str, tuple[str, dict, tuple[int, int, int]]] = {
+    "resnet18": ("resnet18", {"num_classes": 10}, (3, 32, 32)),
+    "vgg16": ("vgg16", {"num_classes": 10}, (3, 32, 32)),
+    "resnet50": ("resnet50", {"num_classes": 1000}, (3, 224, 224)),
+    "small_cnn": ("small_cnn", {"num_classes": 10}, (3, 32, 32)),
+}
+DEFAULT_STEPS = {"qcfs": 27, "qffs": 4}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Best wall time in seconds of ``repeats`` calls (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def graphed_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Best wall time in seconds of ``fn`` captured once as a CUDA graph and replayed: its kernels alone,
+    with no launch overhead (warm-up with cuDNN autotuning, capture without; full float32)."""
+    with torch.no_grad():
+        graph = capture_graphs({"forward": fn}, device, lambda autotune: gpu_flags(False, autotune), "a benchmark")
+    return timeit(graph["forward"].replay, device, repeats)
+
+
+def random_inputs(n: int, shape: tuple[int, ...], device: torch.device, seed: int = 0) -> torch.Tensor:
+    """Seeded float32 [n, *shape] normal inputs, drawn on the CPU (the same on every device, and no use of
+    the GPU's random generator, which a failed graph capture can leave unusable), then moved to ``device``."""
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def prepared_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    """Random-weight LSQ model with initialised step sizes and BN statistics, in eval mode."""
+    arch, kwargs, shape = MODELS[name]
+    torch.manual_seed(seed)
+    model = build_model(arch, **kwargs)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, *shape))
+    return model.eval(), shape
+
+
+def mid_threshold(engine: Engine, x: torch.Tensor, steps: int, readout: Readout) -> float:
+    """A threshold at which the samples of x stop around mid-simulation (median score at T/2)."""
+    sim = engine.simulate(x, steps, readout)
+    return float(sim.conf[:, max(steps // 2 - 1, 0)].median())
+
+
+def engine_label(graphs: bool, compact_fraction: float, precision: str, spike_convs: bool = False) -> str:
+    """Short name of an engine configuration in benchmark tables."""
+    label = ("graphs" + ("+masked" if compact_fraction >= 1 else "+buckets")) if graphs else "eager"
+    return label + ("" if precision == "fp32" else f"+{precision}") + ("+spikeconv" if spike_convs else "")
+
+
+def bench_case(
+    model_name: str,
+    method: str,
+    batch: int,
+    device: torch.device,
+    steps: int | None = None,
+    repeats: int = 3,
+    eager: bool = True,
+    chunk: int = 1,
+    channels_last: bool = False,
+    graphs: bool = False,
+    compact_fraction: float = 0.0,
+    precision: str = "fp32",
+    spike_convs: bool = False,
+    network: tuple[torch.nn.Module, torch.Tensor, str] | None = None,
+) -> list[dict]:
+    """Rows for one model/method/batch: modes "full" and "early_exit" (engine steps computed ``chunk`` at a time).
+
+    graphs / compact_fraction / precision / spike_convs: the engine configuration (see
+    :meth:`Engine.early_exit`, :class:`Engine`); the ANN forward and the eager reference always run in full float32.
+    network: (model, inputs float32 [>= batch, C, H, W], weights label) timed instead of the standard
+    random-weight model on random inputs, e.g. a trained model on real images ("trained") or a
+    random twin of it ("random"); ``model_name`` then only labels the rows.
+    Each row holds the spike rate: spikes per neuron per simulated step.
+    """
+    weights = "random"
+    if network is None:
+        model, shape = prepared_model(model_name)
+        x = random_inputs(batch, shape, device)
+    else:
+        model, inputs, weights = network
+        if len(inputs) < batch:
+            raise ValueError(f"bench_case: {len(inputs)} real inputs for batch {batch}")
+        model, x = model.eval(), inputs[:batch].to(device)
+    steps = steps or DEFAULT_STEPS[method]
+    net = convert(model, method=method)
+    engine = Engine(net, device=device, channels_last=channels_last, precision=precision, spike_convs=spike_convs)
+    ann = model.to(device)
+    readout = Readout.paper(method, net.bits, steps)
+    exit_threshold = mid_threshold(engine, x, steps, readout)
+    with torch.no_grad(), gpu_flags(False, autotune=True):
+        ann_s = timeit(lambda: ann(x), device, repeats)
+    ann_graph_s = graphed_seconds(lambda: ann(x), device, repeats) if device.type == "cuda" else None
+    eager_sim = EagerSimulator(net.to(device)) if eager and batch == 1 else None
+    rows = []
+    for mode, threshold in (("full", 1.0), ("early_exit", exit_threshold)):
+
+        def run():  # timed in this iteration only
+            return engine.early_exit(
+                x,
+                steps,
+                readout,
+                threshold,  # noqa: B023 -- run() is called in this iteration only
+                chunk=chunk,
+                graphs=graphs,
+                compact_fraction=compact_fraction,
+            )
+
+        res = run()
+        mean_steps = float(res.exit_step.float().mean())
+        spike_rate = float(res.spikes.sum()) / (float(res.exit_step.sum()) * sum(res.neurons))
+        ours = timeit(run, device, repeats)
+        row = {
+            "device": device_name(device),
+            "model": model_name,
+            "method": method,
+            "batch": batch,
+            "mode": mode,
+            "engine": engine_label(graphs, compact_fraction, precision, spike_convs),
+            "chunk": chunk,
+            "channels_last": engine.channels_last,
+            "steps": steps,
+            "threshold": threshold,
+            "mean_steps": mean_steps,
+            "weights": weights,
+            "spikes_per_neuron_step": spike_rate,
+            "ms_per_inference": 1000 * ours / batch,
+            "ms_per_step": 1000 * ours / batch / mean_steps,
+            "ann_ms_per_inference": 1000 * ann_s / batch,
+            "ratio_to_ann_per_step": (ours / mean_steps) / ann_s,
+        }
+        if ann_graph_s is not None:  # the floor without launch overhead: the ANN's kernels alone
+            row["ann_graph_ms_per_inference"] = 1000 * ann_graph_s / batch
+            row["ratio_to_ann_graph_per_step"] = (ours / mean_steps) / ann_graph_s
+        if eager_sim is not None:
+            with gpu_flags(False, autotune=True):
+                ref = timeit(lambda: eager_sim.run(x, steps, readout, threshold), device, repeats)  # noqa: B023 -- runs now
+            row["reference_ms_per_inference"] = 1000 * ref
+            row["speedup_vs_reference"] = ref / ours
+        rows.append(row)
+    full, early = rows
+    saving_steps = 1 - early["mean_steps"] / full["mean_steps"]
+    saving_time = 1 - early["ms_per_inference"] / full["ms_per_inference"]
+    early["step_saving"] = saving_steps
+    early["time_saving"] = saving_time
+    early["time_saving_over_step_saving"] = saving_time / saving_steps if saving_steps > 0 else None
+    return rows
+
+
+def stream_vs_static(
+    engine: Engine,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    slots: int,
+    steps: int,
+    readout: Readout,
+    threshold: float,
+    repeats: int = 2,
+    compare: bool = True,
+    graphs: bool = False,
+) -> dict:
+    """Streaming with ``slots`` slots against static batches of ``slots`` with and without early exit.
+
+    Interleaved rounds, best throughput of each (samples/s); ``graphs``: all three with CUDA graphs. x: float32 [N, ...] on the engine's
+    device; y: int64 [N] labels for accuracies (None: no accuracies). Returns {"stream": summary
+    (throughput, latency_ms mean/p50/p99, occupancy, accuracy), "static_dc", "static_no_dc",
+    "throughput_ratio_vs_static_no_dc", "throughput_ratio_vs_static_dc"} (static parts with ``compare``).
+    """
+    out: dict = {}
+    for _ in range(repeats):
+        stats = StreamStats(slots)
+        preds = {r.id: r.pred for r in stream(engine, iter(x), slots, steps, readout, threshold, stats, graphs)}
+        summary = stats.summary() | {"threshold": threshold, "steps": steps}
+        if y is not None:
+            summary["accuracy"] = sum(int(p == int(y[i])) for i, p in preds.items()) / len(y)
+        if "stream" not in out or summary["throughput"] > out["stream"]["throughput"]:
+            out["stream"] = summary
+        if not compare:
+            continue
+        for name, th in (("static_dc", threshold), ("static_no_dc", NO_EXIT)):
+            if engine.device.type == "cuda":
+                torch.cuda.synchronize(engine.device)
+            t0 = time.perf_counter()
+            res = engine.early_exit(x, steps, readout, th, batch_size=slots, graphs=graphs)  # CPU results: synced
+            row = {"mean_steps": float(res.exit_step.float().mean()), "throughput": len(x) / (time.perf_counter() - t0)}
+            if y is not None:
+                row["accuracy"] = float((res.pred == y.cpu()).float().mean())
+            if name not in out or row["throughput"] > out[name]["throughput"]:
+                out[name] = row
+    if compare:
+        out["throughput_ratio_vs_static_no_dc"] = out["stream"]["throughput"] / out["static_no_dc"]["throughput"]
+        out["throughput_ratio_vs_static_dc"] = out["stream"]["throughput"] / out["static_dc"]["throughput"]
+    return out
+
+
+def stream_case(
+    model_name: str,
+    method: str,
+    slots: int,
+    device: torch.device,
+    samples: int | None = None,
+    repeats: int = 2,
+    graphs: bool = False,
+) -> dict:
+    """Streaming vs static batches on a random-weight model (threshold: samples stop around T/2)."""
+    model, shape = prepared_model(model_name)
+    steps = DEFAULT_STEPS[method]
+    net = convert(model, method=method)
+    engine = Engine(net, device=device)
+    readout = Readout.paper(method, net.bits, steps)
+    x = random_inputs(samples or 8 * slots, shape, device, seed=1)
+    threshold = mid_threshold(engine, x[:slots], steps, readout)
+    out = stream_vs_static(engine, x, None, slots, steps, readout, threshold, repeats, graphs=graphs)
+    s = out["stream"]
+    return {
+        "device": device_name(device),
+        "model": model_name,
+        "method": method,
+        "slots": slots,
+        "samples": len(x),
+        "engine": "graphs" if graphs else "eager",
+        "steps": steps,
+        "threshold": threshold,
+        "stream_throughput": s["throughput"],
+        "latency_ms_p50": s["latency_ms"]["p50"],
+        "latency_ms_p99": s["latency_ms"]["p99"],
+        "occupancy": s["occupancy"],
+        "static_dc_throughput": out["static_dc"]["throughput"],
+        "static_no_dc_throughput": out["static_no_dc"]["throughput"],
+        "mean_steps": out["static_dc"]["mean_steps"],
+        "ratio_vs_static_no_dc": out["throughput_ratio_vs_static_no_dc"],
+        "ratio_vs_static_dc": out["throughput_ratio_vs_static_dc"],
+    }
+
+
+def stream_markdown(rows: list[dict]) -> str:
+    """Table of :func:`stream_case` rows."""
+    head = (
+        "| device | model | method | engine | slots | mean steps | stream (samples/s) | p50 / p99 latency (ms) | "
+        "occupancy | vs static, no exit | vs static, early exit |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    return head + "".join(
+        f"| {r['device']} | {r['model']} | {r['method']} | {r['engine']} | {r['slots']} | {r['mean_steps']:.2f} | "
+        f"{r['stream_throughput']:.1f} | {r['latency_ms_p50']:.2f} / {r['latency_ms_p99']:.2f} | {r['occupancy']:.2f} | "
+        f"{r['ratio_vs_static_no_dc']:.2f}x | {r['ratio_vs_static_dc']:.2f}x |\n"
+        for r in rows
+    )
+
+
+FULL_MODELS = ["resnet18", "vgg16", "resnet50"]
+QUICK_MODELS = ["small_cnn", "resnet18"]
+
+
+def standard_set(device: torch.device, quick: bool = False, full: bool = False) -> list[tuple[str, str, int]]:
+    """(model, method, batch) cases: batch 1 and a large batch for each model and method.
+
+    Models: FULL_MODELS with ``full`` or by default on a GPU; QUICK_MODELS with ``quick`` or by
+    default on a CPU (there the full set takes far longer than a few minutes).
+    """
+    if quick and full:
+        raise ValueError("quick and full exclude each other")
+    large = 256 if device.type == "cuda" else 32
+    models = FULL_MODELS if full or (device.type == "cuda" and not quick) else QUICK_MODELS
+    return [
+        (m, method, batch)
+        for m in models
+        for method in ("qcfs", "qffs")
+        for batch in (1, large if m != "resnet50" or device.type == "cuda" else 4)
+    ]
+
+
+def skipped_models(cases: list[tuple[str, str, int]]) -> list[str]:
+    """The models of the full set that ``cases`` leave out (what ``--full`` would add)."""
+    return [m for m in FULL_MODELS if m not in {c[0] for c in cases}]
+
+
+def progress_line(done: int, total: int, elapsed: float, what: str) -> str:
+    """``[done/total] what; elapsed, estimated time left`` (seconds; the estimate assumes equal cases)."""
+    left = elapsed / done * (total - done) if done else float("nan")
+    return f"[{done}/{total}] {what}; {elapsed:.0f} s elapsed, about {left:.0f} s left"
+
+
+def markdown(rows: list[dict]) -> str:
+    """Table of benchmark rows."""
+    head = (
+        "| device | model | method | batch | mode | engine | chunk | mean steps | spikes/neuron/step | ms/inference | ms/step | "
+        "vs eager reference | step / ANN forward | step / ANN graph |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    return head + "".join(
+        f"| {r['device']} | {r['model']} | {r['method']} | {r['batch']} | {r['mode']} | {r['engine']} | {r['chunk']} | "
+        f"{r['mean_steps']:.2f} | {r['spikes_per_neuron_step']:.4f} | "
+        f"{r['ms_per_inference']:.3f} | {r['ms_per_step']:.3f} | "
+        f"{format(r['speedup_vs_reference'], '.2f') + 'x' if 'speedup_vs_reference' in r else '-'} | "
+        f"{r['ratio_to_ann_per_step']:.2f} | "
+        f"{format(r['ratio_to_ann_graph_per_step'], '.2f') if 'ratio_to_ann_graph_per_step' in r else '-'} |\n"
+        for r in rows
+    )

@@ -1,0 +1,245 @@
+"""The Dynamic Confidence workflow on a trained model: calibrate, trace, select, evaluate, report.
+
+    quantized ANN --calibrate tau--> readout (alpha, tau)
+    SNN on the validation split --trace--> front --select--> th_c
+    SNN on the test split, live early exit at th_c --> accuracy, mean steps, spikes, wall time
+
+Every loop over a split takes its images either as one tensor [N, C, H, W] or as a
+:class:`dcsim.distributed.Sharded` split (streamed from disk and/or sharded over torchrun ranks);
+both run the same batches, so the results are the same.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .. import analysis
+from ..analysis.calibration import calibration_report
+from ..conversion.convert import convert
+from ..parallel.distributed import Sharded, map_batches
+from ..sim.engine import Engine
+from ..sim.readout import Readout
+from ..sim.state import ExitResult
+from ..training import predict_logits
+
+NO_EXIT = 1.0
+"""Threshold at which no sample exits early (scores are <= 1 and the rule is strict)."""
+
+
+def spikes_per_neuron(spikes: torch.Tensor, neurons: list[int]) -> dict:
+    """Spikes per neuron per inference over the hidden layers.
+
+    spikes: int64 [N, L] spikes per sample per layer (only the steps each sample ran);
+    neurons: [L] neurons per sample per layer. Returns {"pooled": float, "per_layer": [L floats]}.
+    """
+    n = max(spikes.shape[0], 1)
+    per_layer = [float(spikes[:, i].sum()) / (n * m) for i, m in enumerate(neurons)]
+    return {"pooled": float(spikes.sum()) / (n * sum(neurons)), "per_layer": per_layer}
+
+
+Images = torch.Tensor | Sharded
+"""float32 [N, C, H, W] normalized images, or a Sharded split (see the module doc)."""
+
+
+def ann_logits(model: nn.Module, images: Images, batch_size: int = 512) -> torch.Tensor:
+    """Logits float32 [N, K] of the quantized ANN in eval mode (see dcsim.training.predict_logits)."""
+    return map_batches(images, batch_size, lambda x: (predict_logits(model, x, batch_size),), "ANN")[0]
+
+
+def record_trace(
+    engine: Engine,
+    images: Images,
+    labels: torch.Tensor,
+    steps: int,
+    readout: Readout,
+    meta: dict,
+    batch_size: int = 256,
+    record_sums: bool = False,
+) -> analysis.Trace:
+    """Run all samples for ``steps`` steps and keep (prediction, score) per sample and step."""
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        sim = engine.simulate(x.to(engine.device), steps, readout, record_sums=record_sums, batch_size=batch_size)
+        return (sim.pred, sim.conf) + ((sim.sums,) if sim.sums is not None else ())  # sums: when record_sums
+
+    out = map_batches(images, batch_size, run, "trace")
+    full_meta = {
+        "method": engine.net.method,
+        "semantics": engine.net.semantics,
+        "drive_steps": engine.net.drive_steps,
+        "bits": engine.net.bits,
+        "readout": readout.kind,
+        "alpha": readout.alpha,
+        "tau": readout.tau,
+        "steps": steps,
+    } | meta
+    return analysis.Trace(
+        labels=labels.cpu().numpy().astype("int64"),
+        pred=out[0].numpy(),
+        conf=out[1].numpy(),
+        sums=out[2].numpy() if record_sums else None,
+        meta=full_meta,
+    )
+
+
+def choose_steps(
+    engine: Engine, images: Images, labels: torch.Tensor, max_steps: int, target: float, batch_size: int = 256
+) -> tuple[int, list[float]]:
+    """Smallest T whose validation accuracy reaches ``target`` (else the most accurate T <= max_steps).
+
+    Returns (T, accuracy at t = 1..max_steps).
+    """
+    pred = map_batches(
+        images,
+        batch_size,
+        lambda x: (engine.simulate(x.to(engine.device), max_steps, batch_size=batch_size).pred,),
+        "choose T",
+    )[0]
+    acc = (pred == labels.cpu()[:, None]).float().mean(0).tolist()
+    reached = [t + 1 for t, a in enumerate(acc) if a >= target]
+    return (reached[0] if reached else max(range(1, max_steps + 1), key=lambda t: acc[t - 1])), acc
+
+
+@dataclass
+class LiveEval:
+    """Live early-exit evaluation on a split (threshold 1.0 means no early exit)."""
+
+    threshold: float
+    accuracy: float
+    mean_steps: float
+    saving: float
+    spikes: dict
+    ms_per_inference: float
+    result: ExitResult
+
+    def to_dict(self) -> dict:
+        return {
+            "threshold": self.threshold,
+            "accuracy": self.accuracy,
+            "mean_steps": self.mean_steps,
+            "saving": self.saving,
+            "spikes_per_neuron": self.spikes["pooled"],
+            "spikes_per_layer": self.spikes["per_layer"],
+            "ms_per_inference": self.ms_per_inference,
+        }
+
+
+def evaluate_live(
+    engine: Engine,
+    images: Images,
+    labels: torch.Tensor,
+    steps: int,
+    readout: Readout,
+    threshold: float,
+    batch_size: int = 256,
+    chunk: int = 1,
+    graphs: bool = False,
+) -> LiveEval:
+    """Live early exit at ``threshold`` (1.0: every sample runs T steps); wall time per inference in ms.
+
+    chunk: steps computed per conv call (see Engine.advance); graphs: CUDA-graph step loop (see
+    Engine.early_exit; an untimed first run captures the graphs). Results are the same. The wall
+    time is the whole loop's (with a Sharded split: until every rank is done, data loading included).
+    """
+    if isinstance(images, torch.Tensor):
+        images = images.to(engine.device)
+    layers: list = []
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        r = engine.early_exit(
+            x.to(engine.device), steps, readout, threshold, batch_size=batch_size, chunk=chunk, graphs=graphs
+        )
+        layers[:] = [r.neurons, r.layers]
+        return r.pred, r.exit_step, r.conf, r.spikes
+
+    if graphs:
+        map_batches(images, batch_size, run, "warm-up")
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+    t0 = time.perf_counter()
+    out = map_batches(images, batch_size, run, f"live th_c={threshold:.3g}")
+    elapsed = time.perf_counter() - t0
+    if not layers:  # this rank ran no batch: the layer sizes come from the network
+        layers[:] = list(engine._layers(out[0].new_empty((0, *_sample_shape(images)), dtype=torch.float32)))
+    pred, exit_step, conf, spikes = out
+    neurons, names = layers
+    res = ExitResult(pred, exit_step, conf, spikes, neurons, names)
+    correct = (res.pred == labels.cpu()).float()
+    mean_steps = float(res.exit_step.float().mean())
+    return LiveEval(
+        threshold=threshold,
+        accuracy=float(correct.mean()),
+        mean_steps=mean_steps,
+        saving=1.0 - mean_steps / steps,
+        spikes=spikes_per_neuron(res.spikes, res.neurons),
+        ms_per_inference=1000.0 * elapsed / max(len(res.pred), 1),
+        result=res,
+    )
+
+
+def dynamic_confidence(
+    model: nn.Module,
+    method: str,
+    splits: dict[str, tuple[Images, torch.Tensor]],
+    max_steps: int,
+    tau: float,
+    steps: int | None = None,
+    tolerance: float = 0.0,
+    readout_kind: str = "max_softmax",
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    meta: dict | None = None,
+    semantics: str | None = None,
+) -> dict:
+    """Convert, pick T and th_c on the validation split, and evaluate live on the test split.
+
+    splits: {"val": (images, labels), "test": (images, labels)}. steps: T (default: the smallest
+    T whose validation accuracy reaches the quantized ANN's, up to max_steps); semantics: QFFS's (see
+    dcsim.convert; None: the method's default). Returns a dict
+    with the trace, its analysis and the test rows without and with Dynamic Confidence.
+    """
+    net = convert(model.cpu().eval(), method=method, semantics=semantics)
+    engine = Engine(net, device=device)
+    val_x, val_y = splits["val"]
+    test_x, test_y = splits["test"]
+    ann_val = float((ann_logits(model, val_x).argmax(1) == val_y.cpu()).float().mean())
+    acc_curve = None
+    if steps is None:
+        steps, acc_curve = choose_steps(engine, val_x, val_y, max_steps, ann_val, batch_size)
+    readout = (
+        Readout.paper(method, net.bits, steps, tau=tau, kind=readout_kind)
+        if net.bits
+        else Readout(readout_kind, float(steps), tau)
+    )
+    trace = record_trace(engine, val_x, val_y, steps, readout, (meta or {}) | {"split": "val"}, batch_size)
+    report = analysis.analyze(trace, tolerance=tolerance)
+    threshold = report["selected"]["threshold"]
+    no_dc = evaluate_live(engine, test_x, test_y, steps, readout, NO_EXIT, batch_size)
+    with_dc = evaluate_live(engine, test_x, test_y, steps, readout, threshold, batch_size)
+    return {
+        "method": method,
+        "steps": steps,
+        "readout": readout.to_dict(),
+        "val_accuracy_vs_t": acc_curve,
+        "trace": trace,
+        "analysis": report,
+        "no_dc": no_dc,
+        "dc": with_dc,
+    }
+
+
+def calibrate(model: nn.Module, images: Images, labels: torch.Tensor) -> dict:
+    """Temperature scaling of the quantized ANN on a validation split (see dcsim.calibration)."""
+    return calibration_report(ann_logits(model, images), labels)
+
+
+def _sample_shape(images: Images) -> tuple[int, ...]:
+    """[C, H, W] of one sample."""
+    if isinstance(images, torch.Tensor):
+        return tuple(images.shape[1:])
+    split = images.split
+    return tuple(split.image_shape) if hasattr(split, "image_shape") else tuple(split.images.shape[1:])

@@ -1,0 +1,166 @@
+"""Trace, analyze and evaluate: a checkpoint's full-length run recorded, its Dynamic Confidence front, and
+live early exit on a split. Each returns the command's JSON result; ``say`` prints a one-line summary."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..analysis import accuracy_vs_t, analyze, load_trace, save_trace
+from ..analysis import plots as plotting
+from ..conversion.convert import convert
+from ..parallel.distributed import World, write_if_main
+from ..sim.engine import Engine
+from ..sim.readout import OFFICIAL_DEMO_ALPHA, Readout
+from ..sim.semantics import Semantics
+from .dynamic_confidence import calibrate, evaluate_live, record_trace
+from .inputs import model_and_splits, source
+from .options import AnalyzeOptions, DataOptions, EvalOptions, ModelOptions, ReadoutOptions, TraceOptions
+
+
+def write_plots(report: dict, folder: Path, stem: str = "") -> list[str]:
+    """The front, exit histogram and accuracy-confidence PNGs of an analysis into ``folder``; their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        str(p)
+        for p in (
+            plotting.plot_front(report, folder / f"{stem}front.png"),
+            plotting.plot_exit_histogram(report, folder / f"{stem}exit_histogram.png"),
+            plotting.plot_accuracy_confidence(report, folder / f"{stem}accuracy_confidence.png"),
+        )
+    ]
+
+
+def make_readout(opts: ReadoutOptions, bits: int | None, steps: int, tau: float) -> Readout:
+    """The readout of ``opts`` for a network of ``bits`` (None: mixed) run for ``steps`` steps."""
+    if opts.alpha == "paper":
+        if bits is None and opts.method == "qffs":
+            raise ValueError(
+                "the model's activations have no single bit width (mixed, or levels not 2^b - 1): "
+                "give --alpha as a number"
+            )
+        return Readout.paper(opts.method, bits, steps, tau=tau, kind=opts.readout)
+    alpha = OFFICIAL_DEMO_ALPHA if opts.alpha == "official" else float(opts.alpha)
+    return Readout(opts.readout, alpha, 1.0 if opts.alpha == "official" else tau)
+
+
+def temperature(tau: str, model: nn.Module, val: tuple[Any, Any]) -> tuple[float, dict | None]:
+    """(tau, calibration report or None): fitted on the validation split ``val`` for 'auto', else the number."""
+    if tau == "auto":
+        report = calibrate(model, *val)
+        return report["tau"], report
+    value = float(tau)
+    if not value > 0:
+        raise ValueError(f"--tau must be > 0 or 'auto', got {tau}")
+    return value, None
+
+
+def from_trace(path: Path, method: str, semantics: Semantics | None, tolerance: float) -> tuple[Readout, int, float]:
+    """(readout, T, th_c) from the validation trace ``path``: its readout and length, th_c selected on it."""
+    trace = load_trace(path)
+    tm = trace.meta
+    if tm.get("method") != method:
+        raise ValueError(f"{path}: trace method {tm.get('method')!r} differs from --method {method!r}")
+    wanted = Semantics.resolve(semantics, method, "--qffs-semantics")
+    traced = tm.get("semantics", "constant")  # traces without the field predate the settle semantics
+    if traced != wanted:
+        raise ValueError(
+            f"{path}: the trace was recorded with the {traced!r} QFFS semantics but this run uses "
+            f"{wanted.value!r}; pass --qffs-semantics {traced} or record the trace again"
+        )
+    threshold = analyze(trace, tolerance=tolerance)["selected"]["threshold"]
+    return Readout(tm["readout"], float(tm["alpha"]), float(tm["tau"])), int(tm["steps"]), threshold
+
+
+def trace(opts: TraceOptions, model_opts: ModelOptions, data: DataOptions, world: World, say: bool = False) -> dict:
+    """``dcsim trace``: record T steps of every sample of a split into ``opts.out``."""
+    ro = opts.readout
+    model, _meta, splits = model_and_splits(model_opts, data, world, ("val", opts.split), ro.method)
+    tau, calib = temperature(ro.tau, model, source(data, world, splits["val"]))
+    net = convert(model, method=ro.method, semantics=ro.semantics)
+    engine = Engine(net, device=world.device)
+    readout = make_readout(ro, net.bits, opts.steps, tau)
+    x, y = source(data, world, splits[opts.split])
+    t0 = time.perf_counter()
+    recorded = record_trace(
+        engine,
+        x,
+        y,
+        opts.steps,
+        readout,
+        {"model": str(model_opts.checkpoint), "split": opts.split, "dataset": data.dataset},
+        batch_size=opts.batch_size,
+        record_sums=opts.sums,
+    )
+    write_if_main(world, opts.out, lambda path: save_trace(path, recorded))
+    seconds = time.perf_counter() - t0
+    if say:
+        print(
+            f"{ro.method} T={opts.steps}: traced {len(y)} {opts.split} samples in {seconds:.1f} s on "
+            f"{world.size} rank(s), accuracy at T {accuracy_vs_t(recorded)[-1]:.4f}: {opts.out}"
+        )
+    return {
+        "trace": str(opts.out),
+        "samples": len(y),
+        "steps": opts.steps,
+        "readout": readout.to_dict(),
+        "calibration": calib,
+        "trace_seconds": seconds,
+        "ranks": world.size,
+    }
+
+
+def analyze_trace(opts: AnalyzeOptions, say: bool = False) -> dict:
+    """``dcsim analyze``: front, selected th_c and oracle of a trace, with plots in ``opts.plots``."""
+    report = analyze(load_trace(opts.trace), resolution=opts.resolution, tolerance=opts.tolerance)
+    report["plots"] = write_plots(report, opts.plots, stem=opts.trace.stem + "_")
+    if say:
+        s, b = report["selected"], report["baseline"]
+        print(f"baseline: accuracy {b['accuracy']:.4f} at {b['mean_steps']:.2f} steps")
+        print(
+            f"selected th_c {s['threshold']:.4g}: accuracy {s['accuracy']:.4f}, mean steps {s['mean_steps']:.2f}, "
+            f"saving {100 * s['saving']:.1f}%"
+        )
+    return report
+
+
+def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, world: World, say: bool = False) -> dict:
+    """``dcsim eval``: live early exit on a split at a given th_c, or at one selected on a validation trace."""
+    ro = opts.readout
+    model, _meta, splits = model_and_splits(model_opts, data, world, ("val", opts.split), ro.method)
+    if (opts.threshold is None) == (opts.trace is None):
+        raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
+    net = convert(model, method=ro.method, semantics=ro.semantics)
+    if opts.trace is not None:
+        readout, steps, threshold = from_trace(opts.trace, ro.method, ro.semantics, opts.tolerance)
+    else:
+        if opts.steps is None:
+            raise ValueError("--steps is required with --threshold")
+        steps, threshold = opts.steps, float(opts.threshold or 0.0)
+        tau, _ = temperature(ro.tau, model, source(data, world, splits["val"]))
+        readout = make_readout(ro, net.bits, steps, tau)
+    eng = opts.engine
+    engine = Engine(
+        net, device=world.device, channels_last=eng.channels_last, precision=eng.precision, spike_convs=eng.spike_convs
+    )
+    x, y = source(data, world, splits[opts.split])
+    res = evaluate_live(
+        engine, x, y, steps, readout, threshold, batch_size=opts.batch_size, chunk=opts.chunk, graphs=eng.graphs
+    )
+    out = res.to_dict() | {
+        "steps": steps,
+        "readout": readout.to_dict(),
+        "split": opts.split,
+        "samples": len(y),
+        "batch_size": opts.batch_size,
+        "device": str(engine.device),
+    }
+    if say:
+        print(
+            f"{ro.method} T={steps} th_c={threshold:.4g}: accuracy {res.accuracy:.4f}, mean steps {res.mean_steps:.2f}, "
+            f"saving {100 * res.saving:.1f}%, spikes/neuron {res.spikes['pooled']:.3f}, {res.ms_per_inference:.3f} ms/inference"
+        )
+    return out

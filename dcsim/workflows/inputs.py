@@ -1,0 +1,160 @@
+"""What the workflows read: data splits for the data options, checkpoints (files or zoo folders), and a
+loaded checkpoint made ready to convert (bringing your own model).
+
+Checkpoint kinds (all dcsim safetensors checkpoints, see dcsim.io.checkpoint):
+
+- quantized (the default): LSQ activations, converted as they are;
+- imported with ``dcsim import official``: the same, with metadata "source";
+- float ReLU: metadata ``"activations": "float_relu"`` (written by ``dcsim train --epochs 0``,
+  float pre-training only); its LSQActivation layers compute ReLUs, and trace/eval/report
+  need ``--normalize P`` to set thresholds from the training split (never the test split).
+
+The data are normalized with the checkpoint's mean and std (the ones the model was trained with).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__, data
+from ..conversion.thresholds import normalize
+from ..io import zoo
+from ..io.atomic import sha256_file
+from ..io.checkpoint import load_checkpoint
+from ..models import build_model
+from ..models.lsq import set_quantization
+from ..parallel.distributed import Sharded, World, check_agreement, data_fingerprint
+from .options import DataOptions, ModelOptions
+
+FLOAT_RELU = "float_relu"
+"""Metadata value of "activations" for a float ReLU checkpoint."""
+
+
+def load_splits(opts: DataOptions) -> dict[str, Any]:
+    """{"train","val","test"} datasets for the data options."""
+    if opts.dataset != "digits" and opts.data_root is None:
+        raise ValueError(f"--data-root is required for --dataset {opts.dataset}")
+    splits = data.open_splits(opts.dataset, opts.data_root, loader=opts.loader, val_size=opts.val_size, seed=opts.seed)
+    if any(isinstance(s, data.FolderSplit) for s in splits.values()):
+        data.return_large_buffers()  # streamed: keep resident memory bounded over any number of batches
+    return splits
+
+
+def limit_splits(splits: dict, train_subset: int | None = None, max_test: int | None = None, seed: int = 0) -> dict:
+    """The splits with at most ``train_subset`` training and ``max_test`` test images (seeded random picks)."""
+    out = dict(splits)
+    for name, n in (("train", train_subset), ("test", max_test)):
+        if n is None:
+            continue
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(
+                f"--{'train-subset' if name == 'train' else 'max-test'} must be a positive integer, got {n!r}"
+            )
+        if n < len(splits[name]):
+            out[name] = splits[name].subset(
+                torch.randperm(len(splits[name]), generator=torch.Generator().manual_seed(seed))[:n]
+            )
+    return out
+
+
+def loader_workers(opts: DataOptions, world: World) -> int:
+    """--loader-workers, by default the usable CPUs shared among this node's ranks (at least 1)."""
+    workers = opts.loader_workers
+    if workers is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = max(1, cpus // world.local_size)
+    if workers < 0:
+        raise ValueError(f"--loader-workers must be >= 0, got {workers}")
+    return workers
+
+
+def source(opts: DataOptions, world: World, split: Any, quiet: bool = False) -> tuple[Sharded, torch.Tensor]:
+    """(images, labels) of a split for the runs: sharded over the ranks, streamed when the split is."""
+    return Sharded(split, world, workers=loader_workers(opts, world), progress=not quiet), split.labels
+
+
+def tensors(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalized images float32 [N, C, H, W], labels int64 [N]) of an in-memory split."""
+    return ds.normalized(), ds.labels
+
+
+def agree(world: World, splits: dict, used: tuple[str, ...], checkpoint: Path | None = None) -> None:
+    """Under torchrun: every rank must run the same dcsim, checkpoint and data (else an error names the rank)."""
+    if not world.distributed:
+        return
+    items: dict[str, object] = {"dcsim version": __version__, "torch version": torch.__version__}
+    if checkpoint is not None:
+        items["checkpoint digest"] = sha256_file(checkpoint)
+    items |= {f"{name} data fingerprint": data_fingerprint(splits[name]) for name in used}
+    check_agreement(world, items)
+
+
+def check_dataset_matches(meta: dict, splits: dict, ckpt: Path) -> None:
+    """The checkpoint's classes must be the data's."""
+    classes = list(splits["test"].classes)
+    if list(meta.get("classes", [])) != classes:
+        raise ValueError(f"{ckpt}: checkpoint classes {meta.get('classes')} differ from the data's {classes}")
+
+
+def load_model(path: Path) -> tuple[nn.Module, dict]:
+    """(model, metadata) from a checkpoint file or a zoo folder (shards checked against their sha256)."""
+    return zoo.load(path, build_model) if zoo.is_zoo(path) else load_checkpoint(path, build_model)
+
+
+def model_and_splits(
+    model_opts: ModelOptions, data_opts: DataOptions, world: World, used: tuple[str, ...], method: str = "qcfs"
+) -> tuple[nn.Module, dict, dict]:
+    """(model ready to convert, metadata, splits) for a checkpoint (see :func:`prepare`); under torchrun
+    the ranks first agree on the splits ``used`` (see :func:`agree`)."""
+    model, meta = load_model(model_opts.checkpoint)
+    splits = load_splits(data_opts)
+    check_dataset_matches(meta, splits, model_opts.checkpoint)
+    agree(world, splits, used, model_opts.checkpoint)
+    model, splits = prepare(model, meta, splits, model_opts, method, data_opts.seed)
+    return model, meta, splits
+
+
+def with_checkpoint_normalization(splits: dict, meta: dict) -> dict:
+    """The splits normalized with the checkpoint's mean/std instead of the data set's own."""
+    norm = meta["normalization"]
+    mean, std = tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
+    return {k: dataclasses.replace(ds, mean=mean, std=std) for k, ds in splits.items()}
+
+
+def prepare(
+    model: nn.Module, meta: dict, splits: dict, opts: ModelOptions, method: str = "qcfs", seed: int = 0
+) -> tuple[nn.Module, dict]:
+    """(model ready to convert, splits) for a loaded checkpoint.
+
+    A float ReLU checkpoint requires ``opts.normalize``; a quantized one refuses it. Calibration
+    images: ``opts.calibration_size`` images of the training split, drawn with ``seed``.
+    """
+    splits = with_checkpoint_normalization(splits, meta)
+    percentile = opts.normalize
+    is_float = meta.get("activations") == FLOAT_RELU
+    if is_float and percentile is None:
+        raise ValueError(
+            f"{opts.checkpoint}: a float ReLU checkpoint; give --normalize P (e.g. 99.9 or max) to set "
+            "its thresholds from training data"
+        )
+    if percentile is None:
+        return model, splits
+    if not is_float:
+        raise ValueError(
+            f"{opts.checkpoint}: --normalize applies to float ReLU checkpoints (metadata "
+            f"activations = {FLOAT_RELU!r}); this one is quantized"
+        )
+    if method != "qcfs":
+        raise ValueError("--normalize: a normalized float network converts with --method qcfs only (QFFS needs levels)")
+    if opts.calibration_size < 1:
+        raise ValueError(f"--calibration-size must be >= 1, got {opts.calibration_size}")
+    train = splits["train"]
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: opts.calibration_size]
+    set_quantization(model, False)
+    return normalize(model, train.normalized(idx), percentile=percentile), splits

@@ -1,0 +1,196 @@
+"""Typed options of the workflows (frozen dataclasses): what each command line flag sets, checked once.
+
+Sizes are counts (images, steps, slots, epochs); times are minutes where named so. Field names are
+the command line's flags with '_' for '-' (``batch_size`` is ``--batch-size``), so an error about a
+field names the flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..sim.semantics import Semantics
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Which data set and how it is read: ``dataset`` digits | cifar10 | imagefolder (``data_root`` for the
+    last two), ``val_size`` validation images drawn from train (None: the data set's default), ``seed`` of
+    that draw and of training, ``loader`` auto | memory | stream, ``loader_workers`` per rank (None: CPUs / ranks)."""
+
+    dataset: str = "digits"
+    data_root: Path | None = None
+    val_size: int | None = None
+    seed: int = 0
+    loader: str = "auto"
+    loader_workers: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Training into the checkpoint ``out`` (see ``dcsim train --help`` for each field; defaults: train's)."""
+
+    out: Path
+    arch: str = "small_cnn"
+    width: int | None = None
+    bits: int = 2
+    epochs: int = 60
+    float_epochs: int = 0
+    lr: float = 0.01
+    lr_decay: float = 0.95
+    momentum: float = 0.9
+    weight_decay: float = 2.5e-5
+    train_batch_size: int = 32
+    augment: bool = False
+    schedule: str = "exponential"
+    lsq_lr: float | None = None
+    warmup_epochs: float = 0.0
+    nesterov: bool = False
+    label_smoothing: float = 0.0
+    train_precision: str = "auto"
+    train_channels_last: bool | None = None
+    compile: bool = False
+    budget_minutes: float | None = None
+    lsq_share: float = 0.4
+    train_subset: int | None = None
+    workdir: Path | None = None
+    quiet: bool = False
+    sync_bn: bool = False
+
+    @property
+    def working_folder(self) -> Path:
+        """Per-epoch state for resuming: ``workdir``, default OUT.work/."""
+        return self.workdir or self.out.with_suffix(".work")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """A checkpoint (file or zoo folder) and how it becomes convertible: ``normalize`` the percentile in
+    (0, 100] for a float ReLU checkpoint's thresholds, from ``calibration_size`` training images."""
+
+    checkpoint: Path
+    normalize: float | None = None
+    calibration_size: int = 1000
+
+
+@dataclass(frozen=True)
+class ReadoutOptions:
+    """Method and readout: ``alpha`` 'paper' | 'official' | a number; ``tau`` 'auto' | a number > 0."""
+
+    method: str
+    readout: str = "max_softmax"
+    alpha: str = "paper"
+    tau: str = "auto"
+    semantics: Semantics | None = None
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Engine settings of eval and stream (see dcsim.Engine)."""
+
+    precision: str = "fp32"
+    spike_convs: bool = False
+    channels_last: bool = False
+    graphs: bool = False
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    """``dcsim trace``: T = ``steps`` on ``split`` into the .npz ``out`` (``sums``: also S_t [N, T, K])."""
+
+    readout: ReadoutOptions
+    steps: int
+    out: Path
+    split: str = "val"
+    sums: bool = False
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """``dcsim analyze``: the front of ``trace`` on a grid of ``resolution``; plots into ``plots``."""
+
+    trace: Path
+    plots: Path
+    resolution: float = 0.1
+    tolerance: float = 0.0
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """``dcsim eval``: live early exit at ``threshold`` with T = ``steps``, or T, readout and th_c from ``trace``."""
+
+    readout: ReadoutOptions
+    steps: int | None = None
+    threshold: float | None = None
+    trace: Path | None = None
+    tolerance: float = 0.0
+    split: str = "test"
+    batch_size: int = 256
+    chunk: int = 1
+    engine: EngineOptions = field(default_factory=EngineOptions)
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """``dcsim stream``: continuous batching with ``slots`` samples in flight; T, readout and th_c from ``trace``."""
+
+    method: str
+    trace: Path
+    tolerance: float = 0.0
+    split: str = "test"
+    slots: int = 64
+    semantics: Semantics | None = None
+    compare: bool = False
+    repeats: int = 2
+    engine: EngineOptions = field(default_factory=EngineOptions)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The report loop: QCFS and QFFS, T = ``*_steps`` (None: chosen on validation up to ``*_max_steps``)."""
+
+    tau: str = "auto"
+    tolerance: float = 0.0
+    qcfs_steps: int | None = None
+    qffs_steps: int | None = None
+    qcfs_max_steps: int = 64
+    qffs_max_steps: int = 12
+    semantics: Semantics | None = None
+    batch_size: int = 256
+
+    def steps(self, method: str) -> tuple[int | None, int]:
+        """(fixed T or None, largest T considered) of ``method``."""
+        if method == "qcfs":
+            return self.qcfs_steps, self.qcfs_max_steps
+        return self.qffs_steps, self.qffs_max_steps
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """``dcsim bench`` (see its --help): the standard set, optionally a trained ``checkpoint`` and streaming."""
+
+    quick: bool = False
+    full: bool = False
+    models: tuple[str, ...] = ()
+    repeats: int = 3
+    chunk: tuple[int, ...] = (1,)
+    channels_last: bool = False
+    graphs: tuple[str, ...] = ()
+    masked: bool = False
+    precision: tuple[str, ...] = ("fp32",)
+    spike_convs: tuple[str, ...] = ()
+    checkpoint: Path | None = None
+    stream: int | None = None
+
+
+@dataclass(frozen=True)
+class ReproduceOptions:
+    """``dcsim reproduce`` into the folder ``out``: training, then the report at ``min_accuracy`` or above."""
+
+    out: Path
+    train: TrainOptions
+    report: ReportOptions
+    min_accuracy: float = 0.5
+    max_test: int | None = None
