@@ -222,7 +222,9 @@ class StaticExit:
             self.events[c].synchronize()
         return int(self.alive_host[c])
 
-    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def run(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Early exit of x float32 [n, ...] (checked by the engine): (pred, exit_step, conf, spikes, sops) on the device.
 
         pred int64 [n], exit_step int64 [n] in 1..T, conf float32 [n], spikes int64 [n, L], sops int64 [n, L]

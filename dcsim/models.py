@@ -250,9 +250,7 @@ def init_whitening(model: nn.Module, images: torch.Tensor, eps: float = 5e-4, ma
     if not isinstance(whiten, nn.Conv2d):
         return False
     if images.ndim != 4 or images.shape[1] != whiten.in_channels:
-        raise ValueError(
-            f"init_whitening: images must be [N, {whiten.in_channels}, H, W], got {tuple(images.shape)}"
-        )
+        raise ValueError(f"init_whitening: images must be [N, {whiten.in_channels}, H, W], got {tuple(images.shape)}")
     x = images[:max_images].float().to(whiten.weight.device)
     k = whiten.kernel_size[0]
     patches = F.unfold(x, k).transpose(1, 2).reshape(-1, whiten.in_channels * k * k).double()
@@ -267,9 +265,7 @@ def init_whitening(model: nn.Module, images: torch.Tensor, eps: float = 5e-4, ma
     return True
 
 
-def whitened_cnn(
-    num_classes: int = 10, in_channels: int = 3, bits: int = 2, width: int = 64
-) -> WhitenedCNN:
+def whitened_cnn(num_classes: int = 10, in_channels: int = 3, bits: int = 2, width: int = 64) -> WhitenedCNN:
     """:class:`WhitenedCNN` with groups (width, 4 * width, 4 * width): width 64 is airbench94's (64, 256, 256)."""
     _check_width(width, "whitened_cnn")
     return WhitenedCNN(num_classes, in_channels, bits, (width, 4 * width, 4 * width))

@@ -166,7 +166,9 @@ def _check_fanout(fanout: torch.Tensor | None, sops: torch.Tensor | None, u: tor
     shape = (1, *u.shape[1:])
     _check("fanout", fanout, torch.int32, u.device, shape)
     if fanout.numel() > 1 and _strides(fanout)[1:] != _strides(u)[1:]:
-        raise ValueError(f"fanout must have the per-sample memory layout of u (strides {u.stride()}), got {fanout.stride()}")
+        raise ValueError(
+            f"fanout must have the per-sample memory layout of u (strides {u.stride()}), got {fanout.stride()}"
+        )
     _check("sops", sops, torch.int64, u.device, (u.shape[0],))
     return fanout.data_ptr(), sops.data_ptr()
 

@@ -303,7 +303,11 @@ def _markdown_table1(s: dict) -> str:
     name = NAMES.get(s["model"], s["model"])
     paper = s["paper"]["table1"]
     paper_model = s["paper"].get("model")
-    label = "paper" if paper_model in (None, s["model"]) else f"paper's {NAMES.get(paper_model, paper_model)} (another network)"
+    label = (
+        "paper"
+        if paper_model in (None, s["model"])
+        else f"paper's {NAMES.get(paper_model, paper_model)} (another network)"
+    )
     head = (
         f"| {s['dataset']} | ANN (2-bit) | {label} | SNN, no DC | {label} | SNN + DC | {label} |\n"
         "|---|---|---|---|---|---|---|\n"

@@ -31,7 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .network import Add, AdaptiveAvgPool, AvgPool, Conv, Flatten, Input, Linear, Neuron, Node, SpikingNetwork
+from .network import AdaptiveAvgPool, Add, AvgPool, Conv, Flatten, Input, Linear, Neuron, Node, SpikingNetwork
 
 COUNTED: tuple[type[Node], ...] = (Input, Conv, Linear, AvgPool, AdaptiveAvgPool, Flatten, Add, Neuron)
 """Node types the counter knows (exact types: a subclass may compute something else)."""

@@ -131,9 +131,7 @@ class StepRecord:
     sops: torch.Tensor | None = None
 
     @staticmethod
-    def empty(
-        k: int, n: int, layers: int, classes: int | None, device: torch.device, sops: bool = False
-    ) -> StepRecord:
+    def empty(k: int, n: int, layers: int, classes: int | None, device: torch.device, sops: bool = False) -> StepRecord:
         return StepRecord(
             pred=torch.empty((k, n), dtype=torch.int64, device=device),
             score=torch.empty((k, n), dtype=torch.float32, device=device),
