@@ -24,11 +24,10 @@ BlockCounts neuron_block(const NeuronStepArgs& a, int64_t i, int64_t lo, int64_t
   float* __restrict u = a.u;
   int32_t* __restrict z = a.z;
   float* __restrict out = a.out;
-  const int32_t* __restrict fan = HasFanout ? a.fanout + (lo - i * a.m) : nullptr;  // fan[j - lo]
+  const int32_t* __restrict fan = HasFanout ? a.fanout + (lo - i * a.m) : nullptr;  // fan[k]: element lo + k
   const float th = a.th;
   const int32_t zmax = a.zmax;
   int64_t count = 0;
-  int64_t sops = 0;
   for (int64_t j = lo; j < hi; ++j) {
     float uj = u[j];
     int32_t zj = Method == kQFFS ? z[j] : 0;
@@ -37,10 +36,13 @@ BlockCounts neuron_block(const NeuronStepArgs& a, int64_t i, int64_t lo, int64_t
     if (Method == kQFFS) z[j] = zj;
     out[j] = static_cast<float>(spike) * th;
     count += spike != 0;
-    if (HasFanout) {
-      const int32_t f = fan[j - lo];
-      sops += spike != 0 ? f : 0;
-    }
+  }
+  // Synaptic operations in a second pass over the block's outputs (still in cache): a loop of its own
+  // vectorizes where one int64 sum more in the loop above would not.
+  int64_t sops = 0;
+  if (HasFanout) {
+    const float* __restrict o = out + lo;
+    for (int64_t k = 0; k < hi - lo; ++k) sops += o[k] != 0.0f ? fan[k] : 0;
   }
   return {count, sops};
 }
