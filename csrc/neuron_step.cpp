@@ -1,5 +1,6 @@
 // CPU twin of neuron_step_cuda.cu: the [n, m] elements in blocks of at most kBlock, spread over
-// threads (so a single sample uses every thread too); per-sample spike counts summed per block.
+// threads (so a single sample uses every thread too); per-sample spike counts (and, with a fan-out
+// map, synaptic operations) summed per block.
 #include "neuron_step.h"
 
 #include "dcsim_math.h"
@@ -9,15 +10,21 @@ namespace {
 
 constexpr int64_t kBlock = 1 << 14;  // elements per parallel task
 
-// Elements [lo, hi) of one sample; returns their spikes. Method and the presence of x2 are
-// compile-time constants, so the loop has no branches left and vectorizes.
-template <int Method, bool HasX2>
-int64_t neuron_block(const NeuronStepArgs& a, int64_t lo, int64_t hi) {
+struct BlockCounts {
+  int64_t spikes;  // spikes in the block (+1 and -1 both count)
+  int64_t sops;    // sum of |spike| * fanout over the block (0 without a fan-out map)
+};
+
+// Elements [lo, hi) of sample i; returns their spikes and synaptic operations. Method, the presence
+// of x2 and of the fan-out map are compile-time constants, so the loop has no branches left and vectorizes.
+template <int Method, bool HasX2, bool HasFanout>
+BlockCounts neuron_block(const NeuronStepArgs& a, int64_t i, int64_t lo, int64_t hi) {
   const float* __restrict x = a.x;
   const float* __restrict x2 = a.x2;
   float* __restrict u = a.u;
   int32_t* __restrict z = a.z;
   float* __restrict out = a.out;
+  const int32_t* __restrict fan = HasFanout ? a.fanout + (lo - i * a.m) : nullptr;  // fan[k]: element lo + k
   const float th = a.th;
   const int32_t zmax = a.zmax;
   int64_t count = 0;
@@ -30,10 +37,17 @@ int64_t neuron_block(const NeuronStepArgs& a, int64_t lo, int64_t hi) {
     out[j] = static_cast<float>(spike) * th;
     count += spike != 0;
   }
-  return count;
+  // Synaptic operations in a second pass over the block's outputs (still in cache): a loop of its own
+  // vectorizes where one int64 sum more in the loop above would not.
+  int64_t sops = 0;
+  if (HasFanout) {
+    const float* __restrict o = out + lo;
+    for (int64_t k = 0; k < hi - lo; ++k) sops += o[k] != 0.0f ? fan[k] : 0;
+  }
+  return {count, sops};
 }
 
-template <int Method, bool HasX2>
+template <int Method, bool HasX2, bool HasFanout>
 void neuron_step_blocks(const NeuronStepArgs& a, int threads) {
   const int64_t per_sample = (a.m + kBlock - 1) / kBlock;
   const int64_t tasks = a.n * per_sample;
@@ -42,19 +56,28 @@ void neuron_step_blocks(const NeuronStepArgs& a, int threads) {
     const int64_t i = t / per_sample;
     const int64_t lo = i * a.m + (t % per_sample) * kBlock;
     const int64_t hi = lo + kBlock < (i + 1) * a.m ? lo + kBlock : (i + 1) * a.m;
-    const int64_t count = neuron_block<Method, HasX2>(a, lo, hi);
+    const BlockCounts c = neuron_block<Method, HasX2, HasFanout>(a, i, lo, hi);
 #pragma omp atomic
-    a.counts[i] += count;
+    a.counts[i] += c.spikes;
+    if (HasFanout) {
+#pragma omp atomic
+      a.sops[i] += c.sops;
+    }
   }
+}
+
+template <int Method, bool HasX2>
+void neuron_step_fanout(const NeuronStepArgs& a, int threads) {
+  a.fanout ? neuron_step_blocks<Method, HasX2, true>(a, threads) : neuron_step_blocks<Method, HasX2, false>(a, threads);
 }
 
 }  // namespace
 
 void neuron_step_cpu(const NeuronStepArgs& a, int threads) {
   if (a.method == kQFFS) {
-    a.x2 ? neuron_step_blocks<kQFFS, true>(a, threads) : neuron_step_blocks<kQFFS, false>(a, threads);
+    a.x2 ? neuron_step_fanout<kQFFS, true>(a, threads) : neuron_step_fanout<kQFFS, false>(a, threads);
   } else {
-    a.x2 ? neuron_step_blocks<kQCFS, true>(a, threads) : neuron_step_blocks<kQCFS, false>(a, threads);
+    a.x2 ? neuron_step_fanout<kQCFS, true>(a, threads) : neuron_step_fanout<kQCFS, false>(a, threads);
   }
 }
 

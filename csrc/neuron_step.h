@@ -17,6 +17,8 @@ struct NeuronStepArgs {
   int64_t* counts;      // [n] spikes emitted per sample (|+1| and |-1| both count), accumulated
   float th;             // threshold
   int32_t zmax;         // spike-count cap (QFFS)
+  const int32_t* fanout;  // [m] synaptic operations one spike of each neuron triggers, or nullptr
+  int64_t* sops;          // [n] sum of |spike| * fanout per sample, accumulated; nullptr when fanout is
 };
 
 void neuron_step_cpu(const NeuronStepArgs& a, int threads);

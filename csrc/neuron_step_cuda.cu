@@ -1,5 +1,6 @@
 // CUDA twin of neuron_step.cpp. Grid: (chunks of m, n); one thread per neuron,
-// a block-wide count reduced with warp shuffles and one atomic per block.
+// block-wide counts (spikes; synaptic operations with a fan-out map) reduced with warp shuffles
+// and one atomic each per block.
 #include <cuda_runtime.h>
 
 #include "cuda_check.h"
@@ -11,10 +12,24 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// Sum of v over the block (blockDim.x == kThreads), valid in thread 0. `scratch` holds kThreads / 32 values.
+template <typename T>
+__device__ T block_sum(T v, T* scratch) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    v = threadIdx.x < kThreads / 32 ? scratch[threadIdx.x] : T(0);
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  }
+  return v;
+}
+
 __global__ void neuron_step_kernel(NeuronStepArgs a) {
   const int64_t i = blockIdx.y;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   int fired = 0;
+  long long ops = 0;
   if (j < a.m) {
     const int64_t e = i * a.m + j;
     const float x = a.x2 ? a.x[e] + a.x2[e] : a.x[e];
@@ -25,17 +40,19 @@ __global__ void neuron_step_kernel(NeuronStepArgs a) {
     if (a.z) a.z[e] = z;
     a.out[e] = static_cast<float>(spike) * a.th;
     fired = spike != 0;
+    if (a.fanout && fired) ops = a.fanout[j];
   }
-  // Block reduction of the spike count.
-  __shared__ int warp_sums[kThreads / 32];
-  for (int off = 16; off > 0; off >>= 1) fired += __shfl_down_sync(0xffffffffu, fired, off);
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = fired;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    int v = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : 0;
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-    if (threadIdx.x == 0 && v != 0) {
-      atomicAdd(reinterpret_cast<unsigned long long*>(a.counts + i), static_cast<unsigned long long>(v));
+  // Block reductions of the spike count and the synaptic operations; one atomic each per block.
+  __shared__ int warp_fired[kThreads / 32];
+  __shared__ long long warp_ops[kThreads / 32];
+  fired = block_sum(fired, warp_fired);
+  if (threadIdx.x == 0 && fired != 0) {
+    atomicAdd(reinterpret_cast<unsigned long long*>(a.counts + i), static_cast<unsigned long long>(fired));
+  }
+  if (a.fanout) {  // the same for every thread of the block
+    ops = block_sum(ops, warp_ops);
+    if (threadIdx.x == 0 && ops != 0) {
+      atomicAdd(reinterpret_cast<unsigned long long*>(a.sops + i), static_cast<unsigned long long>(ops));
     }
   }
 }
@@ -55,6 +72,7 @@ void neuron_step_cuda(const NeuronStepArgs& a, void* stream) {
     c.z = a.z ? a.z + off : nullptr;
     c.out = a.out + off;
     c.counts = a.counts + r;
+    c.sops = a.sops ? a.sops + r : nullptr;
     const dim3 grid(static_cast<unsigned>((a.m + kThreads - 1) / kThreads), static_cast<unsigned>(c.n));
     neuron_step_kernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(c);
   }

@@ -22,6 +22,8 @@ def neuron_step(
     counts: int,
     th: float,
     zmax: int,
+    fanout: int,
+    sops: int,
     cuda: bool,
     stream: int,
     threads: int,

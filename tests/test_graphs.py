@@ -19,7 +19,7 @@ DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and dcsim built with CUDA")),
 ]
-FIELDS = ("pred", "exit_step", "conf", "spikes")
+FIELDS = ("pred", "exit_step", "conf", "spikes", "sops")
 SCORE_ATOL = 1e-5
 """CPU vs CUDA stopping scores (as in test_kernels)."""
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from . import ops, reference
+from . import ops, reference, sops
 from .graphs import StaticExit
 from .network import Conv, Input, Linear, Neuron, Node, SpikingNetwork
 from .readout import Readout
@@ -112,6 +112,9 @@ class Engine:
              the inputs that spiked. A few % of neurons spike per step, so this skips most of the
              work at small batches. Implies channels_last. The sums run in another order than a
              dense conv's: results agree with it within float32 rounding, as another conv algorithm would.
+    count_ops: count synaptic operations per hidden layer and the image-fed layers' MACs per sample
+             (:mod:`dcsim.sim.sops`; results' ``sops`` and ``macs``): one multiply-add per neuron and step
+             in the fused neuron step. False: those fields are None.
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class Engine:
         channels_last: bool = False,
         precision: str = "fp32",
         spike_convs: bool = False,
+        count_ops: bool = True,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
@@ -137,6 +141,11 @@ class Engine:
         self.precision = precision
         self._dtype = PRECISIONS[precision]
         self.net = net.to(self.device)
+        if count_ops:
+            sops.check_counted(self.net)
+        self.count_ops = bool(count_ops)
+        self._fanouts: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}  # (neuron node, its shape) -> int32 map
+        self._image_macs: dict[tuple[int, ...], int] = {}  # sample shape -> MACs of the image-fed layers
         if self.channels_last or self._dtype != torch.float32:
             self.net = replace(self.net, nodes=[self._prepared(n) for n in self.net.nodes])
         self.backend = backend
@@ -230,6 +239,21 @@ class Engine:
             self._shapes[sample_shape] = shapes
         return self._shapes[sample_shape]
 
+    def fanout(self, i: int, shape: tuple[int, ...]) -> torch.Tensor:
+        """Fan-out map of neuron node i of per-sample shape ``shape``: int32 [1, *shape] in the engine's layout
+        on its device (computed once, see :func:`dcsim.sim.sops.fanout_map`)."""
+        key = (i, shape)
+        if key not in self._fanouts:
+            fan = sops.fanout_map(self.net, i, shape).to(torch.int32)
+            self._fanouts[key] = self._layout(fan[None].to(self.device))
+        return self._fanouts[key]
+
+    def image_macs(self, sample_shape: tuple[int, ...]) -> int:
+        """MACs per sample of the image-fed layers for inputs of per-sample shape ``sample_shape`` (computed once)."""
+        if sample_shape not in self._image_macs:
+            self._image_macs[sample_shape] = sum(sops.image_macs(self.net, sample_shape).values())
+        return self._image_macs[sample_shape]
+
     def neurons_per_layer(self, sample_shape: tuple[int, ...]) -> list[int]:
         """Neurons per sample in each hidden (spiking) layer."""
         shapes = self.shapes(sample_shape)
@@ -261,7 +285,7 @@ class Engine:
         nodes = self.net.nodes
         dev = self.device
         static = self._static_values(x)
-        u, z, counts = {}, {}, {}
+        u, z, counts, ops_ = {}, {}, {}, {}
         for i in self.neurons:
             neuron = nodes[i]
             assert isinstance(neuron, Neuron)
@@ -269,6 +293,8 @@ class Engine:
             if self.net.method == "qffs":
                 z[i] = self.empty((n, *shapes[i]), torch.int32).zero_()
             counts[i] = torch.zeros(n, dtype=torch.int64, device=dev)
+            if self.count_ops:
+                ops_[i] = torch.zeros(n, dtype=torch.int64, device=dev)
         k = shapes[-1][0]
         return BatchState(
             ids=torch.arange(n, device=dev) if ids is None else ids.to(dev, torch.int64),
@@ -276,6 +302,7 @@ class Engine:
             u=u,
             z=z,
             counts=counts,
+            sops=ops_,
             sums=torch.zeros((n, k), dtype=torch.float32, device=dev),
             steps=torch.zeros(n, dtype=torch.int32, device=dev),
             pred=torch.zeros(n, dtype=torch.int64, device=dev),
@@ -314,6 +341,8 @@ class Engine:
             if i in state.z:
                 state.z[i].index_fill_(0, rows, 0)
             state.counts[i].index_fill_(0, rows, 0)
+            if i in state.sops:
+                state.sops[i].index_fill_(0, rows, 0)
         for t in (state.sums, state.steps, state.pred, state.score, state.exited):
             t.index_fill_(0, rows, 0)
         state.ids.index_copy_(0, rows, ids.to(self.device, torch.int64))
@@ -388,7 +417,8 @@ class Engine:
                 return vals[j][t]
             return gate(state.static[j], drive if isinstance(drive, bool) else drive[t])
 
-        rec = StepRecord.empty(k, n, len(self.neurons), state.sums.shape[1] if record_sums else None, self.device)
+        classes = state.sums.shape[1] if record_sums else None
+        rec = StepRecord.empty(k, n, len(self.neurons), classes, self.device, sops=self.count_ops)
         layer_of = {i: layer for layer, i in enumerate(self.neurons)}
         with torch.no_grad(), self.gpu_flags():
             for i in self._dynamic:
@@ -396,6 +426,7 @@ class Engine:
                 if isinstance(node, Neuron):
                     shape = state.u[i].shape
                     out = self.empty((k * n, *shape[1:]), torch.float32).view(k, *shape)
+                    fanout = self.fanout(i, tuple(shape[1:])) if self.count_ops else None
                     for t in range(k):
                         self.kernels.neuron_step(
                             method,
@@ -407,8 +438,12 @@ class Engine:
                             node.threshold,
                             node.zmax,
                             x2=self._layout(at(node.inputs[1], t)) if len(node.inputs) > 1 else None,
+                            fanout=fanout,
+                            sops=state.sops.get(i),
                         )
                         rec.counts[layer_of[i], t] = state.counts[i]
+                        if rec.sops is not None:
+                            rec.sops[layer_of[i], t] = state.sops[i]
                     vals[i] = out
                 else:
                     bias = self._biases.get(i)
@@ -475,6 +510,7 @@ class Engine:
         confs = [torch.empty((0, steps), dtype=torch.float32, device=self.device)]
         sums_all = [torch.empty((0, steps, k_out), dtype=torch.float32, device=self.device)]
         spikes = [torch.empty((0, len(self.neurons)), dtype=torch.int64, device=self.device)]
+        ops_ = [torch.empty((0, len(self.neurons)), dtype=torch.int64, device=self.device)]
         for lo in range(0, n_all, bs):
             state = self.start(x[lo : lo + bs])
             records = [
@@ -486,6 +522,8 @@ class Engine:
             if record_sums:  # then every record has its sums
                 sums_all.append(torch.cat([r.sums for r in records if r.sums is not None]).transpose(0, 1))
             spikes.append(torch.stack([state.counts[i] for i in self.neurons], dim=1))
+            if self.count_ops:
+                ops_.append(torch.stack([state.sops[i] for i in self.neurons], dim=1))
         neurons, layers = self._layers(x)
         return Simulation(
             sums=torch.cat(sums_all).cpu() if record_sums else None,
@@ -494,7 +532,15 @@ class Engine:
             spikes=torch.cat(spikes).cpu(),
             neurons=neurons,
             layers=layers,
+            sops=torch.cat(ops_).cpu() if self.count_ops else None,
+            macs=self._macs(x),
         )
+
+    def _macs(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The image-fed layers' MACs of each sample of x, int64 [N] (once per sample), or None if not counted."""
+        if not self.count_ops:
+            return None
+        return torch.full((x.shape[0],), self.image_macs(tuple(x.shape[1:])), dtype=torch.int64)
 
     def early_exit(
         self,
@@ -532,14 +578,17 @@ class Engine:
         exit_step = torch.empty(n_all, dtype=torch.int64, device=self.device)
         conf = torch.empty(n_all, dtype=torch.float32, device=self.device)
         spikes = torch.empty((n_all, len(self.neurons)), dtype=torch.int64, device=self.device)
+        ops_ = torch.zeros((n_all, len(self.neurons)), dtype=torch.int64, device=self.device)
         for lo in range(0, n_all, bs):
             if graphs:
                 runner = self.static_exit(
                     tuple(x[lo : lo + bs].shape), steps, readout, threshold, chunk, buckets=compact_fraction < 1
                 )
-                pred[lo : lo + bs], exit_step[lo : lo + bs], conf[lo : lo + bs], spikes[lo : lo + bs] = runner.run(
-                    x[lo : lo + bs]
+                (pred[lo : lo + bs], exit_step[lo : lo + bs], conf[lo : lo + bs], spikes[lo : lo + bs], sops_run) = (
+                    runner.run(x[lo : lo + bs])
                 )
+                if sops_run is not None:
+                    ops_[lo : lo + bs] = sops_run
                 continue
             state = self.start(x[lo : lo + bs], ids=torch.arange(lo, min(lo + bs, n_all), device=self.device))
             alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
@@ -558,13 +607,24 @@ class Engine:
                     exit_step[ids] = rec.steps[first, rows].to(torch.int64)
                     conf[ids] = rec.score[first, rows]
                     spikes[ids] = rec.counts[:, first, rows].T
+                    if rec.sops is not None:
+                        ops_[ids] = rec.sops[:, first, rows].T
                     alive &= ~done
                 finished = state.n - int(alive.sum())
                 if finished == state.n or (finished and finished >= compact_fraction * state.n):
                     state = self.compact(state, torch.nonzero(alive).squeeze(1))
                     alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
         neurons, layers = self._layers(x)
-        return ExitResult(pred.cpu(), exit_step.cpu(), conf.cpu(), spikes.cpu(), neurons, layers)
+        return ExitResult(
+            pred.cpu(),
+            exit_step.cpu(),
+            conf.cpu(),
+            spikes.cpu(),
+            neurons,
+            layers,
+            sops=ops_.cpu() if self.count_ops else None,
+            macs=self._macs(x),
+        )
 
     def static_exit(
         self,

@@ -40,6 +40,8 @@ class SteppingEngine(Protocol):
     device: torch.device
     neurons: list[int]
     """Node indices of the hidden (spiking) layers."""
+    count_ops: bool
+    """Whether steps count synaptic operations (StepRecord.sops)."""
 
     def gpu_flags(self, autotune: bool | None = None) -> AbstractContextManager[None]:
         """Context in which the engine's convs and matmuls run."""
@@ -149,6 +151,7 @@ class StaticExit:
         self.exit_step = torch.zeros(n, dtype=torch.int64, device=dev)
         self.conf = torch.zeros(n, dtype=torch.float32, device=dev)
         self.spikes = torch.zeros((n, len(engine.neurons)), dtype=torch.int64, device=dev)
+        self.sops = torch.zeros((n, len(engine.neurons)), dtype=torch.int64, device=dev) if engine.count_ops else None
         self.alive = torch.zeros((), dtype=torch.int64, device=dev)
         cuda = dev.type == "cuda"
         self.alive_host = torch.zeros(self.chunks, dtype=torch.int64, pin_memory=cuda)
@@ -198,6 +201,8 @@ class StaticExit:
         put(self.exit_step, rec.steps[t, cols].to(torch.int64))
         put(self.conf, rec.score[t, cols])
         put(self.spikes, rec.counts[:, t, cols].T)
+        if self.sops is not None and rec.sops is not None:
+            put(self.sops, rec.sops[:, t, cols].T)
         done |= hit
         self.alive.copy_((~done).sum())
 
@@ -217,10 +222,13 @@ class StaticExit:
             self.events[c].synchronize()
         return int(self.alive_host[c])
 
-    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Early exit of x float32 [n, ...] (checked by the engine): (pred, exit_step, conf, spikes) on the device.
+    def run(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Early exit of x float32 [n, ...] (checked by the engine): (pred, exit_step, conf, spikes, sops) on the device.
 
-        pred int64 [n], exit_step int64 [n] in 1..T, conf float32 [n], spikes int64 [n, L].
+        pred int64 [n], exit_step int64 [n] in 1..T, conf float32 [n], spikes int64 [n, L], sops int64 [n, L]
+        (None if the engine does not count them).
         """
         self.x.copy_(x)
         self._run["start"]()
@@ -241,7 +249,8 @@ class StaticExit:
             while level + 1 < len(self.sizes) and alive <= self.sizes[level + 1]:
                 self._run[("compact", level)]()
                 level += 1
-        return self.pred.clone(), self.exit_step.clone(), self.conf.clone(), self.spikes.clone()
+        sops = None if self.sops is None else self.sops.clone()
+        return self.pred.clone(), self.exit_step.clone(), self.conf.clone(), self.spikes.clone(), sops
 
 
 class StepGraph:

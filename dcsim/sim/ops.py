@@ -103,11 +103,15 @@ def neuron_step(
     th: float,
     zmax: int,
     x2: torch.Tensor | None = None,
+    fanout: torch.Tensor | None = None,
+    sops: torch.Tensor | None = None,
 ) -> None:
     """Fused integrate-and-fire step of one layer (kernel 1), in place. See dcsim.reference.neuron_step.
 
     x, x2 (optional), u, out: float32 [n, ...] (same shape); z: int32 [n, ...] for QFFS, None
     for QCFS; counts: int64 [n]; th: threshold (> 0); zmax: spike-count cap (QFFS).
+    fanout: int32 [1, ...] synaptic operations per spike of each neuron, in u's memory layout, and
+    sops: int64 [n], accumulated with sum(|spike| * fanout) per sample: both or neither.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
@@ -128,6 +132,7 @@ def neuron_step(
         z_ptr = z.data_ptr()
     n = shape[0]
     _check("counts", counts, torch.int64, device, (n,))
+    fanout_ptr, sops_ptr = _check_fanout(fanout, sops, u)
     if not (isinstance(th, (int, float)) and 0 < th <= FLOAT32_MAX):
         raise ValueError(f"th must be a finite float32 number > 0, got {th!r}")
     m = u.numel() // n if n else 0
@@ -144,10 +149,28 @@ def neuron_step(
         counts.data_ptr(),
         float(th),
         int(zmax),
+        fanout_ptr,
+        sops_ptr,
         cuda,
         stream,
         threads,
     )
+
+
+def _check_fanout(fanout: torch.Tensor | None, sops: torch.Tensor | None, u: torch.Tensor) -> tuple[int, int]:
+    """Data pointers of neuron_step's fan-out map int32 [1, ...] (u's per-sample layout) and sops int64 [n]; 0, 0 if absent."""
+    if fanout is None and sops is None:
+        return 0, 0
+    if fanout is None or sops is None:
+        raise ValueError("fanout and sops go together: give both or neither")
+    shape = (1, *u.shape[1:])
+    _check("fanout", fanout, torch.int32, u.device, shape)
+    if fanout.numel() > 1 and _strides(fanout)[1:] != _strides(u)[1:]:
+        raise ValueError(
+            f"fanout must have the per-sample memory layout of u (strides {u.stride()}), got {fanout.stride()}"
+        )
+    _check("sops", sops, torch.int64, u.device, (u.shape[0],))
+    return fanout.data_ptr(), sops.data_ptr()
 
 
 def output_step(

@@ -25,6 +25,8 @@ def neuron_step(
     th: float,
     zmax: int,
     x2: torch.Tensor | None = None,
+    fanout: torch.Tensor | None = None,
+    sops: torch.Tensor | None = None,
 ) -> None:
     """One integrate-and-fire step of a layer, in place.
 
@@ -33,7 +35,11 @@ def neuron_step(
     z:     int32 [n, ...] net spike count (QFFS) or None (QCFS).
     out:   float32 [n, ...] receives spike * th.
     counts: int64 [n] spikes per sample (+1 and -1 both count), accumulated.
+    fanout: int32 [1, ...] synaptic operations one spike of each neuron triggers (see dcsim.sim.sops), or None.
+    sops:  int64 [n] synaptic operations per sample, sum(|spike| * fanout), accumulated (with fanout).
     """
+    if (fanout is None) != (sops is None):  # as dcsim.ops.neuron_step
+        raise ValueError("fanout and sops go together: give both or neither")
     current = x if x2 is None else x + x2
     u.copy_(u + current)
     if METHODS[method] == METHODS["qffs"]:
@@ -48,7 +54,10 @@ def neuron_step(
     current_out = spike.to(torch.float32) * th
     u.copy_(u - current_out)
     out.copy_(current_out)
-    counts.add_((spike != 0).reshape(spike.shape[0], math.prod(spike.shape[1:])).sum(dim=1))
+    fired = (spike != 0).reshape(spike.shape[0], math.prod(spike.shape[1:]))
+    counts.add_(fired.sum(dim=1))
+    if fanout is not None and sops is not None:
+        sops.add_((fired * fanout.reshape(1, -1).to(torch.int64)).sum(dim=1))
 
 
 def readout_score(sums: torch.Tensor, kind: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,6 +24,8 @@ class BatchState:
     u:      {neuron node: float32 [n, ...]}  membrane potentials
     z:      {neuron node: int32 [n, ...]}    net spike counts (QFFS only)
     counts: {neuron node: int64 [n]}         spikes emitted so far per sample
+    sops:   {neuron node: int64 [n]}         synaptic operations their spikes triggered so far (see
+            dcsim.sim.sops); empty when the engine does not count them
     sums:   float32 [n, K]  running output sums S_t
     steps:  int32 [n]       steps run so far
     pred:   int64 [n], score: float32 [n], exited: uint8 [n]  results of the last step
@@ -35,6 +37,7 @@ class BatchState:
     u: dict[int, torch.Tensor]
     z: dict[int, torch.Tensor]
     counts: dict[int, torch.Tensor]
+    sops: dict[int, torch.Tensor]
     sums: torch.Tensor
     steps: torch.Tensor
     pred: torch.Tensor
@@ -73,6 +76,10 @@ class Simulation:
     conf:   float32 [N, T] stopping score of the readout at each step
     spikes: int64 [N, L]   spikes per sample per hidden layer over the T steps
     neurons: neurons per sample of each hidden layer [L]; layers: their names [L]
+    sops:   int64 [N, L]   synaptic operations the spikes of each hidden layer triggered over the T steps
+            (dcsim.sim.sops); None when the engine does not count them
+    macs:   int64 [N]      multiply-accumulates of the image-fed layers, computed once per sample
+            (dcsim.sim.sops.image_macs); None when the engine does not count them
     """
 
     sums: torch.Tensor | None
@@ -81,6 +88,8 @@ class Simulation:
     spikes: torch.Tensor
     neurons: list[int]
     layers: list[str]
+    sops: torch.Tensor | None = None
+    macs: torch.Tensor | None = None
 
 
 @dataclass
@@ -89,7 +98,9 @@ class ExitResult:
 
     pred: int64 [N] prediction at exit; exit_step: int64 [N] in 1..T; conf: float32 [N] score
     at exit; spikes: int64 [N, L] spikes per hidden layer over the steps each sample ran;
-    neurons, layers: as in :class:`Simulation`.
+    neurons, layers: as in :class:`Simulation`; sops: int64 [N, L] synaptic operations per hidden layer
+    over the steps each sample ran, and macs: int64 [N] of the image-fed layers (once per sample), or None
+    (as in :class:`Simulation`).
     """
 
     pred: torch.Tensor
@@ -98,6 +109,8 @@ class ExitResult:
     spikes: torch.Tensor
     neurons: list[int]
     layers: list[str]
+    sops: torch.Tensor | None = None
+    macs: torch.Tensor | None = None
 
 
 @dataclass
@@ -105,7 +118,8 @@ class StepRecord:
     """What each step of a chunk produced for the n active samples (k steps).
 
     pred: int64 [k, n]; score: float32 [k, n]; exited: uint8 [k, n]; steps: int32 [k, n] (steps run);
-    counts: int64 [L, k, n] spikes so far per hidden layer; sums: float32 [k, n, K] or None.
+    counts: int64 [L, k, n] spikes so far per hidden layer; sums: float32 [k, n, K] or None;
+    sops: int64 [L, k, n] synaptic operations so far per hidden layer, or None (not counted).
     """
 
     pred: torch.Tensor
@@ -114,9 +128,10 @@ class StepRecord:
     steps: torch.Tensor
     counts: torch.Tensor
     sums: torch.Tensor | None
+    sops: torch.Tensor | None = None
 
     @staticmethod
-    def empty(k: int, n: int, layers: int, classes: int | None, device: torch.device) -> StepRecord:
+    def empty(k: int, n: int, layers: int, classes: int | None, device: torch.device, sops: bool = False) -> StepRecord:
         return StepRecord(
             pred=torch.empty((k, n), dtype=torch.int64, device=device),
             score=torch.empty((k, n), dtype=torch.float32, device=device),
@@ -124,6 +139,7 @@ class StepRecord:
             steps=torch.empty((k, n), dtype=torch.int32, device=device),
             counts=torch.empty((layers, k, n), dtype=torch.int64, device=device),
             sums=None if classes is None else torch.empty((k, n, classes), dtype=torch.float32, device=device),
+            sops=torch.empty((layers, k, n), dtype=torch.int64, device=device) if sops else None,
         )
 
     def store(self, t: int, state: BatchState) -> None:
