@@ -138,3 +138,37 @@ def test_untrained_reason():
     assert untrained_reason({"completed": True}, 0.9, 0.5) is None
     assert "2 of 5" in untrained_reason({"completed": False, "epochs": [{}, {}], "planned_epochs": 5}, 0.9, 0.5)
     assert "below the floor" in untrained_reason({"completed": True}, 0.3, 0.5)
+
+
+def test_reproduce_whitened_cnn_at_toy_scale(tiny_cifar, tmp_path):
+    """The CPU command of the accuracy run (whitened_cnn, channels_last), at toy scale."""
+    out = tmp_path / "w"
+    argv = ["reproduce", "--dataset", "cifar10", "--data-root", str(tiny_cifar), "--arch", "whitened_cnn"]
+    argv += ["--width", "4", "--float-epochs", "1", "--epochs", "1", "--train-subset", "40", "--val-size", "20"]
+    argv += ["--max-test", "20", "--min-accuracy", "0", "--train-channels-last", "--quiet", "--out", str(out)]
+    assert main(argv) == EXIT_OK
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == "whitened_cnn" and [m["steps"] for m in report["methods"]] == [27, 4]
+    assert report["paper"]["model"] == "resnet18"  # shown for reference, labelled as another network
+    assert "paper's ResNet-18 (another network)" in (out / "report.md").read_text()
+    assert report["training"]["runtime"]["channels_last"] is True
+
+
+@pytest.mark.parametrize("case", ["unknown architecture", "not a CIFAR-10 root"])
+def test_reproduce_refuses_before_training(tiny_cifar, tmp_path, capsys, case):
+    out = tmp_path / "r"
+    arch, root = "whitened_cnn", tiny_cifar
+    if case == "unknown architecture":
+        arch, code, needle = "resnet9000", 2, "--arch"
+    else:
+        root = tmp_path / "no-such-cifar"
+        code, needle = 1, str(root)
+    argv = ["reproduce", "--dataset", "cifar10", "--data-root", str(root), "--arch", arch, "--quiet", "--out", str(out)]
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:  # argparse's own usage errors
+        rc = exit_.code
+    assert rc == code
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not (out / "model.safetensors").exists()
