@@ -76,6 +76,7 @@ def test_reproduce_command_end_to_end_at_toy_scale(tiny_cifar, tmp_path):
         "qffs_test_trace.npz",
         "qcfs_front.png",
         "qcfs_accuracy_vs_t.png",
+        "training_curve.png",
     ):
         assert (out / name).stat().st_size > 0, name
     assert report["training"]["completed"] and len(report["training"]["epochs"]) == 2

@@ -186,3 +186,22 @@ def plot_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
+
+
+def plot_training_curve(epochs: list[dict], path: str | os.PathLike, title: str) -> Path:
+    """Validation accuracy (%) against wall-clock minutes of training, one marker per epoch, float
+    and LSQ stages in their own colours. epochs: the training history's entries, each with
+    "phase" ("float" or "lsq"), "val_acc" (fraction) and "elapsed_s" (seconds since the start)."""
+    if not epochs:
+        raise ValueError("plot_training_curve: the history has no epochs")
+    fig, ax = _new_axes((6.0, 4.0))
+    for phase in ("float", "lsq"):
+        pts = [(e["elapsed_s"] / 60, 100 * e["val_acc"]) for e in epochs if e["phase"] == phase]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", ms=3, label=f"{phase} stage (validation)")
+    ax.set_xlabel("training time (minutes)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..analysis.plots import plot_curves
+from ..analysis.plots import plot_curves, plot_training_curve
 from ..analysis.tables import markdown_table, table_rows, write_json
 from ..io import zoo
 from ..io.atomic import write_text_atomic
@@ -217,9 +217,23 @@ def _run(opts: ReproduceOptions, data: DataOptions, world: World, results: Resul
     curves = {"dcsim (test)": [100 * a for a in curve]}
     if arch == "resnet18":
         curves["official code, ResNet-18"] = OFFICIAL_QCFS_CURVE
-    plot = plot_curves(curves, out / "qcfs_accuracy_vs_t.png", f"QCFS accuracy vs t: {NAMES.get(arch, arch)}")
+    plots = [
+        plot_curves(curves, out / "qcfs_accuracy_vs_t.png", f"QCFS accuracy vs t: {NAMES.get(arch, arch)}"),
+        plot_training_curve(
+            meta["training"]["epochs"], out / "training_curve.png", f"training: {NAMES.get(arch, arch)}"
+        ),
+    ]
     summary = _summary(
-        arch, data.dataset, len(test_ds), meta, ann_test, calib, methods, [str(plot)], device, time.perf_counter() - t0
+        arch,
+        data.dataset,
+        len(test_ds),
+        meta,
+        ann_test,
+        calib,
+        methods,
+        [str(p) for p in plots],
+        device,
+        time.perf_counter() - t0,
     )
     write_text_atomic(out / "report.md", _markdown(summary))
     write_json(out / "report.json", summary)
