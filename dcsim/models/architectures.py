@@ -271,8 +271,9 @@ def init_whitening(model: nn.Module, images: torch.Tensor, eps: float = 5e-4, ma
     whiten.weight.copy_(torch.cat([filters, -filters]))
     if whiten.bias is not None:
         whiten.bias.zero_()
-    if isinstance(getattr(model, "whitening_set", None), torch.Tensor):
-        model.whitening_set.fill_(True)
+    flag = getattr(model, "whitening_set", None)
+    if isinstance(flag, torch.Tensor):
+        flag.fill_(True)
     return True
 
 

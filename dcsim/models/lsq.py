@@ -63,7 +63,7 @@ class _LSQQuantize(torch.autograd.Function):
 
 def lsq_quantize(x: torch.Tensor, step: torch.Tensor, g: float, qp: int) -> torch.Tensor:
     """The LSQ quantizer of :func:`lsq_quantize_ref`, fused (see :class:`_LSQQuantize`)."""
-    out: torch.Tensor = _LSQQuantize.apply(x, step, g, qp)
+    out: torch.Tensor = _LSQQuantize.apply(x, step, g, qp)  # type: ignore[no-untyped-call]
     return out
 
 

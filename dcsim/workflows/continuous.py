@@ -4,6 +4,7 @@ per rank under torchrun with the totals merged over the ranks."""
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from ..conversion.convert import convert
 from ..parallel.distributed import World, local_share
@@ -78,7 +79,7 @@ def _merged(opts: StreamOptions, world: World, out: dict | None, samples: int, s
         (LatencyHistogram.from_dict(r["stream"]["latency_histogram"]) for r in ranks),
         LatencyHistogram(),
     )
-    merged = {
+    merged: dict[str, Any] = {
         "stream": {
             "throughput": sum(r["stream"]["throughput"] for r in ranks),
             "accuracy": sum(r["stream"]["accuracy"] * r["samples"] for r in ranks) / total,
