@@ -403,6 +403,7 @@ def cmd_trace(args: argparse.Namespace) -> dict:
     from .distributed import write_if_main
     from .engine import Engine
     from .pipeline import record_trace
+    from .selection import trace_identity
 
     model, _meta, splits = _model_and_splits(args, ("val", args.split))
     tau, calib = _tau(args, model, splits)
@@ -417,7 +418,8 @@ def cmd_trace(args: argparse.Namespace) -> dict:
         y,
         args.steps,
         readout,
-        {"model": str(args.checkpoint), "split": args.split, "dataset": args.dataset},
+        {"model": str(args.checkpoint), "split": args.split, "dataset": args.dataset}
+        | trace_identity(args.checkpoint),  # which network, its classes (checked when the trace is used)
         batch_size=args.batch_size,
         record_sums=args.sums,
     )
@@ -474,10 +476,10 @@ def cmd_analyze(args: argparse.Namespace) -> dict:
 
 def _from_trace(args: argparse.Namespace):
     """(readout, T, th_c) from the validation trace ``args.trace``: its readout and length, th_c selected on it."""
-    from .analysis import analyze, load_trace
-    from .readout import Readout
+    from .analysis import analyze
+    from .selection import load_trace_for, trace_readout
 
-    trace = load_trace(args.trace)
+    trace = load_trace_for(args.trace, args.checkpoint, allow_test_split=getattr(args, "select_on_test", False))
     tm = trace.meta
     if tm.get("method") != args.method:
         raise ValueError(f"{args.trace}: trace method {tm.get('method')!r} differs from --method {args.method!r}")
@@ -489,7 +491,7 @@ def _from_trace(args: argparse.Namespace):
             f"{semantics!r}; pass --qffs-semantics {traced} or record the trace again"
         )
     threshold = analyze(trace, tolerance=args.tolerance)["selected"]["threshold"]
-    return Readout(tm["readout"], float(tm["alpha"]), float(tm["tau"])), int(tm["steps"]), threshold
+    return (*trace_readout(trace, args.trace), threshold)
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
@@ -536,13 +538,14 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     return out
 
 
-def run_report(model, meta: dict, splits: dict, out: Path, args: argparse.Namespace) -> dict:
+def run_report(model, meta: dict, splits: dict, out: Path, args: argparse.Namespace, checkpoint=None) -> dict:
     """Calibrate, then QCFS and QFFS with and without DC; writes report.md, report.json, traces and plots."""
     from .analysis import save_trace
     from .distributed import write_if_main
     from .fileio import write_text_atomic
     from .pipeline import ann_logits, calibrate, dynamic_confidence
     from .report import markdown_table, table_rows, write_json
+    from .selection import trace_identity
 
     main = args.world.main
     val, test = _source(args, splits["val"]), _source(args, splits["test"])
@@ -570,7 +573,8 @@ def run_report(model, meta: dict, splits: dict, out: Path, args: argparse.Namesp
             tolerance=args.tolerance,
             device=args.world.device,
             batch_size=args.batch_size,
-            meta={"model": meta.get("architecture"), "dataset": meta.get("dataset")},
+            meta={"model": meta.get("architecture"), "dataset": meta.get("dataset")}
+            | (trace_identity(checkpoint) if checkpoint else {}),
         )
         if main:
             save_trace(out / f"{method}_val_trace.npz", r["trace"])
@@ -620,11 +624,13 @@ def run_report(model, meta: dict, splits: dict, out: Path, args: argparse.Namesp
 
 def cmd_report(args: argparse.Namespace) -> dict:
     model, meta, splits = _model_and_splits(args, ("val", "test"))
-    return run_report(model, meta, splits, args.out, args)
+    return run_report(model, meta, splits, args.out, args, checkpoint=args.checkpoint)
 
 
 def cmd_demo(args: argparse.Namespace) -> dict:
     """Train a small LSQ CNN on digits, then the full report, into args.out."""
+    from .training import discard_workdir
+
     t0 = time.perf_counter()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -636,9 +642,10 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     print("[dcsim] demo: training a 2-bit LSQ small CNN on scikit-learn's digits", file=sys.stderr)
     trained = cmd_train(args)
     model, meta = _load_model(args.out)
-    summary = run_report(model, meta, load_splits(args), out, args)
+    summary = run_report(model, meta, load_splits(args), out, args, checkpoint=args.out)
     summary["train"] = {k: trained[k] for k in ("accuracy", "train_seconds")}
     summary["seconds"] = time.perf_counter() - t0
+    discard_workdir(_train_workdir(args))  # the run succeeded: its resume state is not needed
     print(f"[dcsim] demo done in {summary['seconds']:.1f} s: {out / 'report.md'}", file=sys.stderr)
     return summary
 
@@ -652,7 +659,7 @@ def cmd_reproduce(args: argparse.Namespace) -> dict:
 def cmd_zoo(args: argparse.Namespace) -> dict:
     from . import zoo
 
-    manifest = zoo.verify(zoo.export(args.checkpoint, args.out, int(args.max_shard_mib * 2**20)).parent)
+    manifest = zoo.verify(zoo.export(args.checkpoint, args.out, zoo.shard_bytes(args.max_shard_mib)).parent)
     return {
         "folder": str(args.out),
         "shards": [{k: v for k, v in sh.items() if k != "tensors"} for sh in manifest["shards"]],
@@ -1029,6 +1036,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="T (taken from the trace with --trace)")
     p.add_argument("--threshold", type=float, help="th_c in [0, 1]; 1 disables early exit")
     p.add_argument("--trace", type=Path, help="validation trace to select th_c from")
+    p.add_argument("--select-on-test", action="store_true", help="accept a --trace of the test split")
     p.add_argument("--tolerance", type=float, default=0.0)
     p.add_argument("--chunk", type=int, default=1, help="steps per conv call (faster at small batches; same results)")
     p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")
@@ -1103,6 +1111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--method", choices=["qcfs", "qffs"], required=True)
     p.add_argument("--trace", type=Path, required=True, help="validation trace: T, readout and th_c come from it")
+    p.add_argument("--select-on-test", action="store_true", help="accept a --trace of the test split")
     p.add_argument("--tolerance", type=float, default=0.0)
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--slots", type=int, default=64, help="S: samples in flight")
@@ -1148,7 +1157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reproduce)
 
     p = command("zoo", "split a checkpoint into sha256-checked safetensors shards (a folder other commands accept)")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", type=Path, help="checkpoint file, or a zoo folder to re-shard")
     p.add_argument("--out", type=Path, required=True, help="zoo folder (manifest.json and shards)")
     p.add_argument("--max-shard-mib", type=float, default=16.0, help="largest shard in MiB")
     p.set_defaults(func=cmd_zoo)

@@ -35,6 +35,7 @@ from .pipeline import calibrate, dynamic_confidence, record_trace
 from .plots import plot_curves
 from .readout import Readout
 from .report import markdown_table, table_rows, write_json
+from .selection import trace_identity
 from .training import split_accuracy
 
 PAPER_STEPS = {
@@ -158,6 +159,7 @@ def _run(args: argparse.Namespace, out: Path, results: Results) -> dict:
     model, meta = load_checkpoint(train_args.out, build_model)
     zoo.export(train_args.out, out / "zoo")  # the same weights as sha256-checked shards of <= 16 MiB
     training = meta["training"]
+    identity = trace_identity(train_args.out)  # recorded in the traces: which network they come from
     results.stage(
         "train",
         {
@@ -208,7 +210,7 @@ def _run(args: argparse.Namespace, out: Path, results: Results) -> dict:
             tolerance=args.tolerance,
             device=device,
             batch_size=args.batch_size,
-            meta={"model": args.arch, "dataset": args.dataset},
+            meta={"model": args.arch, "dataset": args.dataset} | identity,
         )
         save_trace(out / f"{method}_val_trace.npz", r["trace"])
         engine = Engine(convert(model, method=method), device=device)
@@ -217,7 +219,7 @@ def _run(args: argparse.Namespace, out: Path, results: Results) -> dict:
             *test,
             r["steps"],
             Readout(**r["readout"]),
-            {"model": args.arch, "dataset": args.dataset, "split": "test"},
+            {"model": args.arch, "dataset": args.dataset, "split": "test"} | identity,
             args.batch_size,
         )
         save_trace(out / f"{method}_test_trace.npz", test_trace)
@@ -303,7 +305,11 @@ def _markdown_table1(s: dict) -> str:
     name = NAMES.get(s["model"], s["model"])
     paper = s["paper"]["table1"]
     paper_model = s["paper"].get("model")
-    label = "paper" if paper_model in (None, s["model"]) else f"paper's {NAMES.get(paper_model, paper_model)} (another network)"
+    label = (
+        "paper"
+        if paper_model in (None, s["model"])
+        else f"paper's {NAMES.get(paper_model, paper_model)} (another network)"
+    )
     head = (
         f"| {s['dataset']} | ANN (2-bit) | {label} | SNN, no DC | {label} | SNN + DC | {label} |\n"
         "|---|---|---|---|---|---|---|\n"
