@@ -41,6 +41,25 @@ def _link_unnamed(fd: int, target: Path) -> None:
         os.close(proc)
 
 
+def check_writable(path: str | os.PathLike, name: str = "output") -> Path:
+    """``path`` as a Path, once a file can be written there: its folder is made if missing; a ValueError
+    naming ``name`` and the path when it is a folder (or another non-regular file), lies under a
+    file, or its folder cannot be made or written. Call it before the work whose result goes there."""
+    path = Path(path)
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise ValueError(f"{name} {path}: is {what}; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"{name} {path}: lies under a file, not a folder") from None
+    except OSError as err:
+        raise ValueError(f"{name} {path}: cannot make its folder ({err.strerror or err})") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {path}: its folder {path.parent} is not writable")
+    return path
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -79,8 +98,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     removed by the next write of ``path``. The name yielded must be written by opening it
     (``open(tmp, "wb")``), not by replacing it.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_writable(path, "output")
     _remove_stale(path)
     prefix = f".{path.name}.{os.getpid()}-"
     unnamed = _unnamed_file(path.parent)

@@ -444,3 +444,21 @@ def test_trace_identity_of_a_file(two):
 
     a, _, _ = two
     assert trace_identity(a) == {"trace_format": 2, "num_classes": 10, "checkpoint_sha256": stored_hash(a)}
+
+
+def test_output_paths_that_cannot_be_files_are_clear_errors(tmp_path):
+    from dcsim.fileio import check_writable, write_text_atomic
+
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    for bad, words in (("dir", "is a folder"), ("file/out.json", "lies under a file"), ("fifo", "not a regular")):
+        with pytest.raises(ValueError) as info:
+            check_writable(tmp_path / bad, "--json")
+        assert f"--json {tmp_path / bad}" in str(info.value) and words in str(info.value), info.value
+        with pytest.raises(ValueError, match=words):
+            write_text_atomic(tmp_path / bad, "{}")
+        with pytest.raises(ValueError, match=words):
+            save_trace(tmp_path / bad, _trace({}))
+    assert check_writable(tmp_path / "new" / "x.json") == tmp_path / "new" / "x.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "fifo", "file", "new"]
