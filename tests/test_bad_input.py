@@ -224,26 +224,33 @@ def test_nan_or_tiny_shard_size_names_its_flag(two, tmp_path, capsys):
 
 
 def test_a_fifo_or_a_file_as_data_root_is_refused_before_reading(tmp_path):
+    import signal
+
+    from dcsim import data
+
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    code = (
-        "import sys, dcsim.data as d\n"
-        "for ds, root in (('cifar10', sys.argv[1]), ('imagefolder', sys.argv[1]), ('imagefolder', sys.argv[2])):\n"
-        "    try:\n"
-        "        d.open_splits(ds, root)\n"
-        "    except (ValueError, FileNotFoundError) as e:\n"
-        "        print(e)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(fifo), str(text)], capture_output=True, text=True, timeout=120
-    )  # a read of the FIFO would wait forever: the timeout turns that into a failure
-    lines = out.stdout.splitlines()
-    assert len(lines) == 3, out
-    assert all("--data-root" in line for line in lines), lines
-    assert "FIFO" in lines[0] and "FIFO" in lines[1] and str(fifo) in lines[0]
-    assert "must be a folder, but it is a regular file" in lines[2] and str(text) in lines[2]
+
+    def hung(*_):  # a read of the FIFO would wait forever: the alarm turns that into a failure
+        raise TimeoutError("open_splits waited on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    messages = []
+    try:
+        for dataset, root in (("cifar10", fifo), ("imagefolder", fifo), ("imagefolder", text)):
+            signal.alarm(20)
+            with pytest.raises(ValueError) as info:
+                data.open_splits(dataset, root)
+            signal.alarm(0)
+            messages.append(str(info.value))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert all("--data-root" in m for m in messages), messages
+    assert "FIFO" in messages[0] and "FIFO" in messages[1] and str(fifo) in messages[0]
+    assert "must be a folder, but it is a regular file" in messages[2] and str(text) in messages[2]
 
 
 # ----------------------------------------------------------------------------- stray files
