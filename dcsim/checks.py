@@ -1,9 +1,15 @@
-"""Shared argument checks of the library: integers and reals, with errors that name the argument."""
+"""Shared argument checks of the library: integers, reals and paths, with errors that name the argument or file.
+
+The command line passes its flag names (``name="--batch-size"``); library callers get the keyword's name.
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
+import stat
+from pathlib import Path
 
 
 def check_int(value: object, name: str, minimum: int = 1) -> int:
@@ -27,3 +33,39 @@ def check_real(
         )
         raise ValueError(f"{name} must be in {bounds}, got {value!r}")
     return x
+
+
+def kind_of(path: str | os.PathLike[str]) -> str:
+    """What ``path`` is, in words: "a folder", "a regular file", "a FIFO (named pipe)", ... (not following
+    a final symlink's absence: a dangling link is "a broken symbolic link")."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link" if os.path.islink(path) else "missing"
+    for test, words in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return words
+    return "not a regular file or folder"
+
+
+def existing(path: str | os.PathLike[str], name: str, *, folder: bool = True, file: bool = False) -> Path:
+    """``path`` as a Path when it is a folder (``folder``) or a regular file (``file``); a
+    FileNotFoundError or ValueError naming ``name`` and the path otherwise (a FIFO, a socket, a device
+    or another kind of file is never read: reading a FIFO would wait forever)."""
+    p = Path(path)
+    kind = kind_of(p)
+    if kind == "missing":
+        raise FileNotFoundError(
+            f"{name} {p}: no such {'file or folder' if folder and file else 'folder' if folder else 'file'}"
+        )
+    if (folder and kind == "a folder") or (file and kind == "a regular file"):
+        return p
+    wanted = " or ".join(w for w, ok in (("a folder", folder), ("a regular file", file)) if ok)
+    raise ValueError(f"{name} {p}: must be {wanted}, but it is {kind}")

@@ -278,7 +278,7 @@ def test_train_refuses_a_working_folder_another_run_holds(tmp_path, capsys):
         [
             sys.executable,
             "-c",
-            "import sys, time; from dcsim.fileio import exclusive_folder\n"
+            "import sys, time; from dcsim.io.atomic import exclusive_folder\n"
             "with exclusive_folder(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)",
             str(out.with_suffix(".work")),
         ],

@@ -6,6 +6,7 @@ files get errors naming the key or the file."""
 from __future__ import annotations
 
 import json
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -15,7 +16,14 @@ from PIL import Image
 
 import dcsim
 from dcsim.cli import main
-from dcsim.conversion.official import CIFAR10_CLASSES, OFFICIAL_MEAN, OFFICIAL_STD, map_state_dict, official_name
+from dcsim.conversion.official import (
+    CIFAR10_CLASSES,
+    OFFICIAL_MEAN,
+    OFFICIAL_STD,
+    map_state_dict,
+    official_name,
+    read_state_dict,
+)
 from dcsim.io.checkpoint import load_checkpoint
 from official_model import LsqActivation, OfficialResNet18, randomize
 
@@ -192,10 +200,55 @@ def test_bad_files_name_the_file_and_key(tmp_path, capsys):
     assert "'epoch'" in run(tmp_path / "nontensor.pth")
     torch.save(OrderedDict(model=torch.nn.Linear(2, 2)), tmp_path / "module.pth")  # a pickled module, not tensors
     err = run(tmp_path / "module.pth")
-    assert "module.pth" in err and "weights_only" in err
+    assert "module.pth" in err and "never runs code" in err
+    assert "weights_only=False" not in err and "arbitrary code" not in err
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     assert "list" in run(tmp_path / "list.pth")
     (tmp_path / "garbage.pth").write_bytes(b"not a torch file")
     assert "garbage.pth" in run(tmp_path / "garbage.pth")
     assert "no such file" in run(tmp_path / "absent.pth")
     assert not out.exists(), "nothing is written on error"
+
+
+UNSAFE_ADVICE = ("weights_only=False", "weights_only` set to `False", "allow_pickle=True", "arbitrary code")
+
+
+def test_messages_never_advise_loading_unsafely_and_name_the_file(tmp_path, capsys):
+    """Issue 25: a text file, a pickled module, a damaged archive or a FIFO given to ``import
+    official``: dcsim's own message naming the file, never torch's advice to load with
+    weights_only=False."""
+    out = tmp_path / "m.safetensors"
+    cases = {
+        "text.pth": lambda p: p.write_text("this is a text file, not weights\n"),
+        "module.pth": lambda p: torch.save({"m": torch.nn.Linear(2, 2)}, p),
+        "legacy.pth": lambda p: torch.save({"m": torch.nn.Linear(2, 2)}, p, _use_new_zipfile_serialization=False),
+        "damaged.pth": lambda p: (torch.save({"w": torch.zeros(3)}, p), p.write_bytes(p.read_bytes()[:200])),
+        "fifo.pth": lambda p: os.mkfifo(p),
+    }
+    for name, make in cases.items():
+        path = tmp_path / name
+        make(path)
+        assert main(["import", "official", str(path), "--out", str(out)]) == 1, name
+        err = capsys.readouterr().err
+        assert name in err and "Traceback" not in err, (name, err)
+        assert not any(a in err for a in UNSAFE_ADVICE), (name, err)
+    with pytest.raises(ValueError, match=r"not a PyTorch \.pth file"):
+        read_state_dict(tmp_path / "text.pth")
+    assert not out.exists()
+
+
+def test_trace_of_pickled_objects_does_not_advise_allow_pickle(tmp_path):
+    import numpy as np
+
+    from dcsim.analysis import load_trace
+
+    obj = tmp_path / "obj.npz"
+    np.savez(obj, labels=np.zeros(2, dtype=object), pred=np.zeros((2, 1)), conf=np.zeros((2, 1)), meta=np.array("{}"))
+    pickled = tmp_path / "pickled.npz"
+    with open(pickled, "wb") as f:  # a pickle under an .npz name
+        np.save(f, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for path in (obj, pickled):
+        with pytest.raises(ValueError) as info:
+            load_trace(path)
+        msg = str(info.value)
+        assert path.name in msg and "never loads" in msg and "allow_pickle" not in msg, msg

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..io.atomic import atomic_output
+from ..io.atomic import atomic_output, library_detail
 
 __all__ = [
     "FrontPoint",
@@ -45,11 +45,13 @@ __all__ = [
     "analyze",
     "baseline",
     "baseline_curve",
+    "check_trace_for",
     "evaluate",
     "exit_histogram",
     "exit_steps",
     "front_exact",
     "front_grid",
+    "identity_meta",
     "load_trace",
     "mean_confidence_vs_t",
     "oracle",
@@ -116,6 +118,7 @@ class Trace:
             json.dumps(self.meta)
         except (TypeError, ValueError) as e:
             raise ValueError(f"field 'meta' is not JSON-serializable: {e}") from e
+        _check_meta_against_arrays(self.meta, labels, pred, sums)
         for name, value in (("labels", labels), ("pred", pred), ("conf", conf), ("sums", sums)):
             object.__setattr__(self, name, value)
 
@@ -128,6 +131,37 @@ class Trace:
     def steps(self) -> int:
         """T, the number of time steps recorded."""
         return int(self.pred.shape[1])
+
+
+def _meta_int(meta: dict[str, Any], key: str) -> int | None:
+    """meta[key] as an int >= 1, None when absent; a ValueError naming the field otherwise."""
+    if key not in meta:
+        return None
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"meta '{key}' must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _check_meta_against_arrays(
+    meta: dict[str, Any], labels: np.ndarray, pred: np.ndarray, sums: np.ndarray | None
+) -> None:
+    """The metadata's ``steps`` and ``num_classes`` (when present) must agree with the arrays."""
+    steps = _meta_int(meta, "steps")
+    if steps is not None and steps != pred.shape[1]:
+        raise ValueError(
+            f"meta 'steps' is {steps} but the arrays hold {pred.shape[1]} steps ('pred' and 'conf' "
+            f"have shape {pred.shape}): the trace is inconsistent"
+        )
+    classes = _meta_int(meta, "num_classes")
+    if classes is not None:
+        for name, arr in (("labels", labels), ("pred", pred)):
+            if arr.max() >= classes:
+                raise ValueError(
+                    f"array '{name}' holds class {arr.max()} but meta 'num_classes' is {classes} (classes 0..{classes - 1})"
+                )
+        if sums is not None and sums.shape[2] != classes:
+            raise ValueError(f"array 'sums' has {sums.shape[2]} classes but meta 'num_classes' is {classes}")
 
 
 def _integer_array(name: str, value: Any) -> np.ndarray:
@@ -166,6 +200,15 @@ _UNREADABLE = (
 """What numpy and zipfile raise for a damaged .npz: truncated, bad checksums or headers, absurd sizes."""
 
 
+def _npz_detail(err: BaseException) -> str:
+    """numpy's reason, except its advice to load with allow_pickle=True: dcsim says why it does not."""
+    if "pickle" in str(err).lower():
+        return (
+            "it holds pickled Python objects, which dcsim never loads: a trace holds numeric arrays and a JSON string"
+        )
+    return library_detail(err)
+
+
 def save_trace(path: str | os.PathLike[str], trace: Trace) -> Path:
     """Write ``trace`` to ``path`` as an uncompressed ``.npz``, atomically; returns the path.
 
@@ -199,7 +242,7 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     try:
         npz = np.load(path, allow_pickle=False)
     except _UNREADABLE as e:
-        raise ValueError(f"{where}: not a readable .npz file ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{where}: not a readable .npz file ({_npz_detail(e)})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError(f"{where}: not an .npz archive (a single array)")
     with npz:
@@ -209,7 +252,7 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
         try:
             arrays = {k: npz[k] for k in npz.files if k in (*_ARRAYS, "sums", "meta")}
         except _UNREADABLE as e:  # a damaged member, or an object array (which would need pickle)
-            raise ValueError(f"{where}: unreadable array data ({type(e).__name__}: {e})") from e
+            raise ValueError(f"{where}: unreadable array data ({_npz_detail(e)})") from None
     meta = arrays.pop("meta")
     if meta.shape != () or meta.dtype.kind != "U":
         raise ValueError(f"{where}: array 'meta' must be a 0-d string holding JSON, got {meta.dtype} {meta.shape}")
@@ -221,6 +264,84 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
         return Trace(meta=meta, **arrays)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from e
+
+
+# ----------------------------------------------------------------------------- trace identity
+
+TRACE_FORMAT = 2
+"""Trace metadata ``trace_format``: 2 records ``checkpoint_sha256`` (the traced checkpoint's content
+hash), ``num_classes``, ``split`` and ``steps``; traces without ``trace_format`` predate it."""
+
+
+def identity_meta(checkpoint_sha256: str | None, num_classes: int) -> dict[str, Any]:
+    """The metadata fields that tie a trace to the network it was recorded from (see
+    :func:`check_trace_for`): merge them into the trace's meta when recording."""
+    fields: dict[str, Any] = {"trace_format": TRACE_FORMAT, "num_classes": int(num_classes)}
+    if checkpoint_sha256 is not None:
+        fields["checkpoint_sha256"] = checkpoint_sha256
+    return fields
+
+
+def check_trace_for(
+    trace: Trace,
+    checkpoint_sha256: str | None,
+    num_classes: int,
+    *,
+    trace_path: str | os.PathLike[str] | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    allow_test_split: bool = False,
+) -> None:
+    """Refuse ``trace`` for selecting th_c for the network with content hash ``checkpoint_sha256``
+    and ``num_classes`` classes, with a ValueError naming the trace and checkpoint files, when:
+
+    - the trace records another network's content hash (``meta['checkpoint_sha256']``);
+    - its ``num_classes`` differs from the network's, or a label or prediction lies outside the
+      network's classes;
+    - it is a trace of the test split (``meta['split'] == 'test'``) and ``allow_test_split`` is
+      False: selecting th_c on the split whose numbers are reported makes them optimistic.
+
+    A trace without a checkpoint hash (written by an older dcsim, or from a format-1 checkpoint
+    without one) cannot be matched: it is accepted with a warning naming the file.
+    """
+    trace = _check_trace(trace)
+    where = f"trace {os.fspath(trace_path)}" if trace_path is not None else "the trace"
+    ckpt = f"checkpoint {os.fspath(checkpoint_path)}" if checkpoint_path is not None else "the checkpoint"
+    meta = trace.meta
+    traced = meta.get("checkpoint_sha256")
+    if traced is not None and not isinstance(traced, str):
+        raise ValueError(f"{where}: meta 'checkpoint_sha256' must be a hex string, got {traced!r}")
+    if traced is None or checkpoint_sha256 is None:
+        import warnings
+
+        missing = where if traced is None else ckpt
+        warnings.warn(
+            f"{missing} has no content hash (written by an older dcsim), so cannot check that {where} "
+            f"was recorded from {ckpt}; record the trace again with `dcsim trace` to have it checked",
+            UserWarning,
+            stacklevel=2,
+        )
+    elif traced != checkpoint_sha256:
+        raise ValueError(
+            f"{where} was recorded from another network (checkpoint content hash {traced[:16]}...) than "
+            f"{ckpt} (content hash {checkpoint_sha256[:16]}...): its T, tau and th_c do not apply; "
+            f"record a trace of {ckpt} with `dcsim trace`"
+        )
+    recorded = meta.get("num_classes")
+    if recorded is not None and recorded != num_classes:
+        raise ValueError(f"{where} records {recorded} classes but {ckpt} has {num_classes}")
+    for name, arr in (("label", trace.labels), ("prediction", trace.pred)):
+        if int(arr.max()) >= num_classes:
+            raise ValueError(
+                f"{where}: {name} {int(arr.max())} lies outside the {num_classes} classes (0..{num_classes - 1}) "
+                f"of {ckpt}: the trace is not of this network's data"
+            )
+    split = meta.get("split")
+    if split == "test" and not allow_test_split:
+        raise ValueError(
+            f"{where} is a trace of the test split: selecting th_c on the split whose accuracy is reported "
+            "makes that accuracy optimistic. Trace the validation split (`dcsim trace --split val`), or "
+            "pass --select-on-test to select on the test split anyway"
+        )
 
 
 # ----------------------------------------------------------------------------- exit rule

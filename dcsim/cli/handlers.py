@@ -80,7 +80,7 @@ def report(args: argparse.Namespace) -> dict:
 
     data = _data(args)
     model, meta, splits = model_and_splits(_pick(o.ModelOptions, args), data, args.world, ("val", "test"))
-    return report(model, meta, splits, args.out, _report(args), data, args.world)
+    return report(model, meta, splits, args.out, _report(args), data, args.world, checkpoint=args.checkpoint)
 
 
 def demo(args: argparse.Namespace) -> dict:
@@ -101,7 +101,7 @@ def reproduce(args: argparse.Namespace) -> dict:
 def zoo(args: argparse.Namespace) -> dict:
     from ..io import zoo
 
-    manifest = zoo.verify(zoo.export(args.checkpoint, args.out, int(args.max_shard_mib * 2**20)).parent)
+    manifest = zoo.verify(zoo.export(args.checkpoint, args.out, zoo.shard_bytes(args.max_shard_mib)).parent)
     return {
         "folder": str(args.out),
         "shards": [{k: v for k, v in sh.items() if k != "tensors"} for sh in manifest["shards"]],

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from ..io.atomic import library_detail
 from ..io.checkpoint import save_checkpoint
 from ..models import resnet18
 
@@ -76,15 +77,27 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     but a flat mapping of names to tensors.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file; give the .pth file of a state dict")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: a zip archive (or a legacy pickle)
+        raise ValueError(
+            f"{path}: not a PyTorch .pth file (torch.save writes a zip archive; this file starts with "
+            f"{head!r}); give the state dict saved with torch.save(model.state_dict(), path)"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except pickle.UnpicklingError as err:
         raise ValueError(
-            f"{path}: not a state dict that torch.load(weights_only=True) can read safely ({first})"
+            f"{path}: holds Python objects other than tensors (a whole pickled model, an optimizer or "
+            f"another class: {library_detail(err)}); dcsim reads only state dicts of tensors and never "
+            "runs code from a file: save model.state_dict() in the training code and import that"
         ) from None
+    except (RuntimeError, EOFError, ValueError, AttributeError, OSError, KeyError, IndexError) as err:
+        raise ValueError(f"{path}: a damaged or unreadable .pth file ({library_detail(err)})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
     for key, value in obj.items():

@@ -6,6 +6,7 @@ import functools
 import os
 from pathlib import Path
 
+from ..checks import existing
 from .archives import _ARCHIVE_SUFFIXES, extract_archive
 from .cifar_batches import _CIFAR_BATCH_FILES, _load_python_batches
 from .dataset import CIFAR10_MEAN, CIFAR10_STD, Dataset, _with_val
@@ -37,9 +38,7 @@ def _find_cifar_layout(root: Path) -> tuple[str, Path]:
 def locate_cifar10(root: str | os.PathLike[str], extract_to: str | os.PathLike[str] | None = None) -> tuple[str, Path]:
     """("batches", folder of the python batches) or ("folders", folder with train/ and test/) for
     ``root`` (a folder or an archive, extracted once; see :func:`load_cifar10`)."""
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"{root}: no such file or folder")
+    root = existing(root, "data root", folder=True, file=True)  # a FIFO or device is never opened
     if root.is_file():
         if not root.name.lower().endswith(_ARCHIVE_SUFFIXES):
             raise ValueError(f"{root}: not a folder or a {'/'.join(_ARCHIVE_SUFFIXES)} archive")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..checks import existing
 from .cifar10 import load_cifar10, locate_cifar10
 from .dataset import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Dataset
 from .digits import load_digits_splits
@@ -54,6 +55,8 @@ def open_splits(
         return dict(load_digits_splits(seed=seed, val_size=val_size))
     if root is None:
         raise ValueError(f"dataset {dataset!r} needs a data root (--data-root)")
+    # a folder (or, for cifar10, an archive file); a FIFO, socket or device is refused before any read
+    existing(root, "--data-root", folder=True, file=dataset == "cifar10")
     if dataset == "cifar10":
         if loader != "stream":
             return dict(load_cifar10(root, val_size=val_size, seed=seed))

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 from torch import nn
 
 from .atomic import atomic_output
@@ -104,10 +104,21 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> Pa
                 "only tensors can be stored"
             )
         tensors[name] = value.detach().to("cpu", copy=True).contiguous()  # copies: no shared storage
-    with atomic_output(path) as tmp:
-        hashed = json.dumps(full | {HASH_KEY: content_hash(header, tensors)})
-        save_file(tensors, tmp, metadata={METADATA_KEY: hashed})
-    return path
+    hashed = json.dumps(full | {HASH_KEY: content_hash(header, tensors)})
+    return write_safetensors(path, tensors, {METADATA_KEY: hashed})
+
+
+def write_safetensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Path:
+    """Write ``tensors`` (CPU, contiguous) as the safetensors file ``path`` through
+    :func:`dcsim.fileio.atomic_output`, so a write killed mid-way leaves neither a half-written
+    file nor a temporary one. (safetensors' own ``save_file`` writes through a ``.tmpXXXXXX`` file
+    of its own beside the target, which a killed process leaves behind.)"""
+    data = serialize(tensors, metadata=metadata)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    return Path(path)
 
 
 def _open_error(path: Path, err: Exception) -> ValueError:
@@ -165,6 +176,13 @@ def _read_header(path: Path) -> tuple[dict, str | None]:
             "the checkpoint is damaged"
         )
     return meta, stored
+
+
+def stored_hash(path: str | os.PathLike) -> str | None:
+    """The content hash (hex SHA-256, see :func:`content_hash`) stored in the checkpoint file at
+    ``path``, without reading the tensors; None for a format-1 checkpoint (written without one).
+    Errors as :func:`read_metadata`."""
+    return _read_header(Path(path))[1]
 
 
 def _describe(items: list[str]) -> str:

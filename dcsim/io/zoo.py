@@ -16,6 +16,7 @@ naming the file, and rebuilds the model as :func:`dcsim.checkpoint.load_checkpoi
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -23,11 +24,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from .atomic import atomic_output, sha256_file, write_text_atomic
-from .checkpoint import METADATA_KEY, load_checkpoint, read_metadata
+from .atomic import sha256_file, write_text_atomic
+from .checkpoint import HASH_KEY, METADATA_KEY, load_checkpoint, read_metadata, stored_hash, write_safetensors
 
 MANIFEST = "manifest.json"
 FORMAT = "dcsim-zoo"
@@ -42,20 +43,66 @@ def is_zoo(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
 
 
-def export(checkpoint: str | os.PathLike, folder: str | os.PathLike, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
-    """Split the checkpoint file into shards of at most ``max_shard_bytes`` in ``folder``; returns the manifest path.
+def shard_bytes(mib: float, flag: str = "--max-shard-mib") -> int:
+    """``mib`` MiB as a shard size in bytes for :func:`export`; a ValueError naming ``flag`` unless it
+    is a finite number large enough for a shard's header (more than 1/16 MiB)."""
+    if isinstance(mib, bool) or not isinstance(mib, (int, float)) or not math.isfinite(mib):
+        raise ValueError(f"{flag} must be a finite number of MiB, got {mib!r}")
+    if mib * 2**20 <= _HEADER_ALLOWANCE:
+        raise ValueError(
+            f"{flag} must exceed {_HEADER_ALLOWANCE / 2**20:g} MiB (room for a shard's header), got {mib!r}"
+        )
+    return int(mib * 2**20)
 
-    Tensors are packed first-fit, largest first (a tensor over the limit gets a shard of its own); the manifest is written last, so a folder without one is
-    not a zoo entry. Existing shards of an earlier export are replaced.
-    """
-    if max_shard_bytes <= _HEADER_ALLOWANCE:
-        raise ValueError(f"max_shard_bytes must exceed {_HEADER_ALLOWANCE}, got {max_shard_bytes}")
-    meta = read_metadata(checkpoint)  # checks the file; the raw text below keeps its content hash
+
+def _source(checkpoint: Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """(the checkpoint's metadata text with its content hash, its tensors) of a file or a zoo folder."""
+    if is_zoo(checkpoint):
+        manifest = verify(checkpoint)
+        text = manifest.get("metadata_text")
+        if not isinstance(text, str):
+            raise ValueError(f"{checkpoint / MANIFEST}: 'metadata_text' is missing or not a string")
+        load(checkpoint)  # the whole entry checked as a checkpoint (content hash, shapes) before re-sharding
+        tensors: dict[str, torch.Tensor] = {}
+        for s in manifest["shards"]:
+            tensors |= load_file(str(checkpoint / s["file"]))
+        return text, tensors
+    read_metadata(checkpoint)  # checks the file; the raw text below keeps its content hash
     with safe_open(str(checkpoint), framework="pt") as f:
-        meta_text = f.metadata()[METADATA_KEY]
-    tensors = load_file(str(checkpoint))
+        text = f.metadata()[METADATA_KEY]
+    return text, load_file(str(checkpoint))
+
+
+def _listed(folder: Path) -> set[str]:
+    """The shard names an existing, readable manifest in ``folder`` lists (none when there is none)."""
+    try:
+        return {s["file"] for s in read_manifest(folder)["shards"]}
+    except (FileNotFoundError, ValueError, OSError):
+        return set()
+
+
+def export(checkpoint: str | os.PathLike, folder: str | os.PathLike, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+    """Split the checkpoint (a file, or a zoo folder to re-shard) into shards of at most
+    ``max_shard_bytes`` in ``folder``; returns the manifest path.
+
+    Tensors are packed first-fit, largest first (a tensor over the limit gets a shard of its own); the
+    manifest is written last, so a folder without one is not a zoo entry. Over an earlier export, its
+    shards are replaced, and those its manifest listed that the new one does not are removed (no other
+    file in the folder is touched).
+    """
+    if (
+        isinstance(max_shard_bytes, bool)
+        or not isinstance(max_shard_bytes, int)
+        or max_shard_bytes <= _HEADER_ALLOWANCE
+    ):
+        raise ValueError(f"max_shard_bytes must be an integer over {_HEADER_ALLOWANCE}, got {max_shard_bytes!r}")
+    checkpoint = Path(checkpoint)
+    meta_text, tensors = _source(checkpoint)
+    meta = json.loads(meta_text)
+    meta.pop(HASH_KEY, None)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    old = _listed(folder)
     groups: list[list[str]] = []  # first fit, largest tensors first: few shards
     sizes: list[int] = []
     room = max_shard_bytes - _HEADER_ALLOWANCE
@@ -71,11 +118,15 @@ def export(checkpoint: str | os.PathLike, folder: str | os.PathLike, max_shard_b
     shards = []
     for i, names in enumerate(groups, 1):
         path = folder / f"model-{i:05d}.safetensors"
-        with atomic_output(path) as tmp:
-            save_file({n: tensors[n].contiguous() for n in names}, tmp)
+        write_safetensors(path, {n: tensors[n].contiguous() for n in names})
         shards.append({"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "tensors": names})
     manifest = {"format": FORMAT, "version": VERSION, "metadata": meta, "metadata_text": meta_text, "shards": shards}
-    return write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    written = write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    for name in sorted(old - {s["file"] for s in shards} - {MANIFEST}):  # the earlier export's, no longer listed
+        stale = folder / name
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
+    return written
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
@@ -104,6 +155,26 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         if Path(s["file"]).name != s["file"]:
             raise ValueError(f"{path}: shard name {s['file']!r} must be a plain file name in the folder")
     return manifest
+
+
+def model_identity(path: str | os.PathLike) -> tuple[dict, str | None]:
+    """(metadata, stored content hash or None) of a checkpoint file or a zoo folder, without reading
+    the tensors. The hash identifies the network's weights and metadata (see
+    :func:`dcsim.checkpoint.content_hash`); a zoo folder carries its checkpoint's hash, so a file and
+    its export have the same identity. None: a format-1 checkpoint, written without a hash."""
+    if is_zoo(path):
+        manifest = read_manifest(path)
+        where = Path(path) / MANIFEST
+        text = manifest.get("metadata_text")
+        try:
+            full = json.loads(text) if isinstance(text, str) else None
+        except json.JSONDecodeError:
+            full = None
+        if not isinstance(full, dict) or not isinstance(manifest.get("metadata"), dict):
+            raise ValueError(f"{where}: 'metadata_text' (the checkpoint's metadata with its content hash) is damaged")
+        digest = full.get(HASH_KEY)
+        return manifest["metadata"], digest if isinstance(digest, str) else None
+    return read_metadata(path), stored_hash(path)
 
 
 def verify(folder: str | os.PathLike) -> dict:
@@ -147,7 +218,7 @@ def load(folder: str | os.PathLike, build_model: Callable[..., nn.Module] | None
                 f"{folder / MANIFEST}: 'metadata_text' (the checkpoint's metadata with its content hash) "
                 "is missing or not a string"
             )
-        save_file(tensors, str(merged), metadata={METADATA_KEY: text})
+        write_safetensors(merged, tensors, {METADATA_KEY: text})
         try:
             return load_checkpoint(merged, build_model)
         except ValueError as err:

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checks import check_int
 from ..data import Dataset, FolderSplit, split_batches
 from .global_bn import convert_global_batchnorm
 
@@ -178,6 +179,7 @@ def check_agreement(world: World, items: Mapping[str, object]) -> None:
 
 def rank_batches(samples: int, batch_size: int, world: World) -> list[int]:
     """The batch ids rank ``world.rank`` runs: r, r + N, ... below ceil(samples / batch_size)."""
+    check_int(batch_size, "batch_size")
     return list(range(world.rank, -(-samples // batch_size), world.size))
 
 
@@ -239,10 +241,9 @@ def map_batches(
 
     fn(x) returns a tuple of tensors [b, ...]; the result holds each concatenated over the batches ([N, ...], CPU).
     """
+    check_int(batch_size, "batch_size")
     if isinstance(images, Sharded):
         return images.map(batch_size, fn, desc=desc)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     outs = [
         tuple(t.detach().cpu() for t in fn(images[lo : lo + batch_size])) for lo in range(0, len(images), batch_size)
     ]

@@ -11,6 +11,7 @@ standard layout, so conversion and simulation are float32 as before.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -22,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.stream import FolderSplit
-from ..io.atomic import atomic_output
+from ..io.checkpoint import write_safetensors
 from ..models.architectures import WhitenedCNN, init_whitening
 from ..models.lsq import set_quantization
 from .device_batches import DeviceSplit, StreamedSplit
@@ -289,22 +290,35 @@ def measure_epoch_seconds(
     return out
 
 
-def plan_epochs(seconds: dict[str, float], budget_s: float, lsq_share: float = 0.4) -> tuple[int, int]:
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def plan_epochs(
+    seconds: dict[str, float], budget_s: float, lsq_share: float = 0.4, spent_s: float = 0.0
+) -> tuple[int, int]:
     """(float_epochs, lsq_epochs) that fit ``budget_s`` seconds of training, ``lsq_share`` of it LSQ.
 
-    seconds: {"float_s", "lsq_s"} per epoch (see :func:`measure_epoch_seconds`). Raises
-    ValueError when the budget does not hold one epoch of each stage.
+    seconds: {"float_s", "lsq_s"} per epoch (see :func:`measure_epoch_seconds`). ``spent_s``: seconds
+    of the budget already used (the measurement), so ``budget_s - spent_s`` remain for training.
+    Raises ValueError when the rest does not hold one epoch of each stage; the message states the
+    whole budget given and the smallest whole budget that would hold them (rounded up, never 0).
     """
     if not 0 < lsq_share < 1:
         raise ValueError(f"lsq_share must lie in (0, 1), got {lsq_share!r}")
-    float_epochs = int(budget_s * (1 - lsq_share) // seconds["float_s"])
-    lsq_epochs = int(budget_s * lsq_share // seconds["lsq_s"])
+    if not budget_s > 0:
+        raise ValueError(f"the training budget must be > 0 seconds, got {budget_s!r}")
+    left = budget_s - spent_s
+    float_epochs = int(max(left, 0.0) * (1 - lsq_share) // seconds["float_s"])
+    lsq_epochs = int(max(left, 0.0) * lsq_share // seconds["lsq_s"])
     if float_epochs < 1 or lsq_epochs < 1:
-        need = seconds["float_s"] / (1 - lsq_share) if float_epochs < 1 else seconds["lsq_s"] / lsq_share
+        need_s = spent_s + max(seconds["float_s"] / (1 - lsq_share), seconds["lsq_s"] / lsq_share)
+        need_min = max(math.ceil(need_s / 60 * 100) / 100, 0.01)  # rounded up to 0.01 minutes
+        spent = f"measuring the epoch times took {spent_s:.0f} s, " if spent_s > 0 else ""
         raise ValueError(
-            f"a training budget of {budget_s / 60:.2f} minutes is too small: one float epoch takes "
-            f"~{seconds['float_s']:.0f} s and one LSQ epoch ~{seconds['lsq_s']:.0f} s here "
-            f"({100 * lsq_share:.0f}% of the budget goes to LSQ); give at least {need / 60:.1f} minutes"
+            f"a training budget of {budget_s / 60:.2f} minutes is too small: {spent}one float epoch takes "
+            f"~{_seconds(seconds['float_s'])} s and one LSQ epoch ~{_seconds(seconds['lsq_s'])} s here "
+            f"({100 * lsq_share:.0f}% of the budget goes to LSQ); give at least {need_min:.2f} minutes"
         )
     return float_epochs, lsq_epochs
 
@@ -334,7 +348,7 @@ def budget_config(
     t0 = time.perf_counter()
     seconds = measure_epoch_seconds(model, train_x, train_y, val_size, config, runtime, device, normalization, augment)
     measured = time.perf_counter() - t0
-    float_epochs, epochs = plan_epochs(seconds, 60 * budget_minutes - measured, lsq_share)
+    float_epochs, epochs = plan_epochs(seconds, 60 * budget_minutes, lsq_share, spent_s=measured)
     plan = {
         "budget_minutes": budget_minutes,
         "lsq_share": lsq_share,
@@ -559,10 +573,27 @@ def _checkpoint(
             tensors[f"momentum.{i}"] = buf
     tensors["rng"] = gen.get_state()
     meta = {"history": history}
-    with atomic_output(path) as tmp:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"dcsim": json.dumps(meta)}
-        )
+    write_safetensors(
+        path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"dcsim": json.dumps(meta)}
+    )
+
+
+WORKDIR_FILES = ("last.safetensors", "plan.json", ".lock")
+"""What a training run keeps in its working folder (resume state, budget plan, the folder's lock)."""
+
+
+def discard_workdir(folder: str | Path) -> None:
+    """Remove a finished run's working folder: only the files a run writes there (WORKDIR_FILES), then
+    the folder if that leaves it empty; anything else in it (the user's) is kept, with the folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for name in WORKDIR_FILES:
+        path = folder / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: files that are not a run's
+        folder.rmdir()
 
 
 def _same_config(stored: dict[str, Any], config: TrainConfig) -> bool:

@@ -20,8 +20,10 @@ def continuous(
     opts: StreamOptions, model_opts: ModelOptions, data: DataOptions, world: World, say: bool = False
 ) -> dict:
     """Stream ``opts.split`` through ``opts.slots`` slots; throughput (samples/s), accuracy, latency (ms)."""
+    readout, steps, threshold = from_trace(
+        opts.trace, model_opts.checkpoint, opts.method, opts.semantics, opts.tolerance, opts.select_on_test
+    )
     model, _meta, splits = model_and_splits(model_opts, data, world, (opts.split,), opts.method)
-    readout, steps, threshold = from_trace(opts.trace, opts.method, opts.semantics, opts.tolerance)
     eng = opts.engine
     engine = Engine(
         convert(model, method=opts.method, semantics=opts.semantics),

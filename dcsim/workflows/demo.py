@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..parallel.distributed import World
+from ..training.loop import discard_workdir
 from .inputs import load_model, load_splits
 from .options import DataOptions, ReportOptions, TrainOptions
 from .report import report
@@ -31,8 +32,9 @@ def demo(out: Path, train: TrainOptions, opts: ReportOptions, seed: int, world: 
     print("[dcsim] demo: training a 2-bit LSQ small CNN on scikit-learn's digits", file=sys.stderr)
     trained = train_checkpoint(train, data, world)
     model, meta = load_model(train.out)
-    summary = report(model, meta, load_splits(data), out, opts, data, world)
+    summary = report(model, meta, load_splits(data), out, opts, data, world, checkpoint=train.out)
     summary["train"] = {k: trained[k] for k in ("accuracy", "train_seconds")}
     summary["seconds"] = time.perf_counter() - t0
+    discard_workdir(train.working_folder)  # the per-epoch state of a finished run
     print(f"[dcsim] demo done in {summary['seconds']:.1f} s: {out / 'report.md'}", file=sys.stderr)
     return summary

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..analysis import accuracy_vs_t, analyze, load_trace, save_trace
 from ..analysis import plots as plotting
+from ..analysis.selection import load_trace_for, trace_identity, trace_readout
 from ..conversion.convert import convert
 from ..parallel.distributed import World, write_if_main
 from ..sim.engine import Engine
@@ -58,9 +59,18 @@ def temperature(tau: str, model: nn.Module, val: tuple[Any, Any]) -> tuple[float
     return value, None
 
 
-def from_trace(path: Path, method: str, semantics: Semantics | None, tolerance: float) -> tuple[Readout, int, float]:
-    """(readout, T, th_c) from the validation trace ``path``: its readout and length, th_c selected on it."""
-    trace = load_trace(path)
+def from_trace(
+    path: Path,
+    checkpoint: Path,
+    method: str,
+    semantics: Semantics | None,
+    tolerance: float,
+    allow_test_split: bool = False,
+) -> tuple[Readout, int, float]:
+    """(readout, T, th_c) from the validation trace ``path`` of ``checkpoint``: its readout and length,
+    th_c selected on it. The trace must come from that network and (unless ``allow_test_split``) not
+    from the test split (see :func:`dcsim.analysis.selection.load_trace_for`); errors name the files."""
+    trace = load_trace_for(path, checkpoint, allow_test_split=allow_test_split)
     tm = trace.meta
     if tm.get("method") != method:
         raise ValueError(f"{path}: trace method {tm.get('method')!r} differs from --method {method!r}")
@@ -72,7 +82,7 @@ def from_trace(path: Path, method: str, semantics: Semantics | None, tolerance: 
             f"{wanted.value!r}; pass --qffs-semantics {traced} or record the trace again"
         )
     threshold = analyze(trace, tolerance=tolerance)["selected"]["threshold"]
-    return Readout(tm["readout"], float(tm["alpha"]), float(tm["tau"])), int(tm["steps"]), threshold
+    return (*trace_readout(trace, path), threshold)
 
 
 def trace(opts: TraceOptions, model_opts: ModelOptions, data: DataOptions, world: World, say: bool = False) -> dict:
@@ -91,7 +101,8 @@ def trace(opts: TraceOptions, model_opts: ModelOptions, data: DataOptions, world
         y,
         opts.steps,
         readout,
-        {"model": str(model_opts.checkpoint), "split": opts.split, "dataset": data.dataset},
+        {"model": str(model_opts.checkpoint), "split": opts.split, "dataset": data.dataset}
+        | trace_identity(model_opts.checkpoint),
         batch_size=opts.batch_size,
         record_sums=opts.sums,
     )
@@ -130,12 +141,17 @@ def analyze_trace(opts: AnalyzeOptions, say: bool = False) -> dict:
 def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, world: World, say: bool = False) -> dict:
     """``dcsim eval``: live early exit on a split at a given th_c, or at one selected on a validation trace."""
     ro = opts.readout
-    model, _meta, splits = model_and_splits(model_opts, data, world, ("val", opts.split), ro.method)
     if (opts.threshold is None) == (opts.trace is None):
         raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
+    selected = None
+    if opts.trace is not None:  # checked before the model and the data are loaded
+        selected = from_trace(
+            opts.trace, model_opts.checkpoint, ro.method, ro.semantics, opts.tolerance, opts.select_on_test
+        )
+    model, _meta, splits = model_and_splits(model_opts, data, world, ("val", opts.split), ro.method)
     net = convert(model, method=ro.method, semantics=ro.semantics)
-    if opts.trace is not None:
-        readout, steps, threshold = from_trace(opts.trace, ro.method, ro.semantics, opts.tolerance)
+    if selected is not None:
+        readout, steps, threshold = selected
     else:
         if opts.steps is None:
             raise ValueError("--steps is required with --threshold")

@@ -126,6 +126,7 @@ class EvalOptions:
     threshold: float | None = None
     trace: Path | None = None
     tolerance: float = 0.0
+    select_on_test: bool = False
     split: str = "test"
     batch_size: int = 256
     chunk: int = 1
@@ -139,6 +140,7 @@ class StreamOptions:
     method: str
     trace: Path
     tolerance: float = 0.0
+    select_on_test: bool = False
     split: str = "test"
     slots: int = 64
     semantics: Semantics | None = None

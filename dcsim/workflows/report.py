@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..analysis import accuracy_vs_t, save_trace
+from ..analysis.selection import trace_identity
 from ..analysis.tables import markdown_table, table_rows, write_json
 from ..conversion.convert import convert
 from ..io.atomic import write_text_atomic
@@ -94,16 +95,27 @@ def method_results(
 
 
 def report(
-    model: nn.Module, meta: dict, splits: dict, out: Path, opts: ReportOptions, data: DataOptions, world: World
+    model: nn.Module,
+    meta: dict,
+    splits: dict,
+    out: Path,
+    opts: ReportOptions,
+    data: DataOptions,
+    world: World,
+    checkpoint: Path | None = None,
 ) -> dict:
     """Calibrate, then QCFS and QFFS with and without DC; writes report.md, report.json, traces and plots
-    into the folder ``out``. A threshold-normalized float network (no levels) gets QCFS only."""
+    into the folder ``out``. A threshold-normalized float network (no levels) gets QCFS only.
+    checkpoint: the model's file or zoo folder, whose identity the traces record (see
+    :func:`dcsim.analysis.selection.trace_identity`)."""
     val, test = source(data, world, splits["val"]), source(data, world, splits["test"])
     calib = calibrate(model, *val)
     tau = calib["tau"] if opts.tau == "auto" else float(opts.tau)
     ann_test = float((ann_logits(model, test[0]).argmax(1) == test[1]).float().mean())
     methods = ("qcfs",) if meta.get("activations") == "float_relu" else ("qcfs", "qffs")
     meta_rows = {"model": meta.get("architecture"), "dataset": meta.get("dataset")}
+    if checkpoint is not None:
+        meta_rows |= trace_identity(checkpoint)
     entries = method_results(model, val, test, methods, opts, tau, world, out, meta_rows)
     plots = [p for e in entries for p in e.pop("plots", [])]
     rows = table_rows(ann_test, entries)

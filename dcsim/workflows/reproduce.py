@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..analysis.plots import plot_curves, plot_training_curve
+from ..analysis.selection import trace_identity
 from ..analysis.tables import markdown_table, table_rows, write_json
 from ..io import zoo
 from ..io.atomic import write_text_atomic
@@ -206,7 +207,7 @@ def _run(opts: ReproduceOptions, data: DataOptions, world: World, results: Resul
         calib["tau"],
         world,
         out,
-        {"model": arch, "dataset": data.dataset},
+        {"model": arch, "dataset": data.dataset} | trace_identity(train.out),
         default_steps=lambda method: PAPER_STEPS.get(arch, {}).get(method),
         test_traces=True,
         on_method=stage,
