@@ -198,7 +198,7 @@ def test_check_trace_for_rejects_a_non_string_hash():
 
 def test_zero_batch_size_is_a_clear_error_also_sharded():
     from dcsim import data
-    from dcsim.distributed import Sharded, World, map_batches, rank_batches
+    from dcsim.parallel.distributed import Sharded, World, map_batches, rank_batches
 
     split = data.load_digits_splits(seed=0)["val"]
     for call in (
