@@ -85,10 +85,10 @@ def method_results(
         }
         if world.main:
             save_trace(out / f"{method}_val_trace.npz", r["trace"])
-            sops_plot = plot_sops_per_layer(
-                r["energy"], out / f"{method}_sops_per_layer.png", f"{method.upper()}, T={r['steps']}"
-            )
-            entry["plots"] = [*write_plots(r["analysis"], out, stem=f"{method}_"), str(sops_plot)]
+            plots = write_plots(r["analysis"], out, stem=f"{method}_")  # creates the folder
+            title = f"{method.upper()}, T={r['steps']}"
+            sops_plot = plot_sops_per_layer(r["energy"], out / f"{method}_sops_per_layer.png", title)
+            entry["plots"] = [*plots, str(sops_plot)]
         if test_traces:
             semantics = opts.semantics if method == "qffs" else None
             engine = Engine(convert(model, method=method, semantics=semantics), device=world.device)
