@@ -1,4 +1,5 @@
-"""PNG figures of a Dynamic Confidence analysis (the dict returned by :func:`dcsim.analysis.analyze`).
+"""PNG figures of a Dynamic Confidence analysis (the dict returned by :func:`dcsim.analysis.analyze`) and of
+an energy report (:func:`dcsim.analysis.energy.report`).
 
 Figures are drawn on a ``matplotlib.figure.Figure`` with the Agg canvas directly, so this
 module never touches pyplot or the global backend. Each file is written atomically (a
@@ -16,7 +17,7 @@ from matplotlib.figure import Figure
 
 from ..io.atomic import atomic_output
 
-__all__ = ["plot_accuracy_confidence", "plot_curves", "plot_exit_histogram", "plot_front"]
+__all__ = ["plot_accuracy_confidence", "plot_curves", "plot_exit_histogram", "plot_front", "plot_sops_per_layer"]
 
 _MAX_LABELLED = 21
 """Grid fronts with more points than this are drawn without threshold labels."""
@@ -204,4 +205,37 @@ def plot_training_curve(epochs: list[dict], path: str | os.PathLike, title: str)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+_RUN_LABELS = {"no_dc": "no DC", "dc": "DC"}
+"""Legend names of the report loop's run labels."""
+
+
+def plot_sops_per_layer(energy_report: dict, path: str | os.PathLike, title: str) -> Path:
+    """Bars of the synaptic operations per inference of each spiking layer (the SOPs of the layers it feeds),
+    one bar per run of ``energy_report`` (e.g. without and with DC), labelled with the run's mean steps."""
+    runs = energy_report.get("runs") if isinstance(energy_report, dict) else None
+    if not runs:
+        raise ValueError("energy report lacks 'runs' (expected the output of dcsim.analysis.energy.report)")
+    layers = [p["layer"] for p in next(iter(runs.values()))["per_layer"]]
+    width = 0.8 / len(runs)
+    fig, ax = _new_axes((max(6.0, 0.6 * len(layers) + 2.0), 4.0))
+    for k, (label, run) in enumerate(runs.items()):
+        ax.bar(
+            [i + (k - (len(runs) - 1) / 2) * width for i in range(len(layers))],
+            [p["sops_per_inference"] for p in run["per_layer"]],
+            width=width,
+            label=f"{_RUN_LABELS.get(label, label)}: {run['mean_steps']:.2f} steps, "
+            f"{run['sops_per_inference']:.3g} SOPs in total",
+        )
+    rotate = len(layers) > 6
+    ax.set_xticks(
+        range(len(layers)), layers, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize=8
+    )
+    ax.set_xlabel("spiking layer (its spikes' synaptic operations in the layers it feeds)")
+    ax.set_ylabel("SOPs per inference")
+    ax.set_title(f"Synaptic operations per layer: {title}", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)

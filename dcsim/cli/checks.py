@@ -9,6 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
+from ..analysis.energy import PRESETS
 from ..checks import check_int, check_real
 
 
@@ -26,8 +27,11 @@ REALS = {"lr": (0, None, False), "lr_decay": (0, None, False), "budget_minutes":
          "max_shard_mib": (0, None, False), "resolution": (0, 1, False), "weight_decay": (0, None, True),
          "warmup_epochs": (0, None, True), "momentum": (0, 1, True), "label_smoothing": (0, 1, True),
          "lsq_share": (0, 1, False), "tolerance": (0, 1, True), "threshold": (0, 1, True),
-         "min_accuracy": (0, 1, True), "lsq_lr": (0, None, False)}  # fmt: skip
+         "min_accuracy": (0, 1, True), "lsq_lr": (0, None, False), "e_mac": (0, None, True),
+         "e_ac": (0, None, True)}  # fmt: skip
 """Real flags: (low, high or None, low allowed); high is always allowed."""
+KEYWORDS = {"energy_preset": tuple(PRESETS), "first_layer_macs": ("once", "per-step")}
+"""Flags that take one of a few words."""
 FILE_OUTPUTS = {"train": "out", "trace": "out", "import": "out"}
 """Commands whose --out is a file; the other --out are folders."""
 
@@ -47,6 +51,10 @@ def check_args(args: argparse.Namespace) -> None:
         for name, (low, high, closed) in REALS.items():
             if getattr(args, name, None) is not None:
                 check_real(getattr(args, name), _flag(name), low, high, low_allowed=closed)
+        for name, words in KEYWORDS.items():
+            value = getattr(args, name, None)
+            if value is not None and value not in words:
+                raise ValueError(f"{_flag(name)} must be one of {', '.join(words)}, got {value!r}")
         for name in ("tau", "alpha"):
             value = getattr(args, name, None)
             if value not in (None, "auto", "paper", "official"):

@@ -42,7 +42,7 @@ def _says(args: argparse.Namespace) -> bool:
 
 
 def _report(args: argparse.Namespace) -> o.ReportOptions:
-    return _pick(o.ReportOptions, args, semantics=_semantics(args))
+    return _pick(o.ReportOptions, args, semantics=_semantics(args), energy=_pick(o.EnergyOptions, args))
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -70,7 +70,13 @@ def analyze(args: argparse.Namespace) -> dict:
 def eval(args: argparse.Namespace) -> dict:
     from ..workflows.evaluate import evaluate
 
-    opts = _pick(o.EvalOptions, args, readout=_readout(args), engine=_pick(o.EngineOptions, args))
+    opts = _pick(
+        o.EvalOptions,
+        args,
+        readout=_readout(args),
+        engine=_pick(o.EngineOptions, args),
+        energy=_pick(o.EnergyOptions, args),
+    )
     return evaluate(opts, _pick(o.ModelOptions, args), _data(args), args.world, _says(args))
 
 

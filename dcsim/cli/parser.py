@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..analysis.energy import DEFAULT_PRESET, PRESETS
 from ..models import ARCHITECTURES
 from ..sim.engine import PRECISIONS
 from . import handlers
@@ -88,6 +89,31 @@ def _add_semantics_arg(p: argparse.ArgumentParser) -> None:
         choices=["settle", "constant"],
         help="QFFS only: 'settle' (default: image and biases drive the first Qp steps, then the network "
         "settles; holds accuracy beyond T = Qp) or 'constant' (image and biases at every step)",
+    )
+
+
+def _add_energy_args(p: argparse.ArgumentParser) -> None:
+    """The energy estimate (eval, report, reproduce, demo): --energy-preset, --e-mac, --e-ac, --first-layer-macs."""
+    presets = ", ".join(f"{name} {m.e_mac:g}/{m.e_ac:g}" for name, m in PRESETS.items())
+    p.add_argument(
+        "--energy-preset",
+        default=DEFAULT_PRESET,
+        metavar="{" + ",".join(PRESETS) + "}",
+        help=f"energy per MAC / per AC in pJ, 45 nm (Horowitz 2014, as SpikingJelly and syops use): {presets} "
+        f"(default {DEFAULT_PRESET})",
+    )
+    p.add_argument(
+        "--e-mac", type=float, metavar="PJ", help="energy per multiply-accumulate in pJ (overrides the preset's)"
+    )
+    p.add_argument(
+        "--e-ac", type=float, metavar="PJ", help="energy per accumulate (one SOP) in pJ (overrides the preset's)"
+    )
+    p.add_argument(
+        "--first-layer-macs",
+        default="once",
+        metavar="{once,per-step}",
+        help="MACs of the image-fed layers: 'once' per inference (default; as dcsim computes the image current, "
+        "and as Spikformer-style papers count) or 'per-step', at every step the image drives (as Attention-SNN counts)",
     )
 
 
@@ -227,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true", help="run the engine in the channels_last layout")
     p.add_argument("--graphs", action="store_true", help="step loop as CUDA graphs (GPU; same results)")
     _add_engine_args(p)
+    _add_energy_args(p)
     _add_normalize_args(p)
     p.set_defaults(func=handlers.eval)
 
@@ -235,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_report_args(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_energy_args(p)
     _add_normalize_args(p)
     p.set_defaults(func=handlers.report)
 
@@ -339,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qcfs-max-steps", type=int, default=64, help="largest T considered when T is chosen")
     p.add_argument("--qffs-max-steps", type=int, default=12, help="largest T considered when T is chosen")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_energy_args(p)
     p.set_defaults(func=handlers.reproduce)
 
     p = command("zoo", "split a checkpoint into sha256-checked safetensors shards (a folder other commands accept)")
@@ -356,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-batch-size", dest="train_batch_size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    _add_energy_args(p)
     p.set_defaults(func=handlers.demo)
     return parser
 

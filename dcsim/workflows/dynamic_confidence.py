@@ -2,7 +2,8 @@
 
     quantized ANN --calibrate tau--> readout (alpha, tau)
     SNN on the validation split --trace--> front --select--> th_c
-    SNN on the test split, live early exit at th_c --> accuracy, mean steps, spikes, wall time
+    SNN on the test split, live early exit at th_c --> accuracy, mean steps, spikes, wall time,
+                                                     SOPs, MACs and energy per inference beside the ANN's
 
 Every loop over a split takes its images either as one tensor [N, C, H, W] or as a
 :class:`dcsim.distributed.Sharded` split (streamed from disk and/or sharded over torchrun ranks);
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import analysis
+from ..analysis import energy
 from ..analysis.calibration import calibration_report
 from ..conversion.convert import convert
 from ..parallel.distributed import Sharded, map_batches
@@ -25,6 +27,7 @@ from ..sim.engine import Engine
 from ..sim.readout import Readout
 from ..sim.state import ExitResult
 from ..training import predict_logits
+from .options import EnergyOptions
 
 NO_EXIT = 1.0
 """Threshold at which no sample exits early (scores are <= 1 and the rule is strict)."""
@@ -154,7 +157,8 @@ def evaluate_live(
             x.to(engine.device), steps, readout, threshold, batch_size=batch_size, chunk=chunk, graphs=graphs
         )
         layers[:] = [r.neurons, r.layers]
-        return r.pred, r.exit_step, r.conf, r.spikes
+        counts = (r.sops, r.macs) if r.sops is not None and r.macs is not None else ()  # with engine.count_ops
+        return (r.pred, r.exit_step, r.conf, r.spikes, *counts)
 
     if graphs:
         map_batches(images, batch_size, run, "warm-up")
@@ -165,9 +169,10 @@ def evaluate_live(
     elapsed = time.perf_counter() - t0
     if not layers:  # this rank ran no batch: the layer sizes come from the network
         layers[:] = list(engine._layers(out[0].new_empty((0, *_sample_shape(images)), dtype=torch.float32)))
-    pred, exit_step, conf, spikes = out
+    pred, exit_step, conf, spikes = out[:4]
+    sops, macs = out[4:] if len(out) == 6 else (None, None)
     neurons, names = layers
-    res = ExitResult(pred, exit_step, conf, spikes, neurons, names)
+    res = ExitResult(pred, exit_step, conf, spikes, neurons, names, sops=sops, macs=macs)
     correct = (res.pred == labels.cpu()).float()
     mean_steps = float(res.exit_step.float().mean())
     return LiveEval(
@@ -179,6 +184,38 @@ def evaluate_live(
         ms_per_inference=1000.0 * elapsed / max(len(res.pred), 1),
         result=res,
     )
+
+
+ENERGY_COLUMNS = ("sops_per_inference", "macs_per_inference", "energy_uj", "energy_ratio_to_ann")
+"""The fields of one run's energy summary that the result rows carry (operations per inference, uJ, SNN / ANN)."""
+
+
+def energy_report(engine: Engine, images: Images, runs: dict[str, LiveEval], opts: EnergyOptions) -> dict:
+    """SOPs, MACs and energy per inference of live runs of ``engine``'s network beside its ANN.
+
+    runs: {label: LiveEval} of the engine (counted: ``Engine(count_ops=True)``); returns
+    :func:`dcsim.analysis.energy.report`'s dict (energies per operation in pJ, energy per inference in uJ,
+    per layer included).
+    """
+    return energy.report(
+        engine.net,
+        _sample_shape(images),
+        {label: run.result for label, run in runs.items()},
+        preset=opts.energy_preset,
+        e_mac=opts.e_mac,
+        e_ac=opts.e_ac,
+        first_layer=opts.first_layer,
+    )
+
+
+def energy_columns(report: dict, label: str) -> dict:
+    """The :data:`ENERGY_COLUMNS` of run ``label`` of an :func:`energy_report`, with the ANN's
+    "ann_macs_per_inference" and "ann_energy_uj" (uJ) beside them."""
+    ann = report["ann"]
+    return {k: report["runs"][label][k] for k in ENERGY_COLUMNS} | {
+        "ann_macs_per_inference": ann["macs_per_inference"],
+        "ann_energy_uj": ann["energy_uj"],
+    }
 
 
 def dynamic_confidence(
@@ -194,13 +231,15 @@ def dynamic_confidence(
     batch_size: int = 256,
     meta: dict | None = None,
     semantics: str | None = None,
+    energy_opts: EnergyOptions | None = None,
 ) -> dict:
     """Convert, pick T and th_c on the validation split, and evaluate live on the test split.
 
     splits: {"val": (images, labels), "test": (images, labels)}. steps: T (default: the smallest
     T whose validation accuracy reaches the quantized ANN's, up to max_steps); semantics: QFFS's (see
-    dcsim.convert; None: the method's default). Returns a dict
-    with the trace, its analysis and the test rows without and with Dynamic Confidence.
+    dcsim.convert; None: the method's default); energy_opts: the energy per operation (None: the fp32
+    preset). Returns a dict with the trace, its analysis, the test rows without and with Dynamic
+    Confidence and their :func:`energy_report` ("energy", runs "no_dc" and "dc").
     """
     net = convert(model.cpu().eval(), method=method, semantics=semantics)
     engine = Engine(net, device=device)
@@ -229,6 +268,7 @@ def dynamic_confidence(
         "analysis": report,
         "no_dc": no_dc,
         "dc": with_dc,
+        "energy": energy_report(engine, test_x, {"no_dc": no_dc, "dc": with_dc}, energy_opts or EnergyOptions()),
     }
 
 

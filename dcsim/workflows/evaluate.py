@@ -1,5 +1,6 @@
 """Trace, analyze and evaluate: a checkpoint's full-length run recorded, its Dynamic Confidence front, and
-live early exit on a split. Each returns the command's JSON result; ``say`` prints a one-line summary."""
+live early exit on a split with its synaptic operations and energy. Each returns the command's JSON result;
+``say`` prints a one-line summary."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ..parallel.distributed import World, write_if_main
 from ..sim.engine import Engine
 from ..sim.readout import OFFICIAL_DEMO_ALPHA, Readout
 from ..sim.semantics import Semantics
-from .dynamic_confidence import calibrate, evaluate_live, record_trace
+from .dynamic_confidence import NO_EXIT, calibrate, energy_columns, energy_report, evaluate_live, record_trace
 from .inputs import model_and_splits, source
 from .options import AnalyzeOptions, DataOptions, EvalOptions, ModelOptions, ReadoutOptions, TraceOptions
 
@@ -139,7 +140,12 @@ def analyze_trace(opts: AnalyzeOptions, say: bool = False) -> dict:
 
 
 def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, world: World, say: bool = False) -> dict:
-    """``dcsim eval``: live early exit on a split at a given th_c, or at one selected on a validation trace."""
+    """``dcsim eval``: live early exit on a split at a given th_c, or at one selected on a validation trace.
+
+    The result holds the run's SOPs, MACs and energy per inference and the ANN's ("energy": the
+    :func:`dcsim.analysis.energy.report` at ``opts.energy`` with the runs "no_dc" and, when th_c < 1, "dc";
+    the no-DC counts come from a second, untimed run of every sample for T steps).
+    """
     ro = opts.readout
     if (opts.threshold is None) == (opts.trace is None):
         raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
@@ -166,17 +172,39 @@ def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, wor
     res = evaluate_live(
         engine, x, y, steps, readout, threshold, batch_size=opts.batch_size, chunk=opts.chunk, graphs=eng.graphs
     )
-    out = res.to_dict() | {
-        "steps": steps,
-        "readout": readout.to_dict(),
-        "split": opts.split,
-        "samples": len(y),
-        "batch_size": opts.batch_size,
-        "device": str(engine.device),
-    }
+    label = "dc" if threshold < NO_EXIT else "no_dc"
+    runs = {label: res}
+    if label == "dc":
+        runs = {
+            "no_dc": evaluate_live(
+                engine, x, y, steps, readout, NO_EXIT, batch_size=opts.batch_size, chunk=opts.chunk, graphs=eng.graphs
+            )
+        } | runs
+    energy = energy_report(engine, x, runs, opts.energy)
+    out = (
+        res.to_dict()
+        | energy_columns(energy, label)
+        | {
+            "steps": steps,
+            "readout": readout.to_dict(),
+            "split": opts.split,
+            "samples": len(y),
+            "batch_size": opts.batch_size,
+            "device": str(engine.device),
+            "energy": energy,
+        }
+    )
     if say:
         print(
             f"{ro.method} T={steps} th_c={threshold:.4g}: accuracy {res.accuracy:.4f}, mean steps {res.mean_steps:.2f}, "
             f"saving {100 * res.saving:.1f}%, spikes/neuron {res.spikes['pooled']:.3f}, {res.ms_per_inference:.3f} ms/inference"
         )
+        ann = energy["ann"]
+        for name, run in energy["runs"].items():
+            print(
+                f"  {'with DC' if name == 'dc' else 'no DC'}: {run['sops_per_inference']:.4g} SOPs + "
+                f"{run['macs_per_inference']:.4g} MACs per inference, {run['energy_uj']:.4g} uJ "
+                f"({run['energy_ratio_to_ann']:.3g} x the ANN's {ann['macs_per_inference']:.4g} MACs, "
+                f"{ann['energy_uj']:.4g} uJ; {energy['energy_model']['name']})"
+            )
     return out

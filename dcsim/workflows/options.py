@@ -96,6 +96,25 @@ class EngineOptions:
 
 
 @dataclass(frozen=True)
+class EnergyOptions:
+    """The energy estimate of eval and the report loop (see :mod:`dcsim.analysis.energy`): E = e_mac x MACs
+    + e_ac x SOPs. ``energy_preset`` fp32 | fp16 | int32 | int8 (Horowitz's 45 nm energies per operation);
+    ``e_mac`` / ``e_ac`` in pJ per multiply-accumulate / per accumulate override the preset's when given;
+    ``first_layer_macs`` 'once' (the image-fed layers' MACs once per inference, as dcsim computes them) or
+    'per-step' (at every step the image drives)."""
+
+    energy_preset: str = "fp32"
+    e_mac: float | None = None
+    e_ac: float | None = None
+    first_layer_macs: str = "once"
+
+    @property
+    def first_layer(self) -> str:
+        """``first_layer_macs`` in :func:`dcsim.analysis.energy.report`'s spelling ('once' | 'per_step')."""
+        return self.first_layer_macs.replace("-", "_")
+
+
+@dataclass(frozen=True)
 class TraceOptions:
     """``dcsim trace``: T = ``steps`` on ``split`` into the .npz ``out`` (``sums``: also S_t [N, T, K])."""
 
@@ -131,6 +150,7 @@ class EvalOptions:
     batch_size: int = 256
     chunk: int = 1
     engine: EngineOptions = field(default_factory=EngineOptions)
+    energy: EnergyOptions = field(default_factory=EnergyOptions)
 
 
 @dataclass(frozen=True)
@@ -161,6 +181,7 @@ class ReportOptions:
     qffs_max_steps: int = 12
     semantics: Semantics | None = None
     batch_size: int = 256
+    energy: EnergyOptions = field(default_factory=EnergyOptions)
 
     def steps(self, method: str) -> tuple[int | None, int]:
         """(fixed T or None, largest T considered) of ``method``."""

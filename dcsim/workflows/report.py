@@ -1,5 +1,6 @@
 """The report loop (``dcsim report``, ``dcsim reproduce`` and the demo): per method, T chosen or given,
-a validation trace, th_c selected on it, live early exit on the test split, plots and traces written."""
+a validation trace, th_c selected on it, live early exit on the test split with its synaptic operations
+and energy beside the ANN's, plots and traces written."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from typing import Any
 from torch import nn
 
 from ..analysis import accuracy_vs_t, save_trace
+from ..analysis.plots import plot_sops_per_layer
 from ..analysis.selection import trace_identity
-from ..analysis.tables import markdown_table, table_rows, write_json
+from ..analysis.tables import energy_note, markdown_table, table_rows, write_json
 from ..conversion.convert import convert
 from ..io.atomic import write_text_atomic
 from ..parallel.distributed import World, write_if_main
 from ..sim.engine import Engine
 from ..sim.readout import Readout
-from .dynamic_confidence import ann_logits, calibrate, dynamic_confidence, record_trace
+from .dynamic_confidence import ann_logits, calibrate, dynamic_confidence, energy_columns, record_trace
 from .evaluate import write_plots
 from .inputs import source
 from .options import DataOptions, ReportOptions
@@ -41,11 +43,14 @@ def method_results(
     test_traces: bool = False,
     on_method: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """One entry per method: T, readout, the validation analysis, test rows without and with DC.
+    """One entry per method: T, readout, the validation analysis, test rows without and with DC (each with
+    its SOPs, MACs and energy per inference and the energy ratio to the ANN) and their energy report
+    ("energy": :func:`dcsim.analysis.energy.report`, per layer included, at ``opts.energy``).
 
     T is ``opts``' fixed T of the method, else ``default_steps(method)``, else chosen on the validation
-    split. Rank 0 writes OUT/<method>_val_trace.npz and the plots (and with ``test_traces`` a test trace
-    and the test accuracy against t). ``on_method`` sees each entry as it is made.
+    split. Rank 0 writes OUT/<method>_val_trace.npz and the plots (the analysis's and
+    <method>_sops_per_layer.png; with ``test_traces`` also a test trace and the test accuracy against t).
+    ``on_method`` sees each entry as it is made.
     """
     results = []
     for method in methods:
@@ -67,6 +72,7 @@ def method_results(
             device=world.device,
             batch_size=opts.batch_size,
             meta=meta,
+            energy_opts=opts.energy,
         )
         entry = {
             "method": method,
@@ -74,12 +80,16 @@ def method_results(
             "readout": r["readout"],
             "val_accuracy_vs_t": r["val_accuracy_vs_t"],
             "analysis": r["analysis"],
-            "no_dc": r["no_dc"].to_dict(),
-            "dc": r["dc"].to_dict(),
+            "no_dc": r["no_dc"].to_dict() | energy_columns(r["energy"], "no_dc"),
+            "dc": r["dc"].to_dict() | energy_columns(r["energy"], "dc"),
+            "energy": r["energy"],
         }
         if world.main:
             save_trace(out / f"{method}_val_trace.npz", r["trace"])
-            entry["plots"] = write_plots(r["analysis"], out, stem=f"{method}_")
+            plots = write_plots(r["analysis"], out, stem=f"{method}_")  # creates the folder
+            title = f"{method.upper()}, T={r['steps']}"
+            sops_plot = plot_sops_per_layer(r["energy"], out / f"{method}_sops_per_layer.png", title)
+            entry["plots"] = [*plots, str(sops_plot)]
         if test_traces:
             semantics = opts.semantics if method == "qffs" else None
             engine = Engine(convert(model, method=method, semantics=semantics), device=world.device)
@@ -107,7 +117,10 @@ def report(
     """Calibrate, then QCFS and QFFS with and without DC; writes report.md, report.json, traces and plots
     into the folder ``out``. A threshold-normalized float network (no levels) gets QCFS only.
     checkpoint: the model's file or zoo folder, whose identity the traces record (see
-    :func:`dcsim.analysis.selection.trace_identity`)."""
+    :func:`dcsim.analysis.selection.trace_identity`).
+
+    report.json's "energy" holds each method's :func:`dcsim.analysis.energy.report` (the ANN, the runs
+    "no_dc" and "dc", per layer); its rows and report.md's table carry SOPs, MACs and energy per inference."""
     val, test = source(data, world, splits["val"]), source(data, world, splits["test"])
     calib = calibrate(model, *val)
     tau = calib["tau"] if opts.tau == "auto" else float(opts.tau)
@@ -118,6 +131,7 @@ def report(
         meta_rows |= trace_identity(checkpoint)
     entries = method_results(model, val, test, methods, opts, tau, world, out, meta_rows)
     plots = [p for e in entries for p in e.pop("plots", [])]
+    energy = {e["method"]: e.pop("energy") for e in entries}
     rows = table_rows(ann_test, entries)
     table = markdown_table(rows)
     summary = {
@@ -127,6 +141,7 @@ def report(
         "ann_test_accuracy": ann_test,
         "rows": rows,
         "results": entries,
+        "energy": energy,
         "plots": plots,
         "device": str(world.device),
         "test_samples": len(test[1]),
@@ -140,6 +155,8 @@ def report(
         f"th_c selected on the validation split, numbers on the test split ({len(test[1])} images).\n\n"
         + table
         + "\n"
+        + energy_note(next(iter(energy.values())))
+        + "\n\n"
         + "".join(f"![{Path(p).stem}]({Path(p).name})\n" for p in plots)
     )
     if world.main:
