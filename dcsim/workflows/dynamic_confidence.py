@@ -145,8 +145,10 @@ def evaluate_live(
     """Live early exit at ``threshold`` (1.0: every sample runs T steps); wall time per inference in ms.
 
     chunk: steps computed per conv call (see Engine.advance); graphs: CUDA-graph step loop (see
-    Engine.early_exit; an untimed first run captures the graphs). Results are the same. The wall
-    time is the whole loop's (with a Sharded split: until every rank is done, data loading included).
+    Engine.early_exit). Results are the same. The wall time is the whole loop's (with a Sharded
+    split: until every rank is done, data loading included), timed warm: first an untimed run on one
+    batch of zero images (the conv libraries' set-up; with graphs an untimed pass over the split,
+    which captures the graphs of every batch shape), so every command times ms per inference alike.
     """
     if isinstance(images, torch.Tensor):
         images = images.to(engine.device)
@@ -160,8 +162,18 @@ def evaluate_live(
         counts = (r.sops, r.macs) if r.sops is not None and r.macs is not None else ()  # with engine.count_ops
         return (r.pred, r.exit_step, r.conf, r.spikes, *counts)
 
-    if graphs:
+    warm = min(batch_size, len(images))
+    if graphs:  # captures the graphs of every batch shape
         map_batches(images, batch_size, run, "warm-up")
+    elif warm:
+        engine.early_exit(
+            torch.zeros((warm, *_sample_shape(images)), device=engine.device),
+            steps,
+            readout,
+            threshold,
+            batch_size=batch_size,
+            chunk=chunk,
+        )
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
     t0 = time.perf_counter()
