@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checks import check_int
 from ..data import Dataset, FolderSplit, split_batches
 from .global_bn import convert_global_batchnorm
 
@@ -241,8 +242,7 @@ def map_batches(
     """
     if isinstance(images, Sharded):
         return images.map(batch_size, fn, desc=desc)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size")
     outs = [
         tuple(t.detach().cpu() for t in fn(images[lo : lo + batch_size])) for lo in range(0, len(images), batch_size)
     ]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .. import __version__, data
+from ..checks import check_int
 from ..conversion.thresholds import normalize
 from ..io import zoo
 from ..io.atomic import sha256_file
@@ -52,10 +53,7 @@ def limit_splits(splits: dict, train_subset: int | None = None, max_test: int | 
     for name, n in (("train", train_subset), ("test", max_test)):
         if n is None:
             continue
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(
-                f"--{'train-subset' if name == 'train' else 'max-test'} must be a positive integer, got {n!r}"
-            )
+        check_int(n, f"--{'train-subset' if name == 'train' else 'max-test'}")
         if n < len(splits[name]):
             out[name] = splits[name].subset(
                 torch.randperm(len(splits[name]), generator=torch.Generator().manual_seed(seed))[:n]
