@@ -124,11 +124,12 @@ def test_imported_checkpoint_with_trace_and_eval(official, tmp_path, make_cifar_
     assert json.loads((tmp_path / "e.json").read_text())["samples"] == 10
 
 
-def test_checkpoint_normalization_is_applied():
+def test_checkpoint_normalization_is_applied(checkpoint_meta):
+    from dcsim.io.checkpoint import CheckpointMeta
     from dcsim.workflows.inputs import with_checkpoint_normalization
 
     splits = dcsim.data.load_digits_splits(seed=0)
-    meta = {"normalization": {"mean": [0.25], "std": [0.5]}}
+    meta = CheckpointMeta.from_dict(checkpoint_meta | {"normalization": {"mean": [0.25], "std": [0.5]}})
     out = with_checkpoint_normalization(splits, meta)
     ds = splits["test"]
     expected = (ds.images.float() / (255 if ds.images.dtype == torch.uint8 else 1) - 0.25) / 0.5
