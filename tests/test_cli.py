@@ -55,74 +55,25 @@ def test_trace_analyze_eval_stream(digits_checkpoint, tmp_path):
     assert set(a["oracle"]) == {"first_correct", "stays_correct"}
     assert all((tmp_path / p.split("/")[-1]).stat().st_size > 0 for p in a["plots"])
 
-    assert (
-        main(["eval", str(digits_checkpoint), "--method", "qffs", "--trace", str(trace), "--json", str(tmp_path / "e.json")])
-        == EXIT_OK
-    )
-    e = json.loads((tmp_path / "e.json").read_text())
+    def eval_json(name: str, *flags: str) -> dict:
+        """``dcsim eval`` with the th_c of the trace, and ``flags``: the JSON it writes to ``tmp_path / name``."""
+        argv = ["eval", str(digits_checkpoint), "--method", "qffs", "--trace", str(trace), *flags]
+        assert main([*argv, "--json", str(tmp_path / name)]) == EXIT_OK
+        return json.loads((tmp_path / name).read_text())
+
+    e = eval_json("e.json")
     assert e["steps"] == 4 and e["threshold"] == a["selected"]["threshold"] and 1 <= e["mean_steps"] <= 4
     assert e["samples"] == 360 and e["spikes_per_neuron"] > 0
     # the fixed-buffer (CUDA-graph) path, run eagerly on the CPU, with chunking: the same exits
     # (up to conv rounding at other batch sizes, which can move a sample whose membrane sits on a threshold)
-    assert (
-        main(
-            [
-                "eval",
-                str(digits_checkpoint),
-                "--method",
-                "qffs",
-                "--trace",
-                str(trace),
-                "--graphs",
-                "--chunk",
-                "2",
-                "--json",
-                str(tmp_path / "g.json"),
-            ]
-        )
-        == EXIT_OK
-    )
-    g = json.loads((tmp_path / "g.json").read_text())
+    g = eval_json("g.json", "--graphs", "--chunk", "2")
     assert g["accuracy"] == pytest.approx(e["accuracy"], abs=2 / 360)
     assert g["mean_steps"] == pytest.approx(e["mean_steps"], abs=2 / 360 * 4)
     # bf16 currents: reduced precision, close to the float32 result on this small model
-    assert (
-        main(
-            [
-                "eval",
-                str(digits_checkpoint),
-                "--method",
-                "qffs",
-                "--trace",
-                str(trace),
-                "--precision",
-                "bf16",
-                "--json",
-                str(tmp_path / "h.json"),
-            ]
-        )
-        == EXIT_OK
-    )
-    h = json.loads((tmp_path / "h.json").read_text())
+    h = eval_json("h.json", "--precision", "bf16")
     assert h["accuracy"] == pytest.approx(e["accuracy"], abs=0.05) and 1 <= h["mean_steps"] <= 4
     # event-driven convs: float32, the same exits up to summation-order rounding
-    assert (
-        main(
-            [
-                "eval",
-                str(digits_checkpoint),
-                "--method",
-                "qffs",
-                "--trace",
-                str(trace),
-                "--spike-convs",
-                "--json",
-                str(tmp_path / "v.json"),
-            ]
-        )
-        == EXIT_OK
-    )
-    v = json.loads((tmp_path / "v.json").read_text())
+    v = eval_json("v.json", "--spike-convs")
     assert v["accuracy"] == pytest.approx(e["accuracy"], abs=2 / 360)
     assert v["mean_steps"] == pytest.approx(e["mean_steps"], abs=2 / 360 * 4)
 

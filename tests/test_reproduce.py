@@ -68,28 +68,13 @@ def test_reproduce_command_end_to_end_at_toy_scale(tiny_cifar, tmp_path):
     assert report["training"]["completed"] and len(report["training"]["epochs"]) == 2
 
 
+SMALL_CNN = ["reproduce", "--arch", "small_cnn", "--width", "4", "--train-subset", "64", "--quiet"]
+"""``dcsim reproduce`` of a width-4 small CNN on 64 digits training images."""
+
+
 def test_untrained_model_writes_no_report(tmp_path):
     out = tmp_path / "u"
-    rc = main(
-        [
-            "reproduce",
-            "--arch",
-            "small_cnn",
-            "--width",
-            "4",
-            "--float-epochs",
-            "1",
-            "--epochs",
-            "1",
-            "--train-subset",
-            "64",
-            "--min-accuracy",
-            "0.999",
-            "--quiet",
-            "--out",
-            str(out),
-        ]
-    )
+    rc = main([*SMALL_CNN, "--float-epochs", "1", "--epochs", "1", "--min-accuracy", "0.999", "--out", str(out)])
     assert rc == EXIT_ERROR
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "untrained" and "below the floor" in results["message"]
@@ -98,22 +83,7 @@ def test_untrained_model_writes_no_report(tmp_path):
 
 def test_budget_too_small_says_so(tmp_path, run_cli):
     out = tmp_path / "b"
-    r = run_cli(
-        [
-            "reproduce",
-            "--arch",
-            "small_cnn",
-            "--width",
-            "4",
-            "--budget-minutes",
-            "0.0001",
-            "--train-subset",
-            "64",
-            "--quiet",
-            "--out",
-            str(out),
-        ]
-    )
+    r = run_cli([*SMALL_CNN, "--budget-minutes", "0.0001", "--out", out])
     assert r.code == EXIT_ERROR and "too small" in r.err
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "failed" and "too small" in results["message"]
