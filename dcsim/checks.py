@@ -1,4 +1,4 @@
-"""Shared argument checks of the library: integers, reals and paths, with errors that name the argument or file.
+"""Shared argument checks of the library: integers, reals, confidence thresholds and paths, with errors that name the argument or file.
 
 The command line passes its flag names (``name="--batch-size"``); library callers get the keyword's name.
 """
@@ -33,6 +33,13 @@ def check_real(
         )
         raise ValueError(f"{name} must be in {bounds}, got {value!r}")
     return x
+
+
+def check_threshold(value: object, name: str = "threshold") -> float:
+    """``value`` as a float in [0, 1] (a confidence threshold); bools and NaN refused, a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def kind_of(path: str | os.PathLike[str]) -> str:

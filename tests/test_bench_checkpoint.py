@@ -10,20 +10,12 @@ from dcsim.io.checkpoint import save_checkpoint
 from dcsim.models import build_model
 
 
-def test_bench_checkpoint_rows(tmp_path):
+def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
     splits = load_digits_splits(seed=0)
     torch.manual_seed(1)
-    model = build_model("small_cnn", num_classes=10, in_channels=1, width=4).train()
+    model = build_model(checkpoint_meta["architecture"], **checkpoint_meta["arch_kwargs"]).train()
     model(splits["train"].normalized()[:64])  # BN statistics and LSQ steps from real images
-    meta = {
-        "architecture": "small_cnn",
-        "arch_kwargs": {"num_classes": 10, "in_channels": 1, "bits": 2, "width": 4},
-        "classes": splits["test"].classes,
-        "normalization": {"mean": list(splits["test"].mean), "std": list(splits["test"].std)},
-        "dataset": "digits",
-        "accuracy": {},
-    }
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", model.eval(), meta)
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", model.eval(), checkpoint_meta)
     out = tmp_path / "b.json"
     assert (
         main(

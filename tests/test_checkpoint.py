@@ -16,6 +16,7 @@ from dcsim.io.checkpoint import (
     FORMAT_VERSION,
     HASH_KEY,
     METADATA_KEY,
+    CheckpointMeta,
     content_hash,
     load_checkpoint,
     read_metadata,
@@ -297,3 +298,17 @@ def test_current_format_without_hash_is_refused(tmp_path):
     save_file(load_file(str(path)), str(path), metadata={METADATA_KEY: json.dumps(read_metadata(path))})
     with pytest.raises(ValueError, match=rf"{path}: the metadata lacks '{HASH_KEY}'"):
         load_checkpoint(path, build)
+
+
+def test_typed_metadata_round_trips_every_key(tmp_path):
+    _, path = _save(tmp_path, META | {"activations": "float_relu", "data_root": None, "ranks": 2})
+    stored = read_metadata(path)
+    meta = CheckpointMeta.from_dict(stored)
+    assert (meta.architecture, meta.dataset, meta.seed, meta.format_version) == ("tiny", "synthetic", 3, FORMAT_VERSION)
+    assert meta.arch_kwargs == META["arch_kwargs"] and meta.classes == META["classes"]
+    assert meta.activations == "float_relu" and meta.training is None
+    assert meta.extra == {"data_root": None, "ranks": 2}  # unknown keys kept as they were
+    assert meta.to_dict() == stored
+    assert CheckpointMeta.from_dict(stored | {"seed": None}).to_dict() == stored | {"seed": None}  # a null stays
+    with pytest.raises(ValueError, match=r"here: the metadata lacks \['classes'\]"):
+        CheckpointMeta.from_dict({k: v for k, v in stored.items() if k != "classes"}, "here")

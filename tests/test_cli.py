@@ -14,34 +14,9 @@ from dcsim.io.checkpoint import load_checkpoint
 from dcsim.models import build_model
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "model.safetensors"
-    rc = main(
-        [
-            "train",
-            "--epochs",
-            "3",
-            "--float-epochs",
-            "2",
-            "--lr",
-            "0.05",
-            "--width",
-            "8",
-            "--quiet",
-            "--out",
-            str(out),
-            "--json",
-            str(out.with_suffix(".json")),
-        ]
-    )
-    assert rc == EXIT_OK
-    return out
-
-
-def test_train_writes_a_loadable_checkpoint(ckpt):
-    info = json.loads(ckpt.with_suffix(".json").read_text())
-    model, meta = load_checkpoint(ckpt, build_model)
+def test_train_writes_a_loadable_checkpoint(digits_checkpoint):
+    info = json.loads(digits_checkpoint.with_suffix(".json").read_text())
+    model, meta = load_checkpoint(digits_checkpoint, build_model)
     assert meta["architecture"] == "small_cnn" and meta["dataset"] == "digits" and len(meta["classes"]) == 10
     assert info["accuracy"]["val"] > 0.5
     splits = dcsim.data.load_digits_splits(seed=0)
@@ -49,13 +24,13 @@ def test_train_writes_a_loadable_checkpoint(ckpt):
     assert abs(training.accuracy(model, x, y) - meta["accuracy"]["val"]) < 1e-9
 
 
-def test_trace_analyze_eval_stream(ckpt, tmp_path):
+def test_trace_analyze_eval_stream(digits_checkpoint, tmp_path):
     trace = tmp_path / "val.npz"
     assert (
         main(
             [
                 "trace",
-                str(ckpt),
+                str(digits_checkpoint),
                 "--method",
                 "qffs",
                 "--steps",
@@ -80,74 +55,25 @@ def test_trace_analyze_eval_stream(ckpt, tmp_path):
     assert set(a["oracle"]) == {"first_correct", "stays_correct"}
     assert all((tmp_path / p.split("/")[-1]).stat().st_size > 0 for p in a["plots"])
 
-    assert (
-        main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace), "--json", str(tmp_path / "e.json")])
-        == EXIT_OK
-    )
-    e = json.loads((tmp_path / "e.json").read_text())
+    def eval_json(name: str, *flags: str) -> dict:
+        """``dcsim eval`` with the th_c of the trace, and ``flags``: the JSON it writes to ``tmp_path / name``."""
+        argv = ["eval", str(digits_checkpoint), "--method", "qffs", "--trace", str(trace), *flags]
+        assert main([*argv, "--json", str(tmp_path / name)]) == EXIT_OK
+        return json.loads((tmp_path / name).read_text())
+
+    e = eval_json("e.json")
     assert e["steps"] == 4 and e["threshold"] == a["selected"]["threshold"] and 1 <= e["mean_steps"] <= 4
     assert e["samples"] == 360 and e["spikes_per_neuron"] > 0
     # the fixed-buffer (CUDA-graph) path, run eagerly on the CPU, with chunking: the same exits
     # (up to conv rounding at other batch sizes, which can move a sample whose membrane sits on a threshold)
-    assert (
-        main(
-            [
-                "eval",
-                str(ckpt),
-                "--method",
-                "qffs",
-                "--trace",
-                str(trace),
-                "--graphs",
-                "--chunk",
-                "2",
-                "--json",
-                str(tmp_path / "g.json"),
-            ]
-        )
-        == EXIT_OK
-    )
-    g = json.loads((tmp_path / "g.json").read_text())
+    g = eval_json("g.json", "--graphs", "--chunk", "2")
     assert g["accuracy"] == pytest.approx(e["accuracy"], abs=2 / 360)
     assert g["mean_steps"] == pytest.approx(e["mean_steps"], abs=2 / 360 * 4)
     # bf16 currents: reduced precision, close to the float32 result on this small model
-    assert (
-        main(
-            [
-                "eval",
-                str(ckpt),
-                "--method",
-                "qffs",
-                "--trace",
-                str(trace),
-                "--precision",
-                "bf16",
-                "--json",
-                str(tmp_path / "h.json"),
-            ]
-        )
-        == EXIT_OK
-    )
-    h = json.loads((tmp_path / "h.json").read_text())
+    h = eval_json("h.json", "--precision", "bf16")
     assert h["accuracy"] == pytest.approx(e["accuracy"], abs=0.05) and 1 <= h["mean_steps"] <= 4
     # event-driven convs: float32, the same exits up to summation-order rounding
-    assert (
-        main(
-            [
-                "eval",
-                str(ckpt),
-                "--method",
-                "qffs",
-                "--trace",
-                str(trace),
-                "--spike-convs",
-                "--json",
-                str(tmp_path / "v.json"),
-            ]
-        )
-        == EXIT_OK
-    )
-    v = json.loads((tmp_path / "v.json").read_text())
+    v = eval_json("v.json", "--spike-convs")
     assert v["accuracy"] == pytest.approx(e["accuracy"], abs=2 / 360)
     assert v["mean_steps"] == pytest.approx(e["mean_steps"], abs=2 / 360 * 4)
 
@@ -155,7 +81,7 @@ def test_trace_analyze_eval_stream(ckpt, tmp_path):
         main(
             [
                 "stream",
-                str(ckpt),
+                str(digits_checkpoint),
                 "--method",
                 "qffs",
                 "--trace",
@@ -175,11 +101,9 @@ def test_trace_analyze_eval_stream(ckpt, tmp_path):
     assert s["static_dc"]["mean_steps"] == pytest.approx(e["mean_steps"])
 
 
-def test_report(ckpt, tmp_path):
-    assert (
-        main(["report", str(ckpt), "--out", str(tmp_path), "--qcfs-max-steps", "12", "--qffs-max-steps", "5"])
-        == EXIT_OK
-    )
+def test_report(digits_checkpoint, tmp_path, run_cli):
+    steps = ["--qcfs-max-steps", "12", "--qffs-max-steps", "5"]
+    assert run_cli(["report", digits_checkpoint, "--out", tmp_path, *steps]).code == EXIT_OK
     md = (tmp_path / "report.md").read_text()
     for row in ("| QCFS |", "| QCFS + DC |", "| QFFS |", "| QFFS + DC |"):
         assert row in md
@@ -188,47 +112,25 @@ def test_report(ckpt, tmp_path):
     assert all((tmp_path / f).exists() for f in ("qcfs_front.png", "qffs_exit_histogram.png", "qcfs_val_trace.npz"))
 
 
-def test_errors_have_exit_codes(ckpt, tmp_path, capsys):
-    assert main(["analyze", str(tmp_path / "missing.npz")]) == EXIT_ERROR
-    assert "missing.npz" in capsys.readouterr().err
+def test_errors_have_exit_codes(digits_checkpoint, tmp_path, run_cli):
+    r = run_cli(["analyze", tmp_path / "missing.npz"])
+    assert r.code == EXIT_ERROR and "missing.npz" in r.err
     bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(ckpt.read_bytes()[:1000])
-    assert main(["eval", str(bad), "--method", "qcfs", "--threshold", "0.5", "--steps", "4"]) == EXIT_ERROR
-    assert "bad.safetensors" in capsys.readouterr().err
-    assert main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "1.5", "--steps", "4"]) == EXIT_USAGE
-    assert "threshold" in capsys.readouterr().err
-    assert (
-        main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "0.5", "--steps", "4", "--device", "gpu0"])
-        == EXIT_ERROR
-    )
-    assert "--device 'gpu0'" in capsys.readouterr().err
+    bad.write_bytes(digits_checkpoint.read_bytes()[:1000])
+    eval_qcfs = ["eval", digits_checkpoint, "--method", "qcfs", "--steps", "4"]
+    r = run_cli(["eval", bad, "--method", "qcfs", "--threshold", "0.5", "--steps", "4"])
+    assert r.code == EXIT_ERROR and "bad.safetensors" in r.err
+    r = run_cli([*eval_qcfs, "--threshold", "1.5"])
+    assert r.code == EXIT_USAGE and "threshold" in r.err
+    r = run_cli([*eval_qcfs, "--threshold", "0.5", "--device", "gpu0"])
+    assert r.code == EXIT_ERROR and "--device 'gpu0'" in r.err
     if not torch.cuda.is_available():
-        assert (
-            main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "0.5", "--steps", "4", "--device", "cuda"])
-            == EXIT_ERROR
-        )
-        assert "no CUDA GPU" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "eval",
-                str(ckpt),
-                "--method",
-                "qcfs",
-                "--threshold",
-                "0.5",
-                "--steps",
-                "4",
-                "--spike-convs",
-                "--precision",
-                "bf16",
-            ]
-        )
-        == EXIT_ERROR
-    )
-    assert "spike_convs" in capsys.readouterr().err
+        r = run_cli([*eval_qcfs, "--threshold", "0.5", "--device", "cuda"])
+        assert r.code == EXIT_ERROR and "no CUDA GPU" in r.err
+    r = run_cli([*eval_qcfs, "--threshold", "0.5", "--spike-convs", "--precision", "bf16"])
+    assert r.code == EXIT_ERROR and "spike_convs" in r.err
     with pytest.raises(SystemExit) as exc:
-        main(["trace", str(ckpt), "--method", "lif", "--steps", "3", "--out", "x.npz"])
+        main(["trace", str(digits_checkpoint), "--method", "lif", "--steps", "3", "--out", "x.npz"])
     assert exc.value.code == 2
 
 
@@ -271,7 +173,7 @@ def test_training_resumes_after_interruption_to_the_same_weights(tmp_path):
         assert torch.equal(a, b), k
 
 
-def test_train_refuses_a_working_folder_another_run_holds(tmp_path, capsys):
+def test_train_refuses_a_working_folder_another_run_holds(tmp_path, run_cli):
     out = tmp_path / "m.safetensors"
     args = ["train", "--epochs", "1", "--width", "4", "--quiet", "--device", "cpu", "--out", str(out)]
     other = subprocess.Popen(  # another process holds OUT.work/ (as a running train does)
@@ -287,9 +189,9 @@ def test_train_refuses_a_working_folder_another_run_holds(tmp_path, capsys):
     )
     try:
         assert other.stdout.readline().strip() == "held"
-        assert main(args) == EXIT_ERROR
-        err = capsys.readouterr().err
-        assert f"m.work: another dcsim run (pid {other.pid}) is using this folder" in err
+        r = run_cli(args)
+        assert r.code == EXIT_ERROR
+        assert f"m.work: another dcsim run (pid {other.pid}) is using this folder" in r.err
         assert not out.exists()
     finally:
         other.kill()
@@ -298,8 +200,8 @@ def test_train_refuses_a_working_folder_another_run_holds(tmp_path, capsys):
     assert out.is_file()
     blocked = tmp_path / "a_file"
     blocked.write_text("")
-    assert main([*args[:-1], str(tmp_path / "n.safetensors"), "--workdir", str(blocked)]) == EXIT_ERROR
-    assert f"{blocked}: cannot use as a working folder (File exists)" in capsys.readouterr().err
+    r = run_cli([*args[:-1], tmp_path / "n.safetensors", "--workdir", blocked])
+    assert r.code == EXIT_ERROR and f"{blocked}: cannot use as a working folder (File exists)" in r.err
     assert not (tmp_path / "n.safetensors").exists()
 
 
@@ -349,53 +251,32 @@ def test_bench_rows_and_stream(tmp_path):
         assert 0 < r["occupancy"] <= 1 and r["stream_throughput"] > 0 and r["ratio_vs_static_no_dc"] > 0
 
 
-def test_qffs_semantics_option(ckpt, tmp_path, capsys):
+def test_qffs_semantics_option(digits_checkpoint, tmp_path, run_cli):
     trace = tmp_path / "constant.npz"
-    assert (
-        main(
-            ["trace", str(ckpt), "--method", "qcfs", "--steps", "4", "--qffs-semantics", "settle", "--out", str(trace)]
-        )
-        == EXIT_ERROR
+    qffs = ["--method", "qffs", "--trace", trace]
+    r = run_cli(
+        ["trace", digits_checkpoint, "--method", "qcfs", "--steps", "4", "--qffs-semantics", "settle", "--out", trace]
     )
-    assert "--qffs-semantics applies to --method qffs only" in capsys.readouterr().err
+    assert r.code == EXIT_ERROR and "--qffs-semantics applies to --method qffs only" in r.err
+    bogus = [
+        "trace",
+        digits_checkpoint,
+        "--method",
+        "qffs",
+        "--steps",
+        "4",
+        "--qffs-semantics",
+        "bogus",
+        "--out",
+        trace,
+    ]
     with pytest.raises(SystemExit) as exc:
-        main(["trace", str(ckpt), "--method", "qffs", "--steps", "4", "--qffs-semantics", "bogus", "--out", str(trace)])
+        main([str(a) for a in bogus])
     assert exc.value.code == 2
-    assert (
-        main(
-            [
-                "trace",
-                str(ckpt),
-                "--method",
-                "qffs",
-                "--steps",
-                "6",
-                "--qffs-semantics",
-                "constant",
-                "--out",
-                str(trace),
-            ]
-        )
-        == EXIT_OK
-    )
-    assert dcsim.analysis.load_trace(trace).meta["semantics"] == "constant"
-    assert main(["eval", str(ckpt), "--method", "qffs", "--trace", str(trace)]) == EXIT_ERROR
-    assert "recorded with the 'constant' QFFS semantics" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "eval",
-                str(ckpt),
-                "--method",
-                "qffs",
-                "--trace",
-                str(trace),
-                "--qffs-semantics",
-                "constant",
-                "--json",
-                str(tmp_path / "e.json"),
-            ]
-        )
-        == EXIT_OK
-    )
+    constant = ["--qffs-semantics", "constant"]
+    r = run_cli(["trace", digits_checkpoint, "--method", "qffs", "--steps", "6", *constant, "--out", trace])
+    assert r.code == EXIT_OK and dcsim.analysis.load_trace(trace).meta["semantics"] == "constant"
+    r = run_cli(["eval", digits_checkpoint, *qffs])
+    assert r.code == EXIT_ERROR and "recorded with the 'constant' QFFS semantics" in r.err
+    assert run_cli(["eval", digits_checkpoint, *qffs, *constant, "--json", tmp_path / "e.json"]).code == EXIT_OK
     assert json.loads((tmp_path / "e.json").read_text())["steps"] == 6

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dcsim.cli import EXIT_USAGE, main
+from dcsim.cli import EXIT_USAGE
 
 
 @pytest.mark.parametrize(
@@ -19,18 +19,17 @@ from dcsim.cli import EXIT_USAGE, main
         (["demo", "--out", "{tmp}/d", "--json", "{tmp}"], "--json"),
     ],
 )
-def test_bad_values_and_outputs_exit_2_naming_the_flag_and_write_nothing(tmp_path, capsys, argv, flag):
+def test_bad_values_and_outputs_exit_2_naming_the_flag_and_write_nothing(tmp_path, run_cli, argv, flag):
     (tmp_path / "file").write_text("x")
     before = sorted(tmp_path.rglob("*"))
-    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == EXIT_USAGE
-    err = capsys.readouterr().err
-    assert flag in err and "Traceback" not in err
+    r = run_cli([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert r.code == EXIT_USAGE and flag in r.err and "Traceback" not in r.err
     assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_eval_needs_exactly_one_of_threshold_and_trace(tmp_path, capsys):
+def test_eval_needs_exactly_one_of_threshold_and_trace(tmp_path, run_cli):
     ckpt = tmp_path / "m.safetensors"
-    assert main(["eval", str(ckpt), "--method", "qcfs", "--steps", "4"]) == EXIT_USAGE
-    assert "--threshold" in capsys.readouterr().err
-    assert main(["eval", str(ckpt), "--method", "qcfs", "--threshold", "0.5"]) == EXIT_USAGE
-    assert "--steps" in capsys.readouterr().err
+    r = run_cli(["eval", ckpt, "--method", "qcfs", "--steps", "4"])
+    assert r.code == EXIT_USAGE and "--threshold" in r.err
+    r = run_cli(["eval", ckpt, "--method", "qcfs", "--threshold", "0.5"])
+    assert r.code == EXIT_USAGE and "--steps" in r.err

@@ -384,7 +384,7 @@ def test_engine_nan_input(engine):
         engine.early_exit(x, steps=2, readout=dcsim.Readout(), threshold=0.5)
 
 
-@pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan"), "0.5", None])
+@pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan"), "0.5", True, False, None])
 def test_engine_early_exit_bad_threshold(engine, threshold):
     with pytest.raises(ValueError, match="threshold"):
         engine.early_exit(torch.randn(2, 1, 8, 8), steps=2, readout=dcsim.Readout(), threshold=threshold)

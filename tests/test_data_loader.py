@@ -242,7 +242,7 @@ def test_streamed_augmented_training_does_not_depend_on_the_workers(tmp_path):
     assert any(not torch.equal(runs[0][k], plain[k]) for k in plain)  # the augmentation did change the batches
 
 
-def test_streamed_training_errors(tmp_path, capsys):
+def test_streamed_training_errors(tmp_path, run_cli):
     root = _train_folder(tmp_path / "f")
     argv = [
         "train",
@@ -260,12 +260,12 @@ def test_streamed_training_errors(tmp_path, capsys):
         "--out",
         str(tmp_path / "x.safetensors"),
     ]
-    assert cli.main([*argv, "--budget-minutes", "1"]) == cli.EXIT_ERROR
-    assert "--budget-minutes" in capsys.readouterr().err
+    r = run_cli([*argv, "--budget-minutes", "1"])
+    assert r.code == cli.EXIT_ERROR and "--budget-minutes" in r.err
     bad = next((root / "train" / "a").iterdir())
     bad.write_bytes(b"not a jpeg")
-    assert cli.main([*argv, "--epochs", "1", "--loader-workers", "1"]) == cli.EXIT_ERROR
-    assert str(bad) in capsys.readouterr().err
+    r = run_cli([*argv, "--epochs", "1", "--loader-workers", "1"])
+    assert r.code == cli.EXIT_ERROR and str(bad) in r.err
     assert not (tmp_path / "x.safetensors").exists()
 
 

@@ -90,31 +90,10 @@ def _no_time(d):
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(digits_checkpoint):
+    """The shared digits checkpoint; this process then computes on one thread, as each rank does."""
     torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("dist") / "model.safetensors"
-    assert (
-        main(
-            [
-                "train",
-                "--epochs",
-                "1",
-                "--float-epochs",
-                "1",
-                "--lr",
-                "0.05",
-                "--width",
-                "4",
-                "--quiet",
-                "--device",
-                "cpu",
-                "--out",
-                str(out),
-            ]
-        )
-        == EXIT_OK
-    )
-    return out
+    return digits_checkpoint
 
 
 def test_two_ranks_equal_one(ckpt, tmp_path):

@@ -192,6 +192,8 @@ def test_stream_handles_short_and_empty_inputs():
         list(stream(engine, iter([x[0]]), 0, 4, dcsim.Readout(), 0.9))
     with pytest.raises(ValueError, match="threshold"):
         list(stream(engine, iter([x[0]]), 2, 4, dcsim.Readout(), 1.5))
+    with pytest.raises(ValueError, match="threshold"):  # a bool is no threshold
+        list(stream(engine, iter([x[0]]), 2, 4, dcsim.Readout(), True))
 
 
 @pytest.mark.parametrize("method", ["qcfs", "qffs"])

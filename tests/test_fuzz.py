@@ -280,15 +280,12 @@ def _fuzz_cli(tmp_path, capsys, monkeypatch, name: str, make_case, valid) -> Non
 
 
 @pytest.fixture(scope="module")
-def digits_model(tmp_path_factory):
-    """(checkpoint, its validation trace, the eval JSON of both) of a tiny digits model, made with the CLI."""
+def digits_model(tmp_path_factory, digits_checkpoint):
+    """(checkpoint, its validation trace, the eval JSON of both) of the shared digits model, traced with the CLI."""
     from dcsim.cli import EXIT_OK, main
 
     d = tmp_path_factory.mktemp("fuzz-model")
-    ckpt, trace = d / "model.safetensors", d / "val.npz"
-    common = ["--device", "cpu", "--quiet"]
-    train = ["train", "--epochs", "1", "--float-epochs", "1", "--width", "2", "--out", str(ckpt), *common]
-    assert main(train) == EXIT_OK
+    ckpt, trace = digits_checkpoint, d / "val.npz"
     assert main(["trace", str(ckpt), "--method", "qcfs", "--steps", "3", "--out", str(trace), "--device", "cpu"]) == 0
     assert main(_eval_argv(ckpt, trace, d / "eval.json")) == EXIT_OK
     return ckpt, trace, json.loads((d / "eval.json").read_text())

@@ -9,15 +9,12 @@ import json
 import os
 from collections import OrderedDict
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import dcsim
 from dcsim.cli import main
 from dcsim.conversion.official import (
-    CIFAR10_CLASSES,
     OFFICIAL_MEAN,
     OFFICIAL_STD,
     map_state_dict,
@@ -117,20 +114,9 @@ def test_imported_checkpoint_converts(official):
     assert th == [float(torch.tensor(3 * s, dtype=torch.float32)) for s in scales.values()]
 
 
-def _fake_cifar(root, per_class: int) -> None:
-    """train/<class>/ and test/<class>/ folders of random 32x32 PNGs with the CIFAR-10 class names."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for cls in CIFAR10_CLASSES:
-            (root / split / cls).mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
-
-
-def test_imported_checkpoint_with_trace_and_eval(official, tmp_path):
+def test_imported_checkpoint_with_trace_and_eval(official, tmp_path, make_cifar_folder):
     _, _, ckpt = official
-    data = tmp_path / "cifar"
-    _fake_cifar(data, per_class=1)
+    data = make_cifar_folder(tmp_path / "cifar", 1, 1)
     common = ["--dataset", "cifar10", "--data-root", str(data), "--val-size", "5", "--device", "cpu"]
     trace = tmp_path / "val.npz"
     assert (
@@ -145,11 +131,12 @@ def test_imported_checkpoint_with_trace_and_eval(official, tmp_path):
     assert json.loads((tmp_path / "e.json").read_text())["samples"] == 10
 
 
-def test_checkpoint_normalization_is_applied():
+def test_checkpoint_normalization_is_applied(checkpoint_meta):
+    from dcsim.io.checkpoint import CheckpointMeta
     from dcsim.workflows.inputs import with_checkpoint_normalization
 
     splits = dcsim.data.load_digits_splits(seed=0)
-    meta = {"normalization": {"mean": [0.25], "std": [0.5]}}
+    meta = CheckpointMeta.from_dict(checkpoint_meta | {"normalization": {"mean": [0.25], "std": [0.5]}})
     out = with_checkpoint_normalization(splits, meta)
     ds = splits["test"]
     expected = (ds.images.float() / (255 if ds.images.dtype == torch.uint8 else 1) - 0.25) / 0.5
@@ -188,12 +175,13 @@ def test_bad_state_dict_names_the_key(state, edit, words):
         assert w in str(info.value), (w, str(info.value))
 
 
-def test_bad_files_name_the_file_and_key(tmp_path, capsys):
+def test_bad_files_name_the_file_and_key(tmp_path, run_cli):
     out = tmp_path / "m.safetensors"
 
     def run(path) -> str:
-        assert main(["import", "official", str(path), "--out", str(out)]) == 1
-        return capsys.readouterr().err
+        r = run_cli(["import", "official", path, "--out", out])
+        assert r.code == 1
+        return r.err
 
     (tmp_path / "nontensor.pth").write_bytes(b"")
     torch.save({"conv1.weight": torch.zeros(1), "epoch": 3}, tmp_path / "nontensor.pth")

@@ -2,29 +2,16 @@
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from dcsim.cli import EXIT_ERROR, EXIT_OK, main
 from dcsim.workflows.reproduce import OFFICIAL_QCFS_CURVE, untrained_reason
 
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
 
 @pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory):
+def tiny_cifar(tmp_path_factory, make_cifar_folder):
     """train/<class>/*.png and test/<class>/*.png: 6 and 3 random 32x32 images per class (class-tinted)."""
-    root = tmp_path_factory.mktemp("cifar")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("test", 3)):
-        for c, name in enumerate(CLASSES):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                img[..., c % 3] = 40 + 20 * c
-                Image.fromarray(img).save(root / split / name / f"{i}.png")
-    return root
+    return make_cifar_folder(tmp_path_factory.mktemp("cifar"), 6, 3)
 
 
 def test_reproduce_command_end_to_end_at_toy_scale(tiny_cifar, tmp_path):
@@ -82,54 +69,23 @@ def test_reproduce_command_end_to_end_at_toy_scale(tiny_cifar, tmp_path):
     assert report["training"]["completed"] and len(report["training"]["epochs"]) == 2
 
 
+SMALL_CNN = ["reproduce", "--arch", "small_cnn", "--width", "4", "--train-subset", "64", "--quiet"]
+"""``dcsim reproduce`` of a width-4 small CNN on 64 digits training images."""
+
+
 def test_untrained_model_writes_no_report(tmp_path):
     out = tmp_path / "u"
-    rc = main(
-        [
-            "reproduce",
-            "--arch",
-            "small_cnn",
-            "--width",
-            "4",
-            "--float-epochs",
-            "1",
-            "--epochs",
-            "1",
-            "--train-subset",
-            "64",
-            "--min-accuracy",
-            "0.999",
-            "--quiet",
-            "--out",
-            str(out),
-        ]
-    )
+    rc = main([*SMALL_CNN, "--float-epochs", "1", "--epochs", "1", "--min-accuracy", "0.999", "--out", str(out)])
     assert rc == EXIT_ERROR
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "untrained" and "below the floor" in results["message"]
     assert (out / "model.safetensors").exists() and not (out / "report.md").exists()
 
 
-def test_budget_too_small_says_so(tmp_path, capsys):
+def test_budget_too_small_says_so(tmp_path, run_cli):
     out = tmp_path / "b"
-    rc = main(
-        [
-            "reproduce",
-            "--arch",
-            "small_cnn",
-            "--width",
-            "4",
-            "--budget-minutes",
-            "0.0001",
-            "--train-subset",
-            "64",
-            "--quiet",
-            "--out",
-            str(out),
-        ]
-    )
-    assert rc == EXIT_ERROR
-    assert "too small" in capsys.readouterr().err
+    r = run_cli([*SMALL_CNN, "--budget-minutes", "0.0001", "--out", out])
+    assert r.code == EXIT_ERROR and "too small" in r.err
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "failed" and "too small" in results["message"]
     assert not (out / "report.md").exists() and not (out / "model.safetensors").exists()

@@ -74,7 +74,7 @@ def test_cli_exports_and_commands_accept_a_zoo_folder(ckpt, tmp_path):
     from dcsim.workflows.inputs import load_model as _load_model
 
     _model, meta = _load_model(folder)
-    assert meta["architecture"] == "resnet18"
+    assert meta.architecture == "resnet18"
     manifest = json.loads((folder / zoo.MANIFEST).read_text())
     manifest["shards"][0]["sha256"] = "0" * 64
     (folder / zoo.MANIFEST).write_text(json.dumps(manifest))

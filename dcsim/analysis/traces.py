@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..checks import check_threshold
 from ..io.atomic import atomic_output, library_detail
 
 __all__ = [
@@ -355,12 +356,6 @@ class FrontPoint(NamedTuple):
     mean_steps: float
 
 
-def _check_threshold(threshold: float) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
-    return float(threshold)
-
-
 def _check_tolerance(tolerance: float) -> float:
     if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not tolerance >= 0.0:
         raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
@@ -379,7 +374,7 @@ def exit_steps(conf: np.ndarray, threshold: float) -> np.ndarray:
     conf: [N, T] scores (compared in float32); step t is the first with conf[i, t-1] >
     threshold, or T if there is none.
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     conf = np.asarray(conf)
     if conf.ndim != 2 or conf.shape[1] < 1:
         raise ValueError(f"conf must have shape (N, T) with T >= 1, got {conf.shape}")

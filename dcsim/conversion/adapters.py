@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..checks import check_int
+
 ROUNDINGS = ("half_up", "half_even")
 
 
@@ -66,12 +68,8 @@ class Quantization:
             or not self.step > 0
         ):
             raise ValueError(f"the step must be a finite number > 0, got {self.step!r}")
-        if self.levels is not None and (
-            isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 1
-        ):
-            raise ValueError(
-                f"the levels Qp must be an integer >= 1 (or None for an unquantized clip), got {self.levels!r}"
-            )
+        if self.levels is not None:
+            check_int(self.levels, "the levels Qp (None for an unquantized clip)")
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"the rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
 

@@ -24,6 +24,7 @@ import math
 import torch
 from torch import fx, nn
 
+from ..checks import check_int
 from ..models.lsq import LSQActivation
 
 
@@ -113,8 +114,7 @@ def _check_calibration(images: torch.Tensor, batch_size: int) -> None:
         raise ValueError(f"calibration_images must be [N, ...] with N >= 1 samples, got shape {list(images.shape)}")
     if not bool(torch.isfinite(images).all()):
         raise ValueError("calibration_images hold NaN or infinite values")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int(batch_size, "batch_size")
 
 
 def activation_thresholds(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_int
+
 
 def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor, padding: int) -> torch.Tensor:
     """Crop every image of x, zero-padded by ``padding`` pixels, at its offsets, then mirror it where ``flip``.
@@ -18,8 +20,7 @@ def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.T
             f"crop_flip: x must be a tensor [B, C, H, W], got "
             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
         )
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"crop_flip: padding must be a non-negative integer, got {padding!r}")
+    padding = check_int(padding, "crop_flip: padding", minimum=0)
     b, c, h, w = x.shape
     for name, v in (("oy", oy), ("ox", ox), ("flip", flip)):
         if not isinstance(v, torch.Tensor) or v.shape != (b,):

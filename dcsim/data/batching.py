@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
+from ..checks import check_int
 from .augment import random_crop_flip
 from .dataset import Dataset
 
@@ -22,8 +23,7 @@ def augment_cifar(x: torch.Tensor, generator: torch.Generator | None = None, pad
             f"augment_cifar: x must be a float tensor [B, C, H, W], got "
             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
         )
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"augment_cifar: padding must be a non-negative integer, got {padding!r}")
+    padding = check_int(padding, "augment_cifar: padding", minimum=0)
     return random_crop_flip(x, generator, padding)
 
 
@@ -34,8 +34,7 @@ def batches(
 
     With ``shuffle`` the order is a permutation drawn from ``generator``; the last batch may be smaller.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size")
     n = len(dataset)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
 

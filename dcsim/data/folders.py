@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_int
 from .cache import _cache_key, _read_cache, _write_cache
 from .dataset import IMAGENET_MEAN, IMAGENET_STD, Dataset, _with_val
 from .decode import _decode_all, _default_workers
@@ -26,12 +27,10 @@ def _load_scanned(
     cache: bool,
     workers: int | None,
 ) -> Dataset:
-    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or resize <= 0):
-        raise ValueError(f"resize must be a positive integer (the shorter side in pixels), got {resize!r}")
+    if resize is not None:
+        resize = check_int(resize, "resize (the shorter side in pixels)")
     crop_hw, size_hw = _as_size(crop, "crop"), _as_size(image_size, "image_size")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
-    workers = _default_workers() if workers is None else workers
+    workers = _default_workers() if workers is None else check_int(workers, "workers")
     key = _cache_key(scan, resize, crop_hw, size_hw)
     images = _read_cache(scan, key) if cache else None
     if images is None:

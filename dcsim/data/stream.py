@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from ..checks import check_int
 from .dataset import Dataset, _split_indices
 from .decode import _decode, _default_workers
 from .scan import _Scan
@@ -192,8 +193,7 @@ def split_batches(
     DataLoader processes (default: the usable CPUs, at most 8; 0: in this process). A file that
     cannot be decoded raises a ValueError naming it.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size")
     n = len(split)
     ids = list(range(-(-n // batch_size))) if batch_ids is None else [int(b) for b in batch_ids]
     bounds = [(b * batch_size, min(n, (b + 1) * batch_size)) for b in ids]
@@ -203,8 +203,7 @@ def split_batches(
         return
     if workers is None:
         workers = _default_workers()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+    workers = check_int(workers, "workers", minimum=0)
     loader = DataLoader(
         split,
         batch_sampler=[list(range(lo, hi)) for lo, hi in bounds],

@@ -27,7 +27,9 @@ import json
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -259,3 +261,48 @@ def load_checkpoint(path: str | os.PathLike, build_model: Callable[..., nn.Modul
     model = build("cpu")
     model.load_state_dict(tensors, strict=True)
     return model.eval(), meta
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """A checkpoint's metadata, typed: the REQUIRED_KEYS, the optional keys dcsim itself writes and reads,
+    and every other key as it was (``extra``). The file format is the metadata dict: ``to_dict`` gives
+    it back, ``CheckpointMeta.from_dict(meta).to_dict() == meta`` for any metadata a checkpoint holds.
+
+    architecture, arch_kwargs: ``build_model(architecture, **arch_kwargs)`` rebuilds the module;
+    classes: the class names in label order; normalization: {"mean": [...], "std": [...]} per channel
+    of the [0, 1] images; dataset: its name; accuracy: {split: accuracy}; format_version: set by
+    :func:`save_checkpoint`; seed: the data seed of training; activations: "float_relu" for a float
+    ReLU model (unset: LSQ-quantized); train_config, training: the training configuration and history.
+    An optional key stored as null stays in ``extra``, so it comes back as it was.
+    """
+
+    architecture: str
+    arch_kwargs: dict[str, Any]
+    classes: list[str]
+    normalization: dict[str, list[float]]
+    dataset: str
+    accuracy: dict[str, float]
+    format_version: int | None = None
+    seed: int | None = None
+    activations: str | None = None
+    train_config: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any], where: str = "checkpoint metadata") -> CheckpointMeta:
+        """The typed form of a metadata dict; a ValueError prefixed with ``where`` if it lacks a required key
+        or one has the wrong type."""
+        _check_meta(meta, where)
+        typed = {k: v for k, v in meta.items() if k in _TYPED_KEYS and (k in REQUIRED_KEYS or v is not None)}
+        return cls(**typed, extra={k: v for k, v in meta.items() if k not in typed})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metadata dict (the optional keys that are set, then ``extra``), as a checkpoint stores it."""
+        typed = {k: getattr(self, k) for k in _TYPED_KEYS}
+        return {k: v for k, v in typed.items() if k in REQUIRED_KEYS or v is not None} | self.extra
+
+
+_TYPED_KEYS = tuple(f.name for f in fields(CheckpointMeta) if f.name != "extra")
+"""The metadata keys that are fields of CheckpointMeta."""

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int
 from .lsq import LSQActivation
 
 
@@ -48,8 +49,7 @@ VGG16_CFG = (64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A",
 
 
 def _check_width(width: int, what: str) -> None:
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"{what}: width must be a positive integer, got {width!r}")
+    check_int(width, f"{what}: width")
 
 
 def vgg16(

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import check_int
+
 GRAD_SCALES = ("features", "batch", "none")
 
 
@@ -84,8 +86,7 @@ class LSQActivation(nn.Module):
 
     def __init__(self, bits: int = 2, grad_scale: str = "features") -> None:
         super().__init__()
-        if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1:
-            raise ValueError(f"bits must be an integer >= 1, got {bits!r}")
+        bits = check_int(bits, "bits")
         if bits > 15:
             raise ValueError(f"bits must be <= 15 (spike counts are int32 and Zmax = 2^bits - 1), got {bits}")
         if grad_scale not in GRAD_SCALES:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .engine import Engine, _check_steps, _check_threshold
+from ..checks import check_int, check_threshold
+from .engine import Engine
 from .graphs import StepGraph
 from .latency import LatencyHistogram
 from .readout import Readout
@@ -105,10 +106,9 @@ def stream(
     graphs: the step replayed as a CUDA graph (see :class:`dcsim.graphs.StepGraph`); slots left
     empty when the inputs run out then stay in the batch, idle, instead of being compacted out.
     """
-    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-        raise ValueError(f"slots must be an integer >= 1, got {slots!r}")
-    steps = _check_steps(steps)
-    threshold = _check_threshold(threshold)
+    slots = check_int(slots, "slots")
+    steps = check_int(steps, "steps")
+    threshold = check_threshold(threshold)
     stats = stats if stats is not None else StreamStats(slots)
     source = iter(inputs)
     counter = [0]

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..checks import check_int, check_threshold
 from . import ops, reference, sops
 from .graphs import StaticExit
 from .network import Conv, Input, Linear, Neuron, Node, SpikingNetwork
@@ -76,24 +77,6 @@ def gpu_flags(tf32: bool, autotune: bool | None = None) -> Iterator[None]:
             b.fp32_precision = v
         if legacy is not None:
             cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = legacy
-
-
-def _check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    return steps
-
-
-def _check_chunk(chunk: int) -> int:
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
-    return chunk
-
-
-def _check_threshold(threshold: float) -> float:
-    if not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
-        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
-    return float(threshold)
 
 
 class Engine:
@@ -499,8 +482,8 @@ class Engine:
         softmax with alpha = tau = 1); batch_size: samples simulated together (default all);
         chunk: steps computed layer-major at a time (see :meth:`advance`; results are the same).
         """
-        steps = _check_steps(steps)
-        chunk = _check_chunk(chunk)
+        steps = check_int(steps, "steps")
+        chunk = check_int(chunk, "chunk")
         readout = readout or Readout()
         x = self.check_input(x)
         n_all = x.shape[0]
@@ -566,9 +549,9 @@ class Engine:
         :class:`dcsim.graphs.StaticExit`; on the CPU the same code runs eagerly); compaction then
         goes to halving batch-size buckets, or nowhere if compact_fraction = 1. Same results.
         """
-        steps = _check_steps(steps)
-        chunk = _check_chunk(chunk)
-        threshold = _check_threshold(threshold)
+        steps = check_int(steps, "steps")
+        chunk = check_int(chunk, "chunk")
+        threshold = check_threshold(threshold)
         if not (isinstance(compact_fraction, (int, float)) and 0.0 <= compact_fraction <= 1.0):
             raise ValueError(f"compact_fraction must be in [0, 1], got {compact_fraction!r}")
         x = self.check_input(x)
@@ -655,6 +638,4 @@ def _resolve_device(device: torch.device | str) -> torch.device:
 def _batch_size(batch_size: int | None, n: int) -> int:
     if batch_size is None:
         return max(n, 1)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    return batch_size
+    return check_int(batch_size, "batch_size")

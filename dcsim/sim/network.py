@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_int
 from .semantics import Semantics
 
 
@@ -165,8 +166,7 @@ class SpikingNetwork:
         if self.drive_steps is not None:
             if self.method != "qffs":
                 raise ValueError(f"the 'settle' semantics (drive_steps) applies to QFFS only, not {self.method!r}")
-            if isinstance(self.drive_steps, bool) or not isinstance(self.drive_steps, int) or self.drive_steps < 1:
-                raise ValueError(f"drive_steps must be an integer >= 1 or None, got {self.drive_steps!r}")
+            check_int(self.drive_steps, "drive_steps")
 
     @property
     def semantics(self) -> Semantics:

@@ -20,6 +20,7 @@ from dataclasses import replace
 import torch
 from torch.utils.data import DataLoader
 
+from ..checks import check_int
 from ..data.stream import FolderSplit, _stack, loader_batches, split_batches
 
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
@@ -131,8 +132,7 @@ class StreamedSplit:
     ) -> None:
         if not isinstance(split, FolderSplit):
             raise ValueError(f"StreamedSplit: split must be a dcsim.data.FolderSplit, got {type(split).__name__}")
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise ValueError(f"StreamedSplit: workers must be a non-negative integer, got {workers!r}")
+        workers = check_int(workers, "StreamedSplit: workers", minimum=0)
         self.split, self.device, self.channels_last, self.workers = split, torch.device(device), channels_last, workers
 
     def __len__(self) -> int:

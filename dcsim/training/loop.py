@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checks import check_int
 from ..data.stream import FolderSplit
 from ..io.checkpoint import write_safetensors
 from ..models.architectures import WhitenedCNN, init_whitening
@@ -70,9 +71,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "float_epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "batch_size" else 0):
-                raise ValueError(f"{name} must be a non-negative integer (batch_size >= 1), got {v!r}")
+            check_int(getattr(self, name), name, minimum=1 if name == "batch_size" else 0)
         if self.epochs + self.float_epochs < 1:
             raise ValueError("epochs + float_epochs must be >= 1")
         for name in ("lr", "lr_decay"):
@@ -126,8 +125,7 @@ class TrainRuntime:
     def __post_init__(self) -> None:
         if self.precision not in TRAIN_PRECISIONS:
             raise ValueError(f"precision must be one of {TRAIN_PRECISIONS}, got {self.precision!r}")
-        if isinstance(self.loader_workers, bool) or not isinstance(self.loader_workers, int) or self.loader_workers < 0:
-            raise ValueError(f"loader_workers must be a non-negative integer, got {self.loader_workers!r}")
+        check_int(self.loader_workers, "loader_workers", minimum=0)
 
     def resolve(self, device: torch.device) -> tuple[torch.dtype | None, bool]:
         """(autocast dtype or None, channels_last) on ``device``."""

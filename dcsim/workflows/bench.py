@@ -124,10 +124,10 @@ def _trained_networks(opts: BenchOptions, data: DataOptions) -> dict:
     x, _ = tensors(splits["test"])
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(data.seed))[:256]]
     torch.manual_seed(0)
-    twin = build_model(meta["architecture"], **meta["arch_kwargs"]).train()
+    twin = build_model(meta.architecture, **meta.arch_kwargs).train()
     with torch.no_grad():
         twin(torch.randn(4, *x.shape[1:]))
-    name = f"{meta['architecture']} {meta['arch_kwargs'].get('width', '')}".strip()
+    name = f"{meta.architecture} {meta.arch_kwargs.get('width', '')}".strip()
     return {
         f"{name} trained": (model, x, "trained"),
         f"{name} random": (twin.eval(), random_inputs(len(x), tuple(x.shape[1:]), torch.device("cpu")), "random"),

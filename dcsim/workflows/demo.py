@@ -32,7 +32,7 @@ def demo(out: Path, train: TrainOptions, opts: ReportOptions, seed: int, world: 
     print("[dcsim] demo: training a 2-bit LSQ small CNN on scikit-learn's digits", file=sys.stderr)
     trained = train_checkpoint(train, data, world)
     model, meta = load_model(train.out)
-    summary = report(model, meta, load_splits(data), out, opts, data, world, checkpoint=train.out)
+    summary = report(model, meta.to_dict(), load_splits(data), out, opts, data, world, checkpoint=train.out)
     summary["train"] = {k: trained[k] for k in ("accuracy", "train_seconds")}
     summary["seconds"] = time.perf_counter() - t0
     discard_workdir(train.working_folder)  # the per-epoch state of a finished run

@@ -23,10 +23,11 @@ import torch
 from torch import nn
 
 from .. import __version__, data
+from ..checks import check_int
 from ..conversion.thresholds import normalize
 from ..io import zoo
 from ..io.atomic import sha256_file
-from ..io.checkpoint import load_checkpoint
+from ..io.checkpoint import CheckpointMeta, load_checkpoint
 from ..models import build_model
 from ..models.lsq import set_quantization
 from ..parallel.distributed import Sharded, World, check_agreement, data_fingerprint
@@ -52,10 +53,7 @@ def limit_splits(splits: dict, train_subset: int | None = None, max_test: int | 
     for name, n in (("train", train_subset), ("test", max_test)):
         if n is None:
             continue
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(
-                f"--{'train-subset' if name == 'train' else 'max-test'} must be a positive integer, got {n!r}"
-            )
+        check_int(n, f"--{'train-subset' if name == 'train' else 'max-test'}")
         if n < len(splits[name]):
             out[name] = splits[name].subset(
                 torch.randperm(len(splits[name]), generator=torch.Generator().manual_seed(seed))[:n]
@@ -95,40 +93,41 @@ def agree(world: World, splits: dict, used: tuple[str, ...], checkpoint: Path | 
     check_agreement(world, items)
 
 
-def check_dataset_matches(meta: dict, splits: dict, ckpt: Path) -> None:
+def check_dataset_matches(meta: CheckpointMeta, splits: dict, ckpt: Path) -> None:
     """The checkpoint's classes must be the data's."""
     classes = list(splits["test"].classes)
-    if list(meta.get("classes", [])) != classes:
-        raise ValueError(f"{ckpt}: checkpoint classes {meta.get('classes')} differ from the data's {classes}")
+    if list(meta.classes) != classes:
+        raise ValueError(f"{ckpt}: checkpoint classes {meta.classes} differ from the data's {classes}")
 
 
-def load_model(path: Path) -> tuple[nn.Module, dict]:
+def load_model(path: Path) -> tuple[nn.Module, CheckpointMeta]:
     """(model, metadata) from a checkpoint file or a zoo folder (shards checked against their sha256)."""
-    return zoo.load(path, build_model) if zoo.is_zoo(path) else load_checkpoint(path, build_model)
+    model, meta = zoo.load(path, build_model) if zoo.is_zoo(path) else load_checkpoint(path, build_model)
+    return model, CheckpointMeta.from_dict(meta, str(path))
 
 
 def model_and_splits(
     model_opts: ModelOptions, data_opts: DataOptions, world: World, used: tuple[str, ...], method: str = "qcfs"
 ) -> tuple[nn.Module, dict, dict]:
-    """(model ready to convert, metadata, splits) for a checkpoint (see :func:`prepare`); under torchrun
+    """(model ready to convert, metadata dict, splits) for a checkpoint (see :func:`prepare`); under torchrun
     the ranks first agree on the splits ``used`` (see :func:`agree`)."""
     model, meta = load_model(model_opts.checkpoint)
     splits = load_splits(data_opts)
     check_dataset_matches(meta, splits, model_opts.checkpoint)
     agree(world, splits, used, model_opts.checkpoint)
     model, splits = prepare(model, meta, splits, model_opts, method, data_opts.seed)
-    return model, meta, splits
+    return model, meta.to_dict(), splits
 
 
-def with_checkpoint_normalization(splits: dict, meta: dict) -> dict:
+def with_checkpoint_normalization(splits: dict, meta: CheckpointMeta) -> dict:
     """The splits normalized with the checkpoint's mean/std instead of the data set's own."""
-    norm = meta["normalization"]
+    norm = meta.normalization
     mean, std = tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
     return {k: dataclasses.replace(ds, mean=mean, std=std) for k, ds in splits.items()}
 
 
 def prepare(
-    model: nn.Module, meta: dict, splits: dict, opts: ModelOptions, method: str = "qcfs", seed: int = 0
+    model: nn.Module, meta: CheckpointMeta, splits: dict, opts: ModelOptions, method: str = "qcfs", seed: int = 0
 ) -> tuple[nn.Module, dict]:
     """(model ready to convert, splits) for a loaded checkpoint.
 
@@ -137,7 +136,7 @@ def prepare(
     """
     splits = with_checkpoint_normalization(splits, meta)
     percentile = opts.normalize
-    is_float = meta.get("activations") == FLOAT_RELU
+    is_float = meta.activations == FLOAT_RELU
     if is_float and percentile is None:
         raise ValueError(
             f"{opts.checkpoint}: a float ReLU checkpoint; give --normalize P (e.g. 99.9 or max) to set "

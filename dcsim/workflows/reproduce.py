@@ -28,14 +28,13 @@ from ..analysis.selection import trace_identity
 from ..analysis.tables import markdown_table, table_rows, write_json
 from ..io import zoo
 from ..io.atomic import write_text_atomic
-from ..io.checkpoint import load_checkpoint
-from ..models import build_model
+from ..io.checkpoint import CheckpointMeta
 from ..parallel.distributed import World
 from ..training import split_accuracy
 from ..training.device_batches import DeviceSplit
 from .benchmark import device_name
 from .dynamic_confidence import calibrate
-from .inputs import limit_splits, load_splits, tensors
+from .inputs import limit_splits, load_model, load_splits, tensors
 from .options import DataOptions, ReproduceOptions
 from .report import method_results
 from .train import train_checkpoint
@@ -155,9 +154,10 @@ def _run(opts: ReproduceOptions, data: DataOptions, world: World, results: Resul
     # 1. train, and save the weights before any evaluation
     train = dataclasses.replace(opts.train, out=out / "model.safetensors", workdir=out / "model.work")
     trained = train_checkpoint(train, data, world, splits)
-    model, meta = load_checkpoint(train.out, build_model)
+    model, meta = load_model(train.out)
     zoo.export(train.out, out / "zoo")  # the same weights as sha256-checked shards of <= 16 MiB
-    training = meta["training"]
+    training = meta.training
+    assert training is not None, "train_checkpoint writes the training history"
     results.stage(
         "train",
         {
@@ -247,7 +247,7 @@ def _summary(
     arch: str,
     dataset: str,
     test_samples: int,
-    meta: dict,
+    meta: CheckpointMeta,
     ann_test: float,
     calib: dict,
     methods: list[dict],
@@ -261,7 +261,7 @@ def _summary(
     paper = PAPER_TABLE1.get(paper_model) if paper_model else None
     return {
         "model": arch,
-        "arch_kwargs": meta["arch_kwargs"],
+        "arch_kwargs": meta.arch_kwargs,
         "dataset": dataset,
         "device": device_name(device),
         "val_samples": int(methods[0]["analysis"]["samples"]),
@@ -284,8 +284,8 @@ def _summary(
             }
             for m in methods
         ],
-        "training": meta["training"],
-        "train_config": meta["train_config"],
+        "training": meta.training,
+        "train_config": meta.train_config,
         "plots": [p for m in methods for p in m["plots"]] + plots,
         "seconds": seconds,
     }
