@@ -37,7 +37,7 @@ def check_real(
 
 def check_threshold(value: object, name: str = "threshold") -> float:
     """``value`` as a float in [0, 1] (a confidence threshold); bools and NaN refused, a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
     return float(value)
 

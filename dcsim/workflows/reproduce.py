@@ -220,9 +220,7 @@ def _run(opts: ReproduceOptions, data: DataOptions, world: World, results: Resul
         curves["official code, ResNet-18"] = OFFICIAL_QCFS_CURVE
     plots = [
         plot_curves(curves, out / "qcfs_accuracy_vs_t.png", f"QCFS accuracy vs t: {NAMES.get(arch, arch)}"),
-        plot_training_curve(
-            meta["training"]["epochs"], out / "training_curve.png", f"training: {NAMES.get(arch, arch)}"
-        ),
+        plot_training_curve(training["epochs"], out / "training_curve.png", f"training: {NAMES.get(arch, arch)}"),
     ]
     summary = _summary(
         arch,
