@@ -257,7 +257,7 @@ def test_qffs_semantics_option(digits_checkpoint, tmp_path, run_cli):
     r = run_cli(
         ["trace", digits_checkpoint, "--method", "qcfs", "--steps", "4", "--qffs-semantics", "settle", "--out", trace]
     )
-    assert r.code == EXIT_ERROR and "--qffs-semantics applies to --method qffs only" in r.err
+    assert r.code == EXIT_USAGE and "--qffs-semantics applies to --method qffs only" in r.err
     bogus = [
         "trace",
         digits_checkpoint,
