@@ -95,7 +95,7 @@ def test_a_corrupt_image_is_named_and_nothing_hangs(tmp_path):
 
 def test_trace_of_a_streamed_split_equals_the_in_memory_trace(tmp_path):
     from dcsim import Engine, Readout
-    from dcsim.conversion import convert
+    from dcsim.conversion.convert import convert
     from dcsim.models import small_cnn
     from dcsim.parallel.distributed import Sharded
     from dcsim.workflows.dynamic_confidence import record_trace

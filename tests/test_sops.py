@@ -164,7 +164,7 @@ def recorded_run(
 @pytest.mark.parametrize("method", ["qcfs", "qffs"])
 @pytest.mark.parametrize("name", list(NETWORKS))
 def test_sops_equal_brute_force(backend, method, name):
-    seed = int(np.random.default_rng().integers(1000))
+    seed = 3  # fixed (deterministic suite); the dyadic ResNet-18 of seed 3 is built once per process
     net, shape = NETWORKS[name](method, seed)
     engine = dcsim.Engine(net, backend=backend, channels_last=name == "mixed")
     x = _inputs(int(np.random.default_rng(seed).integers(3, 9)), shape, seed + 1)
@@ -195,7 +195,7 @@ def test_qffs_negative_spikes_count(method):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", ["qcfs", "qffs"])
 def test_early_exit_counts_stop_at_exit_step(backend, method):
-    seed = int(np.random.default_rng().integers(1000))
+    seed = 11  # fixed: the suite is deterministic
     net, shape = mixed_net(method, seed)
     engine = dcsim.Engine(net, backend=backend)
     x = _inputs(11, shape, seed + 2)
@@ -213,7 +213,8 @@ def test_early_exit_counts_stop_at_exit_step(backend, method):
             want = cum[torch.arange(len(x)), res.exit_step - 1]
             assert res.sops is not None and torch.equal(res.sops, want), (c, kwargs, seed)
             assert torch.equal(res.macs, sim.macs)
-        assert int(res.exit_step.min()) < steps or c >= float(sim.conf.max())
+        # a sample stops before T exactly when its confidence passes th_c (strictly) at an earlier step
+        assert torch.equal(res.exit_step < steps, (sim.conf[:, :-1] > c).any(1))
 
 
 def test_counting_off_changes_nothing_else():
@@ -229,7 +230,7 @@ def test_counting_off_changes_nothing_else():
 
 def test_fanout_of_a_conv_equals_a_loop_count():
     """The fan-out map of a layer feeding one conv, against the conv's taps counted one by one."""
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(5)
     for _ in range(4):
         cin_g, groups, cout_g = (int(v) for v in rng.integers(1, 4, 3))
         kh, kw, sh, sw, dh, dw = (int(v) for v in rng.integers(1, 4, 6))
@@ -270,7 +271,7 @@ def test_fanout_equals_one_hot_brute_force(name):
 @pytest.mark.parametrize("method", ["qcfs", "qffs"])
 def test_kernel_sops_equal_reference(method, channels_last):
     """The native neuron step's synaptic-operation sums against the reference, on random shapes and fan-outs."""
-    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    g = torch.Generator().manual_seed(17 + 2 * channels_last + (method == "qffs"))
     n, c, h, w = (int(v) for v in torch.randint(1, 9, (4,), generator=g))
     h *= 23  # some rows span several CPU blocks
     lay = (lambda t: t.contiguous(memory_format=torch.channels_last)) if channels_last else (lambda t: t)

@@ -186,8 +186,8 @@ def test_resume_accepts_files_from_before_the_new_options(digits, tmp_path):
     training.train(
         _model(), tr.normalized(), tr.labels, va.normalized(), va.labels, cfg, workdir=tmp_path, progress=False
     )
-    assert training._same_config({k: v for k, v in cfg.__dict__.items() if k not in ("schedule", "nesterov")}, cfg)
-    assert not training._same_config(cfg.__dict__ | {"schedule": "cosine"}, cfg)
+    assert training.loop._same_config({k: v for k, v in cfg.__dict__.items() if k not in ("schedule", "nesterov")}, cfg)
+    assert not training.loop._same_config(cfg.__dict__ | {"schedule": "cosine"}, cfg)
     with pytest.raises(ValueError, match="different training configuration"):
         training.train(
             _model(),

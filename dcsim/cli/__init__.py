@@ -1,9 +1,7 @@
 """The ``dcsim`` command line: train, trace, analyze, eval, report, reproduce, demo, bench, stream, import, zoo.
 
-Every command takes ``--json PATH`` ('-' for stdout) for machine-readable output. Exit codes:
-0 success, 1 a run-time error (bad file, bad data, bad model), 2 bad command-line usage (a flag's
-value, or an output path that cannot be written: checked before any work starts).
-"""
+Every command takes ``--json PATH`` ('-': stdout). Exit codes: 0 success, 1 a run-time error (bad file, data or
+model), 2 bad usage (a flag's value, or an unwritable output: checked before any work, see dcsim.cli.checks)."""
 
 from __future__ import annotations
 
@@ -13,7 +11,6 @@ from .checks import UsageError, check_args
 from .parser import build_parser
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 
@@ -22,20 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     from ..analysis.tables import write_json
     from ..parallel.distributed import setup, teardown
 
-    args = build_parser().parse_args(argv)
-    where = ""
+    args, where = build_parser().parse_args(argv), ""
     try:
         check_args(args)
         args.world = setup(args.command, getattr(args, "device", None))
-        if args.world.distributed:
-            where = f" (rank {args.world.rank} of {args.world.size})"
+        where = f" (rank {args.world.rank} of {args.world.size})" if args.world.distributed else ""
         result = args.func(args)
-    except UsageError as err:
+    except (ValueError, TypeError, FileNotFoundError, IndexError) as err:  # UsageError is a ValueError
         print(f"dcsim {args.command}{where}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ValueError, TypeError, FileNotFoundError, IndexError) as err:
-        print(f"dcsim {args.command}{where}: error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE if isinstance(err, UsageError) else EXIT_ERROR
     finally:
         teardown()
     if args.json is not None and args.world.main:

@@ -1,7 +1,5 @@
 """``python -m dcsim.cli``: the command line."""
 
-import sys
-
 from . import main
 
-sys.exit(main())
+raise SystemExit(main())

@@ -1,7 +1,5 @@
 """The command line's validation layer: every flag's value and every output path, checked before any work.
-
-A bad value or an output that cannot be written is a :class:`UsageError` (exit 2) naming the flag.
-"""
+A bad value or an output that cannot be written is a :class:`UsageError` (exit 2) naming the flag."""
 
 from __future__ import annotations
 
@@ -17,23 +15,20 @@ class UsageError(ValueError):
     """A command-line value that cannot be used (exit code 2)."""
 
 
+# Integer flags that must be >= 1 (``chunk`` takes several), and those that must be >= 0.
 POSITIVE = ("batch_size", "train_batch_size", "steps", "slots", "repeats", "val_size", "calibration_size",
             "train_subset", "max_test", "qcfs_steps", "qffs_steps", "qcfs_max_steps", "qffs_max_steps", "width",
             "bits", "stream", "chunk")  # fmt: skip
-"""Integer flags that must be >= 1 (``chunk`` takes several)."""
 NON_NEGATIVE = ("epochs", "float_epochs", "loader_workers")
-"""Integer flags that must be >= 0."""
+# Real flags: (low, high or None, low allowed); high is always allowed.
 REALS = {"lr": (0, None, False), "lr_decay": (0, None, False), "budget_minutes": (0, None, False),
          "max_shard_mib": (0, None, False), "resolution": (0, 1, False), "weight_decay": (0, None, True),
          "warmup_epochs": (0, None, True), "momentum": (0, 1, True), "label_smoothing": (0, 1, True),
          "lsq_share": (0, 1, False), "tolerance": (0, 1, True), "threshold": (0, 1, True),
          "min_accuracy": (0, 1, True), "lsq_lr": (0, None, False), "e_mac": (0, None, True),
          "e_ac": (0, None, True)}  # fmt: skip
-"""Real flags: (low, high or None, low allowed); high is always allowed."""
-KEYWORDS = {"energy_preset": tuple(PRESETS), "first_layer_macs": ("once", "per-step")}
-"""Flags that take one of a few words."""
-FILE_OUTPUTS = {"train": "out", "trace": "out", "import": "out"}
-"""Commands whose --out is a file; the other --out are folders."""
+KEYWORDS = {"energy_preset": tuple(PRESETS), "first_layer_macs": ("once", "per-step")}  # one of a few words
+FILE_OUTPUTS = ("train", "trace", "import")  # commands whose --out is a file; the other --out are folders
 
 
 def _flag(name: str) -> str:
@@ -52,46 +47,34 @@ def check_args(args: argparse.Namespace) -> None:
             if getattr(args, name, None) is not None:
                 check_real(getattr(args, name), _flag(name), low, high, low_allowed=closed)
         for name, words in KEYWORDS.items():
-            value = getattr(args, name, None)
-            if value is not None and value not in words:
-                raise ValueError(f"{_flag(name)} must be one of {', '.join(words)}, got {value!r}")
+            if getattr(args, name, None) not in (None, *words):
+                raise ValueError(f"{_flag(name)} must be one of {', '.join(words)}, got {getattr(args, name)!r}")
         for name in ("tau", "alpha"):
             value = getattr(args, name, None)
             if value not in (None, "auto", "paper", "official"):
-                check_real(_number(value, _flag(name)), _flag(name), 0, None, low_allowed=False)
+                try:
+                    number = float(value)
+                except ValueError:
+                    raise ValueError(f"{_flag(name)} takes a number or a keyword, got {value!r}") from None
+                check_real(number, _flag(name), 0, None, low_allowed=False)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    _check_combinations(args)
-    out = getattr(args, "out", None)
-    if out is not None:
-        check_writable(out, "--out", folder=FILE_OUTPUTS.get(args.command) is None)
+    if getattr(args, "qffs_semantics", None) is not None and getattr(args, "method", "qffs") != "qffs":
+        raise UsageError(f"--qffs-semantics applies to --method qffs only, got --method {args.method}")
+    if args.command == "eval" and (args.threshold is None) == (args.trace is None):
+        raise UsageError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
+    if args.command == "eval" and args.threshold is not None and args.steps is None:
+        raise UsageError("--steps is required with --threshold")
+    if getattr(args, "out", None) is not None:
+        check_writable(args.out, "--out", folder=args.command not in FILE_OUTPUTS)
     if getattr(args, "plots", None) is not None:
         check_writable(args.plots, "--plots", folder=True)
     if args.json is not None and str(args.json) != "-":
         check_writable(args.json, "--json", folder=False)
 
 
-def _number(text: str, flag: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise UsageError(f"{flag} takes a number or a keyword, got {text!r}") from None
-
-
-def _check_combinations(args: argparse.Namespace) -> None:
-    """Flags that only make sense together (or apart)."""
-    if getattr(args, "qffs_semantics", None) is not None and getattr(args, "method", "qffs") != "qffs":
-        raise UsageError(f"--qffs-semantics applies to --method qffs only, got --method {args.method}")
-    if args.command == "eval":
-        if (args.threshold is None) == (args.trace is None):
-            raise UsageError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
-        if args.threshold is not None and args.steps is None:
-            raise UsageError("--steps is required with --threshold")
-
-
 def check_writable(path: Path, flag: str, folder: bool) -> None:
-    """``path`` can be written as a file (``folder`` False) or filled as a folder: it is not the other kind,
-    does not lie under a file, and its first existing ancestor is a writable folder."""
+    """``path`` can be written as a file (``folder`` False) or filled as a folder (its first existing ancestor)."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         raise UsageError(f"{flag} {path}: {'a file, not a folder' if folder else 'a folder, not a file'}")
