@@ -76,3 +76,22 @@ def existing(path: str | os.PathLike[str], name: str, *, folder: bool = True, fi
         return p
     wanted = " or ".join(w for w, ok in (("a folder", folder), ("a regular file", file)) if ok)
     raise ValueError(f"{name} {p}: must be {wanted}, but it is {kind}")
+
+
+def writable(path: str | os.PathLike[str], name: str, *, folder: bool) -> Path:
+    """``path`` as a Path that can be written as a file (``folder`` False) or filled as a folder (checked on its
+    first existing ancestor); a ValueError naming ``name`` and the path otherwise (a folder where a file goes or
+    the reverse, a pipe or device where a file goes, a path under a file, no permission)."""
+    p = Path(path)
+    if p.exists() and p.is_dir() != folder:
+        raise ValueError(f"{name} {p}: {'a file, not a folder' if folder else 'a folder, not a file'}")
+    if p.exists() and not folder and not stat.S_ISREG(p.stat().st_mode):
+        raise ValueError(f"{name} {p}: not a regular file (a pipe, socket or device), so it cannot be replaced")
+    parent = p if folder else p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{name} {p}: {parent} is a file, so nothing can be written under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {p}: no permission to write in {parent}")
+    return p

@@ -17,25 +17,8 @@ def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
     model(splits["train"].normalized()[:64])  # BN statistics and LSQ steps from real images
     ckpt = save_checkpoint(tmp_path / "m.safetensors", model.eval(), checkpoint_meta)
     out = tmp_path / "b.json"
-    assert (
-        main(
-            [
-                "bench",
-                "--quick",
-                "--models",
-                "small_cnn",
-                "--repeats",
-                "1",
-                "--spike-convs",
-                "off",
-                "--checkpoint",
-                str(ckpt),
-                "--json",
-                str(out),
-            ]
-        )
-        == EXIT_OK
-    )
+    argv = f"bench --quick --models small_cnn --repeats 1 --spike-convs off --checkpoint {ckpt} --json {out}"
+    assert main(argv.split()) == EXIT_OK
     rows = json.loads(out.read_text())["rows"]
     by = {}
     for r in rows:

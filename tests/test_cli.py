@@ -213,28 +213,8 @@ BF16_FAST = torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_suppor
 def test_bench_rows_and_stream(tmp_path):
     out = tmp_path / "b.json"
     precisions = ["fp32", "bf16"] if BF16_FAST else ["fp32"]
-    assert (
-        main(
-            [
-                "bench",
-                "--quick",
-                "--models",
-                "small_cnn",
-                "--repeats",
-                "1",
-                "--graphs",
-                "off",
-                "on",
-                "--precision",
-                *precisions,
-                "--stream",
-                "4",
-                "--json",
-                str(out),
-            ]
-        )
-        == EXIT_OK
-    )
+    argv = ["bench", "--quick", "--models", "small_cnn", "--repeats", "1", "--graphs", "off", "on", "--precision"]
+    assert main([*argv, *precisions, "--stream", "4", "--json", str(out)]) == EXIT_OK
     b = json.loads(out.read_text())
     assert not b["errors"]
     # 2 methods x 2 batches x 2 graph modes x (fp32 dense, fp32 spike convs[, bf16 dense]) x 2 modes

@@ -3,46 +3,7 @@
 
 The trace analysis is re-exported here (dcsim.analysis.analyze, dcsim.analysis.Trace, ...)."""
 
-from .traces import (
-    FrontPoint,
-    Trace,
-    accuracy_vs_t,
-    analyze,
-    baseline,
-    baseline_curve,
-    check_trace_for,
-    evaluate,
-    exit_histogram,
-    exit_steps,
-    front_exact,
-    front_grid,
-    identity_meta,
-    load_trace,
-    mean_confidence_vs_t,
-    oracle,
-    oracle_curves,
-    save_trace,
-    select_threshold,
-)
+from . import traces
+from .traces import *  # noqa: F403 (the names in traces.__all__)
 
-__all__ = [
-    "FrontPoint",
-    "Trace",
-    "accuracy_vs_t",
-    "analyze",
-    "baseline",
-    "baseline_curve",
-    "check_trace_for",
-    "evaluate",
-    "exit_histogram",
-    "exit_steps",
-    "front_exact",
-    "front_grid",
-    "identity_meta",
-    "load_trace",
-    "mean_confidence_vs_t",
-    "oracle",
-    "oracle_curves",
-    "save_trace",
-    "select_threshold",
-]
+__all__ = list(traces.__all__)

@@ -4,11 +4,11 @@ A bad value or an output that cannot be written is a :class:`UsageError` (exit 2
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 from ..analysis.energy import PRESETS
-from ..checks import check_int, check_real
+from ..checks import check_int, check_real, writable
+from ..io.zoo import shard_bytes
+from ..parallel.distributed import parse_device
 
 
 class UsageError(ValueError):
@@ -26,7 +26,7 @@ REALS = {"lr": (0, None, False), "lr_decay": (0, None, False), "budget_minutes":
          "warmup_epochs": (0, None, True), "momentum": (0, 1, True), "label_smoothing": (0, 1, True),
          "lsq_share": (0, 1, False), "tolerance": (0, 1, True), "threshold": (0, 1, True),
          "min_accuracy": (0, 1, True), "lsq_lr": (0, None, False), "e_mac": (0, None, True),
-         "e_ac": (0, None, True)}  # fmt: skip
+         "e_ac": (0, None, True), "normalize": (0, 100, False)}  # fmt: skip
 KEYWORDS = {"energy_preset": tuple(PRESETS), "first_layer_macs": ("once", "per-step")}  # one of a few words
 FILE_OUTPUTS = ("train", "trace", "import")  # commands whose --out is a file; the other --out are folders
 
@@ -57,31 +57,21 @@ def check_args(args: argparse.Namespace) -> None:
                 except ValueError:
                     raise ValueError(f"{_flag(name)} takes a number or a keyword, got {value!r}") from None
                 check_real(number, _flag(name), 0, None, low_allowed=False)
+        if getattr(args, "max_shard_mib", None) is not None:
+            shard_bytes(args.max_shard_mib)  # room for a shard's header
+        if getattr(args, "device", None) is not None:
+            parse_device(args.device)
+        if getattr(args, "qffs_semantics", None) is not None and getattr(args, "method", "qffs") != "qffs":
+            raise ValueError(f"--qffs-semantics applies to --method qffs only, got --method {args.method}")
+        if args.command == "eval" and (args.threshold is None) == (args.trace is None):
+            raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
+        if args.command == "eval" and args.threshold is not None and args.steps is None:
+            raise ValueError("--steps is required with --threshold")
+        if getattr(args, "dataset", "digits") != "digits" and getattr(args, "data_root", "") is None:
+            raise ValueError(f"--data-root is required for --dataset {args.dataset}")
+        outputs = {"out": args.command not in FILE_OUTPUTS, "workdir": True, "plots": True, "json": False}
+        for name, folder in outputs.items():  # name: whether it is a folder
+            if getattr(args, name, None) is not None and str(getattr(args, name)) != "-":
+                writable(getattr(args, name), _flag(name), folder=folder)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if getattr(args, "qffs_semantics", None) is not None and getattr(args, "method", "qffs") != "qffs":
-        raise UsageError(f"--qffs-semantics applies to --method qffs only, got --method {args.method}")
-    if args.command == "eval" and (args.threshold is None) == (args.trace is None):
-        raise UsageError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
-    if args.command == "eval" and args.threshold is not None and args.steps is None:
-        raise UsageError("--steps is required with --threshold")
-    if getattr(args, "out", None) is not None:
-        check_writable(args.out, "--out", folder=args.command not in FILE_OUTPUTS)
-    if getattr(args, "plots", None) is not None:
-        check_writable(args.plots, "--plots", folder=True)
-    if args.json is not None and str(args.json) != "-":
-        check_writable(args.json, "--json", folder=False)
-
-
-def check_writable(path: Path, flag: str, folder: bool) -> None:
-    """``path`` can be written as a file (``folder`` False) or filled as a folder (its first existing ancestor)."""
-    path = Path(path)
-    if path.exists() and path.is_dir() != folder:
-        raise UsageError(f"{flag} {path}: {'a file, not a folder' if folder else 'a folder, not a file'}")
-    parent = path if folder else path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{flag} {path}: {parent} is a file, so nothing can be written under it")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: no permission to write in {parent}")

@@ -90,18 +90,23 @@ def _env_int(name: str, default: int | None = None) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
+def parse_device(name: str) -> torch.device:
+    """``--device name`` as a device of type cpu or cuda (whether a GPU is present is not asked here)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    return device
+
+
 def resolve_device(name: str | None, local_rank: int = 0, local_size: int = 1) -> torch.device:
     """The device of this rank for ``--device name`` (None: CUDA when available, else the CPU).
 
     Under a launcher a CUDA rank gets ``cuda:LOCAL_RANK``; more ranks on a node than GPUs is an error.
     """
-    if name:
-        try:
-            device = torch.device(name)
-        except RuntimeError as err:
-            raise ValueError(f"--device {name!r} is not a device: {err}") from err
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = parse_device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():

@@ -135,24 +135,27 @@ def untrained_reason(training: dict, ann_accuracy: float, min_accuracy: float) -
 def run(opts: ReproduceOptions, data: DataOptions, world: World) -> dict:
     """The whole reproduction into ``opts.out`` (see the module doc); returns the summary of report.json."""
     out = opts.out
+    t0 = time.perf_counter()
+    # the data first: a bad data root fails before anything is written
+    splits = limit_splits(load_splits(data), opts.train.train_subset, opts.max_test, data.seed)
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out, sys.argv)
     try:
-        return _run(opts, data, world, results)
+        return _run(opts, data, world, results, splits, t0)
     except BaseException as err:  # record the failure (a time limit's signal included), then re-raise
         if results.data["status"] == "running":
             results.finish("failed", f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=-3)}")
         raise
 
 
-def _run(opts: ReproduceOptions, data: DataOptions, world: World, results: Results) -> dict:
-    t0 = time.perf_counter()
+def _run(opts: ReproduceOptions, data: DataOptions, world: World, results: Results, splits: dict, t0: float) -> dict:
     device, out, arch = world.device, opts.out, opts.train.arch
-    splits = limit_splits(load_splits(data), opts.train.train_subset, opts.max_test, data.seed)
     results.stage("data", {k: len(v) for k, v in splits.items()})
 
     # 1. train, and save the weights before any evaluation
-    train = dataclasses.replace(opts.train, out=out / "model.safetensors", workdir=out / "model.work")
+    train = dataclasses.replace(
+        opts.train, out=out / "model.safetensors", workdir=opts.train.workdir or out / "model.work"
+    )
     trained = train_checkpoint(train, data, world, splits)
     model, meta = load_model(train.out)
     zoo.export(train.out, out / "zoo")  # the same weights as sha256-checked shards of <= 16 MiB

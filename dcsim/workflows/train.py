@@ -32,12 +32,13 @@ def train_checkpoint(opts: TrainOptions, data: DataOptions, world: World, splits
     from start to end (by rank 0 under torchrun): a second run into it is an error. Returns the
     checkpoint path, accuracy {"val", "test"} (fractions), train_seconds, history and the budget plan.
     """
+    splits = splits or load_splits(data)  # a bad data root fails before the working folder is made
     with exclusive_folder(opts.working_folder, held=world.main):
         return _train(opts, data, world, splits)
 
 
-def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict | None) -> dict:
-    splits = limit_splits(splits or load_splits(data), opts.train_subset, seed=data.seed)
+def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) -> dict:
+    splits = limit_splits(splits, opts.train_subset, seed=data.seed)
     tr, va, te = splits["train"], splits["val"], splits["test"]
     streamed = not isinstance(tr, Dataset)
     if streamed and opts.budget_minutes is not None:
@@ -52,21 +53,9 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict | N
         arch_kwargs["width"] = opts.width or 32  # small_cnn's default; the others default to the paper's 64
     torch.manual_seed(data.seed)  # weight initialisation
     model = build_model(opts.arch, **arch_kwargs)
-    config = TrainConfig(
-        epochs=opts.epochs,
-        float_epochs=opts.float_epochs,
-        lr=opts.lr,
-        lr_decay=opts.lr_decay,
-        batch_size=opts.train_batch_size,
-        seed=data.seed,
-        momentum=opts.momentum,
-        weight_decay=opts.weight_decay,
-        schedule=opts.schedule,
-        lsq_lr=opts.lsq_lr,
-        warmup_epochs=opts.warmup_epochs,
-        nesterov=opts.nesterov,
-        label_smoothing=opts.label_smoothing,
-    )
+    # the options named as TrainConfig's fields carry over as they are
+    shared = {f.name: getattr(opts, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(opts, f.name)}
+    config = TrainConfig(**shared | {"batch_size": opts.train_batch_size, "seed": data.seed})
     runtime = TrainRuntime(
         precision=opts.train_precision,
         channels_last=opts.train_channels_last,
