@@ -72,6 +72,10 @@ def test_eval_energy_columns(ckpt, tmp_path, capsys):
         assert e[key] == dc[key]
     assert e["ann_macs_per_inference"] == ann["macs_per_inference"] and e["ann_energy_uj"] == ann["energy_uj"]
     assert e["spikes_per_neuron"] > 0  # Table 3's column stays
+    # the no-DC run is the wall-clock comparison too (both timed warm)
+    assert e["no_dc"]["mean_steps"] == 4 and e["no_dc"]["ms_per_inference"] > 0
+    assert e["time_saving"] == pytest.approx(1 - e["ms_per_inference"] / e["no_dc"]["ms_per_inference"])
+    assert e["time_to_step_saving"] == pytest.approx(e["time_saving"] / e["saving"])
 
     # user constants override the preset's, the counts do not change
     o = _eval(ckpt, tmp_path, "override", "--energy-preset", "int8", "--e-mac", "2")
@@ -93,7 +97,7 @@ def test_eval_energy_columns(ckpt, tmp_path, capsys):
     # no early exit (th_c 1): one run, no DC
     capsys.readouterr()
     n = _eval(ckpt, tmp_path, "no_exit", "--threshold", "1")
-    assert set(n["energy"]["runs"]) == {"no_dc"}
+    assert set(n["energy"]["runs"]) == {"no_dc"} and "time_saving" not in n
     assert n["sops_per_inference"] == no["sops_per_inference"]
 
 

@@ -38,11 +38,11 @@ def test_reduced_precision_rounds_every_current(precision, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("method,steps", [("qcfs", 16), ("qffs", 4)])
+@pytest.mark.parametrize("method,steps", [("qcfs", 8), ("qffs", 4)])
 @pytest.mark.parametrize("precision", sorted(REDUCED))
 def test_reduced_precision_runs_close_to_fp32(precision, method, steps, device):
     net = _random_net(method)
-    x = _inputs(24, seed=2).to(device)
+    x = _inputs(16, seed=2).to(device)  # reduced convs are slow on CPUs without a bf16/fp16 path: a small run
     readout = dcsim.Readout.paper(method, net.bits, steps)
     ref = dcsim.Engine(net, device=device).simulate(x, steps, readout, record_sums=True)
     engine = dcsim.Engine(net, device=device, precision=precision)

@@ -42,8 +42,9 @@ def settled_levels(net: dcsim.SpikingNetwork, x: torch.Tensor) -> tuple[dict[int
     return levels, vals[-1]
 
 
-@pytest.mark.parametrize("build", [small, resnet], ids=["small_cnn", "resnet18"])
-@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize(
+    ("build", "seed"), [(small, 3), (small, 4), (resnet, 3)], ids=["small_cnn-3", "small_cnn-4", "resnet18-3"]
+)
 def test_settle_converges_to_the_quantized_ann_exactly(build, seed):
     net, shape = build("qffs", seed=seed)
     assert net.semantics == "settle" and net.drive_steps == 3
