@@ -294,6 +294,21 @@ def test_kernel_sops_equal_reference(method, channels_last):
     assert torch.equal(outs[0][2], want)
 
 
+@pytest.mark.parametrize("method", ["qcfs", "qffs"])
+def test_kernel_sops_at_the_largest_fanout_do_not_overflow(method):
+    """Every neuron spikes with the largest fan-out the kernels take: the sums (int32 per run of outputs inside the
+    CPU kernel) stay exact across runs and blocks."""
+    from dcsim.sim.sops import FANOUT_MAX
+
+    n, m = 2, 40000  # several runs of 1024 outputs and several blocks of 2^14
+    x, u = torch.full((n, m), 10.0), torch.zeros(n, m)
+    z = torch.zeros(n, m, dtype=torch.int32) if method == "qffs" else None
+    out, counts, acc = torch.empty(n, m), torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.int64)
+    fan = torch.full((1, m), FANOUT_MAX, dtype=torch.int32)
+    ops.neuron_step(method, x, u, z, out, counts, 0.5, 3, fanout=fan, sops=acc)
+    assert torch.equal(counts, torch.full((n,), m)) and torch.equal(acc, torch.full((n,), m * FANOUT_MAX))
+
+
 def test_kernel_checks_fanout_arguments():
     u = torch.zeros(2, 3, 4, 4)
     args = ("qcfs", u.clone(), u, None, torch.empty_like(u), torch.zeros(2, dtype=torch.int64), 1.0, 3)

@@ -110,7 +110,8 @@ def neuron_step(
 
     x, x2 (optional), u, out: float32 [n, ...] (same shape); z: int32 [n, ...] for QFFS, None
     for QCFS; counts: int64 [n]; th: threshold (> 0); zmax: spike-count cap (QFFS).
-    fanout: int32 [1, ...] synaptic operations per spike of each neuron, in u's memory layout, and
+    fanout: int32 [1, ...] synaptic operations per spike of each neuron (each in [0, sops.FANOUT_MAX]: the CPU
+    kernel sums runs of them in int32; dcsim.sim.sops.fanout_map checks it), in u's memory layout, and
     sops: int64 [n], accumulated with sum(|spike| * fanout) per sample: both or neither.
     """
     if method not in METHODS:

@@ -35,8 +35,9 @@ from .network import AdaptiveAvgPool, Add, AvgPool, Conv, Flatten, Input, Linear
 
 COUNTED: tuple[type[Node], ...] = (Input, Conv, Linear, AvgPool, AdaptiveAvgPool, Flatten, Add, Neuron)
 """Node types the counter knows (exact types: a subclass may compute something else)."""
-FANOUT_MAX = 2**31 - 1
-"""Largest fan-out the kernels take (int32)."""
+FANOUT_MAX = 2**21 - 1
+"""Largest fan-out the kernels take: the CPU kernel sums runs of 1024 outputs' fan-outs in int32
+(csrc/neuron_step.cpp, kSopsRun), so 1024 * FANOUT_MAX < 2^31 (a 3x3 conv to 2048 channels: 18,432)."""
 
 
 def check_counted(net: SpikingNetwork) -> None:
@@ -150,7 +151,7 @@ def fanout_map(net: SpikingNetwork, layer: int, shape: tuple[int, ...]) -> torch
     (grad,) = torch.autograd.grad(total, x)
     fan = grad[0].round()
     if bool((fan - grad[0]).abs().max() > 1e-6) or float(fan.max()) > FANOUT_MAX:
-        raise ValueError(f"the fan-out of layer {nodes[layer].name!r} is not an integer below 2^31: {float(fan.max())}")
+        raise ValueError(f"the fan-out of layer {nodes[layer].name!r} is not an integer below 2^21: {float(fan.max())}")
     return fan.to(torch.int64)
 
 
