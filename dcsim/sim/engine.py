@@ -424,9 +424,10 @@ class Engine:
                             fanout=fanout,
                             sops=state.sops.get(i),
                         )
-                        rec.counts[layer_of[i], t] = state.counts[i]
-                        if rec.sops is not None:
-                            rec.sops[layer_of[i], t] = state.sops[i]
+                        if k > 1:  # k = 1: stored for all layers at once after the loop
+                            rec.counts[layer_of[i], t] = state.counts[i]
+                            if rec.sops is not None:
+                                rec.sops[layer_of[i], t] = state.sops[i]
                     vals[i] = out
                 else:
                     bias = self._biases.get(i)
@@ -445,6 +446,10 @@ class Engine:
                     vals[i] = r.reshape(k, n, *r.shape[1:])
                 for j in self._free_after.get(i, ()):
                     del vals[j]
+            if k == 1:  # one stack per record instead of a copy per layer (the Python cost of a step at batch 1)
+                torch.stack([state.counts[i] for i in self.neurons], out=rec.counts[:, 0])
+                if rec.sops is not None:
+                    torch.stack([state.sops[i] for i in self.neurons], out=rec.sops[:, 0])
             output = self.net.output
             for t in range(k):
                 self.kernels.output_step(

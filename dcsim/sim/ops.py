@@ -166,7 +166,8 @@ def _check_fanout(fanout: torch.Tensor | None, sops: torch.Tensor | None, u: tor
         raise ValueError("fanout and sops go together: give both or neither")
     shape = (1, *u.shape[1:])
     _check("fanout", fanout, torch.int32, u.device, shape)
-    if fanout.numel() > 1 and _strides(fanout)[1:] != _strides(u)[1:]:
+    both_contiguous = fanout.is_contiguous() and u.is_contiguous()  # the common case: no stride tuples to build
+    if not both_contiguous and fanout.numel() > 1 and _strides(fanout)[1:] != _strides(u)[1:]:
         raise ValueError(
             f"fanout must have the per-sample memory layout of u (strides {u.stride()}), got {fanout.stride()}"
         )
