@@ -1,8 +1,9 @@
 """In-place compaction (kernel 3 on the CPU) and the cost model that decides when early exit compacts.
 
 The cost model only chooses which rows keep computing, so every early-exit result (predictions,
-exit steps, scores, spike counts) must equal today's gather-at-every-exit path bit for bit: on
-dyadic networks (exact arithmetic) and on the trained zoo networks with real-valued inputs.
+exit steps, scores, spike counts, synaptic operations) must equal today's gather-at-every-exit path
+bit for bit: on dyadic networks (exact arithmetic) and on the trained zoo networks with real-valued
+inputs.
 """
 
 from pathlib import Path
@@ -92,6 +93,7 @@ def _same(a: dcsim.ExitResult, b: dcsim.ExitResult) -> None:
     assert torch.equal(a.exit_step, b.exit_step)
     assert torch.equal(a.conf, b.conf)
     assert torch.equal(a.spikes, b.spikes)
+    assert a.sops is not None and b.sops is not None and torch.equal(a.sops, b.sops)  # counted up to each exit
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
