@@ -90,6 +90,22 @@ def test_compaction(benchmark, n, tensors):
     benchmark.extra_info["speedup_vs_reference"] = ref / benchmark.stats.stats.min
 
 
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="in-place compaction is the CPU path")
+@pytest.mark.parametrize("n,tensors", [(256, 20), (32, 40)])
+def test_compaction_in_place(benchmark, n, tensors):
+    """compact_rows_ (what early_exit runs on the CPU) against the gather into new tensors, 30% of rows done."""
+    g = torch.Generator().manual_seed(0)
+    state = [torch.randn(n, 64, 8, 8, generator=g) for _ in range(tensors)]
+    alive = torch.rand(n, generator=g) > 0.3
+    n_alive = int(alive.sum())
+    keep = torch.arange(n_alive)
+    keep[torch.nonzero(~alive[:n_alive]).squeeze(1)] = torch.nonzero(alive[n_alive:]).squeeze(1) + n_alive
+    benchmark.group = "compaction"
+    benchmark(ops.compact_rows_, state, keep)  # moves the same rows again each call: the same bytes
+    gather = _best(lambda: ops.gather_rows(state, torch.nonzero(alive).squeeze(1)))
+    benchmark.extra_info["speedup_vs_gather_rows"] = gather / benchmark.stats.stats.min
+
+
 # ResNet-18 (CIFAR) conv shapes (Cin, H, Cout, stride) at batch 1 and 32, and spike rates per step
 # around what converted networks show (a few %).
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="kernel 4 is CPU-only")

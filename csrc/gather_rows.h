@@ -1,5 +1,7 @@
 // Kernel 3: compaction. Gathers the rows of many state tensors in one pass:
-// dst_e[r, :] = src_e[index[r], :] for every entry e.
+// dst_e[r, :] = src_e[index[r], :] for every entry e. On the CPU dst may also be src itself (in-place
+// compaction into the first n_out rows): then each index[r] is r (skipped) or a distinct row >= n_out,
+// so no row read is ever written.
 #pragma once
 #include <cstdint>
 
@@ -7,7 +9,7 @@ namespace dcsim {
 
 struct GatherEntry {
   const void* src;    // [n_in, row_bytes] bytes
-  void* dst;          // [n_out, row_bytes] bytes, must not overlap src
+  void* dst;          // [n_out, row_bytes] bytes: src itself (CPU, see above) or not overlapping it
   int64_t row_bytes;  // bytes per sample row
 };
 

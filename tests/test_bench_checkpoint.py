@@ -1,13 +1,16 @@
-"""dcsim bench --checkpoint: a given network on real images beside its random-weight twin, with spike rates."""
+"""dcsim bench --checkpoint: a given network on real images beside its random-weight twin, with spike rates;
+the rounds' statistics of every row (median, min, max, unstable flag, CPU time, threads)."""
 
 import json
 
+import pytest
 import torch
 
 from dcsim.cli import EXIT_OK, main
 from dcsim.data import load_digits_splits
 from dcsim.io.checkpoint import save_checkpoint
 from dcsim.models import build_model
+from dcsim.workflows.benchmark import markdown, spread
 
 
 def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
@@ -26,3 +29,18 @@ def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
     assert set(by) == {("small_cnn", "random"), ("small_cnn 4 trained", "trained"), ("small_cnn 4 random", "random")}
     assert all(len(v) == 8 for v in by.values())  # 2 methods x 2 batches x 2 modes
     assert all(0 < r["spikes_per_neuron_step"] < 1 for r in rows)
+    for r in rows:  # one round: median, min and max are that round's time, no spread
+        assert r["rounds"] == 1 and r["threads"] >= 1 and r["spread"] == 0 and r["unstable"] is False
+        assert r["ms_min"] == r["ms_per_inference"] == r["ms_max"] and r["cpu_ms_per_inference"] >= 0
+    early = [r for r in rows if r["mode"] == "early_exit"]
+    assert early and all(r["step_saving"] > 0 and r["time_saving_min"] == r["time_saving_max"] for r in early)
+    rows[1]["unstable"] = True
+    table = markdown(rows).splitlines()
+    assert "unstable" not in table[2] and "unstable" in table[3]
+
+
+def test_spread_flags_rows_whose_rounds_differ_by_more_than_ten_percent():
+    s = spread([1.0, 1.05, 1.1, 1.02])
+    assert (s["median"], s["min"], s["max"]) == pytest.approx((1.035, 1.0, 1.1))
+    assert s["spread"] == pytest.approx(0.1 / 1.035) and s["unstable"] is False
+    assert spread([1.0, 1.2, 1.1])["unstable"] is True

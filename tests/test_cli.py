@@ -122,8 +122,8 @@ def test_errors_have_exit_codes(digits_checkpoint, tmp_path, run_cli):
     assert r.code == EXIT_ERROR and "bad.safetensors" in r.err
     r = run_cli([*eval_qcfs, "--threshold", "1.5"])
     assert r.code == EXIT_USAGE and "threshold" in r.err
-    r = run_cli([*eval_qcfs, "--threshold", "0.5", "--device", "gpu0"])
-    assert r.code == EXIT_ERROR and "--device 'gpu0'" in r.err
+    r = run_cli([*eval_qcfs, "--threshold", "0.5", "--device", "gpu0"])  # bad usage, refused before the work
+    assert r.code == EXIT_USAGE and "--device" in r.err and "'gpu0'" in r.err
     if not torch.cuda.is_available():
         r = run_cli([*eval_qcfs, "--threshold", "0.5", "--device", "cuda"])
         assert r.code == EXIT_ERROR and "no CUDA GPU" in r.err
@@ -201,7 +201,7 @@ def test_train_refuses_a_working_folder_another_run_holds(tmp_path, run_cli):
     blocked = tmp_path / "a_file"
     blocked.write_text("")
     r = run_cli([*args[:-1], tmp_path / "n.safetensors", "--workdir", blocked])
-    assert r.code == EXIT_ERROR and f"{blocked}: cannot use as a working folder (File exists)" in r.err
+    assert r.code == EXIT_USAGE and f"--workdir {blocked}: a file, not a folder" in r.err  # checked before the work
     assert not (tmp_path / "n.safetensors").exists()
 
 

@@ -109,7 +109,8 @@ TRAIN = [
 BENCH = [  # the first two exclude each other
     ("--quick", ON, None, "small models only (small_cnn, resnet18; the default on a CPU: a few minutes)"),
     ("--full", ON, None, "resnet18, vgg16 and resnet50 (the default on a GPU; long on a CPU)"),
-    ("--models", ["small_cnn", "resnet18", "vgg16", "resnet50"], None, None, MANY), ("--repeats", int, 3, None),
+    ("--models", ["small_cnn", "resnet18", "vgg16", "resnet50"], None, None, MANY),
+    ("--repeats", int, 7, "rounds, interleaved; times are medians with min and max (default 7)"),
     ("--chunk", int, [1], "engine steps computed layer-major at a time", MANY), CHANNELS_LAST,
     ("--graphs", ONOFF, None, "step loop as CUDA graphs, eager, or both (default: on for cuda, off for cpu)", MANY),
     ("--masked", ON, None, "with graphs: also time a masked fixed batch (no compaction) beside the bucketed one"),

@@ -26,6 +26,7 @@ import torch
 
 from ..checks import check_int, check_threshold
 from . import ops, reference, sops
+from .compaction import CompactionCost
 from .graphs import StaticExit
 from .network import Conv, Input, Linear, Neuron, Node, SpikingNetwork
 from .readout import Readout
@@ -165,6 +166,7 @@ class Engine:
             ):
                 self._spike_weights[i] = ops.pack_spike_conv_weight(node.weight)
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        self._compaction = CompactionCost()  # when compacting pays (early_exit on the CPU), measured as it runs
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
         # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.
@@ -307,6 +309,15 @@ class Engine:
     def compact(self, state: BatchState, keep: torch.Tensor) -> BatchState:
         """The state of the rows ``keep`` (int64 [n_keep], increasing), gathered in one pass."""
         return state.replace_tensors(self.kernels.gather_rows(state.tensors(), keep))
+
+    def compact_(self, state: BatchState, keep: torch.Tensor) -> BatchState:
+        """:meth:`compact` in place (CPU): row r of every state tensor becomes its row keep[r] (int64 [n_keep]:
+        r itself, or a running row past n_keep that fills a finished one, see :func:`dcsim.sim.ops.compact_rows_`).
+
+        The state's own memory is reused (nothing allocated) and only the filled rows are copied. The
+        state must own its tensors: none may share memory with another or with the caller's inputs.
+        """
+        return state.replace_tensors(self.kernels.compact_rows_(state.tensors(), keep))
 
     def refill(self, state: BatchState, rows: torch.Tensor, x: torch.Tensor, ids: torch.Tensor) -> None:
         """Load the inputs x float32 [k, ...] (ids int64 [k]) into the rows ``rows`` (int64 [k]) of ``state``, in place.
@@ -538,15 +549,18 @@ class Engine:
         threshold: float,
         batch_size: int | None = None,
         chunk: int = 1,
-        compact_fraction: float = 0.0,
+        compact_fraction: float | None = None,
         graphs: bool = False,
     ) -> ExitResult:
         """Live Dynamic Confidence: each sample stops at the first step whose score is > threshold, or at T.
 
         Finished samples are compacted out of the batch, so later steps compute only on survivors.
-        compact_fraction: compact once at least this fraction of the rows has finished (0: at every
-        exit; 1: never, a masked fixed batch); finished rows left in the batch keep computing but
-        their results are already recorded, so the choice changes the time, never the results.
+        compact_fraction: None (default): on the CPU, compact in place (:meth:`compact_`) whenever the
+        measured cost model of :mod:`dcsim.sim.compaction` says it pays before T; elsewhere at every exit.
+        A number: compact (by a gather, :meth:`compact`) once at least this fraction of the rows has
+        finished (0: at every exit; 1: never, a masked fixed batch). Finished rows left in the batch
+        keep computing but their results are already recorded, so the choice changes the time, never
+        the results.
         chunk: steps computed layer-major at a time (see :meth:`advance`): a sample that stops
         inside a chunk gets the results of its exit step, exactly as with chunk = 1; the steps
         computed after its exit are wasted work, the price of batching the steps of small batches.
@@ -557,8 +571,12 @@ class Engine:
         steps = check_int(steps, "steps")
         chunk = check_int(chunk, "chunk")
         threshold = check_threshold(threshold)
-        if not (isinstance(compact_fraction, (int, float)) and 0.0 <= compact_fraction <= 1.0):
-            raise ValueError(f"compact_fraction must be in [0, 1], got {compact_fraction!r}")
+        if compact_fraction is not None and not (
+            isinstance(compact_fraction, (int, float)) and 0.0 <= compact_fraction <= 1.0
+        ):
+            raise ValueError(f"compact_fraction must be None or in [0, 1], got {compact_fraction!r}")
+        cost_model = compact_fraction is None and self.device.type == "cpu"
+        fraction = 0.0 if compact_fraction is None else compact_fraction
         x = self.check_input(x)
         n_all = x.shape[0]
         bs = _batch_size(batch_size, n_all)
@@ -570,7 +588,7 @@ class Engine:
         for lo in range(0, n_all, bs):
             if graphs:
                 runner = self.static_exit(
-                    tuple(x[lo : lo + bs].shape), steps, readout, threshold, chunk, buckets=compact_fraction < 1
+                    tuple(x[lo : lo + bs].shape), steps, readout, threshold, chunk, buckets=fraction < 1
                 )
                 (pred[lo : lo + bs], exit_step[lo : lo + bs], conf[lo : lo + bs], spikes[lo : lo + bs], sops_run) = (
                     runner.run(x[lo : lo + bs])
@@ -579,10 +597,14 @@ class Engine:
                     ops_[lo : lo + bs] = sops_run
                 continue
             state = self.start(x[lo : lo + bs], ids=torch.arange(lo, min(lo + bs, n_all), device=self.device))
+            if cost_model:
+                state.static = _owned(state.static, x)
+                row_bytes = sum(t.element_size() * t[0].numel() for t in state.tensors())
             alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
             ran = 0
             while state.n:
                 k = min(chunk, steps - ran)
+                t0 = time.perf_counter()
                 rec = self.advance(state, k, steps, readout, threshold, done=ran)
                 ran += k
                 exited = rec.exited.bool() & alive  # [k, n]: first exits of rows still running
@@ -598,8 +620,19 @@ class Engine:
                     if rec.sops is not None:
                         ops_[ids] = rec.sops[:, first, rows].T
                     alive &= ~done
-                finished = state.n - int(alive.sum())
-                if finished == state.n or (finished and finished >= compact_fraction * state.n):
+                n_alive = int(alive.sum())  # a host sync: the step's time is known now
+                step_seconds = (time.perf_counter() - t0) / k
+                finished = state.n - n_alive
+                if finished == state.n:
+                    break
+                if cost_model and finished:
+                    keep, moved = _fill_holes(alive, n_alive)
+                    if self._compaction.pays(finished, state.n, steps - ran, step_seconds, moved * row_bytes):
+                        t0 = time.perf_counter()
+                        state = self.compact_(state, keep)
+                        self._compaction.observe(moved * row_bytes, time.perf_counter() - t0)
+                        alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
+                elif finished and finished >= fraction * state.n:
                     state = self.compact(state, torch.nonzero(alive).squeeze(1))
                     alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
         neurons, layers = self._layers(x)
@@ -630,6 +663,29 @@ class Engine:
                 del self._static_exits[next(iter(self._static_exits))]  # the oldest
             self._static_exits[key] = StaticExit(self, shape, steps, readout, threshold, chunk, buckets)
         return self._static_exits[key]
+
+
+def _owned(values: dict[int, torch.Tensor], x: torch.Tensor) -> dict[int, torch.Tensor]:
+    """values (the static layers' [n, ...]) with a copy of each one that shares memory with the inputs x or
+    with an earlier value, so that compacting each in place (:meth:`Engine.compact_`) moves its rows once."""
+    seen = {x.untyped_storage().data_ptr()}
+    out = {}
+    for i, v in values.items():
+        out[i] = v.clone() if v.untyped_storage().data_ptr() in seen else v
+        seen.add(out[i].untyped_storage().data_ptr())
+    return out
+
+
+def _fill_holes(alive: torch.Tensor, n_alive: int) -> tuple[torch.Tensor, int]:
+    """The in-place compaction index of the running rows (alive: bool [n]) and how many rows it moves.
+
+    Returns keep int64 [n_alive]: keep[r] = r where row r < n_alive runs; each finished row among the
+    first n_alive is filled by a running row past n_alive, in increasing order (see :func:`dcsim.sim.ops.compact_rows_`).
+    """
+    keep = torch.arange(n_alive, device=alive.device)
+    holes = torch.nonzero(~alive[:n_alive]).squeeze(1)
+    keep[holes] = torch.nonzero(alive[n_alive:]).squeeze(1) + n_alive
+    return keep, int(holes.numel())
 
 
 def _resolve_device(device: torch.device | str) -> torch.device:

@@ -258,6 +258,42 @@ def gather_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.
     return outs
 
 
+def compact_rows_(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
+    """In-place compaction (kernel 3 on the CPU): row r of each tensor becomes its row index[r], for r < n_out.
+
+    tensors: CPU tensors [n_in, ...] (any dtype), contiguous or channels_last; index: int64 [n_out]
+    with index[r] == r (the row stays) or index[r] >= n_out (a row from past the end fills row r;
+    those sources strictly increasing), values < n_in (all checked). Returns views of the first
+    n_out rows (same memory and layout). Nothing is allocated and only the rows that move are
+    copied: compacting f dropped rows costs at most f rows, not n.
+    """
+    if not tensors:
+        return []
+    device = _tensor("tensors[0]", tensors[0]).device
+    if device.type != "cpu":
+        raise ValueError(f"compact_rows_ runs on the CPU, got tensors on {device}")
+    _check("index", index, torch.int64, device)
+    if index.dim() != 1:
+        raise ValueError(f"index must be 1-D, got shape {tuple(index.shape)}")
+    n_in, n_out = tensors[0].shape[0], index.numel()
+    moved = index[index != torch.arange(n_out)]
+    if n_out > n_in or (
+        moved.numel() and (int(moved[0]) < n_out or int(moved[-1]) >= n_in or not bool((moved.diff() > 0).all()))
+    ):
+        raise ValueError(
+            f"index must keep row r (index[r] == r) or fill it from a row in [{n_out}, {n_in}), those increasing"
+        )
+    entries = []
+    for i, t in enumerate(tensors):
+        _check(f"tensors[{i}]", t, t.dtype, device)
+        if t.dim() < 1 or t.shape[0] != n_in:
+            raise ValueError(f"tensors[{i}] must have {n_in} rows, got shape {tuple(t.shape)}")
+        entries.append((t.data_ptr(), t.data_ptr(), t.element_size() * (t.numel() // n_in if n_in else 0)))
+    _, _, threads = _launch(device, sum(e[2] for e in entries) * moved.numel() // 4)
+    _core().gather_rows(entries, index.data_ptr(), n_out, False, 0, threads)
+    return [t[:n_out] for t in tensors]
+
+
 def pack_spike_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     """Conv weights float32 [Cout, Cin, kh, kw] repacked for :func:`spike_conv2d`: float32 [kh, kw, Cin, Cout]."""
     _check("weight", weight, torch.float32, _tensor("weight", weight).device)

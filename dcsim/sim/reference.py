@@ -111,6 +111,14 @@ def gather_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.
     return [t.index_select(0, index) for t in tensors]
 
 
+def compact_rows_(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
+    """Row r of each tensor [n_in, ...] becomes its row index[r] (int64 [n_out]), in place; views of the first n_out rows."""
+    n = index.numel()
+    for t in tensors:
+        t[:n] = t.index_select(0, index)
+    return [t[:n] for t in tensors]
+
+
 def spike_conv2d(
     x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int], padding: tuple[int, int]
 ) -> torch.Tensor:

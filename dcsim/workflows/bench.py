@@ -44,7 +44,7 @@ def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
             (m, meth, b) for m in opts.models for meth in ("qcfs", "qffs") for b in (1, 32)
         ]
     graphs = opts.graphs or (["on"] if device.type == "cuda" else ["off"])
-    configs = [(g == "on", cf) for g in graphs for cf in ((0.0, 1.0) if g == "on" and opts.masked else (0.0,))]
+    configs = [(g == "on", cf) for g in graphs for cf in ((None, 1.0) if g == "on" and opts.masked else (None,))]
     spike_convs = [s == "on" for s in (opts.spike_convs or (["off", "on"] if device.type == "cpu" else ["off"]))]
     if any(spike_convs) and device.type != "cpu":
         raise ValueError("--spike-convs on: event-driven convs run on the CPU only")
@@ -65,7 +65,7 @@ def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
         for chunk, precision, (use_graphs, compact_fraction), spikes in itertools.product(
             opts.chunk, opts.precision, configs, spike_convs
         ):
-            if use_graphs and compact_fraction >= 1 and batch == 1:
+            if use_graphs and compact_fraction == 1.0 and batch == 1:
                 continue  # at batch 1 buckets and a masked batch are the same thing
             if spikes and PRECISIONS[precision] != torch.float32:
                 continue  # event-driven convs are float32

@@ -8,13 +8,20 @@ samples around mid-simulation), it times:
   - the quantized ANN's forward pass at the same batch (the floor: one step can hardly cost less),
     on a GPU also replayed as a CUDA graph (its kernels alone, no launch overhead).
 Random weights are fine for timing. Ratios are the point; absolute times depend on the machine.
+
+Everything a row compares runs interleaved, round by round, in one process (after one warm-up call
+each), so a slow spell of a shared machine hits all of them alike; each time is the median over the
+rounds with its min and max, and a row whose spread (max - min) / median exceeds UNSTABLE_SPREAD is
+flagged ``unstable``. The CPU thread count is pinned for the case and reported.
 """
 
 from __future__ import annotations
 
 import platform
+import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -25,6 +32,7 @@ from ..sim.eager import EagerSimulator
 from ..sim.engine import Engine, gpu_flags
 from ..sim.graphs import capture_graphs
 from ..sim.readout import Readout
+from ..sim.state import ExitResult
 from .dynamic_confidence import NO_EXIT
 
 MODELS: dict[str, tuple[str, dict, tuple[int, int, int]]] = {
@@ -34,6 +42,8 @@ MODELS: dict[str, tuple[str, dict, tuple[int, int, int]]] = {
     "small_cnn": ("small_cnn", {"num_classes": 10}, (3, 32, 32)),
 }
 DEFAULT_STEPS = {"qcfs": 27, "qffs": 4}
+UNSTABLE_SPREAD = 0.10
+"""A row whose time spread (max - min) / median over the rounds exceeds this is flagged unstable."""
 
 
 def device_name(device: torch.device) -> str:
@@ -49,15 +59,35 @@ def _sync(device: torch.device) -> None:
 
 def timeit(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Best wall time in seconds of ``repeats`` calls (after one warm-up call)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
+    return min(interleaved({"fn": fn}, device, repeats)["fn"]["wall"])
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, rounds: int
+) -> dict[str, dict[str, list[float]]]:
+    """Times of each fn over ``rounds`` rounds, each round calling every fn once in order (one warm-up call
+    each first): {name: {"wall": seconds per round, "cpu": process CPU seconds per round (all threads)}}."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    for fn in fns.values():
         fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    out: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _sync(device)
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            _sync(device)
+            out[name]["wall"].append(time.perf_counter() - t0)
+            out[name]["cpu"].append(time.process_time() - c0)
+    return out
+
+
+def spread(values: list[float]) -> dict[str, float | bool]:
+    """median, min, max of ``values`` (> 0), their spread (max - min) / median, and ``unstable`` (spread > UNSTABLE_SPREAD)."""
+    med = statistics.median(values)
+    rel = (max(values) - min(values)) / med
+    return {"median": med, "min": min(values), "max": max(values), "spread": rel, "unstable": rel > UNSTABLE_SPREAD}
 
 
 def graphed_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -91,9 +121,10 @@ def mid_threshold(engine: Engine, x: torch.Tensor, steps: int, readout: Readout)
     return float(sim.conf[:, max(steps // 2 - 1, 0)].median())
 
 
-def engine_label(graphs: bool, compact_fraction: float, precision: str, spike_convs: bool = False) -> str:
+def engine_label(graphs: bool, compact_fraction: float | None, precision: str, spike_convs: bool = False) -> str:
     """Short name of an engine configuration in benchmark tables."""
-    label = ("graphs" + ("+masked" if compact_fraction >= 1 else "+buckets")) if graphs else "eager"
+    masked = compact_fraction is not None and compact_fraction >= 1
+    label = ("graphs" + ("+masked" if masked else "+buckets")) if graphs else "eager"
     return label + ("" if precision == "fp32" else f"+{precision}") + ("+spikeconv" if spike_convs else "")
 
 
@@ -108,10 +139,11 @@ def bench_case(
     chunk: int = 1,
     channels_last: bool = False,
     graphs: bool = False,
-    compact_fraction: float = 0.0,
+    compact_fraction: float | None = None,
     precision: str = "fp32",
     spike_convs: bool = False,
     network: tuple[torch.nn.Module, torch.Tensor, str] | None = None,
+    threads: int | None = None,
 ) -> list[dict]:
     """Rows for one model/method/batch: modes "full" and "early_exit" (engine steps computed ``chunk`` at a time).
 
@@ -120,7 +152,13 @@ def bench_case(
     network: (model, inputs float32 [>= batch, C, H, W], weights label) timed instead of the standard
     random-weight model on random inputs, e.g. a trained model on real images ("trained") or a
     random twin of it ("random"); ``model_name`` then only labels the rows.
-    Each row holds the spike rate: spikes per neuron per simulated step.
+    repeats: rounds; the ANN forward, the engine without and with early exit (and at batch 1 the eager
+    reference) run interleaved in each (see :func:`interleaved`). threads: CPU threads pinned for the
+    timing (default: torch's current count), reported in each row.
+    Each row holds the spike rate (spikes per neuron per simulated step), the median wall ms per
+    inference with its min, max, spread and ``unstable`` flag, and the median process CPU ms; the
+    early-exit row the step saving, the wall-clock saving (median, and min / max over the rounds'
+    pairs) and their ratio.
     """
     weights = "random"
     if network is None:
@@ -137,30 +175,47 @@ def bench_case(
     ann = model.to(device)
     readout = Readout.paper(method, net.bits, steps)
     exit_threshold = mid_threshold(engine, x, steps, readout)
-    with torch.no_grad(), gpu_flags(False, autotune=True):
-        ann_s = timeit(lambda: ann(x), device, repeats)
     ann_graph_s = graphed_seconds(lambda: ann(x), device, repeats) if device.type == "cuda" else None
     eager_sim = EagerSimulator(net.to(device)) if eager and batch == 1 else None
-    rows = []
-    for mode, threshold in (("full", 1.0), ("early_exit", exit_threshold)):
+    modes = {"full": 1.0, "early_exit": exit_threshold}
 
-        def run():  # timed in this iteration only
-            return engine.early_exit(
-                x,
-                steps,
-                readout,
-                threshold,  # noqa: B023 -- run() is called in this iteration only
-                chunk=chunk,
-                graphs=graphs,
-                compact_fraction=compact_fraction,
-            )
+    def engine_run(threshold: float) -> Callable[[], ExitResult]:
+        return lambda: engine.early_exit(
+            x, steps, readout, threshold, chunk=chunk, graphs=graphs, compact_fraction=compact_fraction
+        )
 
-        res = run()
+    def ann_forward() -> None:
+        with torch.no_grad(), gpu_flags(False, autotune=True):
+            ann(x)
+
+    def eager_run(sim: EagerSimulator, threshold: float) -> Callable[[], object]:
+        def run() -> object:
+            with gpu_flags(False, autotune=True):
+                return sim.run(x, steps, readout, threshold)
+
+        return run
+
+    fns: dict[str, Callable[[], object]] = {"ann": ann_forward} | {m: engine_run(th) for m, th in modes.items()}
+    if eager_sim is not None:
+        fns |= {f"reference_{m}": eager_run(eager_sim, th) for m, th in modes.items()}
+    results = {m: engine_run(th)() for m, th in modes.items()}
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or saved_threads)
+    try:
+        times = interleaved(fns, device, repeats)
+    finally:
+        torch.set_num_threads(saved_threads)
+    ann_s = statistics.median(times["ann"]["wall"])
+    rows: list[dict[str, Any]] = []  # JSON rows: names, counts, times, flags
+    for mode, threshold in modes.items():
+        res = results[mode]
         mean_steps = float(res.exit_step.float().mean())
         spike_rate = float(res.spikes.sum()) / (float(res.exit_step.sum()) * sum(res.neurons))
-        ours = timeit(run, device, repeats)
-        row = {
+        wall = spread(times[mode]["wall"])
+        ours = float(wall["median"])
+        row: dict[str, Any] = {
             "device": device_name(device),
+            "threads": threads or saved_threads,
             "model": model_name,
             "method": method,
             "batch": batch,
@@ -173,7 +228,13 @@ def bench_case(
             "mean_steps": mean_steps,
             "weights": weights,
             "spikes_per_neuron_step": spike_rate,
+            "rounds": repeats,
             "ms_per_inference": 1000 * ours / batch,
+            "ms_min": 1000 * float(wall["min"]) / batch,
+            "ms_max": 1000 * float(wall["max"]) / batch,
+            "spread": wall["spread"],
+            "unstable": wall["unstable"],
+            "cpu_ms_per_inference": 1000 * statistics.median(times[mode]["cpu"]) / batch,
             "ms_per_step": 1000 * ours / batch / mean_steps,
             "ann_ms_per_inference": 1000 * ann_s / batch,
             "ratio_to_ann_per_step": (ours / mean_steps) / ann_s,
@@ -182,17 +243,20 @@ def bench_case(
             row["ann_graph_ms_per_inference"] = 1000 * ann_graph_s / batch
             row["ratio_to_ann_graph_per_step"] = (ours / mean_steps) / ann_graph_s
         if eager_sim is not None:
-            with gpu_flags(False, autotune=True):
-                ref = timeit(lambda: eager_sim.run(x, steps, readout, threshold), device, repeats)  # noqa: B023 -- runs now
+            ref = statistics.median(times[f"reference_{mode}"]["wall"])
             row["reference_ms_per_inference"] = 1000 * ref
             row["speedup_vs_reference"] = ref / ours
         rows.append(row)
     full, early = rows
     saving_steps = 1 - early["mean_steps"] / full["mean_steps"]
-    saving_time = 1 - early["ms_per_inference"] / full["ms_per_inference"]
+    per_round = [1 - e / f for e, f in zip(times["early_exit"]["wall"], times["full"]["wall"], strict=True)]
     early["step_saving"] = saving_steps
-    early["time_saving"] = saving_time
-    early["time_saving_over_step_saving"] = saving_time / saving_steps if saving_steps > 0 else None
+    early["time_saving"] = 1 - early["ms_per_inference"] / full["ms_per_inference"]
+    early["time_saving_min"], early["time_saving_max"] = min(per_round), max(per_round)
+    ratios = [t / saving_steps for t in (early["time_saving"], *per_round)] if saving_steps > 0 else None
+    early["time_saving_over_step_saving"] = ratios[0] if ratios else None
+    early["time_saving_over_step_saving_min"] = min(ratios[1:]) if ratios else None
+    early["time_saving_over_step_saving_max"] = max(ratios[1:]) if ratios else None
     return rows
 
 
@@ -330,16 +394,29 @@ def progress_line(done: int, total: int, elapsed: float, what: str) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    """Table of benchmark rows."""
+    """Table of benchmark rows: wall ms per inference as median [min-max] over the rounds (``unstable`` where the
+    spread exceeds UNSTABLE_SPREAD); for early-exit rows the step and wall-clock savings and their ratio."""
+
+    def saving(r: dict) -> str:
+        if "step_saving" not in r:
+            return "- | - | -"
+        ratio, ratio_s = r["time_saving_over_step_saving"], "-"
+        if ratio is not None:
+            lo, hi = r["time_saving_over_step_saving_min"], r["time_saving_over_step_saving_max"]
+            ratio_s = f"{ratio:.2f} [{lo:.2f}-{hi:.2f}]"
+        return f"{100 * r['step_saving']:.1f}% | {100 * r['time_saving']:.1f}% | {ratio_s}"
+
     head = (
-        "| device | model | method | batch | mode | engine | chunk | mean steps | spikes/neuron/step | ms/inference | ms/step | "
+        "| device | threads | model | method | batch | mode | engine | chunk | mean steps | spikes/neuron/step | "
+        "ms/inference [min-max] | CPU ms/inference | ms/step | step saving | time saving | time / step saving | "
         "vs eager reference | step / ANN forward | step / ANN graph |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     return head + "".join(
-        f"| {r['device']} | {r['model']} | {r['method']} | {r['batch']} | {r['mode']} | {r['engine']} | {r['chunk']} | "
-        f"{r['mean_steps']:.2f} | {r['spikes_per_neuron_step']:.4f} | "
-        f"{r['ms_per_inference']:.3f} | {r['ms_per_step']:.3f} | "
+        f"| {r['device']} | {r['threads']} | {r['model']} | {r['method']} | {r['batch']} | {r['mode']} | {r['engine']} | "
+        f"{r['chunk']} | {r['mean_steps']:.2f} | {r['spikes_per_neuron_step']:.4f} | "
+        f"{r['ms_per_inference']:.3f} [{r['ms_min']:.3f}-{r['ms_max']:.3f}]{' unstable' if r['unstable'] else ''} | "
+        f"{r['cpu_ms_per_inference']:.3f} | {r['ms_per_step']:.3f} | {saving(r)} | "
         f"{format(r['speedup_vs_reference'], '.2f') + 'x' if 'speedup_vs_reference' in r else '-'} | "
         f"{r['ratio_to_ann_per_step']:.2f} | "
         f"{format(r['ratio_to_ann_graph_per_step'], '.2f') if 'ratio_to_ann_graph_per_step' in r else '-'} |\n"

@@ -197,7 +197,7 @@ class BenchOptions:
     quick: bool = False
     full: bool = False
     models: tuple[str, ...] = ()
-    repeats: int = 3
+    repeats: int = 7
     chunk: tuple[int, ...] = (1,)
     channels_last: bool = False
     graphs: tuple[str, ...] = ()

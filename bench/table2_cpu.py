@@ -1,0 +1,127 @@
+"""Table 2 on the CPU: seconds per inference with and without Dynamic Confidence on the trained zoo networks
+(docs/results/table2-cpu.md).
+
+    python bench/table2_cpu.py zoo/cifar10-resnet18w16-2bit zoo/cifar10-small-cnn-2bit --batches 1 32 256
+
+For each network, method (QCFS T=27, QFFS T=4 "settle") and batch size, three runs of
+``Engine.early_exit`` on the same CIFAR-10 test images are interleaved round by round in this process
+(after a warm-up call each): no DC (threshold 1), DC as before this change (``compact_fraction=0``:
+a gather at every exit) and DC now (the default: the measured cost model, in-place compaction). th_c
+is selected as ``dcsim report`` selects it (bench/zoo_setup.py). Reported per row: median wall and
+process-CPU ms per inference with min and max over the rounds (``unstable`` where the wall spread
+exceeds 10%), the step saving, the wall-clock and CPU savings, and their ratios to the step saving.
+The CPU figures do not count the time other processes hold the cores, so on a shared machine they
+are the stable ones. Results of the three runs are checked equal where they must be (both DC runs).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from zoo_setup import Case, arguments, load_cases, machine
+
+from dcsim.sim.engine import Engine
+from dcsim.sim.state import ExitResult
+from dcsim.workflows.benchmark import interleaved, spread
+
+
+def early_exit_run(
+    engine: Engine, case: Case, x: torch.Tensor, batch: int, threshold: float, fraction: float | None
+) -> Callable[[], ExitResult]:
+    """One timed call: early exit of x in batches of ``batch`` at ``threshold`` with ``compact_fraction=fraction``."""
+    return lambda: engine.early_exit(
+        x, case.steps, case.readout, threshold, batch_size=batch, compact_fraction=fraction
+    )
+
+
+def unstable(row: dict, key: str) -> str:
+    """' unstable' where the run ``key`` of ``row`` spread more than 10% over the rounds."""
+    return " unstable" if row["unstable"][key] else ""
+
+
+def main() -> None:
+    p = arguments(__doc__ or "", batches=[1, 32, 256], rounds=7)
+    p.add_argument("--batch1-images", type=int, default=4, help="images timed at batch 1 (one batch otherwise)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}; {args.rounds} interleaved rounds")
+    print(
+        "| network | method | batch | mean steps no DC / DC | ms/inf no DC [min-max] | ms/inf DC before | "
+        "ms/inf DC now | CPU ms no DC / DC before / DC now | step saving | wall saving before / now | "
+        "wall ratio before / now [min-max now] | CPU ratio before / now |"
+    )
+    print("|---" * 12 + "|")
+    rows = []
+    for case in load_cases(args.folders, 512, 1000, args.cache):
+        engine = Engine(case.net)
+        for batch in args.batches:
+            n = args.batch1_images if batch == 1 else batch
+            x = case.x[:n]
+            fns = {
+                "no_dc": early_exit_run(engine, case, x, batch, 1.0, None),
+                "dc_before": early_exit_run(engine, case, x, batch, case.threshold, 0.0),
+                "dc_now": early_exit_run(engine, case, x, batch, case.threshold, None),
+            }
+            res = {k: fn() for k, fn in fns.items()}
+            for field in ("pred", "exit_step", "conf", "spikes"):
+                assert torch.equal(getattr(res["dc_before"], field), getattr(res["dc_now"], field)), field
+            times = interleaved(fns, torch.device("cpu"), args.rounds)
+            steps = {k: float(r.exit_step.float().mean()) for k, r in res.items()}
+            step_saving = 1 - steps["dc_now"] / steps["no_dc"]
+            wall = {k: spread(t["wall"]) for k, t in times.items()}
+            cpu = {k: statistics.median(t["cpu"]) for k, t in times.items()}
+            ms = {k: 1000 * float(w["median"]) / n for k, w in wall.items()}
+            saving = {k: 1 - float(wall[k]["median"]) / float(wall["no_dc"]["median"]) for k in ("dc_before", "dc_now")}
+            cpu_saving = {k: 1 - cpu[k] / cpu["no_dc"] for k in ("dc_before", "dc_now")}
+            per_round = [
+                (1 - d / f) / step_saving for d, f in zip(times["dc_now"]["wall"], times["no_dc"]["wall"], strict=True)
+            ]
+            row = {
+                "network": case.name,
+                "method": case.method,
+                "steps": case.steps,
+                "threshold": case.threshold,
+                "batch": batch,
+                "images": n,
+                "threads": args.threads,
+                "rounds": args.rounds,
+                "mean_steps": steps,
+                "ms_per_inference": ms,
+                "ms_min": {k: 1000 * float(w["min"]) / n for k, w in wall.items()},
+                "ms_max": {k: 1000 * float(w["max"]) / n for k, w in wall.items()},
+                "spread": {k: w["spread"] for k, w in wall.items()},
+                "unstable": {k: w["unstable"] for k, w in wall.items()},
+                "cpu_ms_per_inference": {k: 1000 * v / n for k, v in cpu.items()},
+                "step_saving": step_saving,
+                "wall_saving": saving,
+                "cpu_saving": cpu_saving,
+                "wall_ratio": {k: v / step_saving for k, v in saving.items()},
+                "wall_ratio_now_min": min(per_round),
+                "wall_ratio_now_max": max(per_round),
+                "cpu_ratio": {k: v / step_saving for k, v in cpu_saving.items()},
+            }
+            rows.append(row)
+            print(
+                f"| {case.name} | {case.method} T={case.steps} | {batch} | {steps['no_dc']:.2f} / {steps['dc_now']:.2f} | "
+                f"{ms['no_dc']:.3f} [{row['ms_min']['no_dc']:.3f}-{row['ms_max']['no_dc']:.3f}]{unstable(row, 'no_dc')} | "
+                f"{ms['dc_before']:.3f} [{row['ms_min']['dc_before']:.3f}-{row['ms_max']['dc_before']:.3f}]{unstable(row, 'dc_before')} | "
+                f"{ms['dc_now']:.3f} [{row['ms_min']['dc_now']:.3f}-{row['ms_max']['dc_now']:.3f}]{unstable(row, 'dc_now')} | "
+                f"{row['cpu_ms_per_inference']['no_dc']:.3f} / {row['cpu_ms_per_inference']['dc_before']:.3f} / "
+                f"{row['cpu_ms_per_inference']['dc_now']:.3f} | {100 * step_saving:.1f}% | "
+                f"{100 * saving['dc_before']:.1f}% / {100 * saving['dc_now']:.1f}% | "
+                f"{row['wall_ratio']['dc_before']:.2f} / {row['wall_ratio']['dc_now']:.2f} "
+                f"[{row['wall_ratio_now_min']:.2f}-{row['wall_ratio_now_max']:.2f}] | "
+                f"{row['cpu_ratio']['dc_before']:.2f} / {row['cpu_ratio']['dc_now']:.2f} |",
+                flush=True,
+            )
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Shared setup of the CPU early-exit measurements on the trained zoo networks (profile, Table 2).
+
+For a zoo folder and a method it returns the converted network (default semantics: QFFS "settle"),
+the paper's readout with tau fitted on a validation subset, th_c selected as ``dcsim report`` selects
+it (lowest mean steps at no accuracy loss on the validation trace), and CIFAR-10 test images. The
+results are cached in a file (--cache) so repeated measurements skip the decoding and the trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dcsim import analysis
+from dcsim.conversion.convert import convert
+from dcsim.data import open_splits
+from dcsim.io import zoo
+from dcsim.models import build_model
+from dcsim.sim.engine import Engine
+from dcsim.sim.network import SpikingNetwork
+from dcsim.sim.readout import Readout
+from dcsim.workflows.dynamic_confidence import calibrate, record_trace
+
+STEPS = {"qcfs": 27, "qffs": 4}
+"""T per method, as in the issue's Table 2 runs (``--qcfs-steps 27 --qffs-steps 4``)."""
+DATA = "/root/data/cifar10-jpeg.tar.gz"
+
+
+@dataclass
+class Case:
+    """One trained network and method, ready to time.
+
+    net: the converted network; readout, steps (T), threshold (th_c); x: float32 [N, 3, 32, 32] test images.
+    """
+
+    name: str
+    method: str
+    net: SpikingNetwork
+    readout: Readout
+    steps: int
+    threshold: float
+    x: torch.Tensor
+
+
+def machine() -> str:
+    """CPU model, usable cores, torch threads and version: the line every result table names."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"{model}, {cores} usable cores, torch {torch.__version__} with {torch.get_num_threads()} intra-op "
+        f"thread(s), ISA {torch.backends.cpu.get_cpu_capability()}"
+    )
+
+
+def arguments(doc: str, batches: list[int], rounds: int, cases: bool = True) -> argparse.ArgumentParser:
+    """The command line the zoo measurements share: zoo folders, --batches and --rounds (these defaults); with
+    ``cases`` also --threads (pinned, default 1) and --cache (see :func:`load_cases`)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", nargs="+")
+    p.add_argument("--batches", type=int, nargs="+", default=batches)
+    p.add_argument("--rounds", type=int, default=rounds)
+    if cases:
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--cache", type=Path, default=Path("/tmp/dcsim_zoo_cases.pt"))
+    return p
+
+
+def table_row(*cells: object) -> str:
+    """A markdown table row of ``cells``."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def load_cases(folders: list[str], n_test: int, n_val: int, cache: Path) -> list[Case]:
+    """A Case per (zoo folder, method): th_c from a trace of n_val validation images, n_test test images."""
+    blob = torch.load(cache) if cache.exists() else {}
+    splits = None
+    cases = []
+    for folder in folders:
+        model, _ = zoo.load(folder, build_model)
+        model.eval()
+        name = Path(folder).name
+        for method, steps in STEPS.items():
+            key = f"{name}/{method}/{n_test}/{n_val}"
+            net = convert(model, method=method)
+            if key not in blob:
+                if splits is None:
+                    splits = open_splits("cifar10", DATA, val_size=n_val, seed=0)
+                    xv, yv = splits["val"].normalized(), splits["val"].labels
+                    xt = splits["test"].normalized()[:n_test]
+                tau = calibrate(model, xv, yv)["tau"]
+                readout = Readout.paper(method, net.bits, steps, tau=tau)
+                trace = record_trace(Engine(net), xv, yv, steps, readout, {"split": "val"})
+                th = analysis.analyze(trace)["selected"]["threshold"]
+                blob[key] = {"tau": tau, "threshold": th, "x": xt}
+                torch.save(blob, cache)
+            e = blob[key]
+            readout = Readout.paper(method, net.bits, steps, tau=e["tau"])
+            cases.append(Case(name, method, net, readout, steps, e["threshold"], e["x"]))
+    return cases
