@@ -1,6 +1,7 @@
 """Where the time of a live early-exit run goes on the CPU (docs/results/profile-early-exit-cpu.md).
 
-    python bench/profile_early_exit.py zoo/cifar10-resnet18w16-2bit zoo/cifar10-small-cnn-2bit --batches 1 32 256
+    python bench/profile_early_exit.py zoo/cifar10-resnet18w16-2bit zoo/cifar10-small-cnn-2bit \\
+        --data-root cifar10-jpeg.tar.gz --batches 1 32 256
 
 For each zoo network, method (QCFS T=27, QFFS T=4, default "settle" semantics) and batch size it runs
 ``Engine.early_exit`` without DC (threshold 1) and with DC (th_c as ``dcsim report`` selects it) with
@@ -105,7 +106,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
-    cases = load_cases(args.folders, 512, 1000, args.cache)
+    cases = load_cases(args.folders, 512, 1000, args.cache, args.data_root)
     head = "| network | method | batch | DC | mean steps | total ms/inf | " + " | ".join(PARTS) + " | python us/step |"
     print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
     for case in cases:

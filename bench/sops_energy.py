@@ -1,6 +1,6 @@
 """SOPs, MACs and energy per inference with and without Dynamic Confidence on a zoo model (CIFAR-10).
 
-Run: python bench/sops_energy.py zoo/cifar10-small-cnn-2bit --data /root/data/cifar10-jpeg --method qcfs
+Run: python bench/sops_energy.py zoo/cifar10-small-cnn-2bit --data cifar10-jpeg --method qcfs
 Takes the first ``--val`` training images of each class as the validation split (tau by temperature
 scaling, T as the smallest with the quantized ANN's validation accuracy up to --max-steps, th_c from a
 validation trace, as dcsim's pipeline does) and the first ``--test`` test images of each class; prints

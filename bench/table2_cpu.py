@@ -1,7 +1,8 @@
 """Table 2 on the CPU: seconds per inference with and without Dynamic Confidence on the trained zoo networks
 (docs/results/table2-cpu.md).
 
-    python bench/table2_cpu.py zoo/cifar10-resnet18w16-2bit zoo/cifar10-small-cnn-2bit --batches 1 32 256
+    python bench/table2_cpu.py zoo/cifar10-resnet18w16-2bit zoo/cifar10-small-cnn-2bit \\
+        --data-root cifar10-jpeg.tar.gz --batches 1 32 256
 
 For each network, method (QCFS T=27, QFFS T=4 "settle") and batch size, three runs of
 ``Engine.early_exit`` on the same CIFAR-10 test images are interleaved round by round in this process
@@ -57,7 +58,7 @@ def main() -> None:
     )
     print("|---" * 12 + "|")
     rows = []
-    for case in load_cases(args.folders, 512, 1000, args.cache):
+    for case in load_cases(args.folders, 512, 1000, args.cache, args.data_root):
         engine = Engine(case.net)
         for batch in args.batches:
             n = args.batch1_images if batch == 1 else batch

@@ -28,7 +28,6 @@ from dcsim.workflows.dynamic_confidence import calibrate, record_trace
 
 STEPS = {"qcfs": 27, "qffs": 4}
 """T per method, as in the issue's Table 2 runs (``--qcfs-steps 27 --qffs-steps 4``)."""
-DATA = "/root/data/cifar10-jpeg.tar.gz"
 
 
 @dataclass
@@ -64,12 +63,13 @@ def machine() -> str:
 
 def arguments(doc: str, batches: list[int], rounds: int, cases: bool = True) -> argparse.ArgumentParser:
     """The command line the zoo measurements share: zoo folders, --batches and --rounds (these defaults); with
-    ``cases`` also --threads (pinned, default 1) and --cache (see :func:`load_cases`)."""
+    ``cases`` also --data-root (CIFAR-10), --threads (pinned, default 1) and --cache (see :func:`load_cases`)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+")
     p.add_argument("--batches", type=int, nargs="+", default=batches)
     p.add_argument("--rounds", type=int, default=rounds)
     if cases:
+        p.add_argument("--data-root", type=Path, required=True, help="CIFAR-10 (folder or .tar.gz), as dcsim takes it")
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--cache", type=Path, default=Path("/tmp/dcsim_zoo_cases.pt"))
     return p
@@ -80,8 +80,9 @@ def table_row(*cells: object) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def load_cases(folders: list[str], n_test: int, n_val: int, cache: Path) -> list[Case]:
-    """A Case per (zoo folder, method): th_c from a trace of n_val validation images, n_test test images."""
+def load_cases(folders: list[str], n_test: int, n_val: int, cache: Path, data_root: Path) -> list[Case]:
+    """A Case per (zoo folder, method): th_c from a trace of n_val validation images, n_test test images
+    (CIFAR-10 at ``data_root``); what it computes is kept in ``cache`` for the next run."""
     blob = torch.load(cache) if cache.exists() else {}
     splits = None
     cases = []
@@ -94,7 +95,7 @@ def load_cases(folders: list[str], n_test: int, n_val: int, cache: Path) -> list
             net = convert(model, method=method)
             if key not in blob:
                 if splits is None:
-                    splits = open_splits("cifar10", DATA, val_size=n_val, seed=0)
+                    splits = open_splits("cifar10", data_root, val_size=n_val, seed=0)
                     xv, yv = splits["val"].normalized(), splits["val"].labels
                     xt = splits["test"].normalized()[:n_test]
                 tau = calibrate(model, xv, yv)["tau"]
