@@ -79,8 +79,10 @@ def main() -> None:
             ms = {k: 1000 * float(w["median"]) / n for k, w in wall.items()}
             saving = {k: 1 - float(wall[k]["median"]) / float(wall["no_dc"]["median"]) for k in ("dc_before", "dc_now")}
             cpu_saving = {k: 1 - cpu[k] / cpu["no_dc"] for k in ("dc_before", "dc_now")}
+            # the ratios to the step saving are undefined where DC saves no step (nan; the times still show its cost)
+            per = step_saving if step_saving > 0 else float("nan")
             per_round = [
-                (1 - d / f) / step_saving for d, f in zip(times["dc_now"]["wall"], times["no_dc"]["wall"], strict=True)
+                (1 - d / f) / per for d, f in zip(times["dc_now"]["wall"], times["no_dc"]["wall"], strict=True)
             ]
             row = {
                 "network": case.name,
@@ -101,10 +103,10 @@ def main() -> None:
                 "step_saving": step_saving,
                 "wall_saving": saving,
                 "cpu_saving": cpu_saving,
-                "wall_ratio": {k: v / step_saving for k, v in saving.items()},
+                "wall_ratio": {k: v / per for k, v in saving.items()},
                 "wall_ratio_now_min": min(per_round),
                 "wall_ratio_now_max": max(per_round),
-                "cpu_ratio": {k: v / step_saving for k, v in cpu_saving.items()},
+                "cpu_ratio": {k: v / per for k, v in cpu_saving.items()},
             }
             rows.append(row)
             print(
