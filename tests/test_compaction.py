@@ -102,7 +102,7 @@ def _same(a: dcsim.ExitResult, b: dcsim.ExitResult) -> None:
 @pytest.mark.parametrize("net_kind", ["small", "resnet"])
 def test_cost_model_early_exit_equals_compaction_at_every_exit(backend, method, steps, speed, net_kind):
     make = small if net_kind == "small" else resnet
-    net, shape = make(method, seed=21)
+    net, shape = make(method, seed=3 if net_kind == "resnet" else 21)  # the dyadic ResNet the other tests build
     engine = dcsim.Engine(net, backend=backend, channels_last=net_kind == "resnet")
     if speed is not None:
         engine._compaction = CompactionCost(bytes_per_second=speed)

@@ -82,7 +82,16 @@ def _no_time(d):
         return {
             k: _no_time(v)
             for k, v in d.items()
-            if k not in ("ms_per_inference", "plots", "ranks", "seconds", "train_seconds")
+            if k
+            not in (
+                "ms_per_inference",
+                "time_saving",
+                "time_to_step_saving",
+                "plots",
+                "ranks",
+                "seconds",
+                "train_seconds",
+            )
         }
     if isinstance(d, list):
         return [_no_time(v) for v in d]

@@ -249,8 +249,10 @@ def test_float_checkpoint_cli_errors(float_ckpt, tmp_path, capsys):
     assert "--normalize" in capsys.readouterr().err
     assert main([*args, "--normalize", "99.9", "--method", "qffs"]) == 1
     assert "qcfs" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as info:
-        main([*args, "--normalize", "0"])
+    assert main([*args, "--normalize", "0"]) == 2  # a bad flag value: bad usage, checked before any work
+    assert "--normalize" in (err := capsys.readouterr().err) and "(0, 100]" in err
+    with pytest.raises(SystemExit) as info:  # not a number: argparse's own error
+        main([*args, "--normalize", "most"])
     assert info.value.code == 2
-    assert "(0, 100]" in capsys.readouterr().err
+    assert "--normalize" in (err := capsys.readouterr().err) and "(0, 100]" in err
     assert not (tmp_path / "t.npz").exists()

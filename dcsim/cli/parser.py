@@ -19,7 +19,10 @@ ONOFF, METHODS, SPLITS = ["on", "off"], ["qcfs", "qffs"], ["train", "val", "test
 
 def _percentile(text: str) -> float:
     """``--normalize`` value: 'max' (100) or a percentile (checked to lie in (0, 100] in dcsim.cli.checks)."""
-    return 100.0 if text == "max" else float(text)
+    try:
+        return 100.0 if text == "max" else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes 'max' or a percentile in (0, 100], got {text!r}") from None
 
 
 def _add(p: Any, rows: list[tuple]) -> None:
