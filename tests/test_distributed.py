@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from dcsim.cli import EXIT_ERROR, EXIT_OK, main
 from dcsim.parallel import distributed
+from marks import SLOW
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 COMMON = ["--device", "cpu", "--batch-size", "64"]
@@ -201,6 +202,8 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
     assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] == slowest
 
 
+@pytest.mark.slow
+@SLOW  # the two-rank run above covers the parity; these edge cases take 35 s
 def test_three_ranks_uneven_and_more_ranks_than_samples(ckpt, tmp_path):
     tiny = ["--val-size", "2", "--batch-size", "1", "--tau", "1"]
     t300 = ["trace", str(ckpt), "--method", "qffs", "--steps", "3", *COMMON]  # 5 batches of <= 64 on 3 ranks
@@ -248,6 +251,8 @@ def _global_bn_equals_one_process(d: Path, ranks: int) -> None:
             torch.testing.assert_close(got[f"n{n}_running_var"], bn.running_var, **close)
 
 
+@pytest.mark.slow
+@SLOW  # the two-rank run above covers the parity; these edge cases take 35 s
 def test_two_nodes_on_localhost(ckpt, tmp_path):
     """Two ``torchrun --nnodes 2 --node-rank i`` launches meeting at one rendezvous address."""
     port = _port()

@@ -8,6 +8,7 @@ import dcsim
 from dcsim.sim.engine import PRECISIONS
 from dcsim.sim.network import Conv, Linear
 from dcsim.workflows.benchmark import prepared_model
+from marks import SLOW
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 REDUCED = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -37,12 +38,12 @@ def test_reduced_precision_rounds_every_current(precision, device):
     assert torch.equal(got, got.to(dtype).float())  # every current is a value of the reduced dtype
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", [pytest.param("cpu", marks=[pytest.mark.slow, SLOW]), *DEVICES[1:]])
 @pytest.mark.parametrize("method,steps", [("qcfs", 8), ("qffs", 4)])
 @pytest.mark.parametrize("precision", sorted(REDUCED))
 def test_reduced_precision_runs_close_to_fp32(precision, method, steps, device):
     net = _random_net(method)
-    x = _inputs(16, seed=2).to(device)  # reduced convs are slow on CPUs without a bf16/fp16 path: a small run
+    x = _inputs(16, seed=2).to(device)  # on the CPU only with DCSIM_SLOW=1: bf16/fp16 convs are slow without AVX-512
     readout = dcsim.Readout.paper(method, net.bits, steps)
     ref = dcsim.Engine(net, device=device).simulate(x, steps, readout, record_sums=True)
     engine = dcsim.Engine(net, device=device, precision=precision)
