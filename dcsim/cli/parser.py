@@ -94,9 +94,10 @@ HYPER = [  # defaults: train's
     ("--lr-decay", float, 0.95, "exponential schedule: decay of the learning rate per epoch"),
     ("--momentum", float, 0.9, None), ("--weight-decay", float, 2.5e-5, None), ("--train-batch-size", int, 32, None)]
 TRAIN = [
-    ("--augment", ON, None, "random crop (pad 4) and horizontal flip, in batches on the device; with a streamed "
+    ("--augment", ON, None, "random crop (pad --crop-padding) and horizontal flip, in batches on the device; with a streamed "
      "split (--loader stream): random-resized crop and flip as each image is decoded"),
-    ("--schedule", ["exponential", "cosine"], "exponential", "lr * lr-decay^epoch, or per stage warm-up + cosine to 0"),
+    ("--schedule", ["exponential", "cosine", "linear"], "exponential",
+     "lr * lr-decay^epoch, or per stage warm-up + cosine (or a straight line) to 0"),
     ("--lsq-lr", float, None, "cosine: peak learning rate of the LSQ stage (default lr / 10)"),
     ("--warmup-epochs", float, 0.0, "cosine: linear warm-up of each stage, in epochs"),
     ("--nesterov", ON, None, "Nesterov momentum"), ("--label-smoothing", float, 0.0, None),
@@ -108,7 +109,10 @@ TRAIN = [
     ("--train-subset", int, None, "train on this many training images (seeded random pick)"),
     ("--workdir", Path, None, "per-epoch state for resuming (default: OUT.work/)"),
     ("--quiet", ON, None, "no progress bars"),
-    ("--sync-bn", ON, None, "under torchrun: global-batch norm (SyncBatchNorm on CUDA, GlobalBatchNorm2d on the CPU)")]
+    ("--sync-bn", ON, None, "under torchrun: global-batch norm (SyncBatchNorm on CUDA, GlobalBatchNorm2d on the CPU)"),
+    ("--optimizer", ["sgd", "muon"], "sgd", "muon: the fast recipe (docs/training.md): orthogonalized updates of the "
+     "conv filters at --lr, Nesterov SGD for the rest; --weight-decay is then the biases' and head's shrink per step"),
+    ("--crop-padding", int, 4, "with --augment: the random crop's padding in pixels (offsets 0..2*padding)")]
 BENCH = [  # the first two exclude each other
     ("--quick", ON, None, "small models only (small_cnn, resnet18; the default on a CPU: a few minutes)"),
     ("--full", ON, None, "resnet18, vgg16 and resnet50 (the default on a GPU; long on a CPU)"),

@@ -1,9 +1,10 @@
-"""Training: the LSQ training loop (loop), device-resident batches (device_batches) and global batch norm
-for data-parallel CPU runs (global_bn).
+"""Training: the LSQ training loop (loop), the fast recipe's optimizer (muon), device-resident batches
+(device_batches); global batch norm for data-parallel CPU runs is in dcsim.parallel.global_bn.
 
 The loop's names are re-exported here (dcsim.training.train, dcsim.training.TrainConfig, ...)."""
 
 from .loop import (
+    OPTIMIZERS,
     SCHEDULES,
     TRAIN_PRECISIONS,
     Augment,
@@ -13,15 +14,18 @@ from .loop import (
     accuracy,
     budget_config,
     learning_rate,
+    make_optimizer,
     measure_epoch_seconds,
     milestones,
     plan_epochs,
     predict_logits,
+    set_learning_rate,
     split_accuracy,
     train,
 )
 
 __all__ = [
+    "OPTIMIZERS",
     "SCHEDULES",
     "TRAIN_PRECISIONS",
     "Augment",
@@ -31,10 +35,12 @@ __all__ = [
     "accuracy",
     "budget_config",
     "learning_rate",
+    "make_optimizer",
     "measure_epoch_seconds",
     "milestones",
     "plan_epochs",
     "predict_logits",
+    "set_learning_rate",
     "split_accuracy",
     "train",
 ]

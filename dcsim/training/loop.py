@@ -33,6 +33,7 @@ from ..io.checkpoint import write_safetensors
 from ..models.architectures import WhitenedCNN, init_whitening
 from ..models.lsq import set_quantization
 from .device_batches import DeviceSplit, StreamedSplit
+from .muon import Muon, muon_groups
 
 if TYPE_CHECKING:
     from ..parallel.distributed import DataParallel
@@ -41,7 +42,8 @@ Normalization = tuple[Sequence[float], Sequence[float]]
 """Per-channel (mean, std) of the images, in units of [0, 1] pixel intensity."""
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 """augment(x, generator) -> x: a batch transform on the device (e.g. :func:`dcsim.batching.random_crop_flip`)."""
-SCHEDULES = ("exponential", "cosine")
+SCHEDULES = ("exponential", "cosine", "linear")
+OPTIMIZERS = ("sgd", "muon")
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -51,8 +53,14 @@ class TrainConfig:
 
     schedule: "exponential": lr * lr_decay^epoch over both stages (per epoch); "cosine": each
     stage rises linearly from a tenth of its peak over ``warmup_epochs`` and then follows a
-    half cosine to zero, per batch; the float stage peaks at ``lr``, the LSQ stage at ``lsq_lr``
-    (default lr / 10). nesterov: Nesterov momentum; label_smoothing: of the cross-entropy.
+    half cosine to zero, per batch; "linear": the same warm-up, then a straight line to zero;
+    the float stage peaks at ``lr``, the LSQ stage at ``lsq_lr`` (default lr / 10).
+    nesterov: Nesterov momentum; label_smoothing: of the cross-entropy.
+    optimizer: "sgd" (every parameter at the scheduled lr, with ``momentum`` and ``weight_decay``)
+    or "muon" (:mod:`dcsim.training.muon`, the fast recipe: conv filters at the scheduled lr with
+    orthogonalized momentum, the other groups at fixed ratios of it; ``momentum`` and ``nesterov``
+    do not apply, and ``weight_decay`` is the fraction by which biases and the head shrink per
+    step at the stage's peak lr, falling with the schedule).
     """
 
     epochs: int = 60
@@ -68,6 +76,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     nesterov: bool = False
     label_smoothing: float = 0.0
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "float_epochs", "batch_size"):
@@ -85,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not self.warmup_epochs >= 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
         if not 0 <= self.label_smoothing < 1:
@@ -106,7 +117,44 @@ def learning_rate(config: TrainConfig, epoch: int, progress: float = 0.0) -> flo
     warmup = min(config.warmup_epochs, length / 2)
     if position < warmup:
         return peak * (0.1 + 0.9 * position / warmup)
-    return peak * 0.5 * (1 + math.cos(math.pi * (position - warmup) / (length - warmup)))
+    fraction = (position - warmup) / (length - warmup)
+    if config.schedule == "linear":
+        return peak * (1 - fraction)
+    return peak * 0.5 * (1 + math.cos(math.pi * fraction))
+
+
+def stage_peak(config: TrainConfig, epoch: int) -> float:
+    """The peak learning rate of the stage ``epoch`` (0-based) belongs to: ``lr`` for the float stage and
+    for the exponential schedule, else ``lsq_lr`` (default lr / 10)."""
+    if config.schedule == "exponential" or epoch < config.float_epochs:
+        return config.lr
+    return config.lsq_lr if config.lsq_lr is not None else config.lr / 10
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of ``config.optimizer`` over ``model``'s parameters; every group carries
+    ``lr_ratio`` and ``decays`` for :func:`set_learning_rate`."""
+    if config.optimizer == "muon":
+        return Muon(muon_groups(model, config.batch_size))
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+    opt.param_groups[0].update(lr_ratio=1.0, decays=False)  # SGD's own weight decay, coupled to the lr
+    return opt
+
+
+def set_learning_rate(opt: torch.optim.Optimizer, config: TrainConfig, epoch: int, lr: float) -> None:
+    """Set every group's lr to ``lr`` (the schedule's, see :func:`learning_rate`) times its ``lr_ratio``;
+    groups that ``decays`` shrink by weight_decay * lr / stage peak per step (see :class:`TrainConfig`)."""
+    peak = stage_peak(config, epoch)
+    for group in opt.param_groups:
+        group["lr"] = lr * group["lr_ratio"]
+        if group["decays"]:
+            group["weight_decay"] = config.weight_decay / (peak * group["lr_ratio"])
 
 
 @dataclass(frozen=True)
@@ -251,7 +299,9 @@ def measure_epoch_seconds(
     split = _as_split(train_x, train_y, normalization, device, channels_last)
     if not isinstance(split, DeviceSplit):
         raise ValueError("measure_epoch_seconds times batches of a split held in memory, not a streamed FolderSplit")
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt = make_optimizer(model, config)
+    for group in opt.param_groups:
+        group["lr"] = 0.0
     step = _Stepper(model, opt, config, runtime, device)
     gen = torch.Generator().manual_seed(config.seed)
     per_epoch = math.ceil(len(split) / config.batch_size)
@@ -417,13 +467,7 @@ def train(
         )
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=config.nesterov,
-    )
+    opt = make_optimizer(model, config)
     ranks = 1 if parallel is None else parallel.world.size
     total = config.float_epochs + config.epochs
     history: dict[str, Any] = {
@@ -474,8 +518,7 @@ def train(
         )
         for b, (x, y, global_rows) in zip(bar, batches, strict=True):
             lr = learning_rate(config, epoch, b / n_batches)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            set_learning_rate(opt, config, epoch, lr)
             loss, hits, rows = step(x, y, global_rows)
             loss_sum += loss * global_rows / ranks
             correct += hits
@@ -554,6 +597,11 @@ def whiten_from_training_split(model: nn.Module, train_split: DeviceSplit | Stre
             init_whitening(m, x.contiguous())
 
 
+def _parameters(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The optimizer's parameters, group after group (the order of their momentum in a checkpoint)."""
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
 def _checkpoint(
     path: Path,
     model: nn.Module,
@@ -565,7 +613,7 @@ def _checkpoint(
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if best is not None:
         tensors |= {f"best.{k}": v for k, v in best.items()}
-    for i, p in enumerate(opt.param_groups[0]["params"]):
+    for i, p in enumerate(_parameters(opt)):
         buf = opt.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
             tensors[f"momentum.{i}"] = buf
@@ -617,7 +665,7 @@ def _resume(
         )
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
-    for i, p in enumerate(opt.param_groups[0]["params"]):
+    for i, p in enumerate(_parameters(opt)):
         if f"momentum.{i}" in tensors:
             opt.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device)
     gen.set_state(tensors["rng"])

@@ -48,6 +48,8 @@ class TrainOptions:
     warmup_epochs: float = 0.0
     nesterov: bool = False
     label_smoothing: float = 0.0
+    optimizer: str = "sgd"
+    crop_padding: int = 4
     train_precision: str = "auto"
     train_channels_last: bool | None = None
     compile: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ from ..models.lsq import set_quantization
 from ..parallel.distributed import DataParallel, World, write_if_main
 from ..training import TrainConfig, TrainRuntime, budget_config, milestones, split_accuracy, train
 from ..training.device_batches import DeviceSplit, StreamedSplit
+from ..training.muon import fast_recipe_init_
 from .benchmark import device_name
 from .inputs import agree, limit_splits, load_splits, loader_workers
 from .options import DataOptions, TrainOptions
@@ -53,6 +55,8 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
         arch_kwargs["width"] = opts.width or 32  # small_cnn's default; the others default to the paper's 64
     torch.manual_seed(data.seed)  # weight initialisation
     model = build_model(opts.arch, **arch_kwargs)
+    if opts.optimizer == "muon":
+        fast_recipe_init_(model)
     # the options named as TrainConfig's fields carry over as they are
     shared = {f.name: getattr(opts, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(opts, f.name)}
     config = TrainConfig(**shared | {"batch_size": opts.train_batch_size, "seed": data.seed})
@@ -68,7 +72,7 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
         if not opts.augment:
             tr = dataclasses.replace(tr, transform="eval")
     else:
-        augment = random_crop_flip if opts.augment else None
+        augment = functools.partial(random_crop_flip, padding=opts.crop_padding) if opts.augment else None
     normalization = (tr.mean, tr.std)
     workdir = opts.working_folder
     t0 = time.perf_counter()
