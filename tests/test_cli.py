@@ -22,6 +22,7 @@ def test_train_writes_a_loadable_checkpoint(digits_checkpoint):
     splits = dcsim.data.load_digits_splits(seed=0)
     x, y = splits["val"].normalized(), splits["val"].labels
     assert abs(training.accuracy(model, x, y) - meta["accuracy"]["val"]) < 1e-9
+    assert not digits_checkpoint.with_suffix(".work").exists()  # a finished run leaves no working folder
 
 
 def test_trace_analyze_eval_stream(digits_checkpoint, tmp_path):
@@ -260,3 +261,20 @@ def test_qffs_semantics_option(digits_checkpoint, tmp_path, run_cli):
     assert r.code == EXIT_ERROR and "recorded with the 'constant' QFFS semantics" in r.err
     assert run_cli(["eval", digits_checkpoint, *qffs, *constant, "--json", tmp_path / "e.json"]).code == EXIT_OK
     assert json.loads((tmp_path / "e.json").read_text())["steps"] == 6
+
+
+@pytest.mark.parametrize("completed", [True, False])
+def test_working_folder_is_removed_only_after_a_completed_run(tmp_path, monkeypatch, completed):
+    from dcsim.parallel.distributed import World
+    from dcsim.workflows import train as train_workflow
+    from dcsim.workflows.options import DataOptions, TrainOptions
+
+    opts = TrainOptions(out=tmp_path / "m.safetensors")
+
+    def fake_train(opts, data, world, splits):
+        (opts.working_folder / "last.safetensors").write_bytes(b"state")
+        return {"completed": completed}
+
+    monkeypatch.setattr(train_workflow, "_train", fake_train)
+    train_workflow.train_checkpoint(opts, DataOptions(), World(), splits={"train": None})
+    assert opts.working_folder.exists() is not completed  # a stopped run keeps its state, to resume

@@ -67,7 +67,8 @@ def test_filter_update_is_renormalised_orthogonal_and_scale_free():
 def test_groups_cover_every_trained_parameter_once():
     model = whitened_cnn(width=8)
     groups = {g["name"]: g for g in muon_groups(model, batch_size=500)}
-    assert set(groups) == {"filters", "biases", "head fc", "steps"}
+    assert set(groups) == {"filters", "biases", "head", "steps"}
+    assert [id(p) for p in groups["head"]["params"]] == [id(model.fc.weight), id(model.fc.bias)]
     seen = [id(p) for g in groups.values() for p in g["params"]]
     assert len(seen) == len(set(seen))
     bn_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}

@@ -76,10 +76,13 @@ SMALL_CNN = ["reproduce", "--arch", "small_cnn", "--width", "4", "--train-subset
 def test_untrained_model_writes_no_report(tmp_path):
     out = tmp_path / "u"
     work = tmp_path / "work"  # --workdir is where the per-epoch state goes, not OUT/model.work
+    work.mkdir()
+    (work / "notes.txt").write_text("the user's")
     argv = ["--float-epochs", "1", "--epochs", "1", "--min-accuracy", "0.999", "--workdir", str(work)]
     rc = main([*SMALL_CNN, *argv, "--out", str(out)])
     assert rc == EXIT_ERROR
-    assert any(work.iterdir()) and not (out / "model.work").exists()
+    # the finished run's state is removed from its working folder; the user's file stays
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"] and not (out / "model.work").exists()
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "untrained" and "below the floor" in results["message"]
     assert (out / "model.safetensors").exists() and not (out / "report.md").exists()

@@ -92,24 +92,26 @@ def muon_groups(model: nn.Module, batch_size: int) -> list[dict[str, Any]]:
 
     - "filters": the weights of every ``nn.Conv2d`` that trains (orthogonal; no decay);
     - "biases": every other 1-D parameter except batch-norm weights (left out: they stay as they
-      are, 1 at initialisation) and LSQ steps, at BIAS_LR_PER_IMAGE * batch_size;
-    - "head": the weights of ``nn.Linear`` layers, at HEAD_LR_PER_IMAGE * batch_size / in_features^2;
+      are, 1 at initialisation), LSQ steps and the linear layers' biases, at BIAS_LR_PER_IMAGE * batch_size;
+    - "head": the weights and biases of the ``nn.Linear`` layers, at HEAD_LR_PER_IMAGE * batch_size /
+      in_features^2 (the largest in_features; the logits' biases at the biases' rate would swamp them);
     - "steps": the LSQ step sizes, at STEP_LR_RATIO, no decay.
     A parameter of another kind is an error naming it.
     """
     filters: list[nn.Parameter] = []
     biases: list[nn.Parameter] = []
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    features = max((m.in_features for m in linear), default=1)
     steps: list[nn.Parameter] = []
-    heads: list[dict[str, Any]] = []
+    heads: list[nn.Parameter] = []
     for name, module in model.named_modules():
         for pname, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
             if isinstance(module, nn.Conv2d) and pname == "weight":
                 filters.append(p)
-            elif isinstance(module, nn.Linear) and pname == "weight":
-                ratio = HEAD_LR_PER_IMAGE * batch_size / module.in_features**2
-                heads.append({"params": [p], "lr_ratio": ratio, "decays": True, "name": f"head {name}"})
+            elif isinstance(module, nn.Linear) and pname in ("weight", "bias"):
+                heads.append(p)
             elif isinstance(module, nn.modules.batchnorm._BatchNorm) and pname == "weight":
                 continue
             elif isinstance(module, LSQActivation) and pname == "step":
@@ -122,7 +124,7 @@ def muon_groups(model: nn.Module, batch_size: int) -> list[dict[str, Any]]:
         {"params": filters, "lr_ratio": 1.0, "decays": False, "orthogonal": True, "momentum": FILTER_MOMENTUM,
          "name": "filters"},
         {"params": biases, "lr_ratio": BIAS_LR_PER_IMAGE * batch_size, "decays": True, "name": "biases"},
-        *heads,
+        {"params": heads, "lr_ratio": HEAD_LR_PER_IMAGE * batch_size / features**2, "decays": True, "name": "head"},
         {"params": steps, "lr_ratio": STEP_LR_RATIO, "decays": False, "name": "steps"},
     ]  # fmt: skip
     return [g for g in groups if g["params"]]

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from ..parallel.distributed import World
-from ..training.loop import discard_workdir
 from .inputs import load_model, load_splits
 from .options import DataOptions, ReportOptions, TrainOptions
 from .report import report
@@ -35,6 +34,5 @@ def demo(out: Path, train: TrainOptions, opts: ReportOptions, seed: int, world: 
     summary = report(model, meta.to_dict(), load_splits(data), out, opts, data, world, checkpoint=train.out)
     summary["train"] = {k: trained[k] for k in ("accuracy", "train_seconds")}
     summary["seconds"] = time.perf_counter() - t0
-    discard_workdir(train.working_folder)  # the per-epoch state of a finished run
     print(f"[dcsim] demo done in {summary['seconds']:.1f} s: {out / 'report.md'}", file=sys.stderr)
     return summary

@@ -21,6 +21,7 @@ from ..models.lsq import set_quantization
 from ..parallel.distributed import DataParallel, World, write_if_main
 from ..training import TrainConfig, TrainRuntime, budget_config, milestones, split_accuracy, train
 from ..training.device_batches import DeviceSplit, StreamedSplit
+from ..training.loop import discard_workdir
 from ..training.muon import fast_recipe_init_
 from .benchmark import device_name
 from .inputs import agree, limit_splits, load_splits, loader_workers
@@ -31,12 +32,18 @@ def train_checkpoint(opts: TrainOptions, data: DataOptions, world: World, splits
     """Train and write the checkpoint ``opts.out``; ``splits`` (default: loaded from ``data``).
 
     The working folder (``opts.working_folder``: per-epoch state for resuming) is held by this run
-    from start to end (by rank 0 under torchrun): a second run into it is an error. Returns the
-    checkpoint path, accuracy {"val", "test"} (fractions), train_seconds, history and the budget plan.
+    from start to end (by rank 0 under torchrun): a second run into it is an error. Once the
+    checkpoint of a completed run is written, the run's files in it are removed (and the folder,
+    if that empties it); a run stopped by its time limit keeps them, to resume.
+    Returns the checkpoint path, accuracy {"val", "test"} (fractions), train_seconds, history and
+    the budget plan.
     """
     splits = splits or load_splits(data)  # a bad data root fails before the working folder is made
     with exclusive_folder(opts.working_folder, held=world.main):
-        return _train(opts, data, world, splits)
+        trained = _train(opts, data, world, splits)
+    if world.main and trained["completed"]:
+        discard_workdir(opts.working_folder)  # the per-epoch state of a finished run
+    return trained
 
 
 def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) -> dict:
