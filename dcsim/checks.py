@@ -84,14 +84,14 @@ def writable(path: str | os.PathLike[str], name: str, *, folder: bool) -> Path:
     the reverse, a pipe or device where a file goes, a path under a file, no permission)."""
     p = Path(path)
     if p.exists() and p.is_dir() != folder:
-        raise ValueError(f"{name} {p}: {'a file, not a folder' if folder else 'a folder, not a file'}")
+        raise ValueError(f"{name} {p}: {'a file, not a folder' if folder else 'is a folder; give a file path'}")
     if p.exists() and not folder and not stat.S_ISREG(p.stat().st_mode):
         raise ValueError(f"{name} {p}: not a regular file (a pipe, socket or device), so it cannot be replaced")
     parent = p if folder else p.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise ValueError(f"{name} {p}: {parent} is a file, so nothing can be written under it")
+        raise ValueError(f"{name} {p}: lies under a file ({parent}), so nothing can be written there")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{name} {p}: no permission to write in {parent}")
     return p

@@ -293,40 +293,17 @@ def test_dcsim_zoo_accepts_a_zoo_folder(tmp_path):
 FORKED_KILLS = r"""
 import json, os, random, re, signal, sys, time
 from pathlib import Path
-import numpy as np, torch
+import torch
 torch.set_num_threads(1)
-from dcsim import analysis
-from dcsim.io.checkpoint import load_checkpoint, save_checkpoint
-from dcsim.io.atomic import write_text_atomic
-from dcsim.models import build_model
+sys.path.insert(0, sys.argv[3])
+from alternating_writes import KINDS, Writer, version
 
 folder, trials = Path(sys.argv[1]), int(sys.argv[2])
-models = [build_model("small_cnn", num_classes=3, in_channels=1, width=4) for _ in range(2)]
-meta = {"architecture": "small_cnn", "arch_kwargs": {"num_classes": 3, "in_channels": 1, "width": 4},
-        "classes": ["a", "b", "c"], "normalization": {"mean": [0.0], "std": [1.0]}, "dataset": "x", "accuracy": {}}
-
-def write(kind, path, v):
-    if kind == "trace":
-        n = 20000 + v
-        analysis.save_trace(path, analysis.Trace(labels=np.full(n, v), pred=np.full((n, 8), v),
-                                                 conf=np.full((n, 8), 0.25 * (v + 1), dtype=np.float32), meta={"v": v}))
-    elif kind == "checkpoint":
-        save_checkpoint(path, models[v], meta | {"seed": v})
-    else:
-        write_text_atomic(path, json.dumps({"v": v, "rows": [v] * (200000 + v)}))
-
-def version(kind, path):
-    if kind == "trace":
-        return analysis.load_trace(path).meta["v"]
-    if kind == "checkpoint":
-        return load_checkpoint(path, build_model)[1]["seed"]
-    report = json.loads(path.read_text())
-    assert len(report["rows"]) == 200000 + report["v"]
-    return report["v"]
+write = Writer().write
 
 rng = random.Random(7)
 problems, transient = [], 0
-for kind in ("trace", "checkpoint", "report"):
+for kind in KINDS:
     sub = folder / kind
     sub.mkdir()
     path = sub / f"out.{kind}"
@@ -370,7 +347,7 @@ def test_kill_during_save_20_times_leaves_no_stray_file(tmp_path):
     writer's own temporary name (only a kill in the instant between naming the finished file and
     renaming it leaves one; never safetensors' .tmpXXXXXX), which the next save removes."""
     out = subprocess.run(
-        [sys.executable, "-c", FORKED_KILLS, str(tmp_path), "20"],
+        [sys.executable, "-c", FORKED_KILLS, str(tmp_path), "20", str(Path(__file__).parent)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -8,7 +8,6 @@ check uses 5.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -22,9 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dcsim import analysis
-from dcsim.io.checkpoint import load_checkpoint, read_metadata
-from dcsim.models import build_model
+from alternating_writes import KINDS, version
+from dcsim.io.checkpoint import read_metadata
 
 TRIALS = int(os.environ.get("DCSIM_KILL_TRIALS", "1"))
 TRAIN = [
@@ -106,60 +104,34 @@ def _assert_same_training(path: Path, reference: Path, what: str) -> None:
 
 
 WRITER = """
-import json, sys
-import numpy as np
+import sys
 from pathlib import Path
-from dcsim import analysis
-from dcsim.io.checkpoint import save_checkpoint
-from dcsim.io.atomic import write_text_atomic
-from dcsim.models import build_model
-import torch
+sys.path.insert(0, sys.argv[3])
+from alternating_writes import Writer
 
 kind, path = sys.argv[1], Path(sys.argv[2])
-models = [build_model("small_cnn", num_classes=3, in_channels=1, width=4) for _ in range(2)]  # two random inits
-meta = {"architecture": "small_cnn", "arch_kwargs": {"num_classes": 3, "in_channels": 1, "width": 4},
-        "classes": ["a", "b", "c"], "normalization": {"mean": [0.0], "std": [1.0]}, "dataset": "x", "accuracy": {}}
+writer = Writer()  # two random models for the checkpoints
 for i in range(10**9):
-    v = i % 2
-    if kind == "trace":
-        n = 20000 + v
-        analysis.save_trace(path, analysis.Trace(labels=np.full(n, v), pred=np.full((n, 8), v),
-                                                 conf=np.full((n, 8), 0.25 * (v + 1), dtype=np.float32), meta={"v": v}))
-    elif kind == "checkpoint":
-        save_checkpoint(path, models[v], meta | {"seed": v})
-    else:
-        write_text_atomic(path, json.dumps({"v": v, "rows": [v] * (200000 + v)}))
+    writer.write(kind, path, i % 2)
     if i == 1:
         print("written", flush=True)
 """
 
 
-def _version(kind: str, path: Path) -> int:
-    """Which of the two alternating contents ``path`` holds (it must load completely)."""
-    if kind == "trace":
-        trace = analysis.load_trace(path)
-        return int(trace.meta["v"])
-    if kind == "checkpoint":
-        _, meta = load_checkpoint(path, build_model)
-        return int(meta["seed"])
-    report = json.loads(path.read_text())
-    assert len(report["rows"]) == 200000 + report["v"]
-    return int(report["v"])
-
-
-@pytest.mark.parametrize("kind", ["trace", "checkpoint", "report"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_writes_killed_mid_way_leave_a_complete_file(tmp_path, kind):
     """A process rewriting a file in a loop is SIGKILLed at a random moment: the file still loads as one of
     the complete versions (the temporary file of the write in progress is the only leftover)."""
     path = tmp_path / f"out.{kind}"
     rng = np.random.default_rng(len(kind))
     for _ in range(TRIALS):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, kind, str(path)], stdout=subprocess.PIPE, text=True)
+        argv = [sys.executable, "-c", WRITER, kind, str(path), str(Path(__file__).parent)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "written"
         time.sleep(float(rng.uniform(0.0, 0.5)))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert _version(kind, path) in (0, 1)
+        assert version(kind, path) in (0, 1)
         assert {p.name for p in tmp_path.iterdir()} <= {path.name} | {
             p.name for p in tmp_path.glob(f".{path.name}.*.tmp")
         }

@@ -109,6 +109,8 @@ def test_reproduce_whitened_cnn_at_toy_scale(tiny_cifar, tmp_path):
     argv = ["reproduce", "--dataset", "cifar10", "--data-root", str(tiny_cifar), "--arch", "whitened_cnn"]
     argv += ["--width", "4", "--float-epochs", "1", "--epochs", "1", "--train-subset", "40", "--val-size", "20"]
     argv += ["--max-test", "20", "--min-accuracy", "0", "--train-channels-last", "--quiet", "--out", str(out)]
+    argv += ["--optimizer", "muon", "--lr", "0.24", "--lsq-lr", "0.06", "--weight-decay", "0.002"]
+    argv += ["--train-batch-size", "10", "--schedule", "linear", "--warmup-epochs", "0", "--crop-padding", "2"]
     assert main(argv) == EXIT_OK
     report = json.loads((out / "report.json").read_text())
     assert report["model"] == "whitened_cnn" and [m["steps"] for m in report["methods"]] == [27, 4]

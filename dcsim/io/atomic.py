@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..checks import writable
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -42,21 +44,14 @@ def _link_unnamed(fd: int, target: Path) -> None:
 
 
 def check_writable(path: str | os.PathLike, name: str = "output") -> Path:
-    """``path`` as a Path, once a file can be written there: its folder is made if missing; a ValueError
-    naming ``name`` and the path when it is a folder (or another non-regular file), lies under a
-    file, or its folder cannot be made or written. Call it before the work whose result goes there."""
-    path = Path(path)
-    if path.is_dir() or (path.exists() and not path.is_file()):
-        what = "a folder" if path.is_dir() else "not a regular file"
-        raise ValueError(f"{name} {path}: is {what}; give a file path")
+    """``path`` as a Path, once a file can be written there (:func:`dcsim.checks.writable`), with its folder
+    made if missing; a ValueError naming ``name`` and the path otherwise. Call it before the work whose
+    result goes there."""
+    path = writable(path, name, folder=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"{name} {path}: lies under a file, not a folder") from None
     except OSError as err:
         raise ValueError(f"{name} {path}: cannot make its folder ({err.strerror or err})") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{name} {path}: its folder {path.parent} is not writable")
     return path
 
 
