@@ -110,8 +110,7 @@ TRAIN = [
     ("--workdir", Path, None, "per-epoch state for resuming (default: OUT.work/)"),
     ("--quiet", ON, None, "no progress bars"),
     ("--sync-bn", ON, None, "under torchrun: global-batch norm (SyncBatchNorm on CUDA, GlobalBatchNorm2d on the CPU)"),
-    ("--optimizer", ["sgd", "muon"], "sgd", "muon: the fast recipe (docs/training.md): orthogonalized updates of the "
-     "conv filters at --lr, Nesterov SGD for the rest; --weight-decay is then the biases' and head's shrink per step"),
+    ("--optimizer", ["sgd", "muon"], "sgd", "muon: the fast recipe, see docs/training.md (--weight-decay: per step)"),
     ("--crop-padding", int, 4, "with --augment: the random crop's padding in pixels (offsets 0..2*padding)")]
 BENCH = [  # the first two exclude each other
     ("--quick", ON, None, "small models only (small_cnn, resnet18; the default on a CPU: a few minutes)"),
