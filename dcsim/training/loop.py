@@ -109,10 +109,10 @@ def learning_rate(config: TrainConfig, epoch: int, progress: float = 0.0) -> flo
         for _ in range(epoch):  # multiplied epoch by epoch, as torch's ExponentialLR does (the same floats)
             lr *= config.lr_decay
         return lr
+    peak = stage_peak(config, epoch)
     if epoch < config.float_epochs:
-        peak, position, length = config.lr, epoch + progress, config.float_epochs
+        position, length = epoch + progress, config.float_epochs
     else:
-        peak = config.lsq_lr if config.lsq_lr is not None else config.lr / 10
         position, length = epoch - config.float_epochs + progress, config.epochs
     warmup = min(config.warmup_epochs, length / 2)
     if position < warmup:
