@@ -118,14 +118,20 @@ class LSQActivation(nn.Module):
     def extra_repr(self) -> str:
         return f"bits={self.bits}, grad_scale={self.grad_scale!r}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.quantize:
-            return torch.relu(x)
-        if self.training and self.needs_init:
+    @torch.compiler.disable  # type: ignore[untyped-decorator]  # reads a buffer on the host: eager
+    def _init_step(self, x: torch.Tensor) -> None:
+        """Set the step from the first training batch x (LSQ initialisation), once."""
+        if self.needs_init:
             with torch.no_grad():
                 self.step.copy_((2 * x.detach().abs().mean() / math.sqrt(self.qp)).clamp_min(1e-8))
                 self.initialized.fill_(True)
             self._init_seen = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quantize:
+            return torch.relu(x)
+        if self.training and not self._init_seen:
+            self._init_step(x)
         if self.grad_scale == "features":
             g = 1.0 / math.sqrt(max(x[0].numel(), 1) * self.qp)
         elif self.grad_scale == "batch":
