@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from ..checks import existing
 from .cifar10 import load_cifar10, locate_cifar10
@@ -68,14 +67,10 @@ def open_splits(
                 "not the python batches (use loader 'memory')"
             )
         train, test = _scan_pair(folder / "train", folder / "test")
-        cifar: dict[str, Any] = {
-            "resize": None,
-            "crop": (32, 32),
-            "mean": CIFAR10_MEAN,
-            "std": CIFAR10_STD,
-            "name": "cifar10",
-        }
-        return dict(folder_splits(train, test, val_size, seed, **cifar))
+        cifar = folder_splits(
+            train, test, val_size, seed, resize=None, crop=(32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD, name="cifar10"
+        )
+        return dict(cifar)
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such folder")
@@ -85,12 +80,15 @@ def open_splits(
     decoded = (len(train.files) + len(test.files)) * 3 * IMAGENET_CROP * IMAGENET_CROP
     if loader == "auto" and decoded <= STREAM_ABOVE_BYTES:
         return dict(load_imagenet_style(root, val_size=val_size, seed=seed))
-    crop = (IMAGENET_CROP, IMAGENET_CROP)
-    imagenet: dict[str, Any] = {
-        "resize": IMAGENET_RESIZE,
-        "crop": crop,
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-        "name": root.name,
-    }
-    return dict(folder_splits(train, test, val_size, seed, **imagenet))
+    streamed = folder_splits(
+        train,
+        test,
+        val_size,
+        seed,
+        resize=IMAGENET_RESIZE,
+        crop=(IMAGENET_CROP, IMAGENET_CROP),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        name=root.name,
+    )
+    return dict(streamed)
