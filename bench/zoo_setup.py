@@ -90,8 +90,9 @@ def load_cases(folders: list[str], n_test: int, n_val: int, cache: Path, data_ro
         model, _ = zoo.load(folder, build_model)
         model.eval()
         name = Path(folder).name
+        weights = zoo.model_identity(folder)[1]  # new weights in the same folder: a new key
         for method, steps in STEPS.items():
-            key = f"{name}/{method}/{n_test}/{n_val}"
+            key = f"{name}/{weights}/{method}/{n_test}/{n_val}"
             net = convert(model, method=method)
             if key not in blob:
                 if splits is None:

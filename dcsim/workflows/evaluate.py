@@ -187,7 +187,11 @@ def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, wor
         base = runs["no_dc"]
         time_saving = 1.0 - res.ms_per_inference / base.ms_per_inference
         compare = {
-            "no_dc": {k: v for k, v in base.to_dict().items() if k in ("accuracy", "mean_steps", "ms_per_inference")},
+            "no_dc": {
+                k: v
+                for k, v in base.to_dict().items()
+                if k in ("accuracy", "mean_steps", "spikes_per_neuron", "ms_per_inference")
+            },
             "time_saving": time_saving,
             "time_to_step_saving": time_saving / res.saving if res.saving > 0 else None,
         }
@@ -212,8 +216,9 @@ def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, wor
         )
         if compare:
             print(
-                f"  no DC: accuracy {compare['no_dc']['accuracy']:.4f}, {compare['no_dc']['ms_per_inference']:.3f} "
-                f"ms/inference: DC saves {100 * compare['time_saving']:.1f}% of the time"
+                f"  no DC: accuracy {compare['no_dc']['accuracy']:.4f}, spikes/neuron {base.spikes['pooled']:.3f}, "
+                f"{compare['no_dc']['ms_per_inference']:.3f} ms/inference: DC saves "
+                f"{100 * compare['time_saving']:.1f}% of the time"
             )
         ann = energy["ann"]
         for name, run in energy["runs"].items():
