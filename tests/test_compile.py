@@ -7,7 +7,7 @@ import torch
 
 import dcsim
 from dcsim import training
-from dcsim.models.lsq import LSQActivation, set_quantization
+from dcsim.models.lsq import LSQActivation
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -51,7 +51,6 @@ def test_compiled_training_matches_eager():
         )
         assert [e["phase"] for e in history["epochs"]] == ["float", "lsq"] and history["completed"]
         weights.append(model.state_dict())
-        set_quantization(model, True)
     for name, value in weights[0].items():
         if value.is_floating_point():  # 8 optimisation steps: float rounding only (fused ops), no other change
             torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-5, msg=name)

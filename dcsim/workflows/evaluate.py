@@ -216,7 +216,7 @@ def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, wor
         )
         if compare:
             print(
-                f"  no DC: accuracy {compare['no_dc']['accuracy']:.4f}, spikes/neuron {base.spikes['pooled']:.3f}, "
+                f"  no DC: accuracy {compare['no_dc']['accuracy']:.4f}, spikes/neuron {compare['no_dc']['spikes_per_neuron']:.3f}, "
                 f"{compare['no_dc']['ms_per_inference']:.3f} ms/inference: DC saves "
                 f"{100 * compare['time_saving']:.1f}% of the time"
             )
