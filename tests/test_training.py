@@ -53,6 +53,7 @@ def test_cosine_schedule_per_stage():
         ({"schedule": "step"}, "schedule"),
         ({"lsq_lr": 0.0}, "lsq_lr"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"lsq_label_smoothing": -0.1}, "lsq_label_smoothing"),
         ({"nesterov": True, "momentum": 0.0}, "nesterov"),
         ({"warmup_epochs": -1}, "warmup"),
     ],
@@ -95,6 +96,29 @@ def test_budget_config_measures_and_restores_the_model(digits):
             budget_minutes=1e-5,
             normalization=(tr.mean, tr.std),
         )
+
+
+def test_lsq_label_smoothing_applies_to_the_lsq_stage_only(digits):
+    tr, va = digits
+    base = {"lr": 0.05, "batch_size": 64, "schedule": "cosine"}
+
+    def weights(**kw):
+        model = _model()
+        cfg = training.TrainConfig(**base | kw)
+        training.train(model, tr.normalized(), tr.labels, va.normalized(), va.labels, cfg, progress=False)
+        return [v.clone() for v in model.state_dict().values()]
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    split = {"label_smoothing": 0.3, "lsq_label_smoothing": 0.0}
+    assert training.stage_label_smoothing(training.TrainConfig(float_epochs=1, epochs=1, **split), 0) == 0.3
+    assert training.stage_label_smoothing(training.TrainConfig(float_epochs=1, epochs=1, **split), 1) == 0.0
+    assert training.stage_label_smoothing(training.TrainConfig(float_epochs=1, label_smoothing=0.3), 1) == 0.3
+    # the float stage smooths, the LSQ stage does not
+    assert same(weights(float_epochs=1, epochs=0, **split), weights(float_epochs=1, epochs=0, label_smoothing=0.3))
+    assert same(weights(float_epochs=0, epochs=1, **split), weights(float_epochs=0, epochs=1))
+    assert not same(weights(float_epochs=0, epochs=1, **split), weights(float_epochs=0, epochs=1, label_smoothing=0.3))
 
 
 def test_raw_images_with_normalization_train_like_normalized_floats(digits):

@@ -19,11 +19,12 @@ class UsageError(ValueError):
 POSITIVE = ("batch_size", "train_batch_size", "steps", "slots", "repeats", "val_size", "calibration_size",
             "train_subset", "max_test", "qcfs_steps", "qffs_steps", "qcfs_max_steps", "qffs_max_steps", "width",
             "bits", "stream", "chunk")  # fmt: skip
-NON_NEGATIVE = ("epochs", "float_epochs", "loader_workers", "crop_padding")
+NON_NEGATIVE = ("epochs", "float_epochs", "loader_workers", "crop_padding", "cutout")
 # Real flags: (low, high or None, low allowed); high is always allowed.
 REALS = {"lr": (0, None, False), "lr_decay": (0, None, False), "budget_minutes": (0, None, False),
          "max_shard_mib": (0, None, False), "resolution": (0, 1, False), "weight_decay": (0, None, True),
          "warmup_epochs": (0, None, True), "momentum": (0, 1, True), "label_smoothing": (0, 1, True),
+         "lsq_label_smoothing": (0, 1, True),
          "lsq_share": (0, 1, False), "tolerance": (0, 1, True), "threshold": (0, 1, True),
          "min_accuracy": (0, 1, True), "lsq_lr": (0, None, False), "e_mac": (0, None, True),
          "e_ac": (0, None, True), "normalize": (0, 100, False)}  # fmt: skip
@@ -67,6 +68,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
         if args.command == "eval" and args.threshold is not None and args.steps is None:
             raise ValueError("--steps is required with --threshold")
+        if getattr(args, "cutout", 0) and not args.augment:
+            raise ValueError(f"--cutout {args.cutout} applies to the augmented batches: give --augment (or --cutout 0)")
         if getattr(args, "dataset", "digits") != "digits" and getattr(args, "data_root", "") is None:
             raise ValueError(f"--data-root is required for --dataset {args.dataset}")
         outputs = {"out": args.command not in FILE_OUTPUTS, "workdir": True, "plots": True, "json": False}

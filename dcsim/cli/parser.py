@@ -100,7 +100,9 @@ TRAIN = [
      "lr * lr-decay^epoch, or per stage warm-up + cosine (or a straight line) to 0"),
     ("--lsq-lr", float, None, "cosine: peak learning rate of the LSQ stage (default lr / 10)"),
     ("--warmup-epochs", float, 0.0, "cosine: linear warm-up of each stage, in epochs"),
-    ("--nesterov", ON, None, "Nesterov momentum"), ("--label-smoothing", float, 0.0, None),
+    ("--nesterov", ON, None, "Nesterov momentum"), ("--label-smoothing", float, 0.0, "of the cross-entropy (both stages)"),
+    ("--lsq-label-smoothing", float, None, "the LSQ stage's label smoothing (default: --label-smoothing; 0: "
+     "fine-tune on plain cross-entropy, so DC reads an unsmoothed confidence)"),
     ("--train-precision", ["auto", "fp32", "bf16"], "auto", "auto: bf16 autocast + channels_last on CUDA, else fp32"),
     ("--train-channels-last", BOOL, None, "channels_last training (default: CUDA, bf16; faster: whitened_cnn, CPU)"),
     ("--compile", ON, None, "torch.compile the training forward pass (CPU: LSQ epochs ~2x faster; each stage compiles first)"),
@@ -111,7 +113,8 @@ TRAIN = [
     ("--quiet", ON, None, "no progress bars"),
     ("--sync-bn", ON, None, "under torchrun: global-batch norm (SyncBatchNorm on CUDA, GlobalBatchNorm2d on the CPU)"),
     ("--optimizer", ["sgd", "muon"], "sgd", "muon: the fast recipe, see docs/training.md (--weight-decay: per step)"),
-    ("--crop-padding", int, 4, "with --augment: the random crop's padding in pixels (offsets 0..2*padding)")]
+    ("--crop-padding", int, 4, "with --augment: the random crop's padding in pixels (offsets 0..2*padding)"),
+    ("--cutout", int, 0, "with --augment: zero a square of this many pixels a side at a random centre (0: off)")]
 BENCH = [  # the first two exclude each other
     ("--quick", ON, None, "small models only (small_cnn, resnet18; the default on a CPU: a few minutes)"),
     ("--full", ON, None, "resnet18, vgg16 and resnet50 (the default on a GPU; long on a CPU)"),

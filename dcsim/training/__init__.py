@@ -21,6 +21,7 @@ from .loop import (
     predict_logits,
     set_learning_rate,
     split_accuracy,
+    stage_label_smoothing,
     train,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "predict_logits",
     "set_learning_rate",
     "split_accuracy",
+    "stage_label_smoothing",
     "train",
 ]

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 Normalization = tuple[Sequence[float], Sequence[float]]
 """Per-channel (mean, std) of the images, in units of [0, 1] pixel intensity."""
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
-"""augment(x, generator) -> x: a batch transform on the device (e.g. :func:`dcsim.batching.random_crop_flip`)."""
+"""augment(x, generator) -> x: a batch transform on the device (e.g. :func:`dcsim.data.augment.random_crop_flip`)."""
 SCHEDULES = ("exponential", "cosine", "linear")
 OPTIMIZERS = ("sgd", "muon")
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
@@ -55,7 +55,10 @@ class TrainConfig:
     stage rises linearly from a tenth of its peak over ``warmup_epochs`` and then follows a
     half cosine to zero, per batch; "linear": the same warm-up, then a straight line to zero;
     the float stage peaks at ``lr``, the LSQ stage at ``lsq_lr`` (default lr / 10).
-    nesterov: Nesterov momentum; label_smoothing: of the cross-entropy.
+    nesterov: Nesterov momentum; label_smoothing: of the cross-entropy, in the float stage and (unless
+    ``lsq_label_smoothing`` is set) the LSQ stage; ``lsq_label_smoothing`` 0 trains the LSQ stage on
+    plain cross-entropy after a smoothed float stage, so that the converted network's softmax
+    confidence (what Dynamic Confidence reads) is not the smoothed one.
     optimizer: "sgd" (every parameter at the scheduled lr, with ``momentum`` and ``weight_decay``)
     or "muon" (:mod:`dcsim.training.muon`, the fast recipe: conv filters at the scheduled lr with
     orthogonalized momentum, the other groups at fixed ratios of it; ``momentum`` and ``nesterov``
@@ -76,6 +79,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     nesterov: bool = False
     label_smoothing: float = 0.0
+    lsq_label_smoothing: float | None = None
     optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
@@ -98,8 +102,10 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing!r}")
+        for name in ("label_smoothing", "lsq_label_smoothing"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
 
 
 def learning_rate(config: TrainConfig, epoch: int, progress: float = 0.0) -> float:
@@ -129,6 +135,14 @@ def stage_peak(config: TrainConfig, epoch: int) -> float:
     if config.schedule == "exponential" or epoch < config.float_epochs:
         return config.lr
     return config.lsq_lr if config.lsq_lr is not None else config.lr / 10
+
+
+def stage_label_smoothing(config: TrainConfig, epoch: int) -> float:
+    """The label smoothing of the stage ``epoch`` (0-based) belongs to: ``label_smoothing`` for the
+    float stage, ``lsq_label_smoothing`` (default: the same) for the LSQ stage."""
+    if epoch < config.float_epochs or config.lsq_label_smoothing is None:
+        return config.label_smoothing
+    return config.lsq_label_smoothing
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -228,6 +242,7 @@ class _Stepper:
         self.dtype, _ = runtime.resolve(device)
         net = parallel.wrap(model, float_epochs_ahead) if parallel is not None else model
         self.forward = torch.compile(net) if runtime.compile else net
+        self.label_smoothing = config.label_smoothing  # the stage's: set per epoch
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, rows: int | None = None
@@ -239,10 +254,10 @@ class _Stepper:
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             out = self.forward(x)
             if self.parallel is None:
-                loss = F.cross_entropy(out.float(), y, label_smoothing=self.config.label_smoothing)
+                loss = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
             else:
                 loss = self.parallel.loss(
-                    out.float(), y, len(y) if rows is None else rows, label_smoothing=self.config.label_smoothing
+                    out.float(), y, len(y) if rows is None else rows, label_smoothing=self.label_smoothing
                 )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
@@ -439,7 +454,7 @@ def train(
     too large for memory (with its own labels), decoded batch by batch by ``runtime.loader_workers``
     worker processes and augmented by its "train" transform as decoded (augment must be None).
     augment(x, generator) -> x transforms an in-memory batch on the device before normalization
-    (e.g. :func:`dcsim.batching.random_crop_flip`).
+    (e.g. :func:`dcsim.data.augment.random_crop_flip`).
     Float epochs train with LSQ layers as ReLU; LSQ epochs quantize (steps initialised from the
     first quantized batch). Only LSQ epochs compete for "best" (the model is used quantized).
     With ``workdir``, the state after every epoch is written to workdir/last.safetensors
@@ -496,6 +511,7 @@ def train(
         t_epoch = time.perf_counter()
         quantized = epoch >= config.float_epochs
         set_quantization(model, quantized)
+        step.label_smoothing = stage_label_smoothing(config, epoch)
         model.train()
         perm = torch.randperm(len(train_split), generator=gen)
         n_batches = len(perm) // config.batch_size if drop_last else math.ceil(len(perm) / config.batch_size)

@@ -48,8 +48,10 @@ class TrainOptions:
     warmup_epochs: float = 0.0
     nesterov: bool = False
     label_smoothing: float = 0.0
+    lsq_label_smoothing: float | None = None
     optimizer: str = "sgd"
     crop_padding: int = 4
+    cutout: int = 0
     train_precision: str = "auto"
     train_channels_last: bool | None = None
     compile: bool = False
@@ -59,6 +61,10 @@ class TrainOptions:
     workdir: Path | None = None
     quiet: bool = False
     sync_bn: bool = False
+
+    def __post_init__(self) -> None:
+        if self.cutout and not self.augment:
+            raise ValueError(f"--cutout {self.cutout} applies to the augmented batches: give --augment (or --cutout 0)")
 
     @property
     def working_folder(self) -> Path:

@@ -55,6 +55,11 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
             "--budget-minutes times batches of a split held in memory; with a streamed split "
             "(--loader stream) give --epochs and --float-epochs"
         )
+    if streamed and opts.cutout:
+        raise ValueError(
+            "--cutout applies to a split held in memory; a streamed split (--loader stream) is "
+            "augmented as it is decoded, without cutout"
+        )
     agree(world, splits, ("train", "val", "test"))
     in_channels = tr.image_shape[0] if streamed else tr.images.shape[1]
     arch_kwargs = {"num_classes": len(tr.classes), "in_channels": in_channels, "bits": opts.bits}
@@ -79,7 +84,11 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
         if not opts.augment:
             tr = dataclasses.replace(tr, transform="eval")
     else:
-        augment = functools.partial(random_crop_flip, padding=opts.crop_padding) if opts.augment else None
+        augment = (
+            functools.partial(random_crop_flip, padding=opts.crop_padding, cutout_size=opts.cutout)
+            if opts.augment
+            else None
+        )
     normalization = (tr.mean, tr.std)
     workdir = opts.working_folder
     t0 = time.perf_counter()
