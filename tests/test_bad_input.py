@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dcsim.analysis import Trace, load_trace, save_trace
-from dcsim.cli import EXIT_OK, main
+from dcsim.cli import EXIT_ERROR, EXIT_OK, main
 from dcsim.io import zoo
 from dcsim.io.checkpoint import load_checkpoint, save_checkpoint
 from dcsim.models import build_model
@@ -157,14 +157,23 @@ def test_a_test_split_trace_selects_th_c_only_when_asked_by_name(two, tmp_path, 
     assert main(["eval", str(a), "--method", "qffs", "--trace", str(test_trace), "--select-on-test"]) == 0
 
 
-def test_a_trace_without_a_checkpoint_hash_loads_with_a_warning_naming_it(two, tmp_path):
+def test_a_trace_without_a_checkpoint_hash_is_refused_unless_asked_for_by_name(two, tmp_path, capsys):
     a, _, trace = two
     old = load_trace(trace)
     meta = {k: v for k, v in old.meta.items() if k not in ("checkpoint_sha256", "trace_format", "num_classes")}
     path = save_trace(tmp_path / "old.npz", Trace(old.labels, old.pred, old.conf, meta=meta))
-    with pytest.warns(UserWarning) as record:
+    with pytest.raises(ValueError) as info:
         load_trace_for(path, a)
+    msg = str(info.value)
+    assert str(path) in msg and str(a) in msg and "no content hash" in msg and "--unmatched-trace" in msg
+    with pytest.warns(UserWarning) as record:
+        load_trace_for(path, a, allow_unmatched=True)
     assert any(str(path) in str(w.message) and "no content hash" in str(w.message) for w in record)
+    capsys.readouterr()
+    assert main(["eval", str(a), "--method", "qffs", "--trace", str(path)]) == EXIT_ERROR
+    assert "--unmatched-trace" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="no content hash"):
+        assert main(["eval", str(a), "--method", "qffs", "--trace", str(path), "--unmatched-trace"]) == EXIT_OK
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_trace_for(trace, a)  # a trace with the hash: no warning

@@ -81,6 +81,7 @@ def inputs(tmp_path_factory, digits_checkpoint, make_cifar_folder) -> dict[str, 
         "t_readout": (labels, pred, conf, good | {"readout": "vibes"}),
         "t_nosteps": (labels, pred, conf, {k: v for k, v in good.items() if k != "steps"}),
         "t_hash": (labels, pred, conf, good | {"checkpoint_sha256": 42}),
+        "t_nohash": (labels, pred, conf, {k: v for k, v in good.items() if k != "checkpoint_sha256"}),
         "t_nometa": (labels, pred, conf, None),
         "t_json": (labels, pred, conf, "{not json"),
         "t_nan": (labels, pred, np.full_like(conf, np.nan), good),
@@ -394,6 +395,11 @@ for cmd in ("eval", "stream"):
     b = BASE[cmd].split(" ", 2)[2]
     case(f"{cmd}:trace-of-another-network", f"{cmd} {{other}} {b}", ERROR, "{other}", "{trace}")
     case(f"{cmd}:trace-of-the-test-split", "--trace {t_test}", ERROR, "{t_test}", "--select-on-test")
+    case(f"{cmd}:trace-without-a-checkpoint-hash", "--trace {t_nohash}", ERROR, "{t_nohash}", "--unmatched-trace")
+case("eval:unmatched-trace-without-trace", "eval {ckpt} --method qffs --steps 3 --threshold 0.5 --unmatched-trace",
+     USAGE, "--unmatched-trace", "--trace")  # fmt: skip
+case("eval:select-on-test-without-trace", "eval {ckpt} --method qffs --steps 3 --threshold 0.5 --select-on-test",
+     USAGE, "--select-on-test", "--trace")  # fmt: skip
 case("eval:trace-of-another-method", "--method qcfs", ERROR, "{trace}", "qffs")
 
 # --- import official: files that are not an official state dict

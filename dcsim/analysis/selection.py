@@ -26,11 +26,15 @@ def trace_identity(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_trace_for(
-    trace_path: str | os.PathLike[str], checkpoint: str | os.PathLike[str], *, allow_test_split: bool = False
+    trace_path: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    *,
+    allow_test_split: bool = False,
+    allow_unmatched: bool = False,
 ) -> Trace:
     """Load the trace at ``trace_path`` and check that it may select th_c for ``checkpoint`` (a file or
-    zoo folder): same network (content hash), labels within its classes, not the test split unless
-    ``allow_test_split`` (see :func:`dcsim.analysis.traces.check_trace_for`). Errors name both files."""
+    zoo folder): same network (content hash; a trace or checkpoint without one only if
+    ``allow_unmatched``), labels within its classes, not the test split unless ``allow_test_split`` (see :func:`dcsim.analysis.traces.check_trace_for`). Errors name both files."""
     trace = load_trace(trace_path)
     meta, digest = model_identity(checkpoint)
     check_trace_for(
@@ -40,6 +44,7 @@ def load_trace_for(
         trace_path=trace_path,
         checkpoint_path=checkpoint,
         allow_test_split=allow_test_split,
+        allow_unmatched=allow_unmatched,
     )
     return trace
 

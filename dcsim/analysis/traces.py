@@ -291,6 +291,7 @@ def check_trace_for(
     trace_path: str | os.PathLike[str] | None = None,
     checkpoint_path: str | os.PathLike[str] | None = None,
     allow_test_split: bool = False,
+    allow_unmatched: bool = False,
 ) -> None:
     """Refuse ``trace`` for selecting th_c for the network with content hash ``checkpoint_sha256``
     and ``num_classes`` classes, with a ValueError naming the trace and checkpoint files, when:
@@ -301,8 +302,9 @@ def check_trace_for(
     - it is a trace of the test split (``meta['split'] == 'test'``) and ``allow_test_split`` is
       False: selecting th_c on the split whose numbers are reported makes them optimistic.
 
-    A trace without a checkpoint hash (written by an older dcsim, or from a format-1 checkpoint
-    without one) cannot be matched: it is accepted with a warning naming the file.
+    - the trace or the checkpoint carries no content hash (a trace written by an older dcsim, a
+      format-1 checkpoint), so that the match cannot be checked, and ``allow_unmatched`` is False;
+      with it, such a trace is accepted with a warning naming the file.
     """
     trace = _check_trace(trace)
     where = f"trace {os.fspath(trace_path)}" if trace_path is not None else "the trace"
@@ -312,15 +314,19 @@ def check_trace_for(
     if traced is not None and not isinstance(traced, str):
         raise ValueError(f"{where}: meta 'checkpoint_sha256' must be a hex string, got {traced!r}")
     if traced is None or checkpoint_sha256 is None:
+        missing = where if traced is None else ckpt
+        unchecked = (
+            f"{missing} has no content hash (written by an older dcsim), so nothing shows that {where} "
+            f"was recorded from {ckpt}"
+        )
+        if not allow_unmatched:
+            raise ValueError(
+                f"{unchecked}: a trace of another network would select a wrong th_c. Record the trace again "
+                f"with `dcsim trace` (it then carries the hash), or pass --unmatched-trace to use it anyway"
+            )
         import warnings
 
-        missing = where if traced is None else ckpt
-        warnings.warn(
-            f"{missing} has no content hash (written by an older dcsim), so cannot check that {where} "
-            f"was recorded from {ckpt}; record the trace again with `dcsim trace` to have it checked",
-            UserWarning,
-            stacklevel=2,
-        )
+        warnings.warn(f"{unchecked}; used as asked (--unmatched-trace)", UserWarning, stacklevel=2)
     elif traced != checkpoint_sha256:
         raise ValueError(
             f"{where} was recorded from another network (checkpoint content hash {traced[:16]}...) than "

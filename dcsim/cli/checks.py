@@ -66,6 +66,9 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--qffs-semantics applies to --method qffs only, got --method {args.method}")
         if args.command == "eval" and (args.threshold is None) == (args.trace is None):
             raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
+        for name in ("select_on_test", "unmatched_trace"):
+            if getattr(args, name, False) and getattr(args, "trace", None) is None:
+                raise ValueError(f"{_flag(name)} applies to a --trace (which selects th_c); none was given")
         if args.command == "eval" and args.threshold is not None and args.steps is None:
             raise ValueError("--steps is required with --threshold")
         if getattr(args, "cutout", 0) and not args.augment:

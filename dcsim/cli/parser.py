@@ -25,6 +25,12 @@ def _percentile(text: str) -> float:
         raise argparse.ArgumentTypeError(f"takes 'max' or a percentile in (0, 100], got {text!r}") from None
 
 
+def _named(rows: list[tuple], *flags: str) -> list[tuple]:
+    """The rows of ``flags``, in that order (a KeyError names a flag the rows lack)."""
+    by_flag = {row[0]: row for row in rows}
+    return [by_flag[f] for f in flags]
+
+
 def _add(p: Any, rows: list[tuple]) -> None:
     """Add the flags of ``rows`` to the parser (or group) ``p``."""
     for flag, kind, default, help, *more in rows:
@@ -41,6 +47,8 @@ PREC, ARCHS, MANY, PJ = list(PRECISIONS), sorted(ARCHITECTURES), {"nargs": "+"},
 CHECKPOINT, OUT_FOLDER = ("checkpoint", Path, None, None), ("--out", Path, ..., "output folder")
 TOLERANCE = ("--tolerance", float, 0.0, "accepted accuracy drop (below the baseline) when selecting th_c")
 SELECT_ON_TEST = ("--select-on-test", ON, None, "accept a --trace of the test split (optimistic)")
+UNMATCHED_TRACE = ("--unmatched-trace", ON, None, "accept a --trace that carries no checkpoint hash (an older "
+                   "dcsim's), so cannot be matched to the checkpoint")
 CHANNELS_LAST = ("--channels-last", ON, None, "run the engine in the channels_last layout")
 GRAPHS = ("--graphs", ON, None, "step loop(s) as CUDA graphs (GPU; same results)")
 SEMANTICS = ("--qffs-semantics", ["settle", "constant"], None, "QFFS only: 'settle' (default: image and biases "
@@ -141,15 +149,16 @@ COMMANDS: dict[str, tuple[str, dict[str, Any], list[tuple]]] = {  # name: (help,
     "eval": ("live early exit on a split: accuracy, mean steps, saving, spikes, wall time", {"split": "test"},
         [CHECKPOINT, *DATA, *READOUT, ("--steps", int, None, "T (taken from the trace with --trace)"),
          ("--threshold", float, None, "th_c in [0, 1]; 1 disables early exit"),
-         ("--trace", Path, None, "validation trace to select th_c from"), SELECT_ON_TEST, TOLERANCE,
+         ("--trace", Path, None, "validation trace to select th_c from"), SELECT_ON_TEST, UNMATCHED_TRACE, TOLERANCE,
          ("--chunk", int, 1, "steps per conv call (faster at small batches; same results)"), CHANNELS_LAST, GRAPHS,
          *ENGINE, *ENERGY, *NORMALIZE]),
     "report": ("QCFS and QFFS with and without Dynamic Confidence: Table-1 report and plots", {},
         [CHECKPOINT, *DATA, *REPORT, OUT_FOLDER, *ENERGY, *NORMALIZE]),
     "bench": ("standard benchmark set: engine vs official-style eager simulator vs ANN forward", {}, BENCH),
     "stream": ("continuous batching with early exit over a split (slots refilled as samples exit)", {"split": "test"},
-        [CHECKPOINT, *DATA, READOUT[0], ("--trace", Path, ..., "validation trace: T, readout and th_c come from it"),
-         SELECT_ON_TEST, TOLERANCE, READOUT[4], ("--slots", int, 64, "S: samples in flight"), SEMANTICS,
+        [CHECKPOINT, *DATA, *_named(READOUT, "--method"),
+         ("--trace", Path, ..., "validation trace: T, readout and th_c come from it"),
+         SELECT_ON_TEST, UNMATCHED_TRACE, TOLERANCE, *_named(READOUT, "--split"), ("--slots", int, 64, "S: samples in flight"), SEMANTICS,
          ("--compare", ON, None, "also time static batches of S with and without early exit"), GRAPHS, CHANNELS_LAST,
          *ENGINE, ("--repeats", int, 2, "with --compare: interleaved rounds, best time of each"), *NORMALIZE]),
     "import": ("import a checkpoint trained elsewhere as a dcsim checkpoint", {},
@@ -161,7 +170,8 @@ COMMANDS: dict[str, tuple[str, dict[str, Any], list[tuple]]] = {  # name: (help,
     "reproduce": ("train, convert, calibrate, trace, select th_c, exit early and report in Table 1's layout",
         {"arch": "resnet18", "float_epochs": 30, "epochs": 15, "lr": 0.2, "weight_decay": 5e-4, "train_batch_size": 512,
          "augment": True, "schedule": "cosine", "lsq_lr": 0.02, "warmup_epochs": 1.0, "nesterov": True},
-        [*DATA, *HYPER[:3], HYPER[4], HYPER[3], *HYPER[5:], *TRAIN,
+        [*DATA, *_named(HYPER, "--arch", "--width", "--bits", "--float-epochs", "--epochs", "--lr", "--lr-decay",
+                        "--momentum", "--weight-decay", "--train-batch-size"), *TRAIN,
          ("--no-augment", OFF, None, "no crop/flip augmentation", {"dest": "augment"}),
          ("--min-accuracy", float, 0.5, "below this 2-bit ANN test accuracy the model counts as untrained: no report"),
          ("--max-test", int, None, "evaluate on this many test images (seeded random pick)"), TOLERANCE,
@@ -173,8 +183,9 @@ COMMANDS: dict[str, tuple[str, dict[str, Any], list[tuple]]] = {  # name: (help,
          ("--max-shard-mib", float, 16.0, "largest shard in MiB")]),
     "demo": ("the end-to-end demo on scikit-learn's digits (trains, converts, reports)",
         {"epochs": 8, "float_epochs": 4, "lr": 0.05},
-        [*REPORT, ("--out", Path, Path("dcsim-demo"), "output folder"), *HYPER[3:6], HYPER[9], DATA[3], TRAIN[13],
-         *ENERGY]),
+        [*REPORT, ("--out", Path, Path("dcsim-demo"), "output folder"),
+         *_named(HYPER, "--epochs", "--float-epochs", "--lr", "--train-batch-size"), *_named(DATA, "--seed"),
+         *_named(TRAIN, "--quiet"), *ENERGY]),
 }
 # fmt: on
 

@@ -21,7 +21,13 @@ def continuous(
 ) -> dict:
     """Stream ``opts.split`` through ``opts.slots`` slots; throughput (samples/s), accuracy, latency (ms)."""
     readout, steps, threshold = from_trace(
-        opts.trace, model_opts.checkpoint, opts.method, opts.semantics, opts.tolerance, opts.select_on_test
+        opts.trace,
+        model_opts.checkpoint,
+        opts.method,
+        opts.semantics,
+        opts.tolerance,
+        opts.select_on_test,
+        allow_unmatched=opts.unmatched_trace,
     )
     model, _meta, splits = model_and_splits(model_opts, data, world, (opts.split,), opts.method)
     eng = opts.engine

@@ -67,11 +67,13 @@ def from_trace(
     semantics: Semantics | None,
     tolerance: float,
     allow_test_split: bool = False,
+    allow_unmatched: bool = False,
 ) -> tuple[Readout, int, float]:
     """(readout, T, th_c) from the validation trace ``path`` of ``checkpoint``: its readout and length,
-    th_c selected on it. The trace must come from that network and (unless ``allow_test_split``) not
-    from the test split (see :func:`dcsim.analysis.selection.load_trace_for`); errors name the files."""
-    trace = load_trace_for(path, checkpoint, allow_test_split=allow_test_split)
+    th_c selected on it. The trace must come from that network (unless ``allow_unmatched``, a trace or
+    checkpoint without a content hash is refused) and (unless ``allow_test_split``) not from the test
+    split (see :func:`dcsim.analysis.selection.load_trace_for`); errors name the files."""
+    trace = load_trace_for(path, checkpoint, allow_test_split=allow_test_split, allow_unmatched=allow_unmatched)
     tm = trace.meta
     if tm.get("method") != method:
         raise ValueError(f"{path}: trace method {tm.get('method')!r} differs from --method {method!r}")
@@ -153,7 +155,13 @@ def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, wor
     selected = None
     if opts.trace is not None:  # checked before the model and the data are loaded
         selected = from_trace(
-            opts.trace, model_opts.checkpoint, ro.method, ro.semantics, opts.tolerance, opts.select_on_test
+            opts.trace,
+            model_opts.checkpoint,
+            ro.method,
+            ro.semantics,
+            opts.tolerance,
+            opts.select_on_test,
+            allow_unmatched=opts.unmatched_trace,
         )
     model, _meta, splits = model_and_splits(model_opts, data, world, ("val", opts.split), ro.method)
     net = convert(model, method=ro.method, semantics=ro.semantics)

@@ -154,6 +154,7 @@ class EvalOptions:
     trace: Path | None = None
     tolerance: float = 0.0
     select_on_test: bool = False
+    unmatched_trace: bool = False
     split: str = "test"
     batch_size: int = 256
     chunk: int = 1
@@ -169,6 +170,7 @@ class StreamOptions:
     trace: Path
     tolerance: float = 0.0
     select_on_test: bool = False
+    unmatched_trace: bool = False
     split: str = "test"
     slots: int = 64
     semantics: Semantics | None = None
