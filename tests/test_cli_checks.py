@@ -1,5 +1,7 @@
 """The command line's validation layer (dcsim.cli.checks): bad values and unwritable outputs exit 2 before any work."""
 
+from pathlib import Path
+
 import pytest
 
 from dcsim.cli import EXIT_USAGE
@@ -33,3 +35,27 @@ def test_eval_needs_exactly_one_of_threshold_and_trace(tmp_path, run_cli):
     assert r.code == EXIT_USAGE and "--threshold" in r.err
     r = run_cli(["eval", ckpt, "--method", "qcfs", "--threshold", "0.5"])
     assert r.code == EXIT_USAGE and "--steps" in r.err
+
+
+@pytest.mark.parametrize(
+    ("make", "flag"),
+    [
+        (lambda o: o.EvalOptions(o.ReadoutOptions("qcfs"), steps=4), "--threshold"),
+        (lambda o: o.EvalOptions(o.ReadoutOptions("qcfs"), threshold=0.5), "--steps"),
+        (lambda o: o.EvalOptions(o.ReadoutOptions("qcfs"), 4, 0.5, select_on_test=True), "--select-on-test"),
+        (lambda o: o.ReadoutOptions("qcfs", semantics=o.Semantics.SETTLE), "--qffs-semantics"),
+        (lambda o: o.ReadoutOptions("qffs", tau="hot"), "--tau"),
+        (lambda o: o.ReadoutOptions("qffs", alpha="-1"), "--alpha"),
+        (lambda o: o.ReportOptions(tau="0"), "--tau"),
+        (lambda o: o.DataOptions("cifar10"), "--data-root"),
+        (lambda o: o.EnergyOptions(energy_preset="fp64"), "--energy-preset"),
+        (lambda o: o.EnergyOptions(first_layer_macs="twice"), "--first-layer-macs"),
+        (lambda o: o.TrainOptions(Path("m.safetensors"), cutout=8), "--augment"),
+    ],
+)
+def test_the_rules_between_flags_are_the_typed_options_own(make, flag):
+    """A library user building the options gets the command line's refusals (the CLI raises them as exit 2)."""
+    from dcsim.workflows import options
+
+    with pytest.raises(ValueError, match=flag):
+        make(options)

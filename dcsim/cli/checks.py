@@ -1,11 +1,11 @@
 """The command line's validation layer: every flag's value and every output path, checked before any work.
-A bad value or an output that cannot be written is a :class:`UsageError` (exit 2) naming the flag."""
+A bad value or an output that cannot be written is a :class:`UsageError` (exit 2) naming the flag. Rules
+between flags are the typed options' own (dcsim.workflows.options); the handlers raise theirs as UsageError."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..analysis.energy import PRESETS
 from ..checks import check_int, check_real, writable
 from ..io.zoo import shard_bytes
 from ..parallel.distributed import parse_device
@@ -28,7 +28,6 @@ REALS = {"lr": (0, None, False), "lr_decay": (0, None, False), "budget_minutes":
          "lsq_share": (0, 1, False), "tolerance": (0, 1, True), "threshold": (0, 1, True),
          "min_accuracy": (0, 1, True), "lsq_lr": (0, None, False), "e_mac": (0, None, True),
          "e_ac": (0, None, True), "normalize": (0, 100, False)}  # fmt: skip
-KEYWORDS = {"energy_preset": tuple(PRESETS), "first_layer_macs": ("once", "per-step")}  # one of a few words
 FILE_OUTPUTS = ("train", "trace", "import")  # commands whose --out is a file; the other --out are folders
 
 
@@ -47,34 +46,10 @@ def check_args(args: argparse.Namespace) -> None:
         for name, (low, high, closed) in REALS.items():
             if getattr(args, name, None) is not None:
                 check_real(getattr(args, name), _flag(name), low, high, low_allowed=closed)
-        for name, words in KEYWORDS.items():
-            if getattr(args, name, None) not in (None, *words):
-                raise ValueError(f"{_flag(name)} must be one of {', '.join(words)}, got {getattr(args, name)!r}")
-        for name in ("tau", "alpha"):
-            value = getattr(args, name, None)
-            if value not in (None, "auto", "paper", "official"):
-                try:
-                    number = float(value)
-                except ValueError:
-                    raise ValueError(f"{_flag(name)} takes a number or a keyword, got {value!r}") from None
-                check_real(number, _flag(name), 0, None, low_allowed=False)
         if getattr(args, "max_shard_mib", None) is not None:
             shard_bytes(args.max_shard_mib)  # room for a shard's header
         if getattr(args, "device", None) is not None:
             parse_device(args.device)
-        if getattr(args, "qffs_semantics", None) is not None and getattr(args, "method", "qffs") != "qffs":
-            raise ValueError(f"--qffs-semantics applies to --method qffs only, got --method {args.method}")
-        if args.command == "eval" and (args.threshold is None) == (args.trace is None):
-            raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
-        for name in ("select_on_test", "unmatched_trace"):
-            if getattr(args, name, False) and getattr(args, "trace", None) is None:
-                raise ValueError(f"{_flag(name)} applies to a --trace (which selects th_c); none was given")
-        if args.command == "eval" and args.threshold is not None and args.steps is None:
-            raise ValueError("--steps is required with --threshold")
-        if getattr(args, "cutout", 0) and not args.augment:
-            raise ValueError(f"--cutout {args.cutout} applies to the augmented batches: give --augment (or --cutout 0)")
-        if getattr(args, "dataset", "digits") != "digits" and getattr(args, "data_root", "") is None:
-            raise ValueError(f"--data-root is required for --dataset {args.dataset}")
         outputs = {"out": args.command not in FILE_OUTPUTS, "workdir": True, "plots": True, "json": False}
         for name, folder in outputs.items():  # name: whether it is a folder
             if getattr(args, name, None) is not None and str(getattr(args, name)) != "-":

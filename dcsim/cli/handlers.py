@@ -10,13 +10,15 @@ from typing import Any, TypeVar
 
 from ..sim.semantics import Semantics
 from ..workflows import options as o
+from .checks import UsageError
 
 T = TypeVar("T")
 
 
 def _pick(cls: type[T], args: Namespace, **given: Any) -> T:
     """``cls`` from the arguments of the same names (``given`` first; ``semantics`` from --qffs-semantics): nested
-    options are picked in turn, and lists (None for a tuple) become tuples."""
+    options are picked in turn, and lists (None for a tuple) become tuples. A rule of the options that the
+    arguments break is a :class:`UsageError`."""
     semantics = getattr(args, "qffs_semantics", None)
     known = {**vars(args), "semantics": None if semantics is None else Semantics(semantics), **given}
     values: dict[str, Any] = {}
@@ -25,7 +27,10 @@ def _pick(cls: type[T], args: Namespace, **given: Any) -> T:
             values[f.name] = _pick(nested, args)  # type: ignore[arg-type]
         elif f.name in known:
             values[f.name] = tuple(known[f.name] or ()) if str(f.type).startswith("tuple") else known[f.name]
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _says(args: Namespace) -> bool:

@@ -39,8 +39,6 @@ FLOAT_RELU = "float_relu"
 
 def load_splits(opts: DataOptions) -> dict[str, Any]:
     """{"train","val","test"} datasets for the data options."""
-    if opts.dataset != "digits" and opts.data_root is None:
-        raise ValueError(f"--data-root is required for --dataset {opts.dataset}")
     splits = data.open_splits(opts.dataset, opts.data_root, loader=opts.loader, val_size=opts.val_size, seed=opts.seed)
     if any(isinstance(s, data.FolderSplit) for s in splits.values()):
         data.return_large_buffers()  # streamed: keep resident memory bounded over any number of batches

@@ -10,7 +10,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..analysis.energy import PRESETS
+from ..checks import check_real
 from ..sim.semantics import Semantics
+
+
+def _check_semantics(method: str, semantics: Semantics | None) -> None:
+    """``--qffs-semantics`` is QFFS's alone."""
+    if semantics is not None and method != "qffs":
+        raise ValueError(f"--qffs-semantics applies to --method qffs only, got --method {method}")
+
+
+def _check_number_or_keyword(name: str, value: str, keywords: tuple[str, ...]) -> None:
+    """``--tau`` / ``--alpha``: one of ``keywords`` or a number > 0."""
+    if value not in keywords:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"--{name} takes a number or a keyword, got {value!r}") from None
+        check_real(number, f"--{name}", 0, None, low_allowed=False)
 
 
 @dataclass(frozen=True)
@@ -25,6 +43,10 @@ class DataOptions:
     seed: int = 0
     loader: str = "auto"
     loader_workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset != "digits" and self.data_root is None:
+            raise ValueError(f"--data-root is required for --dataset {self.dataset}")
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,11 @@ class ReadoutOptions:
     tau: str = "auto"
     semantics: Semantics | None = None
 
+    def __post_init__(self) -> None:
+        _check_semantics(self.method, self.semantics)
+        _check_number_or_keyword("tau", self.tau, ("auto",))
+        _check_number_or_keyword("alpha", self.alpha, ("paper", "official"))
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -115,6 +142,12 @@ class EnergyOptions:
     e_mac: float | None = None
     e_ac: float | None = None
     first_layer_macs: str = "once"
+
+    def __post_init__(self) -> None:
+        for name, words in (("energy_preset", tuple(PRESETS)), ("first_layer_macs", ("once", "per-step"))):
+            if getattr(self, name) not in words:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be one of {', '.join(words)}, got {getattr(self, name)!r}")
 
     @property
     def first_layer(self) -> str:
@@ -161,6 +194,17 @@ class EvalOptions:
     engine: EngineOptions = field(default_factory=EngineOptions)
     energy: EnergyOptions = field(default_factory=EnergyOptions)
 
+    def __post_init__(self) -> None:
+        if (self.threshold is None) == (self.trace is None):
+            raise ValueError("give exactly one of --threshold and --trace (a validation trace to select th_c from)")
+        if self.threshold is not None and self.steps is None:
+            raise ValueError("--steps is required with --threshold")
+        for name in ("select_on_test", "unmatched_trace"):
+            if getattr(self, name) and self.trace is None:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} applies to a --trace (which selects th_c); none was given"
+                )
+
 
 @dataclass(frozen=True)
 class StreamOptions:
@@ -178,6 +222,9 @@ class StreamOptions:
     repeats: int = 2
     engine: EngineOptions = field(default_factory=EngineOptions)
 
+    def __post_init__(self) -> None:
+        _check_semantics(self.method, self.semantics)
+
 
 @dataclass(frozen=True)
 class ReportOptions:
@@ -192,6 +239,9 @@ class ReportOptions:
     semantics: Semantics | None = None
     batch_size: int = 256
     energy: EnergyOptions = field(default_factory=EnergyOptions)
+
+    def __post_init__(self) -> None:
+        _check_number_or_keyword("tau", self.tau, ("auto",))
 
     def steps(self, method: str) -> tuple[int | None, int]:
         """(fixed T or None, largest T considered) of ``method``."""
