@@ -20,7 +20,7 @@ from dcsim.io import zoo
 from dcsim.sim import ops
 from dcsim.sim.readout import Readout
 
-ROUNDS = 9
+ROUNDS = 21
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
 
 
@@ -62,7 +62,7 @@ def test_engine_step_cost(benchmark, name, method, batch):
     def step(k: str):
         return lambda: engines[k].step(states[k], 1 << 30, readout)
 
-    stats = _interleaved(step("off"), step("on"), repeats=20 if batch == 1 else 4)
+    stats = _interleaved(step("off"), step("on"), repeats=100 if batch == 1 else 10)
     benchmark.group = f"engine step {name} {method}"
     benchmark.extra_info.update(stats)
     benchmark.pedantic(step("on"), rounds=5, iterations=1)
