@@ -56,7 +56,7 @@ def test_engine_step_cost(benchmark, name, method, batch):
     net = dcsim.convert(model.eval(), method=method)
     x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     readout = Readout()
-    engines = {"off": dcsim.Engine(net, count_ops=False), "on": dcsim.Engine(net)}
+    engines = {"off": dcsim.Engine(net), "on": dcsim.Engine(net, count_ops=True)}
     states = {k: e.start(x) for k, e in engines.items()}
 
     def step(k: str):

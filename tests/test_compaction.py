@@ -103,7 +103,7 @@ def _same(a: dcsim.ExitResult, b: dcsim.ExitResult) -> None:
 def test_cost_model_early_exit_equals_compaction_at_every_exit(backend, method, steps, speed, net_kind):
     make = small if net_kind == "small" else resnet
     net, shape = make(method, seed=3 if net_kind == "resnet" else 21)  # the dyadic ResNet the other tests build
-    engine = dcsim.Engine(net, backend=backend, channels_last=net_kind == "resnet")
+    engine = dcsim.Engine(net, backend=backend, channels_last=net_kind == "resnet", count_ops=True)
     if speed is not None:
         engine._compaction = CompactionCost(bytes_per_second=speed)
     x = dyadic_inputs(23, shape, seed=22)
@@ -124,7 +124,7 @@ def test_cost_model_equals_todays_path_on_a_zoo_network(folder, method, steps):
     if not (ZOO / folder).is_dir():
         pytest.skip(f"zoo/{folder} is not in this checkout")
     model, _ = zoo.load(ZOO / folder, build_model)
-    engine = dcsim.Engine(dcsim.convert(model.eval(), method=method))
+    engine = dcsim.Engine(dcsim.convert(model.eval(), method=method), count_ops=True)
     x = torch.randn(12, 3, 32, 32, generator=torch.Generator().manual_seed(24))
     readout = dcsim.Readout.paper(method, 2, steps)
     sim = engine.simulate(x, steps, readout)

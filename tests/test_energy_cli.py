@@ -39,7 +39,7 @@ def _eval(ckpt, tmp_path, name: str, *extra: str) -> dict:
 
 def test_evaluate_live_carries_the_engine_counts():
     net, shape = small("qcfs")
-    engine = dcsim.Engine(net)
+    engine = dcsim.Engine(net, count_ops=True)
     x, y = dyadic_inputs(20, shape, 1), torch.zeros(20, dtype=torch.int64)
     direct = engine.early_exit(x, 5, dcsim.Readout(), 0.6)
     live = evaluate_live(engine, x, y, 5, dcsim.Readout(), 0.6, batch_size=7)  # three batches, concatenated
@@ -134,7 +134,7 @@ def test_report_energy_columns_json_and_png(ckpt, tmp_path):
 
 def test_plot_sops_per_layer(tmp_path):
     net, shape = small("qcfs")
-    engine = dcsim.Engine(net)
+    engine = dcsim.Engine(net, count_ops=True)
     x = dyadic_inputs(8, shape, 2)
     runs = {"no_dc": engine.early_exit(x, 4, dcsim.Readout(), 1.0), "dc": engine.early_exit(x, 4, dcsim.Readout(), 0.5)}
     rep = energy.report(net, shape, runs)

@@ -36,8 +36,8 @@ def test_bucket_sizes():
 @pytest.mark.parametrize("model,method,steps", [(small, "qcfs", 12), (small, "qffs", 5), (resnet, "qcfs", 6)])
 def test_graph_early_exit_equals_cpu_engine(device, model, method, steps):
     net, shape = model(method, seed=3 if model is resnet else 21)  # the dyadic ResNet the other tests build
-    cpu = dcsim.Engine(net)
-    engine = dcsim.Engine(net, device=device)
+    cpu = dcsim.Engine(net, count_ops=True)
+    engine = dcsim.Engine(net, device=device, count_ops=True)
     x = dyadic_inputs(13, shape, seed=22)
     readout = dcsim.Readout.paper(method, 2, steps, tau=0.7)
     trace = trace_of(cpu, x, steps, readout)
@@ -74,14 +74,14 @@ def _assert_same(field: str, got: torch.Tensor, want: torch.Tensor, ctx: object)
 def test_static_exit_reuse_resets_state(device):
     """A runner called again on new inputs gives each batch its own results (buffers reset by the start graph)."""
     net, shape = small("qffs", seed=23)
-    engine = dcsim.Engine(net, device=device)
+    engine = dcsim.Engine(net, device=device, count_ops=True)
     readout = dcsim.Readout.paper("qffs", 2, 5)
     xs = [dyadic_inputs(6, shape, seed=s).to(device) for s in (24, 25, 24)]
     c = 0.6
     runner = StaticExit(engine, tuple(xs[0].shape), 5, readout, c, chunk=2)
     results = [[t.cpu() for t in runner.run(x)] for x in xs]
     for x, got in zip(xs, results, strict=True):
-        want = dcsim.Engine(net).early_exit(x.cpu(), 5, readout, c)
+        want = dcsim.Engine(net, count_ops=True).early_exit(x.cpu(), 5, readout, c)
         for f, g in zip(FIELDS, got, strict=True):
             assert torch.equal(g, getattr(want, f)), f
     assert engine.static_exit(tuple(xs[0].shape), 5, readout, c) is engine.static_exit(

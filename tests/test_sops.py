@@ -166,7 +166,7 @@ def recorded_run(
 def test_sops_equal_brute_force(backend, method, name):
     seed = 3  # fixed (deterministic suite); the dyadic ResNet-18 of seed 3 is built once per process
     net, shape = NETWORKS[name](method, seed)
-    engine = dcsim.Engine(net, backend=backend, channels_last=name == "mixed")
+    engine = dcsim.Engine(net, backend=backend, channels_last=name == "mixed", count_ops=True)
     x = _inputs(int(np.random.default_rng(seed).integers(3, 9)), shape, seed + 1)
     steps = 6 if method == "qffs" else 9
     sim, cum = recorded_run(engine, x, steps)
@@ -184,7 +184,7 @@ def test_sops_equal_brute_force(backend, method, name):
 def test_qffs_negative_spikes_count(method):
     """On a layer whose spikes include -1 (QFFS), the count is sum |s| x fan-out, not sum s x fan-out."""
     net, shape = mixed_net(method, 5)
-    engine = dcsim.Engine(net, backend="reference")
+    engine = dcsim.Engine(net, backend="reference", count_ops=True)
     rec = Recorder(engine.kernels)
     engine.kernels = rec
     engine.simulate(_inputs(6, shape, 6), 6, dcsim.Readout())
@@ -197,7 +197,7 @@ def test_qffs_negative_spikes_count(method):
 def test_early_exit_counts_stop_at_exit_step(backend, method):
     seed = 11  # fixed: the suite is deterministic
     net, shape = mixed_net(method, seed)
-    engine = dcsim.Engine(net, backend=backend)
+    engine = dcsim.Engine(net, backend=backend, count_ops=True)
     x = _inputs(11, shape, seed + 2)
     steps = 6 if method == "qffs" else 9
     readout = dcsim.Readout.paper(method, 2, steps)
@@ -220,7 +220,7 @@ def test_early_exit_counts_stop_at_exit_step(backend, method):
 def test_counting_off_changes_nothing_else():
     net, shape = mixed_net("qcfs", 7)
     x = _inputs(5, shape, 8)
-    on, off = dcsim.Engine(net), dcsim.Engine(net, count_ops=False)
+    on, off = dcsim.Engine(net, count_ops=True), dcsim.Engine(net)
     a, b = on.simulate(x, 7), off.simulate(x, 7)
     assert b.sops is None and b.macs is None
     assert torch.equal(a.pred, b.pred) and torch.equal(a.spikes, b.spikes)
@@ -345,7 +345,7 @@ def test_unknown_or_mixed_layers_are_errors():
     nodes[15] = Weird("flat", (14,))
     bad = replace(net, nodes=nodes)
     with pytest.raises(ValueError, match="does not know layer 15 'flat' of type Weird"):
-        dcsim.Engine(bad)
+        dcsim.Engine(bad, count_ops=True)
     with pytest.raises(ValueError, match="Weird"):
         sops.layer_macs(bad, shape)
     dcsim.Engine(bad, count_ops=False)  # without counting it runs
@@ -382,7 +382,7 @@ def test_energy_report(semantics):
     net, shape = mixed_net("qffs", 4)
     if semantics == "settle":
         net = replace(net, drive_steps=3)
-    engine = dcsim.Engine(net)
+    engine = dcsim.Engine(net, count_ops=True)
     x = _inputs(9, shape, 5)
     steps = 6
     full = engine.simulate(x, steps)
@@ -418,7 +418,7 @@ def test_spikingjelly_synop_counter_agrees():
     MACs instead: a convention, not compared.)"""
     op_counter = pytest.importorskip("spikingjelly.activation_based.op_counter")
     net, shape = mixed_net("qcfs", 12)
-    engine = dcsim.Engine(net, backend="reference")
+    engine = dcsim.Engine(net, backend="reference", count_ops=True)
     rec = Recorder(engine.kernels)
     engine.kernels = rec
     steps = 5

@@ -98,7 +98,8 @@ class Engine:
              dense conv's: results agree with it within float32 rounding, as another conv algorithm would.
     count_ops: count synaptic operations per hidden layer and the image-fed layers' MACs per sample
              (:mod:`dcsim.sim.sops`; results' ``sops`` and ``macs``): one multiply-add per neuron and step
-             in the fused neuron step. False: those fields are None.
+             in the fused neuron step, 0-2% of a step at batch 32 and 1-5% at batch 1 on this project's
+             2-core CPU (docs/results/sops-energy.md), so off by default. False: those fields are None.
     """
 
     def __init__(
@@ -109,7 +110,7 @@ class Engine:
         channels_last: bool = False,
         precision: str = "fp32",
         spike_convs: bool = False,
-        count_ops: bool = True,
+        count_ops: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")

@@ -254,7 +254,7 @@ def dynamic_confidence(
     Confidence and their :func:`energy_report` ("energy", runs "no_dc" and "dc").
     """
     net = convert(model.cpu().eval(), method=method, semantics=semantics)
-    engine = Engine(net, device=device)
+    engine = Engine(net, device=device, count_ops=True)  # the rows carry SOPs, MACs and energy
     val_x, val_y = splits["val"]
     test_x, test_y = splits["test"]
     ann_val = float((ann_logits(model, val_x).argmax(1) == val_y.cpu()).float().mean())

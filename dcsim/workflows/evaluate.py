@@ -175,7 +175,12 @@ def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, wor
         readout = make_readout(ro, net.bits, steps, tau)
     eng = opts.engine
     engine = Engine(
-        net, device=world.device, channels_last=eng.channels_last, precision=eng.precision, spike_convs=eng.spike_convs
+        net,
+        device=world.device,
+        channels_last=eng.channels_last,
+        precision=eng.precision,
+        spike_convs=eng.spike_convs,
+        count_ops=True,  # eval reports SOPs, MACs and energy
     )
     x, y = source(data, world, splits[opts.split])
     res = evaluate_live(
