@@ -167,9 +167,8 @@ def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, wor
     net = convert(model, method=ro.method, semantics=ro.semantics)
     if selected is not None:
         readout, steps, threshold = selected
-    else:
-        if opts.steps is None:
-            raise ValueError("--steps is required with --threshold")
+    else:  # EvalOptions holds steps with a threshold
+        assert opts.steps is not None
         steps, threshold = opts.steps, float(opts.threshold or 0.0)
         tau, _ = temperature(ro.tau, model, source(data, world, splits["val"]))
         readout = make_readout(ro, net.bits, steps, tau)
