@@ -50,14 +50,12 @@ def make_readout(opts: ReadoutOptions, bits: int | None, steps: int, tau: float)
 
 
 def temperature(tau: str, model: nn.Module, val: tuple[Any, Any]) -> tuple[float, dict | None]:
-    """(tau, calibration report or None): fitted on the validation split ``val`` for 'auto', else the number."""
+    """(tau, calibration report or None): fitted on the validation split ``val`` for 'auto', else the number
+    (ReadoutOptions has checked that it is one > 0)."""
     if tau == "auto":
         report = calibrate(model, *val)
         return report["tau"], report
-    value = float(tau)
-    if not value > 0:
-        raise ValueError(f"--tau must be > 0 or 'auto', got {tau}")
-    return value, None
+    return float(tau), None
 
 
 def from_trace(

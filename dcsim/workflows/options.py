@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..analysis.energy import PRESETS
+from ..analysis.energy import FIRST_LAYER, PRESETS
 from ..checks import check_real
 from ..sim.semantics import Semantics
 
@@ -144,7 +144,8 @@ class EnergyOptions:
     first_layer_macs: str = "once"
 
     def __post_init__(self) -> None:
-        for name, words in (("energy_preset", tuple(PRESETS)), ("first_layer_macs", ("once", "per-step"))):
+        spelled = tuple(w.replace("_", "-") for w in FIRST_LAYER)  # the command line's spelling
+        for name, words in (("energy_preset", tuple(PRESETS)), ("first_layer_macs", spelled)):
             if getattr(self, name) not in words:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} must be one of {', '.join(words)}, got {getattr(self, name)!r}")
