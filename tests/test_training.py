@@ -56,6 +56,8 @@ def test_cosine_schedule_per_stage():
         ({"lsq_label_smoothing": -0.1}, "lsq_label_smoothing"),
         ({"nesterov": True, "momentum": 0.0}, "nesterov"),
         ({"warmup_epochs": -1}, "warmup"),
+        ({"distill": 1.5, "float_epochs": 1}, "distill must lie"),
+        ({"distill": 0.5, "float_epochs": 0}, "distill needs float_epochs"),
     ],
 )
 def test_config_errors(bad, match):
@@ -223,3 +225,72 @@ def test_resume_accepts_files_from_before_the_new_options(digits, tmp_path):
             workdir=tmp_path,
             progress=False,
         )
+
+
+def test_distillation_loss_is_the_kl_divergence():
+    torch.manual_seed(1)
+    s, t = torch.randn(5, 7, requires_grad=True), torch.randn(5, 7)
+    p = t.softmax(1)
+    expected = (p * (p.log() - s.log_softmax(1))).sum()
+    assert torch.allclose(training.distillation_loss(s, t), expected, atol=1e-6)
+    assert float(training.distillation_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
+    training.distillation_loss(s, t).backward()
+    assert torch.allclose(s.grad, s.softmax(1) - p, atol=1e-6)  # d KL / d student logits
+
+
+def test_distill_trains_the_lsq_stage_towards_the_float_network(digits):
+    tr, va = digits
+    base = {"lr": 0.05, "batch_size": 64, "schedule": "cosine", "float_epochs": 1, "epochs": 1}
+
+    def run(**kw):
+        model = _model()
+        h = training.train(
+            model,
+            tr.normalized(),
+            tr.labels,
+            va.normalized(),
+            va.labels,
+            training.TrainConfig(**base | kw),
+            progress=False,
+        )
+        return model, h
+
+    plain, h0 = run()
+    distilled, h1 = run(distill=1.0)
+    # the float stage is the same; the LSQ stage's loss is the KL to the float network, not the cross-entropy
+    assert h0["epochs"][0]["loss"] == h1["epochs"][0]["loss"]
+    assert h0["epochs"][1]["loss"] != h1["epochs"][1]["loss"]
+    assert not all(
+        torch.equal(a, b) for a, b in zip(plain.state_dict().values(), distilled.state_dict().values(), strict=True)
+    )
+    teacher = training.make_teacher(distilled)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+
+
+def test_distill_resumes_with_the_same_teacher(digits, tmp_path):
+    tr, va = digits
+    cfg = training.TrainConfig(lr=0.05, batch_size=64, schedule="cosine", float_epochs=1, epochs=2, distill=0.5)
+
+    def run(workdir=None, time_limit_s=None):
+        model = _model()
+        h = training.train(
+            model,
+            tr.normalized(),
+            tr.labels,
+            va.normalized(),
+            va.labels,
+            cfg,
+            workdir=workdir,
+            progress=False,
+            time_limit_s=time_limit_s,
+        )
+        return model, h
+
+    whole, _ = run()
+    _, cut = run(tmp_path, time_limit_s=0.0)  # stops after the float epoch
+    _, cut = run(tmp_path, time_limit_s=0.0)  # and again after the first LSQ epoch: the teacher is saved
+    assert len(cut["epochs"]) == 2 and not cut["completed"]
+    resumed, h = run(tmp_path)
+    assert h["completed"] and h["resumed_at_epochs"] == [1, 2]
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k

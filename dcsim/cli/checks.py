@@ -24,7 +24,7 @@ NON_NEGATIVE = ("epochs", "float_epochs", "loader_workers", "crop_padding", "cut
 REALS = {"lr": (0, None, False), "lr_decay": (0, None, False), "budget_minutes": (0, None, False),
          "max_shard_mib": (0, None, False), "resolution": (0, 1, False), "weight_decay": (0, None, True),
          "warmup_epochs": (0, None, True), "momentum": (0, 1, True), "label_smoothing": (0, 1, True),
-         "lsq_label_smoothing": (0, 1, True),
+         "lsq_label_smoothing": (0, 1, True), "distill": (0, 1, True),
          "lsq_share": (0, 1, False), "tolerance": (0, 1, True), "threshold": (0, 1, True),
          "min_accuracy": (0, 1, True), "lsq_lr": (0, None, False), "e_mac": (0, None, True),
          "e_ac": (0, None, True), "normalize": (0, 100, False)}  # fmt: skip

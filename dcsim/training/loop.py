@@ -64,6 +64,10 @@ class TrainConfig:
     orthogonalized momentum, the other groups at fixed ratios of it; ``momentum`` and ``nesterov``
     do not apply, and ``weight_decay`` is the fraction by which biases and the head shrink per
     step at the stage's peak lr, falling with the schedule).
+    distill: the LSQ stage's weight in [0, 1] of knowledge distillation from the float network as it
+    ends the float stage (the teacher: a frozen copy, in eval mode): the loss is (1 - distill) x the
+    cross-entropy + distill x KL(teacher's softmax || student's softmax), both per image. 0 (the
+    default) trains on the cross-entropy alone. Needs ``float_epochs`` >= 1.
     """
 
     epochs: int = 60
@@ -81,6 +85,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     lsq_label_smoothing: float | None = None
     optimizer: str = "sgd"
+    distill: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "float_epochs", "batch_size"):
@@ -106,6 +111,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+        if not 0 <= self.distill <= 1:
+            raise ValueError(f"distill must lie in [0, 1], got {self.distill!r}")
+        if self.distill and self.float_epochs < 1:
+            raise ValueError("distill needs float_epochs >= 1: the teacher is the network the float stage trains")
 
 
 def learning_rate(config: TrainConfig, epoch: int, progress: float = 0.0) -> float:
@@ -223,6 +232,24 @@ def split_accuracy(model: nn.Module, split: DeviceSplit | StreamedSplit, batch_s
     return int(correct) / max(len(split), 1)
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of KL(softmax(teacher) || softmax(student)), in nats (0-dim float32).
+
+    student, teacher: logits float [B, K]; the gradient flows into ``student`` only."""
+    s = F.log_softmax(student.float(), dim=1)
+    t = F.log_softmax(teacher.detach().float(), dim=1)
+    return F.kl_div(s, t, reduction="sum", log_target=True)
+
+
+def make_teacher(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` with its LSQ layers as ReLUs, in eval mode: the float stage's network."""
+    teacher = copy.deepcopy(model)
+    set_quantization(teacher, False)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
 class _Stepper:
     """One optimisation step of a stage, with the runtime's autocast, layout and optional compilation."""
 
@@ -241,8 +268,14 @@ class _Stepper:
         self.model, self.opt, self.config, self.device, self.parallel = model, opt, config, device, parallel
         self.dtype, _ = runtime.resolve(device)
         net = parallel.wrap(model, float_epochs_ahead) if parallel is not None else model
+        self.compile = runtime.compile
         self.forward = torch.compile(net) if runtime.compile else net
         self.label_smoothing = config.label_smoothing  # the stage's: set per epoch
+        self.teacher: Callable[[torch.Tensor], torch.Tensor] | None = None  # set by :meth:`distill_from`
+
+    def distill_from(self, teacher: nn.Module) -> None:
+        """Distil from ``teacher`` (see :func:`make_teacher`) in every step from now on."""
+        self.teacher = torch.compile(teacher) if self.compile else teacher
 
     def __call__(
         self, x: torch.Tensor, y: torch.Tensor, rows: int | None = None
@@ -259,6 +292,14 @@ class _Stepper:
                 loss = self.parallel.loss(
                     out.float(), y, len(y) if rows is None else rows, label_smoothing=self.label_smoothing
                 )
+            if self.teacher is not None:
+                with torch.no_grad():
+                    target = self.teacher(x)
+                global_rows = len(y) if rows is None else rows  # the ranks' loss terms sum to the batch mean
+                ranks = 1 if self.parallel is None else self.parallel.world.size
+                per_image = ranks / max(global_rows, 1)
+                kd = distillation_loss(out, target) * per_image
+                loss = (1 - self.config.distill) * loss + self.config.distill * kd
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         self.opt.step()
@@ -494,13 +535,17 @@ def train(
         "completed": False,
     }
     best: dict[str, torch.Tensor] | None = None
+    teacher: nn.Module | None = None
     start = 0
     whiten_from_training_split(model, train_split)
     last = Path(workdir) / "last.safetensors" if workdir is not None else None
     if last is not None:
         last.parent.mkdir(parents=True, exist_ok=True)
         if last.exists():
-            start, history, best = _resume(last, model, opt, gen, config)
+            start, history, best, teacher_state = _resume(last, model, opt, gen, config)
+            if teacher_state is not None:
+                teacher = make_teacher(model)
+                teacher.load_state_dict(teacher_state)
             if progress:
                 tqdm.write(f"resuming from {last} after epoch {start}/{total}")
     step = _Stepper(model, opt, config, runtime, device, parallel, float_epochs_ahead=start < config.float_epochs)
@@ -512,6 +557,10 @@ def train(
         quantized = epoch >= config.float_epochs
         set_quantization(model, quantized)
         step.label_smoothing = stage_label_smoothing(config, epoch)
+        if quantized and config.distill and step.teacher is None:
+            if teacher is None:  # the end of the float stage (a resumed run has its teacher)
+                teacher = make_teacher(model)
+            step.distill_from(teacher)
         model.train()
         perm = torch.randperm(len(train_split), generator=gen)
         n_batches = len(perm) // config.batch_size if drop_last else math.ceil(len(perm) / config.batch_size)
@@ -568,7 +617,7 @@ def train(
                 f"train {record['train_acc']:.4f} val {val_acc:.4f} ({seconds:.1f} s)"
             )
         if last is not None and (parallel is None or parallel.main):
-            _checkpoint(last, model, opt, gen, history, best)
+            _checkpoint(last, model, opt, gen, history, best, teacher)
         if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s and epoch + 1 < total:
             history["stopped"] = f"time limit of {time_limit_s:.0f} s reached after epoch {epoch + 1} of {total}"
             break
@@ -626,10 +675,13 @@ def _checkpoint(
     gen: torch.Generator,
     history: dict[str, Any],
     best: dict[str, torch.Tensor] | None,
+    teacher: nn.Module | None = None,
 ) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if best is not None:
         tensors |= {f"best.{k}": v for k, v in best.items()}
+    if teacher is not None:
+        tensors |= {f"teacher.{k}": v for k, v in teacher.state_dict().items()}
     for i, p in enumerate(_parameters(opt)):
         buf = opt.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
@@ -667,7 +719,9 @@ def _same_config(stored: dict[str, Any], config: TrainConfig) -> bool:
 
 def _resume(
     path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, config: TrainConfig
-) -> tuple[int, dict[str, Any], dict[str, torch.Tensor] | None]:
+) -> tuple[int, dict[str, Any], dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
+    """(epochs done, history, best weights or None, the distillation teacher's weights or None) from ``path``,
+    with ``model``, the optimizer's momentum and ``gen`` restored in place."""
     from safetensors import safe_open
 
     try:
@@ -682,6 +736,7 @@ def _resume(
         )
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    teacher = {k[8:]: v for k, v in tensors.items() if k.startswith("teacher.")} or None
     for i, p in enumerate(_parameters(opt)):
         if f"momentum.{i}" in tensors:
             opt.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device)
@@ -693,4 +748,4 @@ def _resume(
     history.setdefault("planned_epochs", config.float_epochs + config.epochs)
     history["completed"] = False
     history["resumed_at_epochs"] = [*history.get("resumed_at_epochs", []), len(history["epochs"])]
-    return len(history["epochs"]), history, best
+    return len(history["epochs"]), history, best, teacher

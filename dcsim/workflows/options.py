@@ -7,12 +7,16 @@ field names the flag.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..analysis.energy import FIRST_LAYER, PRESETS
 from ..checks import check_real
 from ..sim.semantics import Semantics
+
+if TYPE_CHECKING:
+    from ..training.loop import TrainConfig
 
 
 def _check_semantics(method: str, semantics: Semantics | None) -> None:
@@ -71,6 +75,7 @@ class TrainOptions:
     nesterov: bool = False
     label_smoothing: float = 0.0
     lsq_label_smoothing: float | None = None
+    distill: float = 0.0
     optimizer: str = "sgd"
     crop_padding: int = 4
     cutout: int = 0
@@ -87,6 +92,16 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if self.cutout and not self.augment:
             raise ValueError(f"--cutout {self.cutout} applies to the augmented batches: give --augment (or --cutout 0)")
+        planned = {"float_epochs": 1, "epochs": 1} if self.budget_minutes is not None else {}  # a plan has both
+        self.config(seed=0, **planned)  # the training configuration's own rules, before any work
+
+    def config(self, seed: int, **planned: int) -> TrainConfig:
+        """The training configuration: the fields named as TrainConfig's carry over as they are;
+        ``planned``: the epochs of a budget plan (float_epochs, epochs) in place of the options'."""
+        from ..training.loop import TrainConfig  # here: torch loads with the workflow, not with the parser
+
+        shared = {f.name: getattr(self, f.name) for f in fields(TrainConfig) if hasattr(self, f.name)}
+        return TrainConfig(**shared | {"batch_size": self.train_batch_size, "seed": seed} | planned)
 
     @property
     def working_folder(self) -> Path:

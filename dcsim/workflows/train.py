@@ -69,9 +69,7 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
     model = build_model(opts.arch, **arch_kwargs)
     if opts.optimizer == "muon":
         fast_recipe_init_(model)
-    # the options named as TrainConfig's fields carry over as they are
-    shared = {f.name: getattr(opts, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(opts, f.name)}
-    config = TrainConfig(**shared | {"batch_size": opts.train_batch_size, "seed": data.seed})
+    config = opts.config(data.seed)
     runtime = TrainRuntime(
         precision=opts.train_precision,
         channels_last=opts.train_channels_last,
