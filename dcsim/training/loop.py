@@ -286,18 +286,16 @@ class _Stepper:
         global batch's."""
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             out = self.forward(x)
+            global_rows = len(y) if rows is None else rows
             if self.parallel is None:
                 loss = F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
             else:
-                loss = self.parallel.loss(
-                    out.float(), y, len(y) if rows is None else rows, label_smoothing=self.label_smoothing
-                )
+                loss = self.parallel.loss(out.float(), y, global_rows, label_smoothing=self.label_smoothing)
             if self.teacher is not None:
                 with torch.no_grad():
                     target = self.teacher(x)
-                global_rows = len(y) if rows is None else rows  # the ranks' loss terms sum to the batch mean
                 ranks = 1 if self.parallel is None else self.parallel.world.size
-                per_image = ranks / max(global_rows, 1)
+                per_image = ranks / max(global_rows, 1)  # the ranks' terms sum to the global batch's mean
                 kd = distillation_loss(out, target) * per_image
                 loss = (1 - self.config.distill) * loss + self.config.distill * kd
         self.opt.zero_grad(set_to_none=True)
