@@ -22,6 +22,14 @@ def _model():
     return dcsim.models.small_cnn(num_classes=10, in_channels=1, width=4)
 
 
+def _train(digits, cfg, model=None, **kw):
+    """Train `model` (default: a fresh `_model()`) on the normalized digits subsets: (model, history)."""
+    tr, va = digits
+    model = _model() if model is None else model
+    h = training.train(model, tr.normalized(), tr.labels, va.normalized(), va.labels, cfg, progress=False, **kw)
+    return model, h
+
+
 def test_exponential_schedule_is_torchs_exponential_lr():
     cfg = training.TrainConfig(epochs=5, float_epochs=3, lr=0.05, lr_decay=0.9)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
@@ -101,13 +109,10 @@ def test_budget_config_measures_and_restores_the_model(digits):
 
 
 def test_lsq_label_smoothing_applies_to_the_lsq_stage_only(digits):
-    tr, va = digits
     base = {"lr": 0.05, "batch_size": 64, "schedule": "cosine"}
 
     def weights(**kw):
-        model = _model()
-        cfg = training.TrainConfig(**base | kw)
-        training.train(model, tr.normalized(), tr.labels, va.normalized(), va.labels, cfg, progress=False)
+        model, _ = _train(digits, training.TrainConfig(**base | kw))
         return [v.clone() for v in model.state_dict().values()]
 
     def same(a, b):
@@ -135,8 +140,8 @@ def test_raw_images_with_normalization_train_like_normalized_floats(digits):
         nesterov=True,
         label_smoothing=0.1,
     )
-    a, b = _model(), _model()
-    ha = training.train(a, tr.normalized(), tr.labels, va.normalized(), va.labels, cfg, progress=False)
+    a, ha = _train(digits, cfg)
+    b = _model()
     hb = training.train(
         b, tr.images, tr.labels, va.images, va.labels, cfg, progress=False, normalization=(tr.mean, tr.std)
     )
@@ -162,31 +167,14 @@ def test_raw_images_with_normalization_train_like_normalized_floats(digits):
 
 
 def test_time_limit_stops_and_marks_the_run_incomplete(digits):
-    tr, va = digits
-    h = training.train(
-        _model(),
-        tr.normalized(),
-        tr.labels,
-        va.normalized(),
-        va.labels,
-        training.TrainConfig(epochs=2, float_epochs=1, batch_size=64),
-        progress=False,
-        time_limit_s=0.0,
-    )
+    _, h = _train(digits, training.TrainConfig(epochs=2, float_epochs=1, batch_size=64), time_limit_s=0.0)
     assert not h["completed"] and len(h["epochs"]) == 1 and "time limit" in h["stopped"]
 
 
 def test_bf16_autocast_on_request_keeps_float32_weights(digits):
-    tr, va = digits
-    model = _model()
-    h = training.train(
-        model,
-        tr.normalized(),
-        tr.labels,
-        va.normalized(),
-        va.labels,
+    model, h = _train(
+        digits,
         training.TrainConfig(epochs=1, float_epochs=1, batch_size=64),
-        progress=False,
         runtime=training.TrainRuntime(precision="bf16", channels_last=True),
     )
     assert h["completed"] and all(p.dtype == torch.float32 for p in model.parameters())
@@ -207,24 +195,12 @@ def test_milestones():
 
 
 def test_resume_accepts_files_from_before_the_new_options(digits, tmp_path):
-    tr, va = digits
     cfg = training.TrainConfig(epochs=1, float_epochs=1, batch_size=64)
-    training.train(
-        _model(), tr.normalized(), tr.labels, va.normalized(), va.labels, cfg, workdir=tmp_path, progress=False
-    )
+    _train(digits, cfg, workdir=tmp_path)
     assert training.loop._same_config({k: v for k, v in cfg.__dict__.items() if k not in ("schedule", "nesterov")}, cfg)
     assert not training.loop._same_config(cfg.__dict__ | {"schedule": "cosine"}, cfg)
     with pytest.raises(ValueError, match="different training configuration"):
-        training.train(
-            _model(),
-            tr.normalized(),
-            tr.labels,
-            va.normalized(),
-            va.labels,
-            training.TrainConfig(epochs=1, float_epochs=1, batch_size=64, nesterov=True),
-            workdir=tmp_path,
-            progress=False,
-        )
+        _train(digits, training.TrainConfig(epochs=1, float_epochs=1, batch_size=64, nesterov=True), workdir=tmp_path)
 
 
 def test_distillation_loss_is_the_kl_divergence():
@@ -239,24 +215,9 @@ def test_distillation_loss_is_the_kl_divergence():
 
 
 def test_distill_trains_the_lsq_stage_towards_the_float_network(digits):
-    tr, va = digits
     base = {"lr": 0.05, "batch_size": 64, "schedule": "cosine", "float_epochs": 1, "epochs": 1}
-
-    def run(**kw):
-        model = _model()
-        h = training.train(
-            model,
-            tr.normalized(),
-            tr.labels,
-            va.normalized(),
-            va.labels,
-            training.TrainConfig(**base | kw),
-            progress=False,
-        )
-        return model, h
-
-    plain, h0 = run()
-    distilled, h1 = run(distill=1.0)
+    plain, h0 = _train(digits, training.TrainConfig(**base))
+    distilled, h1 = _train(digits, training.TrainConfig(**base | {"distill": 1.0}))
     # the float stage is the same; the LSQ stage's loss is the KL to the float network, not the cross-entropy
     assert h0["epochs"][0]["loss"] == h1["epochs"][0]["loss"]
     assert h0["epochs"][1]["loss"] != h1["epochs"][1]["loss"]
@@ -268,29 +229,12 @@ def test_distill_trains_the_lsq_stage_towards_the_float_network(digits):
 
 
 def test_distill_resumes_with_the_same_teacher(digits, tmp_path):
-    tr, va = digits
     cfg = training.TrainConfig(lr=0.05, batch_size=64, schedule="cosine", float_epochs=1, epochs=2, distill=0.5)
-
-    def run(workdir=None, time_limit_s=None):
-        model = _model()
-        h = training.train(
-            model,
-            tr.normalized(),
-            tr.labels,
-            va.normalized(),
-            va.labels,
-            cfg,
-            workdir=workdir,
-            progress=False,
-            time_limit_s=time_limit_s,
-        )
-        return model, h
-
-    whole, _ = run()
-    _, cut = run(tmp_path, time_limit_s=0.0)  # stops after the float epoch
-    _, cut = run(tmp_path, time_limit_s=0.0)  # and again after the first LSQ epoch: the teacher is saved
+    whole, _ = _train(digits, cfg)
+    _, cut = _train(digits, cfg, workdir=tmp_path, time_limit_s=0.0)  # stops after the float epoch
+    _, cut = _train(digits, cfg, workdir=tmp_path, time_limit_s=0.0)  # and after the first LSQ epoch: teacher saved
     assert len(cut["epochs"]) == 2 and not cut["completed"]
-    resumed, h = run(tmp_path)
+    resumed, h = _train(digits, cfg, workdir=tmp_path)
     assert h["completed"] and h["resumed_at_epochs"] == [1, 2]
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
