@@ -59,3 +59,19 @@ def test_the_rules_between_flags_are_the_typed_options_own(make, flag):
 
     with pytest.raises(ValueError, match=flag):
         make(options)
+
+
+def test_train_defaults_agree_in_the_parser_the_options_and_the_config():
+    """`dcsim train`'s flag defaults, TrainOptions' and TrainConfig's are written in three places: one value each."""
+    from dataclasses import MISSING, fields
+
+    from dcsim.cli.parser import build_parser
+    from dcsim.training import TrainConfig
+    from dcsim.workflows.options import TrainOptions
+
+    args = vars(build_parser().parse_args(["train", "--out", "m.safetensors"]))
+    options = {f.name: f.default for f in fields(TrainOptions) if f.default is not MISSING}
+    assert options and {k: args[k] for k in options} == options
+    config = {f.name: f.default for f in fields(TrainConfig)}
+    shared = {k: v for k, v in options.items() if k in config} | {"batch_size": options["train_batch_size"]}
+    assert len(shared) >= 15 and shared == {k: config[k] for k in shared}
