@@ -22,10 +22,10 @@ def _model():
     return dcsim.models.small_cnn(num_classes=10, in_channels=1, width=4)
 
 
-def _train(digits, cfg, model=None, **kw):
-    """Train `model` (default: a fresh `_model()`) on the normalized digits subsets: (model, history)."""
+def _train(digits, cfg, **kw):
+    """Train a fresh `_model()` on the normalized digits subsets: (model, history)."""
     tr, va = digits
-    model = _model() if model is None else model
+    model = _model()
     h = training.train(model, tr.normalized(), tr.labels, va.normalized(), va.labels, cfg, progress=False, **kw)
     return model, h
 
