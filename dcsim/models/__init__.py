@@ -16,6 +16,7 @@ from .architectures import (
     small_cnn,
     vgg16,
     whitened_cnn,
+    whitened_cnn_analog,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "small_cnn",
     "vgg16",
     "whitened_cnn",
+    "whitened_cnn_analog",
 ]

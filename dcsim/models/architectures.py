@@ -208,12 +208,24 @@ class WhitenedCNN(nn.Module):
     Inputs float32 [N, C, 32, 32] (normalized); 32 -> 31 (whitening) -> 15 -> 7 -> 3 pixels.
     The whitening weights are frozen (``requires_grad`` False); :func:`init_whitening` sets them
     (training does so from the training split) and marks the buffer ``whitening_set``.
+
+    ``quantize_whitening=False`` (the ``whitened_cnn_analog`` architecture): no quantizer after the
+    whitening, which then has in_channels * 4 filters (the directions only; the first conv takes
+    both signs) and no bias. The first conv sees the whitened image at full precision, as the
+    first layer of most low-bit networks does; after conversion the whitening and the first conv
+    are static (computed once per sample from the analog input) and the first spiking layer is the
+    first conv's neuron.
     """
 
     whitening_set: torch.Tensor  # buffer: the whitening filters have been computed from data
 
     def __init__(
-        self, num_classes: int = 10, in_channels: int = 3, bits: int = 2, widths: tuple[int, ...] = (64, 256, 256)
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        bits: int = 2,
+        widths: tuple[int, ...] = (64, 256, 256),
+        quantize_whitening: bool = True,
     ) -> None:
         super().__init__()
         widths = tuple(widths)
@@ -221,11 +233,11 @@ class WhitenedCNN(nn.Module):
             raise ValueError("whitened_cnn: widths must name at least one group")
         for w in widths:
             _check_width(w, "whitened_cnn")
-        patches = 2 * in_channels * 4
-        self.whiten = nn.Conv2d(in_channels, patches, 2, bias=True)
+        patches = (2 if quantize_whitening else 1) * in_channels * 4
+        self.whiten = nn.Conv2d(in_channels, patches, 2, bias=quantize_whitening)
         self.whiten.weight.requires_grad_(False)
         self.register_buffer("whitening_set", torch.tensor(False))
-        self.act0 = LSQActivation(bits)
+        self.act0: nn.Module = LSQActivation(bits) if quantize_whitening else nn.Identity()
         layers: list[nn.Module] = []
         cin = patches
         for c in widths:
@@ -252,8 +264,9 @@ def init_whitening(model: nn.Module, images: torch.Tensor, eps: float = 5e-4, ma
 
     images: float32 [N, C, H, W], normalized as the model sees them: the **training** split only
     (the first ``max_images``). The filters are the eigenvectors V of the covariance of all 2x2
-    patches scaled by 1/sqrt(eigenvalue + eps), stacked with their negations ([V; -V]); the bias
-    is zeroed. Deterministic (no randomness).
+    patches scaled by 1/sqrt(eigenvalue + eps), stacked with their negations ([V; -V]) where the
+    layer has twice as many filters as patch dimensions (a quantizer follows it), V alone otherwise;
+    the bias (if any) is zeroed. Deterministic (no randomness).
     """
     whiten = getattr(model, "whiten", None)
     if not isinstance(whiten, nn.Conv2d):
@@ -268,7 +281,7 @@ def init_whitening(model: nn.Module, images: torch.Tensor, eps: float = 5e-4, ma
     eigval, eigvec = torch.linalg.eigh(cov)
     filters = (eigvec.T / torch.sqrt(eigval.clamp_min(0) + eps)[:, None]).float()
     filters = filters.reshape(-1, whiten.in_channels, k, k)
-    whiten.weight.copy_(torch.cat([filters, -filters]))
+    whiten.weight.copy_(torch.cat([filters, -filters]) if whiten.out_channels == 2 * filters.shape[0] else filters)
     if whiten.bias is not None:
         whiten.bias.zero_()
     flag = getattr(model, "whitening_set", None)
@@ -283,12 +296,20 @@ def whitened_cnn(num_classes: int = 10, in_channels: int = 3, bits: int = 2, wid
     return WhitenedCNN(num_classes, in_channels, bits, (width, 4 * width, 4 * width))
 
 
+def whitened_cnn_analog(num_classes: int = 10, in_channels: int = 3, bits: int = 2, width: int = 64) -> WhitenedCNN:
+    """:func:`whitened_cnn` with no quantizer after the whitening: the first conv sees the whitened image
+    at full precision (``quantize_whitening=False``)."""
+    _check_width(width, "whitened_cnn_analog")
+    return WhitenedCNN(num_classes, in_channels, bits, (width, 4 * width, 4 * width), quantize_whitening=False)
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": small_cnn,
     "vgg16": vgg16,
     "resnet18": resnet18,
     "resnet50": resnet50,
     "whitened_cnn": whitened_cnn,
+    "whitened_cnn_analog": whitened_cnn_analog,
 }
 
 

@@ -43,6 +43,7 @@ PAPER_STEPS = {
     "resnet18": {"qcfs": 27, "qffs": 4},
     "vgg16": {"qcfs": 30, "qffs": 6},
     "whitened_cnn": {"qcfs": 27, "qffs": 4},  # not in the paper: its ResNet-18 T, for comparison
+    "whitened_cnn_analog": {"qcfs": 27, "qffs": 4},
 }
 """T of the paper's CIFAR-10 runs per architecture and method."""
 
@@ -93,6 +94,7 @@ NAMES = {
     "resnet50": "ResNet-50",
     "small_cnn": "small CNN",
     "whitened_cnn": "whitened CNN",
+    "whitened_cnn_analog": "whitened CNN (analog stem)",
 }
 
 
