@@ -103,17 +103,18 @@ def test_untrained_reason():
     assert "below the floor" in untrained_reason({"completed": True}, 0.3, 0.5)
 
 
-def test_reproduce_whitened_cnn_at_toy_scale(tiny_cifar, tmp_path):
-    """The CPU command of the accuracy run (whitened_cnn, channels_last), at toy scale."""
+@pytest.mark.parametrize("arch", ["whitened_cnn", "whitened_cnn_analog"])
+def test_reproduce_whitened_cnn_at_toy_scale(tiny_cifar, tmp_path, arch):
+    """The CPU command of the accuracy run (whitened CNNs, channels_last), at toy scale."""
     out = tmp_path / "w"
-    argv = ["reproduce", "--dataset", "cifar10", "--data-root", str(tiny_cifar), "--arch", "whitened_cnn"]
+    argv = ["reproduce", "--dataset", "cifar10", "--data-root", str(tiny_cifar), "--arch", arch]
     argv += ["--width", "4", "--float-epochs", "1", "--epochs", "1", "--train-subset", "40", "--val-size", "20"]
     argv += ["--max-test", "20", "--min-accuracy", "0", "--train-channels-last", "--quiet", "--out", str(out)]
     argv += ["--optimizer", "muon", "--lr", "0.24", "--lsq-lr", "0.06", "--weight-decay", "0.002"]
     argv += ["--train-batch-size", "10", "--schedule", "linear", "--warmup-epochs", "0", "--crop-padding", "2"]
     assert main(argv) == EXIT_OK
     report = json.loads((out / "report.json").read_text())
-    assert report["model"] == "whitened_cnn" and [m["steps"] for m in report["methods"]] == [27, 4]
+    assert report["model"] == arch and [m["steps"] for m in report["methods"]] == [27, 4]
     assert report["paper"]["model"] == "resnet18"  # shown for reference, labelled as another network
     assert "paper's ResNet-18 (another network)" in (out / "report.md").read_text()
     assert report["training"]["runtime"]["channels_last"] is True

@@ -1,5 +1,5 @@
-"""The whitened CNN (``--arch whitened_cnn``): whitening filters, their source (the training split
-only), conversion exactness and engine agreement on dyadic versions of it."""
+"""The whitened CNN (``--arch whitened_cnn`` and ``whitened_cnn_analog``): whitening filters, their
+source (the training split only), conversion exactness and engine agreement on dyadic versions."""
 
 import dataclasses
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import dcsim
-from dcsim.models import WhitenedCNN, init_whitening, whitened_cnn
+from dcsim.models import WhitenedCNN, init_whitening, whitened_cnn, whitened_cnn_analog
+from dcsim.sim.network import Conv, Neuron
 from dcsim.training import TrainConfig, train
 from dyadic import dyadic_inputs, dyadic_network
 from test_qffs_semantics import settled_levels
@@ -30,7 +31,34 @@ def test_whitening_filters_decorrelate_the_patches():
     assert not model.whiten.weight.requires_grad
 
 
-def test_training_whitens_from_the_training_split_only():
+def test_the_analog_stem_whitens_without_negations_or_quantizer():
+    """whitened_cnn_analog: 12 whitening filters (no negations, no bias), no quantizer after them;
+    after conversion the whitening and the first conv are static and the first neuron follows the conv."""
+    gen = torch.Generator().manual_seed(2)
+    mix = torch.randn(3, 3, generator=gen)
+    x = torch.einsum("dc,nchw->ndhw", mix, torch.randn(64, 3, 16, 16, generator=gen))
+    model = whitened_cnn_analog(width=4)
+    assert model.whiten.out_channels == 12 and model.whiten.bias is None
+    assert isinstance(model.act0, torch.nn.Identity)
+    assert init_whitening(model, x)
+    out = model.whiten(x).permute(1, 0, 2, 3).reshape(12, -1)
+    out = out - out.mean(1, keepdim=True)
+    torch.testing.assert_close(out @ out.T / out.shape[1], torch.eye(12), atol=2e-2, rtol=0)
+    # the same directions as whitened_cnn's first half
+    quantized = whitened_cnn(width=4)
+    init_whitening(quantized, x)
+    torch.testing.assert_close(model.whiten.weight, quantized.whiten.weight[:12])
+    model.train()
+    model(x)
+    model.eval()
+    net = dcsim.convert(model, method="qcfs")
+    kinds = [type(n) for n in net.nodes[1:4]]
+    assert kinds == [Conv, Conv, Neuron] and net.static_nodes() == {0, 1, 2}
+    assert sum(isinstance(n, Neuron) for n in net.nodes) == sum(isinstance(n, dcsim.models.lsq.LSQActivation) for n in model.modules())
+
+
+@pytest.mark.parametrize("build", [whitened_cnn, whitened_cnn_analog])
+def test_training_whitens_from_the_training_split_only(build):
     gen = torch.Generator().manual_seed(1)
     train_x = torch.randint(0, 256, (48, *SHAPE), dtype=torch.uint8, generator=gen)
     val_x = torch.randint(0, 128, (16, *SHAPE), dtype=torch.uint8, generator=gen)
@@ -39,12 +67,12 @@ def test_training_whitens_from_the_training_split_only():
     mean, std = (torch.tensor(v).reshape(1, 3, 1, 1) for v in norm)
 
     def expected(images: torch.Tensor) -> torch.Tensor:
-        m = whitened_cnn(width=4)
+        m = build(width=4)
         init_whitening(m, (images.float() / 255 - mean) / std)
         return m.whiten.weight
 
     torch.manual_seed(0)
-    model = whitened_cnn(width=4)
+    model = build(width=4)
     cfg = TrainConfig(epochs=1, float_epochs=0, lr=1e-9, batch_size=16)
     train(model, train_x, train_y, val_x, val_y, cfg, progress=False, normalization=norm, device="cpu")
     torch.testing.assert_close(model.whiten.weight, expected(train_x), atol=1e-5, rtol=1e-5)
@@ -73,18 +101,19 @@ def test_bad_widths_are_refused():
         init_whitening(whitened_cnn(width=4), torch.randn(4, 1, 8, 8))
 
 
-def _dyadic(method: str, seed: int) -> dcsim.SpikingNetwork:
+def _dyadic(method: str, seed: int, build=whitened_cnn) -> dcsim.SpikingNetwork:
     torch.manual_seed(seed)
-    model = whitened_cnn(width=4)
+    model = build(width=4)
     init_whitening(model, torch.randn(32, *SHAPE))
     with torch.no_grad():  # filters on a grid whose products with dyadic inputs stay exact
         model.whiten.weight.copy_(torch.round(model.whiten.weight * 4) / 4)
     return dyadic_network(model, method, SHAPE, seed)
 
 
+@pytest.mark.parametrize("build", [whitened_cnn, whitened_cnn_analog])
 @pytest.mark.parametrize("seed", [3, 4])
-def test_qffs_settle_converges_to_the_quantized_ann_exactly(seed):
-    net = _dyadic("qffs", seed)
+def test_qffs_settle_converges_to_the_quantized_ann_exactly(seed, build):
+    net = _dyadic("qffs", seed, build)
     x = dyadic_inputs(5, SHAPE, seed)
     levels, logits_total = settled_levels(net, x)
     steps = net.drive_steps + 3 * 3 * len(net.neurons)
@@ -98,9 +127,10 @@ def test_qffs_settle_converges_to_the_quantized_ann_exactly(seed):
     assert torch.equal(state.sums.double(), logits_total)
 
 
+@pytest.mark.parametrize("build", [whitened_cnn, whitened_cnn_analog])
 @pytest.mark.parametrize("method", ["qcfs", "qffs"])
-def test_native_engine_equals_reference(method):
-    net = _dyadic(method, 5)
+def test_native_engine_equals_reference(method, build):
+    net = _dyadic(method, 5, build)
     x = dyadic_inputs(6, SHAPE, 7)
     a = dcsim.Engine(net).simulate(x, 9, record_sums=True)
     b = dcsim.Engine(net, backend="reference").simulate(x, 9, record_sums=True)
