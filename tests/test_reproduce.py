@@ -5,7 +5,7 @@ import json
 import pytest
 
 from dcsim.cli import EXIT_ERROR, EXIT_OK, main
-from dcsim.workflows.reproduce import OFFICIAL_QCFS_CURVE, untrained_reason
+from dcsim.workflows.reproduce import NAMES, OFFICIAL_QCFS_CURVE, untrained_reason
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,9 @@ def test_reproduce_whitened_cnn_at_toy_scale(tiny_cifar, tmp_path, arch):
     report = json.loads((out / "report.json").read_text())
     assert report["model"] == arch and [m["steps"] for m in report["methods"]] == [27, 4]
     assert report["paper"]["model"] == "resnet18"  # shown for reference, labelled as another network
-    assert "paper's ResNet-18 (another network)" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "paper's ResNet-18 (another network)" in md
+    assert md.startswith(f"# dcsim reproduce: {NAMES[arch]} (width 4, 2-bit activations) on cifar10")
     assert report["training"]["runtime"]["channels_last"] is True
 
 

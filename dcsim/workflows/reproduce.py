@@ -326,11 +326,17 @@ def _markdown_table1(s: dict) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def _shape(arch_kwargs: dict) -> str:
+    """'width 96, 2-bit activations' from a checkpoint's architecture arguments."""
+    width = f"width {arch_kwargs['width']}, " if "width" in arch_kwargs else ""
+    return f"{width}{arch_kwargs.get('bits', 2)}-bit activations"
+
+
 def _markdown(s: dict) -> str:
     name = NAMES.get(s["model"], s["model"])
     tr = s["training"]
     parts = [
-        f"# dcsim reproduce: {name} (2-bit, {s['arch_kwargs']}) on {s['dataset']}\n\n",
+        f"# dcsim reproduce: {name} ({_shape(s['arch_kwargs'])}) on {s['dataset']}\n\n",
         f"Device: {s['device']}. Whole run {s['seconds'] / 60:.1f} minutes; training {tr['seconds'] / 60:.1f} minutes "
         f"({len(tr['epochs'])} epochs on {tr['train_images']} images, {tr['device']}).\n\n",
         "## Table 1 (test split; th_c selected on the validation split at zero tolerance)\n\n",
