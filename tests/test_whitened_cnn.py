@@ -96,6 +96,8 @@ def test_checkpoint_without_the_flag_loads_as_whitened():
 def test_bad_widths_are_refused():
     with pytest.raises(ValueError, match="whitened_cnn"):
         whitened_cnn(width=0)
+    with pytest.raises(ValueError, match="whitened_cnn_analog: width"):
+        whitened_cnn_analog(width=0)
     with pytest.raises(ValueError, match="whitened_cnn"):
         WhitenedCNN(widths=())
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):

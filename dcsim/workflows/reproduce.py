@@ -329,7 +329,7 @@ def _markdown_table1(s: dict) -> str:
 def _shape(arch_kwargs: dict) -> str:
     """'width 96, 2-bit activations' from a checkpoint's architecture arguments."""
     width = f"width {arch_kwargs['width']}, " if "width" in arch_kwargs else ""
-    return f"{width}{arch_kwargs.get('bits', 2)}-bit activations"
+    return f"{width}{arch_kwargs['bits']}-bit activations"
 
 
 def _markdown(s: dict) -> str:
