@@ -58,7 +58,7 @@ def main() -> None:
     )
     print("|---" * 12 + "|")
     rows = []
-    for case in load_cases(args.folders, 512, 1000, args.cache, args.data_root):
+    for case in load_cases(args.folders, 512, 1000, args.cache, args.data_root, args.methods):
         engine = Engine(case.net)
         for batch in args.batches:
             n = args.batch1_images if batch == 1 else batch

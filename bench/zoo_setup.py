@@ -63,7 +63,8 @@ def machine() -> str:
 
 def arguments(doc: str, batches: list[int], rounds: int, cases: bool = True) -> argparse.ArgumentParser:
     """The command line the zoo measurements share: zoo folders, --batches and --rounds (these defaults); with
-    ``cases`` also --data-root (CIFAR-10), --threads (pinned, default 1) and --cache (see :func:`load_cases`)."""
+    ``cases`` also --data-root (CIFAR-10), --threads (pinned, default 1), --cache (see :func:`load_cases`) and
+    --methods (default: both)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+")
     p.add_argument("--batches", type=int, nargs="+", default=batches)
@@ -72,6 +73,7 @@ def arguments(doc: str, batches: list[int], rounds: int, cases: bool = True) -> 
         p.add_argument("--data-root", type=Path, required=True, help="CIFAR-10 (folder or .tar.gz), as dcsim takes it")
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--cache", type=Path, default=Path("/tmp/dcsim_zoo_cases.pt"))
+        p.add_argument("--methods", nargs="+", choices=list(STEPS), default=list(STEPS), help="methods to measure")
     return p
 
 
@@ -80,9 +82,11 @@ def table_row(*cells: object) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def load_cases(folders: list[str], n_test: int, n_val: int, cache: Path, data_root: Path) -> list[Case]:
-    """A Case per (zoo folder, method): th_c from a trace of n_val validation images, n_test test images
-    (CIFAR-10 at ``data_root``); what it computes is kept in ``cache`` for the next run."""
+def load_cases(
+    folders: list[str], n_test: int, n_val: int, cache: Path, data_root: Path, methods: list[str] | None = None
+) -> list[Case]:
+    """A Case per (zoo folder, method in ``methods``, default all of STEPS): th_c from a trace of n_val validation
+    images, n_test test images (CIFAR-10 at ``data_root``); what it computes is kept in ``cache`` for the next run."""
     blob = torch.load(cache) if cache.exists() else {}
     splits = None
     cases = []
@@ -91,7 +95,8 @@ def load_cases(folders: list[str], n_test: int, n_val: int, cache: Path, data_ro
         model.eval()
         name = Path(folder).name
         weights = zoo.model_identity(folder)[1]  # new weights in the same folder: a new key
-        for method, steps in STEPS.items():
+        for method in methods or list(STEPS):
+            steps = STEPS[method]
             key = f"{name}/{weights}/{method}/{n_test}/{n_val}"
             net = convert(model, method=method)
             if key not in blob:
