@@ -83,9 +83,9 @@ def table_row(*cells: object) -> str:
 
 
 def load_cases(
-    folders: list[str], n_test: int, n_val: int, cache: Path, data_root: Path, methods: list[str] | None = None
+    folders: list[str], n_test: int, n_val: int, cache: Path, data_root: Path, methods: list[str]
 ) -> list[Case]:
-    """A Case per (zoo folder, method in ``methods``, default all of STEPS): th_c from a trace of n_val validation
+    """A Case per (zoo folder, method in ``methods``, keys of STEPS): th_c from a trace of n_val validation
     images, n_test test images (CIFAR-10 at ``data_root``); what it computes is kept in ``cache`` for the next run."""
     blob = torch.load(cache) if cache.exists() else {}
     splits = None
@@ -95,7 +95,7 @@ def load_cases(
         model.eval()
         name = Path(folder).name
         weights = zoo.model_identity(folder)[1]  # new weights in the same folder: a new key
-        for method in methods or list(STEPS):
+        for method in methods:
             steps = STEPS[method]
             key = f"{name}/{weights}/{method}/{n_test}/{n_val}"
             net = convert(model, method=method)
