@@ -18,7 +18,7 @@ import torch
 
 from dcsim import analysis
 from dcsim.conversion.convert import convert
-from dcsim.data import Dataset, open_splits
+from dcsim.data import load_cifar10
 from dcsim.io import zoo
 from dcsim.models import build_model
 from dcsim.sim.engine import Engine
@@ -101,11 +101,9 @@ def load_cases(
             net = convert(model, method=method)
             if key not in blob:
                 if splits is None:
-                    splits = open_splits("cifar10", data_root, loader="memory", val_size=n_val, seed=0)
-                    val, test = splits["val"], splits["test"]
-                    assert isinstance(val, Dataset) and isinstance(test, Dataset)  # loader="memory"
-                    xv, yv = val.normalized(), val.labels
-                    xt = test.normalized()[:n_test]
+                    splits = load_cifar10(data_root, val_size=n_val, seed=0)
+                    xv, yv = splits["val"].normalized(), splits["val"].labels
+                    xt = splits["test"].normalized()[:n_test]
                 tau = calibrate(model, xv, yv)["tau"]
                 readout = Readout.paper(method, net.bits, steps, tau=tau)
                 trace = record_trace(Engine(net), xv, yv, steps, readout, {"split": "val"})
