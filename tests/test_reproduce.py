@@ -97,6 +97,20 @@ def test_budget_too_small_says_so(tmp_path, run_cli):
     assert not (out / "report.md").exists() and not (out / "model.safetensors").exists()
 
 
+def test_reproduce_lsq_variant_from_a_stored_float_stage(tmp_path):
+    stage = tmp_path / "float.safetensors"
+    argv = [*SMALL_CNN, "--float-epochs", "1", "--epochs", "1", "--min-accuracy", "0", "--float-stage", str(stage)]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == EXIT_OK
+    first = json.loads((tmp_path / "a" / "report.json").read_text())["training"]
+    assert first["float_stage"] == {"path": str(stage), "read": False} and stage.exists()
+    assert main([*argv, "--lsq-lr", "0.002", "--out", str(tmp_path / "b")]) == EXIT_OK
+    second = json.loads((tmp_path / "b" / "report.json").read_text())["training"]
+    assert second["float_stage"]["read"] and second["epochs"][0] == first["epochs"][0]
+    assert second["epochs"][1] != first["epochs"][1]  # another LSQ stage
+    assert "the float stage (1 epoch, " in (tmp_path / "b" / "report.md").read_text()
+    assert "was read from" not in (tmp_path / "a" / "report.md").read_text()
+
+
 def test_untrained_reason():
     assert untrained_reason({"completed": True}, 0.9, 0.5) is None
     assert "2 of 5" in untrained_reason({"completed": False, "epochs": [{}, {}], "planned_epochs": 5}, 0.9, 0.5)

@@ -50,7 +50,13 @@ def check_args(args: argparse.Namespace) -> None:
             shard_bytes(args.max_shard_mib)  # room for a shard's header
         if getattr(args, "device", None) is not None:
             parse_device(args.device)
-        outputs = {"out": args.command not in FILE_OUTPUTS, "workdir": True, "plots": True, "json": False}
+        outputs = {
+            "out": args.command not in FILE_OUTPUTS,
+            "workdir": True,
+            "plots": True,
+            "json": False,
+            "float_stage": False,
+        }
         for name, folder in outputs.items():  # name: whether it is a folder
             if getattr(args, name, None) is not None and str(getattr(args, name)) != "-":
                 writable(getattr(args, name), _flag(name), folder=folder)

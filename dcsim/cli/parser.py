@@ -118,6 +118,9 @@ TRAIN = [
     ("--lsq-share", float, 0.4, "with --budget-minutes: the LSQ stage's share of it"),
     ("--train-subset", int, None, "train on this many training images (seeded random pick)"),
     ("--workdir", Path, None, "per-epoch state for resuming (default: OUT.work/)"),
+    ("--float-stage", Path, None, "a file with the float stage's end state, shared by runs that differ only in the LSQ "
+     "stage (--epochs, --lsq-lr, --lsq-label-smoothing, --distill): read when it exists (training starts at the first LSQ "
+     "epoch), written when the float stage ends otherwise"),
     ("--quiet", ON, None, "no progress bars"),
     ("--sync-bn", ON, None, "under torchrun: global-batch norm (SyncBatchNorm on CUDA, GlobalBatchNorm2d on the CPU)"),
     ("--optimizer", ["sgd", "muon"], "sgd", "muon: the fast recipe, see docs/training.md (--weight-decay: per step)"),

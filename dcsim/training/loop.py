@@ -16,8 +16,8 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +115,26 @@ class TrainConfig:
             raise ValueError(f"distill must lie in [0, 1], got {self.distill!r}")
         if self.distill and self.float_epochs < 1:
             raise ValueError("distill needs float_epochs >= 1: the teacher is the network the float stage trains")
+
+
+LSQ_STAGE_FIELDS = ("epochs", "lsq_lr", "lsq_label_smoothing", "distill")
+"""The TrainConfig fields the float stage does not read: runs that differ only in these share a float stage."""
+
+
+@dataclass(frozen=True)
+class FloatStage:
+    """A file holding the training state at the end of the float stage (the working folder's format), so that
+    runs which differ only in their LSQ stage (:data:`LSQ_STAGE_FIELDS`) train the float stage once.
+
+    When ``path`` exists and the run has no working-folder state of its own, training starts from it at the
+    first LSQ epoch, exactly as if it had trained those float epochs itself (weights, momentum and the batch
+    order's generator come from the file); otherwise the file is written when the float stage ends.
+    ``setup``: what shapes the float stage besides the TrainConfig (architecture, data, augmentation,
+    runtime), JSON-serialisable; stored in the file and compared when it is read.
+    """
+
+    path: Path
+    setup: Mapping[str, Any] = field(default_factory=dict)
 
 
 def learning_rate(config: TrainConfig, epoch: int, progress: float = 0.0) -> float:
@@ -485,6 +505,7 @@ def train(
     runtime: TrainRuntime = TrainRuntime(),
     time_limit_s: float | None = None,
     parallel: DataParallel | None = None,
+    float_stage: FloatStage | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place and load the weights that were best on the validation split.
 
@@ -505,7 +526,11 @@ def train(
     adds "resumed_at_epochs" (the epochs completed at each resume).
     parallel: training on several ranks (see dcsim.distributed.DataParallel): every rank draws the
     same global batches and trains on its rows of each; rank 0 alone writes the workdir state.
+    float_stage: start from a stored float stage, or store this run's (see :class:`FloatStage`; needs
+    ``config.float_epochs`` >= 1); the history then has "float_stage": {"path", "read"}.
     """
+    if float_stage is not None and config.float_epochs < 1:
+        raise ValueError(f"float stage file {float_stage.path}: needs float_epochs >= 1, got {config.float_epochs}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     _, channels_last = runtime.resolve(device)
     model.to(device)
@@ -539,13 +564,20 @@ def train(
     last = Path(workdir) / "last.safetensors" if workdir is not None else None
     if last is not None:
         last.parent.mkdir(parents=True, exist_ok=True)
-        if last.exists():
-            start, history, best, teacher_state = _resume(last, model, opt, gen, config)
-            if teacher_state is not None:
-                teacher = make_teacher(model)
-                teacher.load_state_dict(teacher_state)
-            if progress:
-                tqdm.write(f"resuming from {last} after epoch {start}/{total}")
+    if last is not None and last.exists():
+        start, history, best, teacher_state = _resume(last, model, opt, gen, config)
+        if teacher_state is not None:
+            teacher = make_teacher(model)
+            teacher.load_state_dict(teacher_state)
+        if progress:
+            tqdm.write(f"resuming from {last} after epoch {start}/{total}")
+    elif float_stage is not None and float_stage.path.exists():
+        start, history, best, _ = _resume(float_stage.path, model, opt, gen, config, float_stage)
+        history["float_stage"] = {"path": str(float_stage.path), "read": True}
+        if progress:
+            tqdm.write(f"the float stage ({start} epochs) from {float_stage.path}")
+    if float_stage is not None:
+        history.setdefault("float_stage", {"path": str(float_stage.path), "read": False})
     step = _Stepper(model, opt, config, runtime, device, parallel, float_epochs_ahead=start < config.float_epochs)
     drop_last = runtime.compile and len(train_split) >= config.batch_size  # fixed shapes: no recompilation
     t_start = time.perf_counter()
@@ -616,6 +648,13 @@ def train(
             )
         if last is not None and (parallel is None or parallel.main):
             _checkpoint(last, model, opt, gen, history, best, teacher)
+        if (
+            float_stage is not None
+            and epoch + 1 == config.float_epochs
+            and not float_stage.path.exists()
+            and (parallel is None or parallel.main)
+        ):
+            _checkpoint(float_stage.path, model, opt, gen, history, best, teacher, float_stage.setup)
         if time_limit_s is not None and time.perf_counter() - t_start > time_limit_s and epoch + 1 < total:
             history["stopped"] = f"time limit of {time_limit_s:.0f} s reached after epoch {epoch + 1} of {total}"
             break
@@ -674,6 +713,7 @@ def _checkpoint(
     history: dict[str, Any],
     best: dict[str, torch.Tensor] | None,
     teacher: nn.Module | None = None,
+    float_setup: Mapping[str, Any] | None = None,
 ) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if best is not None:
@@ -685,7 +725,9 @@ def _checkpoint(
         if buf is not None:
             tensors[f"momentum.{i}"] = buf
     tensors["rng"] = gen.get_state()
-    meta = {"history": history}
+    meta: dict[str, Any] = {"history": history}
+    if float_setup is not None:
+        meta["float_setup"] = float_setup
     write_safetensors(
         path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"dcsim": json.dumps(meta)}
     )
@@ -715,11 +757,46 @@ def _same_config(stored: dict[str, Any], config: TrainConfig) -> bool:
     return defaults | stored == asdict(config)
 
 
+def _float_stage_mismatch(meta: dict[str, Any], config: TrainConfig, stage: FloatStage) -> list[str]:
+    """What differs between the float stage stored in ``meta`` and the one ``config`` and ``stage`` would train:
+    "name: stored -> wanted" per field; empty when they are the same."""
+    history = meta["history"]
+    done = [e.get("phase") for e in history["epochs"]]
+    if done != ["float"] * config.float_epochs:
+        return [
+            f"epochs: holds {len(done)} ({', '.join(sorted(set(map(str, done))))}), not the {config.float_epochs} float epochs"
+        ]
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    stored = defaults | history.get("config", {})
+    wanted = asdict(config)
+    diffs = [
+        f"{k}: {stored.get(k)!r} -> {v!r}"
+        for k, v in wanted.items()
+        if k not in LSQ_STAGE_FIELDS and stored.get(k) != v
+    ]
+    stored_setup = meta.get("float_setup", {})
+    wanted_setup = json.loads(json.dumps(dict(stage.setup), default=str))  # as stored: lists, strings
+    keys = sorted(set(stored_setup) | set(wanted_setup))
+    diffs += [
+        f"{k}: {stored_setup.get(k)!r} -> {wanted_setup.get(k)!r}"
+        for k in keys
+        if stored_setup.get(k) != wanted_setup.get(k)
+    ]
+    return diffs
+
+
 def _resume(
-    path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, config: TrainConfig
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    config: TrainConfig,
+    float_stage: FloatStage | None = None,
 ) -> tuple[int, dict[str, Any], dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
     """(epochs done, history, best weights or None, the distillation teacher's weights or None) from ``path``,
-    with ``model``, the optimizer's momentum and ``gen`` restored in place."""
+    with ``model``, the optimizer's momentum and ``gen`` restored in place. With ``float_stage`` the file is
+    a stored float stage: its float-stage settings (not the LSQ stage's) must be ``config``'s and its setup
+    ``float_stage.setup``."""
     from safetensors import safe_open
 
     try:
@@ -728,7 +805,14 @@ def _resume(
         tensors = load_file(str(path))
     except Exception as err:
         raise ValueError(f"{path}: cannot resume training from this file ({err}); delete it to start over") from err
-    if not _same_config(meta["history"].get("config", {}), config):
+    if float_stage is not None:
+        diffs = _float_stage_mismatch(meta, config, float_stage)
+        if diffs:
+            raise ValueError(
+                f"float stage file {path}: trained with other float-stage settings ({'; '.join(diffs)}); "
+                "give the same settings or another file"
+            )
+    elif not _same_config(meta["history"].get("config", {}), config):
         raise ValueError(
             f"{path}: was written with a different training configuration; delete it or use the same settings"
         )

@@ -88,10 +88,16 @@ class TrainOptions:
     workdir: Path | None = None
     quiet: bool = False
     sync_bn: bool = False
+    float_stage: Path | None = None
 
     def __post_init__(self) -> None:
         if self.cutout and not self.augment:
             raise ValueError(f"--cutout {self.cutout} applies to the augmented batches: give --augment (or --cutout 0)")
+        if self.float_stage is not None and (self.budget_minutes is not None or self.float_epochs < 1):
+            raise ValueError(
+                f"--float-stage {self.float_stage}: stores or reads the float stage of a fixed --float-epochs >= 1 "
+                "(not --budget-minutes, whose plan sets the epochs)"
+            )
         planned = {"float_epochs": 1, "epochs": 1} if self.budget_minutes is not None else {}  # a plan has both
         self.config(seed=0, **planned)  # the training configuration's own rules, before any work
 

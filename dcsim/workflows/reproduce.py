@@ -332,13 +332,26 @@ def _shape(arch_kwargs: dict) -> str:
     return f"{width}{arch_kwargs['bits']}-bit activations"
 
 
+def _float_stage_note(training: dict) -> str:
+    """'; the float stage (N epochs, M minutes when it ran) read from PATH' for a run that started from a stored one."""
+    stage = training.get("float_stage")
+    if not stage or not stage["read"]:
+        return ""
+    floats = [e for e in training["epochs"] if e["phase"] == "float"]
+    minutes = floats[-1]["elapsed_s"] / 60 if floats else 0.0
+    return (
+        f"; the float stage ({len(floats)} epoch{'s' if len(floats) != 1 else ''}, {minutes:.1f} minutes when it ran) was read from "
+        f"{stage['path']}, so this run's training time is the LSQ stage's"
+    )
+
+
 def _markdown(s: dict) -> str:
     name = NAMES.get(s["model"], s["model"])
     tr = s["training"]
     parts = [
         f"# dcsim reproduce: {name} ({_shape(s['arch_kwargs'])}) on {s['dataset']}\n\n",
         f"Device: {s['device']}. Whole run {s['seconds'] / 60:.1f} minutes; training {tr['seconds'] / 60:.1f} minutes "
-        f"({len(tr['epochs'])} epochs on {tr['train_images']} images, {tr['device']}).\n\n",
+        f"({len(tr['epochs'])} epochs on {tr['train_images']} images, {tr['device']}){_float_stage_note(tr)}.\n\n",
         "## Table 1 (test split; th_c selected on the validation split at zero tolerance)\n\n",
         _markdown_table1(s),
         "\nAll rows, with th_c, spikes and wall time (live early exit):\n\n",

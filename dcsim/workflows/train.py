@@ -19,7 +19,7 @@ from ..io.checkpoint import save_checkpoint
 from ..models import build_model
 from ..models.lsq import set_quantization
 from ..parallel.distributed import DataParallel, World, write_if_main
-from ..training import TrainConfig, TrainRuntime, budget_config, milestones, split_accuracy, train
+from ..training import FloatStage, TrainConfig, TrainRuntime, budget_config, milestones, split_accuracy, train
 from ..training.device_batches import DeviceSplit, StreamedSplit
 from ..training.loop import discard_workdir
 from ..training.muon import fast_recipe_init_
@@ -105,6 +105,9 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
     def images(ds: Any) -> Any:  # what train() takes: the uint8 images, or the streamed split itself
         return ds if streamed else ds.images
 
+    float_stage = None
+    if opts.float_stage is not None:
+        float_stage = FloatStage(opts.float_stage, _float_setup(opts, data, world, arch_kwargs, len(tr), streamed))
     history = train(
         model,
         images(tr),
@@ -120,6 +123,7 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
         runtime=runtime,
         time_limit_s=time_limit,
         parallel=parallel,
+        float_stage=float_stage,
     )
     train_seconds = time.perf_counter() - t0
     acc = {
@@ -149,7 +153,7 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
         "milestones": milestones(history, (0.5, 0.8, 0.9, 0.92, 0.93, 0.935)),
         "train_images": len(tr),
     }
-    for key in ("stopped", "resumed_at_epochs"):
+    for key in ("stopped", "resumed_at_epochs", "float_stage"):
         if key in history:
             training[key] = history[key]
     meta = {
@@ -175,6 +179,30 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
         "history": history["epochs"],
         "completed": history["completed"],
         "budget_plan": plan,
+    }
+
+
+def _float_setup(
+    opts: TrainOptions, data: DataOptions, world: World, arch_kwargs: dict, train_images: int, streamed: bool
+) -> dict:
+    """What shapes the float stage besides the training configuration: stored with a --float-stage file
+    and compared when it is read (a different data root holding the same data set may share it)."""
+    return {
+        "arch": opts.arch,
+        "arch_kwargs": arch_kwargs,
+        "dataset": data.dataset,
+        "val_size": data.val_size,
+        "train_subset": opts.train_subset,
+        "train_images": train_images,
+        "streamed": streamed,
+        "augment": opts.augment,
+        "crop_padding": opts.crop_padding,
+        "cutout": opts.cutout,
+        "train_precision": opts.train_precision,
+        "train_channels_last": opts.train_channels_last,
+        "compile": opts.compile,
+        "ranks": world.size,
+        "sync_bn": opts.sync_bn,
     }
 
 
