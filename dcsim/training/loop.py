@@ -727,7 +727,7 @@ def _checkpoint(
     tensors["rng"] = gen.get_state()
     meta: dict[str, Any] = {"history": history}
     if float_setup is not None:
-        meta["float_setup"] = float_setup
+        meta["float_setup"] = _as_stored(float_setup)
     write_safetensors(
         path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata={"dcsim": json.dumps(meta)}
     )
@@ -757,6 +757,11 @@ def _same_config(stored: dict[str, Any], config: TrainConfig) -> bool:
     return defaults | stored == asdict(config)
 
 
+def _as_stored(setup: Mapping[str, Any]) -> dict[str, Any]:
+    """``setup`` as a file's metadata holds it (tuples as lists, paths and other objects as strings)."""
+    return dict(json.loads(json.dumps(dict(setup), default=str)))
+
+
 def _float_stage_mismatch(meta: dict[str, Any], config: TrainConfig, stage: FloatStage) -> list[str]:
     """What differs between the float stage stored in ``meta`` and the one ``config`` and ``stage`` would train:
     "name: stored -> wanted" per field; empty when they are the same."""
@@ -775,7 +780,7 @@ def _float_stage_mismatch(meta: dict[str, Any], config: TrainConfig, stage: Floa
         if k not in LSQ_STAGE_FIELDS and stored.get(k) != v
     ]
     stored_setup = meta.get("float_setup", {})
-    wanted_setup = json.loads(json.dumps(dict(stage.setup), default=str))  # as stored: lists, strings
+    wanted_setup = _as_stored(stage.setup)
     keys = sorted(set(stored_setup) | set(wanted_setup))
     diffs += [
         f"{k}: {stored_setup.get(k)!r} -> {wanted_setup.get(k)!r}"
