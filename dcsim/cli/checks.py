@@ -29,6 +29,7 @@ REALS = {"lr": (0, None, False), "lr_decay": (0, None, False), "budget_minutes":
          "min_accuracy": (0, 1, True), "lsq_lr": (0, None, False), "e_mac": (0, None, True),
          "e_ac": (0, None, True), "normalize": (0, 100, False)}  # fmt: skip
 FILE_OUTPUTS = ("train", "trace", "import")  # commands whose --out is a file; the other --out are folders
+OUTPUTS = {"workdir": True, "plots": True, "json": False, "float_stage": False}  # other output flags: a folder?
 
 
 def _flag(name: str) -> str:
@@ -50,13 +51,7 @@ def check_args(args: argparse.Namespace) -> None:
             shard_bytes(args.max_shard_mib)  # room for a shard's header
         if getattr(args, "device", None) is not None:
             parse_device(args.device)
-        outputs = {
-            "out": args.command not in FILE_OUTPUTS,
-            "workdir": True,
-            "plots": True,
-            "json": False,
-            "float_stage": False,
-        }
+        outputs = {"out": args.command not in FILE_OUTPUTS} | OUTPUTS
         for name, folder in outputs.items():  # name: whether it is a folder
             if getattr(args, name, None) is not None and str(getattr(args, name)) != "-":
                 writable(getattr(args, name), _flag(name), folder=folder)

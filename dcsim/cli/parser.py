@@ -115,13 +115,9 @@ TRAIN = [
     ("--train-channels-last", BOOL, None, "channels_last training (default: CUDA, bf16; faster: whitened_cnn, CPU)"),
     ("--compile", ON, None, "torch.compile the training forward pass (CPU: LSQ epochs ~2x faster; each stage compiles first)"),
     ("--budget-minutes", float, None, "set the float and LSQ epochs to fill this much training time (on this machine)"),
-    ("--lsq-share", float, 0.4, "with --budget-minutes: the LSQ stage's share of it"),
-    ("--train-subset", int, None, "train on this many training images (seeded random pick)"),
-    ("--workdir", Path, None, "per-epoch state for resuming (default: OUT.work/)"),
-    ("--float-stage", Path, None, "a file with the float stage's end state, shared by runs that differ only in the LSQ "
-     "stage (--epochs, --lsq-lr, --lsq-label-smoothing, --distill): read when it exists (training starts at the first LSQ "
-     "epoch), written when the float stage ends otherwise"),
-    ("--quiet", ON, None, "no progress bars"),
+    ("--lsq-share", float, 0.4, "with --budget-minutes: the LSQ stage's share"), ("--train-subset", int, None, "N images, seeded pick"),
+    ("--float-stage", Path, None, "the float stage's end state: read if the file exists (LSQ variants), else written"),
+    ("--workdir", Path, None, "per-epoch state for resuming (default: OUT.work/)"), ("--quiet", ON, None, "no progress bars"),
     ("--sync-bn", ON, None, "under torchrun: global-batch norm (SyncBatchNorm on CUDA, GlobalBatchNorm2d on the CPU)"),
     ("--optimizer", ["sgd", "muon"], "sgd", "muon: the fast recipe, see docs/training.md (--weight-decay: per step)"),
     ("--crop-padding", int, 4, "with --augment: the random crop's padding in pixels (offsets 0..2*padding)"),
