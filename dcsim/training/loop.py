@@ -751,10 +751,14 @@ def discard_workdir(folder: str | Path) -> None:
         folder.rmdir()
 
 
+def _stored_config(stored: dict[str, Any]) -> dict[str, Any]:
+    """A config dict read from a file, with the fields it predates at their defaults."""
+    return {f.name: f.default for f in fields(TrainConfig)} | stored
+
+
 def _same_config(stored: dict[str, Any], config: TrainConfig) -> bool:
     """Whether a stored config is ``config``; fields it predates count as their defaults."""
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    return defaults | stored == asdict(config)
+    return _stored_config(stored) == asdict(config)
 
 
 def _as_stored(setup: Mapping[str, Any]) -> dict[str, Any]:
@@ -771,8 +775,7 @@ def _float_stage_mismatch(meta: dict[str, Any], config: TrainConfig, stage: Floa
         return [
             f"epochs: holds {len(done)} ({', '.join(sorted(set(map(str, done))))}), not the {config.float_epochs} float epochs"
         ]
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    stored = defaults | history.get("config", {})
+    stored = _stored_config(history.get("config", {}))
     wanted = asdict(config)
     diffs = [
         f"{k}: {stored.get(k)!r} -> {v!r}"
