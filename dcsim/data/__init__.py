@@ -42,7 +42,7 @@ from .archives import EXTRACTED_MARKER, extract_archive
 from .batching import augment_cifar, batches
 from .cache import CACHE_DIR
 from .cifar10 import load_cifar10
-from .dataset import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Dataset
+from .dataset import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Dataset, outside_held_out
 from .digits import load_digits_splits
 from .folders import load_image_folder, load_imagenet_style
 from .heap import return_large_buffers
@@ -75,6 +75,7 @@ __all__ = [
     "load_image_folder",
     "load_imagenet_style",
     "open_splits",
+    "outside_held_out",
     "return_large_buffers",
     "split_batches",
 ]

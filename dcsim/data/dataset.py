@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +22,9 @@ class Dataset:
 
     images: torch.uint8 [N, C, H, W] (0..255) or torch.float32 [N, C, H, W] (values in [0, 1]);
     labels: torch.int64 [N] in [0, len(classes)); mean, std: C floats each, the normalization
-    to apply to intensities in [0, 1]; name: the data set's name (e.g. "cifar10").
+    to apply to intensities in [0, 1]; name: the data set's name (e.g. "cifar10"); source: int64 [N],
+    where a training or validation split's images lie in the pool they were drawn from (the data set's
+    training images), or None (see :func:`outside_held_out`).
     """
 
     images: torch.Tensor
@@ -29,6 +33,7 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     name: str
+    source: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dim() != 4:
@@ -72,7 +77,8 @@ class Dataset:
         """A new Dataset with the images and labels at ``indices`` (integers [n]; copies the data)."""
         idx = indices if isinstance(indices, torch.Tensor) else torch.from_numpy(np.asarray(indices, dtype=np.int64))
         idx = idx.to(torch.int64)
-        return Dataset(self.images[idx], self.labels[idx], list(self.classes), self.mean, self.std, self.name)
+        source = None if self.source is None else self.source[idx.numpy()]
+        return Dataset(self.images[idx], self.labels[idx], list(self.classes), self.mean, self.std, self.name, source)
 
 
 # ------------------------------------------------------------------ splitting
@@ -99,4 +105,25 @@ def _split_indices(labels: np.ndarray, size: int, seed: int, what: str) -> tuple
 
 def _with_val(train: Dataset, test: Dataset, val_size: int, seed: int) -> dict[str, Dataset]:
     rest, val = _split_indices(train.labels.numpy(), val_size, seed, "val_size")
-    return {"train": train.subset(rest), "val": train.subset(val), "test": test}
+    pool = dataclasses.replace(train, source=np.arange(len(train), dtype=np.int64))
+    return {"train": pool.subset(rest), "val": pool.subset(val), "test": test}
+
+
+def outside_held_out(train: Any, val: Any, held_out: int, seed: int) -> int | None:
+    """How many of ``val``'s images lie outside the validation draw of ``held_out`` images with ``seed``
+    from the same pool (the images a network trained on those splits never saw); None where the splits
+    do not say where their images lie in the pool.
+
+    train, val: the training and validation splits of one draw (:class:`Dataset` with ``source``, or
+    streamed splits with ``scan`` and ``indices``); together they are the whole pool.
+    """
+    if hasattr(val, "scan"):  # streamed: indices into the scanned training files
+        pool_labels, where = np.asarray(val.scan.labels), np.asarray(val.indices)
+    elif train.source is not None and val.source is not None:
+        pool_labels = np.empty(len(train) + len(val), dtype=np.int64)
+        pool_labels[train.source], pool_labels[val.source] = train.labels.numpy(), val.labels.numpy()
+        where = val.source
+    else:
+        return None
+    _, held = _split_indices(pool_labels, held_out, seed, "the held-out validation size")
+    return int((~np.isin(where, held)).sum())

@@ -20,14 +20,15 @@ def load_digits_splits(seed: int = 0, test_size: int = 360, val_size: int = 300)
     images = torch.from_numpy((digits.images / 16.0).astype(np.float32)).unsqueeze(1)
     labels = torch.from_numpy(digits.target.astype(np.int64))
     rest, test = _split_indices(labels.numpy(), test_size, seed, "test_size")
-    train, val = _split_indices(labels.numpy()[rest], val_size, seed, "val_size")
-    train, val = rest[train], rest[val]
+    train_in_pool, val_in_pool = _split_indices(labels.numpy()[rest], val_size, seed, "val_size")
+    train, val = rest[train_in_pool], rest[val_in_pool]
     pixels = images[torch.from_numpy(train)].double()
     mean, std = (float(pixels.mean()),), (float(pixels.std()),)
     classes = [str(i) for i in range(10)]
 
-    def part(idx: np.ndarray) -> Dataset:
+    def part(idx: np.ndarray, source: np.ndarray | None = None) -> Dataset:
         t = torch.from_numpy(idx)
-        return Dataset(images[t].contiguous(), labels[t].contiguous(), classes, mean, std, "digits")
+        return Dataset(images[t].contiguous(), labels[t].contiguous(), classes, mean, std, "digits", source)
 
-    return {"train": part(train), "val": part(val), "test": part(test)}
+    # the pool of the validation draw: the images outside the test split
+    return {"train": part(train, train_in_pool), "val": part(val, val_in_pool), "test": part(test)}

@@ -273,7 +273,8 @@ class CheckpointMeta:
     classes: the class names in label order; normalization: {"mean": [...], "std": [...]} per channel
     of the [0, 1] images; dataset: its name; accuracy: {split: accuracy}; format_version: set by
     :func:`save_checkpoint`; seed: the data seed of training; activations: "float_relu" for a float
-    ReLU model (unset: LSQ-quantized); train_config, training: the training configuration and history.
+    ReLU model (unset: LSQ-quantized); train_config, training: the training configuration and history;
+    val_size: the validation images training held out (drawn with ``seed``; unset in older checkpoints).
     An optional key stored as null stays in ``extra``, so it comes back as it was.
     """
 
@@ -288,6 +289,7 @@ class CheckpointMeta:
     activations: str | None = None
     train_config: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
+    val_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

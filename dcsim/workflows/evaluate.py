@@ -89,7 +89,8 @@ def from_trace(
 def trace(opts: TraceOptions, model_opts: ModelOptions, data: DataOptions, world: World, say: bool = False) -> dict:
     """``dcsim trace``: record T steps of every sample of a split into ``opts.out``."""
     ro = opts.readout
-    model, _meta, splits = model_and_splits(model_opts, data, world, ("val", opts.split), ro.method)
+    used = ("val", opts.split) if ro.tau == "auto" else (opts.split,)  # the validation split fits tau
+    model, _meta, splits = model_and_splits(model_opts, data, world, used, ro.method)
     tau, calib = temperature(ro.tau, model, source(data, world, splits["val"]))
     net = convert(model, method=ro.method, semantics=ro.semantics)
     engine = Engine(net, device=world.device)
@@ -161,7 +162,8 @@ def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, wor
             opts.select_on_test,
             allow_unmatched=opts.unmatched_trace,
         )
-    model, _meta, splits = model_and_splits(model_opts, data, world, ("val", opts.split), ro.method)
+    used = ("val", opts.split) if selected is None and ro.tau == "auto" else (opts.split,)
+    model, _meta, splits = model_and_splits(model_opts, data, world, used, ro.method)
     net = convert(model, method=ro.method, semantics=ro.semantics)
     if selected is not None:
         readout, steps, threshold = selected

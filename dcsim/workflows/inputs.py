@@ -98,6 +98,34 @@ def check_dataset_matches(meta: CheckpointMeta, splits: dict, ckpt: Path) -> Non
         raise ValueError(f"{ckpt}: checkpoint classes {meta.classes} differ from the data's {classes}")
 
 
+def check_held_out(meta: CheckpointMeta, splits: dict, ckpt: Path, seed: int) -> None:
+    """The validation split must be images the checkpoint's training held out: th_c chosen on images the
+    network learned would overstate what it does on new ones. The held-out size is the checkpoint's
+    ``val_size``, or (older checkpoints) its pool less its ``training.train_images``; a checkpoint that
+    records neither is not checked. Raises ValueError naming the flags to pass."""
+    held = meta.val_size
+    trained = (meta.training or {}).get("train_images")
+    pool = len(splits["train"]) + len(splits["val"])
+    if held is None and isinstance(trained, int) and 0 < trained < pool:
+        held = pool - trained
+    if held is None:
+        return
+    train_seed = seed if meta.seed is None else meta.seed
+    wanted = f"pass --val-size {held} --seed {train_seed}"
+    if train_seed != seed:
+        raise ValueError(
+            f"{ckpt}: trained with --seed {train_seed}, whose held-out validation images another seed "
+            f"does not draw; {wanted}"
+        )
+    outside = data.outside_held_out(splits["train"], splits["val"], held, seed) if held < pool else None
+    if outside:
+        raise ValueError(
+            f"{ckpt}: {outside} of the {len(splits['val'])} validation images (--val-size {len(splits['val'])}) "
+            f"lie outside the {held} its training held out, so th_c would be chosen on images it may have "
+            f"learned; {wanted}"
+        )
+
+
 def load_model(path: Path) -> tuple[nn.Module, CheckpointMeta]:
     """(model, metadata) from a checkpoint file or a zoo folder (shards checked against their sha256)."""
     model, meta = zoo.load(path, build_model) if zoo.is_zoo(path) else load_checkpoint(path, build_model)
@@ -108,10 +136,13 @@ def model_and_splits(
     model_opts: ModelOptions, data_opts: DataOptions, world: World, used: tuple[str, ...], method: str = "qcfs"
 ) -> tuple[nn.Module, dict, dict]:
     """(model ready to convert, metadata dict, splits) for a checkpoint (see :func:`prepare`); under torchrun
-    the ranks first agree on the splits ``used`` (see :func:`agree`)."""
+    the ranks first agree on the splits ``used`` (see :func:`agree`). Where "val" is used, it must lie
+    in the images the checkpoint's training held out (see :func:`check_held_out`)."""
     model, meta = load_model(model_opts.checkpoint)
     splits = load_splits(data_opts)
     check_dataset_matches(meta, splits, model_opts.checkpoint)
+    if "val" in used:
+        check_held_out(meta, splits, model_opts.checkpoint, data_opts.seed)
     agree(world, splits, used, model_opts.checkpoint)
     model, splits = prepare(model, meta, splits, model_opts, method, data_opts.seed)
     return model, meta.to_dict(), splits

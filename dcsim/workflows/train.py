@@ -164,6 +164,7 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
         "dataset": data.dataset,
         "data_root": str(data.data_root) if data.data_root else None,
         "seed": data.seed,
+        "val_size": len(va),
         "accuracy": acc,
         "train_config": history["config"],
         "training": training,
