@@ -20,16 +20,24 @@ def check_int(value: object, name: str, minimum: int = 1) -> int:
 
 
 def check_real(
-    value: object, name: str, low: float | None = None, high: float | None = None, low_allowed: bool = True
+    value: object,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_allowed: bool = True,
+    high_allowed: bool = True,
 ) -> float:
-    """``value`` as a finite float in [low, high] (``low_allowed`` False: above low); bools refused."""
+    """``value`` as a finite float in [low, high] (``low_allowed`` / ``high_allowed`` False: above low /
+    below high); bools refused."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     x = float(value)
     below = low is not None and (x < low or (x == low and not low_allowed))
-    if below or (high is not None and x > high):
+    above = high is not None and (x > high or (x == high and not high_allowed))
+    if below or above:
         bounds = (
-            f"{'[' if low_allowed else '('}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            f"{'[' if low_allowed else '('}{low if low is not None else '-inf'}, "
+            f"{high if high is not None else 'inf'}{']' if high_allowed else ')'}"
         )
         raise ValueError(f"{name} must be in {bounds}, got {value!r}")
     return x

@@ -39,8 +39,8 @@ BASE = {"lr": 0.05, "batch_size": 64, "schedule": "cosine", "float_epochs": 2, "
 
 @pytest.mark.parametrize(
     "lsq",
-    [{}, {"lsq_lr": 0.02, "epochs": 3}, {"lsq_label_smoothing": 0.1, "distill": 0.5}],
-    ids=["same", "lr-and-epochs", "smoothing-and-distill"],
+    [{}, {"lsq_lr": 0.02, "epochs": 3}, {"lsq_label_smoothing": 0.1, "distill": 0.5}, {"clip_mix": 0.5}],
+    ids=["same", "lr-and-epochs", "smoothing-and-distill", "clip-mix"],
 )
 def test_lsq_stage_from_a_stored_float_stage_equals_the_whole_run(digits, tmp_path, lsq):
     path = tmp_path / "float.safetensors"

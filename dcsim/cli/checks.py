@@ -20,11 +20,11 @@ POSITIVE = ("batch_size", "train_batch_size", "steps", "slots", "repeats", "val_
             "train_subset", "max_test", "qcfs_steps", "qffs_steps", "qcfs_max_steps", "qffs_max_steps", "width",
             "bits", "stream", "chunk")  # fmt: skip
 NON_NEGATIVE = ("epochs", "float_epochs", "loader_workers", "crop_padding", "cutout")
-# Real flags: (low, high or None, low allowed); high is always allowed.
+# Real flags: (low, high or None, low allowed[, high allowed: default True]).
 REALS = {"lr": (0, None, False), "lr_decay": (0, None, False), "budget_minutes": (0, None, False),
          "max_shard_mib": (0, None, False), "resolution": (0, 1, False), "weight_decay": (0, None, True),
-         "warmup_epochs": (0, None, True), "momentum": (0, 1, True), "label_smoothing": (0, 1, True),
-         "lsq_label_smoothing": (0, 1, True), "distill": (0, 1, True),
+         "warmup_epochs": (0, None, True), "momentum": (0, 1, True), "label_smoothing": (0, 1, True, False),
+         "lsq_label_smoothing": (0, 1, True, False), "distill": (0, 1, True), "clip_mix": (0, 1, True, False),
          "lsq_share": (0, 1, False), "tolerance": (0, 1, True), "threshold": (0, 1, True),
          "min_accuracy": (0, 1, True), "lsq_lr": (0, None, False), "e_mac": (0, None, True),
          "e_ac": (0, None, True), "normalize": (0, 100, False)}  # fmt: skip
@@ -44,9 +44,9 @@ def check_args(args: argparse.Namespace) -> None:
             for v in values if isinstance(values, list) else [values]:
                 if v is not None:
                     check_int(v, _flag(name), minimum=1 if name in POSITIVE else 0)
-        for name, (low, high, closed) in REALS.items():
+        for name, (low, high, *closed) in REALS.items():
             if getattr(args, name, None) is not None:
-                check_real(getattr(args, name), _flag(name), low, high, low_allowed=closed)
+                check_real(getattr(args, name), _flag(name), low, high, *closed)
         if getattr(args, "max_shard_mib", None) is not None:
             shard_bytes(args.max_shard_mib)  # room for a shard's header
         if getattr(args, "device", None) is not None:

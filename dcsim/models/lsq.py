@@ -29,13 +29,19 @@ def _round_half_up_ste(v: torch.Tensor) -> torch.Tensor:
     return (torch.floor(v + 0.5) - v).detach() + v
 
 
-def lsq_quantize_ref(x: torch.Tensor, step: torch.Tensor, g: float, qp: int) -> torch.Tensor:
+def lsq_quantize_ref(
+    x: torch.Tensor, step: torch.Tensor, g: float, qp: int, clip_rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """Reference of the LSQ quantizer, composed of autograd ops: s * round_half_up(clamp(x / s, 0, Qp)).
 
     x: float [N, ...]; step: scalar parameter s; g: the gradient scale on s; qp: highest level.
+    clip_rows: bool [N, 1, ...] (broadcast over x) or None: the rows it marks pass through the
+    clip s * clamp(x / s, 0, Qp) unrounded (QCFS's limit at many steps) instead of the quantizer.
     """
     s = _scale_grad(step, g)
-    return _round_half_up_ste(torch.clamp(x / s, 0, qp)) * s
+    v = torch.clamp(x / s, 0, qp)
+    q = _round_half_up_ste(v)
+    return (q if clip_rows is None else torch.where(clip_rows, v, q)) * s
 
 
 class _LSQQuantize(torch.autograd.Function):
@@ -43,29 +49,36 @@ class _LSQQuantize(torch.autograd.Function):
 
     Forward values equal :func:`lsq_quantize_ref` bit for bit, and so does the input gradient ((dy * s) masked, / s, as
     autograd computes it there); the step's gradient is the same sum, g * sum(dy * (q - v) inside
-    [0, Qp], dy * q outside), reduced in one pass (float rounding may differ in the last bits).
+    [0, Qp], dy * q outside; 0 inside for the clipped rows), reduced in one pass (float rounding may
+    differ in the last bits).
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, step: torch.Tensor, g: float, qp: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, step: torch.Tensor, g: float, qp: int, clip_rows: torch.Tensor | None
+    ) -> torch.Tensor:
         v = x / step
         q = torch.clamp(v, 0, qp).add_(0.5).floor_()
+        if clip_rows is not None:
+            q = torch.where(clip_rows, torch.clamp(v, 0, qp), q)
         ctx.save_for_backward(v, q, step)
         ctx.g, ctx.qp = g, qp
         return q * step
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None, None]:
         v, q, step = ctx.saved_tensors
         inside = (v >= 0) & (v <= ctx.qp)
         grad_x = (grad * step).mul_(inside).div_(step)
-        grad_step = (grad * torch.where(inside, q - v, q)).sum() * ctx.g
-        return grad_x, grad_step.reshape(step.shape), None, None
+        grad_step = (grad * torch.where(inside, q - v, q)).sum() * ctx.g  # a clipped row has q = v inside
+        return grad_x, grad_step.reshape(step.shape), None, None, None
 
 
-def lsq_quantize(x: torch.Tensor, step: torch.Tensor, g: float, qp: int) -> torch.Tensor:
+def lsq_quantize(
+    x: torch.Tensor, step: torch.Tensor, g: float, qp: int, clip_rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """The LSQ quantizer of :func:`lsq_quantize_ref`, fused (see :class:`_LSQQuantize`)."""
-    out: torch.Tensor = _LSQQuantize.apply(x, step, g, qp)  # type: ignore[no-untyped-call]
+    out: torch.Tensor = _LSQQuantize.apply(x, step, g, qp, clip_rows)  # type: ignore[no-untyped-call]
     return out
 
 
@@ -80,6 +93,9 @@ class LSQActivation(nn.Module):
     s = 2 * mean(|x|) / sqrt(Qp) (LSQ initialisation).
     Input and output: float tensors [batch, ...]; the output takes values s * {0..Qp}.
     With ``quantize = False`` (float pre-training, see :func:`set_quantization`) it is a ReLU.
+    ``clip_mix`` (see :func:`set_clip_mix`): in training, each image passes through the unrounded clip
+    s * clamp(x / s, 0, Qp) instead of the quantizer with this probability, drawn per layer from the
+    global torch generator; in eval mode it never does.
     """
 
     initialized: torch.Tensor  # buffer: the step has been initialised from data
@@ -96,6 +112,7 @@ class LSQActivation(nn.Module):
         self.step = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("initialized", torch.tensor(False))
         self.quantize = True
+        self.clip_mix = 0.0
         self._init_seen = False  # host copy of ``initialized`` once seen True: no device sync per forward
 
     @property
@@ -138,7 +155,10 @@ class LSQActivation(nn.Module):
             g = 1.0 / math.sqrt(max(x.shape[0], 1) * self.qp)
         else:
             g = 1.0
-        return lsq_quantize(x, self.step, g, self.qp)
+        clip_rows = None
+        if self.training and self.clip_mix > 0:
+            clip_rows = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device) < self.clip_mix
+        return lsq_quantize(x, self.step, g, self.qp, clip_rows)
 
 
 def set_quantization(model: nn.Module, enabled: bool) -> int:
@@ -149,4 +169,15 @@ def set_quantization(model: nn.Module, enabled: bool) -> int:
     layers = [m for m in model.modules() if isinstance(m, LSQActivation)]
     for m in layers:
         m.quantize = enabled
+    return len(layers)
+
+
+def set_clip_mix(model: nn.Module, probability: float) -> int:
+    """Set every LSQActivation's ``clip_mix`` (the chance, in [0, 1), that a training image takes the
+    clip, QCFS's many-step limit, in place of the quantizer). Returns the number of LSQ layers set."""
+    if not 0 <= probability < 1:
+        raise ValueError(f"clip_mix must lie in [0, 1), got {probability!r}")
+    layers = [m for m in model.modules() if isinstance(m, LSQActivation)]
+    for m in layers:
+        m.clip_mix = probability
     return len(layers)

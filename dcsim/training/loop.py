@@ -31,7 +31,7 @@ from ..checks import check_int
 from ..data.stream import FolderSplit
 from ..io.checkpoint import write_safetensors
 from ..models.architectures import WhitenedCNN, init_whitening
-from ..models.lsq import set_quantization
+from ..models.lsq import set_clip_mix, set_quantization
 from .device_batches import DeviceSplit, StreamedSplit
 from .muon import Muon, muon_groups
 
@@ -68,6 +68,11 @@ class TrainConfig:
     ends the float stage (the teacher: a frozen copy, in eval mode): the loss is (1 - distill) x the
     cross-entropy + distill x KL(teacher's softmax || student's softmax), both per image. 0 (the
     default) trains on the cross-entropy alone. Needs ``float_epochs`` >= 1.
+    clip_mix: in the LSQ stage, the chance in [0, 1) that an image takes, at each LSQ layer, the
+    unrounded clip s * clamp(x / s, 0, Qp) in place of the quantizer (see
+    :func:`dcsim.models.lsq.set_clip_mix`): the clipped network is what QCFS's rate code converges
+    to over many steps, so a mix trains for QCFS at large T as well as the quantized network. The
+    draws are seeded per epoch. 0 (the default): every image quantized.
     """
 
     epochs: int = 60
@@ -86,6 +91,7 @@ class TrainConfig:
     lsq_label_smoothing: float | None = None
     optimizer: str = "sgd"
     distill: float = 0.0
+    clip_mix: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "float_epochs", "batch_size"):
@@ -113,11 +119,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
         if not 0 <= self.distill <= 1:
             raise ValueError(f"distill must lie in [0, 1], got {self.distill!r}")
+        if not 0 <= self.clip_mix < 1:
+            raise ValueError(f"clip_mix must lie in [0, 1), got {self.clip_mix!r}")
         if self.distill and self.float_epochs < 1:
             raise ValueError("distill needs float_epochs >= 1: the teacher is the network the float stage trains")
 
 
-LSQ_STAGE_FIELDS = ("epochs", "lsq_lr", "lsq_label_smoothing", "distill")
+LSQ_STAGE_FIELDS = ("epochs", "lsq_lr", "lsq_label_smoothing", "distill", "clip_mix")
 """The TrainConfig fields the float stage does not read: runs that differ only in these share a float stage."""
 
 
@@ -586,6 +594,9 @@ def train(
         t_epoch = time.perf_counter()
         quantized = epoch >= config.float_epochs
         set_quantization(model, quantized)
+        set_clip_mix(model, config.clip_mix if quantized else 0.0)
+        if quantized and config.clip_mix:
+            torch.manual_seed(config.seed * 10_000 + epoch)  # the clip draws: the same on resuming at any epoch
         step.label_smoothing = stage_label_smoothing(config, epoch)
         if quantized and config.distill and step.teacher is None:
             if teacher is None:  # the end of the float stage (a resumed run has its teacher)
@@ -661,6 +672,7 @@ def train(
     else:
         history["completed"] = True
     set_quantization(model, True)
+    set_clip_mix(model, 0.0)
     if best is not None:
         model.load_state_dict(best)
     _to_memory_format(model, torch.contiguous_format)

@@ -76,6 +76,7 @@ class TrainOptions:
     label_smoothing: float = 0.0
     lsq_label_smoothing: float | None = None
     distill: float = 0.0
+    clip_mix: float = 0.0
     optimizer: str = "sgd"
     crop_padding: int = 4
     cutout: int = 0

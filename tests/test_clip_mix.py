@@ -1,0 +1,76 @@
+"""The clip mix of the LSQ stage (TrainConfig.clip_mix, --clip-mix): in training an image takes, per LSQ
+layer, the unrounded clip (QCFS's many-step limit) in place of the quantizer with the given chance; in
+eval mode never; the draws are seeded per epoch, so a run resumed at any epoch ends where a whole run does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dcsim
+from dcsim import training
+from dcsim.models.lsq import LSQActivation, set_clip_mix
+
+
+def _act(p: float) -> LSQActivation:
+    act = LSQActivation(2)
+    with torch.no_grad():
+        act.step.fill_(0.5)
+        act.initialized.fill_(True)
+    set_clip_mix(act, p)
+    return act
+
+
+def test_each_training_row_is_either_quantized_or_clipped_at_about_the_chance() -> None:
+    act = _act(0.3).train()
+    x = torch.rand(2000, 3, 4, 4) * 2.5 - 0.3
+    torch.manual_seed(0)
+    y = act(x)
+    q = 0.5 * torch.floor(torch.clamp(x / 0.5, 0, 3) + 0.5)
+    c = 0.5 * torch.clamp(x / 0.5, 0, 3)
+    quantized = (y == q).flatten(1).all(1)
+    clipped = (y == c).flatten(1).all(1)
+    assert bool((quantized | clipped).all())
+    assert 0.25 < float((clipped & ~quantized).float().mean()) < 0.35  # 2000 seeded draws at 0.3
+
+
+def test_eval_mode_and_zero_chance_never_clip() -> None:
+    x = torch.rand(64, 8) * 2
+    q = 0.5 * torch.floor(torch.clamp(x / 0.5, 0, 3) + 0.5)
+    assert torch.equal(_act(0.9).eval()(x), q)
+    assert torch.equal(_act(0.0).train()(x), q)
+
+
+@pytest.mark.parametrize("p", [1.0, -0.1, 1.5])
+def test_bad_chances_are_refused(p: float) -> None:
+    with pytest.raises(ValueError, match="clip_mix must lie in"):
+        set_clip_mix(LSQActivation(2), p)
+    with pytest.raises(ValueError, match="clip_mix must lie in"):
+        training.TrainConfig(clip_mix=p)
+
+
+def test_a_run_resumed_mid_lsq_stage_equals_the_whole_run(tmp_path) -> None:
+    s = dcsim.data.load_digits_splits(seed=0)
+    tr, va = s["train"].subset(range(256)), s["val"].subset(range(100))
+    cfg = training.TrainConfig(lr=0.05, batch_size=64, schedule="cosine", float_epochs=1, epochs=3, clip_mix=0.5)
+
+    def run(**kw):
+        torch.manual_seed(0)
+        model = dcsim.models.small_cnn(num_classes=10, in_channels=1, width=4)
+        h = training.train(model, tr.normalized(), tr.labels, va.normalized(), va.labels, cfg, progress=False, **kw)
+        return model, h
+
+    whole, _ = run()
+    run(workdir=tmp_path, time_limit_s=0.0)  # stops after the float epoch
+    run(workdir=tmp_path, time_limit_s=0.0)  # and after the first LSQ epoch
+    resumed, h = run(workdir=tmp_path)
+    assert h["resumed_at_epochs"] == [1, 2]
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    plain = training.TrainConfig(**{**cfg.__dict__, "clip_mix": 0.0})
+    torch.manual_seed(0)
+    other = dcsim.models.small_cnn(num_classes=10, in_channels=1, width=4)
+    training.train(other, tr.normalized(), tr.labels, va.normalized(), va.labels, plain, progress=False)
+    pairs = zip(whole.state_dict().values(), other.state_dict().values(), strict=True)
+    assert not all(torch.equal(a, b) for a, b in pairs)  # the mix changed the training
+    assert all(m.clip_mix == 0.0 for m in whole.modules() if isinstance(m, LSQActivation))  # left as found
