@@ -44,9 +44,9 @@ def check_args(args: argparse.Namespace) -> None:
             for v in values if isinstance(values, list) else [values]:
                 if v is not None:
                     check_int(v, _flag(name), minimum=1 if name in POSITIVE else 0)
-        for name, (low, high, *closed) in REALS.items():
+        for name, (low, high, low_in, *high_in) in REALS.items():  # high_in: [] (allowed) or [bool]
             if getattr(args, name, None) is not None:
-                check_real(getattr(args, name), _flag(name), low, high, *closed)
+                check_real(getattr(args, name), _flag(name), low, high, bool(low_in), all(high_in))
         if getattr(args, "max_shard_mib", None) is not None:
             shard_bytes(args.max_shard_mib)  # room for a shard's header
         if getattr(args, "device", None) is not None:
