@@ -113,14 +113,12 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
-        for name in ("label_smoothing", "lsq_label_smoothing"):
+        for name in ("label_smoothing", "lsq_label_smoothing", "clip_mix"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
         if not 0 <= self.distill <= 1:
             raise ValueError(f"distill must lie in [0, 1], got {self.distill!r}")
-        if not 0 <= self.clip_mix < 1:
-            raise ValueError(f"clip_mix must lie in [0, 1), got {self.clip_mix!r}")
         if self.distill and self.float_epochs < 1:
             raise ValueError("distill needs float_epochs >= 1: the teacher is the network the float stage trains")
 
