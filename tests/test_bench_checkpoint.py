@@ -10,7 +10,7 @@ from dcsim.cli import EXIT_OK, main
 from dcsim.data import load_digits_splits
 from dcsim.io.checkpoint import save_checkpoint
 from dcsim.models import build_model
-from dcsim.workflows.benchmark import markdown, spread
+from dcsim.workflows.benchmark import markdown, paired_saving, spread
 
 
 def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
@@ -34,6 +34,14 @@ def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
         assert r["ms_min"] == r["ms_per_inference"] == r["ms_max"] and r["cpu_ms_per_inference"] >= 0
     early = [r for r in rows if r["mode"] == "early_exit"]
     assert early and all(r["step_saving"] > 0 and r["time_saving_min"] == r["time_saving_max"] for r in early)
+    for r in early:  # one round: the paired saving is that round's, and the ratio divides it by the step saving
+        full = next(
+            f
+            for f in rows
+            if f["mode"] == "full" and (f["model"], f["method"], f["batch"]) == (r["model"], r["method"], r["batch"])
+        )
+        assert r["time_saving"] == pytest.approx(1 - r["ms_per_inference"] / full["ms_per_inference"])
+        assert r["time_saving_over_step_saving"] == pytest.approx(r["time_saving"] / r["step_saving"])
     rows[1]["unstable"] = True
     table = markdown(rows).splitlines()
     assert "unstable" not in table[2] and "unstable" in table[3]
@@ -44,3 +52,16 @@ def test_spread_flags_rows_whose_rounds_differ_by_more_than_ten_percent():
     assert (s["median"], s["min"], s["max"]) == pytest.approx((1.035, 1.0, 1.1))
     assert s["spread"] == pytest.approx(0.1 / 1.035) and s["unstable"] is False
     assert spread([1.0, 1.2, 1.1])["unstable"] is True
+
+
+def test_paired_saving_takes_each_rounds_saving_and_their_median():
+    # a slow spell in rounds 2-3 slows both runs alike: each round saves 40%, 40%, 40%, 25%
+    base, dc = [1.0, 2.0, 2.0, 1.0], [0.6, 1.2, 1.2, 0.75]
+    p = paired_saving(dc, base)
+    assert (p["median"], p["min"], p["max"]) == pytest.approx((0.4, 0.25, 0.4))
+    # the ratio of the medians mixes rounds: 1 - 0.975 / 1.5 = 35%
+    assert 1 - spread(dc)["median"] / spread(base)["median"] == pytest.approx(0.35)
+    with pytest.raises(ValueError, match="3 and 4 rounds"):
+        paired_saving(dc[:3], base)
+    with pytest.raises(ValueError, match="0 and 0 rounds"):
+        paired_saving([], [])

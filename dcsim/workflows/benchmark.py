@@ -12,7 +12,9 @@ Random weights are fine for timing. Ratios are the point; absolute times depend 
 Everything a row compares runs interleaved, round by round, in one process (after one warm-up call
 each), so a slow spell of a shared machine hits all of them alike; each time is the median over the
 rounds with its min and max, and a row whose spread (max - min) / median exceeds UNSTABLE_SPREAD is
-flagged ``unstable``. The CPU thread count is pinned for the case and reported.
+flagged ``unstable``. A saving of one run against another (DC against no DC) is paired: each round's
+two times give one saving, and the row reports the median over the rounds (see :func:`paired_saving`).
+The CPU thread count is pinned for the case and reported.
 """
 
 from __future__ import annotations
@@ -90,6 +92,16 @@ def spread(values: list[float]) -> dict[str, float | bool]:
     return {"median": med, "min": min(values), "max": max(values), "spread": rel, "unstable": rel > UNSTABLE_SPREAD}
 
 
+def paired_saving(times: list[float], base: list[float]) -> dict[str, float]:
+    """The saving 1 - times[i] / base[i] of each round (the two runs timed back to back in one round), and
+    its median, min and max over the rounds. Pairing cancels a slow spell that spans a round, which a
+    ratio of the two medians does not: the two medians can come from different rounds."""
+    if len(times) != len(base) or not times:
+        raise ValueError(f"paired_saving: {len(times)} and {len(base)} rounds; need the same number, at least one")
+    per_round = [1 - t / b for t, b in zip(times, base, strict=True)]
+    return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
+
+
 def graphed_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Best wall time in seconds of ``fn`` captured once as a CUDA graph and replayed: its kernels alone,
     with no launch overhead (warm-up with cuDNN autotuning, capture without; full float32)."""
@@ -157,8 +169,8 @@ def bench_case(
     timing (default: torch's current count), reported in each row.
     Each row holds the spike rate (spikes per neuron per simulated step), the median wall ms per
     inference with its min, max, spread and ``unstable`` flag, and the median process CPU ms; the
-    early-exit row the step saving, the wall-clock saving (median, and min / max over the rounds'
-    pairs) and their ratio.
+    early-exit row the step saving, the wall-clock saving (paired by round: median, min and max over the
+    rounds, :func:`paired_saving`) and their ratio.
     """
     weights = "random"
     if network is None:
@@ -249,14 +261,14 @@ def bench_case(
         rows.append(row)
     full, early = rows
     saving_steps = 1 - early["mean_steps"] / full["mean_steps"]
-    per_round = [1 - e / f for e, f in zip(times["early_exit"]["wall"], times["full"]["wall"], strict=True)]
+    paired = paired_saving(times["early_exit"]["wall"], times["full"]["wall"])
     early["step_saving"] = saving_steps
-    early["time_saving"] = 1 - early["ms_per_inference"] / full["ms_per_inference"]
-    early["time_saving_min"], early["time_saving_max"] = min(per_round), max(per_round)
-    ratios = [t / saving_steps for t in (early["time_saving"], *per_round)] if saving_steps > 0 else None
-    early["time_saving_over_step_saving"] = ratios[0] if ratios else None
-    early["time_saving_over_step_saving_min"] = min(ratios[1:]) if ratios else None
-    early["time_saving_over_step_saving_max"] = max(ratios[1:]) if ratios else None
+    early["time_saving"] = paired["median"]
+    early["time_saving_min"], early["time_saving_max"] = paired["min"], paired["max"]
+    for key in ("", "_min", "_max"):  # undefined (None) where early exit saves no step
+        early[f"time_saving_over_step_saving{key}"] = (
+            early[f"time_saving{key}"] / saving_steps if saving_steps > 0 else None
+        )
     return rows
 
 
