@@ -16,19 +16,12 @@ small batches of stragglers cost.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 
 import torch
-from zoo_setup import Case, arguments, load_cases, machine
+from zoo_setup import arguments, early_exit_run, load_cases, machine
 
 from dcsim.sim.engine import Engine
-from dcsim.sim.state import ExitResult
 from dcsim.workflows.benchmark import interleaved
-
-
-def run(engine: Engine, case: Case, x: torch.Tensor, steps: int, threshold: float) -> Callable[[], ExitResult]:
-    """One timed call: early exit of all of x as one batch, T = ``steps``, at ``threshold``."""
-    return lambda: engine.early_exit(x, steps, case.readout, threshold, batch_size=len(x))
 
 
 def main() -> None:
@@ -40,8 +33,8 @@ def main() -> None:
         engine = Engine(case.net)
         for batch in args.batches:
             x = case.x[:batch]
-            fns = {str(t): run(engine, case, x, t, 1.0) for t in range(1, case.steps + 1)}
-            fns["dc"] = run(engine, case, x, case.steps, case.threshold)
+            fns = {str(t): early_exit_run(engine, case, x, batch, 1.0, steps=t) for t in range(1, case.steps + 1)}
+            fns["dc"] = early_exit_run(engine, case, x, batch, case.threshold)
             exit_step = fns["dc"]().exit_step
             times = interleaved(fns, torch.device("cpu"), args.rounds)
             ms = {k: 1000 * statistics.median(v["wall"]) / batch for k, v in times.items()}

@@ -21,24 +21,13 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from zoo_setup import Case, arguments, load_cases, machine
+from zoo_setup import arguments, early_exit_run, load_cases, machine
 
 from dcsim.sim.engine import Engine
-from dcsim.sim.state import ExitResult
 from dcsim.workflows.benchmark import interleaved, paired_saving, spread
-
-
-def early_exit_run(
-    engine: Engine, case: Case, x: torch.Tensor, batch: int, threshold: float, fraction: float | None
-) -> Callable[[], ExitResult]:
-    """One timed call: early exit of x in batches of ``batch`` at ``threshold`` with ``compact_fraction=fraction``."""
-    return lambda: engine.early_exit(
-        x, case.steps, case.readout, threshold, batch_size=batch, compact_fraction=fraction
-    )
 
 
 def unstable(row: dict, key: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from dcsim.models import build_model
 from dcsim.sim.engine import Engine
 from dcsim.sim.network import SpikingNetwork
 from dcsim.sim.readout import Readout
+from dcsim.sim.state import ExitResult
 from dcsim.workflows.dynamic_confidence import calibrate, record_trace
 
 STEPS = {"qcfs": 27, "qffs": 4}
@@ -44,6 +46,22 @@ class Case:
     steps: int
     threshold: float
     x: torch.Tensor
+
+
+def early_exit_run(
+    engine: Engine,
+    case: Case,
+    x: torch.Tensor,
+    batch: int,
+    threshold: float,
+    fraction: float | None = None,
+    steps: int | None = None,
+) -> Callable[[], ExitResult]:
+    """One timed call: early exit of x in batches of ``batch`` at ``threshold``, T = ``steps`` (default the
+    case's), with ``compact_fraction=fraction`` (default: the engine's cost model)."""
+    return lambda: engine.early_exit(
+        x, steps or case.steps, case.readout, threshold, batch_size=batch, compact_fraction=fraction
+    )
 
 
 def machine() -> str:

@@ -34,12 +34,10 @@ def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
         assert r["ms_min"] == r["ms_per_inference"] == r["ms_max"] and r["cpu_ms_per_inference"] >= 0
     early = [r for r in rows if r["mode"] == "early_exit"]
     assert early and all(r["step_saving"] > 0 and r["time_saving_min"] == r["time_saving_max"] for r in early)
-    for r in early:  # one round: the paired saving is that round's, and the ratio divides it by the step saving
-        full = next(
-            f
-            for f in rows
-            if f["mode"] == "full" and (f["model"], f["method"], f["batch"]) == (r["model"], r["method"], r["batch"])
-        )
+    for full, r in zip(rows[::2], rows[1::2], strict=True):  # each case's full row, then its early-exit row
+        assert (full["mode"], r["mode"]) == ("full", "early_exit")
+        assert (full["model"], full["method"], full["batch"]) == (r["model"], r["method"], r["batch"])
+        # one round: the paired saving is that round's, and the ratio divides it by the step saving
         assert r["time_saving"] == pytest.approx(1 - r["ms_per_inference"] / full["ms_per_inference"])
         assert r["time_saving_over_step_saving"] == pytest.approx(r["time_saving"] / r["step_saving"])
     rows[1]["unstable"] = True
