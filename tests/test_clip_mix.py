@@ -74,3 +74,34 @@ def test_a_run_resumed_mid_lsq_stage_equals_the_whole_run(tmp_path) -> None:
     pairs = zip(whole.state_dict().values(), other.state_dict().values(), strict=True)
     assert not all(torch.equal(a, b) for a, b in pairs)  # the mix changed the training
     assert all(m.clip_mix == 0.0 for m in whole.modules() if isinstance(m, LSQActivation))  # left as found
+
+
+def test_the_mix_in_the_last_epochs_only() -> None:
+    """clip_mix_epochs = N: the LSQ epochs before the last N train as without the mix (the same losses, bit
+    for bit), the last N with it, and N = epochs is the whole-stage mix."""
+    s = dcsim.data.load_digits_splits(seed=0)
+    tr, va = s["train"].subset(range(256)), s["val"].subset(range(100))
+    base = {"lr": 0.05, "batch_size": 64, "schedule": "cosine", "float_epochs": 1, "epochs": 3}
+
+    def losses(**kw) -> list[float]:
+        torch.manual_seed(0)
+        model = dcsim.models.small_cnn(num_classes=10, in_channels=1, width=4)
+        cfg = training.TrainConfig(**base, **kw)
+        h = training.train(model, tr.normalized(), tr.labels, va.normalized(), va.labels, cfg, progress=False)
+        return [e["loss"] for e in h["epochs"]]
+
+    plain, last2 = losses(), losses(clip_mix=0.5, clip_mix_epochs=2)
+    assert last2[:2] == plain[:2]  # the float epoch and the first LSQ epoch: no mix
+    assert last2[2] != plain[2] and last2[3] != plain[3]  # the last two: mixed
+    assert losses(clip_mix=0.5, clip_mix_epochs=3) == losses(clip_mix=0.5)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [({"clip_mix": 0.5, "clip_mix_epochs": 0}, "clip_mix_epochs must be"),
+     ({"clip_mix": 0.5, "clip_mix_epochs": 4}, r"clip_mix_epochs \(4\) exceeds the LSQ epochs \(3\)"),
+     ({"clip_mix_epochs": 2}, "clip_mix_epochs needs clip_mix > 0")],
+)  # fmt: skip
+def test_bad_mix_epochs_are_refused(kw, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        training.TrainConfig(epochs=3, **kw)

@@ -94,8 +94,7 @@ ENGINE = [
     ("--spike-convs", ON, None, "CPU: event-driven convs of spike maps (sum the weights of spiking inputs; float32)")]
 HYPER = [("--arch", ARCHS, "small_cnn", None),  # defaults: train's
     ("--width", int, None, "base width: first conv's channels (default: small_cnn 32; resnet18, resnet50, vgg16 64)"),
-    ("--bits", int, 2, "activation bits b (levels 0..2^b-1)"),
-    ("--epochs", int, 60, "LSQ fine-tuning epochs"),
+    ("--bits", int, 2, "activation bits b (levels 0..2^b-1)"), ("--epochs", int, 60, "LSQ fine-tuning epochs"),
     ("--float-epochs", int, 0, "float (ReLU) pre-training epochs before LSQ"),
     ("--lr", float, 0.01, "learning rate (cosine schedule: the float stage's peak)"),
     ("--lr-decay", float, 0.95, "exponential schedule: decay of the learning rate per epoch"),
@@ -111,6 +110,7 @@ TRAIN = [
      "fine-tune on plain cross-entropy, so DC reads an unsmoothed confidence)"),
     ("--distill", float, 0.0, "LSQ stage: weight in [0, 1] of distillation from the float stage's network (0: off)"),
     ("--clip-mix", float, 0.0, "LSQ stage: chance in [0, 1) an image takes the clip (QCFS's many-step limit), not the quantizer"),
+    ("--clip-mix-epochs", int, None, "the clip mix only in the last N LSQ epochs (default: all)"),
     ("--train-precision", ["auto", "fp32", "bf16"], "auto", "auto: bf16 autocast + channels_last on CUDA, else fp32"),
     ("--train-channels-last", BOOL, None, "channels_last training (default: CUDA, bf16; faster: whitened_cnn, CPU)"),
     ("--compile", ON, None, "torch.compile the training forward pass (CPU: LSQ epochs ~2x faster; each stage compiles first)"),

@@ -73,6 +73,8 @@ class TrainConfig:
     :func:`dcsim.models.lsq.set_clip_mix`): the clipped network is what QCFS's rate code converges
     to over many steps, so a mix trains for QCFS at large T as well as the quantized network. The
     draws are seeded per epoch. 0 (the default): every image quantized.
+    clip_mix_epochs: the mix covers only the last this many LSQ epochs (1 to ``epochs``), the earlier
+    ones quantize every image; None (the default): every LSQ epoch. Needs ``clip_mix`` > 0.
     """
 
     epochs: int = 60
@@ -92,6 +94,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     distill: float = 0.0
     clip_mix: float = 0.0
+    clip_mix_epochs: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "float_epochs", "batch_size"):
@@ -119,11 +122,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
         if not 0 <= self.distill <= 1:
             raise ValueError(f"distill must lie in [0, 1], got {self.distill!r}")
+        if self.clip_mix_epochs is not None:
+            check_int(self.clip_mix_epochs, "clip_mix_epochs", minimum=1)
+            if not self.clip_mix:
+                raise ValueError("clip_mix_epochs needs clip_mix > 0")
+            if self.clip_mix_epochs > self.epochs:
+                raise ValueError(f"clip_mix_epochs ({self.clip_mix_epochs}) exceeds the LSQ epochs ({self.epochs})")
         if self.distill and self.float_epochs < 1:
             raise ValueError("distill needs float_epochs >= 1: the teacher is the network the float stage trains")
 
 
-LSQ_STAGE_FIELDS = ("epochs", "lsq_lr", "lsq_label_smoothing", "distill", "clip_mix")
+LSQ_STAGE_FIELDS = ("epochs", "lsq_lr", "lsq_label_smoothing", "distill", "clip_mix", "clip_mix_epochs")
 """The TrainConfig fields the float stage does not read: runs that differ only in these share a float stage."""
 
 
@@ -592,8 +601,9 @@ def train(
         t_epoch = time.perf_counter()
         quantized = epoch >= config.float_epochs
         set_quantization(model, quantized)
-        set_clip_mix(model, config.clip_mix if quantized else 0.0)
-        if quantized and config.clip_mix:
+        mixed = quantized and total - epoch <= (config.clip_mix_epochs or config.epochs)
+        set_clip_mix(model, config.clip_mix if mixed else 0.0)
+        if mixed and config.clip_mix:
             torch.manual_seed(config.seed * 10_000 + epoch)  # the clip draws: the same on resuming at any epoch
         step.label_smoothing = stage_label_smoothing(config, epoch)
         if quantized and config.distill and step.teacher is None:

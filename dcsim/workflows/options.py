@@ -77,6 +77,7 @@ class TrainOptions:
     lsq_label_smoothing: float | None = None
     distill: float = 0.0
     clip_mix: float = 0.0
+    clip_mix_epochs: int | None = None
     optimizer: str = "sgd"
     crop_padding: int = 4
     cutout: int = 0
@@ -99,6 +100,8 @@ class TrainOptions:
                 f"--float-stage {self.float_stage}: stores or reads the float stage of a fixed --float-epochs >= 1 "
                 "(not --budget-minutes, whose plan sets the epochs)"
             )
+        if self.clip_mix_epochs is not None and self.budget_minutes is not None:
+            raise ValueError("--clip-mix-epochs counts the fixed --epochs of the LSQ stage (not --budget-minutes' plan)")
         planned = {"float_epochs": 1, "epochs": 1} if self.budget_minutes is not None else {}  # a plan has both
         self.config(seed=0, **planned)  # the training configuration's own rules, before any work
 
