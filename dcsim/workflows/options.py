@@ -101,7 +101,9 @@ class TrainOptions:
                 "(not --budget-minutes, whose plan sets the epochs)"
             )
         if self.clip_mix_epochs is not None and self.budget_minutes is not None:
-            raise ValueError("--clip-mix-epochs counts the fixed --epochs of the LSQ stage (not --budget-minutes' plan)")
+            raise ValueError(
+                "--clip-mix-epochs counts the fixed --epochs of the LSQ stage (not --budget-minutes' plan)"
+            )
         planned = {"float_epochs": 1, "epochs": 1} if self.budget_minutes is not None else {}  # a plan has both
         self.config(seed=0, **planned)  # the training configuration's own rules, before any work
 
