@@ -33,11 +33,11 @@ constexpr bool kHasCuda = false;
 #endif
 
 void neuron_step(int method, int64_t n, int64_t m, uintptr_t x, uintptr_t x2, uintptr_t u, uintptr_t z,
-                 uintptr_t out, uintptr_t counts, float th, int32_t zmax, uintptr_t fanout, uintptr_t sops, bool cuda,
-                 [[maybe_unused]] uintptr_t stream, int threads) {
+                 uintptr_t out, uintptr_t counts, float th, int32_t zmax, uintptr_t fanout, uintptr_t sops, bool fresh,
+                 float u0, bool cuda, [[maybe_unused]] uintptr_t stream, int threads) {
   const dcsim::NeuronStepArgs a{method, n, m, ptr<const float>(x), ptr<const float>(x2), ptr<float>(u),
                                 ptr<int32_t>(z), ptr<float>(out), ptr<int64_t>(counts), th, zmax,
-                                ptr<const int32_t>(fanout), ptr<int64_t>(sops)};
+                                ptr<const int32_t>(fanout), ptr<int64_t>(sops), fresh, u0};
   if (cuda) {
 #ifdef DCSIM_WITH_CUDA
     dcsim::neuron_step_cuda(a, ptr<void>(stream));

@@ -17,8 +17,9 @@ struct BlockCounts {
 };
 
 // Elements [lo, hi) of sample i; returns their spikes and synaptic operations. Method, the presence
-// of x2 and of the fan-out map are compile-time constants, so the loop has no branches left and vectorizes.
-template <int Method, bool HasX2, bool HasFanout>
+// of x2 and of the fan-out map, and whether the step is the first (u and z taken as u0 and 0, not read)
+// are compile-time constants, so the loop has no branches left and vectorizes.
+template <int Method, bool HasX2, bool HasFanout, bool Fresh>
 BlockCounts neuron_block(const NeuronStepArgs& a, int64_t i, int64_t lo, int64_t hi) {
   const float* __restrict x = a.x;
   const float* __restrict x2 = a.x2;
@@ -28,6 +29,7 @@ BlockCounts neuron_block(const NeuronStepArgs& a, int64_t i, int64_t lo, int64_t
   const int32_t* __restrict fan = HasFanout ? a.fanout + (lo - i * a.m) : nullptr;  // fan[k]: element lo + k
   const float th = a.th;
   const int32_t zmax = a.zmax;
+  const float u0 = a.u0;
   // Spikes and synaptic operations summed in int32 over runs of kSopsRun elements (a fan-out is below
   // 2^21, dcsim.sim.sops.FANOUT_MAX, so a run cannot overflow), then in int64: int32 sums and a mask
   // instead of a branch keep the loop vectorized (an int64 sum or a branch per element do not: 4-6x slower).
@@ -36,8 +38,8 @@ BlockCounts neuron_block(const NeuronStepArgs& a, int64_t i, int64_t lo, int64_t
     const int64_t e = s + kSopsRun < hi ? s + kSopsRun : hi;
     int32_t run_count = 0, run_sops = 0;
     for (int64_t j = s; j < e; ++j) {
-      float uj = u[j];
-      int32_t zj = Method == kQFFS ? z[j] : 0;
+      float uj = Fresh ? u0 : u[j];
+      int32_t zj = Method == kQFFS && !Fresh ? z[j] : 0;
       const int spike = neuron_update(Method, uj, zj, HasX2 ? x[j] + x2[j] : x[j], th, zmax);
       u[j] = uj;
       if (Method == kQFFS) z[j] = zj;
@@ -51,7 +53,7 @@ BlockCounts neuron_block(const NeuronStepArgs& a, int64_t i, int64_t lo, int64_t
   return {count, sops};
 }
 
-template <int Method, bool HasX2, bool HasFanout>
+template <int Method, bool HasX2, bool HasFanout, bool Fresh>
 void neuron_step_blocks(const NeuronStepArgs& a, int threads) {
   const int64_t per_sample = (a.m + kBlock - 1) / kBlock;
   const int64_t tasks = a.n * per_sample;
@@ -60,7 +62,7 @@ void neuron_step_blocks(const NeuronStepArgs& a, int threads) {
     const int64_t i = t / per_sample;
     const int64_t lo = i * a.m + (t % per_sample) * kBlock;
     const int64_t hi = lo + kBlock < (i + 1) * a.m ? lo + kBlock : (i + 1) * a.m;
-    const BlockCounts c = neuron_block<Method, HasX2, HasFanout>(a, i, lo, hi);
+    const BlockCounts c = neuron_block<Method, HasX2, HasFanout, Fresh>(a, i, lo, hi);
 #pragma omp atomic
     a.counts[i] += c.spikes;
     if (HasFanout) {
@@ -70,9 +72,15 @@ void neuron_step_blocks(const NeuronStepArgs& a, int threads) {
   }
 }
 
+template <int Method, bool HasX2, bool HasFanout>
+void neuron_step_fresh(const NeuronStepArgs& a, int threads) {
+  a.fresh ? neuron_step_blocks<Method, HasX2, HasFanout, true>(a, threads)
+          : neuron_step_blocks<Method, HasX2, HasFanout, false>(a, threads);
+}
+
 template <int Method, bool HasX2>
 void neuron_step_fanout(const NeuronStepArgs& a, int threads) {
-  a.fanout ? neuron_step_blocks<Method, HasX2, true>(a, threads) : neuron_step_blocks<Method, HasX2, false>(a, threads);
+  a.fanout ? neuron_step_fresh<Method, HasX2, true>(a, threads) : neuron_step_fresh<Method, HasX2, false>(a, threads);
 }
 
 }  // namespace

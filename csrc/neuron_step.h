@@ -19,6 +19,8 @@ struct NeuronStepArgs {
   int32_t zmax;         // spike-count cap (QFFS)
   const int32_t* fanout;  // [m] synaptic operations one spike of each neuron triggers, or nullptr
   int64_t* sops;          // [n] sum of |spike| * fanout per sample, accumulated; nullptr when fanout is
+  bool fresh;             // the first step: u and z are not read (they may be uninitialised) but taken as u0 and 0
+  float u0;               // the initial membrane potential (read when fresh)
 };
 
 void neuron_step_cpu(const NeuronStepArgs& a, int threads);

@@ -33,8 +33,8 @@ __global__ void neuron_step_kernel(NeuronStepArgs a) {
   if (j < a.m) {
     const int64_t e = i * a.m + j;
     const float x = a.x2 ? a.x[e] + a.x2[e] : a.x[e];
-    float u = a.u[e];
-    int32_t z = a.z ? a.z[e] : 0;
+    float u = a.fresh ? a.u0 : a.u[e];
+    int32_t z = a.z && !a.fresh ? a.z[e] : 0;
     const int spike = neuron_update(a.method, u, z, x, a.th, a.zmax);
     a.u[e] = u;
     if (a.z) a.z[e] = z;

@@ -24,6 +24,8 @@ def neuron_step(
     zmax: int,
     fanout: int,
     sops: int,
+    fresh: bool,
+    u0: float,
     cuda: bool,
     stream: int,
     threads: int,

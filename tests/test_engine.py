@@ -228,3 +228,29 @@ def test_refill_resets_rows_to_a_fresh_start(method, channels_last):
     assert bool((state.admitted[rows] >= before[-1][rows]).all())
     with pytest.raises(ValueError, match="NaN"):
         engine.refill(state, rows, torch.full_like(y, float("nan")), torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", ["qcfs", "qffs"])
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_a_blank_start_steps_as_a_filled_one(backend, method, chunk):
+    """start(blank=True) leaves the membranes and spike counts unfilled and the first step takes u0 and 0 in
+    their place: with NaN membranes and nonzero counts planted, every step equals a filled start's, bit for bit;
+    the state is blank until that step only, and compaction keeps the flag."""
+    net, shape = resnet(method, seed=5)
+    engine = dcsim.Engine(net, backend=backend)
+    x = dyadic_inputs(5, shape, seed=31)
+    filled, blank = engine.start(x), engine.start(x, blank=True)
+    assert not filled.blank and blank.blank
+    for u in blank.u.values():
+        u.fill_(float("nan"))
+    for z in blank.z.values():
+        z.fill_(3)
+    assert engine.compact(blank, torch.tensor([0, 1, 2, 3, 4])).blank
+    for done in range(0, 6, chunk):
+        a = engine.advance(filled, chunk, 6, dcsim.Readout(), done=done)
+        b = engine.advance(blank, chunk, 6, dcsim.Readout(), done=done)
+        assert not blank.blank
+        assert torch.equal(a.pred, b.pred) and torch.equal(a.score, b.score) and torch.equal(a.counts, b.counts)
+    for p, q in zip(filled.tensors()[:-1], blank.tensors()[:-1], strict=True):  # all but the admission times
+        assert torch.equal(p, q)

@@ -162,6 +162,58 @@ def test_neuron_step_matches_reference(shape, seed, method, with_x2, device):
         assert any(bool((o != 0).any()) for o, *_ in got), f"no spikes at all {ctx}"
 
 
+FRESH_SHAPES = [(1,), (5, 1), (7, 13), (2, 3, 5, 7), (4, 16, 8, 8), (3, 200_003)]  # the last: the OpenMP path
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_fanout", [False, True], ids=["", "sops"])
+@pytest.mark.parametrize("with_x2", [False, True], ids=["x", "x+x2"])
+@pytest.mark.parametrize("method", ["qcfs", "qffs"])
+@pytest.mark.parametrize("shape", FRESH_SHAPES, ids=["x".join(map(str, s)) for s in FRESH_SHAPES])
+def test_neuron_step_fresh_takes_u0_and_never_reads_the_state(shape, method, with_x2, with_fanout, device):
+    """u0 = v: the first step of a state that holds garbage (NaN membranes, random spike counts) is the
+    step of a state filled with v and 0, bit for bit, in the native op and the reference; then the state
+    holds what that step left, so the next steps (without u0) agree too."""
+    g, th, zmax, _, _, counts = _neuron_inputs(method, shape, 0, with_x2)
+    u0 = float(torch.empty(()).uniform_(-th, th, generator=g))
+    fanout = torch.randint(0, 50, (1, *shape[1:]), generator=g, dtype=torch.int32) if with_fanout else None
+    xs = [(torch.randn(shape, generator=g) * th).contiguous() for _ in range(3)]
+    x2s = [(torch.randn(shape, generator=g) * th * 0.5).contiguous() if with_x2 else None for _ in range(3)]
+
+    def run(fn, fresh: bool, dev: str):
+        u = torch.full(shape, float("nan") if fresh else u0, device=dev)
+        z = None
+        if method == "qffs":
+            z = (
+                torch.randint(-5, 9, shape, generator=g, dtype=torch.int32).to(dev)
+                if fresh
+                else torch.zeros(shape, dtype=torch.int32, device=dev)
+            )
+        c = counts.clone().to(dev)
+        sops = torch.zeros(shape[0], dtype=torch.int64, device=dev) if with_fanout else None
+        f = None if fanout is None else fanout.to(dev)
+        outs = []
+        for t, (x, x2) in enumerate(zip(xs, x2s, strict=True)):
+            out = torch.full_like(u, 123.0)
+            fn(method, x.to(dev), u, z, out, c, th, zmax, x2=None if x2 is None else x2.to(dev), fanout=f, sops=sops,
+               u0=u0 if fresh and t == 0 else None)  # fmt: skip
+            outs.append([out.cpu(), u.cpu().clone(), None if z is None else z.cpu().clone(), c.cpu().clone()])
+            outs[-1].append(None if sops is None else sops.cpu().clone())
+        return outs
+
+    want = run(reference.neuron_step, False, "cpu")
+    for label, got in (
+        ("native", run(ops.neuron_step, True, device)),
+        ("reference", run(reference.neuron_step, True, "cpu")),
+    ):
+        for t, (a, b) in enumerate(zip(got, want, strict=True)):
+            for name, p, q in zip(("out", "u", "z", "counts", "sops"), a, b, strict=True):
+                if q is not None:
+                    _assert_equal(f"{label} {name} (step {t + 1})", p, q, f"[{method} {shape} {device}]")
+    if math.prod(shape) >= 100:
+        assert any(bool((o[0] != 0).any()) for o in want), "no spikes at all"
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", ["qcfs", "qffs"])
 @pytest.mark.parametrize("shape", [(0,), (0, 4), (0, 2, 3, 3)])
@@ -568,6 +620,8 @@ NEURON_BAD = [
     ("th zero", {"th": 0.0}, ValueError, "th"),
     ("th negative", {"th": -1.0}, ValueError, "th"),
     ("th nan", {"th": float("nan")}, ValueError, "th"),
+    ("u0 nan", {"u0": float("nan")}, ValueError, "u0"),
+    ("u0 infinite", {"u0": float("inf")}, ValueError, "u0"),
     ("unknown method", {"method": "lif"}, ValueError, "method"),
     ("qffs without z", {"z": None}, ValueError, "z"),
 ]

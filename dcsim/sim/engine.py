@@ -260,11 +260,15 @@ class Engine:
         self.shapes(tuple(x.shape[1:]))
         return self._layout(x)
 
-    def start(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> BatchState:
-        """Fresh state for the inputs x float32 [n, ...]: membranes u0, counts and sums zero."""
-        return self.fresh(self.check_input(x), ids)
+    def start(self, x: torch.Tensor, ids: torch.Tensor | None = None, blank: bool = False) -> BatchState:
+        """Fresh state for the inputs x float32 [n, ...]: membranes u0, counts and sums zero.
 
-    def fresh(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> BatchState:
+        blank: leave the membranes (and QFFS's spike counts) unfilled: the first step takes u0 and 0 in
+        their place (BatchState.blank). For runs that step the state before anything else reads it.
+        """
+        return self.fresh(self.check_input(x), ids, blank)
+
+    def fresh(self, x: torch.Tensor, ids: torch.Tensor | None = None, blank: bool = False) -> BatchState:
         """:meth:`start` for an input already checked by :meth:`check_input` (no host sync: CUDA-graph safe)."""
         n = x.shape[0]
         shapes = self.shapes(tuple(x.shape[1:]))
@@ -275,9 +279,13 @@ class Engine:
         for i in self.neurons:
             neuron = nodes[i]
             assert isinstance(neuron, Neuron)
-            u[i] = self.empty((n, *shapes[i]), torch.float32).fill_(neuron.u0)
+            u[i] = self.empty((n, *shapes[i]), torch.float32)
+            if not blank:
+                u[i].fill_(neuron.u0)
             if self.net.method == "qffs":
-                z[i] = self.empty((n, *shapes[i]), torch.int32).zero_()
+                z[i] = self.empty((n, *shapes[i]), torch.int32)
+                if not blank:
+                    z[i].zero_()
             counts[i] = torch.zeros(n, dtype=torch.int64, device=dev)
             if self.count_ops:
                 ops_[i] = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -295,6 +303,7 @@ class Engine:
             score=torch.zeros(n, dtype=torch.float32, device=dev),
             exited=torch.zeros(n, dtype=torch.uint8, device=dev),
             admitted=torch.full((n,), time.perf_counter(), dtype=torch.float64, device=dev),
+            blank=blank,
         )
 
     def _static_values(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -435,6 +444,7 @@ class Engine:
                             x2=self._layout(at(node.inputs[1], t)) if len(node.inputs) > 1 else None,
                             fanout=fanout,
                             sops=state.sops.get(i),
+                            u0=node.u0 if state.blank and t == 0 else None,
                         )
                         if k > 1:  # k = 1: stored for all layers at once after the loop
                             rec.counts[layer_of[i], t] = state.counts[i]
@@ -458,6 +468,7 @@ class Engine:
                     vals[i] = r.reshape(k, n, *r.shape[1:])
                 for j in self._free_after.get(i, ()):
                     del vals[j]
+            state.blank = False
             if k == 1:  # one stack per record instead of a copy per layer (the Python cost of a step at batch 1)
                 torch.stack([state.counts[i] for i in self.neurons], out=rec.counts[:, 0])
                 if rec.sops is not None:
@@ -512,7 +523,7 @@ class Engine:
         spikes = [torch.empty((0, len(self.neurons)), dtype=torch.int64, device=self.device)]
         ops_ = [torch.empty((0, len(self.neurons)), dtype=torch.int64, device=self.device)]
         for lo in range(0, n_all, bs):
-            state = self.start(x[lo : lo + bs])
+            state = self.start(x[lo : lo + bs], blank=True)
             records = [
                 self.advance(state, min(chunk, steps - done), steps, readout, record_sums=record_sums, done=done)
                 for done in range(0, steps, chunk)
@@ -597,7 +608,9 @@ class Engine:
                 if sops_run is not None:
                     ops_[lo : lo + bs] = sops_run
                 continue
-            state = self.start(x[lo : lo + bs], ids=torch.arange(lo, min(lo + bs, n_all), device=self.device))
+            state = self.start(
+                x[lo : lo + bs], ids=torch.arange(lo, min(lo + bs, n_all), device=self.device), blank=True
+            )
             if cost_model:
                 state.static = _owned(state.static, x)
                 row_bytes = sum(t.element_size() * t[0].numel() for t in state.tensors())

@@ -105,6 +105,7 @@ def neuron_step(
     x2: torch.Tensor | None = None,
     fanout: torch.Tensor | None = None,
     sops: torch.Tensor | None = None,
+    u0: float | None = None,
 ) -> None:
     """Fused integrate-and-fire step of one layer (kernel 1), in place. See dcsim.reference.neuron_step.
 
@@ -113,6 +114,8 @@ def neuron_step(
     fanout: int32 [1, ...] synaptic operations per spike of each neuron (each in [0, sops.FANOUT_MAX]: the CPU
     kernel sums runs of them in int32; dcsim.sim.sops.fanout_map checks it), in u's memory layout, and
     sops: int64 [n], accumulated with sum(|spike| * fanout) per sample: both or neither.
+    u0: the first step of fresh state: u and z are not read (they may be uninitialised, as from torch.empty) but
+    count as u0 (a finite float32) and 0; None (the default): u and z hold the state.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
@@ -136,6 +139,8 @@ def neuron_step(
     fanout_ptr, sops_ptr = _check_fanout(fanout, sops, u)
     if not (isinstance(th, (int, float)) and 0 < th <= FLOAT32_MAX):
         raise ValueError(f"th must be a finite float32 number > 0, got {th!r}")
+    if u0 is not None and not (isinstance(u0, (int, float)) and abs(u0) <= FLOAT32_MAX):
+        raise ValueError(f"u0 must be a finite float32 number or None, got {u0!r}")
     m = u.numel() // n if n else 0
     cuda, stream, threads = _launch(device, u.numel())
     _core().neuron_step(
@@ -152,6 +157,8 @@ def neuron_step(
         int(zmax),
         fanout_ptr,
         sops_ptr,
+        u0 is not None,
+        0.0 if u0 is None else float(u0),
         cuda,
         stream,
         threads,

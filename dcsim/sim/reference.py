@@ -27,6 +27,7 @@ def neuron_step(
     x2: torch.Tensor | None = None,
     fanout: torch.Tensor | None = None,
     sops: torch.Tensor | None = None,
+    u0: float | None = None,
 ) -> None:
     """One integrate-and-fire step of a layer, in place.
 
@@ -37,9 +38,14 @@ def neuron_step(
     counts: int64 [n] spikes per sample (+1 and -1 both count), accumulated.
     fanout: int32 [1, ...] synaptic operations one spike of each neuron triggers (see dcsim.sim.sops), or None.
     sops:  int64 [n] synaptic operations per sample, sum(|spike| * fanout), accumulated (with fanout).
+    u0:    the first step of fresh state: u and z hold anything (they are not read) and count as u0 and 0.
     """
     if (fanout is None) != (sops is None):  # as dcsim.ops.neuron_step
         raise ValueError("fanout and sops go together: give both or neither")
+    if u0 is not None:
+        u.fill_(u0)
+        if z is not None:
+            z.zero_()
     current = x if x2 is None else x + x2
     u.copy_(u + current)
     if METHODS[method] == METHODS["qffs"]:

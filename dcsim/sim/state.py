@@ -30,6 +30,8 @@ class BatchState:
     steps:  int32 [n]       steps run so far
     pred:   int64 [n], score: float32 [n], exited: uint8 [n]  results of the last step
     admitted: float64 [n]   wall-clock admission time (time.perf_counter seconds)
+    blank:  True until the first step when u and z were left unfilled: that step takes u0 and 0 in their
+            place (dcsim.sim.ops.neuron_step's u0), which saves writing and reading them once
     """
 
     ids: torch.Tensor
@@ -44,6 +46,7 @@ class BatchState:
     score: torch.Tensor
     exited: torch.Tensor
     admitted: torch.Tensor
+    blank: bool = False
 
     @property
     def n(self) -> int:
@@ -52,7 +55,7 @@ class BatchState:
     def tensors(self) -> list[torch.Tensor]:
         """Every per-sample tensor, in a fixed order (see :meth:`replace_tensors`)."""
         out: list[torch.Tensor] = []
-        for f in fields(self):
+        for f in _tensor_fields():
             v = getattr(self, f.name)
             out += [v[k] for k in sorted(v)] if isinstance(v, dict) else [v]
         return out
@@ -60,11 +63,16 @@ class BatchState:
     def replace_tensors(self, tensors: list[torch.Tensor]) -> BatchState:
         """A new state made of ``tensors`` given in the order of :meth:`tensors`."""
         it = iter(tensors)
-        kwargs: dict[str, Any] = {}
-        for f in fields(self):
+        kwargs: dict[str, Any] = {"blank": self.blank}
+        for f in _tensor_fields():
             v = getattr(self, f.name)
             kwargs[f.name] = {k: next(it) for k in sorted(v)} if isinstance(v, dict) else next(it)
         return BatchState(**kwargs)
+
+
+def _tensor_fields() -> list[Any]:
+    """BatchState's fields that hold tensors (all but ``blank``)."""
+    return [f for f in fields(BatchState) if f.name != "blank"]
 
 
 @dataclass
