@@ -13,6 +13,7 @@ process-CPU ms per inference with min and max over the rounds (``unstable`` wher
 exceeds 10%), the step saving, the wall-clock and CPU savings, and their ratios to the step saving.
 The wall-clock saving is paired by round (``paired_saving``: the median over the rounds of each round's
 saving, min and max beside it); the JSON keeps every round's wall times.
+``--batches-per-call K`` times K batches per call at batch sizes above 1 (default 1), which steadies short calls.
 The CPU figures do not count the time other processes hold the cores, so on a shared machine they
 are the stable ones. Results of the three runs are checked equal where they must be (both DC runs).
 """
@@ -38,8 +39,18 @@ def unstable(row: dict, key: str) -> str:
 def main() -> None:
     p = arguments(__doc__ or "", batches=[1, 32, 256], rounds=7)
     p.add_argument("--batch1-images", type=int, default=4, help="images timed at batch 1 (one batch otherwise)")
+    p.add_argument(
+        "--batches-per-call",
+        type=int,
+        default=1,
+        help="batches each timed call runs at batch sizes above 1 (longer calls, steadier)",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    if args.batches_per_call < 1 or max(args.batches, default=1) * args.batches_per_call > 512:
+        p.error(
+            f"--batches-per-call {args.batches_per_call}: needs >= 1, and the largest batch times it <= 512 (the test images loaded)"
+        )
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}; {args.rounds} interleaved rounds")
     print(
@@ -52,7 +63,7 @@ def main() -> None:
     for case in load_cases(args.folders, 512, 1000, args.cache, args.data_root, args.methods):
         engine = Engine(case.net)
         for batch in args.batches:
-            n = args.batch1_images if batch == 1 else batch
+            n = args.batch1_images if batch == 1 else batch * args.batches_per_call
             x = case.x[:n]
             fns = {
                 "no_dc": early_exit_run(engine, case, x, batch, 1.0, None),
