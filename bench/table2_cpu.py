@@ -30,6 +30,9 @@ from zoo_setup import arguments, early_exit_run, load_cases, machine
 from dcsim.sim.engine import Engine
 from dcsim.workflows.benchmark import interleaved, paired_saving, spread
 
+TEST_IMAGES = 512
+"""CIFAR-10 test images loaded per case; a timed call runs at most this many."""
+
 
 def unstable(row: dict, key: str) -> str:
     """' unstable' where the run ``key`` of ``row`` spread more than 10% over the rounds."""
@@ -47,9 +50,10 @@ def main() -> None:
     )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    if args.batches_per_call < 1 or max(args.batches, default=1) * args.batches_per_call > 512:
+    if args.batches_per_call < 1 or max(args.batches, default=1) * args.batches_per_call > TEST_IMAGES:
         p.error(
-            f"--batches-per-call {args.batches_per_call}: needs >= 1, and the largest batch times it <= 512 (the test images loaded)"
+            f"--batches-per-call {args.batches_per_call}: needs >= 1, and the largest batch times it <= {TEST_IMAGES} "
+            "(the test images loaded)"
         )
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}; {args.rounds} interleaved rounds")
@@ -60,7 +64,7 @@ def main() -> None:
     )
     print("|---" * 12 + "|")
     rows = []
-    for case in load_cases(args.folders, 512, 1000, args.cache, args.data_root, args.methods):
+    for case in load_cases(args.folders, TEST_IMAGES, 1000, args.cache, args.data_root, args.methods):
         engine = Engine(case.net)
         for batch in args.batches:
             n = args.batch1_images if batch == 1 else batch * args.batches_per_call
