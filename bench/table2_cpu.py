@@ -14,14 +14,22 @@ exceeds 10%), the step saving, the wall-clock and CPU savings, and their ratios 
 The wall-clock saving is paired by round (``paired_saving``: the median over the rounds of each round's
 saving, min and max beside it); the JSON keeps every round's wall times.
 ``--batches-per-call K`` times K batches per call at batch sizes above 1 (default 1), which steadies short calls.
+``--processes P`` (default 1) runs the whole measurement in P fresh worker processes, one after another,
+and reports per row the median of the P wall ratios with their min and max, flagged ``unstable`` where
+they spread more than 10%: on this project's 2-core CPU a process keeps its own speed ratio between DC
+and no DC, which more rounds in one process do not average out (docs/results/table2-cpu.md).
 The CPU figures do not count the time other processes hold the cores, so on a shared machine they
 are the stable ones. Results of the three runs are checked equal where they must be (both DC runs).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -39,7 +47,8 @@ def unstable(row: dict, key: str) -> str:
     return " unstable" if row["unstable"][key] else ""
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """This script's command line: the zoo measurements' (zoo_setup.arguments) and its own options."""
     p = arguments(__doc__ or "", batches=[1, 32, 256], rounds=7)
     p.add_argument("--batch1-images", type=int, default=4, help="images timed at batch 1 (one batch otherwise)")
     p.add_argument(
@@ -48,13 +57,90 @@ def main() -> None:
         default=1,
         help="batches each timed call runs at batch sizes above 1 (longer calls, steadier)",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="fresh worker processes, run one after another; rows report the median over them",
+    )
     p.add_argument("--json", type=Path)
+    return p
+
+
+def main() -> None:
+    p = parser()
     args = p.parse_args()
     if args.batches_per_call < 1 or max(args.batches, default=1) * args.batches_per_call > TEST_IMAGES:
         p.error(
             f"--batches-per-call {args.batches_per_call}: needs >= 1, and the largest batch times it <= {TEST_IMAGES} "
             "(the test images loaded)"
         )
+    if args.processes < 1:
+        p.error(f"--processes {args.processes}: needs >= 1")
+    if args.processes > 1:
+        across_processes(args)
+    else:
+        measure(args)
+
+
+def worker_command(args: argparse.Namespace, json_path: Path) -> list[str]:
+    """The command line of one worker process: this script with ``args``, one process, rows to ``json_path``."""
+    command = [sys.executable, str(Path(__file__).resolve()), *args.folders, "--batches", *map(str, args.batches)]
+    for flag, value in (
+        ("--rounds", args.rounds),
+        ("--data-root", args.data_root),
+        ("--threads", args.threads),
+        ("--cache", args.cache),
+        ("--batch1-images", args.batch1_images),
+        ("--batches-per-call", args.batches_per_call),
+        ("--json", json_path),
+    ):
+        command += [flag, str(value)]
+    return [*command, "--methods", *args.methods]
+
+
+def across_processes(args: argparse.Namespace) -> None:
+    """Run the measurement in ``args.processes`` fresh processes, one after another, and print and save per row
+    the median, min and max over the processes of the wall ratio (DC now) and of the ms per inference."""
+    per_process = []
+    with tempfile.TemporaryDirectory(prefix="table2_cpu_") as tmp:
+        for i in range(args.processes):
+            print(f"process {i + 1}/{args.processes}", flush=True)
+            path = Path(tmp) / f"process{i}.json"
+            subprocess.run(worker_command(args, path), check=True)
+            per_process.append(json.loads(path.read_text()))
+    print(f"\n{args.processes} processes, {args.rounds} rounds each; median [min-max] over the processes")
+    print("| network | method | batch | step saving | ms/inf no DC | ms/inf DC | wall ratio | per process |")
+    print("|---" * 8 + "|")
+    rows = []
+    for rows_i in zip(*(d["rows"] for d in per_process), strict=True):
+        first = rows_i[0]
+        ratio = spread([r["wall_ratio"]["dc_now"] for r in rows_i])
+        ms = {k: spread([r["ms_per_inference"][k] for r in rows_i]) for k in ("no_dc", "dc_now")}
+        row = {
+            "network": first["network"],
+            "method": first["method"],
+            "batch": first["batch"],
+            "step_saving": first["step_saving"],
+            "processes": args.processes,
+            "wall_ratio": ratio,
+            "ms_per_inference": ms,
+            "per_process": list(rows_i),
+        }
+        rows.append(row)
+        print(
+            f"| {row['network']} | {row['method']} T={first['steps']} | {row['batch']} | "
+            f"{100 * row['step_saving']:.1f}% | {ms['no_dc']['median']:.3f} | {ms['dc_now']['median']:.3f} | "
+            f"**{ratio['median']:.2f}** [{ratio['min']:.2f}-{ratio['max']:.2f}]{' unstable' if ratio['unstable'] else ''} | "
+            f"{' / '.join(format(r['wall_ratio']['dc_now'], '.2f') for r in rows_i)} |",
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"machine": per_process[0]["machine"], "rows": rows}, indent=1))
+
+
+def measure(args: argparse.Namespace) -> None:
+    """The measurement in this process: every network, method and batch size, rows printed as they come."""
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}; {args.rounds} interleaved rounds")
     print(
