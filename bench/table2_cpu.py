@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -37,6 +35,7 @@ from zoo_setup import arguments, early_exit_run, load_cases, machine
 
 from dcsim.sim.engine import Engine
 from dcsim.workflows.benchmark import interleaved, paired_saving, spread
+from dcsim.workflows.processes import in_fresh_processes, over_processes
 
 TEST_IMAGES = 512
 """CIFAR-10 test images loaded per case; a timed call runs at most this many."""
@@ -102,21 +101,15 @@ def worker_command(args: argparse.Namespace, json_path: Path) -> list[str]:
 def across_processes(args: argparse.Namespace) -> None:
     """Run the measurement in ``args.processes`` fresh processes, one after another, and print and save per row
     the median, min and max over the processes of the wall ratio (DC now) and of the ms per inference."""
-    per_process = []
-    with tempfile.TemporaryDirectory(prefix="table2_cpu_") as tmp:
-        for i in range(args.processes):
-            print(f"process {i + 1}/{args.processes}", flush=True)
-            path = Path(tmp) / f"process{i}.json"
-            subprocess.run(worker_command(args, path), check=True)
-            per_process.append(json.loads(path.read_text()))
+    per_process = in_fresh_processes(lambda path: worker_command(args, path), args.processes)
     print(f"\n{args.processes} processes, {args.rounds} rounds each; median [min-max] over the processes")
     print("| network | method | batch | step saving | ms/inf no DC | ms/inf DC | wall ratio | per process |")
     print("|---" * 8 + "|")
     rows = []
     for rows_i in zip(*(d["rows"] for d in per_process), strict=True):
         first = rows_i[0]
-        ratio = spread([r["wall_ratio"]["dc_now"] for r in rows_i])
-        ms = {k: spread([r["ms_per_inference"][k] for r in rows_i]) for k in ("no_dc", "dc_now")}
+        ratio = over_processes([r["wall_ratio"]["dc_now"] for r in rows_i])
+        ms = {k: over_processes([r["ms_per_inference"][k] for r in rows_i]) for k in ("no_dc", "dc_now")}
         row = {
             "network": first["network"],
             "method": first["method"],

@@ -19,6 +19,8 @@ from dcsim.cli import EXIT_USAGE
         (["train", "--out", "{tmp}/file/m.safetensors"], "--out"),  # under a file
         (["demo", "--out", "{tmp}/file"], "--out"),  # a file where a folder goes
         (["demo", "--out", "{tmp}/d", "--json", "{tmp}"], "--json"),
+        (["bench", "--processes", "0"], "--processes"),
+        (["bench", "--processes", "2", "--stream", "4"], "--processes"),
     ],
 )
 def test_bad_values_and_outputs_exit_2_naming_the_flag_and_write_nothing(tmp_path, run_cli, argv, flag):
@@ -51,6 +53,7 @@ def test_eval_needs_exactly_one_of_threshold_and_trace(tmp_path, run_cli):
         (lambda o: o.EnergyOptions(energy_preset="fp64"), "--energy-preset"),
         (lambda o: o.EnergyOptions(first_layer_macs="twice"), "--first-layer-macs"),
         (lambda o: o.TrainOptions(Path("m.safetensors"), cutout=8), "--augment"),
+        (lambda o: o.BenchOptions(processes=0), "--processes"),
     ],
 )
 def test_the_rules_between_flags_are_the_typed_options_own(make, flag):

@@ -127,6 +127,7 @@ BENCH = [  # the first two exclude each other
     ("--full", ON, None, "resnet18, vgg16 and resnet50 (the default on a GPU; long on a CPU)"),
     ("--models", ["small_cnn", "resnet18", "vgg16", "resnet50"], None, None, MANY),
     ("--repeats", int, 7, "rounds, interleaved; times are medians with min and max (default 7)"),
+    ("--processes", int, 1, "run it all in P fresh processes, one after another; rows: medians over them"),
     ("--chunk", int, [1], "engine steps computed layer-major at a time", MANY), CHANNELS_LAST,
     ("--graphs", ONOFF, None, "step loop as CUDA graphs, eager, or both (default: on for cuda, off for cpu)", MANY),
     ("--masked", ON, None, "with graphs: also time a masked fixed batch (no compaction) beside the bucketed one"),
@@ -134,8 +135,7 @@ BENCH = [  # the first two exclude each other
     ("--spike-convs", ONOFF, None, "event-driven convs of spike maps (float32, CPU), dense, or both "
      "(default: both on cpu)", MANY),
     ("--checkpoint", Path, None, "also time this trained net (file, zoo) on --dataset test images, by a random twin"),
-    *DATA,
-    ("--stream", int, None, "also time SLOTS streaming slots vs static batches of SLOTS", {"metavar": "SLOTS"})]
+    *DATA, ("--stream", int, None, "also time SLOTS streaming slots vs static batches of SLOTS", {"metavar": "SLOTS"})]
 COMMANDS: dict[str, tuple[str, dict[str, Any], list[tuple]]] = {  # name: (help, defaults, flags)
     "train": ("float pre-training and LSQ fine-tuning; writes a safetensors checkpoint", {},
         [*DATA, *HYPER, *TRAIN, ("--out", Path, ..., "checkpoint path (.safetensors)")]),

@@ -3,9 +3,13 @@ chunk, precision, CUDA graphs and event-driven convs, optionally a trained netwo
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -26,10 +30,23 @@ from .benchmark import (
 )
 from .inputs import check_dataset_matches, load_model, load_splits, tensors
 from .options import BenchOptions, DataOptions
+from .processes import in_fresh_processes, median_rows
+
+ROW_IDENTITY = ("model", "method", "batch", "mode", "engine", "chunk", "weights")
+"""The keys that name a row: the same in every process of a measurement over processes."""
+TIMED_FIELDS = (
+    "ms_per_inference", "cpu_ms_per_inference", "ms_per_step", "ann_ms_per_inference", "ann_graph_ms_per_inference",
+    "ratio_to_ann_per_step", "ratio_to_ann_graph_per_step", "reference_ms_per_inference", "speedup_vs_reference",
+    "time_saving", "time_saving_over_step_saving",
+)  # fmt: skip
+"""A row's fields that are times or ratios of times: their median over the processes."""
 
 
 def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
-    """Rows of timings per case (see dcsim.workflows.benchmark); failed cases are reported, not raised."""
+    """Rows of timings per case (see dcsim.workflows.benchmark); failed cases are reported, not raised.
+    With ``opts.processes`` > 1 the whole set runs in that many fresh processes (:func:`across_processes`)."""
+    if opts.processes > 1:
+        return across_processes(opts, data, world)
     device = world.device
     cases = standard_set(device, quick=opts.quick, full=opts.full)
     if not opts.models and skipped_models(cases):
@@ -132,3 +149,66 @@ def _trained_networks(opts: BenchOptions, data: DataOptions) -> dict:
         f"{name} trained": (model, x, "trained"),
         f"{name} random": (twin.eval(), random_inputs(len(x), tuple(x.shape[1:]), torch.device("cpu")), "random"),
     }
+
+
+def across_processes(opts: BenchOptions, data: DataOptions, world: World) -> dict:
+    """The benchmark set run in ``opts.processes`` fresh processes, one after another (see
+    dcsim.workflows.processes: a process keeps its own speed ratios). Each row holds the median over the
+    processes of every time and ratio (TIMED_FIELDS); ms_min / ms_max, the wall saving's and the ratio's
+    min / max, spread and ``unstable`` are then over the processes' medians, and ``processes`` keeps each
+    field's median, min, max and spread. "per_process" keeps every process's own result."""
+    spec = json.dumps(
+        {"options": _plain(dataclasses.replace(opts, processes=1)), "data": _plain(data), "device": str(world.device)}
+    )
+    results = in_fresh_processes(lambda path: [sys.executable, "-m", __name__, spec, str(path)], opts.processes)
+    rows = median_rows([r["rows"] for r in results], ROW_IDENTITY, TIMED_FIELDS)
+    for row in rows:
+        ms = row["processes"]["ms_per_inference"]
+        row.update(ms_min=ms["min"], ms_max=ms["max"], spread=ms["spread"], unstable=ms["unstable"])
+        for field in ("time_saving", "time_saving_over_step_saving"):
+            if field in row["processes"]:
+                row[f"{field}_min"], row[f"{field}_max"] = (row["processes"][field][k] for k in ("min", "max"))
+    print(
+        f"dcsim bench: the median over {opts.processes} fresh processes; [min-max] and unstable over the processes",
+        file=sys.stderr,
+    )
+    print(markdown(rows), file=sys.stderr)
+    errors = [err for r in results for err in r["errors"]]
+    return {
+        "device": results[0]["device"],
+        "processes": opts.processes,
+        "rows": rows,
+        "stream_rows": [],
+        "errors": errors,
+        "per_process": results,
+    }
+
+
+def _plain(options: Any) -> dict:
+    """A frozen options dataclass as JSON values (paths as strings, tuples as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(options), default=str))
+
+
+def _options(cls: type, values: dict) -> Any:
+    """``cls`` (BenchOptions or DataOptions) from :func:`_plain`'s values."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        v = values[f.name]
+        if str(f.type).startswith("tuple"):
+            v = tuple(v)
+        elif "Path" in str(f.type) and v is not None:
+            v = Path(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def _worker(spec: str, out: str) -> None:
+    """One process of :func:`across_processes`: the benchmark set of ``spec`` (JSON), its result to ``out``."""
+    given = json.loads(spec)
+    world = World(device=torch.device(given["device"]))
+    result = bench(_options(BenchOptions, given["options"]), _options(DataOptions, given["data"]), world)
+    Path(out).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _worker(*sys.argv[1:])

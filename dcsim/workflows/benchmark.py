@@ -416,6 +416,8 @@ def markdown(rows: list[dict]) -> str:
         if ratio is not None:
             lo, hi = r["time_saving_over_step_saving_min"], r["time_saving_over_step_saving_max"]
             ratio_s = f"{ratio:.2f} [{lo:.2f}-{hi:.2f}]"
+            if r.get("processes", {}).get("time_saving_over_step_saving", {}).get("unstable"):
+                ratio_s += " unstable"  # over fresh processes (dcsim.workflows.processes)
         return f"{100 * r['step_saving']:.1f}% | {100 * r['time_saving']:.1f}% | {ratio_s}"
 
     head = (

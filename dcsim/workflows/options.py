@@ -280,7 +280,8 @@ class ReportOptions:
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """``dcsim bench`` (see its --help): the standard set, optionally a trained ``checkpoint`` and streaming."""
+    """``dcsim bench`` (see its --help): the standard set, optionally a trained ``checkpoint`` and streaming;
+    ``processes`` > 1 runs it in that many fresh processes and reports each row's median over them."""
 
     quick: bool = False
     full: bool = False
@@ -294,6 +295,13 @@ class BenchOptions:
     spike_convs: tuple[str, ...] = ()
     checkpoint: Path | None = None
     stream: int | None = None
+    processes: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.processes, int) or self.processes < 1:
+            raise ValueError(f"--processes {self.processes}: needs an integer >= 1")
+        if self.processes > 1 and self.stream is not None:
+            raise ValueError("--processes > 1 repeats the engine rows in fresh processes; run --stream without it")
 
 
 @dataclass(frozen=True)
