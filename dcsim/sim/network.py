@@ -19,6 +19,26 @@ import torch.nn.functional as F
 from ..checks import check_int
 from .semantics import Semantics
 
+CPU_MIN_ROWS = {"conv": 2, "linear": 16}
+"""Rows (samples x steps) below which a CPU conv / linear is computed on zero-padded rows. oneDNN's conv at 1 row
+and MKL's matmul at 1-15 rows take other code paths than at more rows and round differently (float32, about
+1e-7 relative); on a trained network that flips spikes, and with them exit steps, by batch size, chunk and
+compaction. Padding gives every row the result it gets in a large batch (checked over the architectures'
+shapes in tests/test_row_invariance.py)."""
+
+
+def _at_least(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x with zero rows appended up to ``rows`` (on the CPU, in x's memory layout); x itself if it has enough."""
+    n = x.shape[0]
+    if n >= rows or x.device.type != "cpu":
+        return x
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    padded = x.new_zeros((rows, *x.shape[1:]))
+    if channels_last:
+        padded = padded.contiguous(memory_format=torch.channels_last)
+    padded[:n] = x
+    return padded
+
 
 @dataclass(frozen=True)
 class Node:
@@ -62,7 +82,10 @@ class Conv(Node):
     groups: int = 1
 
     def apply(self, *xs: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self._one(xs), self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        x = self._one(xs)
+        padded = _at_least(x, CPU_MIN_ROWS["conv"])
+        out = F.conv2d(padded, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return out if padded is x else out[: x.shape[0]]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
@@ -76,7 +99,10 @@ class Linear(Node):
     bias: torch.Tensor | None = field(repr=False, default=None)
 
     def apply(self, *xs: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._one(xs), self.weight, self.bias)
+        x = self._one(xs)
+        padded = _at_least(x, CPU_MIN_ROWS["linear"])
+        out = F.linear(padded, self.weight, self.bias)
+        return out if padded is x else out[: x.shape[0]]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
