@@ -66,3 +66,11 @@ def test_engine_results_do_not_depend_on_batch_size_chunk_or_compaction():
         run = engine.early_exit(x, 27, readout, th, **kwargs)
         for f in ("pred", "exit_step", "conf", "spikes"):
             assert torch.equal(getattr(run, f), getattr(ref, f)), (kwargs, f)
+
+
+def test_one_row_runs_two_steps_at_once_on_the_cpu():
+    """At n = 1 the engine computes 2 steps per conv call instead of a padded 1-row call (same results, above)."""
+    model = build_model("small_cnn", num_classes=10, width=4).eval()
+    engine = Engine(convert(model, method="qffs"))
+    assert [engine.steps_at_once(1, n) for n in (1, 2, 7)] == [2, 1, 1]
+    assert [engine.steps_at_once(4, n) for n in (1, 3)] == [4, 4]

@@ -28,7 +28,7 @@ from ..checks import check_int, check_threshold
 from . import ops, reference, sops
 from .compaction import CompactionCost
 from .graphs import StaticExit
-from .network import Conv, Input, Linear, Neuron, Node, SpikingNetwork
+from .network import CPU_MIN_ROWS, Conv, Input, Linear, Neuron, Node, SpikingNetwork
 from .readout import Readout
 from .state import BatchState, ExitResult, Simulation, StepRecord
 
@@ -197,6 +197,14 @@ class Engine:
         if self._dtype == torch.float32 or not isinstance(node, (Conv, Linear)):
             return node.apply(*inputs)
         return node.apply(*(v.to(self._dtype) for v in inputs)).float()
+
+    def steps_at_once(self, chunk: int, n: int) -> int:
+        """The steps :meth:`advance` computes at once for ``chunk`` asked and n rows: ``chunk``, but on the CPU at
+        least 2 when n = 1, so that each conv call holds 2 rows (a 1-row call is padded to 2, see
+        dcsim.sim.network.CPU_MIN_ROWS, and costs as much). Exits are decided per step, so results are the same."""
+        if self.device.type == "cpu" and n * chunk < CPU_MIN_ROWS["conv"]:
+            return -(-CPU_MIN_ROWS["conv"] // n)
+        return chunk
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised tensor in the engine's memory layout (see :meth:`_layout`)."""
@@ -524,9 +532,10 @@ class Engine:
         ops_ = [torch.empty((0, len(self.neurons)), dtype=torch.int64, device=self.device)]
         for lo in range(0, n_all, bs):
             state = self.start(x[lo : lo + bs], blank=True)
+            k = self.steps_at_once(chunk, state.n)
             records = [
-                self.advance(state, min(chunk, steps - done), steps, readout, record_sums=record_sums, done=done)
-                for done in range(0, steps, chunk)
+                self.advance(state, min(k, steps - done), steps, readout, record_sums=record_sums, done=done)
+                for done in range(0, steps, k)
             ]
             preds.append(torch.cat([r.pred for r in records]).T)
             confs.append(torch.cat([r.score for r in records]).T)
@@ -617,7 +626,7 @@ class Engine:
             alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
             ran = 0
             while state.n:
-                k = min(chunk, steps - ran)
+                k = min(self.steps_at_once(chunk, state.n), steps - ran)
                 t0 = time.perf_counter()
                 rec = self.advance(state, k, steps, readout, threshold, done=ran)
                 ran += k
