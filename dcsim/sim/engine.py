@@ -585,6 +585,7 @@ class Engine:
         chunk: steps computed layer-major at a time (see :meth:`advance`): a sample that stops
         inside a chunk gets the results of its exit step, exactly as with chunk = 1; the steps
         computed after its exit are wasted work, the price of batching the steps of small batches.
+        On the CPU a single running row computes at least 2 steps at a time (:meth:`steps_at_once`).
         graphs: run on fixed-shape buffers with the step loop replayed as CUDA graphs (see
         :class:`dcsim.graphs.StaticExit`; on the CPU the same code runs eagerly); compaction then
         goes to halving batch-size buckets, or nowhere if compact_fraction = 1. Same results.
