@@ -86,9 +86,10 @@ def interleaved(
 
 
 def spread(values: list[float]) -> dict[str, float | bool]:
-    """median, min, max of ``values`` (> 0), their spread (max - min) / median, and ``unstable`` (spread > UNSTABLE_SPREAD)."""
+    """median, min, max of ``values`` (times, or ratios of any sign), their spread (max - min) / |median| (infinite
+    for a zero median), and ``unstable`` (spread > UNSTABLE_SPREAD)."""
     med = statistics.median(values)
-    rel = (max(values) - min(values)) / med
+    rel = (max(values) - min(values)) / abs(med) if med else float("inf")
     return {"median": med, "min": min(values), "max": max(values), "spread": rel, "unstable": rel > UNSTABLE_SPREAD}
 
 

@@ -11,7 +11,6 @@ in a temporary folder that is removed afterwards, and a failed process stops the
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .benchmark import UNSTABLE_SPREAD
+from .benchmark import spread
 
 
 def in_fresh_processes(command: Callable[[Path], list[str]], processes: int) -> list[dict]:
@@ -38,15 +37,12 @@ def in_fresh_processes(command: Callable[[Path], list[str]], processes: int) -> 
 
 
 def over_processes(values: Sequence[float | None]) -> dict[str, Any]:
-    """median, min and max of one quantity over the processes, its spread (max - min) / |median| and
-    ``unstable`` (spread > UNSTABLE_SPREAD); all None where a process has no value (e.g. a ratio to
+    """:func:`dcsim.workflows.benchmark.spread` of one quantity over the processes (median, min, max, spread,
+    ``unstable``); all None where a process has no value (e.g. a ratio to
     a step saving of zero)."""
-    if any(v is None for v in values) or not values:
+    if not values or any(v is None for v in values):
         return {"median": None, "min": None, "max": None, "spread": None, "unstable": False}
-    vals = [float(v) for v in values if v is not None]
-    med = statistics.median(vals)
-    rel = (max(vals) - min(vals)) / abs(med) if med else float("inf")
-    return {"median": med, "min": min(vals), "max": max(vals), "spread": rel, "unstable": rel > UNSTABLE_SPREAD}
+    return spread([float(v) for v in values if v is not None])
 
 
 def median_rows(per_process: Sequence[Sequence[dict]], identity: Sequence[str], fields: Sequence[str]) -> list[dict]:
