@@ -11,6 +11,7 @@ from typing import Any
 from ..analysis.energy import DEFAULT_PRESET, PRESETS
 from ..models import ARCHITECTURES
 from ..sim.engine import PRECISIONS
+from ..workflows.options import steps_per_call
 from . import handlers
 
 ON, OFF, BOOL = "store_true", "store_false", argparse.BooleanOptionalAction
@@ -70,8 +71,7 @@ NORMALIZE = [
     ("--normalize", _percentile, None, "float ReLU checkpoint (QCFS only): thresholds from the P-th percentile ('max' "
      "or 100: the maximum) of each layer's activations on training images", {"metavar": "P"}),
     ("--calibration-size", int, 1000, "training images drawn (seeded by --seed) for --normalize")]
-STEPS = [
-    ("--qffs-steps", int, None, "T for QFFS (default: as for QCFS)"),
+STEPS = [("--qffs-steps", int, None, "T for QFFS (default: as for QCFS)"),
     ("--qcfs-max-steps", int, 64, "largest T considered for QCFS"),
     ("--qffs-max-steps", int, 12, "largest T considered for QFFS")]
 TAU = ("--tau", None, "auto", "temperature: 'auto' (fit on val) or a number > 0")
@@ -128,7 +128,7 @@ BENCH = [  # the first two exclude each other
     ("--models", ["small_cnn", "resnet18", "vgg16", "resnet50"], None, None, MANY),
     ("--repeats", int, 7, "rounds, interleaved; times are medians with min and max (default 7)"),
     ("--processes", int, 1, "run it all in P fresh processes, one after another; rows: medians over them"),
-    ("--chunk", int, [1], "engine steps computed layer-major at a time", MANY), CHANNELS_LAST,
+    ("--chunk", steps_per_call, [None], "steps per conv call (default auto: planned at batch 1)", MANY), CHANNELS_LAST,
     ("--graphs", ONOFF, None, "step loop as CUDA graphs, eager, or both (default: on for cuda, off for cpu)", MANY),
     ("--masked", ON, None, "with graphs: also time a masked fixed batch (no compaction) beside the bucketed one"),
     ("--precision", PREC, ["fp32"], "engine conv/linear precisions to time (all but fp32 reduced)", MANY),
@@ -149,7 +149,7 @@ COMMANDS: dict[str, tuple[str, dict[str, Any], list[tuple]]] = {  # name: (help,
         [CHECKPOINT, *DATA, *READOUT, ("--steps", int, None, "T (taken from the trace with --trace)"),
          ("--threshold", float, None, "th_c in [0, 1]; 1 disables early exit"),
          ("--trace", Path, None, "validation trace to select th_c from"), SELECT_ON_TEST, UNMATCHED_TRACE, TOLERANCE,
-         ("--chunk", int, 1, "steps per conv call (faster at small batches; same results)"), CHANNELS_LAST, GRAPHS,
+         ("--chunk", steps_per_call, "auto", "steps per conv call; auto: planned at batch 1 (same results)"), CHANNELS_LAST, GRAPHS,
          *ENGINE, *ENERGY, *NORMALIZE]),
     "report": ("QCFS and QFFS with and without Dynamic Confidence: Table-1 report and plots", {},
         [CHECKPOINT, *DATA, *REPORT, OUT_FOLDER, *ENERGY, *NORMALIZE]),

@@ -26,6 +26,7 @@ import torch
 
 from ..checks import check_int, check_threshold
 from . import ops, reference, sops
+from .chunking import ChunkPlanner
 from .compaction import CompactionCost
 from .graphs import StaticExit
 from .network import CPU_MIN_ROWS, Conv, Input, Linear, Neuron, Node, SpikingNetwork
@@ -168,6 +169,7 @@ class Engine:
                 self._spike_weights[i] = ops.pack_spike_conv_weight(node.weight)
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         self._compaction = CompactionCost()  # when compacting pays (early_exit on the CPU), measured as it runs
+        self._chunks = ChunkPlanner()  # steps per call of a lone sample (early_exit, chunk=None), measured as it runs
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
         # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.
@@ -569,7 +571,7 @@ class Engine:
         readout: Readout,
         threshold: float,
         batch_size: int | None = None,
-        chunk: int = 1,
+        chunk: int | None = None,
         compact_fraction: float | None = None,
         graphs: bool = False,
     ) -> ExitResult:
@@ -586,12 +588,15 @@ class Engine:
         inside a chunk gets the results of its exit step, exactly as with chunk = 1; the steps
         computed after its exit are wasted work, the price of batching the steps of small batches.
         On the CPU a single running row computes at least 2 steps at a time (:meth:`steps_at_once`).
+        None ("auto"): a batch of one sample takes its steps per call from the plan of
+        :mod:`dcsim.sim.chunking` (the expected wall time per sample, minimised from the call times and exit
+        steps this engine has measured); a larger batch computes 1 step at a time. Same results.
         graphs: run on fixed-shape buffers with the step loop replayed as CUDA graphs (see
         :class:`dcsim.graphs.StaticExit`; on the CPU the same code runs eagerly); compaction then
         goes to halving batch-size buckets, or nowhere if compact_fraction = 1. Same results.
         """
         steps = check_int(steps, "steps")
-        chunk = check_int(chunk, "chunk")
+        chunk = None if chunk is None else check_int(chunk, "chunk")
         threshold = check_threshold(threshold)
         if compact_fraction is not None and not (
             isinstance(compact_fraction, (int, float)) and 0.0 <= compact_fraction <= 1.0
@@ -610,7 +615,7 @@ class Engine:
         for lo in range(0, n_all, bs):
             if graphs:
                 runner = self.static_exit(
-                    tuple(x[lo : lo + bs].shape), steps, readout, threshold, chunk, buckets=fraction < 1
+                    tuple(x[lo : lo + bs].shape), steps, readout, threshold, chunk or 1, buckets=fraction < 1
                 )
                 (pred[lo : lo + bs], exit_step[lo : lo + bs], conf[lo : lo + bs], spikes[lo : lo + bs], sops_run) = (
                     runner.run(x[lo : lo + bs])
@@ -626,8 +631,12 @@ class Engine:
                 row_bytes = sum(t.element_size() * t[0].numel() for t in state.tensors())
             alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
             ran = 0
+            lone = chunk is None and state.n == 1  # planned steps per call (dcsim.sim.chunking)
             while state.n:
-                k = min(self.steps_at_once(chunk, state.n), steps - ran)
+                if lone:
+                    k = self._chunks.next_chunk((steps, readout, threshold), steps, ran)
+                else:
+                    k = min(self.steps_at_once(chunk or 1, state.n), steps - ran)
                 t0 = time.perf_counter()
                 rec = self.advance(state, k, steps, readout, threshold, done=ran)
                 ran += k
@@ -647,7 +656,11 @@ class Engine:
                 n_alive = int(alive.sum())  # a host sync: the step's time is known now
                 step_seconds = (time.perf_counter() - t0) / k
                 finished = state.n - n_alive
+                if lone:
+                    self._chunks.observe_call(k, step_seconds * k)
                 if finished == state.n:
+                    if lone:
+                        self._chunks.observe_exit((steps, readout, threshold), steps, int(exit_step[lo]))
                     break
                 if cost_model and finished:
                     keep, moved = _fill_holes(alive, n_alive)

@@ -139,7 +139,7 @@ def evaluate_live(
     readout: Readout,
     threshold: float,
     batch_size: int = 256,
-    chunk: int = 1,
+    chunk: int | None = None,
     graphs: bool = False,
 ) -> LiveEval:
     """Live early exit at ``threshold`` (1.0: every sample runs T steps); wall time per inference in ms.

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from ..training.loop import TrainConfig
 
 
+def steps_per_call(text: str) -> int | None:
+    """A ``--chunk`` value: an integer, or "auto" (None: planned per sample at batch 1, see dcsim.sim.chunking)."""
+    return None if text == "auto" else int(text)
+
+
 def _check_semantics(method: str, semantics: Semantics | None) -> None:
     """``--qffs-semantics`` is QFFS's alone."""
     if semantics is not None and method != "qffs":
@@ -218,7 +223,7 @@ class EvalOptions:
     unmatched_trace: bool = False
     split: str = "test"
     batch_size: int = 256
-    chunk: int = 1
+    chunk: int | None = None
     engine: EngineOptions = field(default_factory=EngineOptions)
     energy: EnergyOptions = field(default_factory=EnergyOptions)
 
@@ -287,7 +292,7 @@ class BenchOptions:
     full: bool = False
     models: tuple[str, ...] = ()
     repeats: int = 7
-    chunk: tuple[int, ...] = (1,)
+    chunk: tuple[int | None, ...] = (None,)
     channels_last: bool = False
     graphs: tuple[str, ...] = ()
     masked: bool = False

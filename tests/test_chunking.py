@@ -1,0 +1,115 @@
+"""The steps-per-call plan of a lone sample (dcsim.sim.chunking) and ``chunk=None`` ("auto") in the engine.
+
+The plan is checked against brute force over every split of T into chunks, on fresh random exit counts and
+call costs; the engine's results under the plan must equal those at chunk 1, whatever the plan picks."""
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from dcsim.conversion.convert import convert
+from dcsim.models import build_model
+from dcsim.sim.chunking import PROBE_CALLS, ChunkPlanner
+from dcsim.sim.engine import Engine
+from dcsim.sim.readout import Readout
+from dcsim.workflows.benchmark import mid_threshold
+from dcsim.workflows.options import steps_per_call
+
+
+def _compositions(total: int):
+    """Every sequence of positive chunk sizes summing to ``total``."""
+    for cuts in itertools.product([False, True], repeat=total - 1):
+        sizes, size = [], 1
+        for cut in cuts:
+            if cut:
+                sizes.append(size)
+                size = 1
+            else:
+                size += 1
+        yield [*sizes, size]
+
+
+def _expected_cost(sizes: list[int], exits: list[int], cost: list[float]) -> float:
+    """Expected wall time per sample of running chunks ``sizes`` (one extra sample counted at T, as the plan does)."""
+    counts = list(exits)
+    counts[-1] += 1
+    total, t, out = sum(counts), 0, 0.0
+    for k in sizes:
+        alive = sum(counts[t:])  # samples that run past step t
+        out += cost[k - 1] * alive / total
+        t += k
+    return out
+
+
+def _planned(plan: list[int]) -> list[int]:
+    sizes, t = [], 0
+    while t < len(plan):
+        sizes.append(plan[t])
+        t += plan[t]
+    return sizes
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 6, 8])
+def test_the_plan_is_the_cheapest_split_of_t(steps):
+    rng = random.Random()
+    for _ in range(20):
+        exits = [rng.choice([0, 0, 1, 5, 40]) for _ in range(steps)]
+        fixed, per_step = rng.uniform(0, 5), rng.uniform(0.1, 2)
+        cost = [fixed + per_step * k * rng.uniform(0.8, 1.2) for k in range(1, steps + 1)]
+        plan = ChunkPlanner.plan(exits, cost)
+        assert all(1 <= plan[t] <= steps - t for t in range(steps))
+        best = min(_expected_cost(sizes, exits, cost) for sizes in _compositions(steps))
+        assert _expected_cost(_planned(plan), exits, cost) == pytest.approx(best, rel=1e-12)
+
+
+def test_the_plan_in_the_plain_cases():
+    cost = [1.0 + k for k in range(1, 5)]  # c(k) = 1 + k
+    assert ChunkPlanner.plan([100, 0, 0, 0], cost)[0] == 1  # all stop at step 1: one step, then rarely more
+    assert ChunkPlanner.plan([0, 0, 0, 0], cost) == [4, 3, 2, 1]  # none stops early: all steps in one call
+    # all stop at step 2: two steps (3.0 + 0.1 * 3.0) beat one (2.0 + 2.3) and four (5.0)
+    assert _planned(ChunkPlanner.plan([0, 9, 0, 0], cost)) == [2, 2]
+
+
+def test_call_costs_are_interpolated_and_probed_first():
+    planner = ChunkPlanner()
+    key = ("run",)
+    asked = []
+    for _ in range(PROBE_CALLS * 3):  # T = 4: probe sizes 1, 2 and 4 (T itself)
+        k = planner.next_chunk(key, 4, 0)
+        asked.append(k)
+        planner.observe_call(k, 1.0 + k)
+    assert sorted(set(asked)) == [1, 2, 4] and all(asked.count(k) == PROBE_CALLS for k in (1, 2, 4))
+    assert planner.call_seconds(3) == pytest.approx(4.0)  # between 2 (3 s) and 4 (5 s)
+    assert planner.call_seconds(6) == pytest.approx(7.0)  # past 4, on the last segment's slope
+    assert planner.next_chunk(key, 4, 3) == 1  # never more than the steps left
+    for _ in range(50):
+        planner.observe_exit(key, 4, 1)
+    assert planner.next_chunk(key, 4, 0) == 1
+
+
+def test_steps_per_call_parses_auto():
+    assert steps_per_call("auto") is None and steps_per_call("3") == 3
+    with pytest.raises(ValueError):
+        steps_per_call("fast")
+
+
+@pytest.mark.parametrize("method", ["qcfs", "qffs"])
+def test_auto_chunk_gives_the_results_of_chunk_1(method):
+    """Whatever the plan picks (it changes as calls are timed and exits counted), each sample's results stay."""
+    model = build_model("small_cnn", num_classes=10, width=8).train()
+    with torch.no_grad():
+        model(torch.randn(64, 3, 32, 32))  # batch-norm statistics and LSQ steps
+    steps = 12 if method == "qcfs" else 4
+    x = torch.randn(16, 3, 32, 32)
+    engine = Engine(convert(model.eval(), method=method))
+    readout = Readout.paper(method, engine.net.bits, steps)
+    th = mid_threshold(engine, x, steps, readout)
+    ref = engine.early_exit(x, steps, readout, th, batch_size=1, chunk=1)
+    assert 1 < float(ref.exit_step.float().mean()) < steps
+    for batch_size in (1, 1, 1, 5):
+        run = engine.early_exit(x, steps, readout, th, batch_size=batch_size, chunk=None)
+        for f in ("pred", "exit_step", "conf", "spikes"):
+            assert torch.equal(getattr(run, f), getattr(ref, f)), (batch_size, f)
+    assert len(engine._chunks._seconds) >= 2  # batch 1 ran under the plan, probing chunk sizes
