@@ -3,7 +3,7 @@ one call, each without DC (threshold 1) and with DC (th_c), on trained zoo netwo
 
     python bench/chunk_plan_cpu.py zoo/cifar10-resnet18w16-2bit --data-root cifar10-jpeg.tar.gz --images 16
 
-The six runs are interleaved round by round in one process, on the same test images, one sample per batch.
+th_c as in bench/table2_cpu.py (the same cache). The six runs are interleaved round by round in one process, on the same test images, one sample per batch.
 Per run: the median wall ms per inference; per DC run: the wall-clock saving (paired by round, median with min
 and max over the rounds) divided by the step saving, against no DC at the same chunk and against no DC at its
 fastest chunk. Every run's results are checked equal (exits are decided per step, whatever the chunk). The plan's
@@ -28,7 +28,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
-    for case in load_cases(args.folders, args.images, 5000, args.cache, args.data_root, args.methods):
+    for case in load_cases(args.folders, 512, 1000, args.cache, args.data_root, args.methods):  # as table2_cpu.py
+        case.x = case.x[: args.images]
         engine = Engine(case.net)
         chunks = {"1": 1, "auto": None, "T": case.steps}
         runs = {}

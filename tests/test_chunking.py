@@ -76,14 +76,17 @@ def test_call_costs_are_interpolated_and_probed_first():
     planner = ChunkPlanner()
     key = ("run",)
     asked = []
-    for _ in range(PROBE_CALLS * 3):  # T = 4: probe sizes 1, 2 and 4 (T itself)
+    for _ in range((PROBE_CALLS + 1) * 3):  # T = 4: probe sizes 1, 2 and 4 (T itself), a first call each uncounted
         k = planner.next_chunk(key, 4, 0)
         asked.append(k)
-        planner.observe_call(k, 1.0 + k)
-    assert sorted(set(asked)) == [1, 2, 4] and all(asked.count(k) == PROBE_CALLS for k in (1, 2, 4))
+        planner.observe_call(k, 100.0 if k not in asked[:-1] else 1.0 + k)  # a cold first call: not counted
+    assert sorted(set(asked)) == [1, 2, 4] and all(asked.count(k) == PROBE_CALLS + 1 for k in (1, 2, 4))
     assert planner.call_seconds(3) == pytest.approx(4.0)  # between 2 (3 s) and 4 (5 s)
     assert planner.call_seconds(6) == pytest.approx(7.0)  # past 4, on the last segment's slope
     assert planner.next_chunk(key, 4, 3) == 1  # never more than the steps left
+    planner.observe_call(3, 0.5)  # noise: a 3-step call timed below a 2-step one
+    planner.observe_call(3, 0.5)
+    assert planner.call_seconds(3) == pytest.approx(0.5) and planner.costs(4) == pytest.approx([2.0, 3.0, 3.0, 5.0])
     for _ in range(50):
         planner.observe_exit(key, 4, 1)
     assert planner.next_chunk(key, 4, 0) == 1

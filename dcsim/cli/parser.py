@@ -50,7 +50,7 @@ TOLERANCE = ("--tolerance", float, 0.0, "accepted accuracy drop (below the basel
 SELECT_ON_TEST = ("--select-on-test", ON, None, "accept a --trace of the test split (optimistic)")
 UNMATCHED_TRACE = ("--unmatched-trace", ON, None, "accept a --trace that carries no checkpoint hash (an older "
                    "dcsim's), so cannot be matched to the checkpoint")
-CHANNELS_LAST = ("--channels-last", ON, None, "run the engine in the channels_last layout")
+CHANNELS_LAST = ("--channels-last", ON, None, "engine in the channels_last layout (float rounding: a few spikes differ)")
 GRAPHS = ("--graphs", ON, None, "step loop(s) as CUDA graphs (GPU; same results)")
 SEMANTICS = ("--qffs-semantics", ["settle", "constant"], None, "QFFS only: 'settle' (default: image and biases "
              "drive the first Qp steps, then the net settles; holds accuracy past T = Qp) or 'constant' (every step)")

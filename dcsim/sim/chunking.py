@@ -7,8 +7,10 @@ steps the plan takes the k that minimises the expected wall time left,
 
     V(t) = min over k in 1..T-t of  c(k) + S(t + k) / S(t) * V(t + k),    V(T) = 0,
 
-c(k): the median wall time of the recent k-step calls, linear between the chunk sizes timed
-(PROBE_CHUNKS), extended past the largest by the last segment's slope; S(t): the share of the samples
+c(k): the median wall time of the recent k-step calls (the first call of each k, which sets up the
+conv library's kernels for that shape, is not counted), linear between the chunk sizes timed
+(PROBE_CHUNKS and any other size run), extended past the largest by the last segment's slope, and made
+non-decreasing in k (more steps never cost less; this absorbs timing noise); S(t): the share of the samples
 seen so far (for this T, readout and threshold) that run past step t, counting one extra sample that
 runs to T, so that no step looks certain to end a sample. Until each probe size has been timed
 PROBE_CALLS times the next untimed size that fits is run instead. The plan changes the time only,
@@ -37,6 +39,7 @@ class ChunkPlanner:
 
     def __init__(self) -> None:
         self._seconds: dict[int, deque[float]] = {}
+        self._cold: set[int] = set()  # chunk sizes whose first (uncounted) call has run
         self._exits: dict[Hashable, list[int]] = {}  # key -> samples that ended at step t (index t - 1)
         self._plans: dict[Hashable, tuple[int, list[int]]] = {}  # key -> (samples seen, k for each t)
 
@@ -50,7 +53,7 @@ class ChunkPlanner:
         seen = sum(exits)
         cached = self._plans.get(key)
         if cached is None or seen >= cached[0] + REPLAN_EVERY:
-            cached = (seen, self.plan(exits, [self.call_seconds(k) for k in range(1, steps + 1)]))
+            cached = (seen, self.plan(exits, self.costs(steps)))
             self._plans[key] = cached
         return min(cached[1][ran], left)
 
@@ -60,7 +63,10 @@ class ChunkPlanner:
         return None if cached is None else cached[1]
 
     def observe_call(self, k: int, seconds: float) -> None:
-        """Record the wall time of a k-step call of one row."""
+        """Record the wall time of a k-step call of one row (the first call of each k is not counted)."""
+        if k not in self._cold:
+            self._cold.add(k)
+            return
         self._seconds.setdefault(k, deque(maxlen=RECENT_CALLS)).append(seconds)
 
     def observe_exit(self, key: Hashable, steps: int, step: int) -> None:
@@ -68,7 +74,8 @@ class ChunkPlanner:
         self._exits.setdefault(key, [0] * steps)[step - 1] += 1
 
     def call_seconds(self, k: int) -> float:
-        """c(k): the timed sizes' medians, linear between them and past the largest (at least 0)."""
+        """c(k) before the running maximum: the timed sizes' medians, linear between them and past the largest
+        (at least 0)."""
         timed = sorted((j, statistics.median(s)) for j, s in self._seconds.items() if s)
         if not timed:
             raise RuntimeError("ChunkPlanner.call_seconds: no call timed yet")
@@ -78,6 +85,11 @@ class ChunkPlanner:
             if k <= j1 or j1 == timed[-1][0]:
                 return max(0.0, c0 + (c1 - c0) * (k - j0) / (j1 - j0))
         raise AssertionError("unreachable")
+
+    def costs(self, steps: int) -> list[float]:
+        """c(1), ..., c(steps) as :meth:`call_seconds` gives them, made non-decreasing (a running maximum)."""
+        out = [self.call_seconds(k) for k in range(1, steps + 1)]
+        return list(itertools.accumulate(out, max))
 
     @staticmethod
     def plan(exits: list[int], cost: list[float]) -> list[int]:

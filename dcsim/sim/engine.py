@@ -86,7 +86,9 @@ class Engine:
 
     backend: "native" (dcsim._core kernels, CPU or CUDA) or "reference" (plain PyTorch).
     device:  where to run; default: where the network's tensors are.
-    channels_last: keep 4-D values in the channels_last layout (same results; often faster convs).
+    channels_last: keep 4-D values in the channels_last layout (often faster convs). oneDNN sums a
+             channels_last conv in another order, so on trained networks a few spikes differ from the
+             default layout's (float rounding; equal on exactly representable networks, tests/test_engine.py).
     precision: how convs and linears compute the currents. "fp32" (default): full float32, also on
              GPUs (PyTorch's TF32 default is off). "tf32": GPU convs and matmuls in TensorFloat-32
              (on the CPU as fp32). "bf16" / "fp16": inputs and weights in bfloat16 / float16 and each
