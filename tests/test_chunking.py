@@ -92,6 +92,22 @@ def test_call_costs_are_interpolated_and_probed_first():
     assert planner.next_chunk(key, 4, 0) == 1
 
 
+def test_the_plan_is_solved_again_once_a_new_chunk_size_is_timed():
+    """A plan made while only 1- and 2-step calls were timed (c(k) = k: ties go to 1 step) must not outlive
+    the timing of a cheap 4-step call (found in dcsim bench at batch 1, where such a plan held for 16 samples)."""
+    planner = ChunkPlanner()
+    key = ("no DC",)
+    for k in (1, 2):
+        for _ in range(PROBE_CALLS + 1):
+            planner.observe_call(k, float(k))
+    assert planner.next_chunk(key, 4, 3) == 1  # 4 does not fit in the step left: the plan is made without it
+    assert planner.plan_for(key) == [1, 1, 1, 1]
+    planner.observe_exit(key, 4, 4)
+    for _ in range(PROBE_CALLS + 1):
+        planner.observe_call(4, 1.0)
+    assert planner.next_chunk(key, 4, 0) == 4  # a 4-step call costs what a 1-step one does: one call
+
+
 def test_steps_per_call_parses_auto():
     assert steps_per_call("auto") is None and steps_per_call("3") == 3
     with pytest.raises(ValueError):

@@ -31,7 +31,8 @@ PROBE_CALLS = 2
 RECENT_CALLS = 16
 """Calls per chunk size whose median is c(k)."""
 REPLAN_EVERY = 16
-"""Samples between two solutions of V (the exit counts move slowly; solving costs O(T^2))."""
+"""Most samples between two solutions of V (solving costs O(T^2)): V is solved again once the samples seen
+have doubled (at first) or grown by this many, and whenever a chunk size is timed for the first time."""
 
 
 class ChunkPlanner:
@@ -41,7 +42,7 @@ class ChunkPlanner:
         self._seconds: dict[int, deque[float]] = {}
         self._cold: set[int] = set()  # chunk sizes whose first (uncounted) call has run
         self._exits: dict[Hashable, list[int]] = {}  # key -> samples that ended at step t (index t - 1)
-        self._plans: dict[Hashable, tuple[int, list[int]]] = {}  # key -> (samples seen, k for each t)
+        self._plans: dict[Hashable, tuple[int, int, list[int]]] = {}  # key -> (samples seen, sizes timed, plan)
 
     def next_chunk(self, key: Hashable, steps: int, ran: int) -> int:
         """Steps for the next call of a lone sample that has run ``ran`` of ``steps`` (1 <= result <= steps - ran)."""
@@ -52,15 +53,16 @@ class ChunkPlanner:
         exits = self._exits.setdefault(key, [0] * steps)
         seen = sum(exits)
         cached = self._plans.get(key)
-        if cached is None or seen >= cached[0] + REPLAN_EVERY:
-            cached = (seen, self.plan(exits, self.costs(steps)))
+        sizes = sum(1 for s in self._seconds.values() if s)
+        if cached is None or sizes != cached[1] or seen >= cached[0] + min(REPLAN_EVERY, max(cached[0], 1)):
+            cached = (seen, sizes, self.plan(exits, self.costs(steps)))
             self._plans[key] = cached
-        return min(cached[1][ran], left)
+        return min(cached[2][ran], left)
 
     def plan_for(self, key: Hashable) -> list[int] | None:
         """The latest plan of run ``key`` (the chunk for each number of steps run), None before there is one."""
         cached = self._plans.get(key)
-        return None if cached is None else cached[1]
+        return None if cached is None else cached[2]
 
     def observe_call(self, k: int, seconds: float) -> None:
         """Record the wall time of a k-step call of one row (the first call of each k is not counted)."""
