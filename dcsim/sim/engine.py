@@ -644,7 +644,10 @@ class Engine:
                 ran += k
                 exited = rec.exited.bool() & alive  # [k, n]: first exits of rows still running
                 done = exited.any(dim=0)
-                if bool(done.any()):
+                any_done = bool(done.any())  # a host sync
+                if lone:  # the call's time without the exit's bookkeeping, which every sample pays once
+                    self._chunks.observe_call(k, time.perf_counter() - t0)
+                if any_done:
                     rows = torch.nonzero(done).squeeze(1)
                     first = exited[:, rows].to(torch.uint8).argmax(dim=0)  # first exit step in the chunk
                     ids = state.ids[rows]
@@ -658,8 +661,6 @@ class Engine:
                 n_alive = int(alive.sum())  # a host sync: the step's time is known now
                 step_seconds = (time.perf_counter() - t0) / k
                 finished = state.n - n_alive
-                if lone:
-                    self._chunks.observe_call(k, step_seconds * k)
                 if finished == state.n:
                     if lone:
                         self._chunks.observe_exit((steps, readout, threshold), steps, int(exit_step[lo]))
