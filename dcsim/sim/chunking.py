@@ -13,7 +13,9 @@ conv library's kernels for that shape, is not counted), linear between the chunk
 non-decreasing in k (more steps never cost less; this absorbs timing noise); S(t): the share of the samples
 seen so far (for this T, readout and threshold) that run past step t, counting one extra sample that
 runs to T, so that no step looks certain to end a sample. Until each probe size has been timed
-PROBE_CALLS times the next untimed size that fits is run instead. The plan changes the time only,
+PROBE_CALLS times the next untimed size that fits is run instead; larger sizes are timed when the plan
+first runs them (on costs extended from the probes), so a run whose samples stop early never pays for a
+long call it would not choose. The plan changes the time only,
 never the results: exits are decided per step whatever the chunk (see :meth:`Engine.advance`).
 """
 
@@ -24,8 +26,8 @@ import statistics
 from collections import deque
 from collections.abc import Hashable
 
-PROBE_CHUNKS = (1, 2, 4, 8, 16)
-"""Chunk sizes timed before the plan is trusted (those below T, and T itself)."""
+PROBE_CHUNKS = (1, 2, 4)
+"""Chunk sizes timed before the plan is used (those up to T)."""
 PROBE_CALLS = 2
 """Timed calls per probe size before the plan is used."""
 RECENT_CALLS = 16
@@ -47,7 +49,7 @@ class ChunkPlanner:
     def next_chunk(self, key: Hashable, steps: int, ran: int) -> int:
         """Steps for the next call of a lone sample that has run ``ran`` of ``steps`` (1 <= result <= steps - ran)."""
         left = steps - ran
-        for k in (*(p for p in PROBE_CHUNKS if p < steps), steps):
+        for k in PROBE_CHUNKS:
             if k <= left and len(self._seconds.get(k, ())) < PROBE_CALLS:
                 return k
         exits = self._exits.setdefault(key, [0] * steps)
