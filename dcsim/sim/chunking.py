@@ -41,7 +41,7 @@ class ChunkPlanner:
     """The plan above for one engine: call times shared by every run, exit counts per (T, readout, threshold)."""
 
     def __init__(self) -> None:
-        self._seconds: dict[int, deque[float]] = {}
+        self._seconds: dict[int, deque[float]] = {}  # k -> recent counted call times (never empty)
         self._cold: set[int] = set()  # chunk sizes whose first (uncounted) call has run
         self._exits: dict[Hashable, list[int]] = {}  # key -> samples that ended at step t (index t - 1)
         self._plans: dict[Hashable, tuple[int, int, list[int]]] = {}  # key -> (samples seen, sizes timed, plan)
@@ -55,7 +55,7 @@ class ChunkPlanner:
         exits = self._exits.setdefault(key, [0] * steps)
         seen = sum(exits)
         cached = self._plans.get(key)
-        sizes = sum(1 for s in self._seconds.values() if s)
+        sizes = len(self._seconds)
         if cached is None or sizes != cached[1] or seen >= cached[0] + min(REPLAN_EVERY, max(cached[0], 1)):
             cached = (seen, sizes, self.plan(exits, self.costs(steps)))
             self._plans[key] = cached
@@ -80,7 +80,7 @@ class ChunkPlanner:
     def call_seconds(self, k: int) -> float:
         """c(k) before the running maximum: the timed sizes' medians, linear between them and past the largest
         (at least 0)."""
-        timed = sorted((j, statistics.median(s)) for j, s in self._seconds.items() if s)
+        timed = sorted((j, statistics.median(s)) for j, s in self._seconds.items())
         if not timed:
             raise RuntimeError("ChunkPlanner.call_seconds: no call timed yet")
         if len(timed) == 1:

@@ -634,9 +634,10 @@ class Engine:
             alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
             ran = 0
             lone = chunk is None and state.n == 1  # planned steps per call (dcsim.sim.chunking)
+            plan_key = (steps, readout, threshold)
             while state.n:
                 if lone:
-                    k = self._chunks.next_chunk((steps, readout, threshold), steps, ran)
+                    k = self._chunks.next_chunk(plan_key, steps, ran)
                 else:
                     k = min(self.steps_at_once(chunk or 1, state.n), steps - ran)
                 t0 = time.perf_counter()
@@ -663,7 +664,7 @@ class Engine:
                 finished = state.n - n_alive
                 if finished == state.n:
                     if lone:
-                        self._chunks.observe_exit((steps, readout, threshold), steps, int(exit_step[lo]))
+                        self._chunks.observe_exit(plan_key, steps, int(exit_step[lo]))
                     break
                 if cost_model and finished:
                     keep, moved = _fill_holes(alive, n_alive)
