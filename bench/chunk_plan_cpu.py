@@ -59,8 +59,8 @@ def main() -> None:
                   f"{same['median'] / saving:.2f} [{same['min'] / saving:.2f}-{same['max'] / saving:.2f}] | "
                   f"{fast['median'] / saving:.2f} [{fast['min'] / saving:.2f}-{fast['max'] / saving:.2f}] |")  # fmt: skip
         key = (case.steps, case.readout, case.threshold)
-        print("plan (DC, chunk per step run so far):", engine._chunks.plan_for(key))
-        print("call ms:", {k: round(1000 * engine._chunks.call_seconds(k), 2) for k in (1, 2, 4, 8, 16, case.steps)
+        print("plan (DC, chunk per step run so far):", engine.chunk_planner.plan_for(key))
+        print("call ms:", {k: round(1000 * engine.chunk_planner.call_seconds(k), 2) for k in (1, 2, 4, 8, 16, case.steps)
                            if k <= case.steps})  # fmt: skip
 
 

@@ -131,4 +131,4 @@ def test_auto_chunk_gives_the_results_of_chunk_1(method):
         run = engine.early_exit(x, steps, readout, th, batch_size=batch_size, chunk=None)
         for f in ("pred", "exit_step", "conf", "spikes"):
             assert torch.equal(getattr(run, f), getattr(ref, f)), (batch_size, f)
-    assert len(engine._chunks._seconds) >= 2  # batch 1 ran under the plan, probing chunk sizes
+    assert len(engine.chunk_planner._seconds) >= 2  # batch 1 ran under the plan, probing chunk sizes

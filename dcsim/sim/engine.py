@@ -171,7 +171,7 @@ class Engine:
                 self._spike_weights[i] = ops.pack_spike_conv_weight(node.weight)
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         self._compaction = CompactionCost()  # when compacting pays (early_exit on the CPU), measured as it runs
-        self._chunks = ChunkPlanner()  # steps per call of a lone sample (early_exit, chunk=None), measured as it runs
+        self.chunk_planner = ChunkPlanner()  # steps per call of a lone sample (early_exit, chunk=None), measured as it runs
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
         # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.
@@ -637,7 +637,7 @@ class Engine:
             plan_key = (steps, readout, threshold)
             while state.n:
                 if lone:
-                    k = self._chunks.next_chunk(plan_key, steps, ran)
+                    k = self.chunk_planner.next_chunk(plan_key, steps, ran)
                 else:
                     k = min(self.steps_at_once(chunk or 1, state.n), steps - ran)
                 t0 = time.perf_counter()
@@ -647,7 +647,7 @@ class Engine:
                 done = exited.any(dim=0)
                 any_done = bool(done.any())  # a host sync
                 if lone:  # the call's time without the exit's bookkeeping, which every sample pays once
-                    self._chunks.observe_call(k, time.perf_counter() - t0)
+                    self.chunk_planner.observe_call(k, time.perf_counter() - t0)
                 if any_done:
                     rows = torch.nonzero(done).squeeze(1)
                     first = exited[:, rows].to(torch.uint8).argmax(dim=0)  # first exit step in the chunk
@@ -664,7 +664,7 @@ class Engine:
                 finished = state.n - n_alive
                 if finished == state.n:
                     if lone:
-                        self._chunks.observe_exit(plan_key, steps, int(exit_step[lo]))
+                        self.chunk_planner.observe_exit(plan_key, steps, int(exit_step[lo]))
                     break
                 if cost_model and finished:
                     keep, moved = _fill_holes(alive, n_alive)
