@@ -171,7 +171,9 @@ class Engine:
                 self._spike_weights[i] = ops.pack_spike_conv_weight(node.weight)
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         self._compaction = CompactionCost()  # when compacting pays (early_exit on the CPU), measured as it runs
-        self.chunk_planner = ChunkPlanner()  # steps per call of a lone sample (early_exit, chunk=None), measured as it runs
+        self.chunk_planner = (
+            ChunkPlanner()
+        )  # steps per call of a lone sample (early_exit, chunk=None), measured as it runs
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
         # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.

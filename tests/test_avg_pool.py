@@ -1,0 +1,58 @@
+"""The 2x2 average pool of the CPU engine (dcsim.sim.network.avg_pool_2x2) against torch's F.avg_pool2d, bit for bit.
+
+Fresh random shapes (odd sizes included), magnitudes from 1e-30 to 1e30, spikes times per-channel thresholds,
+and the special values (-0.0, infinities, NaN, subnormals): every output's bits must equal torch's (a NaN
+must be a NaN; which NaN, of several in a window, sets the payload is left to the CPU's add)."""
+
+import torch
+import torch.nn.functional as F
+
+from dcsim.sim.network import POOL_VIEWS_MIN_ELEMENTS, AvgPool, avg_pool_2x2
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """t's bit patterns, with every NaN as one pattern."""
+    return torch.where(torch.isnan(t), float("nan"), t).contiguous().view(torch.int32)
+
+
+def _fresh(g: torch.Generator) -> torch.Tensor:
+    n, c = (int(v) for v in torch.randint(1, 9, (2,), generator=g))
+    h, w = (int(v) for v in torch.randint(2, 24, (2,), generator=g))
+    kind = int(torch.randint(0, 3, (1,), generator=g))
+    if kind == 0:  # float currents of any size
+        scale = 10.0 ** float(torch.randint(-30, 31, (1,), generator=g))
+        return torch.randn(n, c, h, w, generator=g) * scale
+    if kind == 1:  # spikes: 0 or the layer's per-channel threshold
+        theta = torch.rand(1, c, 1, 1, generator=g) * 4
+        return (torch.rand(n, c, h, w, generator=g) < 0.3).float() * theta
+    x = torch.randn(n, c, h, w, generator=g)  # special values sprinkled in
+    special = torch.tensor([-0.0, 0.0, float("inf"), -float("inf"), float("nan"), 1e-45, -1e-40, 3.4e38])
+    pick = torch.rand(n, c, h, w, generator=g) < 0.3
+    x[pick] = special[torch.randint(0, len(special), (int(pick.sum()),), generator=g)]
+    return x
+
+
+def test_avg_pool_2x2_equals_torch_bit_for_bit():
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))  # fresh inputs every run
+    for _ in range(300):
+        x = _fresh(g)
+        ours, ref = avg_pool_2x2(x), F.avg_pool2d(x, 2)
+        assert ours.shape == ref.shape and ours.is_contiguous()
+        assert torch.equal(_bits(ours), _bits(ref)), x.shape
+
+
+def test_a_window_of_negative_zeros_pools_to_positive_zero():
+    x = torch.full((2, 3, 4, 4), -0.0)
+    assert torch.equal(_bits(avg_pool_2x2(x)), _bits(F.avg_pool2d(x, 2)))
+    assert not torch.signbit(avg_pool_2x2(x)).any()
+
+
+def test_the_node_takes_the_strided_path_only_where_it_is_exact_and_pays():
+    pool = AvgPool("pool", (0,), (2, 2), (2, 2))
+    big = torch.randn(8, 16, 32, 32)
+    assert big.numel() >= POOL_VIEWS_MIN_ELEMENTS
+    assert torch.equal(_bits(pool.apply(big)), _bits(F.avg_pool2d(big, 2)))
+    cl = big.contiguous(memory_format=torch.channels_last)  # other layouts: torch's kernel
+    assert torch.equal(pool.apply(cl), F.avg_pool2d(cl, 2))
+    odd = AvgPool("pool", (0,), (3, 3), (2, 2), (1, 1), True)
+    assert torch.equal(odd.apply(big), F.avg_pool2d(big, 3, 2, 1, True))
