@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dcsim.sim import ops, reference
-from dcsim.sim.network import avg_pool_2x2
+from dcsim.sim.ops import avg_pool_2x2
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SIZES = [(1, 4096), (1, 65536), (32, 65536), (256, 16384)] + ([(256, 262144)] if DEVICE.type == "cuda" else [])
@@ -83,7 +83,7 @@ def test_output_step(benchmark, n, k):
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="the strided 2x2 pool is the CPU path")
 @pytest.mark.parametrize("shape", [(32, 16, 32, 32), (32, 96, 32, 32), (256, 32, 16, 16), (2, 16, 32, 32)])
 def test_avg_pool_2x2(benchmark, shape):
-    """The engine's 2x2 average pool of spikes (three strided adds) against torch's F.avg_pool2d (NCHW)."""
+    """The engine's 2x2 average pool of spikes (kernel 5) against torch's F.avg_pool2d (NCHW)."""
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(shape, generator=g) < 0.17).float()  # a trained network's firing rate
     benchmark.group = "avg_pool_2x2"

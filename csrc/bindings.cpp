@@ -13,6 +13,7 @@
 #include "neuron_step.h"
 #include "output_step.h"
 #include "spike_conv.h"
+#include "avg_pool.h"
 
 namespace py = pybind11;
 
@@ -102,6 +103,13 @@ void spike_conv(int64_t n, int64_t h, int64_t w, int64_t cin, int64_t oh, int64_
   dcsim::spike_conv_cpu(a, threads, simd);
 }
 
+// x [planes, h, w], out [planes, h / 2, w / 2]; CPU only.
+void avg_pool_2x2(int64_t planes, int64_t h, int64_t w, uintptr_t x, uintptr_t out, int threads) {
+  const dcsim::AvgPoolArgs a{planes, h, w, ptr<const float>(x), ptr<float>(out)};
+  py::gil_scoped_release release;
+  dcsim::avg_pool_2x2_cpu(a, threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, mod) {
@@ -116,4 +124,5 @@ PYBIND11_MODULE(_core, mod) {
   mod.def("output_step", &output_step, "Fused output accumulate/score/exit step (kernel 2).");
   mod.def("gather_rows", &gather_rows, "Row gather of many state tensors (kernel 3, compaction).");
   mod.def("spike_conv", &spike_conv, "Event-driven convolution of spike maps (kernel 4, CPU).");
+  mod.def("avg_pool_2x2", &avg_pool_2x2, "2x2, stride-2 average pooling of NCHW planes (kernel 5, CPU).");
 }

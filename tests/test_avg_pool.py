@@ -1,13 +1,16 @@
-"""The 2x2 average pool of the CPU engine (dcsim.sim.network.avg_pool_2x2) against torch's F.avg_pool2d, bit for bit.
+"""The 2x2 average pool of the CPU engine (kernel 5, dcsim.ops.avg_pool_2x2) against its reference, torch's
+F.avg_pool2d (dcsim.reference.avg_pool_2x2), bit for bit.
 
 Fresh random shapes (odd sizes included), magnitudes from 1e-30 to 1e30, spikes times per-channel thresholds,
 and the special values (-0.0, infinities, NaN, subnormals): every output's bits must equal torch's (a NaN
 must be a NaN; which NaN, of several in a window, sets the payload is left to the CPU's add)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from dcsim.sim.network import POOL_VIEWS_MIN_ELEMENTS, AvgPool, avg_pool_2x2
+from dcsim.sim import ops, reference
+from dcsim.sim.network import POOL_NATIVE_MIN_ELEMENTS, AvgPool
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -17,7 +20,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 def _fresh(g: torch.Generator) -> torch.Tensor:
     n, c = (int(v) for v in torch.randint(1, 9, (2,), generator=g))
-    h, w = (int(v) for v in torch.randint(2, 24, (2,), generator=g))
+    h, w = (int(v) for v in torch.randint(2, 40, (2,), generator=g))
     kind = int(torch.randint(0, 3, (1,), generator=g))
     if kind == 0:  # float currents of any size
         scale = 10.0 ** float(torch.randint(-30, 31, (1,), generator=g))
@@ -32,25 +35,44 @@ def _fresh(g: torch.Generator) -> torch.Tensor:
     return x
 
 
-def test_avg_pool_2x2_equals_torch_bit_for_bit():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_avg_pool_2x2_equals_torch_bit_for_bit(threads):
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))  # fresh inputs every run
-    for _ in range(300):
-        x = _fresh(g)
-        ours, ref = avg_pool_2x2(x), F.avg_pool2d(x, 2)
-        assert ours.shape == ref.shape and ours.is_contiguous()
-        assert torch.equal(_bits(ours), _bits(ref)), x.shape
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(300):
+            x = _fresh(g)
+            if int(torch.randint(0, 4, (1,), generator=g)) == 0:  # now and then a big one (threads split rows)
+                x = torch.randn(64, 8, 32, 32, generator=g)
+            ours, ref = ops.avg_pool_2x2(x), reference.avg_pool_2x2(x)
+            assert ours.shape == ref.shape and ours.is_contiguous()
+            assert torch.equal(_bits(ours), _bits(ref)), x.shape
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_window_of_negative_zeros_pools_to_positive_zero():
     x = torch.full((2, 3, 4, 4), -0.0)
-    assert torch.equal(_bits(avg_pool_2x2(x)), _bits(F.avg_pool2d(x, 2)))
-    assert not torch.signbit(avg_pool_2x2(x)).any()
+    assert torch.equal(_bits(ops.avg_pool_2x2(x)), _bits(F.avg_pool2d(x, 2)))
+    assert not torch.signbit(ops.avg_pool_2x2(x)).any()
 
 
-def test_the_node_takes_the_strided_path_only_where_it_is_exact_and_pays():
+def test_bad_inputs_are_refused_naming_x():
+    for bad, what in (
+        (torch.zeros(2, 3, 4, 4, dtype=torch.float64), "dtype"),
+        (torch.zeros(2, 3, 4), "shape"),
+        (torch.zeros(2, 3, 4, 4).transpose(2, 3), "contiguous"),
+    ):
+        with pytest.raises((TypeError, ValueError), match="x must"):
+            ops.avg_pool_2x2(bad)
+        del what
+
+
+def test_the_node_takes_the_native_path_where_it_is_exact():
     pool = AvgPool("pool", (0,), (2, 2), (2, 2))
     big = torch.randn(8, 16, 32, 32)
-    assert big.numel() >= POOL_VIEWS_MIN_ELEMENTS
+    assert big.numel() >= POOL_NATIVE_MIN_ELEMENTS
     assert torch.equal(_bits(pool.apply(big)), _bits(F.avg_pool2d(big, 2)))
     cl = big.contiguous(memory_format=torch.channels_last)  # other layouts: torch's kernel
     assert torch.equal(pool.apply(cl), F.avg_pool2d(cl, 2))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_int
+from . import ops
 from .semantics import Semantics
 
 CPU_MIN_ROWS = {"conv": 2, "linear": 16}
@@ -40,22 +41,10 @@ def _at_least(x: torch.Tensor, rows: int) -> torch.Tensor:
     return padded
 
 
-POOL_VIEWS_MIN_ELEMENTS = 1 << 16
-"""Input elements from which a 2x2, stride-2 average pool of a contiguous CPU tensor runs as :func:`avg_pool_2x2`:
-torch's CPU kernel for the NCHW layout was 2-4x slower at 32 samples (PyTorch 2.13, the 2-core Intel Xeon, 2 threads:
-557 against 192 us for [32, 16, 32, 32]); below it, the three adds' overheads lose."""
-
-
-def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """``F.avg_pool2d(x, 2)`` of x float32 [N, C, H, W] (a trailing odd row or column dropped), bit for bit, as
-    three strided adds: the window's values are summed in the order of torch's CPU kernel, from +0, so that
-    ((0 + x00 + x01) + x10) + x11, then divided by 4 (of a window holding several NaNs, which one's payload the
-    result carries may differ). Returns a new contiguous tensor [N, C, H // 2, W // 2]."""
-    h, w = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
-    s = x[:, :, 0:h:2, 0:w:2] + x[:, :, 0:h:2, 1:w:2]
-    s += x[:, :, 1:h:2, 0:w:2]
-    s += x[:, :, 1:h:2, 1:w:2]
-    return s.div_(4).add_(0.0)  # + 0: a window of four -0.0 gives +0.0, as torch's sum from +0 does
+POOL_NATIVE_MIN_ELEMENTS = 1 << 12
+"""Input elements from which a 2x2, stride-2 average pool of a contiguous float32 CPU tensor runs as the native
+:func:`dcsim.sim.ops.avg_pool_2x2` (same bits as torch's; torch's CPU kernel for the NCHW layout was 2-5x slower
+at 32 samples, PyTorch 2.13 on the 2-core Intel Xeon); below it, torch's call costs no more."""
 
 
 @dataclass(frozen=True)
@@ -147,9 +136,10 @@ class AvgPool(Node):
             and x.dtype == torch.float32
             and x.dim() == 4
             and x.is_contiguous()
-            and x.numel() >= POOL_VIEWS_MIN_ELEMENTS
+            and x.numel() >= POOL_NATIVE_MIN_ELEMENTS
+            and ops.backends()
         ):
-            return avg_pool_2x2(x)
+            return ops.avg_pool_2x2(x)
         return F.avg_pool2d(x, self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
 
 

@@ -372,3 +372,27 @@ def spike_conv2d(
         bool(simd),
     )
     return out
+
+
+def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """2x2, stride-2 average pooling (kernel 5, CPU): ``F.avg_pool2d(x, 2)`` bit for bit (each window summed from
+    +0 in torch's order, then divided by 4; of a window holding several NaNs, which payload the result carries
+    may differ), reading each input once. See dcsim.reference.avg_pool_2x2.
+
+    x: float32 [N, C, H, W], contiguous, on the CPU (a trailing odd row or column is dropped). Returns a new
+    contiguous float32 [N, C, H // 2, W // 2].
+    """
+    device = _tensor("x", x).device
+    if device.type != "cpu":
+        raise ValueError(f"avg_pool_2x2 runs on the CPU, got x on {device}")
+    _check("x", x, torch.float32, device)
+    if x.dim() != 4 or not x.is_contiguous():
+        raise ValueError(
+            f"x must be a contiguous [N, C, H, W] tensor, got shape {tuple(x.shape)}, strides {x.stride()}"
+        )
+    n, c, h, w = x.shape
+    out = torch.empty((n, c, h // 2, w // 2), dtype=torch.float32)
+    if out.numel():
+        _, _, threads = _launch(device, x.numel())
+        _core().avg_pool_2x2(n * c, h, w, x.data_ptr(), out.data_ptr(), threads)
+    return out

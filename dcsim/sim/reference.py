@@ -130,3 +130,8 @@ def spike_conv2d(
 ) -> torch.Tensor:
     """Convolution of x float32 [n, Cin, H, W] with weights packed as [kh, kw, Cin, Cout] (a dense conv)."""
     return F.conv2d(x, packed.permute(3, 2, 0, 1), bias, stride, padding)
+
+
+def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """The reference of :func:`dcsim.ops.avg_pool_2x2`: torch's ``F.avg_pool2d(x, 2)``."""
+    return F.avg_pool2d(x, 2)
