@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from dcsim.sim import ops, reference
-from dcsim.sim.network import POOL_NATIVE_MIN_ELEMENTS, AvgPool
+from dcsim.sim.engine import POOL_KERNEL_MIN_ELEMENTS, Engine
+from dcsim.sim.network import AvgPool, Input, SpikingNetwork
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -69,12 +70,24 @@ def test_bad_inputs_are_refused_naming_x():
         del what
 
 
-def test_the_node_takes_the_native_path_where_it_is_exact():
-    pool = AvgPool("pool", (0,), (2, 2), (2, 2))
+def test_the_native_engine_pools_in_kernel_5_where_it_applies(monkeypatch):
+    """The native engine sends a 2x2 pool of a large contiguous value to kernel 5 and every other pool to torch;
+    the reference engine never calls the kernel; both give torch's bits."""
+    calls = []
+    kernel = ops.avg_pool_2x2
+    monkeypatch.setattr(ops, "avg_pool_2x2", lambda x: calls.append(x.shape) or kernel(x))
+    assert AvgPool("p", (0,), (2, 2), (2, 2)).is_2x2 and not AvgPool("p", (0,), (3, 3), (2, 2), (1, 1), True).is_2x2
     big = torch.randn(8, 16, 32, 32)
-    assert big.numel() >= POOL_NATIVE_MIN_ELEMENTS
-    assert torch.equal(_bits(pool.apply(big)), _bits(F.avg_pool2d(big, 2)))
-    cl = big.contiguous(memory_format=torch.channels_last)  # other layouts: torch's kernel
-    assert torch.equal(pool.apply(cl), F.avg_pool2d(cl, 2))
-    odd = AvgPool("pool", (0,), (3, 3), (2, 2), (1, 1), True)
-    assert torch.equal(odd.apply(big), F.avg_pool2d(big, 3, 2, 1, True))
+    assert big.numel() >= POOL_KERNEL_MIN_ELEMENTS
+    for pool, x, native in (
+        (AvgPool("p", (0,), (2, 2), (2, 2)), big, True),
+        (AvgPool("p", (0,), (2, 2), (2, 2)), big.contiguous(memory_format=torch.channels_last), False),
+        (AvgPool("p", (0,), (2, 2), (2, 2)), big[:, :, :4, :4].contiguous(), False),  # below the size
+        (AvgPool("p", (0,), (3, 3), (2, 2), (1, 1), True), big, False),
+    ):
+        net = SpikingNetwork([Input("x", ()), pool], bits=2, method="qcfs")
+        for backend, expect in (("native", native), ("reference", False)):
+            calls.clear()
+            out = Engine(net, backend=backend)._apply(pool, x)
+            assert bool(calls) == expect, (backend, pool, x.shape)
+            assert torch.equal(_bits(out), _bits(pool.apply(x)))

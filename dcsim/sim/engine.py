@@ -29,11 +29,15 @@ from . import ops, reference, sops
 from .chunking import ChunkPlanner
 from .compaction import CompactionCost
 from .graphs import StaticExit
-from .network import CPU_MIN_ROWS, Conv, Input, Linear, Neuron, Node, SpikingNetwork
+from .network import CPU_MIN_ROWS, AvgPool, Conv, Input, Linear, Neuron, Node, SpikingNetwork
 from .readout import Readout
 from .state import BatchState, ExitResult, Simulation, StepRecord
 
 BACKENDS: dict[str, ModuleType] = {"native": ops, "reference": reference}
+POOL_KERNEL_MIN_ELEMENTS = 1 << 12
+"""Input elements from which a 2x2 average pool of a contiguous CPU value runs as kernel 5 (``kernels.avg_pool_2x2``:
+torch's bits; torch's CPU kernel for the NCHW layout was about as fast at 4,096 elements and 5-20x slower from
+32,768, PyTorch 2.13 on the 2-core Intel Xeon). The reference backend's twin is torch's ``avg_pool2d``."""
 MAX_STATIC_EXITS = 8
 """Captured runners an engine keeps (one per batch shape, T, readout, threshold, chunk); oldest dropped."""
 PRECISIONS: dict[str, torch.dtype] = {
@@ -171,9 +175,7 @@ class Engine:
                 self._spike_weights[i] = ops.pack_spike_conv_weight(node.weight)
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         self._compaction = CompactionCost()  # when compacting pays (early_exit on the CPU), measured as it runs
-        self.chunk_planner = (
-            ChunkPlanner()
-        )  # steps per call of a lone sample (early_exit, chunk=None), measured as it runs
+        self.chunk_planner = ChunkPlanner()  # a lone sample's steps per call (early_exit, chunk=None)
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
         # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.
@@ -199,7 +201,13 @@ class Engine:
         return replace(node, weight=self._layout(node.weight).to(self._dtype), bias=bias)
 
     def _apply(self, node: Node, *inputs: torch.Tensor) -> torch.Tensor:
-        """node's float32 output for float32 inputs; convs and linears compute in the engine's dtype."""
+        """node's float32 output for float32 inputs; convs and linears compute in the engine's dtype, 2x2 average
+        pools of large contiguous CPU values in kernel 5 (torch's bits, see POOL_KERNEL_MIN_ELEMENTS)."""
+        if isinstance(node, AvgPool) and node.is_2x2:
+            x = inputs[0]
+            if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() and x.numel() >= POOL_KERNEL_MIN_ELEMENTS:
+                pooled: torch.Tensor = self.kernels.avg_pool_2x2(x)
+                return pooled
         if self._dtype == torch.float32 or not isinstance(node, (Conv, Linear)):
             return node.apply(*inputs)
         return node.apply(*(v.to(self._dtype) for v in inputs)).float()

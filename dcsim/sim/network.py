@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_int
-from . import ops
 from .semantics import Semantics
 
 CPU_MIN_ROWS = {"conv": 2, "linear": 16}
@@ -39,12 +38,6 @@ def _at_least(x: torch.Tensor, rows: int) -> torch.Tensor:
         padded = padded.contiguous(memory_format=torch.channels_last)
     padded[:n] = x
     return padded
-
-
-POOL_NATIVE_MIN_ELEMENTS = 1 << 12
-"""Input elements from which a 2x2, stride-2 average pool of a contiguous float32 CPU tensor runs as the native
-:func:`dcsim.sim.ops.avg_pool_2x2` (same bits as torch's; torch's CPU kernel for the NCHW layout was 2-5x slower
-at 32 samples, PyTorch 2.13 on the 2-core Intel Xeon); below it, torch's call costs no more."""
 
 
 @dataclass(frozen=True)
@@ -125,22 +118,20 @@ class AvgPool(Node):
     ceil_mode: bool = False
     count_include_pad: bool = True
 
-    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
-        x = self._one(xs)
-        if (
+    @property
+    def is_2x2(self) -> bool:
+        """A 2x2 kernel at stride 2 without padding, in floor mode: the pool :func:`dcsim.ops.avg_pool_2x2` computes."""
+        return (
             tuple(self.kernel) == (2, 2)
             and tuple(self.stride) == (2, 2)
             and tuple(self.padding) == (0, 0)
             and not self.ceil_mode
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and x.dim() == 4
-            and x.is_contiguous()
-            and x.numel() >= POOL_NATIVE_MIN_ELEMENTS
-            and ops.backends()
-        ):
-            return ops.avg_pool_2x2(x)
-        return F.avg_pool2d(x, self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+        )
+
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(
+            self._one(xs), self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad
+        )
 
 
 @dataclass(frozen=True)
