@@ -109,6 +109,11 @@ def test_reproduce_lsq_variant_from_a_stored_float_stage(tmp_path):
     assert second["epochs"][1] != first["epochs"][1]  # another LSQ stage
     assert "the float stage (1 epoch, " in (tmp_path / "b" / "report.md").read_text()
     assert "was read from" not in (tmp_path / "a" / "report.md").read_text()
+    assert "bn_reestimate" not in first and "Batch-norm" not in (tmp_path / "a" / "report.md").read_text()
+    assert main([*argv, "--clip-mix", "0.5", "--bn-reestimate", "--out", str(tmp_path / "c")]) == EXIT_OK
+    third = json.loads((tmp_path / "c" / "report.json").read_text())["training"]  # the same float stage
+    assert third["float_stage"]["read"] and set(third["bn_reestimate"]) == {"val_before", "val_after", "seconds"}
+    assert "Batch-norm statistics re-estimated after the LSQ stage" in (tmp_path / "c" / "report.md").read_text()
 
 
 def test_untrained_reason():

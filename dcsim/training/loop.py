@@ -75,6 +75,11 @@ class TrainConfig:
     draws are seeded per epoch. 0 (the default): every image quantized.
     clip_mix_epochs: the mix covers only the last this many LSQ epochs (1 to ``epochs``), the earlier
     ones quantize every image; None (the default): every LSQ epoch. Needs ``clip_mix`` > 0.
+    bn_reestimate: after the LSQ stage, set every batch norm's running mean and variance afresh from one
+    pass over the training split through the chosen (best) network, quantized with no clip mix, under the
+    training augmentation (see :func:`reestimate_batch_norm`): the running statistics of a mixed LSQ stage
+    are those of a forward pass in which some images took the clip, not those of the quantized network
+    that is kept. Needs ``epochs`` >= 1.
     """
 
     epochs: int = 60
@@ -95,6 +100,7 @@ class TrainConfig:
     distill: float = 0.0
     clip_mix: float = 0.0
     clip_mix_epochs: int | None = None
+    bn_reestimate: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "float_epochs", "batch_size"):
@@ -128,11 +134,21 @@ class TrainConfig:
                 raise ValueError("clip_mix_epochs needs clip_mix > 0")
             if self.clip_mix_epochs > self.epochs:
                 raise ValueError(f"clip_mix_epochs ({self.clip_mix_epochs}) exceeds the LSQ epochs ({self.epochs})")
+        if self.bn_reestimate and self.epochs < 1:
+            raise ValueError("bn_reestimate needs epochs >= 1: it follows the LSQ stage")
         if self.distill and self.float_epochs < 1:
             raise ValueError("distill needs float_epochs >= 1: the teacher is the network the float stage trains")
 
 
-LSQ_STAGE_FIELDS = ("epochs", "lsq_lr", "lsq_label_smoothing", "distill", "clip_mix", "clip_mix_epochs")
+LSQ_STAGE_FIELDS = (
+    "epochs",
+    "lsq_lr",
+    "lsq_label_smoothing",
+    "distill",
+    "clip_mix",
+    "clip_mix_epochs",
+    "bn_reestimate",
+)
 """The TrainConfig fields the float stage does not read: runs that differ only in these share a float stage."""
 
 
@@ -536,7 +552,8 @@ def train(
     (model, optimizer momentum, progress) and training resumes from it when present.
     With ``time_limit_s``, training stops after the first epoch that ends past the limit.
     Returns the history: {"epochs": [{"epoch", "phase", "loss", "train_acc", "val_acc", "lr",
-    "seconds", "elapsed_s"}], "best_val_acc", "config", "completed", "planned_epochs"}; "seconds"
+    "seconds", "elapsed_s"}], "best_val_acc", "config", "completed", "planned_epochs"} (and
+    "bn_reestimate": {"val_before", "val_after", "seconds"} with ``config.bn_reestimate``); "seconds"
     is the epoch's wall time (training and validation), "elapsed_s" the sum so far; a resumed run
     adds "resumed_at_epochs" (the epochs completed at each resume).
     parallel: training on several ranks (see dcsim.distributed.DataParallel): every rank draws the
@@ -683,9 +700,58 @@ def train(
     set_clip_mix(model, 0.0)
     if best is not None:
         model.load_state_dict(best)
+    if config.bn_reestimate and best is not None and history["completed"]:
+        t0 = time.perf_counter()
+        reestimate_batch_norm(model, train_split, config.batch_size, augment=augment, seed=config.seed, epoch=total)
+        history["bn_reestimate"] = {
+            "val_before": history["best_val_acc"],
+            "val_after": split_accuracy(model, val_split),
+            "seconds": time.perf_counter() - t0,
+        }
+        if progress:
+            r = history["bn_reestimate"]
+            tqdm.write(
+                f"batch norm re-estimated: val {r['val_before']:.4f} -> {r['val_after']:.4f} ({r['seconds']:.1f} s)"
+            )
     _to_memory_format(model, torch.contiguous_format)
     model.eval()
     return history
+
+
+def reestimate_batch_norm(
+    model: nn.Module,
+    split: DeviceSplit | StreamedSplit,
+    batch_size: int,
+    *,
+    augment: Augment | None,
+    seed: int,
+    epoch: int,
+) -> None:
+    """Set every batch norm's running mean and variance of ``model`` afresh: the plain average over one
+    pass of ``split`` (seeded order, ``batch_size`` images a batch, the last partial batch dropped when there
+    is a whole one) of each batch's statistics, through the network as it stands (its quantization and clip
+    mix as set), under ``augment`` (a streamed split: its own transform). No parameter changes; every rank
+    of a parallel run makes the same whole pass, so all get the same statistics. Leaves ``model`` in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: every batch weighs the same
+    gen = torch.Generator().manual_seed(seed + 1)
+    perm = torch.randperm(len(split), generator=gen)
+    n_batches = len(perm) // batch_size if len(perm) >= batch_size else 1
+    model.train()
+    try:
+        with torch.no_grad():
+            for x, _, _ in split.epoch_batches(
+                perm, batch_size, n_batches, epoch=epoch, augment=augment, generator=gen
+            ):
+                model(x)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.eval()
 
 
 def milestones(history: dict[str, Any], levels: Sequence[float]) -> list[dict[str, Any]]:

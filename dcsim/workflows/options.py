@@ -83,6 +83,7 @@ class TrainOptions:
     distill: float = 0.0
     clip_mix: float = 0.0
     clip_mix_epochs: int | None = None
+    bn_reestimate: bool = False
     optimizer: str = "sgd"
     crop_padding: int = 4
     cutout: int = 0

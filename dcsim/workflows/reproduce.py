@@ -345,13 +345,24 @@ def _float_stage_note(training: dict) -> str:
     )
 
 
+def _bn_note(training: dict) -> str:
+    """' Batch-norm statistics re-estimated after the LSQ stage: validation X% -> Y%.' for a run with --bn-reestimate."""
+    r = training.get("bn_reestimate")
+    if not r:
+        return ""
+    return (
+        f" Batch-norm statistics re-estimated after the LSQ stage ({r['seconds']:.0f} s): validation accuracy "
+        f"{100 * r['val_before']:.2f}% -> {100 * r['val_after']:.2f}%."
+    )
+
+
 def _markdown(s: dict) -> str:
     name = NAMES.get(s["model"], s["model"])
     tr = s["training"]
     parts = [
         f"# dcsim reproduce: {name} ({_shape(s['arch_kwargs'])}) on {s['dataset']}\n\n",
         f"Device: {s['device']}. Whole run {s['seconds'] / 60:.1f} minutes; training {tr['seconds'] / 60:.1f} minutes "
-        f"({len(tr['epochs'])} epochs on {tr['train_images']} images, {tr['device']}){_float_stage_note(tr)}.\n\n",
+        f"({len(tr['epochs'])} epochs on {tr['train_images']} images, {tr['device']}){_float_stage_note(tr)}.{_bn_note(tr)}\n\n",
         "## Table 1 (test split; th_c selected on the validation split at zero tolerance)\n\n",
         _markdown_table1(s),
         "\nAll rows, with th_c, spikes and wall time (live early exit):\n\n",

@@ -153,7 +153,7 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
         "milestones": milestones(history, (0.5, 0.8, 0.9, 0.92, 0.93, 0.935)),
         "train_images": len(tr),
     }
-    for key in ("stopped", "resumed_at_epochs", "float_stage"):
+    for key in ("stopped", "resumed_at_epochs", "float_stage", "bn_reestimate"):
         if key in history:
             training[key] = history[key]
     meta = {
