@@ -15,6 +15,7 @@ from dcsim.sim.chunking import PROBE_CALLS, ChunkPlanner
 from dcsim.sim.engine import Engine
 from dcsim.sim.readout import Readout
 from dcsim.workflows.benchmark import mid_threshold
+from dcsim.workflows.dynamic_confidence import evaluate_live
 from dcsim.workflows.options import steps_per_call
 
 
@@ -132,3 +133,27 @@ def test_auto_chunk_gives_the_results_of_chunk_1(method):
         for f in ("pred", "exit_step", "conf", "spikes"):
             assert torch.equal(getattr(run, f), getattr(ref, f)), (batch_size, f)
     assert len(engine.chunk_planner._seconds) >= 2  # batch 1 ran under the plan, probing chunk sizes
+
+
+def test_exits_unrecorded_skips_exits_not_call_times():
+    planner, key = ChunkPlanner(), (4, "readout", 0.5)
+    planner.observe_exit(key, 4, 2)
+    with planner.exits_unrecorded():
+        planner.observe_exit(key, 4, 3)
+        for _ in range(2):
+            planner.observe_call(1, 1.0)
+    planner.observe_exit(key, 4, 4)
+    assert planner.samples_seen(key) == 2 and planner.samples_seen("other") == 0
+    assert len(planner._seconds[1]) == 1  # the first call sets up; the second counts, inside or not
+
+
+def test_live_eval_counts_the_data_exits_only():
+    """evaluate_live's warm-up on a zero image at batch 1 leaves no exit in the plan's counts."""
+    model = build_model("small_cnn", num_classes=10, width=8).train()
+    with torch.no_grad():
+        model(torch.randn(64, 3, 32, 32))
+    engine = Engine(convert(model.eval(), method="qffs"))
+    readout = Readout.paper("qffs", engine.net.bits, 4)
+    x = torch.randn(6, 3, 32, 32)
+    evaluate_live(engine, x, torch.zeros(6, dtype=torch.int64), 4, readout, 0.5, batch_size=1)
+    assert engine.chunk_planner.samples_seen((4, readout, 0.5)) == 6

@@ -21,10 +21,11 @@ never the results: exits are decided per step whatever the chunk (see :meth:`Eng
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import statistics
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 
 PROBE_CHUNKS = (1, 2, 4)
 """Chunk sizes timed before the plan is used (those up to T)."""
@@ -45,6 +46,7 @@ class ChunkPlanner:
         self._cold: set[int] = set()  # chunk sizes whose first (uncounted) call has run
         self._exits: dict[Hashable, list[int]] = {}  # key -> samples that ended at step t (index t - 1)
         self._plans: dict[Hashable, tuple[int, int, list[int]]] = {}  # key -> (samples seen, sizes timed, plan)
+        self._recording = True  # whether exits are recorded (see exits_unrecorded)
 
     def next_chunk(self, key: Hashable, steps: int, ran: int) -> int:
         """Steps for the next call of a lone sample that has run ``ran`` of ``steps`` (1 <= result <= steps - ran)."""
@@ -74,8 +76,24 @@ class ChunkPlanner:
         self._seconds.setdefault(k, deque(maxlen=RECENT_CALLS)).append(seconds)
 
     def observe_exit(self, key: Hashable, steps: int, step: int) -> None:
-        """Record that a sample of run ``key`` (T = ``steps``) ended at ``step`` (1..T)."""
-        self._exits.setdefault(key, [0] * steps)[step - 1] += 1
+        """Record that a sample of run ``key`` (T = ``steps``) ended at ``step`` (1..T); not within
+        :meth:`exits_unrecorded`."""
+        if self._recording:
+            self._exits.setdefault(key, [0] * steps)[step - 1] += 1
+
+    def samples_seen(self, key: Hashable) -> int:
+        """How many samples of run ``key`` have had their exit recorded."""
+        return sum(self._exits.get(key, ()))
+
+    @contextlib.contextmanager
+    def exits_unrecorded(self) -> Iterator[None]:
+        """Within: exits are not recorded, call times are. For a warm-up on made-up inputs (zero images),
+        whose exit steps say nothing about the data's."""
+        recording, self._recording = self._recording, False
+        try:
+            yield
+        finally:
+            self._recording = recording
 
     def call_seconds(self, k: int) -> float:
         """c(k) before the running maximum: the timed sizes' medians, linear between them and past the largest

@@ -166,14 +166,15 @@ def evaluate_live(
     if graphs:  # captures the graphs of every batch shape
         map_batches(images, batch_size, run, "warm-up")
     elif warm:
-        engine.early_exit(
-            torch.zeros((warm, *_sample_shape(images)), device=engine.device),
-            steps,
-            readout,
-            threshold,
-            batch_size=batch_size,
-            chunk=chunk,
-        )
+        with engine.chunk_planner.exits_unrecorded():  # a zero image's exit says nothing about the data's
+            engine.early_exit(
+                torch.zeros((warm, *_sample_shape(images)), device=engine.device),
+                steps,
+                readout,
+                threshold,
+                batch_size=batch_size,
+                chunk=chunk,
+            )
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
     t0 = time.perf_counter()
