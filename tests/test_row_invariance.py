@@ -3,15 +3,19 @@
 oneDNN's conv at 1 row and MKL's matmul at 1-15 rows round differently from larger calls (float32); on
 networks with many neurons near threshold that flipped spikes and exit steps by batch size, chunk and
 compaction. dcsim.sim.network pads such calls with zero rows (CPU_MIN_ROWS), so each row gets its
-large-batch result. Fresh random inputs and shapes each run."""
+large-batch result, and the engine runs 1-row convs by oneDNN directly where a per-shape check finds the
+same bits (dcsim.sim.one_row). Fresh random inputs and shapes each run."""
+
+import random
 
 import pytest
 import torch
 
 from dcsim.conversion.convert import convert
 from dcsim.models import build_model
+from dcsim.sim import one_row
 from dcsim.sim.engine import Engine
-from dcsim.sim.network import CPU_MIN_ROWS, Conv, Linear
+from dcsim.sim.network import CPU_MIN_ROWS, Conv, Linear, onednn_conv
 from dcsim.sim.readout import Readout
 from dcsim.workflows.benchmark import mid_threshold
 
@@ -74,3 +78,79 @@ def test_one_row_runs_two_steps_at_once_on_the_cpu():
     engine = Engine(convert(model, method="qffs"))
     assert [engine.steps_at_once(1, n) for n in (1, 2, 7)] == [2, 1, 1]
     assert [engine.steps_at_once(4, n) for n in (1, 3)] == [4, 4]
+
+
+def _random_conv(rng: random.Random) -> tuple[Conv, torch.Tensor]:
+    """A conv node of a random shape and a batch of 17 inputs for it (spikes or Gaussian, either layout)."""
+    k = rng.choice([1, 2, 3, 5, 7])
+    stride, pad, groups = rng.choice([1, 2]), rng.choice([0, k // 2]), rng.choice([1, 1, 2])
+    cin, cout = groups * rng.choice([2, 3, 8, 16, 48]), groups * rng.choice([4, 5, 16, 40])
+    hw = rng.choice([s for s in (k, 4, 7, 8, 16, 32) if s + 2 * pad >= k])
+    x = torch.randn(17, cin, hw, hw) if rng.random() < 0.3 else (torch.rand(17, cin, hw, hw) < 0.17).float() * 0.37
+    w = torch.randn(cout, cin // groups, k, k) * 0.1
+    if rng.random() < 0.5:
+        x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(cout) if rng.random() < 0.7 else None
+    return Conv("c", (0,), w, bias, (stride, stride), (pad, pad), groups=groups), x
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_row_convs_give_the_large_batch_result(threads):
+    """OneRowConvs on fresh random shapes (kernels 1-7, strides, padding, groups, layouts, threads): each row's
+    result is its large-batch one, whether the shape runs directly or padded."""
+    rng = random.Random()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        convs = one_row.OneRowConvs()
+        for _ in range(40):
+            node, x = _random_conv(rng)
+            full = node.apply(x)
+            for r in range(3):
+                row = x[r : r + 1]
+                assert one_row.applies(row)
+                out = convs(node, row)
+                assert torch.equal(out, full[r : r + 1]), (node, tuple(node.weight.shape), tuple(x.shape), x.stride())
+                assert out.is_contiguous(memory_format=torch.channels_last) == full.is_contiguous(
+                    memory_format=torch.channels_last
+                )
+        assert any(convs.checked().values())  # most shapes run directly
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_a_shape_whose_one_row_kernel_differs_stays_padded():
+    """A 7x7 kernel onto a 1x1 output: oneDNN's 1-row kernel rounds differently there (found by fuzzing), the
+    check says so, and the call is padded, with the large-batch result."""
+    torch.manual_seed(0)
+    node = Conv("c", (0,), torch.randn(128, 32, 7, 7) * 0.1, torch.randn(128))
+    x = torch.randn(17, 32, 7, 7)
+    assert not torch.equal(onednn_conv(node, x[:1]), node.apply(x)[:1])  # the library's 1-row kernel
+    assert not one_row.matches_padded(node, x[:1])
+    convs = one_row.OneRowConvs()
+    assert torch.equal(convs(node, x[:1]), node.apply(x)[:1])
+    assert list(convs.checked().values()) == [False]
+
+
+def test_one_row_convs_take_only_one_float32_row_on_the_cpu():
+    x = torch.zeros(1, 3, 8, 8)
+    assert one_row.applies(x)
+    assert not one_row.applies(torch.zeros(2, 3, 8, 8))
+    assert not one_row.applies(x.to(torch.bfloat16))
+    assert not one_row.applies(torch.zeros(1, 12))
+
+
+def test_a_pointwise_conv_on_one_thread_gets_its_large_batch_result():
+    """A 1x1, stride-1 conv on one thread: PyTorch computes it by another kernel under 16 rows, which rounded
+    differently (before Conv went to oneDNN directly)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cin, cout, hw = random.choice([(64, 128, 8), (16, 32, 32), (48, 40, 4)])
+        node = Conv("c", (0,), torch.randn(cout, cin, 1, 1) * 0.1, torch.randn(cout))
+        x = torch.randn(33, cin, hw, hw)
+        full = node.apply(x)
+        for n in range(1, 17):
+            assert torch.equal(node.apply(x[:n]), full[:n]), n
+    finally:
+        torch.set_num_threads(saved)

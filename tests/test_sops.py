@@ -437,7 +437,10 @@ def test_spikingjelly_synop_counter_agrees():
             for t in range(steps):
                 s = rec.spikes[t * len(layers) + k]
                 assert set(s.unique().tolist()) <= {0.0, 1.0}
-                for j in direct[i]:
-                    node = net.nodes[j]
-                    node.apply(s.contiguous())
+                for j in direct[i]:  # each layer as torch's own op, which the counter knows
+                    node = net.nodes[j]  # (Conv.apply calls oneDNN's conv directly on the CPU)
+                    if isinstance(node, Conv):
+                        F.conv2d(s, node.weight, node.bias, node.stride, node.padding, node.dilation, node.groups)
+                    else:
+                        F.linear(s, node.weight, node.bias)
         assert int(counter.get_total()) == int(sim.sops[:, k].sum()), net.nodes[i].name

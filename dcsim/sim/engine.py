@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..checks import check_int, check_threshold
-from . import ops, reference, sops
+from . import one_row, ops, reference, sops
 from .chunking import ChunkPlanner
 from .compaction import CompactionCost
 from .graphs import StaticExit
@@ -176,6 +176,7 @@ class Engine:
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         self._compaction = CompactionCost()  # when compacting pays (early_exit on the CPU), measured as it runs
         self.chunk_planner = ChunkPlanner()  # a lone sample's steps per call (early_exit, chunk=None)
+        self._one_row = one_row.OneRowConvs()  # 1-row CPU convs without padding where exact
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
         # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.
@@ -202,7 +203,10 @@ class Engine:
 
     def _apply(self, node: Node, *inputs: torch.Tensor) -> torch.Tensor:
         """node's float32 output for float32 inputs; convs and linears compute in the engine's dtype, 2x2 average
-        pools of large contiguous CPU values in kernel 5 (torch's bits, see POOL_KERNEL_MIN_ELEMENTS)."""
+        pools of large contiguous CPU values in kernel 5 (torch's bits, see POOL_KERNEL_MIN_ELEMENTS), 1-row float32
+        CPU convs by oneDNN directly where that gives the padded call's bits (:mod:`dcsim.sim.one_row`)."""
+        if isinstance(node, Conv) and self._dtype == torch.float32 and one_row.applies(inputs[0]):
+            return self._one_row(node, inputs[0])
         if isinstance(node, AvgPool) and node.is_2x2:
             x = inputs[0]
             if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() and x.numel() >= POOL_KERNEL_MIN_ELEMENTS:
@@ -214,8 +218,10 @@ class Engine:
 
     def steps_at_once(self, chunk: int, n: int) -> int:
         """The steps :meth:`advance` computes at once for ``chunk`` asked and n rows: ``chunk``, but on the CPU at
-        least 2 when n = 1, so that each conv call holds 2 rows (a 1-row call is padded to 2, see
-        dcsim.sim.network.CPU_MIN_ROWS, and costs as much). Exits are decided per step, so results are the same."""
+        least 2 when n = 1, so that each conv call holds 2 rows: a 2-row call costs less than two 1-row calls (1.3-1.4x
+        one on the zoo networks, 1 thread), or as much as one where a 1-row call is padded (see :mod:`dcsim.sim.one_row`).
+        Exits are decided per step, so results are the same. The batch-1 plan (``early_exit(chunk=None)``) takes 1-step
+        calls where they pay."""
         if self.device.type == "cpu" and n * chunk < CPU_MIN_ROWS["conv"]:
             return -(-CPU_MIN_ROWS["conv"] // n)
         return chunk

@@ -20,11 +20,12 @@ from ..checks import check_int
 from .semantics import Semantics
 
 CPU_MIN_ROWS = {"conv": 2, "linear": 16}
-"""Rows (samples x steps) below which a CPU conv / linear is computed on zero-padded rows. oneDNN's conv at 1 row
-and MKL's matmul at 1-15 rows take other code paths than at more rows and round differently (float32, about
+"""Rows (samples x steps) below which a CPU conv / linear is computed on zero-padded rows. A conv of 1 row and
+MKL's matmul at 1-15 rows take other code paths than at more rows and round differently (float32, about
 1e-7 relative); on a trained network that flips spikes, and with them exit steps, by batch size, chunk and
 compaction. Padding gives every row the result it gets in a large batch (checked over the architectures'
-shapes in tests/test_row_invariance.py)."""
+shapes and fuzzed ones in tests/test_row_invariance.py). The engine skips the conv padding where a per-shape
+check finds the same bits without it (:mod:`dcsim.sim.one_row`)."""
 
 
 def _at_least(x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -82,13 +83,31 @@ class Conv(Node):
     groups: int = 1
 
     def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        """The conv of x [n, Cin, H, W]. A float32 CPU call goes to oneDNN directly, on at least CPU_MIN_ROWS rows:
+        PyTorch itself sends some small calls (1 row; a 1x1, stride-1 kernel under 16 rows on one thread) to
+        another kernel that rounds differently, so a row's result would depend on the call's rows."""
         x = self._one(xs)
         padded = _at_least(x, CPU_MIN_ROWS["conv"])
-        out = F.conv2d(padded, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if onednn_conv_applies(padded):
+            out = onednn_conv(self, padded)
+        else:
+            out = F.conv2d(padded, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         return out if padded is x else out[: x.shape[0]]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight} | ({"bias": self.bias} if self.bias is not None else {})
+
+
+def onednn_conv_applies(x: torch.Tensor) -> bool:
+    """Whether a conv of x (float32 [n, C, H, W] on the CPU, oneDNN present) goes to :func:`onednn_conv`."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
+        return False
+    return bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+
+
+def onednn_conv(node: Conv, x: torch.Tensor) -> torch.Tensor:
+    """node's conv of x by oneDNN, whatever the rows: PyTorch's own choice of kernel is bypassed."""
+    return torch.mkldnn_convolution(x, node.weight, node.bias, node.padding, node.stride, node.dilation, node.groups)
 
 
 @dataclass(frozen=True)
