@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 import torch
-from zoo_setup import arguments, early_exit_run, load_cases, machine
+from zoo_setup import Case, arguments, early_exit_run, load_cases, machine
 
 from dcsim.sim.engine import Engine
 from dcsim.workflows.benchmark import interleaved, paired_saving, spread
@@ -98,13 +98,26 @@ def worker_command(args: argparse.Namespace, json_path: Path) -> list[str]:
     return [*command, "--methods", *args.methods]
 
 
+def plan_cell(row: dict) -> str:
+    """The batch-1 plan's ratios of a row over processes (median [min-max]), '-' at other batch sizes."""
+    if "plan" not in row:
+        return "-"
+    return " / ".join(
+        f"{row['plan'][k]['median']:.2f} [{row['plan'][k]['min']:.2f}-{row['plan'][k]['max']:.2f}]"
+        for k in ("calls_only", "predicted")
+    )
+
+
 def across_processes(args: argparse.Namespace) -> None:
     """Run the measurement in ``args.processes`` fresh processes, one after another, and print and save per row
     the median, min and max over the processes of the wall ratio (DC now) and of the ms per inference."""
     per_process = in_fresh_processes(lambda path: worker_command(args, path), args.processes)
     print(f"\n{args.processes} processes, {args.rounds} rounds each; median [min-max] over the processes")
-    print("| network | method | batch | step saving | ms/inf no DC | ms/inf DC | wall ratio | per process |")
-    print("|---" * 8 + "|")
+    print(
+        "| network | method | batch | step saving | ms/inf no DC | ms/inf DC | wall ratio | per process | "
+        "batch 1: the plan's ratio, calls only / predicted |"
+    )
+    print("|---" * 9 + "|")
     rows = []
     for rows_i in zip(*(d["rows"] for d in per_process), strict=True):
         first = rows_i[0]
@@ -120,16 +133,39 @@ def across_processes(args: argparse.Namespace) -> None:
             "ms_per_inference": ms,
             "per_process": list(rows_i),
         }
+        if "plan" in first:
+            row["plan"] = {k: over_processes([r["plan"][k] for r in rows_i]) for k in ("calls_only", "predicted")}
         rows.append(row)
         print(
             f"| {row['network']} | {row['method']} T={first['steps']} | {row['batch']} | "
             f"{100 * row['step_saving']:.1f}% | {ms['no_dc']['median']:.3f} | {ms['dc_now']['median']:.3f} | "
             f"**{ratio['median']:.2f}** [{ratio['min']:.2f}-{ratio['max']:.2f}]{' unstable' if ratio['unstable'] else ''} | "
-            f"{' / '.join(format(r['wall_ratio']['dc_now'], '.2f') for r in rows_i)} |",
+            f"{' / '.join(format(r['wall_ratio']['dc_now'], '.2f') for r in rows_i)} | {plan_cell(row)} |",
             flush=True,
         )
     if args.json:
         args.json.write_text(json.dumps({"machine": per_process[0]["machine"], "rows": rows}, indent=1))
+
+
+def plan_bound(engine: Engine, case: Case, ms_no_dc: float, step_saving: float) -> dict:
+    """Batch 1: what the engine's plan (dcsim.sim.chunking) makes of the call times and exit steps it recorded
+    in this run. ``calls_ms``: a sample's expected ms in calls under the plan (V(0)), no DC and DC; ``rest_ms``:
+    the rest of a sample's run (the measured no-DC ms minus its calls: input checks, the image-fed layers, the
+    results), paid alike with and without DC; the wall ratios they give: ``calls_only`` (the best any exact
+    plan reaches on these call costs and exits) and ``predicted`` (with the rest added: the measured ratio if
+    the run is at the plan's optimum). ``step_saving``: DC's (nan where it saves no step)."""
+    planner = engine.chunk_planner
+    thresholds = {"no_dc": 1.0, "dc_now": case.threshold}
+    calls = {
+        k: 1000 * planner.expected_seconds((case.steps, case.readout, th), case.steps) for k, th in thresholds.items()
+    }
+    rest = ms_no_dc - calls["no_dc"]
+    return {
+        "calls_ms": calls,
+        "rest_ms": rest,
+        "calls_only": (1 - calls["dc_now"] / calls["no_dc"]) / step_saving,
+        "predicted": (1 - (calls["dc_now"] + rest) / ms_no_dc) / step_saving,
+    }
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -192,6 +228,8 @@ def measure(args: argparse.Namespace) -> None:
                 "cpu_ratio": {k: v / per for k, v in cpu_saving.items()},
                 "wall_seconds_per_round": {k: t["wall"] for k, t in times.items()},
             }
+            if batch == 1:
+                row["plan"] = plan_bound(engine, case, ms["no_dc"], per)
             rows.append(row)
             print(
                 f"| {case.name} | {case.method} T={case.steps} | {batch} | {steps['no_dc']:.2f} / {steps['dc_now']:.2f} | "
@@ -206,6 +244,13 @@ def measure(args: argparse.Namespace) -> None:
                 f"{row['cpu_ratio']['dc_before']:.2f} / {row['cpu_ratio']['dc_now']:.2f} |",
                 flush=True,
             )
+            if batch == 1:
+                plan = row["plan"]
+                print(
+                    f"  the plan: ms in calls no DC / DC {plan['calls_ms']['no_dc']:.3f} / {plan['calls_ms']['dc_now']:.3f}, "
+                    f"rest {plan['rest_ms']:.3f}; ratio calls only {plan['calls_only']:.2f}, predicted {plan['predicted']:.2f}",
+                    flush=True,
+                )
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
 

@@ -63,6 +63,22 @@ def test_the_plan_is_the_cheapest_split_of_t(steps):
         assert all(1 <= plan[t] <= steps - t for t in range(steps))
         best = min(_expected_cost(sizes, exits, cost) for sizes in _compositions(steps))
         assert _expected_cost(_planned(plan), exits, cost) == pytest.approx(best, rel=1e-12)
+        value, chosen = ChunkPlanner.solve(exits, cost)
+        assert chosen == plan and value[-1] == 0.0
+        assert value[0] == pytest.approx(best, rel=1e-12)  # V(0): the expected time of the cheapest split
+
+
+def test_expected_seconds_is_v0_of_the_recorded_exits_and_calls():
+    planner = ChunkPlanner()
+    for k, seconds in ((1, 2.0), (1, 2.0), (1, 2.0), (2, 3.0), (2, 3.0), (2, 3.0)):  # first call of each k uncounted
+        planner.observe_call(k, seconds)
+    for step in (1, 1, 2, 4):
+        planner.observe_exit("run", 4, step)
+    cost = planner.costs(4)
+    assert cost == [2.0, 3.0, 4.0, 5.0]  # extended past 2 steps by the last segment's slope
+    best = min(_expected_cost(sizes, [2, 1, 0, 1], cost) for sizes in _compositions(4))
+    assert planner.expected_seconds("run", 4) == pytest.approx(best, rel=1e-12)
+    assert planner.expected_seconds("never seen", 4) == 5.0  # no exit recorded: the extra sample runs all 4 steps
 
 
 def test_the_plan_in_the_plain_cases():

@@ -61,3 +61,32 @@ def test_bad_values_are_refused_before_any_work(table2, bad, monkeypatch, capsys
         table2.main()
     assert exc.value.code == 2
     assert bad[0] in capsys.readouterr().err
+
+
+def test_plan_bound_reads_the_plan_of_both_runs(table2):
+    """The batch-1 plan's ratios: V(0) of the DC run against the no-DC run's, with and without the rest of a
+    sample's run (the measured no-DC ms minus its calls)."""
+    from types import SimpleNamespace
+
+    from dcsim.sim.chunking import ChunkPlanner
+
+    planner = ChunkPlanner()
+    for k, seconds in [(1, 0.002)] * 3 + [(2, 0.003)] * 3:  # c(k) = 1 + k ms, extended past 2 steps
+        planner.observe_call(k, seconds)
+    case = SimpleNamespace(steps=4, readout="r", threshold=0.5)
+    for step in (1, 1, 1, 4):
+        planner.observe_exit((4, "r", 0.5), 4, step)
+    planner.observe_exit((4, "r", 1.0), 4, 4)
+    engine = SimpleNamespace(chunk_planner=planner)
+    step_saving = 0.5
+    out = table2.plan_bound(engine, case, ms_no_dc=6.0, step_saving=step_saving)
+    calls = {
+        "no_dc": 1000 * planner.expected_seconds((4, "r", 1.0), 4),
+        "dc_now": 1000 * planner.expected_seconds((4, "r", 0.5), 4),
+    }
+    assert calls["no_dc"] == pytest.approx(5.0)  # all four steps in one call
+    assert out["calls_ms"] == pytest.approx(calls)
+    assert out["rest_ms"] == pytest.approx(1.0)
+    assert out["calls_only"] == pytest.approx((1 - calls["dc_now"] / 5.0) / step_saving)
+    assert out["predicted"] == pytest.approx((1 - (calls["dc_now"] + 1.0) / 6.0) / step_saving)
+    assert calls["dc_now"] < 5.0

@@ -113,10 +113,22 @@ class ChunkPlanner:
         out = [self.call_seconds(k) for k in range(1, steps + 1)]
         return list(itertools.accumulate(out, max))
 
+    def expected_seconds(self, key: Hashable, steps: int) -> float:
+        """V(0) of run ``key`` (T = ``steps``): a sample's expected wall time in calls under the plan, in seconds,
+        from the call times and exit steps recorded so far (the extra sample that runs to T included)."""
+        exits = self._exits.get(key, [0] * steps)
+        return self.solve(exits, self.costs(steps))[0][0]
+
     @staticmethod
     def plan(exits: list[int], cost: list[float]) -> list[int]:
         """The k minimising V(t) for each t in 0..T-1, from exit counts [T] (index t - 1: ended at step t) and
         call costs [T] (index k - 1: a k-step call), with one extra sample counted as running to T."""
+        return ChunkPlanner.solve(exits, cost)[1]
+
+    @staticmethod
+    def solve(exits: list[int], cost: list[float]) -> tuple[list[float], list[int]]:
+        """V(t) for t in 0..T (seconds; V(T) = 0) and the k minimising it for t in 0..T-1, from exit counts and
+        call costs as :meth:`plan` takes them."""
         steps = len(exits)
         counts = list(exits)
         counts[-1] += 1
@@ -128,4 +140,4 @@ class ChunkPlanner:
         for t in range(steps - 1, -1, -1):
             options = [(cost[k - 1] + alive[t + k] / alive[t] * value[t + k], k) for k in range(1, steps - t + 1)]
             value[t], best[t] = min(options)
-        return best
+        return value, best

@@ -218,7 +218,7 @@ class Engine:
 
     def steps_at_once(self, chunk: int, n: int) -> int:
         """The steps :meth:`advance` computes at once for ``chunk`` asked and n rows: ``chunk``, but on the CPU at
-        least 2 when n = 1, so that each conv call holds 2 rows: a 2-row call costs less than two 1-row calls (1.3-1.4x
+        least 2 when n = 1, so that each conv call holds 2 rows: a 2-row call costs less than two 1-row calls (1.3-1.8x
         one on the zoo networks, 1 thread), or as much as one where a 1-row call is padded (see :mod:`dcsim.sim.one_row`).
         Exits are decided per step, so results are the same. The batch-1 plan (``early_exit(chunk=None)``) takes 1-step
         calls where they pay."""
