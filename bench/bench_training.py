@@ -1,4 +1,4 @@
-"""Training step speed: float (ReLU) and LSQ 2-bit steps, eager and under torch.compile (``--compile``).
+"""Training step speed: float (ReLU) and LSQ 2-bit steps, uncompiled and under torch.compile (``--compile``).
 
 Run: PYTHONPATH=. python -m pytest bench/bench_training.py -q --benchmark-only -o python_files='bench_*.py'
 One optimisation step (forward, cross-entropy, backward, SGD with Nesterov momentum) of the whitened
@@ -48,7 +48,7 @@ def _step(quantized: bool, compiled: bool) -> Callable[[], None]:
 
 
 @pytest.mark.benchmark(group=GROUP)
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["uncompiled", "compiled"])
 @pytest.mark.parametrize("quantized", [False, True], ids=["float", "lsq"])
 def test_training_step(benchmark, quantized: bool, compiled: bool) -> None:
     benchmark.pedantic(_step(quantized, compiled), rounds=5, iterations=1)

@@ -70,7 +70,7 @@ def test_a_worker_gets_every_option_back():
 
 
 def _rows(ms_full: float, ms_dc: float, ratio: float | None) -> list[dict]:
-    base = {"model": "small_cnn", "method": "qffs", "batch": 32, "engine": "eager", "chunk": 1, "weights": "random",
+    base = {"model": "small_cnn", "method": "qffs", "batch": 32, "engine": "no-graphs", "chunk": 1, "weights": "random",
             "device": "cpu", "threads": 2, "mean_steps": 4.0, "spikes_per_neuron_step": 0.1, "unstable": False,
             "cpu_ms_per_inference": 1.0, "ms_per_step": 1.0, "ratio_to_ann_per_step": 1.0}  # fmt: skip
     full = {**base, "mode": "full", "ms_per_inference": ms_full, "ms_min": 0.0, "ms_max": 9.0}

@@ -222,12 +222,12 @@ def test_bench_rows_and_stream(tmp_path):
     # tests/test_graphs.py)
     variants = ("", "+bf16", "+spikeconv") if BF16_FAST else ("", "+spikeconv")
     assert len(b["rows"]) == 8 * len(variants)
-    assert {r["engine"] for r in b["rows"]} == {f"eager{p}" for p in variants}
+    assert {r["engine"] for r in b["rows"]} == {f"no-graphs{p}" for p in variants}
     for full, early in zip(b["rows"][::2], b["rows"][1::2], strict=True):
         assert (full["mode"], early["mode"]) == ("full", "early_exit")
         assert early["mean_steps"] < full["mean_steps"] == full["steps"]
         assert full["ms_per_inference"] > 0 and ("speedup_vs_reference" in full) == (full["batch"] == 1)
-    assert [(r["method"], r["engine"]) for r in b["stream_rows"]] == [("qcfs", "eager"), ("qffs", "eager")]
+    assert [(r["method"], r["engine"]) for r in b["stream_rows"]] == [("qcfs", "no-graphs"), ("qffs", "no-graphs")]
     for r in b["stream_rows"]:
         assert 0 < r["occupancy"] <= 1 and r["stream_throughput"] > 0 and r["ratio_vs_static_no_dc"] > 0
 

@@ -138,9 +138,11 @@ def mid_threshold(engine: Engine, x: torch.Tensor, steps: int, readout: Readout)
 
 
 def engine_label(graphs: bool, compact_fraction: float | None, precision: str, spike_convs: bool = False) -> str:
-    """Short name of an engine configuration in benchmark tables."""
+    """Short name of an engine configuration in benchmark tables: ``no-graphs`` (the step loop launched from Python)
+    or ``graphs+buckets`` / ``graphs+masked`` (replayed as CUDA graphs), then ``+precision`` and ``+spikeconv``
+    where not the default. ("eager" is the official-style simulator the engine is compared with.)"""
     masked = compact_fraction is not None and compact_fraction >= 1
-    label = ("graphs" + ("+masked" if masked else "+buckets")) if graphs else "eager"
+    label = ("graphs" + ("+masked" if masked else "+buckets")) if graphs else "no-graphs"
     return label + ("" if precision == "fp32" else f"+{precision}") + ("+spikeconv" if spike_convs else "")
 
 
@@ -349,7 +351,7 @@ def stream_case(
         "method": method,
         "slots": slots,
         "samples": len(x),
-        "engine": "graphs" if graphs else "eager",
+        "engine": "graphs" if graphs else "no-graphs",
         "steps": steps,
         "threshold": threshold,
         "stream_throughput": s["throughput"],
