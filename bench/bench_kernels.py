@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcsim.sim import ops, reference
+from dcsim.sim import one_row, ops, reference
+from dcsim.sim.network import Conv
 from dcsim.sim.ops import avg_pool_2x2
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,6 +92,28 @@ def test_avg_pool_2x2(benchmark, shape):
     ref = _best(lambda: F.avg_pool2d(x, 2))
     benchmark.extra_info["speedup_vs_reference"] = ref / benchmark.stats.stats.min
     assert torch.equal(out, F.avg_pool2d(x, 2))
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the 1-row conv path is the CPU's")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("cin,cout,hw", [(16, 16, 32), (32, 32, 16), (96, 96, 32), (96, 384, 16), (384, 384, 8)])
+def test_conv_one_row(benchmark, cin, cout, hw, channels_last):
+    """A 1-row conv of spikes as the engine runs it (dcsim.sim.one_row: unpadded where its bits allow) against
+    the call padded to 2 rows (Conv.apply); the zoo networks' 3x3 shapes."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(cout, cin, 3, 3, generator=g) * 0.1
+    x = (torch.rand(1, cin, hw, hw, generator=g) < 0.17).float()
+    if channels_last:
+        w, x = w.contiguous(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    node = Conv("c", (0,), w, torch.randn(cout, generator=g), (1, 1), (1, 1))
+    convs = one_row.OneRowConvs()
+    out = convs(node, x)  # the check runs once, untimed
+    benchmark.group = "conv_one_row"
+    benchmark(convs, node, x)
+    padded = _best(lambda: node.apply(x))
+    benchmark.extra_info["speedup_vs_padded"] = padded / benchmark.stats.stats.min
+    benchmark.extra_info["unpadded"] = all(convs.checked().values())
+    assert torch.equal(out, node.apply(x))
 
 
 @pytest.mark.parametrize("n,tensors", [(256, 20), (32, 40)])
