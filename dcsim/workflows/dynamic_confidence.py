@@ -31,12 +31,13 @@ from ..training import predict_logits
 from .options import EnergyOptions
 
 NO_EXIT = 1.0
+"""Threshold at which no sample exits early (scores are <= 1 and the rule is strict)."""
 TIMED_SECONDS = 0.5
 """evaluate_live times passes over an in-memory split until they add up to this many seconds (at most
 MAX_TIMED_PASSES) and reports the median pass: one pass over the digits demo's 360 test images (about 25 ms)
 moved by up to 30% from run to run, enough to show DC slower than no DC."""
 MAX_TIMED_PASSES = 7
-"""Threshold at which no sample exits early (scores are <= 1 and the rule is strict)."""
+"""The most timed passes of one evaluate_live call."""
 
 
 def spikes_per_neuron(spikes: torch.Tensor, neurons: list[int]) -> dict:
