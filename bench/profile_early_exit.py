@@ -70,12 +70,17 @@ def instrument(engine: Engine, acc: dict[str, float]) -> None:
     start_fn, advance_fn = engine.start, engine.advance
 
     k = engine.kernels
+    parts = {
+        "neuron_step": "neuron",
+        "output_step": "output",
+        "gather_rows": "compact",
+        "compact_rows_": "compact",
+        "spike_conv2d": "convs",
+    }
+    # every other kernel (the 2x2 pool of kernel 5) passes through: its caller, _apply, is timed
+    kernels = {name: getattr(k, name) for name in dir(k) if not name.startswith("_")}
     engine.kernels = SimpleNamespace(  # type: ignore[assignment]
-        neuron_step=timed("neuron", k.neuron_step),
-        output_step=timed("output", k.output_step),
-        gather_rows=timed("compact", k.gather_rows),
-        compact_rows_=timed("compact", k.compact_rows_),
-        spike_conv2d=timed("convs", k.spike_conv2d),
+        **kernels | {name: timed(part, getattr(k, name)) for name, part in parts.items()}
     )
     engine._apply = timed(kind, engine._apply)  # type: ignore[method-assign]
     engine._drive_mask = timed("masks", engine._drive_mask)  # type: ignore[method-assign]
