@@ -48,15 +48,17 @@ def test_a_linear_row_gets_its_large_batch_result(fin, fout):
         assert torch.equal(node.apply(x[:n]), full[:n]), n
 
 
-def test_engine_results_do_not_depend_on_batch_size_chunk_or_compaction():
+@pytest.mark.parametrize("channels_last", [False, True], ids=["default_layout", "channels_last"])
+def test_engine_results_do_not_depend_on_batch_size_chunk_or_compaction(channels_last):
     """A random ResNet-18 (width 8) under QCFS, T = 27: without the padding its spikes and scores at batch 1
-    differed from those at batch 48 (checked when the padding was added)."""
+    differed from those at batch 48 (checked when the padding was added). In channels_last oneDNN rounds some
+    of its 1-row convs otherwise (the 1-row check keeps those padded)."""
     model = build_model("resnet18", num_classes=10, width=8).train()
     with torch.no_grad():
         model(torch.randn(64, 3, 32, 32))  # batch-norm statistics and LSQ steps
     x = torch.randn(24, 3, 32, 32)
     net = convert(model.eval(), method="qcfs")
-    engine = Engine(net)
+    engine = Engine(net, channels_last=channels_last)
     readout = Readout.paper("qcfs", net.bits, 27)
     whole = engine.simulate(x, 27, readout)
     for kwargs in ({"batch_size": 1}, {"batch_size": 5, "chunk": 3}):
@@ -108,6 +110,11 @@ def test_one_row_convs_give_the_large_batch_result(threads):
             full = node.apply(x)
             for r in range(3):
                 row = x[r : r + 1]
+                if (
+                    r == 2 and not x.is_contiguous()
+                ):  # channels_last: a 1-row view with sample stride C, as in the engine
+                    c, _, width = x.shape[1:]
+                    row = torch.empty_strided(row.shape, (c, 1, width * c, c)).copy_(row)
                 assert one_row.applies(row)
                 out = convs(node, row)
                 assert torch.equal(out, full[r : r + 1]), (node, tuple(node.weight.shape), tuple(x.shape), x.stride())
@@ -130,6 +137,24 @@ def test_a_shape_whose_one_row_kernel_differs_stays_padded():
     convs = one_row.OneRowConvs()
     assert torch.equal(convs(node, x[:1]), node.apply(x)[:1])
     assert list(convs.checked().values()) == [False]
+
+
+def test_a_row_view_with_another_sample_stride_gets_the_canonical_strides():
+    """In channels_last the engine's 1-row step values are views whose sample stride is C (the zoo ResNet-18's
+    1x1 stride-2 shortcuts): oneDNN reads that as another geometry and rounds otherwise. OneRowConvs gives the
+    row the strides of a fresh channels_last tensor first: the large-batch result, in channels_last, unpadded."""
+    torch.manual_seed(0)
+    w = (torch.randn(64, 32, 1, 1) * 0.1).contiguous(memory_format=torch.channels_last)
+    node = Conv("c", (0,), w, torch.randn(64), (2, 2))
+    x = torch.randn(17, 32, 16, 16).contiguous(memory_format=torch.channels_last)
+    row = torch.empty_strided((1, 32, 16, 16), (32, 1, 16 * 32, 32)).copy_(x[:1])
+    full = node.apply(x)
+    assert not torch.equal(onednn_conv(node, row), full[:1])  # the library on the view as it is
+    assert one_row.canonical(row).stride() == x[:1].stride()
+    convs = one_row.OneRowConvs()
+    out = convs(node, row)
+    assert torch.equal(out, full[:1]) and out.is_contiguous(memory_format=torch.channels_last)
+    assert list(convs.checked().values()) == [True]
 
 
 def test_one_row_convs_take_only_one_float32_row_on_the_cpu():

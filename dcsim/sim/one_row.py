@@ -40,6 +40,18 @@ def matches_padded(node: Conv, x: torch.Tensor) -> bool:
     return True
 
 
+def canonical(x: torch.Tensor) -> torch.Tensor:
+    """x [1, C, H, W] with the strides of a fresh tensor in its layout (channels_last where x is channels_last and
+    not contiguous, as :func:`dcsim.sim.network.Conv.apply` pads it): x itself if it has them, else a copy."""
+    _, c, h, w = x.shape
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    strides = (h * w * c, 1, w * c, c) if channels_last else (c * h * w, h * w, w, 1)
+    if x.stride() == strides:
+        return x
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(x.shape, dtype=x.dtype, memory_format=fmt).copy_(x)
+
+
 class OneRowConvs:
     """1-row CPU conv calls, each unpadded where :func:`matches_padded` holds for its geometry, else padded.
 
@@ -50,7 +62,10 @@ class OneRowConvs:
         self._exact: dict[Hashable, bool] = {}
 
     def __call__(self, node: Conv, x: torch.Tensor) -> torch.Tensor:
-        """node's conv of x float32 [1, C, H, W] (see :func:`applies`): the padded call's result."""
+        """node's conv of x float32 [1, C, H, W] (see :func:`applies`): the padded call's result, in the padded
+        call's memory layout. x is first given that layout's own strides (a 1-row view may carry another sample
+        stride, which oneDNN reads as another geometry and answers in another layout)."""
+        x = canonical(x)
         w = node.weight
         geometry = (tuple(w.shape), w.stride(), node.bias is not None, node.stride, node.padding, node.dilation)
         key = (*geometry, node.groups, tuple(x.shape), x.stride(), torch.get_num_threads())
