@@ -28,15 +28,20 @@ shapes and fuzzed ones in tests/test_row_invariance.py). The engine skips the co
 check finds the same bits without it (:mod:`dcsim.sim.one_row`)."""
 
 
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout a fresh tensor holding x gets: channels_last for a 4-D x that is channels_last and not
+    contiguous, else contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _at_least(x: torch.Tensor, rows: int) -> torch.Tensor:
     """x with zero rows appended up to ``rows`` (on the CPU, in x's memory layout); x itself if it has enough."""
     n = x.shape[0]
     if n >= rows or x.device.type != "cpu":
         return x
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    padded = x.new_zeros((rows, *x.shape[1:]))
-    if channels_last:
-        padded = padded.contiguous(memory_format=torch.channels_last)
+    padded = x.new_zeros((rows, *x.shape[1:])).contiguous(memory_format=memory_format(x))
     padded[:n] = x
     return padded
 

@@ -17,7 +17,7 @@ from collections.abc import Hashable
 
 import torch
 
-from .network import Conv, onednn_conv, onednn_conv_applies
+from .network import Conv, memory_format, onednn_conv, onednn_conv_applies
 
 
 def applies(x: torch.Tensor) -> bool:
@@ -41,14 +41,13 @@ def matches_padded(node: Conv, x: torch.Tensor) -> bool:
 
 
 def canonical(x: torch.Tensor) -> torch.Tensor:
-    """x [1, C, H, W] with the strides of a fresh tensor in its layout (channels_last where x is channels_last and
-    not contiguous, as :func:`dcsim.sim.network.Conv.apply` pads it): x itself if it has them, else a copy."""
+    """x [1, C, H, W] with the strides of a fresh tensor in its layout (:func:`dcsim.sim.network.memory_format`,
+    the layout :func:`dcsim.sim.network.Conv.apply` pads it in): x itself if it has them, else a copy."""
     _, c, h, w = x.shape
-    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    strides = (h * w * c, 1, w * c, c) if channels_last else (c * h * w, h * w, w, 1)
+    fmt = memory_format(x)
+    strides = (h * w * c, 1, w * c, c) if fmt == torch.channels_last else (c * h * w, h * w, w, 1)
     if x.stride() == strides:
         return x
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty(x.shape, dtype=x.dtype, memory_format=fmt).copy_(x)
 
 
