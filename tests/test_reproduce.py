@@ -110,10 +110,15 @@ def test_reproduce_lsq_variant_from_a_stored_float_stage(tmp_path):
     assert "the float stage (1 epoch, " in (tmp_path / "b" / "report.md").read_text()
     assert "was read from" not in (tmp_path / "a" / "report.md").read_text()
     assert "bn_reestimate" not in first and "Batch-norm" not in (tmp_path / "a" / "report.md").read_text()
-    assert main([*argv, "--clip-mix", "0.5", "--bn-reestimate", "--out", str(tmp_path / "c")]) == EXIT_OK
+    assert "moving average" not in (tmp_path / "a" / "report.md").read_text()
+    argv_c = [*argv, "--clip-mix", "0.5", "--bn-reestimate", "--ema", "0.9", "--out", str(tmp_path / "c")]
+    assert main(argv_c) == EXIT_OK
     third = json.loads((tmp_path / "c" / "report.json").read_text())["training"]  # the same float stage
     assert third["float_stage"]["read"] and set(third["bn_reestimate"]) == {"val_before", "val_after", "seconds"}
-    assert "Batch-norm statistics re-estimated after the LSQ stage" in (tmp_path / "c" / "report.md").read_text()
+    report_c = (tmp_path / "c" / "report.md").read_text()
+    assert "Batch-norm statistics re-estimated after the LSQ stage" in report_c
+    assert "trained_val_acc" in third["epochs"][1] and "trained_val_acc" not in third["epochs"][0]
+    assert f"the network as trained scored {100 * third['epochs'][1]['trained_val_acc']:.2f}%" in report_c
 
 
 def test_untrained_reason():

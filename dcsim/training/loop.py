@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import math
 import time
@@ -32,6 +33,7 @@ from ..data.stream import FolderSplit
 from ..io.checkpoint import write_safetensors
 from ..models.architectures import WhitenedCNN, init_whitening
 from ..models.lsq import set_clip_mix, set_quantization
+from .averaging import WeightAverage
 from .device_batches import DeviceSplit, StreamedSplit
 from .muon import Muon, muon_groups
 
@@ -80,6 +82,10 @@ class TrainConfig:
     training augmentation (see :func:`reestimate_batch_norm`): the running statistics of a mixed LSQ stage
     are those of a forward pass in which some images took the clip, not those of the quantized network
     that is kept. Needs ``epochs`` >= 1.
+    ema: in [0, 1): the LSQ stage keeps an exponential moving average of the network's state with this
+    decay per step (:class:`dcsim.training.averaging.WeightAverage`, from the state after its first step);
+    then the average, not the network as trained, is validated after each LSQ epoch, competes for "best"
+    and is kept ("val_acc"; the trained network's is "trained_val_acc"). 0 (the default): off.
     """
 
     epochs: int = 60
@@ -101,6 +107,7 @@ class TrainConfig:
     clip_mix: float = 0.0
     clip_mix_epochs: int | None = None
     bn_reestimate: bool = False
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "float_epochs", "batch_size"):
@@ -134,6 +141,10 @@ class TrainConfig:
                 raise ValueError("clip_mix_epochs needs clip_mix > 0")
             if self.clip_mix_epochs > self.epochs:
                 raise ValueError(f"clip_mix_epochs ({self.clip_mix_epochs}) exceeds the LSQ epochs ({self.epochs})")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must lie in [0, 1) (0: off), got {self.ema!r}")
+        if self.ema and self.epochs < 1:
+            raise ValueError("ema needs epochs >= 1: it averages the LSQ stage")
         if self.bn_reestimate and self.epochs < 1:
             raise ValueError("bn_reestimate needs epochs >= 1: it follows the LSQ stage")
         if self.distill and self.float_epochs < 1:
@@ -148,6 +159,7 @@ LSQ_STAGE_FIELDS = (
     "clip_mix",
     "clip_mix_epochs",
     "bn_reestimate",
+    "ema",
 )
 """The TrainConfig fields the float stage does not read: runs that differ only in these share a float stage."""
 
@@ -591,20 +603,23 @@ def train(
     }
     best: dict[str, torch.Tensor] | None = None
     teacher: nn.Module | None = None
+    average = WeightAverage(config.ema) if config.ema else None
     start = 0
     whiten_from_training_split(model, train_split)
     last = Path(workdir) / "last.safetensors" if workdir is not None else None
     if last is not None:
         last.parent.mkdir(parents=True, exist_ok=True)
     if last is not None and last.exists():
-        start, history, best, teacher_state = _resume(last, model, opt, gen, config)
+        start, history, best, teacher_state, averaged = _resume(last, model, opt, gen, config)
+        if average is not None:
+            average.state = averaged
         if teacher_state is not None:
             teacher = make_teacher(model)
             teacher.load_state_dict(teacher_state)
         if progress:
             tqdm.write(f"resuming from {last} after epoch {start}/{total}")
     elif float_stage is not None and float_stage.path.exists():
-        start, history, best, _ = _resume(float_stage.path, model, opt, gen, config, float_stage)
+        start, history, best, _, _ = _resume(float_stage.path, model, opt, gen, config, float_stage)
         history["float_stage"] = {"path": str(float_stage.path), "read": True}
         if progress:
             tqdm.write(f"the float stage ({start} epochs) from {float_stage.path}")
@@ -652,6 +667,8 @@ def train(
             lr = learning_rate(config, epoch, b / n_batches)
             set_learning_rate(opt, config, epoch, lr)
             loss, hits, rows = step(x, y, global_rows)
+            if average is not None and quantized:
+                average.update(model)
             loss_sum += loss * global_rows / ranks
             correct += hits
             seen += rows
@@ -662,6 +679,12 @@ def train(
             totals = parallel.reduce(*totals)
         total_loss, total_correct, total_seen = totals
         val_acc = split_accuracy(model, val_split)
+        averaging = average is not None and quantized
+        trained_val_acc = val_acc
+        if averaging:
+            assert average is not None
+            with average.applied(model):
+                val_acc = split_accuracy(model, val_split)
         seconds = time.perf_counter() - t_epoch
         record = {
             "epoch": epoch + 1,
@@ -673,17 +696,25 @@ def train(
             "seconds": seconds,
             "elapsed_s": elapsed0 + time.perf_counter() - t_start,
         }
+        if averaging:
+            record["trained_val_acc"] = trained_val_acc
         history["epochs"].append(record)
         if quantized and val_acc > history["best_val_acc"]:
             history["best_val_acc"] = val_acc
-            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            kept = average.state if averaging and average is not None else model.state_dict()
+            assert kept is not None
+            best = {k: v.detach().clone() for k, v in kept.items()}
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1}/{total} {record['phase']}: loss {record['loss']:.4f} "
-                f"train {record['train_acc']:.4f} val {val_acc:.4f} ({seconds:.1f} s)"
+                f"train {record['train_acc']:.4f} val {val_acc:.4f}"
+                + (f" (average; trained {trained_val_acc:.4f})" if averaging else "")
+                + f" ({seconds:.1f} s)"
             )
         if last is not None and (parallel is None or parallel.main):
-            _checkpoint(last, model, opt, gen, history, best, teacher)
+            _checkpoint(
+                last, model, opt, gen, history, best, teacher, average=None if average is None else average.state
+            )
         if (
             float_stage is not None
             and epoch + 1 == config.float_epochs
@@ -800,8 +831,12 @@ def _checkpoint(
     best: dict[str, torch.Tensor] | None,
     teacher: nn.Module | None = None,
     float_setup: Mapping[str, Any] | None = None,
+    *,
+    average: dict[str, torch.Tensor] | None = None,
 ) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if average is not None:
+        tensors |= {f"ema.{k}": v for k, v in average.items()}
     if best is not None:
         tensors |= {f"best.{k}": v for k, v in best.items()}
     if teacher is not None:
@@ -886,8 +921,15 @@ def _resume(
     gen: torch.Generator,
     config: TrainConfig,
     float_stage: FloatStage | None = None,
-) -> tuple[int, dict[str, Any], dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
-    """(epochs done, history, best weights or None, the distillation teacher's weights or None) from ``path``,
+) -> tuple[
+    int,
+    dict[str, Any],
+    dict[str, torch.Tensor] | None,
+    dict[str, torch.Tensor] | None,
+    dict[str, torch.Tensor] | None,
+]:
+    """(epochs done, history, best weights or None, the distillation teacher's weights or None, the weight
+    average's state or None) from ``path``,
     with ``model``, the optimizer's momentum and ``gen`` restored in place. With ``float_stage`` the file is
     a stored float stage: its float-stage settings (not the LSQ stage's) must be ``config``'s and its setup
     ``float_stage.setup``."""
@@ -913,6 +955,7 @@ def _resume(
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     teacher = {k[8:]: v for k, v in tensors.items() if k.startswith("teacher.")} or None
+    averaged = {k[4:]: v.to(_device_of(model)) for k, v in tensors.items() if k.startswith("ema.")} or None
     for i, p in enumerate(_parameters(opt)):
         if f"momentum.{i}" in tensors:
             opt.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device)
@@ -924,4 +967,11 @@ def _resume(
     history.setdefault("planned_epochs", config.float_epochs + config.epochs)
     history["completed"] = False
     history["resumed_at_epochs"] = [*history.get("resumed_at_epochs", []), len(history["epochs"])]
-    return len(history["epochs"]), history, best, teacher
+    return len(history["epochs"]), history, best, teacher, averaged
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """Where the model's first parameter or buffer lives (the CPU for one with neither)."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")

@@ -84,6 +84,7 @@ class TrainOptions:
     clip_mix: float = 0.0
     clip_mix_epochs: int | None = None
     bn_reestimate: bool = False
+    ema: float = 0.0
     optimizer: str = "sgd"
     crop_padding: int = 4
     cutout: int = 0

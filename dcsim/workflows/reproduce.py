@@ -356,13 +356,26 @@ def _bn_note(training: dict) -> str:
     )
 
 
+def _ema_note(training: dict) -> str:
+    """' The LSQ stage kept a moving average ...' for a run with --ema: whose validation accuracy the table shows."""
+    trained = [e["trained_val_acc"] for e in training["epochs"] if "trained_val_acc" in e]
+    if not trained:
+        return ""
+    shown = " / ".join(f"{100 * a:.2f}" for a in trained)
+    return (
+        " The LSQ stage kept a moving average of the weights (`--ema`): the validation column of its epochs is "
+        f"the average's, the network as trained scored {shown}% there."
+    )
+
+
 def _markdown(s: dict) -> str:
     name = NAMES.get(s["model"], s["model"])
     tr = s["training"]
     parts = [
         f"# dcsim reproduce: {name} ({_shape(s['arch_kwargs'])}) on {s['dataset']}\n\n",
         f"Device: {s['device']}. Whole run {s['seconds'] / 60:.1f} minutes; training {tr['seconds'] / 60:.1f} minutes "
-        f"({len(tr['epochs'])} epochs on {tr['train_images']} images, {tr['device']}){_float_stage_note(tr)}.{_bn_note(tr)}\n\n",
+        f"({len(tr['epochs'])} epochs on {tr['train_images']} images, {tr['device']}){_float_stage_note(tr)}.{_bn_note(tr)}"
+        f"{_ema_note(tr)}\n\n",
         "## Table 1 (test split; th_c selected on the validation split at zero tolerance)\n\n",
         _markdown_table1(s),
         "\nAll rows, with th_c, spikes and wall time (live early exit):\n\n",

@@ -1,0 +1,120 @@
+"""The LSQ stage's moving average of the weights (TrainConfig.ema, --ema): the average's arithmetic against a
+direct computation, a run that keeps it, and a cut-off run that resumes to the same average."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import dcsim
+from dcsim import training
+from dcsim.training.averaging import WeightAverage
+from dcsim.training.device_batches import DeviceSplit
+
+
+def _digits(train: int = 256, val: int = 100):
+    s = dcsim.data.load_digits_splits(seed=0)
+    return s["train"].subset(range(train)), s["val"].subset(range(val))
+
+
+def test_the_average_against_a_direct_sum() -> None:
+    """avg_n = d^(n-1) w_1 + sum_{i >= 2} (1 - d) d^(n-i) w_i for float entries; the batch counter is the last."""
+    gen = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    decay = 0.7
+    avg = WeightAverage(decay)
+    states = []
+    for _ in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+            model[1].running_mean.copy_(torch.randn(3, generator=gen))
+            model[1].num_batches_tracked += 1
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        avg.update(model)
+    n = len(states)
+    for k, v in avg.state.items():
+        if v.is_floating_point():
+            direct = decay ** (n - 1) * states[0][k] + sum(
+                (1 - decay) * decay ** (n - i) * states[i - 1][k] for i in range(2, n + 1)
+            )
+            torch.testing.assert_close(v, direct, rtol=1e-6, atol=1e-6)
+        else:
+            assert torch.equal(v, states[-1][k]), k
+
+
+def test_applied_swaps_in_and_back_even_on_error() -> None:
+    model = nn.Linear(3, 2)
+    avg = WeightAverage(0.5)
+    with pytest.raises(RuntimeError, match="no update"), avg.applied(model):
+        pass
+    avg.update(model)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    own = model.weight.clone()
+    with pytest.raises(KeyError), avg.applied(model):
+        assert torch.equal(model.weight, avg.state["weight"])
+        raise KeyError("inside")
+    assert torch.equal(model.weight, own)
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0, 1.5])
+def test_bad_decay_is_refused(decay: float) -> None:
+    with pytest.raises(ValueError, match="ema must lie in"):
+        training.TrainConfig(epochs=1, ema=decay)
+
+
+def test_it_needs_an_lsq_stage() -> None:
+    with pytest.raises(ValueError, match="ema needs epochs >= 1"):
+        training.TrainConfig(epochs=0, float_epochs=2, ema=0.9)
+
+
+def _run(tmp_path=None, time_limit_s=None, **kw):
+    tr, va = _digits()
+    torch.manual_seed(0)
+    model = dcsim.models.small_cnn(num_classes=10, in_channels=1, width=4)
+    base = {"lr": 0.05, "batch_size": 64, "schedule": "cosine", "float_epochs": 1, "epochs": 2}
+    cfg = training.TrainConfig(**base | kw)
+    h = training.train(
+        model,
+        tr.normalized(),
+        tr.labels,
+        va.normalized(),
+        va.labels,
+        cfg,
+        progress=False,
+        workdir=tmp_path,
+        time_limit_s=time_limit_s,
+    )
+    return model, h, va
+
+
+def test_a_run_keeps_the_average_and_trains_as_without_it() -> None:
+    """The trained networks' path is the run's without the average (it draws no random numbers): its
+    validation accuracy per epoch is the plain run's; the kept network is the average, whose accuracy is
+    the recorded one, and differs from the plain run's weights."""
+    plain, h_plain, va = _run()
+    averaged, h, _ = _run(ema=0.9)
+    lsq = [e for e in h["epochs"] if e["phase"] == "lsq"]
+    lsq_plain = [e for e in h_plain["epochs"] if e["phase"] == "lsq"]
+    assert [e["trained_val_acc"] for e in lsq] == [e["val_acc"] for e in lsq_plain]
+    assert all("trained_val_acc" not in e for e in h["epochs"] if e["phase"] == "float")
+    assert h["best_val_acc"] == max(e["val_acc"] for e in lsq)
+    val = DeviceSplit(va.normalized(), va.labels, [0.0], [1.0], "cpu")
+    assert training.split_accuracy(averaged, val) == h["best_val_acc"]
+    assert not all(
+        torch.equal(a, b) for a, b in zip(plain.state_dict().values(), averaged.state_dict().values(), strict=True)
+    )
+
+
+def test_a_cut_off_run_resumes_to_the_same_average(tmp_path) -> None:
+    whole, h_whole, _ = _run(ema=0.9)
+    _, cut, _ = _run(tmp_path, time_limit_s=0.0, ema=0.9)  # the float epoch
+    _, cut, _ = _run(tmp_path, time_limit_s=0.0, ema=0.9)  # and the first LSQ epoch: the average saved
+    assert len(cut["epochs"]) == 2 and not cut["completed"]
+    resumed, h, _ = _run(tmp_path, ema=0.9)
+    assert h["completed"] and h["resumed_at_epochs"] == [1, 2]
+    assert [e["val_acc"] for e in h["epochs"]] == [e["val_acc"] for e in h_whole["epochs"]]
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
