@@ -551,7 +551,7 @@ class Engine:
         spikes = [torch.empty((0, len(self.neurons)), dtype=torch.int64, device=self.device)]
         ops_ = [torch.empty((0, len(self.neurons)), dtype=torch.int64, device=self.device)]
         for lo in range(0, n_all, bs):
-            state = self.start(x[lo : lo + bs], blank=True)
+            state = self.fresh(x[lo : lo + bs], blank=True)  # x checked above
             k = self.steps_at_once(chunk, state.n)
             records = [
                 self.advance(state, min(k, steps - done), steps, readout, record_sums=record_sums, done=done)
@@ -641,7 +641,7 @@ class Engine:
                 if sops_run is not None:
                     ops_[lo : lo + bs] = sops_run
                 continue
-            state = self.start(
+            state = self.fresh(  # x checked above
                 x[lo : lo + bs], ids=torch.arange(lo, min(lo + bs, n_all), device=self.device), blank=True
             )
             if cost_model:
