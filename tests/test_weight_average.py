@@ -118,3 +118,22 @@ def test_a_cut_off_run_resumes_to_the_same_average(tmp_path) -> None:
     assert [e["val_acc"] for e in h["epochs"]] == [e["val_acc"] for e in h_whole["epochs"]]
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_the_training_curve_shows_the_network_as_trained_beside_the_average() -> None:
+    from dcsim.analysis.plots import training_series
+
+    epochs = [
+        {"phase": "float", "val_acc": 0.5, "elapsed_s": 60.0},
+        {"phase": "lsq", "val_acc": 0.7, "trained_val_acc": 0.6, "elapsed_s": 120.0},
+        {"phase": "lsq", "val_acc": 0.8, "trained_val_acc": 0.75, "elapsed_s": 180.0},
+    ]
+    lines = training_series(epochs)
+    assert [(label, style) for label, _, _, style in lines] == [
+        ("float stage (validation)", "o-"),
+        ("lsq stage (the weight average, validation)", "o-"),
+        ("lsq stage (network as trained, validation)", "o--"),
+    ]
+    assert lines[1][1:3] == ([2.0, 3.0], [70.0, 80.0]) and lines[2][2] == [60.0, 75.0]
+    plain = training_series([{k: v for k, v in e.items() if k != "trained_val_acc"} for e in epochs])
+    assert [label for label, *_ in plain] == ["float stage (validation)", "lsq stage (validation)"]

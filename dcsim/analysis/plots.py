@@ -189,17 +189,34 @@ def plot_curves(
     return _save(fig, path)
 
 
+def training_series(epochs: list[dict]) -> list[tuple[str, list[float], list[float], str]]:
+    """The lines of :func:`plot_training_curve`: (label, minutes, validation accuracy in %, line style) per
+    stage, and for a stage whose epochs hold a weight average's accuracy (``--ema``: "trained_val_acc" beside
+    "val_acc") a dashed line of the network as trained."""
+    lines = []
+    for phase in ("float", "lsq"):
+        rows = [e for e in epochs if e["phase"] == phase]
+        if not rows:
+            continue
+        minutes = [e["elapsed_s"] / 60 for e in rows]
+        averaged = all("trained_val_acc" in e for e in rows)
+        what = "the weight average, validation" if averaged else "validation"
+        lines.append((f"{phase} stage ({what})", minutes, [100 * e["val_acc"] for e in rows], "o-"))
+        if averaged:
+            trained = [100 * e["trained_val_acc"] for e in rows]
+            lines.append((f"{phase} stage (network as trained, validation)", minutes, trained, "o--"))
+    return lines
+
+
 def plot_training_curve(epochs: list[dict], path: str | os.PathLike, title: str) -> Path:
     """Validation accuracy (%) against wall-clock minutes of training, one marker per epoch, float
-    and LSQ stages in their own colours. epochs: the training history's entries, each with
-    "phase" ("float" or "lsq"), "val_acc" (fraction) and "elapsed_s" (seconds since the start)."""
+    and LSQ stages in their own colours (see :func:`training_series`). epochs: the training history's entries,
+    each with "phase" ("float" or "lsq"), "val_acc" (fraction) and "elapsed_s" (seconds since the start)."""
     if not epochs:
         raise ValueError("plot_training_curve: the history has no epochs")
     fig, ax = _new_axes((6.0, 4.0))
-    for phase in ("float", "lsq"):
-        pts = [(e["elapsed_s"] / 60, 100 * e["val_acc"]) for e in epochs if e["phase"] == phase]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), "o-", ms=3, label=f"{phase} stage (validation)")
+    for label, minutes, accuracy, style in training_series(epochs):
+        ax.plot(minutes, accuracy, style, ms=3, label=label)
     ax.set_xlabel("training time (minutes)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=10)
