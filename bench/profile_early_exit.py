@@ -36,10 +36,10 @@ PARTS = ["convs", "linears", "pools/adds/other", "neuron", "output", "compact", 
 def instrument(engine: Engine, acc: dict[str, float]) -> None:
     """Wrap the engine's parts in timers that add seconds to ``acc[part]`` (instance attributes only).
 
-    Layers run inside ``start`` (the image-fed layers) count as "static+setup"; ``acc["calls"]``
+    Layers run inside ``fresh`` (a batch's setup: the image-fed layers) count as "static+setup"; ``acc["calls"]``
     counts the step calls (``advance``).
     """
-    in_start = [False]
+    in_fresh = [False]
 
     def timed(part: str | Callable[..., str], fn: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -51,23 +51,23 @@ def instrument(engine: Engine, acc: dict[str, float]) -> None:
 
         return wrapper
 
-    def start(*args: Any, **kwargs: Any) -> Any:
-        in_start[0] = True
+    def fresh(*args: Any, **kwargs: Any) -> Any:
+        in_fresh[0] = True
         try:
-            return timed("static+setup", start_fn)(*args, **kwargs)
+            return timed("static+setup", fresh_fn)(*args, **kwargs)
         finally:
-            in_start[0] = False
+            in_fresh[0] = False
 
     def advance(*args: Any, **kwargs: Any) -> Any:
         acc["calls"] += 1
         return advance_fn(*args, **kwargs)
 
     def kind(node: Any, *_: Any) -> str:
-        if in_start[0]:
-            return "layers-in-start"
+        if in_fresh[0]:
+            return "layers-in-fresh"
         return "convs" if isinstance(node, Conv) else "linears" if isinstance(node, Linear) else "pools/adds/other"
 
-    start_fn, advance_fn = engine.start, engine.advance
+    fresh_fn, advance_fn = engine.fresh, engine.advance
 
     k = engine.kernels
     parts = {
@@ -84,7 +84,7 @@ def instrument(engine: Engine, acc: dict[str, float]) -> None:
     )
     engine._apply = timed(kind, engine._apply)  # type: ignore[method-assign]
     engine._drive_mask = timed("masks", engine._drive_mask)  # type: ignore[method-assign]
-    engine.start = start  # type: ignore[method-assign]
+    engine.fresh = fresh  # type: ignore[method-assign]
     engine.advance = advance  # type: ignore[method-assign]
 
 
@@ -98,9 +98,9 @@ def profile(engine: Engine, case: Any, batch: int, n: int, threshold: float) -> 
     res = engine.early_exit(x, case.steps, case.readout, threshold, batch_size=batch)
     total = time.thread_time() - t0
     engine.kernels = saved
-    for name in ("_apply", "_drive_mask", "start", "advance"):
+    for name in ("_apply", "_drive_mask", "fresh", "advance"):
         delattr(engine, name)
-    acc.pop("layers-in-start", None)  # inside start's time already
+    acc.pop("layers-in-fresh", None)  # inside fresh's time already
     acc["python"] = total - sum(v for p, v in acc.items() if p not in ("python", "calls"))
     return dict(acc) | {"total": total, "steps": float(res.exit_step.float().sum())}
 
