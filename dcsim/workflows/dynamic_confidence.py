@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from .. import analysis
 from ..analysis import energy
 from ..analysis.calibration import calibration_report
 from ..conversion.convert import convert
+from ..data.stream import FolderSplit
 from ..parallel.distributed import Sharded, map_batches
 from ..sim.engine import Engine
 from ..sim.readout import Readout
@@ -33,11 +35,11 @@ from .options import EnergyOptions
 NO_EXIT = 1.0
 """Threshold at which no sample exits early (scores are <= 1 and the rule is strict)."""
 TIMED_SECONDS = 0.5
-"""evaluate_live times passes over an in-memory split until they add up to this many seconds (at most
-MAX_TIMED_PASSES) and reports the median pass: one pass over the digits demo's 360 test images (about 25 ms)
+"""evaluate_live_runs times rounds of passes over an in-memory split until each run's add up to this many
+seconds (at most MAX_TIMED_PASSES rounds) and reports each run's median pass: one pass over the digits demo's 360 test images (about 25 ms)
 moved by up to 30% from run to run, enough to show DC slower than no DC."""
 MAX_TIMED_PASSES = 7
-"""The most timed passes of one evaluate_live call."""
+"""The most timed passes of one run of an evaluate_live_runs call."""
 
 
 def spikes_per_neuron(spikes: torch.Tensor, neurons: list[int]) -> dict:
@@ -150,69 +152,111 @@ def evaluate_live(
     graphs: bool = False,
 ) -> LiveEval:
     """Live early exit at ``threshold`` (1.0: every sample runs T steps); wall time per inference in ms.
+    One run of :func:`evaluate_live_runs` (see there for the timing)."""
+    runs = evaluate_live_runs(
+        engine, images, labels, steps, readout, {"run": threshold}, batch_size=batch_size, chunk=chunk, graphs=graphs
+    )
+    return runs["run"]
+
+
+def evaluate_live_runs(
+    engine: Engine,
+    images: Images,
+    labels: torch.Tensor,
+    steps: int,
+    readout: Readout,
+    thresholds: Mapping[str, float],
+    batch_size: int = 256,
+    chunk: int | None = None,
+    graphs: bool = False,
+) -> dict[str, LiveEval]:
+    """Live early exit at each of ``thresholds`` ({label: threshold}, e.g. without and with DC) on the same
+    split; wall time per inference in ms. Returns {label: LiveEval}.
 
     chunk: steps computed per conv call (see Engine.advance); graphs: CUDA-graph step loop (see
-    Engine.early_exit). Results are the same. The wall time is the whole loop's (with a Sharded
-    split: until every rank is done, data loading included), timed warm: first an untimed run on one
-    batch of zero images (the conv libraries' set-up; with graphs an untimed pass over the split,
-    which captures the graphs of every batch shape), so every command times ms per inference alike.
-    An in-memory split whose pass is short is timed over several passes (see TIMED_SECONDS), the median
-    reported; a Sharded split is timed over one pass (every rank must run the same passes).
+    Engine.early_exit). Results are the same. The wall time is a whole pass's (with a Sharded split: until
+    every rank is done, data loading included), timed warm: first an untimed run of each threshold on one
+    batch of zero images (the conv libraries' set-up; with graphs an untimed pass over the split, which
+    captures the graphs of every batch shape), so every command times ms per inference alike. An in-memory
+    split whose passes are short is timed over several rounds (see TIMED_SECONDS), one pass of each run a
+    round, in turn, so that the machine's drift falls on every run alike; each run reports its median pass.
+    A streamed split, or any split under torchrun, is timed over one round (every rank must run the same passes).
     """
     if isinstance(images, torch.Tensor):
         images = images.to(engine.device)
     layers: list = []
 
-    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        r = engine.early_exit(
-            x.to(engine.device), steps, readout, threshold, batch_size=batch_size, chunk=chunk, graphs=graphs
-        )
-        layers[:] = [r.neurons, r.layers]
-        counts = (r.sops, r.macs) if r.sops is not None and r.macs is not None else ()  # with engine.count_ops
-        return (r.pred, r.exit_step, r.conf, r.spikes, *counts)
+    def run(threshold: float) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+        def one(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            r = engine.early_exit(
+                x.to(engine.device), steps, readout, threshold, batch_size=batch_size, chunk=chunk, graphs=graphs
+            )
+            layers[:] = [r.neurons, r.layers]
+            counts = (r.sops, r.macs) if r.sops is not None and r.macs is not None else ()  # with engine.count_ops
+            return (r.pred, r.exit_step, r.conf, r.spikes, *counts)
+
+        return one
 
     warm = min(batch_size, len(images))
-    if graphs:  # captures the graphs of every batch shape
-        map_batches(images, batch_size, run, "warm-up")
-    elif warm:
-        with engine.chunk_planner.exits_unrecorded():  # a zero image's exit says nothing about the data's
-            engine.early_exit(
-                torch.zeros((warm, *_sample_shape(images)), device=engine.device),
-                steps,
-                readout,
-                threshold,
-                batch_size=batch_size,
-                chunk=chunk,
-            )
+    for threshold in thresholds.values():
+        if graphs:  # captures the graphs of every batch shape
+            map_batches(images, batch_size, run(threshold), "warm-up")
+        elif warm:
+            with engine.chunk_planner.exits_unrecorded():  # a zero image's exit says nothing about the data's
+                engine.early_exit(
+                    torch.zeros((warm, *_sample_shape(images)), device=engine.device),
+                    steps,
+                    readout,
+                    threshold,
+                    batch_size=batch_size,
+                    chunk=chunk,
+                )
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
-    passes = []  # seconds of each timed pass; the results are the first pass's (every pass gives the same)
-    t0 = time.perf_counter()
-    out = map_batches(images, batch_size, run, f"live th_c={threshold:.3g}")
-    passes.append(time.perf_counter() - t0)
-    while isinstance(images, torch.Tensor) and sum(passes) < TIMED_SECONDS and len(passes) < MAX_TIMED_PASSES:
+    passes: dict[str, list[float]] = {label: [] for label in thresholds}  # seconds of each timed pass
+    outs = {}  # the results are each run's first pass's (every pass gives the same)
+    for label, threshold in thresholds.items():
+        t0 = time.perf_counter()
+        outs[label] = map_batches(images, batch_size, run(threshold), f"live th_c={threshold:.3g}")
+        passes[label].append(time.perf_counter() - t0)
+    while (
+        _repeatable(images)
+        and min(sum(p) for p in passes.values()) < TIMED_SECONDS
+        and len(next(iter(passes.values()))) < MAX_TIMED_PASSES
+    ):
         with engine.chunk_planner.exits_unrecorded():  # the same samples again: no new exits for the plan
-            t0 = time.perf_counter()
-            map_batches(images, batch_size, run)
-            passes.append(time.perf_counter() - t0)
-    elapsed = statistics.median(passes)
+            for label, threshold in thresholds.items():
+                t0 = time.perf_counter()
+                map_batches(images, batch_size, run(threshold))
+                passes[label].append(time.perf_counter() - t0)
     if not layers:  # this rank ran no batch: the layer sizes come from the network
-        layers[:] = list(engine._layers(out[0].new_empty((0, *_sample_shape(images)), dtype=torch.float32)))
-    pred, exit_step, conf, spikes = out[:4]
-    sops, macs = out[4:] if len(out) == 6 else (None, None)
+        layers[:] = list(engine._layers(torch.empty((0, *_sample_shape(images)), device=engine.device)))
     neurons, names = layers
-    res = ExitResult(pred, exit_step, conf, spikes, neurons, names, sops=sops, macs=macs)
-    correct = (res.pred == labels.cpu()).float()
-    mean_steps = float(res.exit_step.float().mean())
-    return LiveEval(
-        threshold=threshold,
-        accuracy=float(correct.mean()),
-        mean_steps=mean_steps,
-        saving=1.0 - mean_steps / steps,
-        spikes=spikes_per_neuron(res.spikes, res.neurons),
-        ms_per_inference=1000.0 * elapsed / max(len(res.pred), 1),
-        result=res,
-    )
+    evals = {}
+    for label, threshold in thresholds.items():
+        out = outs[label]
+        pred, exit_step, conf, spikes = out[:4]
+        sops, macs = out[4:] if len(out) == 6 else (None, None)
+        res = ExitResult(pred, exit_step, conf, spikes, neurons, names, sops=sops, macs=macs)
+        mean_steps = float(res.exit_step.float().mean())
+        evals[label] = LiveEval(
+            threshold=threshold,
+            accuracy=float((res.pred == labels.cpu()).float().mean()),
+            mean_steps=mean_steps,
+            saving=1.0 - mean_steps / steps,
+            spikes=spikes_per_neuron(res.spikes, res.neurons),
+            ms_per_inference=1000.0 * statistics.median(passes[label]) / max(len(res.pred), 1),
+            result=res,
+        )
+    return evals
+
+
+def _repeatable(images: Images) -> bool:
+    """Whether a timed pass over ``images`` may be repeated at will: an in-memory split in a single-process run
+    (a tensor, or a Sharded in-memory split of one rank); under torchrun the ranks could disagree on the count."""
+    if isinstance(images, torch.Tensor):
+        return True
+    return isinstance(images, Sharded) and not images.world.distributed and not isinstance(images.split, FolderSplit)
 
 
 ENERGY_COLUMNS = ("sops_per_inference", "macs_per_inference", "energy_uj", "energy_ratio_to_ann")
@@ -286,8 +330,8 @@ def dynamic_confidence(
     trace = record_trace(engine, val_x, val_y, steps, readout, (meta or {}) | {"split": "val"}, batch_size)
     report = analysis.analyze(trace, tolerance=tolerance)
     threshold = report["selected"]["threshold"]
-    no_dc = evaluate_live(engine, test_x, test_y, steps, readout, NO_EXIT, batch_size)
-    with_dc = evaluate_live(engine, test_x, test_y, steps, readout, threshold, batch_size)
+    runs = evaluate_live_runs(engine, test_x, test_y, steps, readout, {"no_dc": NO_EXIT, "dc": threshold}, batch_size)
+    no_dc, with_dc = runs["no_dc"], runs["dc"]
     return {
         "method": method,
         "steps": steps,

@@ -18,7 +18,14 @@ from ..parallel.distributed import World, write_if_main
 from ..sim.engine import Engine
 from ..sim.readout import OFFICIAL_DEMO_ALPHA, Readout
 from ..sim.semantics import Semantics
-from .dynamic_confidence import NO_EXIT, calibrate, energy_columns, energy_report, evaluate_live, record_trace
+from .dynamic_confidence import (
+    NO_EXIT,
+    calibrate,
+    energy_columns,
+    energy_report,
+    evaluate_live_runs,
+    record_trace,
+)
 from .inputs import model_and_splits, source
 from .options import AnalyzeOptions, DataOptions, EvalOptions, ModelOptions, ReadoutOptions, TraceOptions
 
@@ -182,17 +189,12 @@ def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, wor
         count_ops=True,  # eval reports SOPs, MACs and energy
     )
     x, y = source(data, world, splits[opts.split])
-    res = evaluate_live(
-        engine, x, y, steps, readout, threshold, batch_size=opts.batch_size, chunk=opts.chunk, graphs=eng.graphs
-    )
     label = "dc" if threshold < NO_EXIT else "no_dc"
-    runs = {label: res}
-    if label == "dc":
-        runs = {
-            "no_dc": evaluate_live(
-                engine, x, y, steps, readout, NO_EXIT, batch_size=opts.batch_size, chunk=opts.chunk, graphs=eng.graphs
-            )
-        } | runs
+    thresholds = {"no_dc": NO_EXIT} | ({"dc": threshold} if label == "dc" else {})  # timed in turn
+    runs = evaluate_live_runs(
+        engine, x, y, steps, readout, thresholds, batch_size=opts.batch_size, chunk=opts.chunk, graphs=eng.graphs
+    )
+    res = runs[label]
     energy = energy_report(engine, x, runs, opts.energy)
     compare: dict = {}
     if label == "dc":
