@@ -9,6 +9,7 @@ import torch
 import dcsim
 from dcsim import training
 from dcsim.data.augment import random_crop_flip
+from dcsim.training.device_batches import DeviceSplit
 
 
 @pytest.fixture(scope="module")
@@ -236,5 +237,38 @@ def test_distill_resumes_with_the_same_teacher(digits, tmp_path):
     assert len(cut["epochs"]) == 2 and not cut["completed"]
     resumed, h = _train(digits, cfg, workdir=tmp_path)
     assert h["completed"] and h["resumed_at_epochs"] == [1, 2]
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_ema_run_keeps_the_average_and_trains_as_without_it(digits):
+    """The trained network's path is the run's without the average (it draws no random numbers): its
+    validation accuracy per epoch is the plain run's; the kept network is the average, whose accuracy is
+    the recorded one, and differs from the plain run's weights."""
+    base = {"lr": 0.05, "batch_size": 64, "schedule": "cosine", "float_epochs": 1, "epochs": 2}
+    plain, h_plain = _train(digits, training.TrainConfig(**base))
+    averaged, h = _train(digits, training.TrainConfig(**base, ema=0.9))
+    lsq = [e for e in h["epochs"] if e["phase"] == "lsq"]
+    lsq_plain = [e for e in h_plain["epochs"] if e["phase"] == "lsq"]
+    assert [e["trained_val_acc"] for e in lsq] == [e["val_acc"] for e in lsq_plain]
+    assert all("trained_val_acc" not in e for e in h["epochs"] if e["phase"] == "float")
+    assert h["best_val_acc"] == max(e["val_acc"] for e in lsq)
+    va = digits[1]
+    val = DeviceSplit(va.normalized(), va.labels, [0.0], [1.0], "cpu")
+    assert training.split_accuracy(averaged, val) == h["best_val_acc"]
+    assert not all(
+        torch.equal(a, b) for a, b in zip(plain.state_dict().values(), averaged.state_dict().values(), strict=True)
+    )
+
+
+def test_ema_resumes_to_the_same_average(digits, tmp_path):
+    cfg = training.TrainConfig(lr=0.05, batch_size=64, schedule="cosine", float_epochs=1, epochs=2, ema=0.9)
+    whole, h_whole = _train(digits, cfg)
+    _, cut = _train(digits, cfg, workdir=tmp_path, time_limit_s=0.0)  # the float epoch
+    _, cut = _train(digits, cfg, workdir=tmp_path, time_limit_s=0.0)  # and the first LSQ epoch: the average saved
+    assert len(cut["epochs"]) == 2 and not cut["completed"]
+    resumed, h = _train(digits, cfg, workdir=tmp_path)
+    assert h["completed"] and h["resumed_at_epochs"] == [1, 2]
+    assert [e["val_acc"] for e in h["epochs"]] == [e["val_acc"] for e in h_whole["epochs"]]
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k

@@ -1,5 +1,6 @@
 """The LSQ stage's moving average of the weights (TrainConfig.ema, --ema): the average's arithmetic against a
-direct computation, a run that keeps it, and a cut-off run that resumes to the same average."""
+direct computation, its swap in and out, the config's checks and the training curve's lines (runs that keep it:
+tests/test_training.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-import dcsim
 from dcsim import training
 from dcsim.training.averaging import WeightAverage
-from dcsim.training.device_batches import DeviceSplit
-
-
-def _digits(train: int = 256, val: int = 100):
-    s = dcsim.data.load_digits_splits(seed=0)
-    return s["train"].subset(range(train)), s["val"].subset(range(val))
 
 
 def test_the_average_against_a_direct_sum() -> None:
@@ -68,56 +62,6 @@ def test_bad_decay_is_refused(decay: float) -> None:
 def test_it_needs_an_lsq_stage() -> None:
     with pytest.raises(ValueError, match="ema needs epochs >= 1"):
         training.TrainConfig(epochs=0, float_epochs=2, ema=0.9)
-
-
-def _run(tmp_path=None, time_limit_s=None, **kw):
-    tr, va = _digits()
-    torch.manual_seed(0)
-    model = dcsim.models.small_cnn(num_classes=10, in_channels=1, width=4)
-    base = {"lr": 0.05, "batch_size": 64, "schedule": "cosine", "float_epochs": 1, "epochs": 2}
-    cfg = training.TrainConfig(**base | kw)
-    h = training.train(
-        model,
-        tr.normalized(),
-        tr.labels,
-        va.normalized(),
-        va.labels,
-        cfg,
-        progress=False,
-        workdir=tmp_path,
-        time_limit_s=time_limit_s,
-    )
-    return model, h, va
-
-
-def test_a_run_keeps_the_average_and_trains_as_without_it() -> None:
-    """The trained networks' path is the run's without the average (it draws no random numbers): its
-    validation accuracy per epoch is the plain run's; the kept network is the average, whose accuracy is
-    the recorded one, and differs from the plain run's weights."""
-    plain, h_plain, va = _run()
-    averaged, h, _ = _run(ema=0.9)
-    lsq = [e for e in h["epochs"] if e["phase"] == "lsq"]
-    lsq_plain = [e for e in h_plain["epochs"] if e["phase"] == "lsq"]
-    assert [e["trained_val_acc"] for e in lsq] == [e["val_acc"] for e in lsq_plain]
-    assert all("trained_val_acc" not in e for e in h["epochs"] if e["phase"] == "float")
-    assert h["best_val_acc"] == max(e["val_acc"] for e in lsq)
-    val = DeviceSplit(va.normalized(), va.labels, [0.0], [1.0], "cpu")
-    assert training.split_accuracy(averaged, val) == h["best_val_acc"]
-    assert not all(
-        torch.equal(a, b) for a, b in zip(plain.state_dict().values(), averaged.state_dict().values(), strict=True)
-    )
-
-
-def test_a_cut_off_run_resumes_to_the_same_average(tmp_path) -> None:
-    whole, h_whole, _ = _run(ema=0.9)
-    _, cut, _ = _run(tmp_path, time_limit_s=0.0, ema=0.9)  # the float epoch
-    _, cut, _ = _run(tmp_path, time_limit_s=0.0, ema=0.9)  # and the first LSQ epoch: the average saved
-    assert len(cut["epochs"]) == 2 and not cut["completed"]
-    resumed, h, _ = _run(tmp_path, ema=0.9)
-    assert h["completed"] and h["resumed_at_epochs"] == [1, 2]
-    assert [e["val_acc"] for e in h["epochs"]] == [e["val_acc"] for e in h_whole["epochs"]]
-    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b), k
 
 
 def test_the_training_curve_shows_the_network_as_trained_beside_the_average() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import json
 import math
 import time
@@ -611,8 +610,8 @@ def train(
         last.parent.mkdir(parents=True, exist_ok=True)
     if last is not None and last.exists():
         start, history, best, teacher_state, averaged = _resume(last, model, opt, gen, config)
-        if average is not None:
-            average.state = averaged
+        if average is not None and averaged is not None:
+            average.state = {k: v.to(device) for k, v in averaged.items()}
         if teacher_state is not None:
             teacher = make_teacher(model)
             teacher.load_state_dict(teacher_state)
@@ -633,6 +632,7 @@ def train(
         t_epoch = time.perf_counter()
         quantized = epoch >= config.float_epochs
         set_quantization(model, quantized)
+        averaging = average if quantized else None  # the LSQ stage's weight average, if any
         mixed = quantized and total - epoch <= (config.clip_mix_epochs or config.epochs)
         set_clip_mix(model, config.clip_mix if mixed else 0.0)
         if mixed and config.clip_mix:
@@ -667,8 +667,8 @@ def train(
             lr = learning_rate(config, epoch, b / n_batches)
             set_learning_rate(opt, config, epoch, lr)
             loss, hits, rows = step(x, y, global_rows)
-            if average is not None and quantized:
-                average.update(model)
+            if averaging is not None:
+                averaging.update(model)
             loss_sum += loss * global_rows / ranks
             correct += hits
             seen += rows
@@ -679,11 +679,9 @@ def train(
             totals = parallel.reduce(*totals)
         total_loss, total_correct, total_seen = totals
         val_acc = split_accuracy(model, val_split)
-        averaging = average is not None and quantized
         trained_val_acc = val_acc
-        if averaging:
-            assert average is not None
-            with average.applied(model):
+        if averaging is not None:
+            with averaging.applied(model):
                 val_acc = split_accuracy(model, val_split)
         seconds = time.perf_counter() - t_epoch
         record = {
@@ -696,19 +694,19 @@ def train(
             "seconds": seconds,
             "elapsed_s": elapsed0 + time.perf_counter() - t_start,
         }
-        if averaging:
+        if averaging is not None:
             record["trained_val_acc"] = trained_val_acc
         history["epochs"].append(record)
         if quantized and val_acc > history["best_val_acc"]:
             history["best_val_acc"] = val_acc
-            kept = average.state if averaging and average is not None else model.state_dict()
-            assert kept is not None
+            kept = model.state_dict() if averaging is None else averaging.state
+            assert kept is not None  # the average has seen this epoch's updates
             best = {k: v.detach().clone() for k, v in kept.items()}
         if progress:
             tqdm.write(
                 f"epoch {epoch + 1}/{total} {record['phase']}: loss {record['loss']:.4f} "
                 f"train {record['train_acc']:.4f} val {val_acc:.4f}"
-                + (f" (average; trained {trained_val_acc:.4f})" if averaging else "")
+                + (f" (average; trained {trained_val_acc:.4f})" if averaging is not None else "")
                 + f" ({seconds:.1f} s)"
             )
         if last is not None and (parallel is None or parallel.main):
@@ -955,7 +953,7 @@ def _resume(
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     teacher = {k[8:]: v for k, v in tensors.items() if k.startswith("teacher.")} or None
-    averaged = {k[4:]: v.to(_device_of(model)) for k, v in tensors.items() if k.startswith("ema.")} or None
+    averaged = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")} or None
     for i, p in enumerate(_parameters(opt)):
         if f"momentum.{i}" in tensors:
             opt.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device)
@@ -968,10 +966,3 @@ def _resume(
     history["completed"] = False
     history["resumed_at_epochs"] = [*history.get("resumed_at_epochs", []), len(history["epochs"])]
     return len(history["epochs"]), history, best, teacher, averaged
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    """Where the model's first parameter or buffer lives (the CPU for one with neither)."""
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        return t.device
-    return torch.device("cpu")
