@@ -5,6 +5,7 @@ from itertools import pairwise
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import dcsim
 from dcsim import training
@@ -263,12 +264,21 @@ def test_ema_run_keeps_the_average_and_trains_as_without_it(digits):
 
 def test_ema_resumes_to_the_same_average(digits, tmp_path):
     cfg = training.TrainConfig(lr=0.05, batch_size=64, schedule="cosine", float_epochs=1, epochs=2, ema=0.9)
-    whole, h_whole = _train(digits, cfg)
-    _, cut = _train(digits, cfg, workdir=tmp_path, time_limit_s=0.0)  # the float epoch
-    _, cut = _train(digits, cfg, workdir=tmp_path, time_limit_s=0.0)  # and the first LSQ epoch: the average saved
+    whole, h_whole = _train(digits, cfg, workdir=tmp_path / "whole")
+    cut_dir = tmp_path / "cut"
+    _, cut = _train(digits, cfg, workdir=cut_dir, time_limit_s=0.0)  # the float epoch
+    _, cut = _train(digits, cfg, workdir=cut_dir, time_limit_s=0.0)  # and the first LSQ epoch: the average saved
     assert len(cut["epochs"]) == 2 and not cut["completed"]
-    resumed, h = _train(digits, cfg, workdir=tmp_path)
+    resumed, h = _train(digits, cfg, workdir=cut_dir)
     assert h["completed"] and h["resumed_at_epochs"] == [1, 2]
     assert [e["val_acc"] for e in h["epochs"]] == [e["val_acc"] for e in h_whole["epochs"]]
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+    # the average itself, as each run's last state holds it after the last epoch
+    ema = [
+        {k: v for k, v in load_file(str(d / "last.safetensors")).items() if k.startswith("ema.")}
+        for d in (tmp_path / "whole", cut_dir)
+    ]
+    assert ema[0] and ema[0].keys() == ema[1].keys()
+    for k, v in ema[0].items():
+        assert torch.equal(v, ema[1][k]), k
