@@ -96,11 +96,45 @@ def test_the_mix_in_the_last_epochs_only() -> None:
     assert losses(clip_mix=0.5, clip_mix_epochs=3) == losses(clip_mix=0.5)
 
 
+def test_the_mix_at_the_first_layers_only() -> None:
+    """clip_mix_layers = N: the first N LSQ layers (module order) take the mix, the later ones never clip;
+    N = all layers is the whole mix, bit for bit; more layers than the model has is refused before training."""
+    model = dcsim.models.small_cnn(num_classes=10, in_channels=1, width=4)
+    layers = [m for m in model.modules() if isinstance(m, LSQActivation)]
+    assert len(layers) >= 3
+    assert set_clip_mix(model, 0.5, 2) == 2
+    assert [m.clip_mix for m in layers] == [0.5, 0.5] + [0.0] * (len(layers) - 2)
+    assert set_clip_mix(model, 0.5) == len(layers) and all(m.clip_mix == 0.5 for m in layers)
+    with pytest.raises(ValueError, match=rf"clip_mix_layers must lie in \[1, {len(layers)}\].*got {len(layers) + 1}"):
+        set_clip_mix(model, 0.5, len(layers) + 1)
+
+    s = dcsim.data.load_digits_splits(seed=0)
+    tr, va = s["train"].subset(range(256)), s["val"].subset(range(100))
+    base = {"lr": 0.05, "batch_size": 64, "schedule": "cosine", "float_epochs": 1, "epochs": 2, "clip_mix": 0.5}
+
+    def losses(**kw) -> list[float]:
+        torch.manual_seed(0)
+        net = dcsim.models.small_cnn(num_classes=10, in_channels=1, width=4)
+        cfg = training.TrainConfig(**{**base, **kw})
+        h = training.train(net, tr.normalized(), tr.labels, va.normalized(), va.labels, cfg, progress=False)
+        assert all(m.clip_mix == 0.0 for m in net.modules() if isinstance(m, LSQActivation))  # left unmixed
+        return [e["loss"] for e in h["epochs"]]
+
+    whole, first = losses(), losses(clip_mix_layers=1)
+    assert losses(clip_mix_layers=len(layers)) == whole
+    assert first[0] == whole[0]  # the float epoch: no mix either way
+    assert first[1] != whole[1] and first[1] != losses(clip_mix=0.0)[1]  # the LSQ epochs: another mix
+    with pytest.raises(ValueError, match="clip_mix_layers must lie in"):
+        losses(clip_mix_layers=len(layers) + 1)
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [({"clip_mix": 0.5, "clip_mix_epochs": 0}, "clip_mix_epochs must be"),
      ({"clip_mix": 0.5, "clip_mix_epochs": 4}, r"clip_mix_epochs \(4\) exceeds the LSQ epochs \(3\)"),
-     ({"clip_mix_epochs": 2}, "clip_mix_epochs needs clip_mix > 0")],
+     ({"clip_mix_epochs": 2}, "clip_mix_epochs needs clip_mix > 0"),
+     ({"clip_mix": 0.5, "clip_mix_layers": 0}, "clip_mix_layers must be"),
+     ({"clip_mix_layers": 1}, "clip_mix_layers needs clip_mix > 0")],
 )  # fmt: skip
 def test_bad_mix_epochs_are_refused(kw, match) -> None:
     with pytest.raises(ValueError, match=match):

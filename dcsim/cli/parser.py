@@ -109,7 +109,7 @@ TRAIN = [
     ("--lsq-label-smoothing", float, None, "the LSQ stage's (default: --label-smoothing; 0: plain cross-entropy: unsmoothed confidence)"),
     ("--distill", float, 0.0, "LSQ stage: weight in [0, 1] of distillation from the float stage's network (0: off)"),
     ("--clip-mix", float, 0.0, "LSQ stage: chance in [0, 1) an image takes the clip (QCFS's many-step limit), not the quantizer"),
-    ("--clip-mix-epochs", int, None, "the clip mix only in the last N LSQ epochs (default: all)"), ("--bn-reestimate", ON,
+    ("--clip-mix-epochs", int, None, "the clip mix only in the last N LSQ epochs (default: all)"), ("--clip-mix-layers", int, None, "the clip mix only at the first N LSQ layers (default: all)"), ("--bn-reestimate", ON,
      None, "after the LSQ stage: batch-norm statistics afresh from one augmented pass of the quantized network"), ("--ema", float, 0.0, "LSQ stage: decay per step of a moving average of the weights, validated and kept in their place (0: off)"),
     ("--train-precision", ["auto", "fp32", "bf16"], "auto", "auto: bf16 autocast + channels_last on CUDA, else fp32"),
     ("--train-channels-last", BOOL, None, "channels_last training (default: CUDA, bf16; faster: whitened_cnn, CPU)"),

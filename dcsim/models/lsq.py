@@ -172,12 +172,17 @@ def set_quantization(model: nn.Module, enabled: bool) -> int:
     return len(layers)
 
 
-def set_clip_mix(model: nn.Module, probability: float) -> int:
-    """Set every LSQActivation's ``clip_mix`` (the chance, in [0, 1), that a training image takes the
-    clip, QCFS's many-step limit, in place of the quantizer). Returns the number of LSQ layers set."""
+def set_clip_mix(model: nn.Module, probability: float, first: int | None = None) -> int:
+    """Set the LSQActivations' ``clip_mix`` (the chance, in [0, 1), that a training image takes the
+    clip, QCFS's many-step limit, in place of the quantizer): the first ``first`` LSQ layers in the
+    model's module order (its forward order for dcsim's models) take ``probability``, the rest 0;
+    ``first`` None: every LSQ layer. Returns the number of LSQ layers set to ``probability``."""
     if not 0 <= probability < 1:
         raise ValueError(f"clip_mix must lie in [0, 1), got {probability!r}")
     layers = [m for m in model.modules() if isinstance(m, LSQActivation)]
-    for m in layers:
-        m.clip_mix = probability
-    return len(layers)
+    if first is not None and not 1 <= first <= len(layers):
+        raise ValueError(f"clip_mix_layers must lie in [1, {len(layers)}] (the model's LSQ layers), got {first!r}")
+    mixed = len(layers) if first is None else first
+    for i, m in enumerate(layers):
+        m.clip_mix = probability if i < mixed else 0.0
+    return mixed

@@ -76,6 +76,9 @@ class TrainConfig:
     draws are seeded per epoch. 0 (the default): every image quantized.
     clip_mix_epochs: the mix covers only the last this many LSQ epochs (1 to ``epochs``), the earlier
     ones quantize every image; None (the default): every LSQ epoch. Needs ``clip_mix`` > 0.
+    clip_mix_layers: the mix covers only the first this many LSQ layers (the model's module order, its
+    forward order for dcsim's models), the later ones quantize every image; None (the default): every
+    LSQ layer. Needs ``clip_mix`` > 0; more than the model has is refused before training.
     bn_reestimate: after the LSQ stage, set every batch norm's running mean and variance afresh from one
     pass over the training split through the chosen (best) network, quantized with no clip mix, under the
     training augmentation (see :func:`reestimate_batch_norm`): the running statistics of a mixed LSQ stage
@@ -105,6 +108,7 @@ class TrainConfig:
     distill: float = 0.0
     clip_mix: float = 0.0
     clip_mix_epochs: int | None = None
+    clip_mix_layers: int | None = None
     bn_reestimate: bool = False
     ema: float = 0.0
 
@@ -140,6 +144,10 @@ class TrainConfig:
                 raise ValueError("clip_mix_epochs needs clip_mix > 0")
             if self.clip_mix_epochs > self.epochs:
                 raise ValueError(f"clip_mix_epochs ({self.clip_mix_epochs}) exceeds the LSQ epochs ({self.epochs})")
+        if self.clip_mix_layers is not None:
+            check_int(self.clip_mix_layers, "clip_mix_layers", minimum=1)
+            if not self.clip_mix:
+                raise ValueError("clip_mix_layers needs clip_mix > 0")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must lie in [0, 1) (0: off), got {self.ema!r}")
         if self.ema and self.epochs < 1:
@@ -157,6 +165,7 @@ LSQ_STAGE_FIELDS = (
     "distill",
     "clip_mix",
     "clip_mix_epochs",
+    "clip_mix_layers",
     "bn_reestimate",
     "ema",
 )
@@ -574,6 +583,7 @@ def train(
     """
     if float_stage is not None and config.float_epochs < 1:
         raise ValueError(f"float stage file {float_stage.path}: needs float_epochs >= 1, got {config.float_epochs}")
+    set_clip_mix(model, 0.0, config.clip_mix_layers)  # no mix until the LSQ stage; refuses too many layers
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     _, channels_last = runtime.resolve(device)
     model.to(device)
@@ -634,7 +644,7 @@ def train(
         set_quantization(model, quantized)
         averaging = average if quantized else None  # the LSQ stage's weight average, if any
         mixed = quantized and total - epoch <= (config.clip_mix_epochs or config.epochs)
-        set_clip_mix(model, config.clip_mix if mixed else 0.0)
+        set_clip_mix(model, config.clip_mix if mixed else 0.0, config.clip_mix_layers)
         if mixed and config.clip_mix:
             torch.manual_seed(config.seed * 10_000 + epoch)  # the clip draws: the same on resuming at any epoch
         step.label_smoothing = stage_label_smoothing(config, epoch)

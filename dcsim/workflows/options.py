@@ -83,6 +83,7 @@ class TrainOptions:
     distill: float = 0.0
     clip_mix: float = 0.0
     clip_mix_epochs: int | None = None
+    clip_mix_layers: int | None = None
     bn_reestimate: bool = False
     ema: float = 0.0
     optimizer: str = "sgd"
