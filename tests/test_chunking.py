@@ -15,7 +15,7 @@ from dcsim.sim.chunking import PROBE_CALLS, ChunkPlanner
 from dcsim.sim.engine import Engine
 from dcsim.sim.readout import Readout
 from dcsim.workflows.benchmark import mid_threshold
-from dcsim.workflows.dynamic_confidence import evaluate_live
+from dcsim.workflows.dynamic_confidence import evaluate_live_runs
 from dcsim.workflows.options import steps_per_call
 
 
@@ -164,12 +164,12 @@ def test_exits_unrecorded_skips_exits_not_call_times():
 
 
 def test_live_eval_counts_the_data_exits_only():
-    """evaluate_live's warm-up on a zero image at batch 1 leaves no exit in the plan's counts."""
+    """evaluate_live_runs' warm-up on a zero image at batch 1 leaves no exit in the plan's counts."""
     model = build_model("small_cnn", num_classes=10, width=8).train()
     with torch.no_grad():
         model(torch.randn(64, 3, 32, 32))
     engine = Engine(convert(model.eval(), method="qffs"))
     readout = Readout.paper("qffs", engine.net.bits, 4)
     x = torch.randn(6, 3, 32, 32)
-    evaluate_live(engine, x, torch.zeros(6, dtype=torch.int64), 4, readout, 0.5, batch_size=1)
+    evaluate_live_runs(engine, x, torch.zeros(6, dtype=torch.int64), 4, readout, {"dc": 0.5}, batch_size=1)
     assert engine.chunk_planner.samples_seen((4, readout, 0.5)) == 6

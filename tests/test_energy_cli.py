@@ -1,4 +1,4 @@
-"""Synaptic operations and energy where users see them (issue 27): ``evaluate_live``'s counts, ``dcsim eval`` and
+"""Synaptic operations and energy where users see them (issue 27): ``evaluate_live_runs``' counts, ``dcsim eval`` and
 ``dcsim report`` columns and JSON, the per-layer PNG, and the energy flags' checks (exit 2 before any work)."""
 
 import json
@@ -10,7 +10,7 @@ import dcsim
 from dcsim.analysis import energy
 from dcsim.analysis.plots import plot_sops_per_layer
 from dcsim.cli import EXIT_OK, EXIT_USAGE, main
-from dcsim.workflows.dynamic_confidence import evaluate_live
+from dcsim.workflows.dynamic_confidence import evaluate_live_runs
 from dyadic import dyadic_inputs, small
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -42,11 +42,11 @@ def test_evaluate_live_carries_the_engine_counts():
     engine = dcsim.Engine(net, count_ops=True)
     x, y = dyadic_inputs(20, shape, 1), torch.zeros(20, dtype=torch.int64)
     direct = engine.early_exit(x, 5, dcsim.Readout(), 0.6)
-    live = evaluate_live(engine, x, y, 5, dcsim.Readout(), 0.6, batch_size=7)  # three batches, concatenated
+    live = evaluate_live_runs(engine, x, y, 5, dcsim.Readout(), {"dc": 0.6}, batch_size=7)["dc"]  # three batches
     assert live.result.sops is not None and live.result.macs is not None
     assert torch.equal(live.result.sops, direct.sops) and torch.equal(live.result.macs, direct.macs)
     assert torch.equal(live.result.exit_step, direct.exit_step)
-    uncounted = evaluate_live(dcsim.Engine(net, count_ops=False), x, y, 5, dcsim.Readout(), 0.6)
+    uncounted = evaluate_live_runs(dcsim.Engine(net, count_ops=False), x, y, 5, dcsim.Readout(), {"dc": 0.6})["dc"]
     assert uncounted.result.sops is None and uncounted.result.macs is None
 
 

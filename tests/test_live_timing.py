@@ -1,4 +1,4 @@
-"""evaluate_live's ms per inference: a short in-memory split is timed over several warm passes, the median
+"""evaluate_live_runs' ms per inference: a short in-memory split is timed over several warm passes, the median
 reported; the results are those of one pass, and the repeated passes add no exits to the batch-1 plan."""
 
 import types
@@ -54,7 +54,7 @@ def test_short_split_reports_the_median_of_its_passes(monkeypatch):
     clock = _Clock([0.30, 0.05, 0.20])  # 0.55 s after three passes: TIMED_SECONDS (0.5) reached
     monkeypatch.setattr(dc, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
     calls = _counting(engine)
-    live = dc.evaluate_live(engine, x, y, 4, readout, 0.5, batch_size=4)
+    live = dc.evaluate_live_runs(engine, x, y, 4, readout, {"dc": 0.5}, batch_size=4)["dc"]
     assert len(calls) == 1 + 3 * 2  # the warm-up, then 3 passes of 2 batches
     assert live.ms_per_inference == pytest.approx(1000 * 0.20 / 8)  # the median pass
     for field in ("pred", "exit_step", "conf", "spikes"):
@@ -67,19 +67,19 @@ def test_passes_stop_at_the_cap_and_a_long_pass_is_timed_once(monkeypatch):
     clock = _Clock([0.01] * dc.MAX_TIMED_PASSES)
     monkeypatch.setattr(dc, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
     calls = _counting(engine)
-    dc.evaluate_live(engine, x, y, 4, readout, 0.5, batch_size=4)
+    dc.evaluate_live_runs(engine, x, y, 4, readout, {"dc": 0.5}, batch_size=4)["dc"]
     assert len(calls) == 1 + dc.MAX_TIMED_PASSES
     clock = _Clock([0.6])
     monkeypatch.setattr(dc, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
     calls.clear()
-    live = dc.evaluate_live(engine, x, y, 4, readout, 0.5, batch_size=4)
+    live = dc.evaluate_live_runs(engine, x, y, 4, readout, {"dc": 0.5}, batch_size=4)["dc"]
     assert len(calls) == 2 and live.ms_per_inference == pytest.approx(1000 * 0.6 / 4)
 
 
 def test_repeated_passes_add_no_exits_to_the_batch_1_plan():
     engine, readout = _engine()
     x = torch.randn(5, 3, 16, 16)
-    dc.evaluate_live(engine, x, torch.zeros(5, dtype=torch.int64), 4, readout, 0.5, batch_size=1)
+    dc.evaluate_live_runs(engine, x, torch.zeros(5, dtype=torch.int64), 4, readout, {"dc": 0.5}, batch_size=1)
     assert engine.chunk_planner.samples_seen((4, readout, 0.5)) == 5
 
 
@@ -127,5 +127,7 @@ def test_a_commands_in_memory_split_is_timed_over_rounds_too(monkeypatch):
         monkeypatch.setattr(dc, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
         assert dc._repeatable(Sharded(split, world, progress=False)) == (passes > 1)
         if passes > 1:  # a 2-rank world needs torchrun to gather; its rule is the predicate above
-            live = dc.evaluate_live(engine, Sharded(split, world, progress=False), split.labels, 4, readout, 0.5, 4)
+            live = dc.evaluate_live_runs(
+                engine, Sharded(split, world, progress=False), split.labels, 4, readout, {"dc": 0.5}, 4
+            )["dc"]
             assert not clock.passes and live.ms_per_inference == pytest.approx(1000 * 0.20 / 8)

@@ -140,25 +140,6 @@ class LiveEval:
         }
 
 
-def evaluate_live(
-    engine: Engine,
-    images: Images,
-    labels: torch.Tensor,
-    steps: int,
-    readout: Readout,
-    threshold: float,
-    batch_size: int = 256,
-    chunk: int | None = None,
-    graphs: bool = False,
-) -> LiveEval:
-    """Live early exit at ``threshold`` (1.0: every sample runs T steps); wall time per inference in ms.
-    One run of :func:`evaluate_live_runs` (see there for the timing)."""
-    runs = evaluate_live_runs(
-        engine, images, labels, steps, readout, {"run": threshold}, batch_size=batch_size, chunk=chunk, graphs=graphs
-    )
-    return runs["run"]
-
-
 def evaluate_live_runs(
     engine: Engine,
     images: Images,
