@@ -39,8 +39,14 @@ BASE = {"lr": 0.05, "batch_size": 64, "schedule": "cosine", "float_epochs": 2, "
 
 @pytest.mark.parametrize(
     "lsq",
-    [{}, {"lsq_lr": 0.02, "epochs": 3}, {"lsq_label_smoothing": 0.1, "distill": 0.5}, {"clip_mix": 0.5}],
-    ids=["same", "lr-and-epochs", "smoothing-and-distill", "clip-mix"],
+    [
+        {},
+        {"lsq_lr": 0.02, "epochs": 3},
+        {"lsq_label_smoothing": 0.1, "distill": 0.5},
+        {"clip_mix": 0.5},
+        {"lsq_seed": 7},
+    ],
+    ids=["same", "lr-and-epochs", "smoothing-and-distill", "clip-mix", "lsq-seed"],
 )
 def test_lsq_stage_from_a_stored_float_stage_equals_the_whole_run(digits, tmp_path, lsq):
     path = tmp_path / "float.safetensors"
@@ -104,6 +110,47 @@ def test_a_float_stage_needs_float_epochs(digits, tmp_path):
         _train(digits, training.TrainConfig(epochs=1, batch_size=64), float_stage=FloatStage(tmp_path / "f"))
 
 
+def _epoch_numbers(history, phase):
+    return [(e["val_acc"], e["loss"]) for e in history["epochs"] if e["phase"] == phase]
+
+
+@pytest.mark.parametrize("clip_mix", [0.0, 0.5])
+def test_lsq_seed_seeds_the_lsq_stage_only(digits, tmp_path, clip_mix):
+    """lsq_seed: the float stage is the run's own (equal epoch for epoch); the LSQ stage is seeded afresh (its
+    batch order and, with the clip mix, its clip draws), so two runs with one lsq_seed are equal bit for bit,
+    and other seeds (or none) train another LSQ stage."""
+    cfg = {**BASE, "clip_mix": clip_mix}
+    runs = {k: _train(digits, training.TrainConfig(**cfg, lsq_seed=k)) for k in (None, 7, 8)}
+    again, h_again = _train(digits, training.TrainConfig(**cfg, lsq_seed=7))
+    _assert_same_weights(runs[7][0], again)
+    assert _epoch_numbers(runs[7][1], "lsq") == _epoch_numbers(h_again, "lsq")
+    floats = {k: _epoch_numbers(h, "float") for k, (_, h) in runs.items()}
+    assert len(floats[None]) == 2 and floats[None] == floats[7] == floats[8]
+    for a, b in ((None, 7), (7, 8)):
+        pairs = zip(runs[a][0].state_dict().values(), runs[b][0].state_dict().values(), strict=True)
+        assert not all(torch.equal(x, y) for x, y in pairs), (a, b)
+    work = tmp_path / "work"  # resumed after the first LSQ epoch: the whole run's weights
+    seeded = training.TrainConfig(**cfg, lsq_seed=7)
+    for _ in range(3):
+        _train(digits, seeded, workdir=work, time_limit_s=0.0)
+    resumed, h = _train(digits, seeded, workdir=work)
+    assert h["resumed_at_epochs"] == [1, 2, 3]
+    _assert_same_weights(runs[7][0], resumed)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"lsq_seed": -1}, "lsq_seed"),
+        ({"lsq_seed": 1.5}, "lsq_seed"),
+        ({"lsq_seed": 3, "epochs": 0}, "lsq_seed needs epochs"),
+    ],
+)
+def test_bad_lsq_seeds_are_refused(kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        training.TrainConfig(**BASE | kw)
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "dcsim", *map(str, args)], capture_output=True, text=True)
 
@@ -139,3 +186,9 @@ def test_cli_float_stage_needs_fixed_float_epochs(tmp_path, flags):
     r = _cli("train", *flags, "--float-stage", tmp_path / "f.safetensors", "--out", tmp_path / "m.safetensors")
     assert r.returncode == 2 and "--float-stage" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_a_negative_lsq_seed(tmp_path):
+    r = _cli("train", "--epochs", "1", "--lsq-seed", "-1", "--out", tmp_path / "m.safetensors")
+    assert r.returncode == 2 and "--lsq-seed" in r.stderr
+    assert not any(tmp_path.iterdir())

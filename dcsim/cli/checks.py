@@ -19,7 +19,7 @@ class UsageError(ValueError):
 POSITIVE = ("batch_size", "train_batch_size", "steps", "slots", "repeats", "val_size", "calibration_size",
             "train_subset", "max_test", "qcfs_steps", "qffs_steps", "qcfs_max_steps", "qffs_max_steps", "width",
             "bits", "stream", "chunk", "clip_mix_epochs", "clip_mix_layers")  # fmt: skip
-NON_NEGATIVE = ("epochs", "float_epochs", "loader_workers", "crop_padding", "cutout")
+NON_NEGATIVE = ("epochs", "float_epochs", "loader_workers", "crop_padding", "cutout", "lsq_seed")
 # Real flags: (low, high or None, low allowed[, high allowed: default True]).
 REALS = {"lr": (0, None, False), "lr_decay": (0, None, False), "budget_minutes": (0, None, False),
          "max_shard_mib": (0, None, False), "resolution": (0, 1, False), "weight_decay": (0, None, True),

@@ -110,7 +110,7 @@ TRAIN = [
     ("--distill", float, 0.0, "LSQ stage: weight in [0, 1] of distillation from the float stage's network (0: off)"),
     ("--clip-mix", float, 0.0, "LSQ stage: chance in [0, 1) an image takes the clip (QCFS's many-step limit), not the quantizer"),
     ("--clip-mix-epochs", int, None, "the clip mix only in the last N LSQ epochs (default: all)"), ("--clip-mix-layers", int, None, "the clip mix only at the first N LSQ layers (default: all)"), ("--bn-reestimate", ON,
-     None, "after the LSQ stage: batch-norm statistics afresh from one augmented pass of the quantized network"), ("--ema", float, 0.0, "LSQ stage: decay per step of a moving average of the weights, validated and kept in their place (0: off)"),
+     None, "after the LSQ stage: batch-norm statistics afresh from one augmented pass of the quantized network"), ("--ema", float, 0.0, "LSQ stage: decay per step of a moving average of the weights, validated and kept in their place (0: off)"), ("--lsq-seed", int, None, "seed the LSQ stage afresh as it starts (default: it continues --seed's draws)"),
     ("--train-precision", ["auto", "fp32", "bf16"], "auto", "auto: bf16 autocast + channels_last on CUDA, else fp32"),
     ("--train-channels-last", BOOL, None, "channels_last training (default: CUDA, bf16; faster: whitened_cnn, CPU)"),
     ("--compile", ON, None, "torch.compile the training forward pass (CPU: LSQ epochs ~2x faster; each stage compiles first)"),

@@ -88,6 +88,10 @@ class TrainConfig:
     decay per step (:class:`dcsim.training.averaging.WeightAverage`, from the state after its first step);
     then the average, not the network as trained, is validated after each LSQ epoch, competes for "best"
     and is kept ("val_acc"; the trained network's is "trained_val_acc"). 0 (the default): off.
+    lsq_seed: seeds the LSQ stage afresh as it starts (its data order, augmentation, clip draws and any other
+    draw from torch's generator) with this integer >= 0; None (the default): the LSQ stage continues the run's
+    ``seed``. LSQ runs that differ only in it share a stored float stage, so they measure the spread between
+    LSQ stages from one float network.
     """
 
     epochs: int = 60
@@ -111,6 +115,7 @@ class TrainConfig:
     clip_mix_layers: int | None = None
     bn_reestimate: bool = False
     ema: float = 0.0
+    lsq_seed: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "float_epochs", "batch_size"):
@@ -148,6 +153,10 @@ class TrainConfig:
             check_int(self.clip_mix_layers, "clip_mix_layers", minimum=1)
             if not self.clip_mix:
                 raise ValueError("clip_mix_layers needs clip_mix > 0")
+        if self.lsq_seed is not None:
+            check_int(self.lsq_seed, "lsq_seed", minimum=0)
+            if self.epochs < 1:
+                raise ValueError("lsq_seed needs epochs >= 1: it seeds the LSQ stage")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must lie in [0, 1) (0: off), got {self.ema!r}")
         if self.ema and self.epochs < 1:
@@ -168,6 +177,7 @@ LSQ_STAGE_FIELDS = (
     "clip_mix_layers",
     "bn_reestimate",
     "ema",
+    "lsq_seed",
 )
 """The TrainConfig fields the float stage does not read: runs that differ only in these share a float stage."""
 
@@ -645,8 +655,12 @@ def train(
         averaging = average if quantized else None  # the LSQ stage's weight average, if any
         mixed = quantized and total - epoch <= (config.clip_mix_epochs or config.epochs)
         set_clip_mix(model, config.clip_mix if mixed else 0.0, config.clip_mix_layers)
+        stage_seed = config.seed if config.lsq_seed is None or not quantized else config.lsq_seed
+        if epoch == config.float_epochs and config.lsq_seed is not None:  # the LSQ stage starts: seeded afresh
+            gen.manual_seed(stage_seed)
+            torch.manual_seed(stage_seed)
         if mixed and config.clip_mix:
-            torch.manual_seed(config.seed * 10_000 + epoch)  # the clip draws: the same on resuming at any epoch
+            torch.manual_seed(stage_seed * 10_000 + epoch)  # the clip draws: the same on resuming at any epoch
         step.label_smoothing = stage_label_smoothing(config, epoch)
         if quantized and config.distill and step.teacher is None:
             if teacher is None:  # the end of the float stage (a resumed run has its teacher)

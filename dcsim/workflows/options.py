@@ -86,6 +86,7 @@ class TrainOptions:
     clip_mix_layers: int | None = None
     bn_reestimate: bool = False
     ema: float = 0.0
+    lsq_seed: int | None = None
     optimizer: str = "sgd"
     crop_padding: int = 4
     cutout: int = 0
