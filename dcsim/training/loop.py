@@ -648,6 +648,7 @@ def train(
     drop_last = runtime.compile and len(train_split) >= config.batch_size  # fixed shapes: no recompilation
     t_start = time.perf_counter()
     elapsed0 = history["epochs"][-1]["elapsed_s"] if history["epochs"] else 0.0
+    lsq_draws = config.seed if config.lsq_seed is None else config.lsq_seed  # seeds the LSQ stage's clip draws
     for epoch in range(start, total):
         t_epoch = time.perf_counter()
         quantized = epoch >= config.float_epochs
@@ -655,12 +656,11 @@ def train(
         averaging = average if quantized else None  # the LSQ stage's weight average, if any
         mixed = quantized and total - epoch <= (config.clip_mix_epochs or config.epochs)
         set_clip_mix(model, config.clip_mix if mixed else 0.0, config.clip_mix_layers)
-        stage_seed = config.seed if config.lsq_seed is None or not quantized else config.lsq_seed
         if epoch == config.float_epochs and config.lsq_seed is not None:  # the LSQ stage starts: seeded afresh
-            gen.manual_seed(stage_seed)
-            torch.manual_seed(stage_seed)
+            gen.manual_seed(config.lsq_seed)
+            torch.manual_seed(config.lsq_seed)
         if mixed and config.clip_mix:
-            torch.manual_seed(stage_seed * 10_000 + epoch)  # the clip draws: the same on resuming at any epoch
+            torch.manual_seed(lsq_draws * 10_000 + epoch)  # the clip draws: the same on resuming at any epoch
         step.label_smoothing = stage_label_smoothing(config, epoch)
         if quantized and config.distill and step.teacher is None:
             if teacher is None:  # the end of the float stage (a resumed run has its teacher)
