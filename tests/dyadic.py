@@ -15,11 +15,13 @@ import torch
 
 import dcsim
 from dcsim import analysis
-from dcsim.sim.network import Conv, Linear, Neuron
+from dcsim.sim.network import Conv, Linear, Neuron, Quantize
 
 
-def dyadic_network(model: torch.nn.Module, method: str, sample_shape: tuple, seed: int) -> dcsim.SpikingNetwork:
-    """Convert ``model`` (after a seeded train-mode forward) and round it to power-of-two grids.
+def dyadic_network(
+    model: torch.nn.Module, method: str, sample_shape: tuple, seed: int, stem: str = "spiking"
+) -> dcsim.SpikingNetwork:
+    """Convert ``model`` (after a seeded train-mode forward, with ``stem``) and round it to power-of-two grids.
 
     Weights and biases are rounded to multiples of 1/64 and thresholds to multiples of 1/8; then
     every layer is made to spike: a layer firing in under MIN_RATE of its neuron-steps on dyadic
@@ -40,7 +42,7 @@ def dyadic_network(model: torch.nn.Module, method: str, sample_shape: tuple, see
     for h in hooks:
         h.remove()
     model.eval()
-    net = dcsim.convert(model, method=method)
+    net = dcsim.convert(model, method=method, stem=stem)
     nodes = []
     for node in net.nodes:
         if isinstance(node, (Conv, Linear)):
@@ -52,7 +54,11 @@ def dyadic_network(model: torch.nn.Module, method: str, sample_shape: tuple, see
         elif isinstance(node, Neuron):
             th = max(round(node.threshold * 8) / 8, 0.125)
             node = replace(node, threshold=th, u0=th / 2)
+        elif isinstance(node, Quantize):
+            node = replace(node, step=torch.clamp(torch.round(node.step * 64) / 64, min=1 / 64))
         nodes.append(node)
+    spiking = [isinstance(n, Neuron) for n in net.nodes if isinstance(n, (Neuron, Quantize))]
+    sizes = [size for size, spikes in zip(sizes, spiking, strict=True) if spikes]  # the neurons' sizes
     return _balanced(dataclasses.replace(net, nodes=nodes), sizes, sample_shape, seed)
 
 

@@ -198,6 +198,8 @@ for cmd in ("trace", "eval", "stream"):
     case(f"{cmd}:split-unknown", "--split holdout", USAGE, "--split", "holdout")
     case(f"{cmd}:qffs-semantics-unknown", "--qffs-semantics wobble", USAGE, "--qffs-semantics", "wobble")
     case(f"{cmd}:qffs-semantics-with-qcfs", "--method qcfs --qffs-semantics constant", USAGE, "--qffs-semantics")
+    case(f"{cmd}:qcfs-stem-unknown", "--qcfs-stem wobble", USAGE, "--qcfs-stem", "wobble")
+    case(f"{cmd}:qcfs-stem-with-qffs", "--method qffs --qcfs-stem quantized", USAGE, "--qcfs-stem")
 for cmd in ("train", "trace", "eval", "stream", "bench", "reproduce", "report"):
     case(f"{cmd}:dataset-unknown", "--dataset mnist", USAGE, "--dataset", "mnist")
     case(f"{cmd}:loader-unknown", "--loader disk", USAGE, "--loader", "disk")
@@ -347,6 +349,8 @@ case("eval:threshold-and-trace", "--threshold 0.5 --steps 3", USAGE, "--threshol
 case("eval:neither-threshold-nor-trace", f"{EVAL} --steps 3", USAGE, "--threshold", "--trace")
 case("eval:threshold-without-steps", f"{EVAL} --threshold 0.5", USAGE, "--steps")
 case("report:qffs-semantics-unknown", "--qffs-semantics wobble", USAGE, "--qffs-semantics")
+case("report:qcfs-stem-unknown", "--qcfs-stem wobble", USAGE, "--qcfs-stem", "wobble")
+case("reproduce:qcfs-stem-unknown", "--qcfs-stem wobble", USAGE, "--qcfs-stem", "wobble")
 case(
     "trace:data-root-missing-for-cifar10",
     "--dataset cifar10",

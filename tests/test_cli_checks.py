@@ -46,6 +46,8 @@ def test_eval_needs_exactly_one_of_threshold_and_trace(tmp_path, run_cli):
         (lambda o: o.EvalOptions(o.ReadoutOptions("qcfs"), threshold=0.5), "--steps"),
         (lambda o: o.EvalOptions(o.ReadoutOptions("qcfs"), 4, 0.5, select_on_test=True), "--select-on-test"),
         (lambda o: o.ReadoutOptions("qcfs", semantics=o.Semantics.SETTLE), "--qffs-semantics"),
+        (lambda o: o.ReadoutOptions("qffs", qcfs_stem="quantized"), "--qcfs-stem"),
+        (lambda o: o.StreamOptions("qcfs", Path("t.npz"), qcfs_stem="analog"), "--qcfs-stem"),
         (lambda o: o.ReadoutOptions("qffs", tau="hot"), "--tau"),
         (lambda o: o.ReadoutOptions("qffs", alpha="-1"), "--alpha"),
         (lambda o: o.ReportOptions(tau="0"), "--tau"),

@@ -11,6 +11,7 @@ from typing import Any
 from ..analysis.energy import DEFAULT_PRESET, PRESETS
 from ..models import ARCHITECTURES
 from ..sim.engine import PRECISIONS
+from ..sim.network import STEMS
 from ..workflows.options import steps_per_call
 from . import handlers
 
@@ -54,8 +55,8 @@ CHANNELS_LAST = ("--channels-last", ON, None, "engine in the channels_last layou
 GRAPHS = ("--graphs", ON, None, "step loop(s) as CUDA graphs (GPU; same results)")
 SEMANTICS = ("--qffs-semantics", ["settle", "constant"], None, "QFFS only: 'settle' (default: image and biases "
              "drive the first Qp steps, then the net settles; holds accuracy past T = Qp) or 'constant' (every step)")
-COMMON = [
-    ("--json", Path, None, "write the result as JSON to this file ('-': stdout)"),
+STEM = ("--qcfs-stem", list(STEMS), "spiking", "QCFS only: 'quantized': activations fed by the image only are computed once per sample as the ANN's quantizer (the layers after them spike); 'spiking' (default): all spike")
+COMMON = [("--json", Path, None, "write the result as JSON to this file ('-': stdout)"),
     ("--device", None, None, "cpu or cuda (default: cuda when available)"),
     ("--batch-size", int, 256, "samples simulated together")]
 DATA = [
@@ -67,8 +68,7 @@ DATA = [
     ("--loader", ["auto", "memory", "stream"], "auto", "memory: whole splits in memory; stream: image folders decoded "
      "batch by batch in worker processes (bounded memory); auto: stream image folders above 2 GiB decoded"),
     ("--loader-workers", int, None, "streamed split: DataLoader workers per rank (default: CPUs / ranks; 0: none)")]
-NORMALIZE = [
-    ("--normalize", _percentile, None, "float ReLU checkpoint (QCFS only): thresholds from the P-th percentile ('max' "
+NORMALIZE = [("--normalize", _percentile, None, "float ReLU checkpoint (QCFS only): thresholds from the P-th percentile ('max' "
      "or 100: the maximum) of each layer's activations on training images", {"metavar": "P"}),
     ("--calibration-size", int, 1000, "training images drawn (seeded by --seed) for --normalize")]
 STEPS = [("--qffs-steps", int, None, "T for QFFS (default: as for QCFS)"),
@@ -76,10 +76,10 @@ STEPS = [("--qffs-steps", int, None, "T for QFFS (default: as for QCFS)"),
     ("--qffs-max-steps", int, 12, "largest T considered for QFFS")]
 TAU = ("--tau", None, "auto", "temperature: 'auto' (fit on val) or a number > 0")
 REPORT = [TAU, TOLERANCE, ("--qcfs-steps", int, None, "T for QCFS (default: the smallest reaching the ANN's val "
-          "accuracy)"), *STEPS, SEMANTICS]
+          "accuracy)"), *STEPS, SEMANTICS, STEM]
 READOUT = [("--method", METHODS, ..., None), ("--readout", ["max_softmax", "entropy", "margin"], "max_softmax", None),
            ("--alpha", None, "paper", "'paper' (2^b-1 QFFS, T QCFS), 'official' (30, tau 1) or a number"), TAU,
-           ("--split", SPLITS, "val", None), SEMANTICS]
+           ("--split", SPLITS, "val", None), SEMANTICS, STEM]
 ENERGY = [
     ("--energy-preset", None, DEFAULT_PRESET, "energy per MAC / per AC in pJ, 45 nm (Horowitz 2014, as SpikingJelly "
      "and syops use): " + ", ".join(f"{n} {m.e_mac:g}/{m.e_ac:g}" for n, m in PRESETS.items())
@@ -157,7 +157,7 @@ COMMANDS: dict[str, tuple[str, dict[str, Any], list[tuple]]] = {  # name: (help,
     "stream": ("continuous batching with early exit over a split (slots refilled as samples exit)", {"split": "test"},
         [CHECKPOINT, *DATA, *_named(READOUT, "--method"),
          ("--trace", Path, ..., "validation trace: T, readout and th_c come from it"),
-         SELECT_ON_TEST, UNMATCHED_TRACE, TOLERANCE, *_named(READOUT, "--split"), ("--slots", int, 64, "S: samples in flight"), SEMANTICS,
+         SELECT_ON_TEST, UNMATCHED_TRACE, TOLERANCE, *_named(READOUT, "--split"), ("--slots", int, 64, "S: samples in flight"), SEMANTICS, STEM,
          ("--compare", ON, None, "also time static batches of S with and without early exit"), GRAPHS, CHANNELS_LAST,
          *ENGINE, ("--repeats", int, 2, "with --compare: interleaved rounds, best time of each"), *NORMALIZE]),
     "import": ("import a checkpoint trained elsewhere as a dcsim checkpoint", {},
@@ -174,7 +174,7 @@ COMMANDS: dict[str, tuple[str, dict[str, Any], list[tuple]]] = {  # name: (help,
          ("--no-augment", OFF, None, "no crop/flip augmentation", {"dest": "augment"}),
          ("--min-accuracy", float, 0.5, "below this 2-bit ANN test accuracy the model counts as untrained: no report"),
          ("--max-test", int, None, "evaluate on this many test images (seeded random pick)"), TOLERANCE,
-         ("--qcfs-steps", int, None, "T for QCFS (default: the paper's, else chosen on validation)"), *STEPS,
+         ("--qcfs-steps", int, None, "T for QCFS (default: the paper's, else chosen on validation)"), *STEPS, STEM,
          OUT_FOLDER, *ENERGY]),
     "zoo": ("split a checkpoint into sha256-checked safetensors shards (a folder other commands accept)", {},
         [("checkpoint", Path, None, "checkpoint file, or a zoo folder to re-shard"),

@@ -22,6 +22,7 @@ from torch import fx, nn
 
 from ..models.lsq import LSQActivation
 from ..sim.network import (
+    STEMS,
     AdaptiveAvgPool,
     Add,
     AvgPool,
@@ -31,6 +32,7 @@ from ..sim.network import (
     Linear,
     Neuron,
     Node,
+    Quantize,
     SpikingNetwork,
 )
 from ..sim.semantics import Semantics
@@ -108,6 +110,21 @@ def _fold_bn(node: Conv | Linear, bn: nn.BatchNorm1d | nn.BatchNorm2d, name: str
     return replace(node, weight=w, bias=(b - bn.running_mean) * g + beta)
 
 
+def _stem_quantizer(mod: nn.Module, q: Quantization, name: str, x: int, where: str) -> Quantize:
+    """The :class:`Quantize` layer of an activation that takes the image's current directly (stem "quantized"),
+    with the ANN's own float32 step for an LSQActivation."""
+    if q.levels is None:
+        raise ConversionError(
+            f"{where} ({type(mod).__name__}) is an unquantized clip in the stem: stem 'quantized' "
+            "needs its levels Qp; use stem 'spiking'"
+        )
+    if isinstance(mod, LSQActivation):
+        step = mod.step.detach().float().clone().reshape(())
+    else:
+        step = torch.tensor(q.step, dtype=torch.float32)
+    return Quantize(name, (x,), step=step, levels=q.levels, rounding=q.rounding)
+
+
 def convert(
     model: nn.Module,
     method: str = "qcfs",
@@ -117,6 +134,7 @@ def convert(
     quantizers: Quantizers = None,
     semantics: str | Semantics | None = None,
     drive_steps: int | None = None,
+    stem: str = "spiking",
 ) -> SpikingNetwork:
     """Convert ``model`` (float CNN with quantized hidden activations) to a spiking network.
 
@@ -133,6 +151,13 @@ def convert(
         for any T >= Qp. "constant" (the only QCFS semantics): at every step; with QFFS the capped
         counts then fall behind the growing input beyond T = Qp. See SpikingNetwork.
     drive_steps: steps of drive under "settle"; default the layers' common Qp (one Qp required).
+    stem: QCFS only. "spiking" (default): every activation becomes a neuron. "quantized": the activations that
+        take the image's current directly (through convs and pools, no activation between: the first layer of
+        activations) become :class:`Quantize` layers, the ANN's own quantizer computed once per sample; the
+        convs after them are then image-fed too (MACs once per sample), and the next activations are the first
+        neurons. A QCFS neuron fed a constant current tends, as T grows, to the clip instead of the quantizer,
+        and at the first layer of activations nothing averages that error out (see docs/how-it-works.md,
+        "The quantized stem").
     Warns (UserWarning) when an LSQActivation was never initialised (step still the default 1.0).
     """
     if method not in ("qcfs", "qffs"):
@@ -144,6 +169,12 @@ def convert(
         raise ValueError(f"u0_fraction must be in [0, 1], got {u0_fraction}")
     if zmax is not None and zmax < 1:
         raise ValueError(f"zmax must be >= 1, got {zmax}")
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+    if stem == "quantized" and method != "qcfs":
+        raise ValueError(
+            f"stem 'quantized' applies to method 'qcfs' only (QFFS's settle semantics reproduce the quantizer), got {method!r}"
+        )
     adapters = registry(quantizers)
     try:
         graph = _Tracer(adapters).trace(model)
@@ -158,10 +189,15 @@ def convert(
     half_even: list[str] = []
     untrained: list[str] = []
     result: int | None = None
+    analog: set[int] = set()  # nodes computed from the image through no activation (the stem's currents)
 
     def add(node: Node, src: fx.Node) -> None:
         index[src] = len(nodes)
         origin[len(nodes)] = src
+        if isinstance(node, Input) or (
+            not isinstance(node, (Neuron, Quantize)) and all(j in analog for j in node.inputs)
+        ):
+            analog.add(len(nodes))
         nodes.append(node)
 
     def arg(a: object, where: str) -> int:
@@ -244,13 +280,16 @@ def convert(
                     untrained.append(name)
                 bits_seen.add(q.bits)
                 levels_seen.add(q.levels)
-                if q.rounding == "half_even":
-                    half_even.append(name)
                 th = float(torch.tensor(q.threshold, dtype=torch.float32))
                 if not th > 0:
                     raise ConversionError(
                         f"{where} ({type(mod).__name__}) has a threshold {q.threshold!r} that is 0 in float32"
                     )
+                if stem == "quantized" and x in analog:
+                    add(_stem_quantizer(mod, q, name, x, where), src)
+                    continue
+                if q.rounding == "half_even":
+                    half_even.append(name)
                 th_u0 = float(torch.tensor(u0_fraction * th, dtype=torch.float32))
                 inputs: tuple[int, ...] = (x,)
                 prev = nodes[x]
@@ -263,6 +302,7 @@ def convert(
                 ):
                     inputs = prev.inputs
                     nodes.pop()
+                    analog.discard(x)
                 add(
                     Neuron(name, inputs, threshold=th, u0=th_u0, zmax=zmax if zmax is not None else (q.levels or 1)),
                     src,
@@ -330,6 +370,15 @@ def convert(
         raise ConversionError(
             f"the output layer {last.name!r} is a {type(last).__name__}; it must be a full-precision conv or linear "
             "layer (the integrator), not a quantized activation"
+        )
+    if (
+        stem == "quantized"
+        and not any(isinstance(n, Neuron) for n in nodes)
+        and any(isinstance(n, Quantize) for n in nodes)
+    ):
+        raise ConversionError(
+            "with stem 'quantized' the model's only activations are its first layer's: no layer is left to spike; "
+            "use stem 'spiking'"
         )
     if not any(isinstance(n, Neuron) for n in nodes):
         raise ConversionError(

@@ -201,6 +201,35 @@ class Neuron(Node):
     zmax: int = 3
 
 
+@dataclass(frozen=True)
+class Quantize(Node):
+    """The ANN's quantizer, s * round(clamp(x / s, 0, Qp)), as a stateless layer: an activation of the first
+    layer, whose input current is the same at every step, computed once per sample instead of spiking
+    (``stem="quantized"`` in :func:`dcsim.convert`). Valid only where its input is image-fed (see
+    :class:`SpikingNetwork`).
+
+    step: s, float32 0-d tensor (> 0); levels: Qp >= 1; rounding: "half_up" (floor(v + 0.5), LSQ's) or
+    "half_even" (torch.round), the source quantizer's.
+    """
+
+    step: torch.Tensor = field(repr=False)
+    levels: int = 3
+    rounding: str = "half_up"
+
+    def apply(self, *xs: torch.Tensor) -> torch.Tensor:
+        """s * round(clamp(x / s, 0, Qp)) of x float32 [n, ...], computed as dcsim's LSQ forward computes it."""
+        v = torch.clamp(self._one(xs) / self.step, 0, self.levels)
+        q = torch.floor(v + 0.5) if self.rounding == "half_up" else torch.round(v)
+        return q * self.step
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"step": self.step}
+
+
+STEMS = ("spiking", "quantized")
+"""How a QCFS network's activations fed by the image only run (see :func:`dcsim.convert`)."""
+
+
 SEMANTICS = tuple(s.value for s in Semantics)
 """How the input image and the biases drive the network over time (see :class:`SpikingNetwork`)."""
 
@@ -227,6 +256,23 @@ class SpikingNetwork:
             if self.method != "qffs":
                 raise ValueError(f"the 'settle' semantics (drive_steps) applies to QFFS only, not {self.method!r}")
             check_int(self.drive_steps, "drive_steps")
+        quantizers = [i for i, n in enumerate(self.nodes) if isinstance(n, Quantize)]
+        if quantizers:
+            if self.method != "qcfs":
+                raise ValueError(f"Quantize layers (the quantized stem) apply to QCFS only, not {self.method!r}")
+            static = self.static_nodes()
+            for i in quantizers:
+                if i not in static:
+                    raise ValueError(
+                        f"layer {i} {self.nodes[i].name!r} (Quantize) takes spikes: a quantizer computed once per "
+                        "sample must be fed by the image only"
+                    )
+
+    @property
+    def stem(self) -> str:
+        """ "quantized" when the first layer of activations is :class:`Quantize` layers (computed once per sample),
+        else "spiking" (every activation a neuron)."""
+        return STEMS[1] if any(isinstance(n, Quantize) for n in self.nodes) else STEMS[0]
 
     @property
     def semantics(self) -> Semantics:
@@ -284,5 +330,7 @@ class SpikingNetwork:
         ]
         for i, n in enumerate(self.nodes):
             extra = f" th={n.threshold:.4g} u0={n.u0:.4g}" if isinstance(n, Neuron) else ""
+            if isinstance(n, Quantize):
+                extra = f" s={float(n.step):.4g} Qp={n.levels}"
             lines.append(f"  [{i}] {type(n).__name__}({n.name!r}) <- {list(n.inputs)}{extra}")
         return "\n".join(lines)

@@ -15,7 +15,8 @@ Definitions (all counts are integers, per sample):
   spikes count as operations too). An ``Engine(net, count_ops=True)`` accumulates it in the fused
   neuron step (:attr:`dcsim.state.Simulation.sops`), only over the steps each sample ran; counting
   is off by default (it costs 1-5% of a step at batch 1 on a CPU).
-- **MACs** of the image-fed layers (the convs and linears that depend on the input image only): dcsim
+- **MACs** of the image-fed layers (the convs and linears that depend on the input image only, through
+  :class:`~dcsim.sim.network.Quantize` layers too, the quantized stem's): dcsim
   computes their values once per sample (:func:`image_macs`); :func:`dcsim.analysis.energy.summary` also offers
   the other convention, these MACs at every step the image drives.
 - **ANN MACs**: every conv and linear layer once (:func:`ann_macs`), the same network run as an ANN.
@@ -32,9 +33,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .network import AdaptiveAvgPool, Add, AvgPool, Conv, Flatten, Input, Linear, Neuron, Node, SpikingNetwork
+from .network import AdaptiveAvgPool, Add, AvgPool, Conv, Flatten, Input, Linear, Neuron, Node, Quantize, SpikingNetwork
 
-COUNTED: tuple[type[Node], ...] = (Input, Conv, Linear, AvgPool, AdaptiveAvgPool, Flatten, Add, Neuron)
+COUNTED: tuple[type[Node], ...] = (Input, Conv, Linear, AvgPool, AdaptiveAvgPool, Flatten, Add, Neuron, Quantize)
 """Node types the counter knows (exact types: a subclass may compute something else)."""
 FANOUT_MAX = 2**21 - 1
 """Largest fan-out the kernels take: the CPU kernel sums runs of 1024 outputs' fan-outs in int32

@@ -28,11 +28,12 @@ def continuous(
         opts.tolerance,
         opts.select_on_test,
         allow_unmatched=opts.unmatched_trace,
+        stem=opts.qcfs_stem,
     )
     model, _meta, splits = model_and_splits(model_opts, data, world, (opts.split,), opts.method)
     eng = opts.engine
     engine = Engine(
-        convert(model, method=opts.method, semantics=opts.semantics),
+        convert(model, method=opts.method, semantics=opts.semantics, stem=opts.qcfs_stem),
         device=world.device,
         channels_last=eng.channels_last,
         precision=eng.precision,

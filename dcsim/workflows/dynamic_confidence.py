@@ -83,6 +83,7 @@ def record_trace(
         "method": engine.net.method,
         "semantics": engine.net.semantics,
         "drive_steps": engine.net.drive_steps,
+        "stem": engine.net.stem,
         "bits": engine.net.bits,
         "readout": readout.kind,
         "alpha": readout.alpha,
@@ -284,16 +285,17 @@ def dynamic_confidence(
     meta: dict | None = None,
     semantics: str | None = None,
     energy_opts: EnergyOptions | None = None,
+    stem: str = "spiking",
 ) -> dict:
     """Convert, pick T and th_c on the validation split, and evaluate live on the test split.
 
     splits: {"val": (images, labels), "test": (images, labels)}. steps: T (default: the smallest
     T whose validation accuracy reaches the quantized ANN's, up to max_steps); semantics: QFFS's (see
-    dcsim.convert; None: the method's default); energy_opts: the energy per operation (None: the fp32
+    dcsim.convert; None: the method's default); stem: QCFS's (see dcsim.convert); energy_opts: the energy per operation (None: the fp32
     preset). Returns a dict with the trace, its analysis, the test rows without and with Dynamic
     Confidence and their :func:`energy_report` ("energy", runs "no_dc" and "dc").
     """
-    net = convert(model.cpu().eval(), method=method, semantics=semantics)
+    net = convert(model.cpu().eval(), method=method, semantics=semantics, stem=stem)
     engine = Engine(net, device=device, count_ops=True)  # the rows carry SOPs, MACs and energy
     val_x, val_y = splits["val"]
     test_x, test_y = splits["test"]

@@ -73,11 +73,14 @@ def from_trace(
     tolerance: float,
     allow_test_split: bool = False,
     allow_unmatched: bool = False,
+    *,
+    stem: str = "spiking",
 ) -> tuple[Readout, int, float]:
     """(readout, T, th_c) from the validation trace ``path`` of ``checkpoint``: its readout and length,
     th_c selected on it. The trace must come from that network (unless ``allow_unmatched``, a trace or
     checkpoint without a content hash is refused) and (unless ``allow_test_split``) not from the test
-    split (see :func:`dcsim.analysis.selection.load_trace_for`); errors name the files."""
+    split (see :func:`dcsim.analysis.selection.load_trace_for`), and its method, QFFS semantics and QCFS ``stem``
+    must be this run's; errors name the files."""
     trace = load_trace_for(path, checkpoint, allow_test_split=allow_test_split, allow_unmatched=allow_unmatched)
     tm = trace.meta
     if tm.get("method") != method:
@@ -89,6 +92,12 @@ def from_trace(
             f"{path}: the trace was recorded with the {traced!r} QFFS semantics but this run uses "
             f"{wanted.value!r}; pass --qffs-semantics {traced} or record the trace again"
         )
+    traced_stem = tm.get("stem", "spiking")  # traces without the field predate the quantized stem
+    if traced_stem != stem:
+        raise ValueError(
+            f"{path}: the trace was recorded with the {traced_stem!r} QCFS stem but this run uses {stem!r}; "
+            f"pass --qcfs-stem {traced_stem} or record the trace again"
+        )
     threshold = analyze(trace, tolerance=tolerance)["selected"]["threshold"]
     return (*trace_readout(trace, path), threshold)
 
@@ -99,7 +108,7 @@ def trace(opts: TraceOptions, model_opts: ModelOptions, data: DataOptions, world
     used = ("val", opts.split) if ro.tau == "auto" else (opts.split,)  # the validation split fits tau
     model, _meta, splits = model_and_splits(model_opts, data, world, used, ro.method)
     tau, calib = temperature(ro.tau, model, source(data, world, splits["val"]))
-    net = convert(model, method=ro.method, semantics=ro.semantics)
+    net = convert(model, method=ro.method, semantics=ro.semantics, stem=ro.stem)
     engine = Engine(net, device=world.device)
     readout = make_readout(ro, net.bits, opts.steps, tau)
     x, y = source(data, world, splits[opts.split])
@@ -168,10 +177,11 @@ def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, wor
             opts.tolerance,
             opts.select_on_test,
             allow_unmatched=opts.unmatched_trace,
+            stem=ro.stem,
         )
     used = ("val", opts.split) if selected is None and ro.tau == "auto" else (opts.split,)
     model, _meta, splits = model_and_splits(model_opts, data, world, used, ro.method)
-    net = convert(model, method=ro.method, semantics=ro.semantics)
+    net = convert(model, method=ro.method, semantics=ro.semantics, stem=ro.stem)
     if selected is not None:
         readout, steps, threshold = selected
     else:  # EvalOptions holds steps with a threshold

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..analysis.energy import FIRST_LAYER, PRESETS
 from ..checks import check_real
+from ..sim.network import STEMS
 from ..sim.semantics import Semantics
 
 if TYPE_CHECKING:
@@ -28,6 +29,14 @@ def _check_semantics(method: str, semantics: Semantics | None) -> None:
     """``--qffs-semantics`` is QFFS's alone."""
     if semantics is not None and method != "qffs":
         raise ValueError(f"--qffs-semantics applies to --method qffs only, got --method {method}")
+
+
+def _check_stem(method: str | None, stem: str) -> None:
+    """``--qcfs-stem``: one of STEMS, and 'quantized' for QCFS only (``method`` None: the report's two methods)."""
+    if stem not in STEMS:
+        raise ValueError(f"--qcfs-stem must be one of {', '.join(STEMS)}, got {stem!r}")
+    if stem != "spiking" and method not in (None, "qcfs"):
+        raise ValueError(f"--qcfs-stem applies to --method qcfs only, got --method {method}")
 
 
 def _check_number_or_keyword(name: str, value: str, keywords: tuple[str, ...]) -> None:
@@ -149,11 +158,18 @@ class ReadoutOptions:
     alpha: str = "paper"
     tau: str = "auto"
     semantics: Semantics | None = None
+    qcfs_stem: str = "spiking"
 
     def __post_init__(self) -> None:
         _check_semantics(self.method, self.semantics)
+        _check_stem(self.method, self.qcfs_stem)
         _check_number_or_keyword("tau", self.tau, ("auto",))
         _check_number_or_keyword("alpha", self.alpha, ("paper", "official"))
+
+    @property
+    def stem(self) -> str:
+        """The stem :func:`dcsim.convert` takes for this method ("spiking" for QFFS)."""
+        return self.qcfs_stem if self.method == "qcfs" else "spiking"
 
 
 @dataclass(frozen=True)
@@ -255,12 +271,14 @@ class StreamOptions:
     split: str = "test"
     slots: int = 64
     semantics: Semantics | None = None
+    qcfs_stem: str = "spiking"
     compare: bool = False
     repeats: int = 2
     engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
         _check_semantics(self.method, self.semantics)
+        _check_stem(self.method, self.qcfs_stem)
 
 
 @dataclass(frozen=True)
@@ -274,11 +292,13 @@ class ReportOptions:
     qcfs_max_steps: int = 64
     qffs_max_steps: int = 12
     semantics: Semantics | None = None
+    qcfs_stem: str = "spiking"
     batch_size: int = 256
     energy: EnergyOptions = field(default_factory=EnergyOptions)
 
     def __post_init__(self) -> None:
         _check_number_or_keyword("tau", self.tau, ("auto",))
+        _check_stem(None, self.qcfs_stem)
 
     def steps(self, method: str) -> tuple[int | None, int]:
         """(fixed T or None, largest T considered) of ``method``."""
