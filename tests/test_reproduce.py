@@ -127,11 +127,12 @@ def test_untrained_reason():
     assert "below the floor" in untrained_reason({"completed": True}, 0.3, 0.5)
 
 
-@pytest.mark.parametrize("arch", ["whitened_cnn", "whitened_cnn_analog"])
-def test_reproduce_whitened_cnn_at_toy_scale(tiny_cifar, tmp_path, arch):
-    """The CPU command of the accuracy run (whitened CNNs, channels_last), at toy scale."""
+@pytest.mark.parametrize(("arch", "stem"), [("whitened_cnn", "spiking"), ("whitened_cnn_analog", "quantized")])
+def test_reproduce_whitened_cnn_at_toy_scale(tiny_cifar, tmp_path, arch, stem):
+    """The CPU command of the accuracy run (whitened CNNs, channels_last; the analog stem's with the quantized
+    QCFS stem), at toy scale."""
     out = tmp_path / "w"
-    argv = ["reproduce", "--dataset", "cifar10", "--data-root", str(tiny_cifar), "--arch", arch]
+    argv = ["reproduce", "--dataset", "cifar10", "--data-root", str(tiny_cifar), "--arch", arch, "--qcfs-stem", stem]
     argv += ["--width", "4", "--float-epochs", "1", "--epochs", "1", "--train-subset", "40", "--val-size", "20"]
     argv += ["--max-test", "20", "--min-accuracy", "0", "--train-channels-last", "--quiet", "--out", str(out)]
     argv += ["--optimizer", "muon", "--lr", "0.24", "--lsq-lr", "0.06", "--weight-decay", "0.002"]
@@ -144,6 +145,8 @@ def test_reproduce_whitened_cnn_at_toy_scale(tiny_cifar, tmp_path, arch):
     assert "paper's ResNet-18 (another network)" in md
     assert md.startswith(f"# dcsim reproduce: {NAMES[arch]} (width 4, 2-bit activations) on cifar10")
     assert report["training"]["runtime"]["channels_last"] is True
+    assert [(m["method"], m["stem"]) for m in report["methods"]] == [("qcfs", stem), ("qffs", "spiking")]
+    assert ("QCFS (quantized stem)" in md) == (stem == "quantized")
 
 
 @pytest.mark.parametrize("case", ["unknown architecture", "not a CIFAR-10 root"])

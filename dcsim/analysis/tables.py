@@ -21,16 +21,18 @@ def table_rows(ann_accuracy: float, results: list[dict]) -> list[dict]:
     """One row per method and mode: the numbers of the paper's Table 1 plus spikes, synaptic operations,
     MACs and energy per inference (uJ, and the ratio to the ANN's), the ANN's MACs and energy, and wall time.
 
-    results: [{"method", "no_dc", "dc"}], each mode's dict with the fields of
-    :meth:`dcsim.workflows.dynamic_confidence.LiveEval.to_dict` and of ``energy_columns``.
+    results: [{"method", "no_dc", "dc"}, optionally "stem"], each mode's dict with the fields of
+    :meth:`dcsim.workflows.dynamic_confidence.LiveEval.to_dict` and of ``energy_columns``. A quantized stem
+    (see :func:`dcsim.convert`) is named in the method's label.
     """
     rows = []
     for r in results:
+        label = r["method"].upper() + (" (quantized stem)" if r.get("stem") == "quantized" else "")
         for mode, key in (("", "no_dc"), (" + DC", "dc")):
             e = r[key]
             rows.append(
                 {
-                    "method": r["method"].upper() + mode,
+                    "method": label + mode,
                     "ann_accuracy": ann_accuracy,
                     "snn_accuracy": e["accuracy"],
                     "threshold": e["threshold"] if key == "dc" else None,

@@ -77,6 +77,7 @@ def method_results(
         )
         entry = {
             "method": method,
+            "stem": r["trace"].meta["stem"],
             "steps": r["steps"],
             "readout": r["readout"],
             "val_accuracy_vs_t": r["val_accuracy_vs_t"],

@@ -258,7 +258,7 @@ def _summary(
     device: torch.device,
     seconds: float,
 ) -> dict:
-    rows = table_rows(ann_test, [{"method": m["method"], "no_dc": m["no_dc"], "dc": m["dc"]} for m in methods])
+    rows = table_rows(ann_test, [{k: m[k] for k in ("method", "stem", "no_dc", "dc")} for m in methods])
     # the paper's rows of this network, else its ResNet-18 rows for reference (labelled as another network)
     paper_model = arch if arch in PAPER_TABLE1 else ("resnet18" if dataset == "cifar10" else None)
     paper = PAPER_TABLE1.get(paper_model) if paper_model else None
@@ -317,8 +317,9 @@ def _markdown_table1(s: dict) -> str:
     for m in s["methods"]:
         no, dc, steps = m["no_dc"], m["dc"], m["steps"]
         p = paper[m["method"]] if paper else None
+        stem = " (quantized stem)" if m.get("stem") == "quantized" else ""
         lines.append(
-            f"| {name} {m['method'].upper()} | {_pct(s['ann_test_accuracy'])} | {ann_paper} | "
+            f"| {name} {m['method'].upper()}{stem} | {_pct(s['ann_test_accuracy'])} | {ann_paper} | "
             f"{_pct(no['accuracy'])} at {steps} | {f'{p[0]:.2f}% at {p[1]}' if p else '-'} | "
             f"{_pct(dc['accuracy'])} at {dc['mean_steps']:.2f} ({100 * dc['saving']:.0f}% fewer) | "
             f"{f'{p[2]:.2f}% at {p[3]:.2f} ({100 * (1 - p[3] / p[1]):.0f}% fewer)' if p else '-'} |"
