@@ -155,6 +155,13 @@ def test_refusals_name_what_is_wrong():
         dataclasses.replace(net, nodes=nodes)
     with pytest.raises(ValueError, match="QCFS only"):
         dataclasses.replace(net, method="qffs")
+    for bad, match in (
+        ({"levels": 0}, "levels"),
+        ({"rounding": "down"}, "rounding"),
+        ({"step": torch.tensor(0.0)}, "the step"),
+    ):
+        with pytest.raises(ValueError, match=rf"layer 'q' \(Quantize\): {match}"):
+            Quantize("q", (0,), **({"step": torch.tensor(0.5)} | bad))
     relu, x = _trained_like("small_cnn", 0)  # a float ReLU model's thresholds: unquantized clips
     set_quantization(relu, False)
     normalized = normalize(relu, x, percentile=99.9)

@@ -55,7 +55,7 @@ CHANNELS_LAST = ("--channels-last", ON, None, "engine in the channels_last layou
 GRAPHS = ("--graphs", ON, None, "step loop(s) as CUDA graphs (GPU; same results)")
 SEMANTICS = ("--qffs-semantics", ["settle", "constant"], None, "QFFS only: 'settle' (default: image and biases "
              "drive the first Qp steps, then the net settles; holds accuracy past T = Qp) or 'constant' (every step)")
-STEM = ("--qcfs-stem", list(STEMS), "spiking", "QCFS only: 'quantized': activations fed by the image only are computed once per sample as the ANN's quantizer (the layers after them spike); 'spiking' (default): all spike")
+STEM = ("--qcfs-stem", list(STEMS), "spiking", "QCFS only: 'quantized': the first layer of activations (fed by the image's current) is computed once per sample as the ANN's quantizer, the layers after it spike; 'spiking' (default): all spike")
 COMMON = [("--json", Path, None, "write the result as JSON to this file ('-': stdout)"),
     ("--device", None, None, "cpu or cuda (default: cuda when available)"),
     ("--batch-size", int, 256, "samples simulated together")]

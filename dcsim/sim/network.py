@@ -216,6 +216,16 @@ class Quantize(Node):
     levels: int = 3
     rounding: str = "half_up"
 
+    def __post_init__(self) -> None:
+        check_int(self.levels, f"layer {self.name!r} (Quantize): levels")
+        if self.rounding not in ("half_up", "half_even"):
+            raise ValueError(
+                f"layer {self.name!r} (Quantize): rounding must be 'half_up' or 'half_even', got {self.rounding!r}"
+            )
+        positive = self.step.is_meta or bool(self.step.detach().float().cpu().gt(0).all())  # meta: shapes only
+        if self.step.numel() != 1 or not positive:
+            raise ValueError(f"layer {self.name!r} (Quantize): the step must be one number > 0, got {self.step!r}")
+
     def apply(self, *xs: torch.Tensor) -> torch.Tensor:
         """s * round(clamp(x / s, 0, Qp)) of x float32 [n, ...], computed as dcsim's LSQ forward computes it."""
         v = torch.clamp(self._one(xs) / self.step, 0, self.levels)
@@ -227,7 +237,8 @@ class Quantize(Node):
 
 
 STEMS = ("spiking", "quantized")
-"""How a QCFS network's activations fed by the image only run (see :func:`dcsim.convert`)."""
+"""How a QCFS network's first layer of activations (fed by the image's current) runs: as neurons, or as
+:class:`Quantize` layers computed once per sample (see :func:`dcsim.convert`)."""
 
 
 SEMANTICS = tuple(s.value for s in Semantics)
