@@ -28,7 +28,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
-    for case in load_cases(args.folders, 512, 1000, args.cache, args.data_root, args.methods):  # as table2_cpu.py
+    for case in load_cases(
+        args.folders, 512, 1000, args.cache, args.data_root, args.methods, args.qcfs_stem
+    ):  # as table2_cpu.py
         case.x = case.x[: args.images]
         engine = Engine(case.net)
         chunks = {"1": 1, "auto": None, "T": case.steps}

@@ -111,7 +111,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
-    cases = load_cases(args.folders, 512, 1000, args.cache, args.data_root, args.methods)
+    cases = load_cases(args.folders, 512, 1000, args.cache, args.data_root, args.methods, args.qcfs_stem)
     head = "| network | method | batch | DC | mean steps | total ms/inf | " + " | ".join(PARTS) + " | python us/step |"
     print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
     for case in cases:

@@ -29,7 +29,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}; {args.rounds} interleaved rounds")
-    for case in load_cases(args.folders, 512, 1000, args.cache, args.data_root, args.methods):
+    for case in load_cases(args.folders, 512, 1000, args.cache, args.data_root, args.methods, args.qcfs_stem):
         engine = Engine(case.net)
         for batch in args.batches:
             x = case.x[:batch]

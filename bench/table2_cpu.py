@@ -95,7 +95,7 @@ def worker_command(args: argparse.Namespace, json_path: Path) -> list[str]:
         ("--json", json_path),
     ):
         command += [flag, str(value)]
-    return [*command, "--methods", *args.methods]
+    return [*command, "--methods", *args.methods, "--qcfs-stem", args.qcfs_stem]
 
 
 def plan_cell(row: dict) -> str:
@@ -179,7 +179,7 @@ def measure(args: argparse.Namespace) -> None:
     )
     print("|---" * 12 + "|")
     rows = []
-    for case in load_cases(args.folders, TEST_IMAGES, 1000, args.cache, args.data_root, args.methods):
+    for case in load_cases(args.folders, TEST_IMAGES, 1000, args.cache, args.data_root, args.methods, args.qcfs_stem):
         engine = Engine(case.net)
         for batch in args.batches:
             n = args.batch1_images if batch == 1 else batch * args.batches_per_call

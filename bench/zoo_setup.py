@@ -23,7 +23,7 @@ from dcsim.data import load_cifar10
 from dcsim.io import zoo
 from dcsim.models import build_model
 from dcsim.sim.engine import Engine
-from dcsim.sim.network import SpikingNetwork
+from dcsim.sim.network import STEMS, SpikingNetwork
 from dcsim.sim.readout import Readout
 from dcsim.sim.state import ExitResult
 from dcsim.workflows.dynamic_confidence import calibrate, record_trace
@@ -81,8 +81,8 @@ def machine() -> str:
 
 def arguments(doc: str, batches: list[int], rounds: int, cases: bool = True) -> argparse.ArgumentParser:
     """The command line the zoo measurements share: zoo folders, --batches and --rounds (these defaults); with
-    ``cases`` also --data-root (CIFAR-10), --threads (pinned, default 1), --cache (see :func:`load_cases`) and
-    --methods (default: both)."""
+    ``cases`` also --data-root (CIFAR-10), --threads (pinned, default 1), --cache (see :func:`load_cases`),
+    --methods (default: both) and --qcfs-stem (QCFS's conversion, see dcsim.convert; default spiking)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+")
     p.add_argument("--batches", type=int, nargs="+", default=batches)
@@ -92,6 +92,7 @@ def arguments(doc: str, batches: list[int], rounds: int, cases: bool = True) -> 
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--cache", type=Path, default=Path("/tmp/dcsim_zoo_cases.pt"))
         p.add_argument("--methods", nargs="+", choices=list(STEPS), default=list(STEPS), help="methods to measure")
+        p.add_argument("--qcfs-stem", choices=list(STEMS), default="spiking", help="QCFS's stem (see dcsim.convert)")
     return p
 
 
@@ -101,10 +102,17 @@ def table_row(*cells: object) -> str:
 
 
 def load_cases(
-    folders: list[str], n_test: int, n_val: int, cache: Path, data_root: Path, methods: list[str]
+    folders: list[str],
+    n_test: int,
+    n_val: int,
+    cache: Path,
+    data_root: Path,
+    methods: list[str],
+    qcfs_stem: str = "spiking",
 ) -> list[Case]:
     """A Case per (zoo folder, method in ``methods``, keys of STEPS): th_c from a trace of n_val validation
-    images, n_test test images (CIFAR-10 at ``data_root``); what it computes is kept in ``cache`` for the next run."""
+    images, n_test test images (CIFAR-10 at ``data_root``); QCFS converted with ``qcfs_stem`` (its cases' names
+    say so when it is "quantized"); what it computes is kept in ``cache`` for the next run."""
     blob = torch.load(cache) if cache.exists() else {}
     splits = None
     cases = []
@@ -115,8 +123,9 @@ def load_cases(
         weights = zoo.model_identity(folder)[1]  # new weights in the same folder: a new key
         for method in methods:
             steps = STEPS[method]
-            key = f"{name}/{weights}/{method}/{n_test}/{n_val}"
-            net = convert(model, method=method)
+            stem = qcfs_stem if method == "qcfs" else "spiking"
+            key = f"{name}/{weights}/{method}/{n_test}/{n_val}" + ("/quantized-stem" if stem == "quantized" else "")
+            net = convert(model, method=method, stem=stem)
             if key not in blob:
                 if splits is None:
                     splits = load_cifar10(data_root, val_size=n_val, seed=0)
@@ -130,5 +139,6 @@ def load_cases(
                 torch.save(blob, cache)
             e = blob[key]
             readout = Readout.paper(method, net.bits, steps, tau=e["tau"])
-            cases.append(Case(name, method, net, readout, steps, e["threshold"], e["x"]))
+            label = name + (" (quantized stem)" if stem == "quantized" else "")
+            cases.append(Case(label, method, net, readout, steps, e["threshold"], e["x"]))
     return cases

@@ -35,6 +35,8 @@ def test_worker_command_repeats_every_option(table2, tmp_path):
         str(tmp_path / "cache.pt"),
         "--methods",
         "qffs",
+        "--qcfs-stem",
+        "quantized",
         "--batch1-images",
         "3",
         "--batches-per-call",
