@@ -108,7 +108,7 @@ def trace(opts: TraceOptions, model_opts: ModelOptions, data: DataOptions, world
     used = ("val", opts.split) if ro.tau == "auto" else (opts.split,)  # the validation split fits tau
     model, _meta, splits = model_and_splits(model_opts, data, world, used, ro.method)
     tau, calib = temperature(ro.tau, model, source(data, world, splits["val"]))
-    net = convert(model, method=ro.method, semantics=ro.semantics, stem=ro.stem)
+    net = convert(model, method=ro.method, semantics=ro.semantics, stem=ro.qcfs_stem)
     engine = Engine(net, device=world.device)
     readout = make_readout(ro, net.bits, opts.steps, tau)
     x, y = source(data, world, splits[opts.split])
@@ -177,11 +177,11 @@ def evaluate(opts: EvalOptions, model_opts: ModelOptions, data: DataOptions, wor
             opts.tolerance,
             opts.select_on_test,
             allow_unmatched=opts.unmatched_trace,
-            stem=ro.stem,
+            stem=ro.qcfs_stem,
         )
     used = ("val", opts.split) if selected is None and ro.tau == "auto" else (opts.split,)
     model, _meta, splits = model_and_splits(model_opts, data, world, used, ro.method)
-    net = convert(model, method=ro.method, semantics=ro.semantics, stem=ro.stem)
+    net = convert(model, method=ro.method, semantics=ro.semantics, stem=ro.qcfs_stem)
     if selected is not None:
         readout, steps, threshold = selected
     else:  # EvalOptions holds steps with a threshold

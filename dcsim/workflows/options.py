@@ -166,11 +166,6 @@ class ReadoutOptions:
         _check_number_or_keyword("tau", self.tau, ("auto",))
         _check_number_or_keyword("alpha", self.alpha, ("paper", "official"))
 
-    @property
-    def stem(self) -> str:
-        """The stem :func:`dcsim.convert` takes for this method ("spiking" for QFFS)."""
-        return self.qcfs_stem if self.method == "qcfs" else "spiking"
-
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -299,6 +294,10 @@ class ReportOptions:
     def __post_init__(self) -> None:
         _check_number_or_keyword("tau", self.tau, ("auto",))
         _check_stem(None, self.qcfs_stem)
+
+    def stem(self, method: str) -> str:
+        """The stem :func:`dcsim.convert` takes for ``method`` ("spiking" for QFFS)."""
+        return self.qcfs_stem if method == "qcfs" else "spiking"
 
     def steps(self, method: str) -> tuple[int | None, int]:
         """(fixed T or None, largest T considered) of ``method``."""

@@ -68,7 +68,7 @@ def method_results(
             tau=tau,
             steps=fixed if fixed is not None else default_steps(method),
             semantics=opts.semantics if method == "qffs" else None,
-            stem=opts.qcfs_stem if method == "qcfs" else "spiking",
+            stem=opts.stem(method),
             tolerance=opts.tolerance,
             device=world.device,
             batch_size=opts.batch_size,
@@ -94,8 +94,9 @@ def method_results(
             entry["plots"] = [*plots, str(sops_plot)]
         if test_traces:
             semantics = opts.semantics if method == "qffs" else None
-            stem = opts.qcfs_stem if method == "qcfs" else "spiking"
-            engine = Engine(convert(model, method=method, semantics=semantics, stem=stem), device=world.device)
+            engine = Engine(
+                convert(model, method=method, semantics=semantics, stem=opts.stem(method)), device=world.device
+            )
             test_trace = record_trace(
                 engine, *test, r["steps"], Readout(**r["readout"]), meta | {"split": "test"}, opts.batch_size
             )
