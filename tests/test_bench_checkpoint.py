@@ -63,3 +63,37 @@ def test_paired_saving_takes_each_rounds_saving_and_their_median():
         paired_saving(dc[:3], base)
     with pytest.raises(ValueError, match="0 and 0 rounds"):
         paired_saving([], [])
+
+
+def test_bench_converts_every_qcfs_case_with_the_qcfs_stem(tmp_path, checkpoint_meta, monkeypatch):
+    """--qcfs-stem quantized reaches each QCFS conversion (the trained net, its twin, the standard set, streaming),
+    QFFS keeps the spiking stem, and the rows and tables say which stem ran."""
+    import dcsim.workflows.benchmark as benchmark
+
+    splits = load_digits_splits(seed=0)
+    torch.manual_seed(1)
+    model = build_model(checkpoint_meta["architecture"], **checkpoint_meta["arch_kwargs"]).train()
+    model(splits["train"].normalized()[:64])
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", model.eval(), checkpoint_meta)
+    converted = []
+
+    def recording_convert(model, method, stem="spiking"):
+        net = benchmark.convert.__wrapped__(model, method=method, stem=stem)
+        converted.append((method, stem, net.stem))
+        return net
+
+    recording_convert.__wrapped__ = benchmark.convert  # type: ignore[attr-defined]
+    monkeypatch.setattr(benchmark, "convert", recording_convert)
+    out = tmp_path / "b.json"
+    argv = (
+        f"bench --quick --models small_cnn --repeats 1 --chunk 1 --spike-convs off --checkpoint {ckpt} --qcfs-stem quantized "
+        f"--stream 2 --json {out}"
+    )
+    assert main(argv.split()) == EXIT_OK
+    assert {(m, s) for m, s, _ in converted} == {("qcfs", "quantized"), ("qffs", "spiking")}
+    assert all(stem == net_stem for _, stem, net_stem in converted)
+    result = json.loads(out.read_text())
+    for r in result["rows"] + result["stream_rows"]:
+        assert r["stem"] == ("quantized" if r["method"] == "qcfs" else "spiking")
+    table = markdown(result["rows"]).splitlines()[2:]
+    assert all(("| qcfs (quantized stem) |" in line) != ("| qffs |" in line) for line in table)

@@ -134,7 +134,7 @@ BENCH = [  # the first two exclude each other
     ("--precision", PREC, ["fp32"], "engine conv/linear precisions to time (all but fp32 reduced)", MANY),
     ("--spike-convs", ONOFF, None, "event-driven convs of spike maps (float32, CPU), dense, or both "
      "(default: both on cpu)", MANY),
-    ("--checkpoint", Path, None, "also time this trained net (file, zoo) on --dataset test images, by a random twin"),
+    ("--checkpoint", Path, None, "also time this trained net (file, zoo) on --dataset test images, by a random twin"), STEM,
     *DATA, ("--stream", int, None, "also time SLOTS streaming slots vs static batches of SLOTS", {"metavar": "SLOTS"})]
 COMMANDS: dict[str, tuple[str, dict[str, Any], list[tuple]]] = {  # name: (help, defaults, flags)
     "train": ("float pre-training and LSQ fine-tuning; writes a safetensors checkpoint", {},

@@ -32,7 +32,7 @@ from .inputs import check_dataset_matches, load_model, load_splits, tensors
 from .options import BenchOptions, DataOptions
 from .processes import in_fresh_processes, median_rows
 
-ROW_IDENTITY = ("model", "method", "batch", "mode", "engine", "chunk", "weights")
+ROW_IDENTITY = ("model", "method", "stem", "batch", "mode", "engine", "chunk", "weights")
 """The keys that name a row: the same in every process of a measurement over processes."""
 TIMED_FIELDS = (
     "ms_per_inference", "cpu_ms_per_inference", "ms_per_step", "ann_ms_per_inference", "ann_graph_ms_per_inference",
@@ -110,6 +110,7 @@ def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
                     precision=precision,
                     spike_convs=spikes,
                     network=networks.get(model),
+                    stem=opts.qcfs_stem if method == "qcfs" else "spiking",
                 )
             except RuntimeError as err:  # report the case and go on with the others
                 errors.append({**case, "error": str(err).splitlines()[0]})
@@ -121,7 +122,16 @@ def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
     stream_rows: list[dict[str, object]] = []
     if opts.stream:
         stream_rows = [
-            stream_case(model, method, opts.stream, device, repeats=opts.repeats, graphs=use_graphs)
+            stream_case(
+                model,
+                method,
+                opts.stream,
+                device,
+                repeats=opts.repeats,
+                graphs=use_graphs,
+                stem=opts.qcfs_stem if method == "qcfs" else "spiking",
+                network=networks.get(model),
+            )
             for model, method in dict.fromkeys((m, meth) for m, meth, _ in cases)
             for use_graphs in dict.fromkeys(g for g, _ in configs)
         ]

@@ -162,6 +162,7 @@ def bench_case(
     spike_convs: bool = False,
     network: tuple[torch.nn.Module, torch.Tensor, str] | None = None,
     threads: int | None = None,
+    stem: str = "spiking",
 ) -> list[dict]:
     """Rows for one model/method/batch: modes "full" and "early_exit" (engine steps computed ``chunk`` at a time).
 
@@ -172,7 +173,7 @@ def bench_case(
     random twin of it ("random"); ``model_name`` then only labels the rows.
     repeats: rounds; the ANN forward, the engine without and with early exit (and at batch 1 the eager
     reference) run interleaved in each (see :func:`interleaved`). threads: CPU threads pinned for the
-    timing (default: torch's current count), reported in each row.
+    timing (default: torch's current count), reported in each row. stem: QCFS's (see dcsim.convert).
     Each row holds the spike rate (spikes per neuron per simulated step), the median wall ms per
     inference with its min, max, spread and ``unstable`` flag, and the median process CPU ms; the
     early-exit row the step saving, the wall-clock saving (paired by round: median, min and max over the
@@ -188,7 +189,7 @@ def bench_case(
             raise ValueError(f"bench_case: {len(inputs)} real inputs for batch {batch}")
         model, x = model.eval(), inputs[:batch].to(device)
     steps = steps or DEFAULT_STEPS[method]
-    net = convert(model, method=method)
+    net = convert(model, method=method, stem=stem)
     engine = Engine(net, device=device, channels_last=channels_last, precision=precision, spike_convs=spike_convs)
     ann = model.to(device)
     readout = Readout.paper(method, net.bits, steps)
@@ -238,6 +239,7 @@ def bench_case(
             "threads": threads or saved_threads,
             "model": model_name,
             "method": method,
+            "stem": stem,
             "batch": batch,
             "mode": mode,
             "engine": engine_label(graphs, compact_fraction, precision, spike_convs),
@@ -334,14 +336,23 @@ def stream_case(
     samples: int | None = None,
     repeats: int = 2,
     graphs: bool = False,
+    stem: str = "spiking",
+    network: tuple[torch.nn.Module, torch.Tensor, str] | None = None,
 ) -> dict:
-    """Streaming vs static batches on a random-weight model (threshold: samples stop around T/2)."""
-    model, shape = prepared_model(model_name)
+    """Streaming vs static batches of ``samples`` (default 8 * slots) on a random-weight model and random inputs,
+    or on ``network`` (model, inputs float32 [N, C, H, W], weights label; at most N samples), as
+    :func:`bench_case`; threshold: samples stop around T/2; ``stem``: QCFS's (see dcsim.convert)."""
+    n = samples or 8 * slots
+    if network is None:
+        model, shape = prepared_model(model_name)
+        x, weights = random_inputs(n, shape, device, seed=1), "random"
+    else:
+        model, inputs, weights = network
+        model, x = model.eval(), inputs[:n].to(device)
     steps = DEFAULT_STEPS[method]
-    net = convert(model, method=method)
+    net = convert(model, method=method, stem=stem)
     engine = Engine(net, device=device)
     readout = Readout.paper(method, net.bits, steps)
-    x = random_inputs(samples or 8 * slots, shape, device, seed=1)
     threshold = mid_threshold(engine, x[:slots], steps, readout)
     out = stream_vs_static(engine, x, None, slots, steps, readout, threshold, repeats, graphs=graphs)
     s = out["stream"]
@@ -349,6 +360,8 @@ def stream_case(
         "device": device_name(device),
         "model": model_name,
         "method": method,
+        "stem": stem,
+        "weights": weights,
         "slots": slots,
         "samples": len(x),
         "engine": "graphs" if graphs else "no-graphs",
@@ -373,7 +386,7 @@ def stream_markdown(rows: list[dict]) -> str:
         "occupancy | vs static, no exit | vs static, early exit |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     return head + "".join(
-        f"| {r['device']} | {r['model']} | {r['method']} | {r['engine']} | {r['slots']} | {r['mean_steps']:.2f} | "
+        f"| {r['device']} | {r['model']} | {method_label(r)} | {r['engine']} | {r['slots']} | {r['mean_steps']:.2f} | "
         f"{r['stream_throughput']:.1f} | {r['latency_ms_p50']:.2f} / {r['latency_ms_p99']:.2f} | {r['occupancy']:.2f} | "
         f"{r['ratio_vs_static_no_dc']:.2f}x | {r['ratio_vs_static_dc']:.2f}x |\n"
         for r in rows
@@ -413,6 +426,11 @@ def progress_line(done: int, total: int, elapsed: float, what: str) -> str:
     return f"[{done}/{total}] {what}; {elapsed:.0f} s elapsed, about {left:.0f} s left"
 
 
+def method_label(row: dict) -> str:
+    """A row's method in tables: "qcfs", "qffs", or "qcfs (quantized stem)"."""
+    return row["method"] + (" (quantized stem)" if row.get("stem", "spiking") != "spiking" else "")
+
+
 def markdown(rows: list[dict]) -> str:
     """Table of benchmark rows: wall ms per inference as median [min-max] over the rounds (``unstable`` where the
     spread exceeds UNSTABLE_SPREAD); for early-exit rows the step and wall-clock savings and their ratio."""
@@ -435,7 +453,7 @@ def markdown(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     return head + "".join(
-        f"| {r['device']} | {r['threads']} | {r['model']} | {r['method']} | {r['batch']} | {r['mode']} | {r['engine']} | "
+        f"| {r['device']} | {r['threads']} | {r['model']} | {method_label(r)} | {r['batch']} | {r['mode']} | {r['engine']} | "
         f"{r['chunk']} | {r['mean_steps']:.2f} | {r['spikes_per_neuron_step']:.4f} | "
         f"{r['ms_per_inference']:.3f} [{r['ms_min']:.3f}-{r['ms_max']:.3f}]{' unstable' if r['unstable'] else ''} | "
         f"{r['cpu_ms_per_inference']:.3f} | {r['ms_per_step']:.3f} | {saving(r)} | "

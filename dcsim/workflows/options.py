@@ -309,7 +309,8 @@ class ReportOptions:
 @dataclass(frozen=True)
 class BenchOptions:
     """``dcsim bench`` (see its --help): the standard set, optionally a trained ``checkpoint`` and streaming;
-    ``processes`` > 1 runs it in that many fresh processes and reports each row's median over them."""
+    ``processes`` > 1 runs it in that many fresh processes and reports each row's median over them. Every QCFS
+    case is converted with ``qcfs_stem`` (see dcsim.convert)."""
 
     quick: bool = False
     full: bool = False
@@ -324,8 +325,10 @@ class BenchOptions:
     checkpoint: Path | None = None
     stream: int | None = None
     processes: int = 1
+    qcfs_stem: str = "spiking"
 
     def __post_init__(self) -> None:
+        _check_stem(None, self.qcfs_stem)
         if not isinstance(self.processes, int) or self.processes < 1:
             raise ValueError(f"--processes {self.processes}: needs an integer >= 1")
         if self.processes > 1 and self.stream is not None:
