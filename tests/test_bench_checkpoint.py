@@ -67,7 +67,7 @@ def test_paired_saving_takes_each_rounds_saving_and_their_median():
 
 def test_bench_converts_every_qcfs_case_with_the_qcfs_stem(tmp_path, checkpoint_meta, monkeypatch):
     """--qcfs-stem quantized reaches each QCFS conversion (the trained net, its twin, the standard set, streaming),
-    QFFS keeps the spiking stem, and the rows and tables say which stem ran."""
+    QFFS keeps the spiking stem, and the rows and tables say which stem ran; --batches sets every case's batches."""
     import dcsim.workflows.benchmark as benchmark
 
     splits = load_digits_splits(seed=0)
@@ -87,7 +87,7 @@ def test_bench_converts_every_qcfs_case_with_the_qcfs_stem(tmp_path, checkpoint_
     out = tmp_path / "b.json"
     argv = (
         f"bench --quick --models small_cnn --repeats 1 --chunk 1 --spike-convs off --checkpoint {ckpt} --qcfs-stem quantized "
-        f"--stream 2 --json {out}"
+        f"--batches 1 3 --stream 2 --json {out}"
     )
     assert main(argv.split()) == EXIT_OK
     assert {(m, s) for m, s, _ in converted} == {("qcfs", "quantized"), ("qffs", "spiking")}
@@ -95,5 +95,8 @@ def test_bench_converts_every_qcfs_case_with_the_qcfs_stem(tmp_path, checkpoint_
     result = json.loads(out.read_text())
     for r in result["rows"] + result["stream_rows"]:
         assert r["stem"] == ("quantized" if r["method"] == "qcfs" else "spiking")
+    cases = {(r["model"], r["method"], r["batch"]) for r in result["rows"]}
+    models = ("small_cnn", "small_cnn 4 trained", "small_cnn 4 random")
+    assert cases == {(m, meth, b) for m in models for meth in ("qcfs", "qffs") for b in (1, 3)}  # --batches
     table = markdown(result["rows"]).splitlines()[2:]
     assert all(("| qcfs (quantized stem) |" in line) != ("| qffs |" in line) for line in table)

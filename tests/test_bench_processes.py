@@ -63,14 +63,14 @@ def test_over_processes_and_median_rows():
 def test_a_worker_gets_every_option_back():
     """Every field of BenchOptions and DataOptions, off its default, survives the trip to a worker process."""
     opts = BenchOptions(True, False, ("small_cnn", "resnet18"), 3, (1, 2), True, ("off",), True, ("fp32", "bf16"),
-                        ("on",), Path("zoo/x"), None, 4)  # fmt: skip
+                        ("on",), Path("zoo/x"), None, 4, "quantized", (1, 256))  # fmt: skip
     data = DataOptions("cifar10", Path("c.tar.gz"), 2000, 3, "memory", 1)
     assert bench_mod._options(BenchOptions, bench_mod._plain(opts)) == opts
     assert bench_mod._options(DataOptions, bench_mod._plain(data)) == data
 
 
 def _rows(ms_full: float, ms_dc: float, ratio: float | None) -> list[dict]:
-    base = {"model": "small_cnn", "method": "qffs", "batch": 32, "engine": "no-graphs", "chunk": 1, "weights": "random",
+    base = {"model": "small_cnn", "method": "qffs", "stem": "spiking", "batch": 32, "engine": "no-graphs", "chunk": 1, "weights": "random",
             "device": "cpu", "threads": 2, "mean_steps": 4.0, "spikes_per_neuron_step": 0.1, "unstable": False,
             "cpu_ms_per_inference": 1.0, "ms_per_step": 1.0, "ratio_to_ann_per_step": 1.0}  # fmt: skip
     full = {**base, "mode": "full", "ms_per_inference": ms_full, "ms_min": 0.0, "ms_max": 9.0}

@@ -56,6 +56,8 @@ def test_eval_needs_exactly_one_of_threshold_and_trace(tmp_path, run_cli):
         (lambda o: o.EnergyOptions(first_layer_macs="twice"), "--first-layer-macs"),
         (lambda o: o.TrainOptions(Path("m.safetensors"), cutout=8), "--augment"),
         (lambda o: o.BenchOptions(processes=0), "--processes"),
+        (lambda o: o.BenchOptions(qcfs_stem="analog"), "--qcfs-stem"),
+        (lambda o: o.BenchOptions(batches=(1, 0)), "--batches"),
     ],
 )
 def test_the_rules_between_flags_are_the_typed_options_own(make, flag):

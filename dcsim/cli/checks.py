@@ -18,7 +18,7 @@ class UsageError(ValueError):
 # Integer flags that must be >= 1 (``chunk`` takes several), and those that must be >= 0.
 POSITIVE = ("batch_size", "train_batch_size", "steps", "slots", "repeats", "val_size", "calibration_size",
             "train_subset", "max_test", "qcfs_steps", "qffs_steps", "qcfs_max_steps", "qffs_max_steps", "width",
-            "bits", "stream", "chunk", "clip_mix_epochs", "clip_mix_layers")  # fmt: skip
+            "bits", "stream", "chunk", "clip_mix_epochs", "clip_mix_layers", "batches")  # fmt: skip
 NON_NEGATIVE = ("epochs", "float_epochs", "loader_workers", "crop_padding", "cutout", "lsq_seed")
 # Real flags: (low, high or None, low allowed[, high allowed: default True]).
 REALS = {"lr": (0, None, False), "lr_decay": (0, None, False), "budget_minutes": (0, None, False),

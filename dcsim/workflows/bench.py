@@ -60,6 +60,8 @@ def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
         cases = [c for c in cases if c[0] in opts.models] or [
             (m, meth, b) for m in opts.models for meth in ("qcfs", "qffs") for b in (1, 32)
         ]
+    if opts.batches:
+        cases = [(m, meth, b) for m, meth in dict.fromkeys(c[:2] for c in cases) for b in opts.batches]
     graphs = opts.graphs or (["on"] if device.type == "cuda" else ["off"])
     configs = [(g == "on", cf) for g in graphs for cf in ((None, 1.0) if g == "on" and opts.masked else (None,))]
     spike_convs = [s == "on" for s in (opts.spike_convs or (["off", "on"] if device.type == "cpu" else ["off"]))]
@@ -72,7 +74,7 @@ def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
             (label, method, batch)
             for label in networks
             for method in ("qcfs", "qffs")
-            for batch in dict.fromkeys(b for _, _, b in standard_set(device, quick=True))
+            for batch in opts.batches or dict.fromkeys(b for _, _, b in standard_set(device, quick=True))
         ]
     rows, errors = [], []
     start = time.perf_counter()
@@ -142,14 +144,18 @@ def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
 
 
 def _trained_networks(opts: BenchOptions, data: DataOptions) -> dict:
-    """{row label: (model, inputs, weights)}: the trained model on real test images and a random-weight
-    twin of the same architecture on random inputs (initialised as the standard set's)."""
+    """{row label: (model, inputs, weights)}: the trained model on a seeded pick of max(256, largest batch) real
+    test images and a random-weight twin of the same architecture on random inputs (initialised as the
+    standard set's)."""
     assert opts.checkpoint is not None
     model, meta = load_model(opts.checkpoint)
     splits = load_splits(data)
     check_dataset_matches(meta, splits, opts.checkpoint)
     x, _ = tensors(splits["test"])
-    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(data.seed))[:256]]
+    images = max(256, *opts.batches)
+    if len(x) < images:
+        raise ValueError(f"--batches {images}: the test split of --checkpoint's dataset has only {len(x)} images")
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(data.seed))[:images]]
     torch.manual_seed(0)
     twin = build_model(meta.architecture, **meta.arch_kwargs).train()
     with torch.no_grad():

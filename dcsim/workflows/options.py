@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..analysis.energy import FIRST_LAYER, PRESETS
-from ..checks import check_real
+from ..checks import check_int, check_real
 from ..sim.network import STEMS
 from ..sim.semantics import Semantics
 
@@ -310,7 +310,8 @@ class ReportOptions:
 class BenchOptions:
     """``dcsim bench`` (see its --help): the standard set, optionally a trained ``checkpoint`` and streaming;
     ``processes`` > 1 runs it in that many fresh processes and reports each row's median over them. Every QCFS
-    case is converted with ``qcfs_stem`` (see dcsim.convert)."""
+    case is converted with ``qcfs_stem`` (see dcsim.convert); ``batches``: every case's batch sizes (empty: the
+    standard set's, see dcsim.workflows.benchmark.standard_set)."""
 
     quick: bool = False
     full: bool = False
@@ -326,9 +327,12 @@ class BenchOptions:
     stream: int | None = None
     processes: int = 1
     qcfs_stem: str = "spiking"
+    batches: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _check_stem(None, self.qcfs_stem)
+        for batch in self.batches:
+            check_int(batch, "--batches", minimum=1)
         if not isinstance(self.processes, int) or self.processes < 1:
             raise ValueError(f"--processes {self.processes}: needs an integer >= 1")
         if self.processes > 1 and self.stream is not None:
