@@ -145,17 +145,17 @@ def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
 
 def _trained_networks(opts: BenchOptions, data: DataOptions) -> dict:
     """{row label: (model, inputs, weights)}: the trained model on a seeded pick of max(256, largest batch) real
-    test images and a random-weight twin of the same architecture on random inputs (initialised as the
+    test images (at most the split's) and a random-weight twin of the same architecture on random inputs (initialised as the
     standard set's)."""
     assert opts.checkpoint is not None
     model, meta = load_model(opts.checkpoint)
     splits = load_splits(data)
     check_dataset_matches(meta, splits, opts.checkpoint)
     x, _ = tensors(splits["test"])
-    images = max(256, *opts.batches)
-    if len(x) < images:
-        raise ValueError(f"--batches {images}: the test split of --checkpoint's dataset has only {len(x)} images")
-    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(data.seed))[:images]]
+    largest = max(opts.batches, default=1)
+    if len(x) < largest:
+        raise ValueError(f"--batches {largest}: the test split of --checkpoint's dataset has only {len(x)} images")
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(data.seed))[: max(256, largest)]]
     torch.manual_seed(0)
     twin = build_model(meta.architecture, **meta.arch_kwargs).train()
     with torch.no_grad():
