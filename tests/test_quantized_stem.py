@@ -12,6 +12,7 @@ from dcsim.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from dcsim.conversion.thresholds import normalize
 from dcsim.models import init_whitening, resnet18, small_cnn, whitened_cnn, whitened_cnn_analog
 from dcsim.models.lsq import lsq_quantize, set_quantization
+from dcsim.sim.eager import EagerSimulator
 from dcsim.sim.network import STEMS, Neuron, Quantize
 from dcsim.sim.sops import image_macs
 from dyadic import dyadic_inputs, dyadic_network
@@ -132,6 +133,12 @@ def test_native_engine_equals_reference_with_the_quantized_stem(seed):
     for row in range(len(x)):  # each exit is where the full run's score first passes th_c
         t = int(early.exit_step[row])
         assert int(early.pred[row]) == int(full.pred[row, t - 1])
+    eager = EagerSimulator(net)  # the official-style reference `dcsim bench` times at batch 1
+    for row in range(len(x)):
+        assert eager.run(x[row : row + 1], 9, dcsim.Readout.paper("qcfs", 2, 9), 0.5) == (
+            int(early.pred[row]),
+            int(early.exit_step[row]),
+        )
 
 
 def test_operations_are_counted_with_the_quantized_stem():
