@@ -27,6 +27,7 @@ from dcsim.sim.network import STEMS, SpikingNetwork
 from dcsim.sim.readout import Readout
 from dcsim.sim.state import ExitResult
 from dcsim.workflows.dynamic_confidence import calibrate, record_trace
+from dcsim.workflows.options import method_stem
 
 STEPS = {"qcfs": 27, "qffs": 4}
 """T per method, as in the issue's Table 2 runs (``--qcfs-steps 27 --qffs-steps 4``)."""
@@ -123,7 +124,7 @@ def load_cases(
         weights = zoo.model_identity(folder)[1]  # new weights in the same folder: a new key
         for method in methods:
             steps = STEPS[method]
-            stem = qcfs_stem if method == "qcfs" else "spiking"
+            stem = method_stem(method, qcfs_stem)
             key = f"{name}/{weights}/{method}/{n_test}/{n_val}" + ("/quantized-stem" if stem == "quantized" else "")
             net = convert(model, method=method, stem=stem)
             if key not in blob:

@@ -112,7 +112,7 @@ def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
                     precision=precision,
                     spike_convs=spikes,
                     network=networks.get(model),
-                    stem=opts.qcfs_stem if method == "qcfs" else "spiking",
+                    stem=opts.stem(method),
                 )
             except RuntimeError as err:  # report the case and go on with the others
                 errors.append({**case, "error": str(err).splitlines()[0]})
@@ -131,7 +131,7 @@ def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
                 device,
                 repeats=opts.repeats,
                 graphs=use_graphs,
-                stem=opts.qcfs_stem if method == "qcfs" else "spiking",
+                stem=opts.stem(method),
                 network=networks.get(model),
             )
             for model, method in dict.fromkeys((m, meth) for m, meth, _ in cases)

@@ -39,6 +39,11 @@ def _check_stem(method: str | None, stem: str) -> None:
         raise ValueError(f"--qcfs-stem applies to --method qcfs only, got --method {method}")
 
 
+def method_stem(method: str, qcfs_stem: str) -> str:
+    """The stem :func:`dcsim.convert` takes for ``method`` under ``--qcfs-stem qcfs_stem`` ("spiking" for QFFS)."""
+    return qcfs_stem if method == "qcfs" else "spiking"
+
+
 def _check_number_or_keyword(name: str, value: str, keywords: tuple[str, ...]) -> None:
     """``--tau`` / ``--alpha``: one of ``keywords`` or a number > 0."""
     if value not in keywords:
@@ -297,7 +302,7 @@ class ReportOptions:
 
     def stem(self, method: str) -> str:
         """The stem :func:`dcsim.convert` takes for ``method`` ("spiking" for QFFS)."""
-        return self.qcfs_stem if method == "qcfs" else "spiking"
+        return method_stem(method, self.qcfs_stem)
 
     def steps(self, method: str) -> tuple[int | None, int]:
         """(fixed T or None, largest T considered) of ``method``."""
@@ -337,6 +342,10 @@ class BenchOptions:
             raise ValueError(f"--processes {self.processes}: needs an integer >= 1")
         if self.processes > 1 and self.stream is not None:
             raise ValueError("--processes > 1 repeats the engine rows in fresh processes; run --stream without it")
+
+    def stem(self, method: str) -> str:
+        """The stem :func:`dcsim.convert` takes for ``method`` ("spiking" for QFFS)."""
+        return method_stem(method, self.qcfs_stem)
 
 
 @dataclass(frozen=True)
