@@ -131,6 +131,26 @@ def prepared_model(name: str, seed: int = 0) -> tuple[torch.nn.Module, tuple[int
     return model.eval(), shape
 
 
+def case_inputs(
+    model_name: str,
+    network: tuple[torch.nn.Module, torch.Tensor, str] | None,
+    n: int,
+    device: torch.device,
+    seed: int = 0,
+    need: str | None = None,
+) -> tuple[torch.nn.Module, torch.Tensor, str]:
+    """(model in eval mode, inputs float32 [n, C, H, W] on ``device``, weights label) of one case: the standard
+    random-weight model on random inputs drawn with ``seed``, or ``network``'s model and its first n inputs.
+    need: what n is for; refuses a network with fewer than n inputs, naming it (without it, fewer are taken)."""
+    if network is None:
+        model, shape = prepared_model(model_name)
+        return model, random_inputs(n, shape, device, seed=seed), "random"
+    model, inputs, weights = network
+    if need is not None and len(inputs) < n:
+        raise ValueError(f"{len(inputs)} real inputs for {need}")
+    return model.eval(), inputs[:n].to(device), weights
+
+
 def mid_threshold(engine: Engine, x: torch.Tensor, steps: int, readout: Readout) -> float:
     """A threshold at which the samples of x stop around mid-simulation (median score at T/2)."""
     sim = engine.simulate(x, steps, readout)
@@ -179,15 +199,7 @@ def bench_case(
     early-exit row the step saving, the wall-clock saving (paired by round: median, min and max over the
     rounds, :func:`paired_saving`) and their ratio.
     """
-    weights = "random"
-    if network is None:
-        model, shape = prepared_model(model_name)
-        x = random_inputs(batch, shape, device)
-    else:
-        model, inputs, weights = network
-        if len(inputs) < batch:
-            raise ValueError(f"bench_case: {len(inputs)} real inputs for batch {batch}")
-        model, x = model.eval(), inputs[:batch].to(device)
+    model, x, weights = case_inputs(model_name, network, batch, device, need=f"batch {batch}")
     steps = steps or DEFAULT_STEPS[method]
     net = convert(model, method=method, stem=stem)
     engine = Engine(net, device=device, channels_last=channels_last, precision=precision, spike_convs=spike_convs)
@@ -342,13 +354,7 @@ def stream_case(
     """Streaming vs static batches of ``samples`` (default 8 * slots) on a random-weight model and random inputs,
     or on ``network`` (model, inputs float32 [N, C, H, W], weights label; at most N samples), as
     :func:`bench_case`; threshold: samples stop around T/2; ``stem``: QCFS's (see dcsim.convert)."""
-    n = samples or 8 * slots
-    if network is None:
-        model, shape = prepared_model(model_name)
-        x, weights = random_inputs(n, shape, device, seed=1), "random"
-    else:
-        model, inputs, weights = network
-        model, x = model.eval(), inputs[:n].to(device)
+    model, x, weights = case_inputs(model_name, network, samples or 8 * slots, device, seed=1)
     steps = DEFAULT_STEPS[method]
     net = convert(model, method=method, stem=stem)
     engine = Engine(net, device=device)
