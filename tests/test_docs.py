@@ -128,3 +128,9 @@ def test_the_checks_see_commands():  # the extraction finds the README's command
     assert "dcsim-nonesuch" not in anchors(readme)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["reproduce", "--no-such-flag"])
+
+
+def test_every_result_is_indexed():
+    index = (ROOT / "docs" / "README.md").read_text()
+    results = sorted((ROOT / "docs" / "results").glob("*.md"))
+    assert results and not [p.name for p in results if f"](results/{p.name})" not in index]
