@@ -1,4 +1,4 @@
-"""Scale-out measurements: peak memory of a streamed trace, ranks vs threads, bit-identical traces.
+"""Scale-out measurements: peak memory of a trace read from disk, ranks vs threads, bit-identical traces.
 
     python bench/bench_scale_out.py make DIR --images 20000            # synthetic ImageNet-style folder (JPEG 224x224)
     python bench/bench_scale_out.py make DIR5 --images 100000 --link-from DIR   # 5x, hard links to DIR's files
@@ -144,7 +144,7 @@ def _trace_cmd(root: Path, ckpt: Path, out: Path, batch: int, workers: int, step
         "--data-root",
         str(root),
         "--loader",
-        "stream",
+        "disk",
         "--loader-workers",
         str(workers),
         "--val-size",

@@ -1,4 +1,4 @@
-"""Old import paths of modules that moved into sub-packages, kept for one release (0.1.x).
+"""Old import paths of modules that moved (into sub-packages, or renamed), kept for one release (0.1.x).
 
 ``import dcsim.engine`` (or ``from dcsim.engine import Engine``) still works: it warns with a
 DeprecationWarning that names the new path, and gives a module whose attributes are the new
@@ -44,8 +44,9 @@ MOVED: dict[str, str] = {
     "state": "sim.state",
     "streaming": "sim.continuous",
     "zoo": "io.zoo",
+    "data.stream": "data.disk",
 }
-"""Old module name under dcsim -> its new path under dcsim."""
+"""Old module path under dcsim -> its new path under dcsim."""
 
 
 class _Forward(types.ModuleType):
@@ -95,8 +96,8 @@ class MovedModules(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        prefix, _, name = fullname.rpartition(".")
-        if prefix != self.package or name not in MOVED:
+        name = fullname.removeprefix(self.package + ".")
+        if name == fullname or name not in MOVED:
             return None
         return importlib.machinery.ModuleSpec(fullname, _Alias(f"{self.package}.{MOVED[name]}"))
 

@@ -202,7 +202,7 @@ for cmd in ("trace", "eval", "stream"):
     case(f"{cmd}:qcfs-stem-with-qffs", "--method qffs --qcfs-stem quantized", USAGE, "--qcfs-stem")
 for cmd in ("train", "trace", "eval", "stream", "bench", "reproduce", "report"):
     case(f"{cmd}:dataset-unknown", "--dataset mnist", USAGE, "--dataset", "mnist")
-    case(f"{cmd}:loader-unknown", "--loader disk", USAGE, "--loader", "disk")
+    case(f"{cmd}:loader-unknown", "--loader tape", USAGE, "--loader", "tape")
     case(f"{cmd}:val-size-0", "--val-size 0", USAGE, "--val-size")
     case(f"{cmd}:loader-workers-negative", "--loader-workers -1", USAGE, "--loader-workers")
 for cmd in ("trace", "eval"):

@@ -1,4 +1,4 @@
-"""Choosing and running the data path: command-line split sizes, the in-memory and streaming loaders."""
+"""Choosing and running the data path: command-line split sizes, the in-memory loader and the one reading from disk."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from dcsim import cli, data
-from dcsim.data import stream
+from dcsim.data import disk
 from dcsim.workflows.inputs import load_splits
 from dcsim.workflows.options import DataOptions
 
@@ -33,7 +33,7 @@ def test_val_size_is_honoured_for_digits():
         load_splits(_args(val_size=0))
 
 
-# ------------------------------------------------------------------ streamed image folders
+# ------------------------------------------------------------------ image folders read from disk
 
 
 def _folder(root, per_class: int = 5, test_per_class: int = 2):
@@ -49,11 +49,11 @@ def _folder(root, per_class: int = 5, test_per_class: int = 2):
     return root
 
 
-def test_streamed_split_has_the_in_memory_pixels(tmp_path, monkeypatch):
+def test_a_split_read_from_disk_has_the_in_memory_pixels(tmp_path, monkeypatch):
     root = _folder(tmp_path / "f")
     mem = data.open_splits("imagefolder", root, loader="memory", val_size=4, seed=3)
     assert isinstance(mem["val"], data.Dataset)
-    monkeypatch.setattr("dcsim.data.sources.STREAM_ABOVE_BYTES", 0)  # auto streams anything now
+    monkeypatch.setattr("dcsim.data.sources.DISK_ABOVE_BYTES", 0)  # auto reads anything from disk now
     st = data.open_splits("imagefolder", root, loader="auto", val_size=4, seed=3)
     assert all(isinstance(s, data.FolderSplit) for s in st.values())
     for name in ("val", "test"):
@@ -70,7 +70,7 @@ def test_streamed_split_has_the_in_memory_pixels(tmp_path, monkeypatch):
 
 def test_train_transform_is_seeded_per_image_and_epoch(tmp_path):
     root = _folder(tmp_path / "f")
-    tr = data.open_splits("imagefolder", root, loader="stream", val_size=4, seed=3)["train"]
+    tr = data.open_splits("imagefolder", root, loader="disk", val_size=4, seed=3)["train"]
     x0, y0 = tr[1]
     assert x0.shape == (3, 224, 224) and x0.dtype == torch.uint8 and y0 == int(tr.labels[1])
     assert torch.equal(tr[1][0], x0)  # the same draws for the same (seed, epoch, image)
@@ -79,7 +79,7 @@ def test_train_transform_is_seeded_per_image_and_epoch(tmp_path):
     rng = np.random.default_rng(0)
     for _ in range(200):
         w, h = (int(v) for v in rng.integers(1, 600, 2))
-        left, top, cw, ch = stream.random_resized_crop_box(w, h, rng)
+        left, top, cw, ch = disk.random_resized_crop_box(w, h, rng)
         assert left >= 0 and top >= 0 and cw >= 1 and ch >= 1 and left + cw <= w and top + ch <= h
 
 
@@ -87,13 +87,13 @@ def test_a_corrupt_image_is_named_and_nothing_hangs(tmp_path):
     root = _folder(tmp_path / "f")
     bad = root / "val" / "b" / "1.jpg"
     bad.write_bytes(b"not a jpeg")
-    test = data.open_splits("imagefolder", root, loader="stream", val_size=4)["test"]
+    test = data.open_splits("imagefolder", root, loader="disk", val_size=4)["test"]
     for workers in (0, 2):
         with pytest.raises(ValueError, match=r"val/b/1\.jpg: cannot read the image"):
             list(data.split_batches(test, 2, workers=workers))
 
 
-def test_trace_of_a_streamed_split_equals_the_in_memory_trace(tmp_path):
+def test_trace_of_a_split_read_from_disk_equals_the_in_memory_trace(tmp_path):
     from dcsim import Engine, Readout
     from dcsim.conversion.convert import convert
     from dcsim.models import small_cnn
@@ -103,7 +103,7 @@ def test_trace_of_a_streamed_split_equals_the_in_memory_trace(tmp_path):
     root = _folder(tmp_path / "f", per_class=3, test_per_class=3)
     torch.manual_seed(0)
     mem = data.open_splits("imagefolder", root, loader="memory", val_size=2)["test"]
-    st = data.open_splits("imagefolder", root, loader="stream", val_size=2)["test"]
+    st = data.open_splits("imagefolder", root, loader="disk", val_size=2)["test"]
     model = small_cnn(num_classes=2, in_channels=3, width=4, bits=2).train()
     with torch.no_grad():
         model(mem.normalized())  # the LSQ step sizes initialised from data
@@ -115,10 +115,10 @@ def test_trace_of_a_streamed_split_equals_the_in_memory_trace(tmp_path):
 
 
 def test_loader_choice_errors(tmp_path):
-    with pytest.raises(ValueError, match="loader 'stream' reads image files"):
-        data.open_splits("digits", loader="stream")
-    with pytest.raises(ValueError, match="loader must be one of"):
+    with pytest.raises(ValueError, match="loader 'disk' reads image files"):
         data.open_splits("digits", loader="disk")
+    with pytest.raises(ValueError, match="loader must be one of"):
+        data.open_splits("digits", loader="tape")
     with pytest.raises(ValueError, match="batch_size"):
         list(data.split_batches(data.load_digits_splits()["val"], 0))
 
@@ -179,18 +179,18 @@ def test_return_large_buffers_respects_the_environment_and_checks_its_argument(m
             data.return_large_buffers(bad)
 
 
-def test_the_cli_bounds_the_heap_for_streamed_splits_only(tmp_path, monkeypatch):
+def test_the_cli_bounds_the_heap_for_splits_read_from_disk_only(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(data, "return_large_buffers", lambda: calls.append(1) or True)
     root = _folder(tmp_path / "f")
     load_splits(_args(dataset="imagefolder", data_root=root, val_size=4, loader="memory"))
     load_splits(_args())
     assert calls == []
-    load_splits(_args(dataset="imagefolder", data_root=root, val_size=4, loader="stream"))
+    load_splits(_args(dataset="imagefolder", data_root=root, val_size=4, loader="disk"))
     assert calls == [1]
 
 
-# ------------------------------------------------------------------ streamed training
+# ------------------------------------------------------------------ training from disk
 
 
 def _train_folder(root):
@@ -221,28 +221,28 @@ def _train(root, out, loader: str, *extra: str) -> dict[str, torch.Tensor]:
     return load_file(str(out))
 
 
-def test_streamed_training_equals_in_memory_training(tmp_path):
-    """Without augmentation the streamed batches are the in-memory batches: the weights are identical."""
+def test_training_from_disk_equals_in_memory_training(tmp_path):
+    """Without augmentation the batches read from disk are the in-memory batches: the weights are identical."""
     root = _train_folder(tmp_path / "f")
     memory = _train(root, tmp_path / "m.safetensors", "memory")
-    streamed = _train(root, tmp_path / "s.safetensors", "stream", "--loader-workers", "0")
-    assert memory.keys() == streamed.keys()
+    from_disk = _train(root, tmp_path / "s.safetensors", "disk", "--loader-workers", "0")
+    assert memory.keys() == from_disk.keys()
     for k in memory:
-        assert torch.equal(memory[k], streamed[k]), k
+        assert torch.equal(memory[k], from_disk[k]), k
 
 
-def test_streamed_augmented_training_does_not_depend_on_the_workers(tmp_path):
+def test_augmented_training_from_disk_does_not_depend_on_the_workers(tmp_path):
     root = _train_folder(tmp_path / "f")
     runs = [
-        _train(root, tmp_path / f"w{w}.safetensors", "stream", "--augment", "--loader-workers", str(w)) for w in (0, 2)
+        _train(root, tmp_path / f"w{w}.safetensors", "disk", "--augment", "--loader-workers", str(w)) for w in (0, 2)
     ]
-    plain = _train(root, tmp_path / "plain.safetensors", "stream", "--loader-workers", "0")
+    plain = _train(root, tmp_path / "plain.safetensors", "disk", "--loader-workers", "0")
     for k in runs[0]:
         assert torch.equal(runs[0][k], runs[1][k]), k
     assert any(not torch.equal(runs[0][k], plain[k]) for k in plain)  # the augmentation did change the batches
 
 
-def test_streamed_training_errors(tmp_path, run_cli):
+def test_training_from_disk_errors(tmp_path, run_cli):
     root = _train_folder(tmp_path / "f")
     argv = [
         "train",
@@ -251,7 +251,7 @@ def test_streamed_training_errors(tmp_path, run_cli):
         "--data-root",
         str(root),
         "--loader",
-        "stream",
+        "disk",
         "--val-size",
         "4",
         "--device",
@@ -269,14 +269,14 @@ def test_streamed_training_errors(tmp_path, run_cli):
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_streamed_epoch_batches_are_the_in_memory_rows_of_each_rank(tmp_path):
+def test_epoch_batches_from_disk_are_the_in_memory_rows_of_each_rank(tmp_path):
     """Each rank's rows of every global batch, as DeviceSplit gives them; a rank without rows of a batch
     (more ranks than rows) gets an empty batch."""
-    from dcsim.training.device_batches import DeviceSplit, StreamedSplit
+    from dcsim.training.device_batches import DeviceSplit, DiskSplit
 
     root = _train_folder(tmp_path / "f")
     mem = data.open_splits("imagefolder", root, loader="memory", val_size=4, seed=0)["train"]
-    st = data.open_splits("imagefolder", root, loader="stream", val_size=4, seed=0)["train"]
+    st = data.open_splits("imagefolder", root, loader="disk", val_size=4, seed=0)["train"]
     st = dataclasses.replace(st, transform="eval")
     device_split = DeviceSplit(mem.images, mem.labels, mem.mean, mem.std, "cpu")
     perm = torch.randperm(len(mem), generator=torch.Generator().manual_seed(3))
@@ -287,9 +287,24 @@ def test_streamed_epoch_batches_are_the_in_memory_rows_of_each_rank(tmp_path):
                 return t[rank::ranks]
 
             want = list(device_split.epoch_batches(perm, 5, 3, epoch=0, local=local))
-            got = list(StreamedSplit(st, "cpu", workers=0).epoch_batches(perm, 5, 3, epoch=0, local=local))
+            got = list(DiskSplit(st, "cpu", workers=0).epoch_batches(perm, 5, 3, epoch=0, local=local))
             assert len(got) == len(want) == 3
             for (xa, ya, na), (xb, yb, nb) in zip(got, want, strict=True):
                 assert na == nb == 5 and xa.shape == xb.shape and torch.equal(xa, xb) and torch.equal(ya, yb)
             if ranks == 8 and rank >= 5:
                 assert all(len(y) == 0 for _, y, _ in got)
+
+
+def test_the_old_name_of_the_disk_loader_still_works_for_one_release(tmp_path):
+    root = _folder(tmp_path / "f", 4)
+    with pytest.warns(FutureWarning, match='loader "stream" is now "disk"'):
+        old = data.open_splits("imagefolder", root, loader="stream", val_size=2)["test"]
+    assert isinstance(old, data.FolderSplit)
+    with pytest.warns(FutureWarning, match="now"):
+        args = cli.build_parser().parse_args(
+            ["trace", "m", "--method", "qffs", "--steps", "4", "--loader", "stream", "--out", "t.npz"]
+        )
+    assert args.loader == "disk"
+    sys.modules.pop("dcsim.data.stream", None)  # imported afresh, so it warns
+    with pytest.warns(DeprecationWarning, match="dcsim.data.stream moved to dcsim.data.disk"):
+        from dcsim.data.stream import FolderSplit  # noqa: F401  (the old module path)

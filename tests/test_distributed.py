@@ -113,7 +113,7 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
 
     d = tmp_path
     trace = ["trace", str(ckpt), "--method", "qcfs", "--steps", "6", *COMMON]
-    streamed_train = [*train_argv(_train_folder(d / "f"), "stream"), "--loader-workers", "0"]
+    disk_train = [*train_argv(_train_folder(d / "f"), "disk"), "--loader-workers", "0"]
     report = ["report", str(ckpt), "--qcfs-max-steps", "6", "--qffs-max-steps", "3", *COMMON]
     out = d / "out"
     out.mkdir()
@@ -141,8 +141,8 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
                 str(d / "m2.safetensors"),
             ],
             ["stream", str(ckpt), "--method", "qcfs", "--trace", str(d / "t2.npz"), "--slots", "16", *COMMON],
-            [*streamed_train, "--out", str(d / "s2.safetensors")],
-            [*streamed_train, "--loader", "memory", "--out", str(d / "s2m.safetensors")],
+            [*disk_train, "--out", str(d / "s2.safetensors")],
+            [*disk_train, "--loader", "memory", "--out", str(d / "s2m.safetensors")],
         ],
         nproc=2,
     )
@@ -185,7 +185,7 @@ def test_two_ranks_equal_one(ckpt, tmp_path):
     for k, v in single_bn.items():
         torch.testing.assert_close(two_bn[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
-    # streamed training under 2 ranks (each rank decodes only its rows of every global batch) equals the
+    # training from disk under 2 ranks (each rank decodes only its rows of every global batch) equals the
     # same 2-rank training from memory (batch norm sees each rank's rows, so one process differs)
     s2, s2m = load_file(str(d / "s2.safetensors")), load_file(str(d / "s2m.safetensors"))
     assert s2.keys() == s2m.keys()

@@ -58,7 +58,7 @@ def test_subsets_keep_their_place_in_the_pool() -> None:
     assert outside_held_out(bigger["train"], bigger["val"], 300, 0) >= 100  # 400 cannot fit in 300
 
 
-def test_streamed_splits_answer_from_their_file_indices() -> None:
+def test_splits_read_from_disk_answer_from_their_file_indices() -> None:
     labels = np.arange(120) % 4
     _, held = _split_indices(labels, 30, 0, "val")
     _, asked = _split_indices(labels, 50, 3, "val")

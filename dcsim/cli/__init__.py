@@ -1,7 +1,6 @@
-"""The ``dcsim`` command line: train, trace, analyze, eval, report, reproduce, demo, bench, stream, import, zoo.
-
-Every command takes ``--json PATH`` ('-': stdout). Exit codes: 0 success, 1 a run-time error (bad file, data or
-model), 2 bad usage (a flag's value, or an unwritable output: checked before any work, see dcsim.cli.checks)."""
+"""The ``dcsim`` command line (its commands: :func:`build_parser`). Every command takes ``--json PATH`` ('-': stdout).
+Exit codes: 0 success, 1 a run-time error (bad file, data or model), 2 bad usage (a flag's value, or an unwritable
+output: checked before any work, see dcsim.cli.checks)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.energy import DEFAULT_PRESET, PRESETS
+from ..data.sources import loader_name  # --loader: "stream", the old name of "disk", read as it for one release
 from ..models import ARCHITECTURES
 from ..sim.engine import PRECISIONS
 from ..sim.network import STEMS
@@ -65,9 +66,9 @@ DATA = [
     ("--data-root", Path, None, "dataset location (cifar10, imagefolder)"),
     ("--val-size", int, None, "validation images drawn from train (default: digits 300, cifar10 5000, else 10000)"),
     ("--seed", int, 0, "seed of the validation split and of training"),
-    ("--loader", ["auto", "memory", "stream"], "auto", "memory: whole splits in memory; stream: image folders decoded "
-     "batch by batch in worker processes (bounded memory); auto: stream image folders above 2 GiB decoded"),
-    ("--loader-workers", int, None, "streamed split: DataLoader workers per rank (default: CPUs / ranks; 0: none)")]
+    ("--loader", ["auto", "memory", "disk"], "auto", "memory: whole splits in memory; disk: image folders read batch by batch, "
+     "decoded in worker processes (bounded memory); auto: disk above 2 GiB decoded", {"type": loader_name}),
+    ("--loader-workers", int, None, "split read from disk: DataLoader workers per rank (default: CPUs / ranks; 0: none)")]
 NORMALIZE = [("--normalize", _percentile, None, "float ReLU checkpoint (QCFS only): thresholds from the P-th percentile ('max' "
      "or 100: the maximum) of each layer's activations on training images", {"metavar": "P"}),
     ("--calibration-size", int, 1000, "training images drawn (seeded by --seed) for --normalize")]
@@ -100,8 +101,8 @@ HYPER = [("--arch", ARCHS, "small_cnn", None),  # defaults: train's
     ("--lr-decay", float, 0.95, "exponential schedule: decay of the learning rate per epoch"),
     ("--momentum", float, 0.9, None), ("--weight-decay", float, 2.5e-5, None), ("--train-batch-size", int, 32, None)]
 TRAIN = [
-    ("--augment", ON, None, "random crop (pad --crop-padding) and horizontal flip, in batches on the device; with a streamed "
-     "split (--loader stream): random-resized crop and flip as each image is decoded"),
+    ("--augment", ON, None, "random crop (pad --crop-padding) and horizontal flip, in batches on the device; with a split "
+     "read from disk (--loader disk): random-resized crop and flip as each image is decoded"),
     ("--schedule", ["exponential", "cosine", "linear"], "exponential",
      "lr * lr-decay^epoch, or per stage warm-up + cosine (or a straight line) to 0"),
     ("--lsq-lr", float, None, "cosine: the LSQ stage's peak lr (default lr / 10)"), ("--nesterov", ON, None, None),

@@ -1,14 +1,14 @@
-"""Data sets, in memory or streamed from disk: scikit-learn's digits, CIFAR-10 and ImageNet-style class folders.
+"""Data sets, in memory or read from disk batch by batch: scikit-learn's digits, CIFAR-10 and ImageNet-style class folders.
 
 Modules: ``dataset`` (the in-memory :class:`Dataset`, normalizations, the seeded validation split),
 ``digits``, ``cifar10`` (with ``cifar_batches``: the restricted unpickler), ``archives`` (safe
 extraction), ``scan`` (listing class folders), ``decode`` (image files to pixels), ``cache`` (the
 decoded-image cache), ``folders`` (class folders in memory), ``batching`` (batches and augmentation),
-``stream`` (class folders decoded batch by batch in DataLoader workers), ``heap`` (bounded resident memory
-for streamed runs), ``sources`` (choosing either path).
+``disk`` (class folders decoded batch by batch in DataLoader workers), ``heap`` (bounded resident memory
+for runs read from disk), ``sources`` (choosing either path).
 
 The in-memory loaders return :class:`Dataset` objects holding the whole split (``open_splits`` with
-``loader="stream"`` returns :class:`FolderSplit` file lists instead, decoded batch by batch):
+``loader="disk"`` returns :class:`FolderSplit` file lists instead, decoded batch by batch):
 
 - images: torch.uint8 [N, C, H, W] (pixel values 0..255) for image files, or torch.float32
   [N, 1, 8, 8] with values in [0, 1] for the digits;
@@ -44,11 +44,11 @@ from .cache import CACHE_DIR
 from .cifar10 import load_cifar10
 from .dataset import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Dataset, outside_held_out
 from .digits import load_digits_splits
+from .disk import FolderSplit, split_batches
 from .folders import load_image_folder, load_imagenet_style
 from .heap import return_large_buffers
 from .scan import IMAGE_EXTENSIONS
-from .sources import LOADERS, STREAM_ABOVE_BYTES, open_splits
-from .stream import FolderSplit, split_batches
+from .sources import DISK_ABOVE_BYTES, LOADERS, open_splits
 
 _POOL_MIN_FILES = 4096
 """Folders with fewer images are decoded in this process: for them the pool's start-up and the transfer
@@ -59,12 +59,12 @@ __all__ = [
     "CACHE_DIR",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
+    "DISK_ABOVE_BYTES",
     "EXTRACTED_MARKER",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "LOADERS",
-    "STREAM_ABOVE_BYTES",
     "Dataset",
     "FolderSplit",
     "augment_cifar",

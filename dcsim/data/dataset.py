@@ -115,9 +115,9 @@ def outside_held_out(train: Any, val: Any, held_out: int, seed: int) -> int | No
     do not say where their images lie in the pool.
 
     train, val: the training and validation splits of one draw (:class:`Dataset` with ``source``, or
-    streamed splits with ``scan`` and ``indices``); together they are the whole pool.
+    splits read from disk, with ``scan`` and ``indices``); together they are the whole pool.
     """
-    if hasattr(val, "scan"):  # streamed: indices into the scanned training files
+    if hasattr(val, "scan"):  # read from disk: indices into the scanned training files
         pool_labels, where = np.asarray(val.scan.labels), np.asarray(val.indices)
     elif train.source is not None and val.source is not None:
         pool_labels = np.empty(len(train) + len(val), dtype=np.int64)

@@ -1,10 +1,10 @@
-"""Bounded resident memory over long streamed runs: batch-sized buffers go back to the OS when freed.
+"""Bounded resident memory over long runs read from disk: batch-sized buffers go back to the OS when freed.
 
 glibc serves an allocation of at least its mmap threshold with its own mapping, given back to the
 OS on free; smaller ones come from the heap, where freed space is reused only in pieces. By
 default the threshold is dynamic: each mapped buffer freed raises it (up to 32 MiB on 64-bit), so
-the per-layer tensors of later batches come from the heap, and the resident set of a long stream
-creeps up. Measured on a streamed trace of 20,000 224x224 JPEGs (batch 64, one thread, 2-core
+the per-layer tensors of later batches come from the heap, and the resident set of a long run
+creeps up. Measured on a trace, read from disk, of 20,000 224x224 JPEGs (batch 64, one thread, 2-core
 x86-64): with glibc's default the resident set wandered between 0.78 and 1.29 GB, drifting up;
 with the threshold fixed at 8 MiB the peak of each 20 s window still rose from 0.88 to 1.06 GB (a
 width-2 layer's tensor at batch 64 is 6.4 MB), and reached 1.56 GB at 100,000 images; fixed at

@@ -155,7 +155,7 @@ def teardown() -> None:
 
 def data_fingerprint(split: Dataset | FolderSplit) -> str:
     """sha256 over a split's size, classes, labels and content: its pixels (in memory) or the
-    relative path and byte size of every file (streamed)."""
+    relative path and byte size of every file (read from disk batch by batch)."""
     h = hashlib.sha256()
     h.update(repr((split.name, len(split), list(split.classes), split.mean, split.std)).encode())
     h.update(split.labels.numpy().tobytes())
@@ -192,8 +192,8 @@ def rank_batches(samples: int, batch_size: int, world: World) -> list[int]:
 class Sharded:
     """A split whose loops run sharded over the ranks; outputs are gathered in sample order.
 
-    split: an in-memory Dataset or a streamed FolderSplit; world: this rank; workers: DataLoader
-    processes for a streamed split (None: default); progress: a bar on rank 0.
+    split: an in-memory Dataset or a FolderSplit read from disk; world: this rank; workers: DataLoader
+    processes for a split read from disk (None: default); progress: a bar on rank 0.
     """
 
     split: Dataset | FolderSplit

@@ -6,7 +6,7 @@ A batch is gathered by index, augmented with :func:`crop_flip` (random crop with
 a random horizontal flip, all samples at once), then converted to float32 and normalized there,
 so the host only sends a few hundred bytes of indices and offsets per batch.
 
-A :class:`StreamedSplit` serves the same batches from an image folder too large for memory
+A :class:`DiskSplit` serves the same batches from an image folder too large for memory
 (:class:`dcsim.data.FolderSplit`): each epoch's batches are decoded and augmented in DataLoader
 worker processes, and under torchrun each rank decodes only its own rows of every global batch.
 Both give ``epoch_batches`` (training) and ``eval_batches`` (accuracy).
@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..checks import check_int
-from ..data.stream import FolderSplit, _stack, loader_batches, split_batches
+from ..data.disk import FolderSplit, _stack, loader_batches, split_batches
 
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 Local = Callable[[torch.Tensor], torch.Tensor]
@@ -102,7 +102,7 @@ class DeviceSplit:
 
         Each global batch is gathered and augmented whole (the draws do not depend on the ranks),
         then ``local`` keeps this rank's rows. ``epoch`` is not needed here (the generator's state
-        carries the draws) and is accepted for the interface shared with :class:`StreamedSplit`.
+        carries the draws) and is accepted for the interface shared with :class:`DiskSplit`.
         """
         del epoch
         for b in range(n_batches):
@@ -118,7 +118,7 @@ class DeviceSplit:
             yield self.batch(torch.arange(lo, min(lo + batch_size, len(self))))
 
 
-class StreamedSplit:
+class DiskSplit:
     """A split decoded from disk batch by batch: a :class:`dcsim.data.FolderSplit` fed to the device.
 
     With the "train" transform each image is augmented as it is decoded (random-resized crop and
@@ -131,8 +131,8 @@ class StreamedSplit:
         self, split: FolderSplit, device: torch.device | str, channels_last: bool = False, workers: int = 0
     ) -> None:
         if not isinstance(split, FolderSplit):
-            raise ValueError(f"StreamedSplit: split must be a dcsim.data.FolderSplit, got {type(split).__name__}")
-        workers = check_int(workers, "StreamedSplit: workers", minimum=0)
+            raise ValueError(f"DiskSplit: split must be a dcsim.data.FolderSplit, got {type(split).__name__}")
+        workers = check_int(workers, "DiskSplit: workers", minimum=0)
         self.split, self.device, self.channels_last, self.workers = split, torch.device(device), channels_last, workers
 
     def __len__(self) -> int:
@@ -159,7 +159,7 @@ class StreamedSplit:
         del generator  # the decode draws come from (seed, epoch, image)
         if augment is not None:
             raise ValueError(
-                "a streamed training split is augmented as it is decoded (its 'train' transform); pass augment=None"
+                "a training split read from disk is augmented as it is decoded (its 'train' transform); pass augment=None"
             )
         globals_ = [perm[b * batch_size : (b + 1) * batch_size] for b in range(n_batches)]
         rows = [g if local is None else local(g) for g in globals_]

@@ -28,12 +28,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checks import check_int
-from ..data.stream import FolderSplit
+from ..data.disk import FolderSplit
 from ..io.checkpoint import write_safetensors
 from ..models.architectures import WhitenedCNN, init_whitening
 from ..models.lsq import set_clip_mix, set_quantization
 from .averaging import WeightAverage
-from .device_batches import DeviceSplit, StreamedSplit
+from .device_batches import DeviceSplit, DiskSplit
 from .muon import Muon, muon_groups
 
 if TYPE_CHECKING:
@@ -268,7 +268,7 @@ class TrainRuntime:
     want that layout); compile: ``torch.compile`` the
     training forward pass (the first batches of each stage compile, 15-30 s on a CPU; then on the
     CPU a float epoch runs about 1.3x and an LSQ epoch about 2.5x faster: docs/training.md);
-    loader_workers: DataLoader worker processes decoding a streamed split (0: in this process)."""
+    loader_workers: DataLoader worker processes decoding a split read from disk (0: in this process)."""
 
     precision: str = "auto"
     channels_last: bool | None = None
@@ -303,9 +303,9 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 
 
 @torch.no_grad()
-def split_accuracy(model: nn.Module, split: DeviceSplit | StreamedSplit, batch_size: int = 1024) -> float:
+def split_accuracy(model: nn.Module, split: DeviceSplit | DiskSplit, batch_size: int = 1024) -> float:
     """Top-1 accuracy (fraction) of ``model`` in eval mode, float32, on a :class:`DeviceSplit` or
-    :class:`StreamedSplit`."""
+    :class:`DiskSplit`."""
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=split.device)
     for x, y in split.eval_batches(batch_size):
@@ -397,9 +397,9 @@ def _as_split(
     device: torch.device,
     channels_last: bool,
     workers: int = 0,
-) -> DeviceSplit | StreamedSplit:
-    if isinstance(x, FolderSplit):  # streamed from disk; it carries its own normalization and labels
-        return StreamedSplit(x, device, channels_last, workers)
+) -> DeviceSplit | DiskSplit:
+    if isinstance(x, FolderSplit):  # read from disk batch by batch; it carries its own normalization and labels
+        return DiskSplit(x, device, channels_last, workers)
     channels = x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 4 else 0
     mean, std = normalization if normalization is not None else ([0.0] * channels, [1.0] * channels)
     if x.dtype == torch.uint8 and normalization is None:
@@ -434,7 +434,9 @@ def measure_epoch_seconds(
     saved = copy.deepcopy(model.state_dict())
     split = _as_split(train_x, train_y, normalization, device, channels_last)
     if not isinstance(split, DeviceSplit):
-        raise ValueError("measure_epoch_seconds times batches of a split held in memory, not a streamed FolderSplit")
+        raise ValueError(
+            "measure_epoch_seconds times batches of a split held in memory, not a FolderSplit read from disk"
+        )
     opt = make_optimizer(model, config)
     for group in opt.param_groups:
         group["lr"] = 0.0
@@ -603,9 +605,9 @@ def train(
         torch.backends.cudnn.benchmark = True
     train_split = _as_split(train_x, train_y, normalization, device, channels_last, runtime.loader_workers)
     val_split = _as_split(val_x, val_y, normalization, device, channels_last, runtime.loader_workers)
-    if isinstance(train_split, StreamedSplit) and augment is not None:
+    if isinstance(train_split, DiskSplit) and augment is not None:
         raise ValueError(
-            "train: a streamed training split (FolderSplit) is augmented as it is decoded; pass "
+            "train: a training split read from disk (FolderSplit) is augmented as it is decoded; pass "
             "augment=None (its transform 'eval' trains without augmentation)"
         )
     gen = torch.Generator().manual_seed(config.seed)
@@ -773,7 +775,7 @@ def train(
 
 def reestimate_batch_norm(
     model: nn.Module,
-    split: DeviceSplit | StreamedSplit,
+    split: DeviceSplit | DiskSplit,
     batch_size: int,
     *,
     augment: Augment | None,
@@ -783,7 +785,7 @@ def reestimate_batch_norm(
     """Set every batch norm's running mean and variance of ``model`` afresh: the plain average over one
     pass of ``split`` (seeded order, ``batch_size`` images a batch, the last partial batch dropped when there
     is a whole one) of each batch's statistics, through the network as it stands (its quantization and clip
-    mix as set), under ``augment`` (a streamed split: its own transform). No parameter changes; every rank
+    mix as set), under ``augment`` (a split read from disk: its own transform). No parameter changes; every rank
     of a parallel run makes the same whole pass, so all get the same statistics. Leaves ``model`` in eval mode.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -829,7 +831,7 @@ def milestones(history: dict[str, Any], levels: Sequence[float]) -> list[dict[st
     return rows
 
 
-def whiten_from_training_split(model: nn.Module, train_split: DeviceSplit | StreamedSplit, images: int = 5000) -> None:
+def whiten_from_training_split(model: nn.Module, train_split: DeviceSplit | DiskSplit, images: int = 5000) -> None:
     """Set the patch-whitening layers of ``model`` not yet set (see :func:`dcsim.models.init_whitening`)
     from the first ``images`` images of the **training** split, normalized, without augmentation."""
     pending = [m for m in model.modules() if isinstance(m, WhitenedCNN) and not bool(m.whitening_set)]

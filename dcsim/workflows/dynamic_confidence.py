@@ -6,7 +6,7 @@
                                                      SOPs, MACs and energy per inference beside the ANN's
 
 Every loop over a split takes its images either as one tensor [N, C, H, W] or as a
-:class:`dcsim.distributed.Sharded` split (streamed from disk and/or sharded over torchrun ranks);
+:class:`dcsim.distributed.Sharded` split (read from disk batch by batch and/or sharded over torchrun ranks);
 both run the same batches, so the results are the same.
 """
 
@@ -24,7 +24,7 @@ from .. import analysis
 from ..analysis import energy
 from ..analysis.calibration import calibration_report
 from ..conversion.convert import convert
-from ..data.stream import FolderSplit
+from ..data.disk import FolderSplit
 from ..parallel.distributed import Sharded, map_batches
 from ..sim.engine import Engine
 from ..sim.readout import Readout
@@ -162,7 +162,7 @@ def evaluate_live_runs(
     captures the graphs of every batch shape), so every command times ms per inference alike. An in-memory
     split whose passes are short is timed over several rounds (see TIMED_SECONDS), one pass of each run a
     round, in turn, so that the machine's drift falls on every run alike; each run reports its median pass.
-    A streamed split, or any split under torchrun, is timed over one round (every rank must run the same passes).
+    A split read from disk, or any split under torchrun, is timed over one round (every rank must run the same passes).
     """
     if isinstance(images, torch.Tensor):
         images = images.to(engine.device)

@@ -41,7 +41,7 @@ def load_splits(opts: DataOptions) -> dict[str, Any]:
     """{"train","val","test"} datasets for the data options."""
     splits = data.open_splits(opts.dataset, opts.data_root, loader=opts.loader, val_size=opts.val_size, seed=opts.seed)
     if any(isinstance(s, data.FolderSplit) for s in splits.values()):
-        data.return_large_buffers()  # streamed: keep resident memory bounded over any number of batches
+        data.return_large_buffers()  # read from disk: keep resident memory bounded over any number of batches
     return splits
 
 
@@ -71,7 +71,7 @@ def loader_workers(opts: DataOptions, world: World) -> int:
 
 
 def source(opts: DataOptions, world: World, split: Any, quiet: bool = False) -> tuple[Sharded, torch.Tensor]:
-    """(images, labels) of a split for the runs: sharded over the ranks, streamed when the split is."""
+    """(images, labels) of a split for the runs: sharded over the ranks, read from disk batch by batch when the split is."""
     return Sharded(split, world, workers=loader_workers(opts, world), progress=not quiet), split.labels
 
 

@@ -58,7 +58,7 @@ def _check_number_or_keyword(name: str, value: str, keywords: tuple[str, ...]) -
 class DataOptions:
     """Which data set and how it is read: ``dataset`` digits | cifar10 | imagefolder (``data_root`` for the
     last two), ``val_size`` validation images drawn from train (None: the data set's default), ``seed`` of
-    that draw and of training, ``loader`` auto | memory | stream, ``loader_workers`` per rank (None: CPUs / ranks)."""
+    that draw and of training, ``loader`` auto | memory | disk, ``loader_workers`` per rank (None: CPUs / ranks)."""
 
     dataset: str = "digits"
     data_root: Path | None = None

@@ -20,7 +20,7 @@ from ..models import build_model
 from ..models.lsq import set_quantization
 from ..parallel.distributed import DataParallel, World, write_if_main
 from ..training import FloatStage, TrainConfig, TrainRuntime, budget_config, milestones, split_accuracy, train
-from ..training.device_batches import DeviceSplit, StreamedSplit
+from ..training.device_batches import DeviceSplit, DiskSplit
 from ..training.loop import discard_workdir
 from ..training.muon import fast_recipe_init_
 from .benchmark import device_name
@@ -49,19 +49,19 @@ def train_checkpoint(opts: TrainOptions, data: DataOptions, world: World, splits
 def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) -> dict:
     splits = limit_splits(splits, opts.train_subset, seed=data.seed)
     tr, va, te = splits["train"], splits["val"], splits["test"]
-    streamed = not isinstance(tr, Dataset)
-    if streamed and opts.budget_minutes is not None:
+    from_disk = not isinstance(tr, Dataset)
+    if from_disk and opts.budget_minutes is not None:
         raise ValueError(
-            "--budget-minutes times batches of a split held in memory; with a streamed split "
-            "(--loader stream) give --epochs and --float-epochs"
+            "--budget-minutes times batches of a split held in memory; with a split read from disk "
+            "(--loader disk) give --epochs and --float-epochs"
         )
-    if streamed and opts.cutout:
+    if from_disk and opts.cutout:
         raise ValueError(
-            "--cutout applies to a split held in memory; a streamed split (--loader stream) is "
+            "--cutout applies to a split held in memory; a split read from disk (--loader disk) is "
             "augmented as it is decoded, without cutout"
         )
     agree(world, splits, ("train", "val", "test"))
-    in_channels = tr.image_shape[0] if streamed else tr.images.shape[1]
+    in_channels = tr.image_shape[0] if from_disk else tr.images.shape[1]
     arch_kwargs = {"num_classes": len(tr.classes), "in_channels": in_channels, "bits": opts.bits}
     if opts.width is not None or opts.arch == "small_cnn":
         arch_kwargs["width"] = opts.width or 32  # small_cnn's default; the others default to the paper's 64
@@ -74,10 +74,10 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
         precision=opts.train_precision,
         channels_last=opts.train_channels_last,
         compile=opts.compile,
-        loader_workers=loader_workers(data, world) if streamed else 0,
+        loader_workers=loader_workers(data, world) if from_disk else 0,
     )
     device = world.device
-    if streamed:  # augmented as decoded (random-resized crop and flip); --no-augment: the eval transform
+    if from_disk:  # augmented as decoded (random-resized crop and flip); --no-augment: the eval transform
         augment = None
         if not opts.augment:
             tr = dataclasses.replace(tr, transform="eval")
@@ -102,12 +102,12 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
             )
     parallel = DataParallel(world, sync_batchnorm=opts.sync_bn) if world.distributed or opts.sync_bn else None
 
-    def images(ds: Any) -> Any:  # what train() takes: the uint8 images, or the streamed split itself
-        return ds if streamed else ds.images
+    def images(ds: Any) -> Any:  # what train() takes: the uint8 images, or the split read from disk itself
+        return ds if from_disk else ds.images
 
     float_stage = None
     if opts.float_stage is not None:
-        float_stage = FloatStage(opts.float_stage, _float_setup(opts, data, world, arch_kwargs, len(tr), streamed))
+        float_stage = FloatStage(opts.float_stage, _float_setup(opts, data, world, arch_kwargs, len(tr), from_disk))
     history = train(
         model,
         images(tr),
@@ -129,8 +129,8 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
     acc = {
         name: split_accuracy(
             model,
-            StreamedSplit(ds, device, workers=runtime.loader_workers)
-            if streamed
+            DiskSplit(ds, device, workers=runtime.loader_workers)
+            if from_disk
             else DeviceSplit(ds.images, ds.labels, ds.mean, ds.std, device),
         )
         for name, ds in (("val", va), ("test", te))
@@ -184,7 +184,7 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
 
 
 def _float_setup(
-    opts: TrainOptions, data: DataOptions, world: World, arch_kwargs: dict, train_images: int, streamed: bool
+    opts: TrainOptions, data: DataOptions, world: World, arch_kwargs: dict, train_images: int, from_disk: bool
 ) -> dict:
     """What shapes the float stage besides the training configuration: stored with a --float-stage file
     and compared when it is read (a different data root holding the same data set may share it)."""
@@ -195,7 +195,7 @@ def _float_setup(
         "val_size": data.val_size,
         "train_subset": opts.train_subset,
         "train_images": train_images,
-        "streamed": streamed,
+        "streamed": from_disk,  # the field's name in stored float stages
         "augment": opts.augment,
         "crop_padding": opts.crop_padding,
         "cutout": opts.cutout,

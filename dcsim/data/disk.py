@@ -5,7 +5,7 @@ batches in flight (each worker prefetches two batches), so memory stays bounded 
 folder's size. Transforms:
 
 - "eval": shorter side resized to ``resize`` (bilinear), center crop ``crop`` -- the same decoding
-  as the in-memory loader, so a streamed split has exactly the in-memory split's pixels;
+  as the in-memory loader, so a split read from disk has exactly the in-memory split's pixels;
 - "train": random-resized crop (area 8-100 %, aspect 3/4-4/3, as torchvision's) to ``crop``, then a
   horizontal flip with p = 0.5; the draws of image i in epoch e come from a generator seeded with
   (seed, e, i), so they do not depend on the number of workers or ranks.
@@ -154,7 +154,7 @@ def folder_splits(
     std: Sequence[float],
     name: str,
 ) -> dict[str, FolderSplit]:
-    """{"train", "val", "test"} streamed from two scanned class folders.
+    """{"train", "val", "test"} read from two scanned class folders, batch by batch.
 
     "val" is the same draw from the training files as the in-memory loaders make (same seed, same
     images); "train" uses the train transform, "val" and "test" the eval transform.
