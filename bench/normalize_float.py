@@ -5,7 +5,7 @@
 CHECKPOINT is a float ReLU checkpoint (``dcsim train --epochs 0 --float-epochs N``). For each
 normalization (percentile 99.9 and 100 = max; calibration: 1000 training images): test accuracy
 of the SNN at every T in --steps (one run of max(steps) steps), and the DC pipeline
-(dcsim.pipeline.dynamic_confidence: T = smallest T reaching the clipped ANN's validation accuracy,
+(dcsim.workflows.dynamic_confidence.dynamic_confidence: T = smallest T reaching the clipped ANN's validation accuracy,
 th_c selected on the validation split at zero accuracy loss, live on the test split).
 """
 

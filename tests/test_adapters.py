@@ -162,8 +162,8 @@ def test_nonpositive_official_scale_names_the_layer():
         dcsim.convert(_single_layer(act, 8), quantizers={LsqActivation: official_lsq})
 
 
-def test_float_mode_lsq_points_to_normalize():
+def test_float_mode_lsq_points_to_the_thresholds():
     act = _lsq(2, 0.25)
     act.quantize = False
-    with pytest.raises(ConversionError, match=r"'act'.*float.*normalize"):
+    with pytest.raises(ConversionError, match=r"'act'.*float.*dcsim.conversion.thresholds.clip_relus"):
         dcsim.convert(_single_layer(act, 8))

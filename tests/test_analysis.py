@@ -1,4 +1,4 @@
-"""dcsim.analysis and dcsim.plots against plain brute-force evaluators (loops over thresholds and samples)."""
+"""dcsim.analysis and dcsim.analysis.plots against plain brute-force evaluators (loops over thresholds and samples)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The 2x2 average pool of the CPU engine (kernel 5, dcsim.ops.avg_pool_2x2) against its reference, torch's
-F.avg_pool2d (dcsim.reference.avg_pool_2x2), bit for bit.
+"""The 2x2 average pool of the CPU engine (kernel 5, dcsim.sim.ops.avg_pool_2x2) against its reference, torch's
+F.avg_pool2d (dcsim.sim.reference.avg_pool_2x2), bit for bit.
 
 Fresh random shapes (odd sizes included), magnitudes from 1e-30 to 1e30, spikes times per-channel thresholds,
 and the special values (-0.0, infinities, NaN, subnormals): every output's bits must equal torch's (a NaN

@@ -330,10 +330,10 @@ case("trace:alpha-negative", "--alpha -2", USAGE, "--alpha")
 case("trace:alpha-nan", "--alpha nan", USAGE, "--alpha")
 case("trace:alpha-word", "--alpha big", USAGE, "--alpha", "big")
 case("eval:alpha-inf", "--alpha inf", USAGE, "--alpha")
-case("trace:normalize-0", "--normalize 0", USAGE, "--normalize")
-case("trace:normalize-above-100", "--normalize 101", USAGE, "--normalize")
-case("trace:normalize-word", "--normalize most", USAGE, "--normalize")
-case("report:normalize-nan", "--normalize nan", USAGE, "--normalize")
+case("trace:threshold-percentile-0", "--threshold-percentile 0", USAGE, "--threshold-percentile")
+case("trace:threshold-percentile-above-100", "--threshold-percentile 101", USAGE, "--threshold-percentile")
+case("trace:threshold-percentile-word", "--threshold-percentile most", USAGE, "--threshold-percentile")
+case("report:normalize-nan", "--normalize nan", USAGE, "--threshold-percentile")  # the old name
 
 # --- energy options (eval, report, reproduce, demo)
 for cmd in ("eval", "report", "reproduce", "demo"):
@@ -373,7 +373,13 @@ case("trace:checkpoint-is-a-trace", "trace {trace} --method qcfs --steps 3 --out
 case("eval:checkpoint-is-a-pth", "eval {pth_keys} --method qcfs --threshold 1 --steps 3", ERROR, "{pth_keys}")
 case("bench:checkpoint-is-text", "--checkpoint {tmp}/file", ERROR, "{tmp}/file")
 case("bench:checkpoint-missing", "--checkpoint {tmp}/missing.safetensors", ERROR, "{tmp}/missing.safetensors")
-case("trace:normalize-a-quantized-checkpoint", "--method qcfs --normalize 99", ERROR, "{ckpt}", "--normalize")
+case(
+    "trace:threshold-percentile-of-a-quantized-checkpoint",
+    "--method qcfs --threshold-percentile 99",
+    ERROR,
+    "{ckpt}",
+    "--threshold-percentile",
+)
 
 # --- data roots
 for cmd in ("train", "trace", "eval", "reproduce"):

@@ -73,7 +73,7 @@ def test_readout_settings():
     r = dcsim.Readout.paper("qffs", bits=2, steps=6, tau=1.5)
     assert r.alpha == 3 and r.tau == 1.5 and math.isclose(r.scale, 1 / 4.5)
     assert dcsim.Readout.paper("qcfs", bits=2, steps=27).alpha == 27
-    official = dcsim.Readout("max_softmax", alpha=dcsim.readout.OFFICIAL_DEMO_ALPHA, tau=1.0)
+    official = dcsim.Readout("max_softmax", alpha=dcsim.sim.readout.OFFICIAL_DEMO_ALPHA, tau=1.0)
     assert math.isclose(official.scale, 1 / 30)
     for bad in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="alpha"):

@@ -1,4 +1,4 @@
-"""Checkpoints (dcsim.checkpoint): safetensors + JSON metadata round trip, exact tensor/shape checks,
+"""Checkpoints (dcsim.io.checkpoint): safetensors + JSON metadata round trip, exact tensor/shape checks,
 and clear errors for truncated, foreign (pickle), tampered and missing files."""
 
 from __future__ import annotations

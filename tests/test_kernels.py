@@ -1,4 +1,4 @@
-"""Fused kernels (dcsim.ops, native) against the plain-PyTorch reference (dcsim.reference)
+"""Fused kernels (dcsim.sim.ops, native) against the plain-PyTorch reference (dcsim.sim.reference)
 and against independent formulas written here.
 
 Spikes, spike counts, z, predictions and step counters must be exactly equal; floats follow the
@@ -478,7 +478,7 @@ def test_output_step_max_steps_forces_exit(kind, device):
     state["steps"].zero_()
     xs = [torch.randn(n, k, generator=g) for _ in range(T)]
     for fn, dev in ((ops.output_step, device), (reference.output_step, "cpu")):
-        snaps = _run_output(fn, xs, state, T, READOUT_KINDS[kind], 1.0, dcsim.engine.NEVER, dev)
+        snaps = _run_output(fn, xs, state, T, READOUT_KINDS[kind], 1.0, dcsim.sim.engine.NEVER, dev)
         for t, snap in enumerate(snaps, start=1):
             assert bool((snap["steps"] == t).all()), f"{fn.__module__}: steps {snap['steps'].tolist()} at t={t}"
             want = 1 if t >= T else 0

@@ -1,4 +1,4 @@
-"""LSQ activation quantization (dcsim.lsq): forward values, gradients (paper eq. 10-11 with
+"""LSQ activation quantization (dcsim.models.lsq): forward values, gradients (paper eq. 10-11 with
 QN = 0), the gradient scale modes, data-driven initialisation and argument checks."""
 
 from __future__ import annotations

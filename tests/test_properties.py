@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis): native kernels against dcsim.reference, the trace analysis
+"""Property-based tests (hypothesis): native kernels against dcsim.sim.reference, the trace analysis
 against brute force, and converted random small networks against their LSQ ANN.
 
 Examples per property: the hypothesis profile of tests/conftest.py (``ci`` by default, ``long``

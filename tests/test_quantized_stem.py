@@ -9,7 +9,7 @@ import torch
 
 import dcsim
 from dcsim.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
-from dcsim.conversion.thresholds import normalize
+from dcsim.conversion.thresholds import clip_relus
 from dcsim.models import init_whitening, resnet18, small_cnn, whitened_cnn, whitened_cnn_analog
 from dcsim.models.lsq import lsq_quantize, set_quantization
 from dcsim.sim.eager import EagerSimulator
@@ -171,7 +171,7 @@ def test_refusals_name_what_is_wrong():
             Quantize("q", (0,), **({"step": torch.tensor(0.5)} | bad))
     relu, x = _trained_like("small_cnn", 0)  # a float ReLU model's thresholds: unquantized clips
     set_quantization(relu, False)
-    normalized = normalize(relu, x, percentile=99.9)
+    normalized = clip_relus(relu, x, percentile=99.9)
     with pytest.raises(dcsim.ConversionError, match="unquantized clip in the stem"):
         dcsim.convert(normalized, method="qcfs", stem="quantized")
 

@@ -1,6 +1,6 @@
 """Energy per inference from operation counts: E = E_MAC x MACs + E_AC x SOPs, beside the ANN's E_MAC x MACs.
 
-The counts come from the engine (:attr:`dcsim.state.Simulation.sops`, ``.macs``; see :mod:`dcsim.sim.sops`
+The counts come from the engine (:attr:`dcsim.sim.state.Simulation.sops`, ``.macs``; see :mod:`dcsim.sim.sops`
 for what is counted). The energy per operation is a preset from Horowitz's 45 nm, 0.9 V table
 ("Computing's energy problem", ISSCC 2014), as SpikingJelly and syops use, or the user's constants:
 

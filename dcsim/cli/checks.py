@@ -27,7 +27,7 @@ REALS = {"lr": (0, None, False), "lr_decay": (0, None, False), "budget_minutes":
          "lsq_label_smoothing": (0, 1, True, False), "distill": (0, 1, True), "clip_mix": (0, 1, True, False),
          "lsq_share": (0, 1, False), "tolerance": (0, 1, True), "threshold": (0, 1, True),
          "min_accuracy": (0, 1, True), "lsq_lr": (0, None, False), "e_mac": (0, None, True),
-         "e_ac": (0, None, True), "normalize": (0, 100, False)}  # fmt: skip
+         "e_ac": (0, None, True), "threshold_percentile": (0, 100, False)}  # fmt: skip
 FILE_OUTPUTS = ("train", "trace", "import")  # commands whose --out is a file; the other --out are folders
 OUTPUTS = {"workdir": True, "plots": True, "json": False, "float_stage": False}  # other output flags: a folder?
 

@@ -1,4 +1,4 @@
-"""The commands' handlers: the checked ``argparse.Namespace`` (with ``world``, see dcsim.distributed.setup)
+"""The commands' handlers: the checked ``argparse.Namespace`` (with ``world``, see dcsim.parallel.distributed.setup)
 becomes the workflow's typed options (:func:`_pick`), the workflow runs, and its JSON result is returned."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ ONOFF, METHODS, SPLITS = ["on", "off"], ["qcfs", "qffs"], ["train", "val", "test
 
 
 def _percentile(text: str) -> float:
-    """``--normalize`` value: 'max' (100) or a percentile (checked to lie in (0, 100] in dcsim.cli.checks)."""
+    """``--threshold-percentile`` value: 'max' (100) or a percentile (checked to lie in (0, 100] in dcsim.cli.checks)."""
     try:
         return 100.0 if text == "max" else float(text)
     except ValueError:
@@ -42,7 +42,7 @@ def _add(p: Any, rows: list[tuple]) -> None:
             kw["choices" if isinstance(kind, list) else "action" if kind in (ON, OFF, BOOL) else "type"] = kind
         if default is not None:
             kw.update({"required": True} if default is ... else {"default": copy(default)})
-        p.add_argument(flag, **kw)
+        p.add_argument(*flag.split("|"), **kw)  # "--new|--old": an old name, for one release
 
 
 # fmt: off
@@ -69,9 +69,9 @@ DATA = [
     ("--loader", ["auto", "memory", "disk"], "auto", "memory: whole splits in memory; disk: image folders read batch by batch, "
      "decoded in worker processes (bounded memory); auto: disk above 2 GiB decoded", {"type": loader_name}),
     ("--loader-workers", int, None, "split read from disk: DataLoader workers per rank (default: CPUs / ranks; 0: none)")]
-NORMALIZE = [("--normalize", _percentile, None, "float ReLU checkpoint (QCFS only): thresholds from the P-th percentile ('max' "
-     "or 100: the maximum) of each layer's activations on training images", {"metavar": "P"}),
-    ("--calibration-size", int, 1000, "training images drawn (seeded by --seed) for --normalize")]
+CLIP = [("--threshold-percentile|--normalize", _percentile, None, "float ReLU checkpoint (QCFS only): thresholds from the P-th percentile ('max' "
+     "or 100: the maximum) of each layer's activations on training images (--normalize: its old name, one release)", {"metavar": "P"}),
+    ("--calibration-size", int, 1000, "training images drawn (seeded by --seed) for --threshold-percentile")]
 STEPS = [("--qffs-steps", int, None, "T for QFFS (default: as for QCFS)"),
     ("--qcfs-max-steps", int, 64, "largest T considered for QCFS"),
     ("--qffs-max-steps", int, 12, "largest T considered for QFFS")]
@@ -142,7 +142,7 @@ COMMANDS: dict[str, tuple[str, dict[str, Any], list[tuple]]] = {  # name: (help,
         [*DATA, *HYPER, *TRAIN, ("--out", Path, ..., "checkpoint path (.safetensors)")]),
     "trace": ("record a full-length run (prediction and score per sample and step) to .npz", {},
         [CHECKPOINT, *DATA, *READOUT, ("--steps", int, ..., "T"), ("--sums", ON, None, "also store the running sums "
-         "S_t [N, T, K]"), ("--out", Path, ..., "trace file (.npz)"), *NORMALIZE]),
+         "S_t [N, T, K]"), ("--out", Path, ..., "trace file (.npz)"), *CLIP]),
     "analyze": ("Pareto front, selected threshold, oracle and plots from a trace", {},
         [("trace", Path, None, None), ("--resolution", float, 0.1, "grid of the front (the paper: 0.1)"), TOLERANCE,
          ("--plots", Path, None, "folder for the PNG plots (default: beside --json)")]),
@@ -151,16 +151,16 @@ COMMANDS: dict[str, tuple[str, dict[str, Any], list[tuple]]] = {  # name: (help,
          ("--threshold", float, None, "th_c in [0, 1]; 1 disables early exit"),
          ("--trace", Path, None, "validation trace to select th_c from"), SELECT_ON_TEST, UNMATCHED_TRACE, TOLERANCE,
          ("--chunk", steps_per_call, "auto", "steps per conv call; auto: planned at batch 1 (same results)"), CHANNELS_LAST, GRAPHS,
-         *ENGINE, *ENERGY, *NORMALIZE]),
+         *ENGINE, *ENERGY, *CLIP]),
     "report": ("QCFS and QFFS with and without Dynamic Confidence: Table-1 report and plots", {},
-        [CHECKPOINT, *DATA, *REPORT, OUT_FOLDER, *ENERGY, *NORMALIZE]),
+        [CHECKPOINT, *DATA, *REPORT, OUT_FOLDER, *ENERGY, *CLIP]),
     "bench": ("standard benchmark set: engine vs official-style eager simulator vs ANN forward", {}, BENCH),
     "stream": ("continuous batching with early exit over a split (slots refilled as samples exit)", {"split": "test"},
         [CHECKPOINT, *DATA, *_named(READOUT, "--method"),
          ("--trace", Path, ..., "validation trace: T, readout and th_c come from it"),
          SELECT_ON_TEST, UNMATCHED_TRACE, TOLERANCE, *_named(READOUT, "--split"), ("--slots", int, 64, "S: samples in flight"), SEMANTICS, STEM,
          ("--compare", ON, None, "also time static batches of S with and without early exit"), GRAPHS, CHANNELS_LAST,
-         *ENGINE, ("--repeats", int, 2, "with --compare: interleaved rounds, best time of each"), *NORMALIZE]),
+         *ENGINE, ("--repeats", int, 2, "with --compare: interleaved rounds, best time of each"), *CLIP]),
     "import": ("import a checkpoint trained elsewhere as a dcsim checkpoint", {},
         [("kind", ["official"], None, "official: the Dynamic Confidence code's CIFAR-10 ResNet-18 state dict"),
          ("file", Path, None, "the .pth state dict (read with weights_only=True)"),

@@ -6,8 +6,8 @@ adapter claims into integrate-and-fire neurons with threshold th = Qp * s. Recog
 explicit: ``dcsim.convert(model, quantizers=...)`` takes either a mapping ``{ModuleClass: fn}``
 (isinstance match) or a sequence of ``(ModuleClass_or_predicate, fn)`` pairs, where a predicate
 is a callable ``predicate(module) -> bool``. Entries are tried in order, before the built-ins
-(:data:`BUILTIN`: dcsim's own :class:`~dcsim.lsq.LSQActivation` and
-:class:`~dcsim.normalize.ClipReLU`); attribute names are never guessed.
+(:data:`BUILTIN`: dcsim's own :class:`~dcsim.models.lsq.LSQActivation` and
+:class:`~dcsim.conversion.thresholds.ClipReLU`); attribute names are never guessed.
 
 Adapters for activation kinds trained elsewhere (pass them for the user's class):
 
@@ -50,7 +50,7 @@ class Quantization:
 
     step:     s > 0, the value of one level (same unit as the activation's input).
     levels:   Qp >= 1, the highest level (outputs s * {0..Qp}); None for an unquantized
-              clip min(max(x, 0), step) (data-based normalization, see dcsim.normalize),
+              clip min(max(x, 0), step) (thresholds from data, see dcsim.conversion.thresholds),
               whose SNN resolution is set by the simulation length T instead.
     rounding: "half_up" (floor(v + 0.5), what IF neurons with u0 = th/2 reproduce exactly)
               or "half_even" (torch.round; differs only at ties, see the module doc).
@@ -114,15 +114,15 @@ def _integer(module: nn.Module, attribute: str) -> int:
 
 
 def dcsim_lsq(module: nn.Module) -> Quantization:
-    """dcsim's :class:`~dcsim.lsq.LSQActivation`: s = step, Qp = 2^bits - 1, half up."""
+    """dcsim's :class:`~dcsim.models.lsq.LSQActivation`: s = step, Qp = 2^bits - 1, half up."""
     from ..models.lsq import LSQActivation
 
     if not isinstance(module, LSQActivation):
         raise ValueError(f"it is a {type(module).__name__}, not a dcsim LSQActivation")
     if not module.quantize:
         raise ValueError(
-            "it is in float (ReLU) mode; enable quantization first (dcsim.lsq.set_quantization(model, True)) "
-            "or build thresholds from data with dcsim.normalize"
+            "it is in float (ReLU) mode; enable quantization first (dcsim.models.lsq.set_quantization(model, True)) "
+            "or clip it at thresholds from data with dcsim.conversion.thresholds.clip_relus"
         )
     return Quantization(float(module.step.detach()), module.qp, "half_up")
 
@@ -151,7 +151,7 @@ def clip_floor_shift(threshold: str = "thresh", levels: str = "L") -> Adapter:
 
 
 def clip_relu(module: nn.Module) -> Quantization:
-    """dcsim's :class:`~dcsim.normalize.ClipReLU`: an unquantized clip at its threshold."""
+    """dcsim's :class:`~dcsim.conversion.thresholds.ClipReLU`: an unquantized clip at its threshold."""
     from .thresholds import ClipReLU
 
     if not isinstance(module, ClipReLU):

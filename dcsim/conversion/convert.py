@@ -4,7 +4,7 @@ The model is traced with torch.fx (LSQ activations are leaves). Batch norm is fo
 conv or linear layer before it; every quantized activation becomes a Neuron with
 threshold th = Qp * s and initial membrane u0 = u0_fraction * th (dcsim's LSQActivation and
 ClipReLU are built in; other activation modules are read by adapters passed as ``quantizers``,
-see dcsim.adapters); weights and biases are copied
+see dcsim.conversion.adapters); weights and biases are copied
 unchanged; residual additions become Add nodes summed before the post-add neuron; the last
 layer integrates (no spikes). The model itself is never modified; an unsupported layer or
 pattern raises ConversionError naming it, and nothing is returned half-converted.
@@ -69,7 +69,7 @@ def _quantization(mod: nn.Module, adapters: list[tuple[Matcher, Adapter]], where
     except (ValueError, TypeError, AttributeError) as err:
         raise ConversionError(f"{what}: {err}") from err
     if not isinstance(q, Quantization):
-        raise ConversionError(f"{what} returned a {type(q).__name__}, not a dcsim.adapters.Quantization")
+        raise ConversionError(f"{what} returned a {type(q).__name__}, not a dcsim.conversion.adapters.Quantization")
     return q
 
 
@@ -143,7 +143,7 @@ def convert(
     zmax: QFFS spike-count cap; default Qp of each layer (2^bits - 1 for LSQ).
     quantizers: adapters for activation modules of other classes, ``{ModuleClass: fn}`` or a
     list of ``(ModuleClass or predicate, fn)`` pairs; fn(module) returns a
-    dcsim.adapters.Quantization (see that module). Layers that round half to even are
+    dcsim.conversion.adapters.Quantization (see that module). Layers that round half to even are
     converted with a RoundingWarning: their IF neurons round exact ties half up.
     semantics: how the image and the biases drive the network over time. "settle" (the QFFS
         default): during the first ``drive_steps`` steps only, then the network settles and negative
@@ -217,7 +217,7 @@ def convert(
                 (
                     f" Layer {owner!r} ({type(modules[owner]).__name__}) is unknown to dcsim; if it is an activation, "
                     f"give an adapter: dcsim.convert(model, quantizers={{{type(modules[owner]).__name__}: fn}}) "
-                    "(see dcsim.adapters)."
+                    "(see dcsim.conversion.adapters)."
                 )
                 if owner in modules and owner
                 else ""
@@ -338,9 +338,9 @@ def convert(
             else:
                 raise ConversionError(
                     f"{where} ({type(mod).__name__}) cannot be converted to a spiking layer; supported: {SUPPORTED}. "
-                    "Float activations such as ReLU must be replaced by dcsim.lsq.LSQActivation or given thresholds with "
-                    "dcsim.normalize; other activation classes need an adapter: dcsim.convert(model, "
-                    "quantizers={ActivationClass: fn}) (see dcsim.adapters)."
+                    "Float activations such as ReLU must be replaced by dcsim.models.lsq.LSQActivation or given thresholds with "
+                    "dcsim.conversion.thresholds.clip_relus; other activation classes need an adapter: dcsim.convert(model, "
+                    "quantizers={ActivationClass: fn}) (see dcsim.conversion.adapters)."
                 )
         elif src.op == "call_function":
             if src.target in (operator.add, torch.add) and len(src.args) == 2 and not src.kwargs:

@@ -1,6 +1,6 @@
-"""Data-based normalization: thresholds for a float ReLU network from its activations.
+"""Thresholds for a float ReLU network from its activations (the literature's data-based normalization).
 
-``normalize(model, calibration_images, percentile)`` runs the float network on calibration
+``clip_relus(model, calibration_images, percentile)`` runs the float network on calibration
 images, takes for every ReLU layer the ``percentile``-th percentile of its positive activations
 (100: the maximum; 99.9: the robust choice of Rueckauer et al. 2017) as its threshold lambda,
 and returns a copy in which each ReLU is a :class:`ClipReLU` min(max(x, 0), lambda). That is
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -137,9 +139,7 @@ def activation_thresholds(
     _check_calibration(calibration_images, batch_size)
     layers = {name: m for name, m in model.named_modules() if _is_relu(m)}
     if not layers:
-        raise ValueError(
-            "the model has no ReLU layer (nn.ReLU modules, or dcsim LSQActivation in float mode) to normalize"
-        )
+        raise ValueError("the model has no ReLU layer (nn.ReLU modules, or dcsim LSQActivation in float mode) to clip")
     stats = {name: _TopK(per_channel) for name in layers}
 
     def run(observe: str) -> None:
@@ -271,7 +271,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def normalize(
+def clip_relus(
     model: nn.Module,
     calibration_images: torch.Tensor,
     percentile: float = 99.9,
@@ -296,3 +296,10 @@ def normalize(
     for name, lam in thresholds.items():
         _set_module(out, name, ClipReLU(float(lam)))
     return out
+
+
+def normalize(*args: Any, **kwargs: Any) -> nn.Module:
+    """The old name of :func:`clip_relus`, for one release (with a DeprecationWarning)."""
+    warnings.warn("dcsim.conversion.thresholds.normalize is now clip_relus; the old name goes away in the next release",
+                  DeprecationWarning, 2)  # fmt: skip
+    return clip_relus(*args, **kwargs)

@@ -114,7 +114,7 @@ def write_safetensors(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> Path:
     """Write ``tensors`` (CPU, contiguous) as the safetensors file ``path`` through
-    :func:`dcsim.fileio.atomic_output`, so a write killed mid-way leaves neither a half-written
+    :func:`dcsim.io.atomic.atomic_output`, so a write killed mid-way leaves neither a half-written
     file nor a temporary one. (safetensors' own ``save_file`` writes through a ``.tmpXXXXXX`` file
     of its own beside the target, which a killed process leaves behind.)"""
     data = serialize(tensors, metadata=metadata)

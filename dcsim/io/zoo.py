@@ -10,7 +10,7 @@ A zoo entry is a folder::
 Each shard is a plain safetensors file of at most ``max_shard_bytes`` (default 16 MiB; a tensor
 larger than that gets a shard of its own) holding whole tensors. Loading checks every shard's
 size and sha256 before reading it, so a missing, truncated or altered shard is a clear error
-naming the file, and rebuilds the model as :func:`dcsim.checkpoint.load_checkpoint` does.
+naming the file, and rebuilds the model as :func:`dcsim.io.checkpoint.load_checkpoint` does.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def read_manifest(folder: str | os.PathLike) -> dict:
 def model_identity(path: str | os.PathLike) -> tuple[dict, str | None]:
     """(metadata, stored content hash or None) of a checkpoint file or a zoo folder, without reading
     the tensors. The hash identifies the network's weights and metadata (see
-    :func:`dcsim.checkpoint.content_hash`); a zoo folder carries its checkpoint's hash, so a file and
+    :func:`dcsim.io.checkpoint.content_hash`); a zoo folder carries its checkpoint's hash, so a file and
     its export have the same identity. None: a format-1 checkpoint, written without a hash."""
     if is_zoo(path):
         manifest = read_manifest(path)

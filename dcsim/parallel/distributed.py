@@ -287,7 +287,7 @@ class DataParallel:
 
     wrap(model, unused_parameters): DistributedDataParallel around the model (with
     ``sync_batchnorm``, after converting its batch norms to ``nn.SyncBatchNorm`` on CUDA, to
-    :class:`dcsim.global_bn.GlobalBatchNorm2d` elsewhere), with LSQ step sizes initialised from
+    :class:`dcsim.parallel.global_bn.GlobalBatchNorm2d` elsewhere), with LSQ step sizes initialised from
     the global batch; local(t): this rank's rows r, r + N, ... of a global batch t [B, ...];
     loss(logits, labels, global_rows): the sum cross-entropy scaled so that DDP's gradient
     average equals the gradient of the global batch's mean loss; reduce(*numbers): sums over the

@@ -103,7 +103,7 @@ def stream(
     inputs: iterable of per-sample tensors float32 [C, H, W] (ids 0, 1, ... by arrival) or of
     (id, tensor) pairs. If the iterable raises, no more samples are admitted, the samples in
     flight finish and are yielded, then the error is raised. ``stats`` is updated as it runs.
-    graphs: the step replayed as a CUDA graph (see :class:`dcsim.graphs.StepGraph`); slots left
+    graphs: the step replayed as a CUDA graph (see :class:`dcsim.sim.graphs.StepGraph`); slots left
     empty when the inputs run out then stay in the batch, idle, instead of being compacted out.
     """
     slots = check_int(slots, "slots")

@@ -4,7 +4,7 @@ The engine advances the whole network one time step at a time (step-major), so a
 step each sample's running output sums S_t, prediction and stopping score are known. With
 ``chunk=k`` it computes k steps at once, layer by layer within the chunk, and still decides
 every exit at its own step (same results, fewer and larger conv calls). Per-sample state (membranes, spike counts, sums, static layer values) lives in
-:class:`dcsim.state.BatchState`, one row per active sample, so finished samples can be compacted out
+:class:`dcsim.sim.state.BatchState`, one row per active sample, so finished samples can be compacted out
 (kernel 3) or their rows reset and refilled with new inputs (streaming).
 
 Convs and linears run in PyTorch; neuron updates (kernel 1) and the output step (kernel 2)
@@ -99,7 +99,7 @@ class Engine:
              current rounded to it (accumulation as the backend does it); membranes, spike counts
              and output sums stay float32. All but fp32 are reduced precision: spikes may differ.
     spike_convs: CPU only, float32 only. Convs whose input is a spike layer run event-driven
-             (kernel 4, :func:`dcsim.ops.spike_conv2d`): each output sums only the weight rows of
+             (kernel 4, :func:`dcsim.sim.ops.spike_conv2d`): each output sums only the weight rows of
              the inputs that spiked. A few % of neurons spike per step, so this skips most of the
              work at small batches. Implies channels_last. The sums run in another order than a
              dense conv's: results agree with it within float32 rounding, as another conv algorithm would.
@@ -610,7 +610,7 @@ class Engine:
         :mod:`dcsim.sim.chunking` (the expected wall time per sample, minimised from the call times and exit
         steps this engine has measured); a larger batch computes 1 step at a time. Same results.
         graphs: run on fixed-shape buffers with the step loop replayed as CUDA graphs (see
-        :class:`dcsim.graphs.StaticExit`; on the CPU the same code runs eagerly); compaction then
+        :class:`dcsim.sim.graphs.StaticExit`; on the CPU the same code runs eagerly); compaction then
         goes to halving batch-size buckets, or nowhere if compact_fraction = 1. Same results.
         """
         steps = check_int(steps, "steps")

@@ -35,7 +35,7 @@ from .state import BatchState, StepRecord
 
 
 class SteppingEngine(Protocol):
-    """What the runners need of an engine (:class:`dcsim.engine.Engine` provides it)."""
+    """What the runners need of an engine (:class:`dcsim.sim.engine.Engine` provides it)."""
 
     device: torch.device
     neurons: list[int]
@@ -124,7 +124,7 @@ class StaticExit:
     """Early exit of batches of one shape [n, ...] with fixed T, readout, threshold and chunk.
 
     Build once (on CUDA this captures the graphs: a fraction of a second), then call :meth:`run`
-    for each batch. Results equal :meth:`dcsim.engine.Engine.early_exit`'s: the same steps, decided per step.
+    for each batch. Results equal :meth:`dcsim.sim.engine.Engine.early_exit`'s: the same steps, decided per step.
     """
 
     def __init__(
@@ -254,7 +254,7 @@ class StaticExit:
 
 
 class StepGraph:
-    """One :meth:`dcsim.engine.Engine.step` of a fixed state (same tensors every step), replayed as a CUDA graph.
+    """One :meth:`dcsim.sim.engine.Engine.step` of a fixed state (same tensors every step), replayed as a CUDA graph.
 
     For loops that change the state's rows in place between steps (streaming refills slots
     with index_copy_), so the graph always sees the current values. On the CPU, the plain step.

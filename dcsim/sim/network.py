@@ -144,7 +144,7 @@ class AvgPool(Node):
 
     @property
     def is_2x2(self) -> bool:
-        """A 2x2 kernel at stride 2 without padding, in floor mode: the pool :func:`dcsim.ops.avg_pool_2x2` computes."""
+        """A 2x2 kernel at stride 2 without padding, in floor mode: the pool :func:`dcsim.sim.ops.avg_pool_2x2` computes."""
         return (
             tuple(self.kernel) == (2, 2)
             and tuple(self.stride) == (2, 2)

@@ -107,7 +107,7 @@ def neuron_step(
     sops: torch.Tensor | None = None,
     u0: float | None = None,
 ) -> None:
-    """Fused integrate-and-fire step of one layer (kernel 1), in place. See dcsim.reference.neuron_step.
+    """Fused integrate-and-fire step of one layer (kernel 1), in place. See dcsim.sim.reference.neuron_step.
 
     x, x2 (optional), u, out: float32 [n, ...] (same shape); z: int32 [n, ...] for QFFS, None
     for QCFS; counts: int64 [n]; th: threshold (> 0); zmax: spike-count cap (QFFS).
@@ -194,7 +194,7 @@ def output_step(
     score: torch.Tensor,
     exited: torch.Tensor,
 ) -> None:
-    """Fused output step (kernel 2), in place. See dcsim.reference.output_step.
+    """Fused output step (kernel 2), in place. See dcsim.sim.reference.output_step.
 
     x, sums: float32 [n, K]; steps: int32 [n]; pred: int64 [n]; score: float32 [n]; exited: uint8 [n].
     """
@@ -318,7 +318,7 @@ def spike_conv2d(
     simd: bool = True,
 ) -> torch.Tensor:
     """Event-driven convolution (kernel 4, CPU): ``F.conv2d(x, weight, bias, stride, padding)`` that sums, at each
-    output position, only the nonzero inputs of its window. See dcsim.reference.spike_conv2d.
+    output position, only the nonzero inputs of its window. See dcsim.sim.reference.spike_conv2d.
 
     x: float32 [n, Cin, H, W] channels_last (spike maps: mostly exact zeros); packed: float32 [kh, kw, Cin, Cout]
     from :func:`pack_spike_conv_weight`; bias: float32 [Cout] or None. Returns float32 [n, Cout, OH, OW],
@@ -377,7 +377,7 @@ def spike_conv2d(
 def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """2x2, stride-2 average pooling (kernel 5, CPU): ``F.avg_pool2d(x, 2)`` bit for bit (each window summed from
     +0 in torch's order, then divided by 4; of a window holding several NaNs, which payload the result carries
-    may differ), reading each input once. See dcsim.reference.avg_pool_2x2.
+    may differ), reading each input once. See dcsim.sim.reference.avg_pool_2x2.
 
     x: float32 [N, C, H, W], contiguous, on the CPU (a trailing odd row or column is dropped). Returns a new
     contiguous float32 [N, C, H // 2, W // 2].

@@ -1,6 +1,6 @@
 """Plain-PyTorch reference implementations of the fused kernels.
 
-Each function has the signature of its native twin in :mod:`dcsim.ops`, updates the same
+Each function has the signature of its native twin in :mod:`dcsim.sim.ops`, updates the same
 tensors in place and follows csrc/dcsim_math.h operation for operation, so spikes, counts,
 predictions and exit flags match exactly and floats match to rounding.
 """
@@ -40,7 +40,7 @@ def neuron_step(
     sops:  int64 [n] synaptic operations per sample, sum(|spike| * fanout), accumulated (with fanout).
     u0:    the first step of fresh state: u and z hold anything (they are not read) and count as u0 and 0.
     """
-    if (fanout is None) != (sops is None):  # as dcsim.ops.neuron_step
+    if (fanout is None) != (sops is None):  # as dcsim.sim.ops.neuron_step
         raise ValueError("fanout and sops go together: give both or neither")
     if u0 is not None:
         u.fill_(u0)
@@ -49,7 +49,7 @@ def neuron_step(
     current = x if x2 is None else x + x2
     u.copy_(u + current)
     if METHODS[method] == METHODS["qffs"]:
-        if z is None:  # as dcsim.ops.neuron_step
+        if z is None:  # as dcsim.sim.ops.neuron_step
             raise ValueError("z (the spike count) is required for method 'qffs'")
         pos = (u >= th) & (z < zmax)
         neg = (u < 0) & (z > 0) & ~pos
@@ -67,7 +67,7 @@ def neuron_step(
 
 
 def readout_score(sums: torch.Tensor, kind: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score float32 [n] and argmax int64 [n] of running sums float32 [n, K] (see dcsim.readout)."""
+    """Score float32 [n] and argmax int64 [n] of running sums float32 [n, K] (see dcsim.sim.readout)."""
     n, k = sums.shape
     pred = sums.argmax(dim=1)
     if k == 1:
@@ -133,5 +133,5 @@ def spike_conv2d(
 
 
 def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """The reference of :func:`dcsim.ops.avg_pool_2x2`: torch's ``F.avg_pool2d(x, 2)``."""
+    """The reference of :func:`dcsim.sim.ops.avg_pool_2x2`: torch's ``F.avg_pool2d(x, 2)``."""
     return F.avg_pool2d(x, 2)

@@ -1,4 +1,4 @@
-"""Synaptic operations (SOPs) and multiply-accumulates (MACs) of a :class:`~dcsim.network.SpikingNetwork`, exactly.
+"""Synaptic operations (SOPs) and multiply-accumulates (MACs) of a :class:`~dcsim.sim.network.SpikingNetwork`, exactly.
 
 Definitions (all counts are integers, per sample):
 
@@ -13,7 +13,7 @@ Definitions (all counts are integers, per sample):
   the transpose of this connectivity applied to ones: :func:`fanout_map`.
 - **SOPs** of a spiking layer: the sum over steps and neurons of ``|spike| * fan-out`` (QFFS negative
   spikes count as operations too). An ``Engine(net, count_ops=True)`` accumulates it in the fused
-  neuron step (:attr:`dcsim.state.Simulation.sops`), only over the steps each sample ran; counting
+  neuron step (:attr:`dcsim.sim.state.Simulation.sops`), only over the steps each sample ran; counting
   is off by default (it costs 1-5% of a step at batch 1 on a CPU).
 - **MACs** of the image-fed layers (the convs and linears that depend on the input image only, through
   :class:`~dcsim.sim.network.Quantize` layers too, the quantized stem's): dcsim

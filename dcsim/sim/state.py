@@ -1,9 +1,9 @@
 """Per-sample state of a simulation and the results it returns (shapes per field).
 
-:class:`BatchState` is what :class:`dcsim.engine.Engine` advances, one row per active sample;
+:class:`BatchState` is what :class:`dcsim.sim.engine.Engine` advances, one row per active sample;
 :class:`StepRecord` what each step of a chunk produced; :class:`Simulation` and
 :class:`ExitResult` what full-length and early-exit runs return. Kept apart from the engine so
-that the CUDA-graph runners (:mod:`dcsim.graphs`) depend on these types and a narrow engine
+that the CUDA-graph runners (:mod:`dcsim.sim.graphs`) depend on these types and a narrow engine
 interface, not on the engine module.
 """
 

@@ -25,7 +25,7 @@ from ..data.disk import FolderSplit, _stack, loader_batches, split_batches
 
 Augment = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 Local = Callable[[torch.Tensor], torch.Tensor]
-"""This rank's rows of a global batch (see :meth:`dcsim.distributed.DataParallel.local`)."""
+"""This rank's rows of a global batch (see :meth:`dcsim.parallel.distributed.DataParallel.local`)."""
 
 
 class DeviceSplit:

@@ -3,7 +3,7 @@
 The paper's recipe is the default: SGD with momentum 0.9, weight decay 2.5e-5, learning rate
 0.01 decayed exponentially per epoch, batch 32. ``schedule="cosine"`` gives each stage its own
 warm-up and cosine decay (the fast recipe of ``dcsim reproduce``). The whole split lives on the
-training device (uint8 images stay uint8 there; see :mod:`dcsim.batching`), batches are
+training device (uint8 images stay uint8 there; see :mod:`dcsim.training.device_batches`), batches are
 augmented there, and on a GPU the forward and backward passes run under bf16 autocast in the
 channels_last layout (:class:`TrainRuntime`); the weights stay float32 and come back in the
 standard layout, so conversion and simulation are float32 as before.
@@ -588,7 +588,7 @@ def train(
     "bn_reestimate": {"val_before", "val_after", "seconds"} with ``config.bn_reestimate``); "seconds"
     is the epoch's wall time (training and validation), "elapsed_s" the sum so far; a resumed run
     adds "resumed_at_epochs" (the epochs completed at each resume).
-    parallel: training on several ranks (see dcsim.distributed.DataParallel): every rank draws the
+    parallel: training on several ranks (see dcsim.parallel.distributed.DataParallel): every rank draws the
     same global batches and trains on its rows of each; rank 0 alone writes the workdir state.
     float_stage: start from a stored float stage, or store this run's (see :class:`FloatStage`; needs
     ``config.float_epochs`` >= 1); the history then has "float_stage": {"path", "read"}.

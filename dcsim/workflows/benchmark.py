@@ -3,7 +3,7 @@
 For each model, method, batch size and mode (full T, or early exit at a threshold that stops
 samples around mid-simulation), it times:
   - dcsim's engine (native kernels, static layers computed once, compaction);
-  - the official-style eager simulator (dcsim.baseline: batch 1, host sync every step),
+  - the official-style eager simulator (dcsim.sim.eager: batch 1, host sync every step),
     at batch 1 only (that is how it runs);
   - the quantized ANN's forward pass at the same batch (the floor: one step can hardly cost less),
     on a GPU also replayed as a CUDA graph (its kernels alone, no launch overhead).

@@ -6,7 +6,7 @@
                                                      SOPs, MACs and energy per inference beside the ANN's
 
 Every loop over a split takes its images either as one tensor [N, C, H, W] or as a
-:class:`dcsim.distributed.Sharded` split (read from disk batch by batch and/or sharded over torchrun ranks);
+:class:`dcsim.parallel.distributed.Sharded` split (read from disk batch by batch and/or sharded over torchrun ranks);
 both run the same batches, so the results are the same.
 """
 
@@ -327,7 +327,7 @@ def dynamic_confidence(
 
 
 def calibrate(model: nn.Module, images: Images, labels: torch.Tensor) -> dict:
-    """Temperature scaling of the quantized ANN on a validation split (see dcsim.calibration)."""
+    """Temperature scaling of the quantized ANN on a validation split (see dcsim.analysis.calibration)."""
     return calibration_report(ann_logits(model, images), labels)
 
 

@@ -7,7 +7,7 @@ Checkpoint kinds (all dcsim safetensors checkpoints, see dcsim.io.checkpoint):
 - imported with ``dcsim import official``: the same, with metadata "source";
 - float ReLU: metadata ``"activations": "float_relu"`` (written by ``dcsim train --epochs 0``,
   float pre-training only); its LSQActivation layers compute ReLUs, and trace/eval/report
-  need ``--normalize P`` to set thresholds from the training split (never the test split).
+  need ``--threshold-percentile P`` to set thresholds from the training split (never the test split).
 
 The data are normalized with the checkpoint's mean and std (the ones the model was trained with).
 """
@@ -24,7 +24,7 @@ from torch import nn
 
 from .. import __version__, data
 from ..checks import check_int
-from ..conversion.thresholds import normalize
+from ..conversion.thresholds import clip_relus
 from ..io import zoo
 from ..io.atomic import sha256_file
 from ..io.checkpoint import CheckpointMeta, load_checkpoint
@@ -160,29 +160,31 @@ def prepare(
 ) -> tuple[nn.Module, dict]:
     """(model ready to convert, splits) for a loaded checkpoint.
 
-    A float ReLU checkpoint requires ``opts.normalize``; a quantized one refuses it. Calibration
+    A float ReLU checkpoint requires ``opts.threshold_percentile``; a quantized one refuses it. Calibration
     images: ``opts.calibration_size`` images of the training split, drawn with ``seed``.
     """
     splits = with_checkpoint_normalization(splits, meta)
-    percentile = opts.normalize
+    percentile = opts.threshold_percentile
     is_float = meta.activations == FLOAT_RELU
     if is_float and percentile is None:
         raise ValueError(
-            f"{opts.checkpoint}: a float ReLU checkpoint; give --normalize P (e.g. 99.9 or max) to set "
+            f"{opts.checkpoint}: a float ReLU checkpoint; give --threshold-percentile P (e.g. 99.9 or max) to set "
             "its thresholds from training data"
         )
     if percentile is None:
         return model, splits
     if not is_float:
         raise ValueError(
-            f"{opts.checkpoint}: --normalize applies to float ReLU checkpoints (metadata "
+            f"{opts.checkpoint}: --threshold-percentile applies to float ReLU checkpoints (metadata "
             f"activations = {FLOAT_RELU!r}); this one is quantized"
         )
     if method != "qcfs":
-        raise ValueError("--normalize: a normalized float network converts with --method qcfs only (QFFS needs levels)")
+        raise ValueError(
+            "--threshold-percentile: a clipped float network converts with --method qcfs only (QFFS needs levels)"
+        )
     if opts.calibration_size < 1:
         raise ValueError(f"--calibration-size must be >= 1, got {opts.calibration_size}")
     train = splits["train"]
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: opts.calibration_size]
     set_quantization(model, False)
-    return normalize(model, train.normalized(idx), percentile=percentile), splits
+    return clip_relus(model, train.normalized(idx), percentile=percentile), splits

@@ -146,11 +146,11 @@ class TrainOptions:
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """A checkpoint (file or zoo folder) and how it becomes convertible: ``normalize`` the percentile in
+    """A checkpoint (file or zoo folder) and how it becomes convertible: ``threshold_percentile`` the percentile in
     (0, 100] for a float ReLU checkpoint's thresholds, from ``calibration_size`` training images."""
 
     checkpoint: Path
-    normalize: float | None = None
+    threshold_percentile: float | None = None
     calibration_size: int = 1000
 
 

@@ -1,6 +1,6 @@
-"""Data-based normalization of float ReLU networks (dcsim.normalize): thresholds against
+"""Data-based normalization of float ReLU networks (dcsim.conversion.thresholds): thresholds against
 torch.quantile / max, the clipped network against a hook-based reference (per tensor and per
-channel), conversion, the errors, and the CLI route (float checkpoint, --normalize) end to end
+channel), conversion, the errors, and the CLI route (float checkpoint, --threshold-percentile) end to end
 on the digits: trace, th_c, live exit."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 import dcsim
-from dcsim.cli import main
+from dcsim.cli import build_parser, main
 from dcsim.conversion.convert import ConversionError
-from dcsim.conversion.thresholds import ClipReLU, activation_thresholds, normalize
+from dcsim.conversion.thresholds import ClipReLU, activation_thresholds, clip_relus
 
 
 def _float_model(seed: int = 0) -> nn.Module:
@@ -95,14 +95,14 @@ def test_thresholds_are_the_percentile_of_positive_activations(percentile):
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_normalized_network_is_the_clipped_network(per_channel):
+def test_clip_relus_gives_the_clipped_network(per_channel):
     model = _float_model(1)
     before = copy.deepcopy(model.state_dict())
     calib, x = torch.randn(64, 1, 8, 8), torch.randn(16, 1, 8, 8)
     lam = activation_thresholds(model, calib, 99.0, per_channel=per_channel)
     if per_channel:
         lam = {n: v.where(v > 0, v.max()) for n, v in lam.items()}
-    norm = normalize(model, calib, 99.0, per_channel=per_channel)
+    norm = clip_relus(model, calib, 99.0, per_channel=per_channel)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "the model was modified"
     clips = [m for m in norm.modules() if isinstance(m, ClipReLU)]
     assert len(clips) == 3 and not any(isinstance(m, nn.ReLU) for m in norm.modules())
@@ -115,9 +115,9 @@ def test_normalized_network_is_the_clipped_network(per_channel):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_normalized_network_converts_and_approaches_the_clipped_ann():
+def test_the_clipped_network_converts_and_approaches_the_clipped_ann():
     model = _float_model(2)
-    norm = normalize(model, torch.randn(64, 1, 8, 8), 99.9)
+    norm = clip_relus(model, torch.randn(64, 1, 8, 8), 99.9)
     net = dcsim.convert(norm, method="qcfs")
     clips = [m for m in norm.modules() if isinstance(m, ClipReLU)]
     assert [net.nodes[i].threshold for i in net.neurons] == [float(c.threshold) for c in clips]
@@ -152,18 +152,18 @@ def test_normalized_network_converts_and_approaches_the_clipped_ann():
 def test_bad_arguments(kwargs, error, words):
     args = {"calibration_images": torch.randn(4, 1, 8, 8), "percentile": 99.9} | kwargs
     with pytest.raises(error, match=words):
-        normalize(_float_model(), **args)
+        clip_relus(_float_model(), **args)
 
 
 def test_model_without_relu_and_dead_layer():
     with pytest.raises(ValueError, match="no ReLU"):
-        normalize(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 2)), torch.randn(2, 1, 8, 8))
+        clip_relus(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 2)), torch.randn(2, 1, 8, 8))
     dead = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 2))
     with torch.no_grad():
         dead[0].weight.zero_()
         dead[0].bias.fill_(-1.0)
     with pytest.raises(ValueError, match=r"layer '1'.*never"):
-        normalize(dead, torch.randn(2, 1, 8, 8))
+        clip_relus(dead, torch.randn(2, 1, 8, 8))
 
 
 # ------------------------------------------------------------------ CLI, digits, end to end
@@ -197,11 +197,16 @@ def float_ckpt(tmp_path_factory):
 
 
 def test_float_checkpoint_end_to_end(float_ckpt, tmp_path):
-    meta = dcsim.checkpoint.read_metadata(float_ckpt)
+    meta = dcsim.io.checkpoint.read_metadata(float_ckpt)
     assert meta["activations"] == "float_relu" and meta["accuracy"]["test"] > 0.5, meta["accuracy"]
     common = ["--device", "cpu", "--method", "qcfs", "--tau", "1"]
     trace, out = tmp_path / "val.npz", tmp_path / "eval.json"
-    assert main(["trace", str(float_ckpt), *common, "--normalize", "99.9", "--steps", "24", "--out", str(trace)]) == 0
+    assert (
+        main(
+            ["trace", str(float_ckpt), *common, "--threshold-percentile", "99.9", "--steps", "24", "--out", str(trace)]
+        )
+        == 0
+    )
     report = dcsim.analysis.analyze(dcsim.analysis.load_trace(trace))
     selected = report["selected"]
     print("float route, digits val, T=24:", report["baseline"], selected)
@@ -213,7 +218,7 @@ def test_float_checkpoint_end_to_end(float_ckpt, tmp_path):
                 "eval",
                 str(float_ckpt),
                 *common[:4],
-                "--normalize",
+                "--threshold-percentile",
                 "99.9",
                 "--trace",
                 str(trace),
@@ -246,13 +251,27 @@ def test_float_checkpoint_cli_errors(float_ckpt, tmp_path, capsys):
         str(tmp_path / "t.npz"),
     ]
     assert main(args) == 1
-    assert "--normalize" in capsys.readouterr().err
-    assert main([*args, "--normalize", "99.9", "--method", "qffs"]) == 1
+    assert "--threshold-percentile" in capsys.readouterr().err
+    assert main([*args, "--threshold-percentile", "99.9", "--method", "qffs"]) == 1
     assert "qcfs" in capsys.readouterr().err
-    assert main([*args, "--normalize", "0"]) == 2  # a bad flag value: bad usage, checked before any work
-    assert "--normalize" in (err := capsys.readouterr().err) and "(0, 100]" in err
+    assert main([*args, "--threshold-percentile", "0"]) == 2  # a bad flag value: bad usage, checked before any work
+    assert "--threshold-percentile" in (err := capsys.readouterr().err) and "(0, 100]" in err
     with pytest.raises(SystemExit) as info:  # not a number: argparse's own error
-        main([*args, "--normalize", "most"])
+        main([*args, "--threshold-percentile", "most"])
     assert info.value.code == 2
-    assert "--normalize" in (err := capsys.readouterr().err) and "(0, 100]" in err
+    assert "--threshold-percentile" in (err := capsys.readouterr().err) and "(0, 100]" in err
     assert not (tmp_path / "t.npz").exists()
+
+
+def test_the_old_names_still_work_for_one_release(float_ckpt, tmp_path):
+    from dcsim.conversion.thresholds import normalize
+
+    model, x = _float_model(), torch.randn(16, 1, 8, 8)
+    with pytest.warns(DeprecationWarning, match="now clip_relus"):
+        old = normalize(model, x, 99.0)
+    new = clip_relus(model, x, 99.0)
+    assert [float(m.threshold) for m in old.modules() if isinstance(m, ClipReLU)] == [
+        float(m.threshold) for m in new.modules() if isinstance(m, ClipReLU)
+    ]
+    args = ["trace", str(float_ckpt), "--method", "qcfs", "--steps", "4", "--out", str(tmp_path / "t.npz")]
+    assert build_parser().parse_args([*args, "--normalize", "max"]).threshold_percentile == 100.0
