@@ -1,11 +1,10 @@
 """Choosing the data path of a command: whole splits in memory, or class folders read from disk batch by batch.
 
-``loader="auto"`` keeps digits and CIFAR-10 in memory (they fit, and slicing a tensor is faster
-than decoding files) and reads an image folder from disk batch by batch where its decoded splits would exceed
-:data:`DISK_ABOVE_BYTES`; "memory" and "disk" force either ("stream", the old name of "disk", is accepted with
-a FutureWarning for one release). The validation split is the same
-draw of the same images on both paths.
-"""
+``loader="auto"`` keeps digits and CIFAR-10 in memory (they fit, and slicing a tensor is faster than
+decoding files) and reads an image folder from disk where its decoded splits would exceed
+:data:`DISK_ABOVE_BYTES`; "memory" and "disk" force either ("stream", the old name of "disk", is read as
+it with a FutureWarning for one release). The validation split is the same draw of the same images on
+both paths."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ from .scan import _scan_pair
 
 LOADERS = ("auto", "memory", "disk")
 DISK_ABOVE_BYTES = 2 * 1024**3
-"""With loader="auto", an image folder is read from disk batch by batch when its decoded train + test images exceed this (bytes)."""
+"""With loader="auto", an image folder is read from disk when its decoded train + test images exceed this (bytes)."""
 IMAGENET_RESIZE, IMAGENET_CROP = 256, 224
 DEFAULT_VAL_SIZE = {"digits": 300, "cifar10": 5000, "imagefolder": 10000}
 
