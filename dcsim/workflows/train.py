@@ -136,9 +136,7 @@ def _train(opts: TrainOptions, data: DataOptions, world: World, splits: dict) ->
         for name, ds in (("val", va), ("test", te))
     }
     model.cpu()
-    if (
-        opts.epochs == 0
-    ):  # float pre-training only: a float ReLU checkpoint (see workflows.inputs, --threshold-percentile)
+    if opts.epochs == 0:  # float pre-training only: a float ReLU checkpoint (workflows.inputs, --threshold-percentile)
         set_quantization(model, False)
     training = {
         "completed": history["completed"],
