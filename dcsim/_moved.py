@@ -45,6 +45,7 @@ MOVED: dict[str, str] = {
     "streaming": "sim.continuous",
     "zoo": "io.zoo",
     "data.stream": "data.disk",
+    "data.batching": "data",
 }
 """Old module path under dcsim -> its new path under dcsim."""
 

@@ -1,9 +1,9 @@
 """Data sets, in memory or read from disk batch by batch: scikit-learn's digits, CIFAR-10 and ImageNet-style class folders.
 
-Modules: ``dataset`` (the in-memory :class:`Dataset`, normalizations, the seeded validation split),
+Modules: ``dataset`` (the in-memory :class:`Dataset`, its batches, normalizations, the seeded validation split),
 ``digits``, ``cifar10`` (with ``cifar_batches``: the restricted unpickler), ``archives`` (safe
 extraction), ``scan`` (listing class folders), ``decode`` (image files to pixels), ``cache`` (the
-decoded-image cache), ``folders`` (class folders in memory), ``batching`` (batches and augmentation),
+decoded-image cache), ``folders`` (class folders in memory), ``augment`` (crops, flips and cutout of a batch),
 ``disk`` (class folders decoded batch by batch in DataLoader workers), ``heap`` (bounded resident memory
 for runs read from disk), ``sources`` (choosing either path).
 
@@ -39,10 +39,10 @@ write only warns. Pass ``cache=False`` to neither read nor write the cache.
 from __future__ import annotations
 
 from .archives import EXTRACTED_MARKER, extract_archive
-from .batching import augment_cifar, batches
+from .augment import augment_cifar
 from .cache import CACHE_DIR
 from .cifar10 import load_cifar10
-from .dataset import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Dataset, outside_held_out
+from .dataset import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Dataset, batches, outside_held_out
 from .digits import load_digits_splits
 from .disk import FolderSplit, split_batches
 from .folders import load_image_folder, load_imagenet_style

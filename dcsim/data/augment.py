@@ -82,3 +82,19 @@ def random_crop_flip(
         cx = torch.randint(0, w, (b,), generator=generator)
         out = cutout(out, cy, cx, cutout_size)
     return out
+
+
+def augment_cifar(x: torch.Tensor, generator: torch.Generator | None = None, padding: int = 4) -> torch.Tensor:
+    """Random crop with ``padding`` pixels of zero padding, then a random horizontal flip (p = 0.5).
+
+    x: float [B, C, H, W] (any device; usually already normalized, so the padding is the mean
+    colour). Offsets and flips are drawn from ``generator`` on its own device. Returns a new
+    tensor [B, C, H, W] of x's dtype and device; all samples are done at once (two gathers).
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(
+            f"augment_cifar: x must be a float tensor [B, C, H, W], got "
+            f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+        )
+    padding = check_int(padding, "augment_cifar: padding", minimum=0)
+    return random_crop_flip(x, generator, padding)

@@ -1,14 +1,16 @@
-"""The in-memory split (:class:`Dataset`), the standard normalizations, and the seeded validation split."""
+"""The in-memory split (:class:`Dataset`) and its batches, the standard normalizations, and the seeded validation split."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..checks import check_int
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -127,3 +129,22 @@ def outside_held_out(train: Any, val: Any, held_out: int, seed: int) -> int | No
         return None
     _, held = _split_indices(pool_labels, held_out, seed, "the held-out validation size")
     return int((~np.isin(where, held)).sum())
+
+
+def batches(
+    dataset: Dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Iterate over ``dataset`` in batches: (normalized float32 [b, C, H, W], int64 labels [b]).
+
+    With ``shuffle`` the order is a permutation drawn from ``generator``; the last batch may be smaller.
+    """
+    batch_size = check_int(batch_size, "batch_size")
+    n = len(dataset)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+
+    def it() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for lo in range(0, n, batch_size):
+            idx = order[lo : lo + batch_size]
+            yield dataset.normalized(idx), dataset.labels[idx]
+
+    return it()
