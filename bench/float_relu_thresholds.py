@@ -1,9 +1,9 @@
-"""Float ReLU route: SNN accuracy against T and Dynamic Confidence's saving, 99.9% vs max normalization.
+"""Float ReLU route: SNN accuracy against T and DC's saving, thresholds at the 99.9th percentile vs the max.
 
-    python bench/normalize_float.py CHECKPOINT [--dataset digits] [--steps 1 2 4 ... 128] [--out results/x.json]
+    python bench/float_relu_thresholds.py CHECKPOINT [--dataset digits] [--steps 1 2 4 ... 128] [--out results/x.json]
 
 CHECKPOINT is a float ReLU checkpoint (``dcsim train --epochs 0 --float-epochs N``). For each
-normalization (percentile 99.9 and 100 = max; calibration: 1000 training images): test accuracy
+threshold percentile (99.9 and 100 = max; calibration: 1000 training images): test accuracy
 of the SNN at every T in --steps (one run of max(steps) steps), and the DC pipeline
 (dcsim.workflows.dynamic_confidence.dynamic_confidence: T = smallest T reaching the clipped ANN's validation accuracy,
 th_c selected on the validation split at zero accuracy loss, live on the test split).
@@ -68,7 +68,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     print(
-        "| normalization | ANN (clipped) | "
+        "| thresholds at | ANN (clipped) | "
         + " | ".join(f"T={t}" for t in args.steps)
         + " | T chosen | no DC | DC (mean steps, saving) |"
     )
