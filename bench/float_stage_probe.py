@@ -90,6 +90,8 @@ def main() -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"--variants: unknown {unknown}; choose from {VARIANTS}")
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
     splits = load_splits(DataOptions(dataset="cifar10", data_root=args.data_root, val_size=2000, seed=0))
     tr, va, te = splits["train"], splits["val"], splits["test"]
     test = DeviceSplit(te.images, te.labels, te.mean, te.std, torch.device("cpu"))
