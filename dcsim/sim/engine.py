@@ -161,6 +161,11 @@ class Engine:
             if j != out and not isinstance(nodes[j], Neuron):
                 self._free_after.setdefault(i, []).append(j)
         self.neurons = self.net.neurons
+        self._layer_of = {i: layer for layer, i in enumerate(self.neurons)}  # neuron node -> hidden layer
+        self.kernel_checks = False
+        """Whether the native kernels check their tensors on every call (dtype, device, shape, layout; see
+        :func:`dcsim.sim.ops.neuron_step`). Off: the engine's own tensors hold them by construction, and the checks
+        cost as much as a neuron step at batch 1; tests turn them on (tests/test_engine_checks.py)."""
         self._spike_weights: dict[int, torch.Tensor] = {}  # event-driven convs: node -> weights packed for kernel 4
         for i in self._dynamic:
             node = nodes[i]
@@ -191,7 +196,10 @@ class Engine:
     # ---------------------------------------------------------------- state
 
     def gpu_flags(self, autotune: bool | None = None) -> contextlib.AbstractContextManager[None]:
-        """Context in which the engine's convs and matmuls run (see :func:`gpu_flags`)."""
+        """Context in which the engine's convs and matmuls run (see :func:`gpu_flags`); none on the CPU, where
+        those flags change nothing (and setting them costs 20-30 us a call)."""
+        if self.device.type == "cpu":
+            return contextlib.nullcontext()
         return gpu_flags(self.precision == "tf32", autotune)
 
     def _prepared(self, node: Node) -> Node:
@@ -451,7 +459,7 @@ class Engine:
 
         classes = state.sums.shape[1] if record_sums else None
         rec = StepRecord.empty(k, n, len(self.neurons), classes, self.device, sops=self.count_ops)
-        layer_of = {i: layer for layer, i in enumerate(self.neurons)}
+        layer_of = self._layer_of
         with torch.no_grad(), self.gpu_flags():
             for i in self._dynamic:
                 node = nodes[i]
@@ -473,6 +481,7 @@ class Engine:
                             fanout=fanout,
                             sops=state.sops.get(i),
                             u0=node.u0 if state.blank and t == 0 else None,
+                            checked=self.kernel_checks,
                         )
                         if k > 1:  # k = 1: stored for all layers at once after the loop
                             rec.counts[layer_of[i], t] = state.counts[i]
@@ -492,7 +501,7 @@ class Engine:
                         r = self._apply(node, *(rows(j) for j in node.inputs))
                     if bias is not None and drive is not False:
                         b = bias.reshape(1, -1, *([1] * (r.dim() - 2)))
-                        r = r + gate(b if drive is True else b.expand(k * n, *b.shape[1:]), flat)
+                        r.add_(gate(b if drive is True else b.expand(k * n, *b.shape[1:]), flat))  # r: a new tensor
                     vals[i] = r.reshape(k, n, *r.shape[1:])
                 for j in self._free_after.get(i, ()):
                     del vals[j]
@@ -514,6 +523,7 @@ class Engine:
                     state.pred,
                     state.score,
                     state.exited,
+                    checked=self.kernel_checks,
                 )
                 rec.store(t, state)
         return rec
@@ -644,9 +654,9 @@ class Engine:
             state = self.fresh(  # x checked above
                 x[lo : lo + bs], ids=torch.arange(lo, min(lo + bs, n_all), device=self.device), blank=True
             )
-            if cost_model:
+            if cost_model and state.n > 1:  # a lone row is never compacted: the run ends when it does
                 state.static = _owned(state.static, x)
-                row_bytes = sum(t.element_size() * t[0].numel() for t in state.tensors())
+                row_bytes = sum(t.element_size() * (t.numel() // state.n) for t in state.tensors())
             alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
             ran = 0
             lone = chunk is None and state.n == 1  # planned steps per call (dcsim.sim.chunking)

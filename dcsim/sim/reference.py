@@ -28,6 +28,8 @@ def neuron_step(
     fanout: torch.Tensor | None = None,
     sops: torch.Tensor | None = None,
     u0: float | None = None,
+    *,
+    checked: bool = True,
 ) -> None:
     """One integrate-and-fire step of a layer, in place.
 
@@ -39,7 +41,9 @@ def neuron_step(
     fanout: int32 [1, ...] synaptic operations one spike of each neuron triggers (see dcsim.sim.sops), or None.
     sops:  int64 [n] synaptic operations per sample, sum(|spike| * fanout), accumulated (with fanout).
     u0:    the first step of fresh state: u and z hold anything (they are not read) and count as u0 and 0.
+    checked: the native twin's switch for its tensors' checks; torch's own ops check these tensors here.
     """
+    del checked
     if (fanout is None) != (sops is None):  # as dcsim.sim.ops.neuron_step
         raise ValueError("fanout and sops go together: give both or neither")
     if u0 is not None:
@@ -98,12 +102,16 @@ def output_step(
     pred: torch.Tensor,
     score: torch.Tensor,
     exited: torch.Tensor,
+    *,
+    checked: bool = True,
 ) -> None:
     """Accumulate S_t += x, score it and decide the exit, in place.
 
     x, sums: float32 [n, K]; steps: int32 [n] (incremented); pred: int64 [n];
     score: float32 [n]; exited: uint8 [n] = score > threshold or steps >= max_steps.
+    checked: as for :func:`neuron_step`.
     """
+    del checked
     sums.copy_(sums + x)
     steps.add_(1)
     s, p = readout_score(sums, readout, scale)
