@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..checks import check_int, check_threshold
-from . import one_row, ops, reference, sops
+from . import ops, reference, row_floor, sops
 from .chunking import ChunkPlanner
 from .compaction import CompactionCost
 from .graphs import StaticExit
@@ -181,7 +181,9 @@ class Engine:
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         self._compaction = CompactionCost()  # when compacting pays (early_exit on the CPU), measured as it runs
         self.chunk_planner = ChunkPlanner()  # a lone sample's steps per call (early_exit, chunk=None)
-        self._one_row = one_row.OneRowConvs()  # 1-row CPU convs without padding where exact
+        self._row_floors = (
+            row_floor.RowFloors()
+        )  # small CPU convs: each row's large-batch bits, padded only where needed
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
         # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.
@@ -211,10 +213,11 @@ class Engine:
 
     def _apply(self, node: Node, *inputs: torch.Tensor) -> torch.Tensor:
         """node's float32 output for float32 inputs; convs and linears compute in the engine's dtype, 2x2 average
-        pools of large contiguous CPU values in kernel 5 (torch's bits, see POOL_KERNEL_MIN_ELEMENTS), 1-row float32
-        CPU convs by oneDNN directly where that gives the padded call's bits (:mod:`dcsim.sim.one_row`)."""
-        if isinstance(node, Conv) and self._dtype == torch.float32 and one_row.applies(inputs[0]):
-            return self._one_row(node, inputs[0])
+        pools of large contiguous CPU values in kernel 5 (torch's bits, see POOL_KERNEL_MIN_ELEMENTS), float32 CPU
+        convs of few rows by oneDNN on as many rows as their geometry needs for each row's large-batch bits (one
+        where those allow; :mod:`dcsim.sim.row_floor`)."""
+        if isinstance(node, Conv) and self._dtype == torch.float32 and row_floor.applies(inputs[0]):
+            return self._row_floors(node, inputs[0])
         if isinstance(node, AvgPool) and node.is_2x2:
             x = inputs[0]
             if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() and x.numel() >= POOL_KERNEL_MIN_ELEMENTS:
@@ -227,7 +230,7 @@ class Engine:
     def steps_at_once(self, chunk: int, n: int) -> int:
         """The steps :meth:`advance` computes at once for ``chunk`` asked and n rows: ``chunk``, but on the CPU at
         least 2 when n = 1, so that each conv call holds 2 rows: a 2-row call costs less than two 1-row calls (1.3-1.8x
-        one on the zoo networks, 1 thread), or as much as one where a 1-row call is padded (see :mod:`dcsim.sim.one_row`).
+        one on the zoo networks, 1 thread), or as much as one where a 1-row call is padded (see :mod:`dcsim.sim.row_floor`).
         Exits are decided per step, so results are the same. The batch-1 plan (``early_exit(chunk=None)``) takes 1-step
         calls where they pay."""
         if self.device.type == "cpu" and n * chunk < CPU_MIN_ROWS["conv"]:

@@ -23,9 +23,10 @@ CPU_MIN_ROWS = {"conv": 2, "linear": 16}
 """Rows (samples x steps) below which a CPU conv / linear is computed on zero-padded rows. A conv of 1 row and
 MKL's matmul at 1-15 rows take other code paths than at more rows and round differently (float32, about
 1e-7 relative); on a trained network that flips spikes, and with them exit steps, by batch size, chunk and
-compaction. Padding gives every row the result it gets in a large batch (checked over the architectures'
-shapes and fuzzed ones in tests/test_row_invariance.py). The engine skips the conv padding where a per-shape
-check finds the same bits without it (:mod:`dcsim.sim.one_row`)."""
+compaction. Padding gives every row the result it gets in a large batch on most geometries (checked over the
+architectures' shapes and fuzzed ones in tests/test_row_invariance.py). The engine instead pads each conv of
+few rows to what a per-geometry check finds its bits need (:mod:`dcsim.sim.row_floor`): one row on most
+geometries, up to 6 on a few."""
 
 
 def memory_format(x: torch.Tensor) -> torch.memory_format:
