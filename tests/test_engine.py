@@ -239,7 +239,7 @@ def test_a_blank_start_steps_as_a_filled_one(backend, method, chunk):
     """start(blank=True) leaves the membranes and spike counts unfilled and the first step takes u0 and 0 in
     their place: with NaN membranes and nonzero counts planted, every step equals a filled start's, bit for bit;
     the state is blank until that step only, and compaction keeps the flag."""
-    net, shape = resnet(method, seed=5)
+    net, shape = resnet(method, seed=3)  # the shared network (building one takes seconds)
     engine = dcsim.Engine(net, backend=backend)
     x = dyadic_inputs(5, shape, seed=31)
     filled, blank = engine.start(x), engine.start(x, blank=True)

@@ -135,7 +135,10 @@ class LSQActivation(nn.Module):
     def extra_repr(self) -> str:
         return f"bits={self.bits}, grad_scale={self.grad_scale!r}"
 
-    @torch.compiler.disable  # type: ignore[untyped-decorator]  # reads a buffer on the host: eager
+    # Eager under torch.compile (it reads a buffer on the host). torch.compiler.disable would import torch._dynamo
+    # here, 1.6 s of every `import dcsim` (and of every command); torch's own lazy form of it imports it at the
+    # first call instead, which only the first training batch makes.
+    @torch._disable_dynamo
     def _init_step(self, x: torch.Tensor) -> None:
         """Set the step from the first training batch x (LSQ initialisation), once."""
         if self.needs_init:
