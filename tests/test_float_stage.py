@@ -2,8 +2,6 @@
 whole runs do, and a file from another float stage is refused, naming what differs."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -151,29 +149,25 @@ def test_bad_lsq_seeds_are_refused(kw, match):
         training.TrainConfig(**BASE | kw)
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "dcsim", *map(str, args)], capture_output=True, text=True)
-
-
-def test_cli_float_stage_branches_an_lsq_variant(tmp_path):
+def test_cli_float_stage_branches_an_lsq_variant(tmp_path, run_cli):
     common = ["train", "--float-epochs", "1", "--epochs", "1", "--lr", "0.05", "--train-batch-size", "64",
               "--width", "4", "--train-subset", "300", "--schedule", "cosine", "--quiet"]  # fmt: skip
     stage = tmp_path / "float.safetensors"
-    first = _cli(*common, "--float-stage", stage, "--out", tmp_path / "a.safetensors", "--json", "-")
-    assert first.returncode == 0, first.stderr
-    whole = _cli(*common, "--lsq-lr", "0.02", "--out", tmp_path / "whole.safetensors")
-    assert whole.returncode == 0, whole.stderr
-    branch = _cli(
-        *common, "--lsq-lr", "0.02", "--float-stage", stage, "--out", tmp_path / "b.safetensors", "--json", "-"
+    first = run_cli([*common, "--float-stage", stage, "--out", tmp_path / "a.safetensors", "--json", "-"])
+    assert first.code == 0, first.err
+    whole = run_cli([*common, "--lsq-lr", "0.02", "--out", tmp_path / "whole.safetensors"])
+    assert whole.code == 0, whole.err
+    branch = run_cli(
+        [*common, "--lsq-lr", "0.02", "--float-stage", stage, "--out", tmp_path / "b.safetensors", "--json", "-"]
     )
-    assert branch.returncode == 0, branch.stderr
-    assert json.loads(first.stdout)["history"][0] == json.loads(branch.stdout)["history"][0]
+    assert branch.code == 0, branch.err
+    assert json.loads(first.out)["history"][0] == json.loads(branch.out)["history"][0]
     a, b = load_file(str(tmp_path / "whole.safetensors")), load_file(str(tmp_path / "b.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     meta = read_metadata(tmp_path / "b.safetensors")
     assert meta["training"]["float_stage"] == {"path": str(stage), "read": True}
-    other = _cli(*common, "--lr", "0.04", "--float-stage", stage, "--out", tmp_path / "c.safetensors")
-    assert other.returncode == 1 and "lr: 0.05 -> 0.04" in other.stderr
+    other = run_cli([*common, "--lr", "0.04", "--float-stage", stage, "--out", tmp_path / "c.safetensors"])
+    assert other.code == 1 and "lr: 0.05 -> 0.04" in other.err
     assert not (tmp_path / "c.safetensors").exists()
 
 
@@ -182,13 +176,13 @@ def test_cli_float_stage_branches_an_lsq_variant(tmp_path):
     [["--float-epochs", "0", "--epochs", "1"], ["--float-epochs", "1", "--epochs", "1", "--budget-minutes", "1"]],
     ids=["no-float-stage", "budget"],
 )
-def test_cli_float_stage_needs_fixed_float_epochs(tmp_path, flags):
-    r = _cli("train", *flags, "--float-stage", tmp_path / "f.safetensors", "--out", tmp_path / "m.safetensors")
-    assert r.returncode == 2 and "--float-stage" in r.stderr
+def test_cli_float_stage_needs_fixed_float_epochs(tmp_path, flags, run_cli):
+    r = run_cli(["train", *flags, "--float-stage", tmp_path / "f.safetensors", "--out", tmp_path / "m.safetensors"])
+    assert r.code == 2 and "--float-stage" in r.err
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_refuses_a_negative_lsq_seed(tmp_path):
-    r = _cli("train", "--epochs", "1", "--lsq-seed", "-1", "--out", tmp_path / "m.safetensors")
-    assert r.returncode == 2 and "--lsq-seed" in r.stderr
+def test_cli_refuses_a_negative_lsq_seed(tmp_path, run_cli):
+    r = run_cli(["train", "--epochs", "1", "--lsq-seed", "-1", "--out", tmp_path / "m.safetensors"])
+    assert r.code == 2 and "--lsq-seed" in r.err
     assert not any(tmp_path.iterdir())
