@@ -181,9 +181,8 @@ class Engine:
         self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         self._compaction = CompactionCost()  # when compacting pays (early_exit on the CPU), measured as it runs
         self.chunk_planner = ChunkPlanner()  # a lone sample's steps per call (early_exit, chunk=None)
-        self._row_floors = (
-            row_floor.RowFloors()
-        )  # small CPU convs: each row's large-batch bits, padded only where needed
+        # small CPU convs: each row's large-batch bits, padded only where they need it
+        self._row_floors = row_floor.RowFloors()
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
         # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.
