@@ -125,51 +125,6 @@ def neuron_step(
     """
     if checked:
         _check_neuron_tensors(method, x, u, z, out, counts, x2, fanout, sops)
-    _neuron_step(method, x, u, z, out, counts, th, zmax, x2, fanout, sops, u0)
-
-
-def _check_neuron_tensors(
-    method: str,
-    x: torch.Tensor,
-    u: torch.Tensor,
-    z: torch.Tensor | None,
-    out: torch.Tensor,
-    counts: torch.Tensor,
-    x2: torch.Tensor | None,
-    fanout: torch.Tensor | None,
-    sops: torch.Tensor | None,
-) -> None:
-    """The tensors' checks of :func:`neuron_step` (dtype, device, shape, layout), each error naming its tensor."""
-    device = _tensor("u", u).device
-    shape = tuple(u.shape)
-    if len(shape) < 1:
-        raise ValueError("u must have a leading sample dimension")
-    _check("u", u, torch.float32, device)
-    _check("x", x, torch.float32, device, shape, like=u)
-    _check("out", out, torch.float32, device, shape, like=u)
-    if x2 is not None:
-        _check("x2", x2, torch.float32, device, shape, like=u)
-    if method == "qffs" and z is not None:
-        _check("z", z, torch.int32, device, shape, like=u)
-    _check("counts", counts, torch.int64, device, (shape[0],))
-    _check_fanout(fanout, sops, u)
-
-
-def _neuron_step(
-    method: str,
-    x: torch.Tensor,
-    u: torch.Tensor,
-    z: torch.Tensor | None,
-    out: torch.Tensor,
-    counts: torch.Tensor,
-    th: float,
-    zmax: int,
-    x2: torch.Tensor | None,
-    fanout: torch.Tensor | None,
-    sops: torch.Tensor | None,
-    u0: float | None,
-) -> None:
-    """:func:`neuron_step` after its tensors' checks (or without them): the scalars' checks and the launch."""
     code = METHODS.get(method)
     if code is None:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
@@ -204,6 +159,33 @@ def _neuron_step(
         stream,
         threads,
     )
+
+
+def _check_neuron_tensors(
+    method: str,
+    x: torch.Tensor,
+    u: torch.Tensor,
+    z: torch.Tensor | None,
+    out: torch.Tensor,
+    counts: torch.Tensor,
+    x2: torch.Tensor | None,
+    fanout: torch.Tensor | None,
+    sops: torch.Tensor | None,
+) -> None:
+    """The tensors' checks of :func:`neuron_step` (dtype, device, shape, layout), each error naming its tensor."""
+    device = _tensor("u", u).device
+    shape = tuple(u.shape)
+    if len(shape) < 1:
+        raise ValueError("u must have a leading sample dimension")
+    _check("u", u, torch.float32, device)
+    _check("x", x, torch.float32, device, shape, like=u)
+    _check("out", out, torch.float32, device, shape, like=u)
+    if x2 is not None:
+        _check("x2", x2, torch.float32, device, shape, like=u)
+    if method == "qffs" and z is not None:
+        _check("z", z, torch.int32, device, shape, like=u)
+    _check("counts", counts, torch.int64, device, (shape[0],))
+    _check_fanout(fanout, sops, u)
 
 
 def _check_fanout(fanout: torch.Tensor | None, sops: torch.Tensor | None, u: torch.Tensor) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Hashable
 
 import torch
 
-from .network import Conv, memory_format, onednn_conv, onednn_conv_applies
+from .network import Conv, _at_least, memory_format, onednn_conv, onednn_conv_applies
 
 CHECK_ROWS = 8
 """Calls of fewer rows are checked per geometry. Fuzzing (calls of 1-16 rows against 64, tests/test_row_invariance.py)
@@ -52,12 +52,9 @@ def canonical(x: torch.Tensor) -> torch.Tensor:
 def padded_conv(node: Conv, x: torch.Tensor, rows: int) -> torch.Tensor:
     """node's conv of x [n, C, H, W] by oneDNN, computed on zero rows appended to x up to ``rows`` (if n < rows):
     the first n rows, in x's memory layout."""
-    n = x.shape[0]
-    if n >= rows:
-        return onednn_conv(node, x)
-    padded = torch.zeros((rows, *x.shape[1:]), dtype=x.dtype).contiguous(memory_format=memory_format(x))
-    padded[:n] = x
-    return onednn_conv(node, padded)[:n]
+    padded = _at_least(x, rows)
+    out = onednn_conv(node, padded)
+    return out if padded is x else out[: x.shape[0]]
 
 
 def floor(node: Conv, x: torch.Tensor) -> int:
