@@ -656,27 +656,22 @@ class Engine:
             state = self.fresh(  # x checked above
                 x[lo : lo + bs], ids=torch.arange(lo, min(lo + bs, n_all), device=self.device), blank=True
             )
+            if chunk is None and state.n == 1:  # steps per call from the plan (dcsim.sim.chunking)
+                self._exit_lone(state, lo, steps, readout, threshold, (pred, exit_step, conf, spikes, ops_))
+                continue
             if cost_model and state.n > 1:  # a lone row is never compacted: the run ends when it does
                 state.static = _owned(state.static, x)
                 row_bytes = sum(t.element_size() * (t.numel() // state.n) for t in state.tensors())
             alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
             ran = 0
-            lone = chunk is None and state.n == 1  # planned steps per call (dcsim.sim.chunking)
-            plan_key = (steps, readout, threshold)
             while state.n:
-                if lone:
-                    k = self.chunk_planner.next_chunk(plan_key, steps, ran)
-                else:
-                    k = min(self.steps_at_once(chunk or 1, state.n), steps - ran)
+                k = min(self.steps_at_once(chunk or 1, state.n), steps - ran)
                 t0 = time.perf_counter()
                 rec = self.advance(state, k, steps, readout, threshold, done=ran)
                 ran += k
                 exited = rec.exited.bool() & alive  # [k, n]: first exits of rows still running
                 done = exited.any(dim=0)
-                any_done = bool(done.any())  # a host sync
-                if lone:  # the call's time without the exit's bookkeeping, which every sample pays once
-                    self.chunk_planner.observe_call(k, time.perf_counter() - t0)
-                if any_done:
+                if bool(done.any()):  # a host sync
                     rows = torch.nonzero(done).squeeze(1)
                     first = exited[:, rows].to(torch.uint8).argmax(dim=0)  # first exit step in the chunk
                     ids = state.ids[rows]
@@ -691,8 +686,6 @@ class Engine:
                 step_seconds = (time.perf_counter() - t0) / k
                 finished = state.n - n_alive
                 if finished == state.n:
-                    if lone:
-                        self.chunk_planner.observe_exit(plan_key, steps, int(exit_step[lo]))
                     break
                 if cost_model and finished:
                     keep, moved = _fill_holes(alive, n_alive)
@@ -715,6 +708,42 @@ class Engine:
             sops=ops_.cpu() if self.count_ops else None,
             macs=self._macs(x),
         )
+
+    def _exit_lone(
+        self,
+        state: BatchState,
+        row: int,
+        steps: int,
+        readout: Readout,
+        threshold: float,
+        out: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> None:
+        """:meth:`early_exit` of one sample (``state`` of 1 row) in the calls the plan of :mod:`dcsim.sim.chunking`
+        sizes; its results go to row ``row`` of out = (pred, exit_step, conf, spikes, sops). One host sync per call
+        (the chunk's exit flags) and plain indexing: at batch 1 the bookkeeping of a batch (masks, nonzero, gathers)
+        costs as much as a small network's step."""
+        planner = self.chunk_planner
+        key = (steps, readout, threshold)
+        pred, exit_step, conf, spikes, ops_ = out
+        ran = 0
+        while ran < steps:
+            k = planner.next_chunk(key, steps, ran)
+            t0 = time.perf_counter()
+            rec = self.advance(state, k, steps, readout, threshold, done=ran)
+            flags = rec.exited[:, 0].tolist()  # a host sync
+            planner.observe_call(k, time.perf_counter() - t0)  # without the exit's bookkeeping, paid once a sample
+            ran += k
+            if any(flags):
+                t = next(i for i, f in enumerate(flags) if f)  # the first exit step in the chunk
+                pred[row] = rec.pred[t, 0]
+                exit_step[row] = rec.steps[t, 0]
+                conf[row] = rec.score[t, 0]
+                spikes[row] = rec.counts[:, t, 0]
+                if rec.sops is not None:
+                    ops_[row] = rec.sops[:, t, 0]
+                planner.observe_exit(key, steps, int(exit_step[row]))
+                return
+        raise AssertionError(f"a sample ran {steps} steps without its exit (the output step ends every sample at T)")
 
     def static_exit(
         self,
