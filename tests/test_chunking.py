@@ -11,7 +11,7 @@ import torch
 
 from dcsim.conversion.convert import convert
 from dcsim.models import build_model
-from dcsim.sim.chunking import PROBE_CALLS, ChunkPlanner
+from dcsim.sim.chunking import PROBE_CALLS, STALE_CALLS, ChunkPlanner
 from dcsim.sim.engine import Engine
 from dcsim.sim.readout import Readout
 from dcsim.workflows.benchmark import mid_threshold
@@ -123,6 +123,29 @@ def test_the_plan_is_solved_again_once_a_new_chunk_size_is_timed():
     for _ in range(PROBE_CALLS + 1):
         planner.observe_call(4, 1.0)
     assert planner.next_chunk(key, 4, 0) == 4  # a 4-step call costs what a 1-step one does: one call
+
+
+def test_sizes_the_plan_stops_using_are_timed_again():
+    """A size no call has run for STALE_CALLS calls is timed again and its old times dropped, so that the plan does
+    not weigh the first calls' times of unused sizes against fresh ones (the machine's speed drifts)."""
+    planner = ChunkPlanner()
+    key = ("run",)
+    for k, seconds in ((1, 1.0), (2, 4.0), (4, 5.0)):  # 1-step calls cheap at first: 4 steps in 1-step calls
+        for _ in range(PROBE_CALLS + 1):
+            planner.observe_call(k, seconds)
+    assert planner.next_chunk(key, 4, 0) == 1 and planner.plan_for(key) == [1, 1, 1, 1]
+    for _ in range(STALE_CALLS + 1):  # the plan's 1-step calls; then the machine (or the net) runs them slower
+        planner.observe_call(1, 1.0)
+    assert planner.call_seconds(2) == 4.0  # a stale size keeps its times until it is timed again...
+    asked = []
+    for _ in range(STALE_CALLS // 2):
+        k = planner.next_chunk(key, 4, 0)
+        asked.append(k)
+        planner.observe_call(k, {1: 3.0, 2: 2.0, 4: 2.5}[k])  # now: 1-step calls dear, 2 and 4 steps cheap
+    assert asked[: 2 * PROBE_CALLS] == [2] * PROBE_CALLS + [4] * PROBE_CALLS  # ...which it is, both stale sizes
+    assert planner.call_seconds(2) == 2.0 and planner.call_seconds(4) == 2.5  # their old times dropped
+    assert planner.next_chunk(key, 4, 0) == 4 and asked[-1] == 4  # and the plan follows: all 4 steps in one call
+    assert planner.next_chunk(key, 4, 3) == 1  # a stale size is timed only where it fits the steps left
 
 
 def test_steps_per_call_parses_auto():

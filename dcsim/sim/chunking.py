@@ -15,7 +15,10 @@ seen so far (for this T, readout and threshold) that run past step t, counting o
 runs to T, so that no step looks certain to end a sample. Until each probe size has been timed
 PROBE_CALLS times the next untimed size that fits is run instead; larger sizes are timed when the plan
 first runs them (on costs extended from the probes), so a run whose samples stop early never pays for a
-long call it would not choose. The plan changes the time only,
+long call it would not choose. A timed size that no call has run for STALE_CALLS calls is timed again,
+PROBE_CALLS times, and its old times are dropped: the sizes the plan stops using would otherwise keep the
+times of their first calls while those it uses follow the machine (a 2-core CPU's call times drift by 1.5x
+within a process), and the plan would compare stale costs with fresh ones. The plan changes the time only,
 never the results: exits are decided per step whatever the chunk (see :meth:`Engine.advance`).
 """
 
@@ -33,6 +36,9 @@ PROBE_CALLS = 2
 """Timed calls per probe size before the plan is used."""
 RECENT_CALLS = 16
 """Calls per chunk size whose median is c(k)."""
+STALE_CALLS = 64
+"""Calls after which a timed chunk size that none of them ran is timed again (about one call in STALE_CALLS / sizes
+timed, for sizes the plan does not use)."""
 REPLAN_EVERY = 16
 """Most samples between two solutions of V (solving costs O(T^2)): V is solved again once the samples seen
 have doubled (at first) or grown by this many, and whenever a chunk size is timed for the first time."""
@@ -44,8 +50,12 @@ class ChunkPlanner:
     def __init__(self) -> None:
         self._seconds: dict[int, deque[float]] = {}  # k -> recent counted call times (never empty)
         self._cold: set[int] = set()  # chunk sizes whose first (uncounted) call has run
+        self._calls = 0  # calls observed
+        self._last_call: dict[int, int] = {}  # k -> the call count at its latest call
+        self._retime: dict[int, int] = {}  # k -> calls left to time again (its old times dropped at the first)
+        self._timings = 0  # sizes first timed or timed again: the plans made before a change are re-solved
         self._exits: dict[Hashable, list[int]] = {}  # key -> samples that ended at step t (index t - 1)
-        self._plans: dict[Hashable, tuple[int, int, list[int]]] = {}  # key -> (samples seen, sizes timed, plan)
+        self._plans: dict[Hashable, tuple[int, int, list[int]]] = {}  # key -> (samples seen, timings, plan)
         self._recording = True  # whether exits are recorded (see exits_unrecorded)
 
     def next_chunk(self, key: Hashable, steps: int, ran: int) -> int:
@@ -54,12 +64,17 @@ class ChunkPlanner:
         for k in PROBE_CHUNKS:
             if k <= left and len(self._seconds.get(k, ())) < PROBE_CALLS:
                 return k
+        for k, at in self._last_call.items():
+            if k in self._seconds and k not in self._retime and self._calls - at > STALE_CALLS:
+                self._retime[k] = PROBE_CALLS
+        for k in sorted(self._retime):
+            if k <= left:
+                return k
         exits = self._exits.setdefault(key, [0] * steps)
         seen = sum(exits)
         cached = self._plans.get(key)
-        sizes = len(self._seconds)
-        if cached is None or sizes != cached[1] or seen >= cached[0] + min(REPLAN_EVERY, max(cached[0], 1)):
-            cached = (seen, sizes, self.plan(exits, self.costs(steps)))
+        if cached is None or self._timings != cached[1] or seen >= cached[0] + min(REPLAN_EVERY, max(cached[0], 1)):
+            cached = (seen, self._timings, self.plan(exits, self.costs(steps)))
             self._plans[key] = cached
         return min(cached[2][ran], left)
 
@@ -70,9 +85,20 @@ class ChunkPlanner:
 
     def observe_call(self, k: int, seconds: float) -> None:
         """Record the wall time of a k-step call of one row (the first call of each k is not counted)."""
+        self._calls += 1
+        self._last_call[k] = self._calls
         if k not in self._cold:
             self._cold.add(k)
             return
+        if k not in self._seconds:
+            self._timings += 1
+        left = self._retime.pop(k, None)
+        if left == PROBE_CALLS:  # timed again after STALE_CALLS calls without it: its old times go
+            self._seconds[k].clear()
+        if left is not None and left > 1:
+            self._retime[k] = left - 1
+        elif left is not None:
+            self._timings += 1
         self._seconds.setdefault(k, deque(maxlen=RECENT_CALLS)).append(seconds)
 
     def observe_exit(self, key: Hashable, steps: int, step: int) -> None:
