@@ -51,6 +51,22 @@ void neuron_step(int method, int64_t n, int64_t m, uintptr_t x, uintptr_t x2, ui
   dcsim::neuron_step_cpu(a, threads);
 }
 
+void neuron_steps(int method, int64_t k, int64_t n, int64_t m, uintptr_t x, int64_t x_step, uintptr_t x2,
+                  int64_t x2_step, uintptr_t u, uintptr_t z, uintptr_t out, uintptr_t counts, uintptr_t counts_out,
+                  float th, int32_t zmax, uintptr_t fanout, uintptr_t sops, uintptr_t sops_out, bool fresh, float u0,
+                  int threads) {
+  const dcsim::NeuronStepsArgs a{{method, n, m, ptr<const float>(x), ptr<const float>(x2), ptr<float>(u),
+                                  ptr<int32_t>(z), ptr<float>(out), ptr<int64_t>(counts), th, zmax,
+                                  ptr<const int32_t>(fanout), ptr<int64_t>(sops), fresh, u0},
+                                 k,
+                                 x_step,
+                                 x2_step,
+                                 ptr<int64_t>(counts_out),
+                                 ptr<int64_t>(sops_out)};
+  py::gil_scoped_release release;
+  dcsim::neuron_steps_cpu(a, threads);
+}
+
 void output_step(int64_t n, int64_t k, uintptr_t x, uintptr_t sums, uintptr_t steps, int32_t max_steps,
                  int readout, float scale, float threshold, uintptr_t pred, uintptr_t score, uintptr_t exited,
                  bool cuda, [[maybe_unused]] uintptr_t stream, int threads) {
@@ -121,6 +137,7 @@ PYBIND11_MODULE(_core, mod) {
   mod.attr("ENTROPY") = static_cast<int>(dcsim::kEntropy);
   mod.attr("MARGIN") = static_cast<int>(dcsim::kMargin);
   mod.def("neuron_step", &neuron_step, "Fused QCFS/QFFS neuron step (kernel 1).");
+  mod.def("neuron_steps", &neuron_steps, "Kernel 1 over k steps of one layer in one call (CPU).");
   mod.def("output_step", &output_step, "Fused output accumulate/score/exit step (kernel 2).");
   mod.def("gather_rows", &gather_rows, "Row gather of many state tensors (kernel 3, compaction).");
   mod.def("spike_conv", &spike_conv, "Event-driven convolution of spike maps (kernel 4, CPU).");

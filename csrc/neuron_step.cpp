@@ -3,6 +3,8 @@
 // map, synaptic operations) summed per block.
 #include "neuron_step.h"
 
+#include <algorithm>
+
 #include "dcsim_math.h"
 
 namespace dcsim {
@@ -90,6 +92,20 @@ void neuron_step_cpu(const NeuronStepArgs& a, int threads) {
     a.x2 ? neuron_step_fanout<kQFFS, true>(a, threads) : neuron_step_fanout<kQFFS, false>(a, threads);
   } else {
     a.x2 ? neuron_step_fanout<kQCFS, true>(a, threads) : neuron_step_fanout<kQCFS, false>(a, threads);
+  }
+}
+
+void neuron_steps_cpu(const NeuronStepsArgs& a, int threads) {
+  NeuronStepArgs step = a.first;
+  const int64_t n = step.n;
+  for (int64_t t = 0; t < a.k; ++t) {
+    step.x = a.first.x + t * a.x_step;
+    step.x2 = a.first.x2 == nullptr ? nullptr : a.first.x2 + t * a.x2_step;
+    step.out = a.first.out + t * n * step.m;
+    step.fresh = a.first.fresh && t == 0;
+    neuron_step_cpu(step, threads);
+    if (a.counts_out != nullptr) std::copy(step.counts, step.counts + n, a.counts_out + t * n);
+    if (a.sops_out != nullptr && step.sops != nullptr) std::copy(step.sops, step.sops + n, a.sops_out + t * n);
   }
 }
 

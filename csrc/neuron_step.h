@@ -24,6 +24,20 @@ struct NeuronStepArgs {
 };
 
 void neuron_step_cpu(const NeuronStepArgs& a, int threads);
+
+// Kernel 1 over k steps of one layer in one call (CPU): step t reads first.x + t * x_step (first.x2 + t * x2_step;
+// a step of 0 gives every step the same current), writes first.out + t * n * m, is fresh (first.fresh) only at
+// t = 0, and afterwards copies counts [n] (and sops [n]) to row t of counts_out (sops_out) where given.
+struct NeuronStepsArgs {
+  NeuronStepArgs first;  // step 0; u, z, counts, sops are carried from step to step
+  int64_t k;             // steps
+  int64_t x_step;        // elements between the currents of two steps (0 or n * m)
+  int64_t x2_step;       // the same for x2
+  int64_t* counts_out;   // [k, n] counts after each step, or nullptr
+  int64_t* sops_out;     // [k, n] sops after each step, or nullptr
+};
+
+void neuron_steps_cpu(const NeuronStepsArgs& a, int threads);
 #ifdef DCSIM_WITH_CUDA
 void neuron_step_cuda(const NeuronStepArgs& a, void* stream);
 #endif

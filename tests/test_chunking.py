@@ -126,26 +126,28 @@ def test_the_plan_is_solved_again_once_a_new_chunk_size_is_timed():
 
 
 def test_sizes_the_plan_stops_using_are_timed_again():
-    """A size no call has run for STALE_CALLS calls is timed again and its old times dropped, so that the plan does
-    not weigh the first calls' times of unused sizes against fresh ones (the machine's speed drifts)."""
+    """A size no call has run for STALE_CALLS calls is timed again (where it is no larger than the plan's chunk)
+    and its old times dropped, so that the plan does not weigh the first calls' times of unused sizes against fresh
+    ones (the machine's speed drifts)."""
     planner = ChunkPlanner()
     key = ("run",)
     for k, seconds in ((1, 1.0), (2, 4.0), (4, 5.0)):  # 1-step calls cheap at first: 4 steps in 1-step calls
         for _ in range(PROBE_CALLS + 1):
             planner.observe_call(k, seconds)
     assert planner.next_chunk(key, 4, 0) == 1 and planner.plan_for(key) == [1, 1, 1, 1]
-    for _ in range(STALE_CALLS + 1):  # the plan's 1-step calls; then the machine (or the net) runs them slower
+    for _ in range(STALE_CALLS + 1):  # the plan's 1-step calls
         planner.observe_call(1, 1.0)
-    assert planner.call_seconds(2) == 4.0  # a stale size keeps its times until it is timed again...
+    assert planner.next_chunk(key, 4, 0) == 1  # 2 and 4 are stale, but larger than the plan's chunk: not run
     asked = []
-    for _ in range(STALE_CALLS // 2):
+    for _ in range(STALE_CALLS // 2):  # then the machine (or the net) runs 1-step calls slower, the others faster
         k = planner.next_chunk(key, 4, 0)
         asked.append(k)
-        planner.observe_call(k, {1: 3.0, 2: 2.0, 4: 2.5}[k])  # now: 1-step calls dear, 2 and 4 steps cheap
-    assert asked[: 2 * PROBE_CALLS] == [2] * PROBE_CALLS + [4] * PROBE_CALLS  # ...which it is, both stale sizes
-    assert planner.call_seconds(2) == 2.0 and planner.call_seconds(4) == 2.5  # their old times dropped
-    assert planner.next_chunk(key, 4, 0) == 4 and asked[-1] == 4  # and the plan follows: all 4 steps in one call
-    assert planner.next_chunk(key, 4, 3) == 1  # a stale size is timed only where it fits the steps left
+        planner.observe_call(k, {1: 3.0, 2: 2.0, 4: 2.5}[k])
+        planner.observe_exit(key, 4, 4)  # a sample (the plan is solved again as they add up)
+    assert asked.count(2) == PROBE_CALLS  # timed again once the plan's chunk (4, on c(1) = 3) holds it
+    assert planner.call_seconds(2) == 2.0 and planner.call_seconds(4) == 2.5  # the old times of 2 and 4 dropped
+    assert planner.next_chunk(key, 4, 0) == 4 and asked[-1] == 4  # the plan: all 4 steps in one call
+    assert planner.next_chunk(key, 4, 3) == 1
 
 
 def test_steps_per_call_parses_auto():

@@ -16,9 +16,10 @@ runs to T, so that no step looks certain to end a sample. Until each probe size 
 PROBE_CALLS times the next untimed size that fits is run instead; larger sizes are timed when the plan
 first runs them (on costs extended from the probes), so a run whose samples stop early never pays for a
 long call it would not choose. A timed size that no call has run for STALE_CALLS calls is timed again,
-PROBE_CALLS times, and its old times are dropped: the sizes the plan stops using would otherwise keep the
-times of their first calls while those it uses follow the machine (a 2-core CPU's call times drift by 1.5x
-within a process), and the plan would compare stale costs with fresh ones. The plan changes the time only,
+PROBE_CALLS times, where it is no larger than the plan's next chunk (so that no step the plan would not run is
+computed), and its old times are dropped: the sizes the plan stops using would otherwise keep the times of their
+first calls while those it uses follow the machine (a 2-core CPU's call times drift by 1.5x within a process),
+and the plan would compare stale costs with fresh ones. The plan changes the time only,
 never the results: exits are decided per step whatever the chunk (see :meth:`Engine.advance`).
 """
 
@@ -64,19 +65,18 @@ class ChunkPlanner:
         for k in PROBE_CHUNKS:
             if k <= left and len(self._seconds.get(k, ())) < PROBE_CALLS:
                 return k
-        for k, at in self._last_call.items():
-            if k in self._seconds and k not in self._retime and self._calls - at > STALE_CALLS:
-                self._retime[k] = PROBE_CALLS
-        for k in sorted(self._retime):
-            if k <= left:
-                return k
         exits = self._exits.setdefault(key, [0] * steps)
         seen = sum(exits)
         cached = self._plans.get(key)
         if cached is None or self._timings != cached[1] or seen >= cached[0] + min(REPLAN_EVERY, max(cached[0], 1)):
             cached = (seen, self._timings, self.plan(exits, self.costs(steps)))
             self._plans[key] = cached
-        return min(cached[2][ran], left)
+        chunk = min(cached[2][ran], left)
+        for k, at in self._last_call.items():
+            if k in self._seconds and k not in self._retime and self._calls - at > STALE_CALLS:
+                self._retime[k] = PROBE_CALLS
+        stale = [k for k in self._retime if k <= chunk]  # no step the plan would not run: a call more at most
+        return max(stale, default=chunk)
 
     def plan_for(self, key: Hashable) -> list[int] | None:
         """The latest plan of run ``key`` (the chunk for each number of steps run), None before there is one."""

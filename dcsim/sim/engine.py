@@ -459,9 +459,19 @@ class Engine:
                 return vals[j][t]
             return gate(state.static[j], drive if isinstance(drive, bool) else drive[t])
 
+        def steps_of(
+            j: int,
+        ) -> torch.Tensor:  # input j at every step of the chunk: [k, n, ...], or [n, ...] if the same
+            if j in vals:
+                return self._layout(vals[j].reshape(k * n, *vals[j].shape[2:])).view(vals[j].shape)
+            if drive is True:
+                return self._layout(state.static[j])
+            return self._layout(rows(j)).view(k, *state.static[j].shape)
+
         classes = state.sums.shape[1] if record_sums else None
         rec = StepRecord.empty(k, n, len(self.neurons), classes, self.device, sops=self.count_ops)
         layer_of = self._layer_of
+        cpu = self.device.type == "cpu"
         with torch.no_grad(), self.gpu_flags():
             for i in self._dynamic:
                 node = nodes[i]
@@ -469,26 +479,45 @@ class Engine:
                     shape = state.u[i].shape
                     out = self.empty((k * n, *shape[1:]), torch.float32).view(k, *shape)
                     fanout = self.fanout(i, tuple(shape[1:])) if self.count_ops else None
-                    for t in range(k):
-                        self.kernels.neuron_step(
+                    if cpu:  # the k steps in one call, the counts after each written into the record
+                        self.kernels.neuron_steps(
                             method,
-                            self._layout(at(node.inputs[0], t)),
+                            steps_of(node.inputs[0]),
                             state.u[i],
                             state.z.get(i),
-                            out[t],
+                            out,
                             state.counts[i],
                             node.threshold,
                             node.zmax,
-                            x2=self._layout(at(node.inputs[1], t)) if len(node.inputs) > 1 else None,
+                            x2=steps_of(node.inputs[1]) if len(node.inputs) > 1 else None,
                             fanout=fanout,
                             sops=state.sops.get(i),
-                            u0=node.u0 if state.blank and t == 0 else None,
+                            u0=node.u0 if state.blank else None,
+                            counts_out=rec.counts[layer_of[i]],
+                            sops_out=None if rec.sops is None else rec.sops[layer_of[i]],
                             checked=self.kernel_checks,
                         )
-                        if k > 1:  # k = 1: stored for all layers at once after the loop
-                            rec.counts[layer_of[i], t] = state.counts[i]
-                            if rec.sops is not None:
-                                rec.sops[layer_of[i], t] = state.sops[i]
+                    else:  # a launch per step
+                        for t in range(k):
+                            self.kernels.neuron_step(
+                                method,
+                                self._layout(at(node.inputs[0], t)),
+                                state.u[i],
+                                state.z.get(i),
+                                out[t],
+                                state.counts[i],
+                                node.threshold,
+                                node.zmax,
+                                x2=self._layout(at(node.inputs[1], t)) if len(node.inputs) > 1 else None,
+                                fanout=fanout,
+                                sops=state.sops.get(i),
+                                u0=node.u0 if state.blank and t == 0 else None,
+                                checked=self.kernel_checks,
+                            )
+                            if k > 1:  # k = 1: stored for all layers at once after the loop
+                                rec.counts[layer_of[i], t] = state.counts[i]
+                                if rec.sops is not None:
+                                    rec.sops[layer_of[i], t] = state.sops[i]
                     vals[i] = out
                 else:
                     bias = self._biases.get(i)
@@ -508,7 +537,7 @@ class Engine:
                 for j in self._free_after.get(i, ()):
                     del vals[j]
             state.blank = False
-            if k == 1:  # one stack per record instead of a copy per layer (the Python cost of a step at batch 1)
+            if k == 1 and not cpu:  # one stack per record instead of a copy per layer (the Python cost of a step)
                 torch.stack([state.counts[i] for i in self.neurons], out=rec.counts[:, 0])
                 if rec.sops is not None:
                     torch.stack([state.sops[i] for i in self.neurons], out=rec.sops[:, 0])

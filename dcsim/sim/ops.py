@@ -125,17 +125,7 @@ def neuron_step(
     """
     if checked:
         _check_neuron_tensors(method, x, u, z, out, counts, x2, fanout, sops)
-    code = METHODS.get(method)
-    if code is None:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    if code == METHODS["qffs"] and z is None:
-        raise ValueError("z (the spike count) is required for method 'qffs'")
-    if (fanout is None) != (sops is None):
-        raise ValueError("fanout and sops go together: give both or neither")
-    if not (isinstance(th, (int, float)) and 0 < th <= FLOAT32_MAX):
-        raise ValueError(f"th must be a finite float32 number > 0, got {th!r}")
-    if u0 is not None and not (isinstance(u0, (int, float)) and abs(u0) <= FLOAT32_MAX):
-        raise ValueError(f"u0 must be a finite float32 number or None, got {u0!r}")
+    code = _neuron_scalars(method, z, fanout, sops, th, u0)
     n = u.shape[0]
     numel = u.numel()
     cuda, stream, threads = _launch(u.device, numel)
@@ -159,6 +149,113 @@ def neuron_step(
         stream,
         threads,
     )
+
+
+def neuron_steps(
+    method: str,
+    x: torch.Tensor,
+    u: torch.Tensor,
+    z: torch.Tensor | None,
+    out: torch.Tensor,
+    counts: torch.Tensor,
+    th: float,
+    zmax: int,
+    x2: torch.Tensor | None = None,
+    fanout: torch.Tensor | None = None,
+    sops: torch.Tensor | None = None,
+    u0: float | None = None,
+    *,
+    counts_out: torch.Tensor | None = None,
+    sops_out: torch.Tensor | None = None,
+    checked: bool = True,
+) -> None:
+    """Kernel 1 over the k steps of one layer in one call (CPU), in place: for t = 0 .. k - 1 the step of
+    :func:`neuron_step` with x[t] (and x2[t]) into out[t], u0 at t = 0 only, then counts_out[t] = counts and
+    sops_out[t] = sops. One call instead of k saves the Python and launch cost of k - 1 steps and of k copies
+    of the counts (at batch 1, as much as the step itself). See dcsim.sim.reference.neuron_steps.
+
+    u, z, counts, fanout, sops: as :func:`neuron_step` ([n, ...], carried from step to step).
+    out: float32 [k, n, ...] (k >= 1); x, x2: float32 [k, n, ...], a current per step, or [n, ...], the same
+    current at every step. Each step's slice has u's memory layout and a tensor's steps lie n * m elements apart
+    (m: neurons per sample). counts_out, sops_out: int64 [k, n] contiguous, or None; sops_out needs sops.
+    checked: False skips the tensors' checks (as :func:`neuron_step`'s); the device and scalars are checked
+    either way.
+    """
+    if u.device.type != "cpu":
+        raise ValueError(f"neuron_steps runs on the CPU, got u on {u.device}")
+    per_step = (u.dim() + 1,)
+    if checked:
+        if out.dim() not in per_step or out.shape[0] < 1:
+            raise ValueError(
+                f"out must have shape [k, *u.shape] with k >= 1, got {tuple(out.shape)} (u: {tuple(u.shape)})"
+            )
+        k = out.shape[0]
+        steps = {"out": out} | {name: t for name, t in (("x", x), ("x2", x2)) if t is not None and t.dim() in per_step}
+        for name, t in steps.items():
+            if t.shape[0] != k or (k > 1 and u.numel() and t.stride(0) != u.numel()):
+                raise ValueError(
+                    f"{name} must hold k = {k} steps {u.numel()} elements apart, got shape "
+                    f"{tuple(t.shape)}, strides {t.stride()}"
+                )
+        x0 = x[0] if "x" in steps else x
+        x2_0 = None if x2 is None else x2[0] if "x2" in steps else x2
+        _check_neuron_tensors(method, x0, u, z, out[0], counts, x2_0, fanout, sops)
+        for name, record in (("counts_out", counts_out), ("sops_out", sops_out)):
+            if record is not None:
+                _check(name, record, torch.int64, u.device, (k, u.shape[0]))
+                if not record.is_contiguous():
+                    raise ValueError(f"{name} must be contiguous")
+    if sops_out is not None and sops is None:
+        raise ValueError("sops_out needs sops (and fanout)")
+    code = _neuron_scalars(method, z, fanout, sops, th, u0)
+    k, n = out.shape[0], u.shape[0]
+    numel = u.numel()
+    _core().neuron_steps(
+        code,
+        k,
+        n,
+        numel // n if n else 0,
+        x.data_ptr(),
+        numel if x.dim() == u.dim() + 1 else 0,
+        0 if x2 is None else x2.data_ptr(),
+        numel if x2 is not None and x2.dim() == u.dim() + 1 else 0,
+        u.data_ptr(),
+        0 if z is None or code != METHODS["qffs"] else z.data_ptr(),
+        out.data_ptr(),
+        counts.data_ptr(),
+        0 if counts_out is None else counts_out.data_ptr(),
+        float(th),
+        int(zmax),
+        0 if fanout is None else fanout.data_ptr(),
+        0 if sops is None else sops.data_ptr(),
+        0 if sops_out is None else sops_out.data_ptr(),
+        u0 is not None,
+        0.0 if u0 is None else float(u0),
+        _launch(u.device, numel)[2],
+    )
+
+
+def _neuron_scalars(
+    method: str,
+    z: torch.Tensor | None,
+    fanout: torch.Tensor | None,
+    sops: torch.Tensor | None,
+    th: float,
+    u0: float | None,
+) -> int:
+    """The method's code, after the checks of the neuron kernels' scalars and optional arguments."""
+    code = METHODS.get(method)
+    if code is None:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if code == METHODS["qffs"] and z is None:
+        raise ValueError("z (the spike count) is required for method 'qffs'")
+    if (fanout is None) != (sops is None):
+        raise ValueError("fanout and sops go together: give both or neither")
+    if not (isinstance(th, (int, float)) and 0 < th <= FLOAT32_MAX):
+        raise ValueError(f"th must be a finite float32 number > 0, got {th!r}")
+    if u0 is not None and not (isinstance(u0, (int, float)) and abs(u0) <= FLOAT32_MAX):
+        raise ValueError(f"u0 must be a finite float32 number or None, got {u0!r}")
+    return code
 
 
 def _check_neuron_tensors(

@@ -70,6 +70,50 @@ def neuron_step(
         sops.add_((fired * fanout.reshape(1, -1).to(torch.int64)).sum(dim=1))
 
 
+def neuron_steps(
+    method: str,
+    x: torch.Tensor,
+    u: torch.Tensor,
+    z: torch.Tensor | None,
+    out: torch.Tensor,
+    counts: torch.Tensor,
+    th: float,
+    zmax: int,
+    x2: torch.Tensor | None = None,
+    fanout: torch.Tensor | None = None,
+    sops: torch.Tensor | None = None,
+    u0: float | None = None,
+    *,
+    counts_out: torch.Tensor | None = None,
+    sops_out: torch.Tensor | None = None,
+    checked: bool = True,
+) -> None:
+    """k steps of :func:`neuron_step` (k = out.shape[0]): step t with x[t] (x2[t]) where x (x2) is [k, n, ...],
+    else x (x2) at every step, into out[t], u0 at t = 0 only; then counts_out[t] = counts, sops_out[t] = sops."""
+    if sops_out is not None and sops is None:  # as dcsim.sim.ops.neuron_steps
+        raise ValueError("sops_out needs sops (and fanout)")
+    for t in range(out.shape[0]):
+        neuron_step(
+            method,
+            x[t] if x.dim() == u.dim() + 1 else x,
+            u,
+            z,
+            out[t],
+            counts,
+            th,
+            zmax,
+            x2=None if x2 is None else x2[t] if x2.dim() == u.dim() + 1 else x2,
+            fanout=fanout,
+            sops=sops,
+            u0=u0 if t == 0 else None,
+            checked=checked,
+        )
+        if counts_out is not None:
+            counts_out[t] = counts
+        if sops_out is not None and sops is not None:
+            sops_out[t] = sops
+
+
 def readout_score(sums: torch.Tensor, kind: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Score float32 [n] and argmax int64 [n] of running sums float32 [n, K] (see dcsim.sim.readout)."""
     n, k = sums.shape
