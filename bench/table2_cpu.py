@@ -49,7 +49,13 @@ def unstable(row: dict, key: str) -> str:
 def parser() -> argparse.ArgumentParser:
     """This script's command line: the zoo measurements' (zoo_setup.arguments) and its own options."""
     p = arguments(__doc__ or "", batches=[1, 32, 256], rounds=7)
-    p.add_argument("--batch1-images", type=int, default=4, help="images timed at batch 1 (one batch otherwise)")
+    p.add_argument(
+        "--batch1-images",
+        type=int,
+        default=32,
+        help="images timed at batch 1 (one batch otherwise); their exit steps set the step saving, so few images "
+        "give a row that holds for those images only",
+    )
     p.add_argument(
         "--batches-per-call",
         type=int,
