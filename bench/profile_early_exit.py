@@ -72,6 +72,7 @@ def instrument(engine: Engine, acc: dict[str, float]) -> None:
     k = engine.kernels
     parts = {
         "neuron_step": "neuron",
+        "neuron_steps": "neuron",
         "output_step": "output",
         "gather_rows": "compact",
         "compact_rows_": "compact",

@@ -79,6 +79,10 @@ class Recorder:
         self.base.neuron_step(*args, **kwargs)
         self.spikes.append(torch.sign(args[4]).contiguous())
 
+    def neuron_steps(self, *args, **kwargs) -> None:  # the engine's k steps of a layer in one call (CPU): out [k, ...]
+        self.base.neuron_steps(*args, **kwargs)
+        self.spikes.extend(torch.sign(out).contiguous() for out in args[4])
+
     def __getattr__(self, name: str):
         return getattr(self.base, name)
 
