@@ -10,7 +10,7 @@ from dcsim.cli import EXIT_OK, main
 from dcsim.data import load_digits_splits
 from dcsim.io.checkpoint import save_checkpoint
 from dcsim.models import build_model
-from dcsim.workflows.benchmark import markdown, paired_saving, spread
+from dcsim.workflows.benchmark import BATCH1_INPUTS, markdown, paired_saving, spread
 
 
 def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
@@ -29,6 +29,10 @@ def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
     assert set(by) == {("small_cnn", "random"), ("small_cnn 4 trained", "trained"), ("small_cnn 4 random", "random")}
     assert all(len(v) == 8 for v in by.values())  # 2 methods x 2 batches x 2 modes
     assert all(0 < r["spikes_per_neuron_step"] < 1 for r in rows)
+    for r in rows:  # a given network's batch-1 case times BATCH1_INPUTS real inputs, one per batch; others a batch
+        given = r["model"] != "small_cnn"
+        assert r["inputs"] == (BATCH1_INPUTS if given and r["batch"] == 1 else r["batch"]), r
+    assert f"| 1 ({BATCH1_INPUTS} inputs) |" in markdown([r for r in rows if r["inputs"] == BATCH1_INPUTS][:1])
     for r in rows:  # one round: median, min and max are that round's time, no spread
         assert r["rounds"] == 1 and r["threads"] >= 1 and r["spread"] == 0 and r["unstable"] is False
         assert r["ms_min"] == r["ms_per_inference"] == r["ms_max"] and r["cpu_ms_per_inference"] >= 0

@@ -47,6 +47,9 @@ DEFAULT_STEPS = {"qcfs": 27, "qffs": 4}
 UNSTABLE_SPREAD = 0.10
 """A row whose time spread (max - min) / median over the rounds exceeds this is flagged unstable."""
 
+BATCH1_INPUTS = 16
+"""Real inputs a batch-1 case of a given network times, one per batch (``bench_case(network=...)``): the step saving
+is that of the inputs timed, and one input's says little."""
 PLAN_WARM_CALLS = 4
 """Untimed calls per engine run at batch 1 with chunk=None: the plan probes its chunk sizes on about 5 samples."""
 
@@ -190,7 +193,9 @@ def bench_case(
     :meth:`Engine.early_exit`, :class:`Engine`); the ANN forward and the eager reference always run in full float32.
     network: (model, inputs float32 [>= batch, C, H, W], weights label) timed instead of the standard
     random-weight model on random inputs, e.g. a trained model on real images ("trained") or a
-    random twin of it ("random"); ``model_name`` then only labels the rows.
+    random twin of it ("random"); ``model_name`` then only labels the rows. At batch 1 such a case times its
+    first BATCH1_INPUTS inputs (as many as it has, if fewer), one per batch, for the ANN, the engine and the
+    eager reference alike; times per inference are divided by the inputs timed (row field ``inputs``).
     repeats: rounds; the ANN forward, the engine without and with early exit (and at batch 1 the eager
     reference) run interleaved in each (see :func:`interleaved`). threads: CPU threads pinned for the
     timing (default: torch's current count), reported in each row. stem: QCFS's (see dcsim.convert).
@@ -199,30 +204,40 @@ def bench_case(
     early-exit row the step saving, the wall-clock saving (paired by round: median, min and max over the
     rounds, :func:`paired_saving`) and their ratio.
     """
-    model, x, weights = case_inputs(model_name, network, batch, device, need=f"batch {batch}")
+    n = min(BATCH1_INPUTS, len(network[1])) if network is not None and batch == 1 else batch
+    model, x, weights = case_inputs(model_name, network, n, device, need=f"batch {batch}")
     steps = steps or DEFAULT_STEPS[method]
     net = convert(model, method=method, stem=stem)
     engine = Engine(net, device=device, channels_last=channels_last, precision=precision, spike_convs=spike_convs)
     ann = model.to(device)
     readout = Readout.paper(method, net.bits, steps)
     exit_threshold = mid_threshold(engine, x, steps, readout)
-    ann_graph_s = graphed_seconds(lambda: ann(x), device, repeats) if device.type == "cuda" else None
+    ann_graph_s = graphed_seconds(lambda: ann(x[:batch]), device, repeats) if device.type == "cuda" else None
     eager_sim = EagerSimulator(net.to(device)) if eager and batch == 1 else None
     modes = {"full": 1.0, "early_exit": exit_threshold}
 
     def engine_run(threshold: float) -> Callable[[], ExitResult]:
         return lambda: engine.early_exit(
-            x, steps, readout, threshold, chunk=chunk, graphs=graphs, compact_fraction=compact_fraction
+            x,
+            steps,
+            readout,
+            threshold,
+            batch_size=batch,
+            chunk=chunk,
+            graphs=graphs,
+            compact_fraction=compact_fraction,
         )
 
     def ann_forward() -> None:
         with torch.no_grad(), gpu_flags(False, autotune=True):
-            ann(x)
+            for lo in range(0, n, batch):
+                ann(x[lo : lo + batch])
 
-    def eager_run(sim: EagerSimulator, threshold: float) -> Callable[[], object]:
-        def run() -> object:
+    def eager_run(sim: EagerSimulator, threshold: float) -> Callable[[], None]:
+        def run() -> None:
             with gpu_flags(False, autotune=True):
-                return sim.run(x, steps, readout, threshold)
+                for i in range(n):  # batch 1
+                    sim.run(x[i : i + 1], steps, readout, threshold)
 
         return run
 
@@ -253,6 +268,7 @@ def bench_case(
             "method": method,
             "stem": stem,
             "batch": batch,
+            "inputs": n,
             "mode": mode,
             "engine": engine_label(graphs, compact_fraction, precision, spike_convs),
             "chunk": "auto" if chunk is None else chunk,
@@ -263,22 +279,22 @@ def bench_case(
             "weights": weights,
             "spikes_per_neuron_step": spike_rate,
             "rounds": repeats,
-            "ms_per_inference": 1000 * ours / batch,
-            "ms_min": 1000 * float(wall["min"]) / batch,
-            "ms_max": 1000 * float(wall["max"]) / batch,
+            "ms_per_inference": 1000 * ours / n,
+            "ms_min": 1000 * float(wall["min"]) / n,
+            "ms_max": 1000 * float(wall["max"]) / n,
             "spread": wall["spread"],
             "unstable": wall["unstable"],
-            "cpu_ms_per_inference": 1000 * statistics.median(times[mode]["cpu"]) / batch,
-            "ms_per_step": 1000 * ours / batch / mean_steps,
-            "ann_ms_per_inference": 1000 * ann_s / batch,
+            "cpu_ms_per_inference": 1000 * statistics.median(times[mode]["cpu"]) / n,
+            "ms_per_step": 1000 * ours / n / mean_steps,
+            "ann_ms_per_inference": 1000 * ann_s / n,
             "ratio_to_ann_per_step": (ours / mean_steps) / ann_s,
         }
         if ann_graph_s is not None:  # the floor without launch overhead: the ANN's kernels alone
             row["ann_graph_ms_per_inference"] = 1000 * ann_graph_s / batch
-            row["ratio_to_ann_graph_per_step"] = (ours / mean_steps) / ann_graph_s
+            row["ratio_to_ann_graph_per_step"] = (ours / n / mean_steps) / (ann_graph_s / batch)
         if eager_sim is not None:
             ref = statistics.median(times[f"reference_{mode}"]["wall"])
-            row["reference_ms_per_inference"] = 1000 * ref
+            row["reference_ms_per_inference"] = 1000 * ref / n
             row["speedup_vs_reference"] = ref / ours
         rows.append(row)
     full, early = rows
@@ -437,9 +453,16 @@ def method_label(row: dict) -> str:
     return row["method"] + (" (quantized stem)" if row.get("stem", "spiking") != "spiking" else "")
 
 
+def batch_label(row: dict) -> str:
+    """A row's batch size, and the inputs it timed where they are more than one batch ("1 (16 inputs)")."""
+    inputs = row.get("inputs", row["batch"])
+    return str(row["batch"]) + (f" ({inputs} inputs)" if inputs != row["batch"] else "")
+
+
 def markdown(rows: list[dict]) -> str:
     """Table of benchmark rows: wall ms per inference as median [min-max] over the rounds (``unstable`` where the
-    spread exceeds UNSTABLE_SPREAD); for early-exit rows the step and wall-clock savings and their ratio."""
+    spread exceeds UNSTABLE_SPREAD); for early-exit rows the step and wall-clock savings and their ratio. A batch-1
+    row of a given network names the inputs it timed, one per batch (see :func:`bench_case`)."""
 
     def saving(r: dict) -> str:
         if "step_saving" not in r:
@@ -459,7 +482,7 @@ def markdown(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     return head + "".join(
-        f"| {r['device']} | {r['threads']} | {r['model']} | {method_label(r)} | {r['batch']} | {r['mode']} | {r['engine']} | "
+        f"| {r['device']} | {r['threads']} | {r['model']} | {method_label(r)} | {batch_label(r)} | {r['mode']} | {r['engine']} | "
         f"{r['chunk']} | {r['mean_steps']:.2f} | {r['spikes_per_neuron_step']:.4f} | "
         f"{r['ms_per_inference']:.3f} [{r['ms_min']:.3f}-{r['ms_max']:.3f}]{' unstable' if r['unstable'] else ''} | "
         f"{r['cpu_ms_per_inference']:.3f} | {r['ms_per_step']:.3f} | {saving(r)} | "
