@@ -38,11 +38,11 @@ PROBE_CALLS = 2
 RECENT_CALLS = 16
 """Calls per chunk size whose median is c(k)."""
 STALE_CALLS = 64
-"""Calls after which a timed chunk size that none of them ran is timed again (about one call in STALE_CALLS / sizes
-timed, for sizes the plan does not use)."""
+"""Calls after which a timed chunk size that none of them ran is timed again: PROBE_CALLS calls of each size the plan
+does not use (and that fits its chunk) every STALE_CALLS calls or so."""
 REPLAN_EVERY = 16
 """Most samples between two solutions of V (solving costs O(T^2)): V is solved again once the samples seen
-have doubled (at first) or grown by this many, and whenever a chunk size is timed for the first time."""
+have doubled (at first) or grown by this many, and whenever a chunk size is timed for the first time or again."""
 
 
 class ChunkPlanner:

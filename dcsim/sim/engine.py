@@ -459,9 +459,7 @@ class Engine:
                 return vals[j][t]
             return gate(state.static[j], drive if isinstance(drive, bool) else drive[t])
 
-        def steps_of(
-            j: int,
-        ) -> torch.Tensor:  # input j at every step of the chunk: [k, n, ...], or [n, ...] if the same
+        def steps_of(j: int) -> torch.Tensor:  # input j at each step: [k, n, ...], or [n, ...] if the same
             if j in vals:
                 return self._layout(vals[j].reshape(k * n, *vals[j].shape[2:])).view(vals[j].shape)
             if drive is True:
