@@ -29,7 +29,7 @@ from . import ops, reference, row_floor, sops
 from .chunking import ChunkPlanner
 from .compaction import CompactionCost
 from .graphs import StaticExit
-from .network import CPU_MIN_ROWS, AvgPool, Conv, Input, Linear, Neuron, Node, SpikingNetwork
+from .network import CPU_MIN_ROWS, AvgPool, Conv, Input, Linear, Neuron, Node, SpikingNetwork, onednn_conv_applies
 from .readout import Readout
 from .state import BatchState, ExitResult, Simulation, StepRecord
 
@@ -183,6 +183,7 @@ class Engine:
         self.chunk_planner = ChunkPlanner()  # a lone sample's steps per call (early_exit, chunk=None)
         # small CPU convs: each row's large-batch bits, padded only where they need it
         self._row_floors = row_floor.RowFloors()
+        self._conv_rows: dict[tuple[object, ...], int] = {}  # see _conv
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
         # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.
@@ -225,6 +226,26 @@ class Engine:
         if self._dtype == torch.float32 or not isinstance(node, (Conv, Linear)):
             return node.apply(*inputs)
         return node.apply(*(v.to(self._dtype) for v in inputs)).float()
+
+    def _conv(self, i: int, node: Conv, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_apply` of conv node i (``node``: it or its unbiased twin, the same for every call of i) to x
+        float32 [n, C, H, W] on the CPU, with the decisions of that path (oneDNN, the row floor, the layout's strides)
+        taken once per x's shape and strides and the threads: at one row they cost 10-15 us a conv, as much as a
+        quarter of the conv. Same calls, same bits."""
+        key = (i, x.shape, x.stride(), torch.get_num_threads())
+        rows = self._conv_rows.get(key)
+        if rows is None:
+            rows = self._conv_rows[key] = self._conv_floor(node, x)
+        return row_floor.padded_conv(node, x, rows) if rows else self._apply(node, x)
+
+    def _conv_floor(self, node: Conv, x: torch.Tensor) -> int:
+        """The rows :meth:`_apply` computes node's conv of x on, where it calls oneDNN on x itself (its floor where it
+        pads, 1 where it does not), or 0 where it takes another way (a copy to canonical strides, another kernel)."""
+        if self._dtype != torch.float32 or not onednn_conv_applies(x):
+            return 0
+        if row_floor.applies(x):
+            return self._row_floors.floor_of(node, x) if row_floor.canonical(x) is x else 0
+        return 1 if x.shape[0] >= CPU_MIN_ROWS["conv"] else 0
 
     def steps_at_once(self, chunk: int, n: int) -> int:
         """The steps :meth:`advance` computes at once for ``chunk`` asked and n rows: ``chunk``, but on the CPU at
@@ -526,6 +547,8 @@ class Engine:
                         r = self.kernels.spike_conv2d(
                             rows(node.inputs[0]), self._spike_weights[i], node.bias, node.stride, node.padding
                         )
+                    elif cpu and isinstance(node, Conv):
+                        r = self._conv(i, node, rows(node.inputs[0]))
                     else:
                         r = self._apply(node, *(rows(j) for j in node.inputs))
                     if bias is not None and drive is not False:

@@ -82,13 +82,18 @@ class RowFloors:
         """node's conv of x float32 [n, C, H, W] (see :func:`applies`): each row's large-batch result, in x's
         memory layout. x is first given that layout's own strides (:func:`canonical`)."""
         x = canonical(x)
+        return padded_conv(node, x, self.floor_of(node, x))
+
+    def floor_of(self, node: Conv, x: torch.Tensor) -> int:
+        """The floor of node's geometry for inputs laid out like x [n, C, H, W] with its layout's own strides (see
+        :func:`canonical`), checked on the first call for the geometry."""
         w = node.weight
         geometry = (tuple(w.shape), w.stride(), node.bias is not None, node.stride, node.padding, node.dilation)
         key = (*geometry, node.groups, tuple(x.shape[1:]), memory_format(x), torch.get_num_threads())
         rows = self._floors.get(key)
         if rows is None:
             rows = self._floors[key] = floor(node, x)
-        return padded_conv(node, x, rows)
+        return rows
 
     def floors(self) -> dict[Hashable, int]:
         """The geometries checked so far and each one's floor (1: every call runs as it is)."""
