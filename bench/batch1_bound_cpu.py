@@ -7,9 +7,9 @@ nothing per call besides (docs/results/table2-cpu.md).
 For each zoo network and method (th_c as bench/table2_cpu.py selects it, the same cache): the exit steps of DC
 on --images test images, one per batch; the engine's call times c(k) (its plan's medians, dcsim.sim.chunking,
 after a run of the same images without DC and with DC); and the time of every conv after the image-fed layers at
-k rows (k = 1 .. T, the engine's own call: oneDNN, row floors), on spike-like inputs (0 or 1, 17% ones: a trained
-network's rate; oneDNN's time does not depend on the values), medians over --rounds rounds with the k
-interleaved. The rest of a call, c(k) minus its convs, is split into a part per step (the slope between k = 1
+k rows (k = 1 .. T, the engine's own call ``Engine._conv``: oneDNN, row floors), on spike-like inputs (0 or 1,
+17% ones: a trained network's rate; oneDNN's time does not depend on the values), medians over --rounds rounds
+with the k interleaved. The rest of a call, c(k) minus its convs, is split into a part per step (the slope between k = 1
 and T) and a part per call. From each cost curve, the plan's expected time per sample (V(0), the DP of
 dcsim.sim.chunking) with DC's exits and with every sample running to T, and their saving over the step saving:
 the ratio the plan reaches with the engine's calls (``calls``) and with calls that cost only their convs and the
@@ -51,8 +51,8 @@ def conv_costs(engine: Engine, sample_shape: tuple[int, ...], steps: int, rounds
         for r in range(rounds + 1):  # round 0: warm-up (each shape's first call sets up its kernel)
             for k in range(1, steps + 1):
                 t0 = time.perf_counter()
-                for i in convs:
-                    engine._apply(nodes[i], inputs[(i, k)])
+                for i in convs:  # as Engine.advance calls them (a settle network's dynamic convs without bias)
+                    engine._conv(i, engine._unbiased.get(i, nodes[i]), inputs[(i, k)])
                 if r:
                     times[k].append(time.perf_counter() - t0)
     return [statistics.median(times[k]) for k in range(1, steps + 1)]

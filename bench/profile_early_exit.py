@@ -83,7 +83,23 @@ def instrument(engine: Engine, acc: dict[str, float]) -> None:
     engine.kernels = SimpleNamespace(  # type: ignore[assignment]
         **kernels | {name: timed(part, getattr(k, name)) for name, part in parts.items()}
     )
-    engine._apply = timed(kind, engine._apply)  # type: ignore[method-assign]
+    # a step's convs go through _conv, which calls _apply only where it takes another way: timed once, as convs
+    in_conv = [False]
+    apply_fn, conv_fn = engine._apply, engine._conv
+    apply_timed = timed(kind, apply_fn)
+
+    def conv(*args: Any, **kwargs: Any) -> Any:
+        in_conv[0] = True
+        try:
+            return timed("convs", conv_fn)(*args, **kwargs)
+        finally:
+            in_conv[0] = False
+
+    def apply(*args: Any, **kwargs: Any) -> Any:
+        return apply_fn(*args, **kwargs) if in_conv[0] else apply_timed(*args, **kwargs)
+
+    engine._apply = apply  # type: ignore[method-assign]
+    engine._conv = conv  # type: ignore[method-assign]
     engine._drive_mask = timed("masks", engine._drive_mask)  # type: ignore[method-assign]
     engine.fresh = fresh  # type: ignore[method-assign]
     engine.advance = advance  # type: ignore[method-assign]
