@@ -239,13 +239,14 @@ class Engine:
         return row_floor.padded_conv(node, x, rows) if rows else self._apply(node, x)
 
     def _conv_floor(self, node: Conv, x: torch.Tensor) -> int:
-        """The rows :meth:`_apply` computes node's conv of x on, where it calls oneDNN on x itself (its floor where it
-        pads, 1 where it does not), or 0 where it takes another way (a copy to canonical strides, another kernel)."""
+        """The rows :meth:`_apply` pads node's conv of x up to before oneDNN computes it (the geometry's floor for a
+        call of few rows, ``Conv.apply``'s CPU_MIN_ROWS for others), or 0 where it takes another way (a copy to
+        canonical strides, another dtype or kernel)."""
         if self._dtype != torch.float32 or not onednn_conv_applies(x):
             return 0
         if row_floor.applies(x):
             return self._row_floors.floor_of(node, x) if row_floor.canonical(x) is x else 0
-        return 1 if x.shape[0] >= CPU_MIN_ROWS["conv"] else 0
+        return CPU_MIN_ROWS["conv"]
 
     def steps_at_once(self, chunk: int, n: int) -> int:
         """The steps :meth:`advance` computes at once for ``chunk`` asked and n rows: ``chunk``, but on the CPU at

@@ -183,14 +183,14 @@ def neuron_steps(
     """
     if u.device.type != "cpu":
         raise ValueError(f"neuron_steps runs on the CPU, got u on {u.device}")
-    per_step = (u.dim() + 1,)
+    per_step = u.dim() + 1  # the dimensions of a tensor with a value per step
     if checked:
-        if out.dim() not in per_step or out.shape[0] < 1:
+        if out.dim() != per_step or out.shape[0] < 1:
             raise ValueError(
                 f"out must have shape [k, *u.shape] with k >= 1, got {tuple(out.shape)} (u: {tuple(u.shape)})"
             )
         k = out.shape[0]
-        steps = {"out": out} | {name: t for name, t in (("x", x), ("x2", x2)) if t is not None and t.dim() in per_step}
+        steps = {"out": out} | {name: t for name, t in (("x", x), ("x2", x2)) if t is not None and t.dim() == per_step}
         for name, t in steps.items():
             if t.shape[0] != k or (k > 1 and u.numel() and t.stride(0) != u.numel()):
                 raise ValueError(
@@ -216,9 +216,9 @@ def neuron_steps(
         n,
         numel // n if n else 0,
         x.data_ptr(),
-        numel if x.dim() == u.dim() + 1 else 0,
+        numel if x.dim() == per_step else 0,
         0 if x2 is None else x2.data_ptr(),
-        numel if x2 is not None and x2.dim() == u.dim() + 1 else 0,
+        numel if x2 is not None and x2.dim() == per_step else 0,
         u.data_ptr(),
         0 if z is None or code != METHODS["qffs"] else z.data_ptr(),
         out.data_ptr(),
