@@ -51,12 +51,17 @@ def instrument(engine: Engine, acc: dict[str, float]) -> None:
 
         return wrapper
 
-    def fresh(*args: Any, **kwargs: Any) -> Any:
-        in_fresh[0] = True
-        try:
-            return timed("static+setup", fresh_fn)(*args, **kwargs)
-        finally:
-            in_fresh[0] = False
+    def within(flag: list[bool], part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """fn timed as ``part``, with flag[0] set while it runs (for the wrappers of what it calls)."""
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            flag[0] = True
+            try:
+                return timed(part, fn)(*args, **kwargs)
+            finally:
+                flag[0] = False
+
+        return wrapper
 
     def advance(*args: Any, **kwargs: Any) -> Any:
         acc["calls"] += 1
@@ -88,20 +93,13 @@ def instrument(engine: Engine, acc: dict[str, float]) -> None:
     apply_fn, conv_fn = engine._apply, engine._conv
     apply_timed = timed(kind, apply_fn)
 
-    def conv(*args: Any, **kwargs: Any) -> Any:
-        in_conv[0] = True
-        try:
-            return timed("convs", conv_fn)(*args, **kwargs)
-        finally:
-            in_conv[0] = False
-
     def apply(*args: Any, **kwargs: Any) -> Any:
         return apply_fn(*args, **kwargs) if in_conv[0] else apply_timed(*args, **kwargs)
 
     engine._apply = apply  # type: ignore[method-assign]
-    engine._conv = conv  # type: ignore[method-assign]
+    engine._conv = within(in_conv, "convs", conv_fn)  # type: ignore[method-assign]
     engine._drive_mask = timed("masks", engine._drive_mask)  # type: ignore[method-assign]
-    engine.fresh = fresh  # type: ignore[method-assign]
+    engine.fresh = within(in_fresh, "static+setup", fresh_fn)  # type: ignore[method-assign]
     engine.advance = advance  # type: ignore[method-assign]
 
 
