@@ -12,7 +12,8 @@ drive masks, the first (image-fed) layers and state set-up. What is left is Pyth
 records, exit bookkeeping), reported per step. Times are CPU ms per inference (the thread's CPU time,
 ``time.thread_time``: on a shared machine it does not count the time other processes hold the core),
 medians over --rounds warm rounds (each round runs no DC then DC). Run with one thread (--threads 1,
-OMP_NUM_THREADS=1): then all work is on the timed thread and the CPU runs synchronously.
+OMP_NUM_THREADS=1): then all work is on the timed thread and the CPU runs synchronously. The engine runs with its
+chunk programs off (:mod:`dcsim.sim.program` calls the kernels past these timers): the parts are its general path's.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def instrument(engine: Engine, acc: dict[str, float]) -> None:
     """Wrap the engine's parts in timers that add seconds to ``acc[part]`` (instance attributes only).
 
     Layers run inside ``fresh`` (a batch's setup: the image-fed layers) count as "static+setup"; ``acc["calls"]``
-    counts the step calls (``advance``).
+    counts the step calls (``advance``). The chunk programs are turned off: they call the kernels past the timers.
     """
+    engine._programmed = False
     in_fresh = [False]
 
     def timed(part: str | Callable[..., str], fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -106,7 +108,7 @@ def instrument(engine: Engine, acc: dict[str, float]) -> None:
 def profile(engine: Engine, case: Any, batch: int, n: int, threshold: float) -> dict[str, float]:
     """Seconds per part for one early-exit pass over n images in batches of ``batch``, plus total and steps."""
     acc: dict[str, float] = defaultdict(float)
-    saved = engine.kernels
+    saved, programmed = engine.kernels, engine._programmed
     instrument(engine, acc)
     x = case.x[:n]
     t0 = time.thread_time()
@@ -115,6 +117,7 @@ def profile(engine: Engine, case: Any, batch: int, n: int, threshold: float) -> 
     engine.kernels = saved
     for name in ("_apply", "_drive_mask", "fresh", "advance"):
         delattr(engine, name)
+    engine._programmed = programmed
     acc.pop("layers-in-fresh", None)  # inside fresh's time already
     acc["python"] = total - sum(v for p, v in acc.items() if p not in ("python", "calls"))
     return dict(acc) | {"total": total, "steps": float(res.exit_step.float().sum())}

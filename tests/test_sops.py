@@ -69,11 +69,21 @@ NETWORKS = {
 
 
 class Recorder:
-    """A backend that records each neuron layer's spikes (sign of out) in call order; the rest as ``base``."""
+    """A backend that records each neuron layer's spikes (sign of out) in call order; the rest as ``base``.
+    Attached with :meth:`attach`."""
 
     def __init__(self, base: types.ModuleType) -> None:
         self.base = base
         self.spikes: list[torch.Tensor] = []
+
+    @staticmethod
+    def attach(engine: dcsim.Engine) -> "Recorder":
+        """A recorder in place of engine's kernels, with the chunk programs off: they call the kernels past it
+        (tests/test_program.py holds their results, SOPs included, to the path recorded here)."""
+        rec = Recorder(engine.kernels)
+        engine.kernels = rec
+        engine._programmed = False
+        return rec
 
     def neuron_step(self, *args, **kwargs) -> None:
         self.base.neuron_step(*args, **kwargs)
@@ -144,8 +154,7 @@ def recorded_run(
     engine: dcsim.Engine, x: torch.Tensor, steps: int, readout: dcsim.Readout | None = None
 ) -> tuple[dcsim.Simulation, torch.Tensor]:
     """A full-length run and the brute-force SOPs per sample, step and layer, cumulative: int64 [N, T, L]."""
-    rec = Recorder(engine.kernels)
-    engine.kernels = rec
+    rec = Recorder.attach(engine)
     try:
         sim = engine.simulate(x, steps, readout)
     finally:
@@ -189,8 +198,7 @@ def test_qffs_negative_spikes_count(method):
     """On a layer whose spikes include -1 (QFFS), the count is sum |s| x fan-out, not sum s x fan-out."""
     net, shape = mixed_net(method, 5)
     engine = dcsim.Engine(net, backend="reference", count_ops=True)
-    rec = Recorder(engine.kernels)
-    engine.kernels = rec
+    rec = Recorder.attach(engine)
     engine.simulate(_inputs(6, shape, 6), 6, dcsim.Readout())
     negative = sum(int((s < 0).sum()) for s in rec.spikes)
     assert (negative > 0) == (method == "qffs")
@@ -423,8 +431,7 @@ def test_spikingjelly_synop_counter_agrees():
     op_counter = pytest.importorskip("spikingjelly.activation_based.op_counter")
     net, shape = mixed_net("qcfs", 12)
     engine = dcsim.Engine(net, backend="reference", count_ops=True)
-    rec = Recorder(engine.kernels)
-    engine.kernels = rec
+    rec = Recorder.attach(engine)
     steps = 5
     sim = engine.simulate(_inputs(4, shape, 13), steps)
     layers = engine.neurons

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..checks import check_int, check_threshold
-from . import ops, reference, row_floor, sops
+from . import ops, program, reference, row_floor, sops
 from .chunking import ChunkPlanner
 from .compaction import CompactionCost
 from .graphs import StaticExit
@@ -185,6 +185,15 @@ class Engine:
         self._row_floors = row_floor.RowFloors()
         self._conv_rows: dict[tuple[object, ...], int] = {}  # see _conv
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
+        # small CPU calls as prebound kernel calls (dcsim.sim.program), one program per call shape
+        self._programmed = (
+            self.device.type == "cpu"
+            and backend == "native"
+            and self._dtype == torch.float32
+            and not self.spike_convs
+            and program.ChunkProgram.covers(self)
+        )
+        self._programs: dict[tuple[object, ...], program.ChunkProgram] = {}
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
         # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.
         self._biases: dict[int, torch.Tensor] = {}
@@ -458,10 +467,13 @@ class Engine:
         all rows (a cheaper path under the "settle" semantics; the results are the same without it).
         """
         n = state.n
+        drive = self._drive_mask(state, k, done)  # True/False for all rows, or float32 [k, n]
+        small = k * n <= program.MAX_ROWS and not record_sums and not self.kernel_checks  # checks: the general path
+        if self._programmed and small and type(drive) is bool:
+            return self._run_program(state, k, drive, max_steps, readout, threshold)
         nodes = self.net.nodes
         method = self.net.method
         vals: dict[int, torch.Tensor] = {}  # dynamic node -> [k, n, ...]
-        drive = self._drive_mask(state, k, done)  # True/False for all rows, or float32 [k, n]
 
         def gate(v: torch.Tensor, mask: torch.Tensor | bool) -> torch.Tensor:  # a drive term v [r, ...] of rows
             if mask is True:  # with mask: their drive, True / False for all or float32 [r]
@@ -579,6 +591,29 @@ class Engine:
                     checked=self.kernel_checks,
                 )
                 rec.store(t, state)
+        return rec
+
+    def _run_program(
+        self, state: BatchState, k: int, drive: bool, max_steps: int, readout: Readout, threshold: float
+    ) -> StepRecord:
+        """:meth:`advance` of a small CPU call as its :class:`dcsim.sim.program.ChunkProgram` (built on the first
+        call of its shape): the same kernels and bits without the general path's Python."""
+        key = (
+            k,
+            state.u[self.neurons[0]].shape,
+            drive,
+            state.blank,
+            max_steps,
+            readout,
+            threshold,
+            torch.get_num_threads(),
+        )
+        prog = self._programs.get(key)
+        if prog is None:
+            prog = self._programs[key] = program.ChunkProgram(self, state, k, drive, max_steps, readout, threshold)
+        rec = StepRecord.empty(k, state.n, len(self.neurons), None, self.device, sops=self.count_ops)
+        prog.run(state, rec)
+        state.blank = False
         return rec
 
     # ---------------------------------------------------------------- runs

@@ -8,6 +8,7 @@ fails here, at call time, with a clear message; importing dcsim never needs it o
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -233,6 +234,66 @@ def neuron_steps(
         0.0 if u0 is None else float(u0),
         _launch(u.device, numel)[2],
     )
+
+
+def bound_neuron_steps(
+    method: str,
+    k: int,
+    n: int,
+    m: int,
+    th: float,
+    zmax: int,
+    *,
+    fanout: torch.Tensor | None = None,
+    u0: float | None = None,
+) -> Callable[[int, int, int, int, int, int, int, int, int, int, int], None]:
+    """:func:`neuron_steps` of a layer of m neurons per sample over k steps of n rows (CPU), with its scalars checked
+    and bound once: the returned call takes the data pointers only, as ``call(x, x_step, x2, x2_step, u, z, out,
+    counts, counts_out, sops, sops_out)`` (0 for an absent tensor; x_step, x2_step: elements between steps, 0 for
+    a current shared by the steps). Nothing is checked per call: the caller's tensors must hold what
+    :func:`neuron_steps` checks (dtype, shape, layout, device). fanout: as :func:`neuron_steps`' (bound; each call
+    then passes sops); u0: the first step of fresh state, as there. For :class:`dcsim.sim.program.ChunkProgram`."""
+    code = METHODS.get(method)
+    if code is None:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    _neuron_scalars(method, torch.empty(0) if code == METHODS["qffs"] else None, fanout, fanout, th, u0)
+    if min(k, n, m) < 1:
+        raise ValueError(f"k, n and m must be >= 1, got {k}, {n}, {m}")
+    native = _core().neuron_steps
+    fan = 0 if fanout is None else fanout.data_ptr()
+    threads = _launch(torch.device("cpu"), n * m)[2]
+    th, zmax, fresh, start = float(th), int(zmax), u0 is not None, 0.0 if u0 is None else float(u0)
+
+    def call(
+        x: int, x_step: int, x2: int, x2_step: int, u: int, z: int, out: int, counts: int, counts_out: int, sops: int,
+        sops_out: int,
+    ) -> None:  # fmt: skip
+        native(
+            code, k, n, m, x, x_step, x2, x2_step, u, z, out, counts, counts_out, th, zmax, fan, sops, sops_out, fresh,
+            start, threads,
+        )  # fmt: skip
+
+    return call
+
+
+def bound_output_step(
+    n: int, classes: int, max_steps: int, readout: int, scale: float, threshold: float
+) -> Callable[[int, int, int, int, int, int], None]:
+    """:func:`output_step` of n rows of ``classes`` outputs on the CPU with its scalars checked and bound once: the
+    returned call takes the data pointers ``call(x, sums, steps, pred, score, exited)`` and checks nothing (the
+    caller's tensors must hold what :func:`output_step` checks). For :class:`dcsim.sim.program.ChunkProgram`."""
+    if readout not in READOUT_CODES:
+        raise ValueError(f"readout must be one of the codes {sorted(READOUT_CODES)}, got {readout!r}")
+    if not 1 <= max_steps < 2**31:
+        raise ValueError(f"max_steps must be in [1, 2^31), got {max_steps!r}")
+    native = _core().output_step
+    threads = _launch(torch.device("cpu"), n * classes * 8)[2]
+    max_steps, readout, scale, threshold = int(max_steps), int(readout), float(scale), float(threshold)
+
+    def call(x: int, sums: int, steps: int, pred: int, score: int, exited: int) -> None:
+        native(n, classes, x, sums, steps, max_steps, readout, scale, threshold, pred, score, exited, False, 0, threads)
+
+    return call
 
 
 def _neuron_scalars(

@@ -1,0 +1,115 @@
+"""Chunk programs (dcsim.sim.program): a small CPU call of Engine.advance as prebound kernel calls gives the general
+path's results bit for bit, on networks with float weights (not dyadic: the two paths must also take the same
+conv calls), for both methods and both QFFS drive semantics, fresh and running state, counted SOPs, both
+layouts and the chunk sizes of a batch-1 plan."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import dcsim
+from dcsim.sim import ops, program
+from dyadic import dyadic_inputs, resnet, small
+
+
+def _float_weights(net: dcsim.SpikingNetwork, seed: int) -> dcsim.SpikingNetwork:
+    """net with every conv/linear weight moved off the dyadic grid (relative noise 1e-3), so that sums round."""
+    g = torch.Generator().manual_seed(seed)
+    nodes = []
+    for node in net.nodes:
+        w = getattr(node, "weight", None)
+        if w is not None:
+            node = dataclasses.replace(node, weight=w * (1 + 1e-3 * torch.randn(w.shape, generator=g)))
+        nodes.append(node)
+    return dataclasses.replace(net, nodes=nodes)
+
+
+def _engines(net: dcsim.SpikingNetwork, **kw) -> tuple[dcsim.Engine, dcsim.Engine]:
+    programmed, general = dcsim.Engine(net, **kw), dcsim.Engine(net, **kw)
+    assert programmed._programmed
+    general._programmed = False
+    return programmed, general
+
+
+def _same_records(a, b) -> None:
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        assert (x is None) == (y is None), f.name
+        if x is not None:
+            assert torch.equal(x, y), f.name
+
+
+@pytest.mark.parametrize("build", [small, resnet], ids=["small_cnn", "resnet18"])
+@pytest.mark.parametrize("method,drive", [("qcfs", None), ("qffs", "settle"), ("qffs", "constant")])
+@pytest.mark.parametrize("n", [1, 3])
+def test_programs_equal_the_general_path(build, method, drive, n):
+    net, shape = build(method, seed=3)
+    if drive == "constant":
+        net = dataclasses.replace(net, drive_steps=None)
+    net = _float_weights(net, seed=5)
+    steps = 9
+    a, b = _engines(net, count_ops=True)
+    x = dyadic_inputs(n, shape, seed=7) + 0.01 * torch.randn((n, *shape), generator=torch.Generator().manual_seed(8))
+    sa, sb = a.start(x, blank=True), b.start(x, blank=True)
+    readout = dcsim.Readout.paper(method, 2, steps, tau=0.5)
+    done = 0
+    for k in (1, 2, 3, 1, 2):  # a plan's chunks, across the settle window's end (drive_steps: 4 at 2 bits)
+        ra = a.advance(sa, k, steps, readout, 0.6, done=done)
+        rb = b.advance(sb, k, steps, readout, 0.6, done=done)
+        done += k
+        _same_records(ra, rb)
+        for p, q in zip(sa.tensors()[:-1], sb.tensors()[:-1], strict=True):  # all but the admission times
+            assert torch.equal(p, q)
+        assert not sa.blank
+    assert a._programs and not b._programs
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lone_early_exit_runs_programs_with_the_general_path_s_results(channels_last):
+    net, shape = small("qffs", seed=3)
+    net = _float_weights(net, seed=6)
+    a, b = _engines(net, channels_last=channels_last)
+    x = dyadic_inputs(6, shape, seed=9)
+    readout = dcsim.Readout.paper("qffs", 2, 6, tau=0.5)
+    for threshold in (0.3, 0.7, 1.0):
+        ra = a.early_exit(x, 6, readout, threshold, batch_size=1)
+        rb = b.early_exit(x, 6, readout, threshold, batch_size=1)
+        for f in ("pred", "exit_step", "conf", "spikes"):
+            assert torch.equal(getattr(ra, f), getattr(rb, f)), (f, threshold)
+    assert a._programs
+
+
+def test_large_calls_and_checked_engines_take_the_general_path():
+    net, shape = small("qcfs", seed=3)
+    engine = dcsim.Engine(net)
+    readout = dcsim.Readout.paper("qcfs", 2, 4)
+    state = engine.start(dyadic_inputs(program.MAX_ROWS + 1, shape, seed=1))
+    engine.advance(state, 1, 4, readout)
+    assert not engine._programs
+    engine.kernel_checks = True
+    engine.advance(engine.start(dyadic_inputs(1, shape, seed=1)), 1, 4, readout)
+    assert not engine._programs
+    engine.kernel_checks = False
+    engine.advance(engine.start(dyadic_inputs(1, shape, seed=1)), 1, 4, readout)
+    assert len(engine._programs) == 1
+    assert not dcsim.Engine(net, backend="reference")._programmed
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(method="lif"), "method must be one of"),
+        (dict(th=0.0), "th must be"),
+        (dict(u0=float("inf")), "u0 must be"),
+        (dict(k=0), "k, n and m must be >= 1"),
+    ],
+)
+def test_bound_kernels_check_their_scalars(kwargs, match):
+    args = dict(method="qcfs", k=2, n=1, m=4, th=1.0, zmax=3) | kwargs
+    with pytest.raises(ValueError, match=match):
+        ops.bound_neuron_steps(**args)
+    with pytest.raises(ValueError, match="readout must be one of"):
+        ops.bound_output_step(1, 10, 4, readout=99, scale=1.0, threshold=0.5)
+    with pytest.raises(ValueError, match="max_steps"):
+        ops.bound_output_step(1, 10, 0, readout=0, scale=1.0, threshold=0.5)
