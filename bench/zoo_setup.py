@@ -76,8 +76,21 @@ def machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
         f"{model}, {cores} usable cores, torch {torch.__version__} with {torch.get_num_threads()} intra-op "
-        f"thread(s), ISA {torch.backends.cpu.get_cpu_capability()}"
+        f"thread(s), ISA {torch.backends.cpu.get_cpu_capability()}, {allocator()}"
     )
+
+
+ALLOCATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD")
+"""Environment variables that change how the C allocator serves torch's CPU tensors (read at process start)."""
+
+
+def allocator() -> str:
+    """The allocator settings this process started with: 'malloc: defaults', or the variables set. With glibc's
+    defaults a process's large tensors are mapped and returned to the system as its history of sizes decides, which
+    moved batch-1 times of the same run by 10-25% between processes (docs/results/table2-cpu.md); fixed thresholds,
+    e.g. MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=536870912, keep them steady."""
+    set_ = [f"{name}={os.environ[name]}" for name in ALLOCATOR_VARIABLES if os.environ.get(name)]
+    return "malloc: " + (", ".join(set_) if set_ else "defaults")
 
 
 def arguments(doc: str, batches: list[int], rounds: int, cases: bool = True) -> argparse.ArgumentParser:
