@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from dcsim import analysis
+from dcsim.allocator import steady
 from dcsim.conversion.convert import convert
 from dcsim.data import load_cifar10
 from dcsim.io import zoo
@@ -80,23 +81,18 @@ def machine() -> str:
     )
 
 
-ALLOCATOR_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD")
-"""Environment variables that change how the C allocator serves torch's CPU tensors (read at process start)."""
-
-
 def allocator() -> str:
-    """The allocator settings this process started with: 'malloc: defaults', or the variables set. With glibc's
-    defaults a process's large tensors are mapped and returned to the system as its history of sizes decides, which
-    moved batch-1 times of the same run by 10-25% between processes (docs/results/table2-cpu.md); fixed thresholds,
-    e.g. MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=536870912, keep them steady."""
-    set_ = [f"{name}={os.environ[name]}" for name in ALLOCATOR_VARIABLES if os.environ.get(name)]
-    return "malloc: " + (", ".join(set_) if set_ else "defaults")
+    """The allocator the timings ran with: the zoo measurements fix glibc's thresholds on parsing their arguments
+    (:func:`arguments`, :func:`dcsim.allocator.steady`), as the ``dcsim`` commands do."""
+    return "malloc: " + steady()
 
 
 def arguments(doc: str, batches: list[int], rounds: int, cases: bool = True) -> argparse.ArgumentParser:
     """The command line the zoo measurements share: zoo folders, --batches and --rounds (these defaults); with
     ``cases`` also --data-root (CIFAR-10), --threads (pinned, default 1), --cache (see :func:`load_cases`),
-    --methods (default: both) and --qcfs-stem (QCFS's conversion, see dcsim.convert; default spiking)."""
+    --methods (default: both) and --qcfs-stem (QCFS's conversion, see dcsim.convert; default spiking). Fixes the
+    allocator's thresholds for this process first (:func:`allocator`)."""
+    steady()
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+")
     p.add_argument("--batches", type=int, nargs="+", default=batches)

@@ -24,7 +24,7 @@ NEVER = {
     "data": ({"training", "models", "sim", "conversion"}, "data never imports training, models or the simulator"),
     "sim": ({"training", "data"}, "the simulator never imports training or data"),
 }
-LIBRARY = {"analysis", "checks", "conversion", "data", "io", "models", "parallel", "sim", "training"}
+LIBRARY = {"allocator", "analysis", "checks", "conversion", "data", "io", "models", "parallel", "sim", "training"}
 
 
 def _module(path: Path, root: Path) -> tuple[str, bool]:

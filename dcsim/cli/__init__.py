@@ -1,8 +1,6 @@
 """The ``dcsim`` command line (its commands: :func:`build_parser`). Every command takes ``--json PATH`` ('-': stdout).
 Exit codes: 0 success, 1 a run-time error (bad file, data or model), 2 bad usage (a flag's value, or an unwritable
-output: checked before any work, see dcsim.cli.checks)."""
-
-from __future__ import annotations
+output: checked before any work, see dcsim.cli.checks). Commands run with dcsim.allocator.steady's thresholds."""
 
 import sys
 
@@ -15,9 +13,11 @@ __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (argparse exits with 2 itself on unknown flags)."""
+    from ..allocator import steady
     from ..analysis.tables import write_json
     from ..parallel.distributed import setup, teardown
 
+    steady()  # the allocator's thresholds fixed for the command's tensors (dcsim.allocator)
     args, where = build_parser().parse_args(argv), ""
     try:
         check_args(args)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .. import allocator
 from ..models import build_model
 from ..parallel.distributed import World
 from ..sim.engine import PRECISIONS
@@ -43,10 +44,12 @@ TIMED_FIELDS = (
 
 
 def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
-    """Rows of timings per case (see dcsim.workflows.benchmark); failed cases are reported, not raised.
+    """Rows of timings per case (see dcsim.workflows.benchmark); failed cases are reported, not raised. The C
+    allocator's thresholds are fixed first (:func:`dcsim.allocator.steady`; the JSON's ``allocator``).
     With ``opts.processes`` > 1 the whole set runs in that many fresh processes (:func:`across_processes`)."""
     if opts.processes > 1:
         return across_processes(opts, data, world)
+    memory = allocator.steady()  # the timings' allocator, recorded with them (dcsim.allocator)
     device = world.device
     cases = standard_set(device, quick=opts.quick, full=opts.full)
     if not opts.models and skipped_models(cases):
@@ -140,7 +143,13 @@ def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
         print(stream_markdown(stream_rows), file=sys.stderr)
     if errors:
         print(f"dcsim bench: {len(errors)} case(s) failed", file=sys.stderr)
-    return {"device": device_name(device), "rows": rows, "stream_rows": stream_rows, "errors": errors}
+    return {
+        "device": device_name(device),
+        "allocator": memory,
+        "rows": rows,
+        "stream_rows": stream_rows,
+        "errors": errors,
+    }
 
 
 def _trained_networks(opts: BenchOptions, data: DataOptions) -> dict:
@@ -192,6 +201,7 @@ def across_processes(opts: BenchOptions, data: DataOptions, world: World) -> dic
     errors = [err for r in results for err in r["errors"]]
     return {
         "device": results[0]["device"],
+        "allocator": results[0]["allocator"],
         "processes": opts.processes,
         "rows": rows,
         "stream_rows": [],
