@@ -91,7 +91,13 @@ def test_across_processes_runs_the_worker_with_the_same_options_and_takes_median
         assert processes == 3 and argv[1:3] == ["-m", "dcsim.workflows.bench"] and argv[4] == str(tmp_path / "p.json")
         ratios = [0.9, 1.2, None]
         return [
-            {"device": "cpu", "rows": _rows(4.0 + i, 3.0 + i, ratios[i]), "stream_rows": [], "errors": []}
+            {
+                "device": "cpu",
+                "allocator": "a",
+                "rows": _rows(4.0 + i, 3.0 + i, ratios[i]),
+                "stream_rows": [],
+                "errors": [],
+            }
             for i in range(3)
         ]
 
@@ -103,7 +109,7 @@ def test_across_processes_runs_the_worker_with_the_same_options_and_takes_median
     )
     assert bench_mod._options(DataOptions, spec["data"]) == data and spec["device"] == "cpu"
     full, dc = out["rows"]
-    assert out["processes"] == 3 and len(out["per_process"]) == 3
+    assert out["processes"] == 3 and len(out["per_process"]) == 3 and out["allocator"] == "a"
     assert (full["ms_per_inference"], full["ms_min"], full["ms_max"]) == (5.0, 4.0, 6.0)  # over the processes
     assert full["unstable"] is True and dc["ms_per_inference"] == 4.0
     assert dc["time_saving_over_step_saving"] is None  # one process saw no ratio: no median is made up

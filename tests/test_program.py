@@ -93,6 +93,9 @@ def test_large_calls_and_checked_engines_take_the_general_path():
     engine.kernel_checks = False
     engine.advance(engine.start(dyadic_inputs(1, shape, seed=1)), 1, 4, readout)
     assert len(engine._programs) == 1
+    for threshold in range(program.KEPT + 1):  # a sweep: the engine keeps at most KEPT programs
+        engine.advance(engine.start(dyadic_inputs(1, shape, seed=1)), 1, 4, readout, threshold / 1e3)
+    assert len(engine._programs) <= program.KEPT
     assert not dcsim.Engine(net, backend="reference")._programmed
 
 

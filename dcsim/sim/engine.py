@@ -610,6 +610,8 @@ class Engine:
         )
         prog = self._programs.get(key)
         if prog is None:
+            if len(self._programs) >= program.KEPT:  # a sweep of thresholds or batch sizes: start afresh
+                self._programs.clear()
             prog = self._programs[key] = program.ChunkProgram(self, state, k, drive, max_steps, readout, threshold)
         rec = StepRecord.empty(k, state.n, len(self.neurons), None, self.device, sops=self.count_ops)
         prog.run(state, rec)

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 MAX_ROWS = 64
 """Calls of at most this many rows (steps x samples) run as programs."""
+KEPT = 256
+"""Programs an engine keeps (a few KB each); past it the engine builds them afresh (a sweep of thresholds)."""
 
 Op = Callable[[list[torch.Tensor | None], BatchState, StepRecord], None]
 """One layer of a program: reads its inputs' values from the list (by node), writes its own."""
