@@ -256,7 +256,10 @@ def bound_neuron_steps(
     code = METHODS.get(method)
     if code is None:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    _neuron_scalars(method, torch.empty(0) if code == METHODS["qffs"] else None, fanout, fanout, th, u0)
+    present = torch.empty(0)  # z and sops come per call: stand-ins where the method or the fan-out needs them
+    _neuron_scalars(
+        method, present if code == METHODS["qffs"] else None, fanout, None if fanout is None else present, th, u0
+    )
     if min(k, n, m) < 1:
         raise ValueError(f"k, n and m must be >= 1, got {k}, {n}, {m}")
     native = _core().neuron_steps
