@@ -42,8 +42,7 @@ class ChunkProgram:
 
     k: steps; n: rows; drive: whether the image and the biases drive the chunk's steps (the engine's drive mask,
     known on the host and the same for every row); fresh: the state is blank (its first step takes u0);
-    max_steps, readout, threshold: the output step's. Build with :meth:`build`, which returns None for a
-    network it does not cover (a layer other than a neuron or conv fed by an image-fed value).
+    max_steps, readout, threshold: the output step's. For networks :meth:`covers` (the engine checks it once).
     """
 
     def __init__(
@@ -76,9 +75,8 @@ class ChunkProgram:
         classes = state.sums.shape[1]
         self._output_step = ops.bound_output_step(self.n, classes, max_steps, readout.code, readout.scale, threshold)
         self._out_row = self.n * classes * 4  # bytes of one step's output values
-        self._back = torch.arange(1 - k, 1, dtype=torch.int32)[
-            :, None
-        ]  # record step t: steps after the chunk - (k-1-t)
+        # the record's steps at step t: the steps after the chunk minus k - 1 - t
+        self._back = torch.arange(1 - k, 1, dtype=torch.int32)[:, None]
 
     @staticmethod
     def covers(engine: Engine) -> bool:
@@ -102,7 +100,8 @@ class ChunkProgram:
                 op(vals, state, rec)
         out = vals[self._output]
         assert out is not None
-        x = out.contiguous().data_ptr()
+        out = out.contiguous()  # held while the output steps read it
+        x = out.data_ptr()
         sums, steps = state.sums.data_ptr(), state.steps.data_ptr()
         pred, score, exited = rec.pred.data_ptr(), rec.score.data_ptr(), rec.exited.data_ptr()
         n, row = self.n, self._out_row
@@ -142,10 +141,9 @@ class ChunkProgram:
         (j2, step2, fixed2) = sources[1] if len(sources) > 1 else (-1, 0, None)
 
         def op(vals: list[torch.Tensor | None], state: BatchState, rec: StepRecord) -> None:
+            # the inputs in u's layout, held while the kernel reads them (a value in another layout is copied)
             x = fixed1 if fixed1 is not None else layout(vals[j1])  # type: ignore[arg-type]
-            x2 = 0
-            if j2 >= 0:
-                x2 = (fixed2 if fixed2 is not None else layout(vals[j2])).data_ptr()  # type: ignore[arg-type]
+            x2 = None if j2 < 0 else fixed2 if fixed2 is not None else layout(vals[j2])  # type: ignore[arg-type]
             out = empty(out_shape, torch.float32)
             record = rec.counts.data_ptr() + 8 * k * n * layer
             sops = sops_out = 0
@@ -154,7 +152,7 @@ class ChunkProgram:
             call(
                 x.data_ptr(),
                 step1,
-                x2,
+                0 if x2 is None else x2.data_ptr(),
                 step2,
                 state.u[i].data_ptr(),
                 state.z[i].data_ptr() if qffs else 0,
