@@ -465,6 +465,8 @@ class Engine:
         of k single steps; early exit decides per step from the record. k = 1 is plain step-major.
         done: the number of steps every row has already run, if the caller knows it is the same for
         all rows (a cheaper path under the "settle" semantics; the results are the same without it).
+        On the CPU a call of at most :data:`dcsim.sim.program.MAX_ROWS` rows (k * n) whose drive is known on the
+        host runs as a :class:`dcsim.sim.program.ChunkProgram`: the same kernels and bits without this loop's Python.
         """
         n = state.n
         drive = self._drive_mask(state, k, done)  # True/False for all rows, or float32 [k, n]
