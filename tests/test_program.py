@@ -54,7 +54,7 @@ def test_programs_equal_the_general_path(build, method, drive, n):
     sa, sb = a.start(x, blank=True), b.start(x, blank=True)
     readout = dcsim.Readout.paper(method, 2, steps, tau=0.5)
     done = 0
-    for k in (1, 2, 3, 1, 2):  # a plan's chunks, across the settle window's end (drive_steps: 4 at 2 bits)
+    for k in (1, 3, 2, 1, 2):  # a plan's chunks; the second straddles the settle window's end (drive_steps 3)
         ra = a.advance(sa, k, steps, readout, 0.6, done=done)
         rb = b.advance(sb, k, steps, readout, 0.6, done=done)
         done += k
@@ -63,6 +63,8 @@ def test_programs_equal_the_general_path(build, method, drive, n):
             assert torch.equal(p, q)
         assert not sa.blank
     assert a._programs and not b._programs
+    straddled = any(0 < driven < k for k, _, driven, *_ in a._programs)  # a program of a partly driven chunk
+    assert straddled == (drive == "settle")
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -471,8 +471,10 @@ class Engine:
         n = state.n
         drive = self._drive_mask(state, k, done)  # True/False for all rows, or float32 [k, n]
         small = k * n <= program.MAX_ROWS and not record_sums and not self.kernel_checks  # checks: the general path
-        if self._programmed and small and type(drive) is bool:
-            return self._run_program(state, k, drive, max_steps, readout, threshold)
+        if self._programmed and small and (type(drive) is bool or done is not None):
+            # the steps of the chunk the image drives: all, none, or (rows at the same step) up to drive_steps
+            driven = k if drive is True else 0 if drive is False else self.net.drive_steps - done  # type: ignore[operator]
+            return self._run_program(state, k, driven, max_steps, readout, threshold)
         nodes = self.net.nodes
         method = self.net.method
         vals: dict[int, torch.Tensor] = {}  # dynamic node -> [k, n, ...]
@@ -596,14 +598,14 @@ class Engine:
         return rec
 
     def _run_program(
-        self, state: BatchState, k: int, drive: bool, max_steps: int, readout: Readout, threshold: float
+        self, state: BatchState, k: int, driven: int, max_steps: int, readout: Readout, threshold: float
     ) -> StepRecord:
         """:meth:`advance` of a small CPU call as its :class:`dcsim.sim.program.ChunkProgram` (built on the first
         call of its shape): the same kernels and bits without the general path's Python."""
         key = (
             k,
             state.u[self.neurons[0]].shape,
-            drive,
+            driven,
             state.blank,
             max_steps,
             readout,
@@ -614,7 +616,7 @@ class Engine:
         if prog is None:
             if len(self._programs) >= program.KEPT:  # a sweep of thresholds or batch sizes: start afresh
                 self._programs.clear()
-            prog = self._programs[key] = program.ChunkProgram(self, state, k, drive, max_steps, readout, threshold)
+            prog = self._programs[key] = program.ChunkProgram(self, state, k, driven, max_steps, readout, threshold)
         rec = StepRecord.empty(k, state.n, len(self.neurons), None, self.device, sops=self.count_ops)
         prog.run(state, rec)
         state.blank = False

@@ -4,7 +4,7 @@ per-call Python.
 At batch 1 a call of a few steps spends a third of its time in Python between the kernels: the neuron kernels'
 wrappers and checks, the conv path's decisions, the loop's lookups, closures and views (0.9 ms of a 3.0 ms
 one-step call of the zoo ResNet-18 on a 2-core EPYC, docs/results/table2-cpu.md). A :class:`ChunkProgram` takes
-those decisions once per call shape (steps k, rows n, the drive of the chunk, fresh state or not, the exit's
+those decisions once per call shape (steps k, rows n, the chunk's driven steps, fresh state or not, the exit's
 scalars, the threads) and keeps one closure per layer that calls the same kernels on the tensors' pointers. Same
 kernels in the same order on the same values: the same bits as the engine's general path
 (tests/test_program.py).
@@ -40,8 +40,9 @@ Op = Callable[[list[torch.Tensor | None], BatchState, StepRecord], None]
 class ChunkProgram:
     """The calls of one :meth:`Engine.advance` shape on the CPU (native kernels, float32, no event-driven convs).
 
-    k: steps; n: rows; drive: whether the image and the biases drive the chunk's steps (the engine's drive mask,
-    known on the host and the same for every row); fresh: the state is blank (its first step takes u0);
+    k: steps; n: rows; driven: how many of the chunk's first steps the image and the biases drive (0 .. k; the
+    engine's drive mask, known on the host and the same for every row); fresh: the state is blank (its first step
+    takes u0);
     max_steps, readout, threshold: the output step's. For networks :meth:`covers` (the engine checks it once).
     """
 
@@ -50,12 +51,15 @@ class ChunkProgram:
         engine: Engine,
         state: BatchState,
         k: int,
-        drive: bool,
+        driven: int,
         max_steps: int,
         readout: Readout,
         threshold: float,
     ) -> None:
         self.k, self.n = k, state.n
+        # a chunk driven for some of its steps gates its drive terms by a 0/1 mask per row, as the general path does
+        self._mask = None if driven in (0, k) else (torch.arange(k * state.n) < driven * state.n).to(torch.float32)
+        drive = driven > 0
         nodes = engine.net.nodes
         self._static = [j for j in engine._needed_static if j in state.static]
         self._ops: list[Op] = []
@@ -130,20 +134,35 @@ class ChunkProgram:
         layout = engine._layout
         out_shape = (k * n, *shape[1:])
         empty = engine.empty
-        # each input: (node, elements between steps) read from the values, or a fixed tensor (no image: zeros)
-        sources: list[tuple[int, int, torch.Tensor | None]] = []
+        mask = self._mask
+        # each input: (node, elements between steps, a fixed tensor (no image: zeros) or None, gated per step)
+        sources: list[tuple[int, int, torch.Tensor | None, bool]] = []
         for j in node.inputs:
-            if j in state.static:
-                sources.append((j, 0, None if drive else torch.zeros_like(state.static[j])))
+            if j not in state.static:
+                sources.append((j, n * m, None, False))
+            elif mask is not None:  # the image-fed value at each step, zero past the drive
+                sources.append((j, n * m, None, True))
             else:
-                sources.append((j, n * m, None))
-        (j1, step1, fixed1) = sources[0]
-        (j2, step2, fixed2) = sources[1] if len(sources) > 1 else (-1, 0, None)
+                sources.append((j, 0, None if drive else torch.zeros_like(state.static[j]), False))
+        (j1, step1, fixed1, gated1) = sources[0]
+        (j2, step2, fixed2, gated2) = sources[1] if len(sources) > 1 else (-1, 0, None, False)
+
+        def value(j: int, fixed: torch.Tensor | None, gated: bool, vals: list[torch.Tensor | None]) -> torch.Tensor:
+            if fixed is not None:
+                return fixed
+            v = vals[j]
+            assert v is not None
+            if gated:  # as the general path gates it: the value repeated over the steps, times the 0/1 mask
+                assert mask is not None
+                v = v.unsqueeze(0).expand(k, *v.shape).reshape(k * n, *v.shape[1:]) * mask.reshape(
+                    -1, *[1] * (v.dim() - 1)
+                )
+            return layout(v)
 
         def op(vals: list[torch.Tensor | None], state: BatchState, rec: StepRecord) -> None:
             # the inputs in u's layout, held while the kernel reads them (a value in another layout is copied)
-            x = fixed1 if fixed1 is not None else layout(vals[j1])  # type: ignore[arg-type]
-            x2 = None if j2 < 0 else fixed2 if fixed2 is not None else layout(vals[j2])  # type: ignore[arg-type]
+            x = value(j1, fixed1, gated1, vals)
+            x2 = None if j2 < 0 else value(j2, fixed2, gated2, vals)
             out = empty(out_shape, torch.float32)
             record = rec.counts.data_ptr() + 8 * k * n * layer
             sops = sops_out = 0
@@ -186,6 +205,8 @@ class ChunkProgram:
             return engine._conv(i, c, x)
 
         b = None if bias is None or not drive else bias.reshape(1, -1, 1, 1)
+        if b is not None and self._mask is not None:  # the general path's gated bias, a constant of the program
+            b = b.expand(k * n, *b.shape[1:]) * self._mask.reshape(-1, 1, 1, 1)
 
         def op(vals: list[torch.Tensor | None], state: BatchState, rec: StepRecord) -> None:
             r = conv(vals[j])  # type: ignore[arg-type]
@@ -210,11 +231,14 @@ class ChunkProgram:
                 vals[i] = apply(node, *(vals[j] for j in inputs))  # type: ignore[arg-type]
 
             return op
-        b = bias
+        b, mask = bias, self._mask
 
         def biased(vals: list[torch.Tensor | None], state: BatchState, rec: StepRecord) -> None:
             r = apply(node, *(vals[j] for j in inputs))  # type: ignore[arg-type]
-            r.add_(b.reshape(1, -1, *([1] * (r.dim() - 2))))
+            term = b.reshape(1, -1, *([1] * (r.dim() - 2)))
+            if mask is not None:  # gated per row, as the general path does
+                term = term.expand(r.shape[0], *term.shape[1:]) * mask.reshape(-1, *([1] * (r.dim() - 1)))
+            r.add_(term)
             vals[i] = r
 
         return biased
