@@ -4,6 +4,7 @@ conv calls), for both methods and both QFFS drive semantics, fresh and running s
 layouts and the chunk sizes of a batch-1 plan."""
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -118,3 +119,19 @@ def test_bound_kernels_check_their_scalars(kwargs, match):
         ops.bound_output_step(1, 10, 4, readout=99, scale=1.0, threshold=0.5)
     with pytest.raises(ValueError, match="max_steps"):
         ops.bound_output_step(1, 10, 0, readout=0, scale=1.0, threshold=0.5)
+
+
+def test_building_a_program_is_kept_out_of_the_plan_s_call_times(monkeypatch):
+    """The batch-1 plan times its calls; a call that builds a program (once per shape) is timed without the build."""
+    net, shape = small("qcfs", seed=3)
+    engine = dcsim.Engine(net)
+    build = program.ChunkProgram.__init__
+
+    def slow_build(self, *args, **kwargs):
+        time.sleep(0.05)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(program.ChunkProgram, "__init__", slow_build)
+    engine.early_exit(dyadic_inputs(6, shape, seed=1), 6, dcsim.Readout.paper("qcfs", 2, 6), 0.5, batch_size=1)
+    assert engine._building_seconds >= 0.05 * len(engine._programs) > 0
+    assert max(engine.chunk_planner.costs(6)) < 0.05  # seconds of a k-step call, k = 1 .. 6

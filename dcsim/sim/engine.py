@@ -194,6 +194,7 @@ class Engine:
             and program.ChunkProgram.covers(self)
         )
         self._programs: dict[tuple[object, ...], program.ChunkProgram] = {}
+        self._building_seconds = 0.0  # spent building programs: kept out of the batch-1 plan's call times
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
         # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.
         self._biases: dict[int, torch.Tensor] = {}
@@ -616,7 +617,9 @@ class Engine:
         if prog is None:
             if len(self._programs) >= program.KEPT:  # a sweep of thresholds or batch sizes: start afresh
                 self._programs.clear()
+            t0 = time.perf_counter()
             prog = self._programs[key] = program.ChunkProgram(self, state, k, driven, max_steps, readout, threshold)
+            self._building_seconds += time.perf_counter() - t0
         rec = StepRecord.empty(k, state.n, len(self.neurons), None, self.device, sops=self.count_ops)
         prog.run(state, rec)
         state.blank = False
@@ -820,10 +823,11 @@ class Engine:
         ran = 0
         while ran < steps:
             k = planner.next_chunk(key, steps, ran)
-            t0 = time.perf_counter()
+            t0, built = time.perf_counter(), self._building_seconds
             rec = self.advance(state, k, steps, readout, threshold, done=ran)
             flags = rec.exited[:, 0].tolist()  # a host sync
-            planner.observe_call(k, time.perf_counter() - t0)  # without the exit's bookkeeping, paid once a sample
+            # without the exit's bookkeeping (paid once a sample) and the building of a program (once a shape)
+            planner.observe_call(k, time.perf_counter() - t0 - (self._building_seconds - built))
             ran += k
             if any(flags):
                 t = next(i for i, f in enumerate(flags) if f)  # the first exit step in the chunk
