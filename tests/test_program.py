@@ -4,7 +4,7 @@ conv calls), for both methods and both QFFS drive semantics, fresh and running s
 layouts and the chunk sizes of a batch-1 plan."""
 
 import dataclasses
-import time
+import types
 
 import pytest
 import torch
@@ -122,16 +122,25 @@ def test_bound_kernels_check_their_scalars(kwargs, match):
 
 
 def test_building_a_program_is_kept_out_of_the_plan_s_call_times(monkeypatch):
-    """The batch-1 plan times its calls; a call that builds a program (once per shape) is timed without the build."""
+    """The batch-1 plan times its calls; a call that builds a program (once per shape) is timed without the build.
+    On a clock that only building moves (100 s a program), no time the plan keeps may show it."""
+    from dcsim.sim import engine as engine_module
+
     net, shape = small("qcfs", seed=3)
     engine = dcsim.Engine(net)
+    clock = [0.0]
     build = program.ChunkProgram.__init__
 
     def slow_build(self, *args, **kwargs):
-        time.sleep(0.05)
+        clock[0] += 100.0
         build(self, *args, **kwargs)
 
     monkeypatch.setattr(program.ChunkProgram, "__init__", slow_build)
-    engine.early_exit(dyadic_inputs(6, shape, seed=1), 6, dcsim.Readout.paper("qcfs", 2, 6), 0.5, batch_size=1)
-    assert engine._building_seconds >= 0.05 * len(engine._programs) > 0
-    assert max(engine.chunk_planner.costs(6)) < 0.05  # seconds of a k-step call, k = 1 .. 6
+    monkeypatch.setattr(engine_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    for threshold in (0.5, 0.6):  # the second run builds its own programs, in calls the plan times
+        engine.early_exit(
+            dyadic_inputs(6, shape, seed=1), 6, dcsim.Readout.paper("qcfs", 2, 6), threshold, batch_size=1
+        )
+    assert engine._building_seconds >= 200.0  # programs were built in both runs
+    timed = [t for times in engine.chunk_planner._seconds.values() for t in times]  # every call time the plan keeps
+    assert timed and max(timed) == 0.0
