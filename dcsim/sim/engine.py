@@ -31,6 +31,7 @@ from .compaction import CompactionCost
 from .graphs import StaticExit
 from .network import CPU_MIN_ROWS, AvgPool, Conv, Input, Linear, Neuron, Node, SpikingNetwork, onednn_conv_applies
 from .readout import Readout
+from .semantics import gated
 from .state import BatchState, ExitResult, Simulation, StepRecord
 
 BACKENDS: dict[str, ModuleType] = {"native": ops, "reference": reference}
@@ -480,23 +481,18 @@ class Engine:
         method = self.net.method
         vals: dict[int, torch.Tensor] = {}  # dynamic node -> [k, n, ...]
 
-        def gate(v: torch.Tensor, mask: torch.Tensor | bool) -> torch.Tensor:  # a drive term v [r, ...] of rows
-            if mask is True:  # with mask: their drive, True / False for all or float32 [r]
-                return v
-            return torch.zeros_like(v) if mask is False else v * mask.reshape(-1, *([1] * (v.dim() - 1)))
-
         flat = drive if isinstance(drive, bool) else drive.reshape(k * n)  # the drive of the k * n rows
 
         def rows(j: int) -> torch.Tensor:  # input j as [k * n, ...]
             if j in vals:
                 return vals[j].reshape(k * n, *vals[j].shape[2:])
             s = state.static[j]
-            return gate(s.unsqueeze(0).expand(k, *s.shape).reshape(k * n, *s.shape[1:]), flat)
+            return gated(s.unsqueeze(0).expand(k, *s.shape).reshape(k * n, *s.shape[1:]), flat)
 
         def at(j: int, t: int) -> torch.Tensor:  # input j at step t of the chunk, [n, ...]
             if j in vals:
                 return vals[j][t]
-            return gate(state.static[j], drive if isinstance(drive, bool) else drive[t])
+            return gated(state.static[j], drive if isinstance(drive, bool) else drive[t])
 
         def steps_of(j: int) -> torch.Tensor:  # input j at each step: [k, n, ...], or [n, ...] if the same
             if j in vals:
@@ -571,7 +567,7 @@ class Engine:
                         r = self._apply(node, *(rows(j) for j in node.inputs))
                     if bias is not None and drive is not False:
                         b = bias.reshape(1, -1, *([1] * (r.dim() - 2)))
-                        r.add_(gate(b if drive is True else b.expand(k * n, *b.shape[1:]), flat))  # r: a new tensor
+                        r.add_(gated(b if drive is True else b.expand(k * n, *b.shape[1:]), flat))  # r: a new tensor
                     vals[i] = r.reshape(k, n, *r.shape[1:])
                 for j in self._free_after.get(i, ()):
                     del vals[j]

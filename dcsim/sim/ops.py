@@ -253,13 +253,8 @@ def bound_neuron_steps(
     a current shared by the steps). Nothing is checked per call: the caller's tensors must hold what
     :func:`neuron_steps` checks (dtype, shape, layout, device). fanout: as :func:`neuron_steps`' (bound; each call
     then passes sops); u0: the first step of fresh state, as there. For :class:`dcsim.sim.program.ChunkProgram`."""
-    code = METHODS.get(method)
-    if code is None:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     present = torch.empty(0)  # z and sops come per call: stand-ins where the method or the fan-out needs them
-    _neuron_scalars(
-        method, present if code == METHODS["qffs"] else None, fanout, None if fanout is None else present, th, u0
-    )
+    code = _neuron_scalars(method, present, fanout, None if fanout is None else present, th, u0)
     if min(k, n, m) < 1:
         raise ValueError(f"k, n and m must be >= 1, got {k}, {n}, {m}")
     native = _core().neuron_steps
@@ -285,10 +280,7 @@ def bound_output_step(
     """:func:`output_step` of n rows of ``classes`` outputs on the CPU with its scalars checked and bound once: the
     returned call takes the data pointers ``call(x, sums, steps, pred, score, exited)`` and checks nothing (the
     caller's tensors must hold what :func:`output_step` checks). For :class:`dcsim.sim.program.ChunkProgram`."""
-    if readout not in READOUT_CODES:
-        raise ValueError(f"readout must be one of the codes {sorted(READOUT_CODES)}, got {readout!r}")
-    if not 1 <= max_steps < 2**31:
-        raise ValueError(f"max_steps must be in [1, 2^31), got {max_steps!r}")
+    _output_scalars(readout, max_steps)
     native = _core().output_step
     threads = _launch(torch.device("cpu"), n * classes * 8)[2]
     max_steps, readout, scale, threshold = int(max_steps), int(readout), float(scale), float(threshold)
@@ -384,10 +376,7 @@ def output_step(
     x, sums: float32 [n, K]; steps: int32 [n]; pred: int64 [n]; score: float32 [n]; exited: uint8 [n].
     checked: False skips the tensors' checks, as :func:`neuron_step`'s ``checked``; the scalars are checked either way.
     """
-    if readout not in READOUT_CODES:
-        raise ValueError(f"readout must be one of the codes {sorted(READOUT_CODES)}, got {readout!r}")
-    if not 1 <= max_steps < 2**31:
-        raise ValueError(f"max_steps must be in [1, 2^31), got {max_steps!r}")
+    _output_scalars(readout, max_steps)
     if checked:
         device = _tensor("sums", sums).device
         if sums.dim() != 2 or sums.shape[1] < 1:
@@ -418,6 +407,14 @@ def output_step(
         stream,
         threads,
     )
+
+
+def _output_scalars(readout: int, max_steps: int) -> None:
+    """The output kernel's scalar checks: a readout code and T in [1, 2^31)."""
+    if readout not in READOUT_CODES:
+        raise ValueError(f"readout must be one of the codes {sorted(READOUT_CODES)}, got {readout!r}")
+    if not 1 <= max_steps < 2**31:
+        raise ValueError(f"max_steps must be in [1, 2^31), got {max_steps!r}")
 
 
 def gather_rows(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:

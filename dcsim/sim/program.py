@@ -15,6 +15,7 @@ Python, and a program per batch size left after compaction would be built for a 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ import torch
 from . import ops, row_floor
 from .network import Conv, Neuron, onednn_conv
 from .readout import Readout
+from .semantics import gated
 from .state import BatchState, StepRecord
 
 if TYPE_CHECKING:
@@ -41,9 +43,9 @@ class ChunkProgram:
     """The calls of one :meth:`Engine.advance` shape on the CPU (native kernels, float32, no event-driven convs).
 
     k: steps; n: rows; driven: how many of the chunk's first steps the image and the biases drive (0 .. k; the
-    engine's drive mask, known on the host and the same for every row); fresh: the state is blank (its first step
-    takes u0);
-    max_steps, readout, threshold: the output step's. For networks :meth:`covers` (the engine checks it once).
+    engine's drive mask, known on the host and the same for every row); the state: its shapes, and whether it is
+    blank (its first step then takes u0); max_steps, readout, threshold: the output step's. For networks
+    :meth:`covers` (the engine checks it once).
     """
 
     def __init__(
@@ -135,7 +137,7 @@ class ChunkProgram:
         out_shape = (k * n, *shape[1:])
         empty = engine.empty
         mask = self._mask
-        # each input: (node, elements between steps, a fixed tensor (no image: zeros) or None, gated per step)
+        # each input: (node, elements between steps, a fixed tensor (no image: zeros) or None, gated step by step)
         sources: list[tuple[int, int, torch.Tensor | None, bool]] = []
         for j in node.inputs:
             if j not in state.static:
@@ -144,25 +146,23 @@ class ChunkProgram:
                 sources.append((j, n * m, None, True))
             else:
                 sources.append((j, 0, None if drive else torch.zeros_like(state.static[j]), False))
-        (j1, step1, fixed1, gated1) = sources[0]
-        (j2, step2, fixed2, gated2) = sources[1] if len(sources) > 1 else (-1, 0, None, False)
+        (j1, step1, fixed1, stepwise1) = sources[0]
+        (j2, step2, fixed2, stepwise2) = sources[1] if len(sources) > 1 else (-1, 0, None, False)
 
-        def value(j: int, fixed: torch.Tensor | None, gated: bool, vals: list[torch.Tensor | None]) -> torch.Tensor:
+        def value(j: int, fixed: torch.Tensor | None, stepwise: bool, vals: list[torch.Tensor | None]) -> torch.Tensor:
             if fixed is not None:
                 return fixed
             v = vals[j]
             assert v is not None
-            if gated:  # as the general path gates it: the value repeated over the steps, times the 0/1 mask
+            if stepwise:  # as the general path gates it: the value repeated over the steps, times the 0/1 mask
                 assert mask is not None
-                v = v.unsqueeze(0).expand(k, *v.shape).reshape(k * n, *v.shape[1:]) * mask.reshape(
-                    -1, *[1] * (v.dim() - 1)
-                )
+                v = gated(v.unsqueeze(0).expand(k, *v.shape).reshape(k * n, *v.shape[1:]), mask)
             return layout(v)
 
         def op(vals: list[torch.Tensor | None], state: BatchState, rec: StepRecord) -> None:
             # the inputs in u's layout, held while the kernel reads them (a value in another layout is copied)
-            x = value(j1, fixed1, gated1, vals)
-            x2 = None if j2 < 0 else value(j2, fixed2, gated2, vals)
+            x = value(j1, fixed1, stepwise1, vals)
+            x2 = None if j2 < 0 else value(j2, fixed2, stepwise2, vals)
             out = empty(out_shape, torch.float32)
             record = rec.counts.data_ptr() + 8 * k * n * layer
             sops = sops_out = 0
@@ -197,19 +197,20 @@ class ChunkProgram:
         if isinstance(engine.net.nodes[j], Neuron):  # the input: a fresh tensor of engine.empty, [k * n, ...]
             rows = engine._conv_floor(c, engine.empty((k * n, *state.u[j].shape[1:]), torch.float32))
 
-        def conv(x: torch.Tensor) -> torch.Tensor:
-            if rows and rows <= k * n:
-                return onednn_conv(c, x)
-            if rows:
-                return row_floor.padded_conv(c, x, rows)
-            return engine._conv(i, c, x)
+        conv: Callable[[torch.Tensor], torch.Tensor]
+        if rows and rows <= k * n:
+            conv = functools.partial(onednn_conv, c)
+        elif rows:
+            conv = functools.partial(row_floor.padded_conv, c, rows=rows)
+        else:
+            conv = functools.partial(engine._conv, i, c)
 
         b = None if bias is None or not drive else bias.reshape(1, -1, 1, 1)
         if b is not None and self._mask is not None:  # the general path's gated bias, a constant of the program
-            b = b.expand(k * n, *b.shape[1:]) * self._mask.reshape(-1, 1, 1, 1)
+            b = gated(b.expand(k * n, *b.shape[1:]), self._mask)
 
         def op(vals: list[torch.Tensor | None], state: BatchState, rec: StepRecord) -> None:
-            r = conv(vals[j])  # type: ignore[arg-type]
+            r = conv(vals[j])
             if b is not None:
                 r.add_(b)
             vals[i] = r
@@ -237,7 +238,7 @@ class ChunkProgram:
             r = apply(node, *(vals[j] for j in inputs))  # type: ignore[arg-type]
             term = b.reshape(1, -1, *([1] * (r.dim() - 2)))
             if mask is not None:  # gated per row, as the general path does
-                term = term.expand(r.shape[0], *term.shape[1:]) * mask.reshape(-1, *([1] * (r.dim() - 1)))
+                term = gated(term.expand(r.shape[0], *term.shape[1:]), mask)
             r.add_(term)
             vals[i] = r
 

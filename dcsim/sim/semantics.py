@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+import torch
+
 
 class Semantics(str, Enum):
     """``CONSTANT``: the image and every bias drive the network at every step (QCFS; QFFS as the
@@ -36,3 +38,11 @@ class Semantics(str, Enum):
                 f"method {method!r} supports 'constant' only"
             )
         return semantics
+
+
+def gated(v: torch.Tensor, drive: torch.Tensor | bool) -> torch.Tensor:
+    """A drive term v [r, ...] (the image-fed values or a bias, per row) under ``drive``: True / False for every row,
+    or float32 [r] of 0 and 1 per row: v itself, zeros, or v times the row's 0/1."""
+    if drive is True:
+        return v
+    return torch.zeros_like(v) if drive is False else v * drive.reshape(-1, *([1] * (v.dim() - 1)))
