@@ -14,6 +14,7 @@
 #include "output_step.h"
 #include "spike_conv.h"
 #include "avg_pool.h"
+#include "block_conv.h"
 
 namespace py = pybind11;
 
@@ -126,6 +127,18 @@ void avg_pool_2x2(int64_t planes, int64_t h, int64_t w, uintptr_t x, uintptr_t o
   dcsim::avg_pool_2x2_cpu(a, threads);
 }
 
+// x [n, cin, h, w], weight [cout / 16, kh, kw, cin, 16], bias [cout] or 0, out [n, cout, oh, ow]; CPU only.
+void block_conv(int64_t n, int64_t cin, int64_t h, int64_t w, int64_t cout, int64_t oh, int64_t ow, int64_t kh,
+                int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t chunk, bool bias_first, uintptr_t x,
+                uintptr_t weight, uintptr_t bias, uintptr_t out, int threads, bool simd) {
+  const dcsim::BlockConvArgs a{n,  cin, h,  w,  cout,  oh,         ow,
+                               kh, kw,  sh, sw, ph,    pw,         chunk,
+                               bias_first, ptr<const float>(x), ptr<const float>(weight), ptr<const float>(bias),
+                               ptr<float>(out)};
+  py::gil_scoped_release release;
+  dcsim::block_conv_cpu(a, threads, simd);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, mod) {
@@ -141,5 +154,6 @@ PYBIND11_MODULE(_core, mod) {
   mod.def("output_step", &output_step, "Fused output accumulate/score/exit step (kernel 2).");
   mod.def("gather_rows", &gather_rows, "Row gather of many state tensors (kernel 3, compaction).");
   mod.def("spike_conv", &spike_conv, "Event-driven convolution of spike maps (kernel 4, CPU).");
+  mod.def("block_conv", &block_conv, "Dense convolution in oneDNN's order of sums (kernel 6, CPU).");
   mod.def("avg_pool_2x2", &avg_pool_2x2, "2x2, stride-2 average pooling of NCHW planes (kernel 5, CPU).");
 }

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..checks import check_int, check_threshold
-from . import ops, program, reference, row_floor, sops
+from . import block_conv, ops, program, reference, row_floor, sops
 from .chunking import ChunkPlanner
 from .compaction import CompactionCost
 from .graphs import StaticExit
@@ -195,6 +195,8 @@ class Engine:
             and program.ChunkProgram.covers(self)
         )
         self._programs: dict[tuple[object, ...], program.ChunkProgram] = {}
+        # the programs' convs of spikes as block convs where they give oneDNN's bits (None: oneDNN for all)
+        self._block_convs: block_conv.BlockConvs | None = None if self.channels_last else block_conv.BlockConvs()
         self._building_seconds = 0.0  # spent building programs: kept out of the batch-1 plan's call times
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the
         # rows still in their drive window (see _drive_mask), as the static (image-fed) values are.

@@ -581,3 +581,109 @@ def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
         _, _, threads = _launch(device, x.numel())
         _core().avg_pool_2x2(n * c, h, w, x.data_ptr(), out.data_ptr(), threads)
     return out
+
+
+BLOCK = 16
+"""Channels per block of :func:`block_conv2d`: output channels per AVX-512 register, input channels per partial sum
+of oneDNN's direct kernel."""
+
+
+def block_conv_order(kernel: tuple[int, int], padding: tuple[int, int], cin: int) -> tuple[int, bool]:
+    """The order of sums oneDNN's AVX-512 float32 kernels use for a conv (see csrc/block_conv.h): (input channels per
+    partial sum, whether the bias starts the first partial). 1x1 kernels without padding: one partial over all
+    ``cin`` channels that starts at the bias (jit_1x1); others: partials of 16 channels, the bias added to the
+    first (the direct kernel)."""
+    if kernel == (1, 1) and padding == (0, 0):
+        return cin, True
+    return BLOCK, False
+
+
+def pack_block_conv_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Conv weights float32 [Cout, Cin, kh, kw] (Cout a multiple of 16) repacked for :func:`block_conv2d`: float32
+    [Cout / 16, kh, kw, Cin, 16]."""
+    cout, cin, kh, kw = weight.shape
+    if cout % BLOCK:
+        raise ValueError(
+            f"block_conv2d needs output channels in blocks of {BLOCK}, got weight of shape {tuple(weight.shape)}"
+        )
+    return weight.reshape(cout // BLOCK, BLOCK, cin, kh, kw).permute(0, 3, 4, 2, 1).contiguous()
+
+
+def block_conv2d(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    simd: bool = True,
+) -> torch.Tensor:
+    """Dense convolution (kernel 6, CPU): ``F.conv2d(x, weight, bias, stride, padding)`` summed in the order of
+    oneDNN's AVX-512 float32 kernels (:func:`block_conv_order`), so with their bits where PyTorch runs them (an
+    AVX-512 CPU; the engine checks each layer before it uses this, dcsim.sim.block_conv), without the ~40 us
+    PyTorch and oneDNN spend around each call. See dcsim.sim.reference.block_conv2d.
+
+    x: float32 [n, Cin, H, W], contiguous, on the CPU; packed: float32 [Cout / 16, kh, kw, Cin, 16] from
+    :func:`pack_block_conv_weight`; bias: float32 [Cout] or None. Returns a new contiguous float32
+    [n, Cout, OH, OW]. simd: the AVX-512 loop where the CPU has it; False runs the portable loop (the same bits).
+    """
+    device = _tensor("x", x).device
+    if device.type != "cpu":
+        raise ValueError(f"block_conv2d runs on the CPU, got x on {device}")
+    _check("x", x, torch.float32, device)
+    if x.dim() != 4 or not x.is_contiguous():
+        raise ValueError(
+            f"x must be a contiguous [n, Cin, H, W] tensor, got shape {tuple(x.shape)}, strides {x.stride()}"
+        )
+    return bound_block_conv(packed, bias, stride, padding, tuple(x.shape), simd)(x)
+
+
+def bound_block_conv(
+    packed: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    x_shape: tuple[int, ...],
+    simd: bool = True,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`block_conv2d` for inputs of shape ``x_shape`` [n, Cin, H, W], its arguments checked once: the returned
+    call takes x and returns the new output. Nothing is checked per call: x must be a contiguous float32 CPU tensor
+    of that shape (for :class:`dcsim.sim.program.ChunkProgram`, whose tensors are by construction)."""
+    cpu = torch.device("cpu")
+    _check("packed", packed, torch.float32, cpu)
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be [n, Cin, H, W], got shape {x_shape}")
+    n, cin, h, w = x_shape
+    if packed.dim() != 5 or packed.shape[3] != cin or packed.shape[4] != BLOCK or not packed.is_contiguous():
+        raise ValueError(
+            f"packed must be a contiguous [Cout / {BLOCK}, kh, kw, {cin}, {BLOCK}] tensor, got shape {tuple(packed.shape)}"
+        )
+    blocks, kh, kw = packed.shape[:3]
+    cout = blocks * BLOCK
+    if bias is not None:
+        _check("bias", bias, torch.float32, cpu, (cout,))
+        bias = bias.contiguous()
+    (sh, sw), (ph, pw) = stride, padding
+    if min(sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"stride must be >= 1 and padding >= 0, got {stride} and {padding}")
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding}")
+    chunk, bias_first = block_conv_order((kh, kw), (ph, pw), cin)
+    if cin % chunk:
+        raise ValueError(f"block_conv2d sums input channels in blocks of {chunk}, got {cin}")
+    native = _core().block_conv
+    threads = _launch(cpu, n * cout * oh * ow)[2]
+    weights, b = packed.data_ptr(), 0 if bias is None else bias.data_ptr()
+    out_shape = (n, cout, oh, ow)
+    held = (packed, bias)  # the pointers' tensors, kept alive by the call
+
+    def call(x: torch.Tensor, _held: tuple[torch.Tensor | None, ...] = held) -> torch.Tensor:
+        out = torch.empty(out_shape, dtype=torch.float32)
+        if n:
+            native(
+                n, cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, chunk, bias_first, x.data_ptr(), weights, b,
+                out.data_ptr(), threads, simd,
+            )  # fmt: skip
+        return out
+
+    return call

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import ops, row_floor
+from . import block_conv, ops, row_floor
 from .network import Conv, Neuron, onednn_conv
 from .readout import Readout
 from .semantics import gated
@@ -186,8 +186,9 @@ class ChunkProgram:
         return op
 
     def _conv(self, engine: Engine, state: BatchState, i: int, drive: bool) -> Op:
-        """Conv node i on its input's k * n rows: oneDNN called directly where the engine's conv path does so
-        unpadded (:meth:`Engine._conv`), else that path; the bias added where the settle semantics gate it."""
+        """Conv node i on its input's k * n rows: the block conv where it gives oneDNN's bits on the layer and the
+        chunk computes the input (dcsim.sim.block_conv); else oneDNN called directly where the engine's conv path does
+        so unpadded (:meth:`Engine._conv`), else that path; the bias added where the settle semantics gate it."""
         bias = engine._biases.get(i)
         c = engine._unbiased[i] if bias is not None else engine.net.nodes[i]
         assert isinstance(c, Conv)
@@ -204,13 +205,24 @@ class ChunkProgram:
             conv = functools.partial(row_floor.padded_conv, c, rows=rows)
         else:
             conv = functools.partial(engine._conv, i, c)
+        # the block conv where it gives oneDNN's bits on this layer (dcsim.sim.block_conv), for a value the chunk
+        # computes (an image-fed one keeps its path) in a call of few rows; bound on the first call, which gives the
+        # input's shape
+        small = k * n <= block_conv.MAX_ROWS
+        blocks = engine._block_convs if j not in state.static and small else None
+        bound: list[Callable[[torch.Tensor], torch.Tensor] | None] = []
 
         b = None if bias is None or not drive else bias.reshape(1, -1, 1, 1)
         if b is not None and self._mask is not None:  # the general path's gated bias, a constant of the program
             b = gated(b.expand(k * n, *b.shape[1:]), self._mask)
 
         def op(vals: list[torch.Tensor | None], state: BatchState, rec: StepRecord) -> None:
-            r = conv(vals[j])
+            x = vals[j]
+            assert x is not None  # the input ran before, by the program's order
+            if not bound:
+                bound.append(None if blocks is None or x.dim() != 4 else blocks.call(c, tuple(x.shape)))
+            block = bound[0]
+            r = block(x) if block is not None and x.is_contiguous() else conv(x)
             if b is not None:
                 r.add_(b)
             vals[i] = r

@@ -187,3 +187,41 @@ def spike_conv2d(
 def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """The reference of :func:`dcsim.sim.ops.avg_pool_2x2`: torch's ``F.avg_pool2d(x, 2)``."""
     return F.avg_pool2d(x, 2)
+
+
+def block_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int], padding: tuple[int, int]
+) -> torch.Tensor:
+    """The reference of :func:`dcsim.sim.ops.block_conv2d`: the conv of x float32 [n, Cin, H, W] by weight
+    [Cout, Cin, kh, kw] summed in the kernel's order (:func:`dcsim.sim.ops.block_conv_order`), one term at a time
+    for all outputs at once; each product is rounded before its sum, so it gives the kernel's bits where the products
+    are exact (spike inputs, 0 or 1), and agrees within float32 rounding elsewhere. Padding contributes no terms."""
+    from .ops import block_conv_order
+
+    n, cin, h, w = x.shape
+    cout, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = stride, padding
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    chunk, bias_first = block_conv_order((kh, kw), (ph, pw), cin)
+    xp = F.pad(x, (pw, pw, ph, ph))
+    inside = F.pad(torch.ones(1, 1, h, w, dtype=torch.bool), (pw, pw, ph, ph))
+    zero = x.new_zeros(n, cout, oh, ow)
+    b = None if bias is None else bias.reshape(1, cout, 1, 1).expand(n, cout, oh, ow)
+    total = zero
+    for c0 in range(0, cin, chunk):
+        part = b.clone() if (b is not None and bias_first and c0 == 0) else zero.clone()
+        for ky in range(kh):
+            rows = slice(ky, ky + sh * (oh - 1) + 1, sh)
+            for kx in range(kw):
+                cols = slice(kx, kx + sw * (ow - 1) + 1, sw)
+                valid = inside[:, :, rows, cols]  # [1, 1, oh, ow]: taps inside the input
+                for c in range(c0, c0 + chunk):
+                    term = xp[:, c : c + 1, rows, cols] * weight[:, c, ky, kx].reshape(1, cout, 1, 1)
+                    part = torch.where(valid, part + term, part)
+        if c0 > 0:
+            total = part + total
+        elif b is not None and not bias_first:
+            total = part + b
+        else:
+            total = part
+    return total

@@ -1,0 +1,32 @@
+// Kernel 6: dense convolution (CPU) that sums every output in the order of oneDNN's AVX-512 float32
+// kernels, so that it gives their bits without their per-call cost. PyTorch's CPU convs run oneDNN
+// through layers that cost about 40 us per call whatever its size (primitive look-up, memory
+// objects, three reorders); at one row per call (batch 1, one step) that is half a conv's time.
+// Order: input channels in chunks; each chunk's partial sum over the window (rows, columns, then
+// the chunk's channels, each a fused multiply-add) starts at 0, or at the bias where bias_first;
+// the first chunk's partial plus the bias (unless bias_first) is the running total, each later
+// partial is added to it. oneDNN's direct kernel (jit:avx512_core) sums chunks of 16 channels
+// with the bias added to the first; its 1x1 kernel (jit_1x1:avx512_core) one chunk that starts at
+// the bias. Callers check the bits against the conv they replace (dcsim/sim/ops.py).
+#pragma once
+#include <cstdint>
+
+namespace dcsim {
+
+struct BlockConvArgs {
+  int64_t n, cin, h, w;        // input [n, cin, h, w]
+  int64_t cout, oh, ow;        // output [n, cout, oh, ow]; cout a multiple of 16
+  int64_t kh, kw;              // kernel size
+  int64_t sh, sw, ph, pw;      // stride and zero padding
+  int64_t chunk;               // input channels per partial sum (divides cin)
+  bool bias_first;             // the bias starts the first partial sum (else: added to it)
+  const float* x;              // [n, cin, h, w] input
+  const float* weight;         // [cout / 16, kh, kw, cin, 16] weights, repacked
+  const float* bias;           // [cout] or nullptr
+  float* out;                  // [n, cout, oh, ow] output, fully written
+};
+
+// simd: use the AVX-512 loop where the CPU has it (false: the portable loop; both give the same bits).
+void block_conv_cpu(const BlockConvArgs& a, int threads, bool simd);
+
+}  // namespace dcsim

@@ -1,0 +1,80 @@
+"""Which CPU convs run as block convs (kernel 6, :func:`dcsim.sim.ops.block_conv2d`): checked once per layer and
+input shape against the oneDNN call they replace.
+
+PyTorch's CPU conv costs about 40 us per call around oneDNN's own run of it, whatever the rows (primitive look-up,
+memory objects, reorders of the input, weights and output): at batch 1, a call of one step spends half its time
+there, and the fixed cost does not shrink with the steps a sample skips. The block conv sums every output in the
+order oneDNN's AVX-512 float32 kernels do (csrc/block_conv.h) and is called on the tensors' pointers. Whether its
+bits are oneDNN's depends on the kernel oneDNN picks on this machine (another ISA blocks channels by 8, a channels_last
+input is summed in another order), so :class:`BlockConvs` runs both on a seeded Gaussian input of
+``row_floor.REFERENCE_ROWS`` rows (the large-batch result every call of the engine must give) and uses the block conv
+only where every output agrees bit for bit: on such inputs a sum in another order differs in most outputs. Where they
+differ the layer keeps oneDNN: the results never change, only the time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+
+import torch
+
+from . import ops, row_floor
+from .network import Conv, onednn_conv, onednn_conv_applies
+
+MAX_ROWS = 8
+"""Calls of at most this many rows (steps x samples) use the block conv. Its sums run at 0.65-1.2x oneDNN's speed
+per row (1 thread, the zoo's layers), so it pays where the fixed cost per call dominates: on the zoo's layers it
+takes 0.2-0.95 of PyTorch's time at 1 row, 0.4-1.06 at 4 rows, 0.6-1.22 at 27 (docs/results/table2-cpu.md)."""
+
+
+class BlockConvs:
+    """Per engine: for each conv node and input shape, whether the block conv gives oneDNN's bits on it (checked on
+    the first request, see the module's docstring), and its packed weights where it does."""
+
+    def __init__(self) -> None:
+        self._checked: dict[Hashable, tuple[Conv, torch.Tensor | None]] = {}  # key -> (the node, packed or None)
+
+    def call(self, node: Conv, x_shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The block conv of node for contiguous float32 CPU inputs of shape ``x_shape`` [n, Cin, H, W] (as
+        :func:`dcsim.sim.ops.bound_block_conv` returns it), or None where it would not give oneDNN's bits (or
+        cannot run)."""
+        key = (id(node), tuple(x_shape[1:]), torch.get_num_threads())
+        if key not in self._checked:  # the node is held with its result, so that its id is not reused
+            self._checked[key] = (node, _packed_if_exact(node, tuple(x_shape[1:])))
+        packed = self._checked[key][1]
+        if packed is None:
+            return None
+        return ops.bound_block_conv(packed, node.bias, node.stride, node.padding, tuple(x_shape))
+
+    def chosen(self) -> dict[Hashable, bool]:
+        """The (node id, input shape without rows, threads) checked so far and whether each runs as a block conv."""
+        return {key: packed is not None for key, (_, packed) in self._checked.items()}
+
+
+def eligible(node: Conv, sample_shape: tuple[int, ...]) -> bool:
+    """Whether the block conv can compute node on inputs of ``sample_shape`` (Cin, H, W) at all: float32 weights on
+    the CPU, one group, no dilation, output channels in blocks of 16, input channels in the kernel's partial sums."""
+    cout, cin, kh, kw = node.weight.shape
+    if node.weight.dtype != torch.float32 or node.weight.device.type != "cpu" or len(sample_shape) != 3:
+        return False
+    if node.groups != 1 or node.dilation != (1, 1) or cout % ops.BLOCK or sample_shape[0] != cin:
+        return False
+    chunk, _ = ops.block_conv_order((kh, kw), node.padding, cin)
+    return cin % chunk == 0
+
+
+def _packed_if_exact(node: Conv, sample_shape: tuple[int, ...]) -> torch.Tensor | None:
+    """node's weights packed for the block conv if it gives oneDNN's large-batch bits on a seeded Gaussian input of
+    ``sample_shape``, else None."""
+    if not eligible(node, sample_shape):
+        return None
+    packed = ops.pack_block_conv_weight(node.weight)
+    gen = torch.Generator().manual_seed(0)
+    probe = torch.randn((row_floor.REFERENCE_ROWS, *sample_shape), generator=gen)
+    if not onednn_conv_applies(probe):  # no oneDNN: the engine's convs take another kernel
+        return None
+    with torch.no_grad():
+        same = torch.equal(
+            ops.block_conv2d(probe, packed, node.bias, node.stride, node.padding), onednn_conv(node, probe)
+        )
+    return packed if same else None

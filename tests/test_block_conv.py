@@ -1,0 +1,113 @@
+"""Kernel 6, the block conv (dcsim.sim.ops.block_conv2d): a dense CPU conv summed in oneDNN's AVX-512 order. Against
+its plain-PyTorch reference (the same order, exact where the products are: spike inputs), its portable loop
+(every input), oneDNN itself on AVX-512 machines (every input), and the engine's choice of it (dcsim.sim.block_conv)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import dcsim
+from dcsim.sim import block_conv, ops, reference
+from dcsim.sim.network import Conv, onednn_conv
+from dyadic import dyadic_inputs, resnet
+
+AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+# (Cin, Cout, H, W, kernel, stride, padding): 3x3 direct convs of the zoo's kinds, strided, 1x1 (one partial from
+# the bias), a 5x5, odd widths (column tails of the 8- and 16-column blocks), widths under 4 (4 blocks at once)
+GEOMETRIES = [
+    (16, 16, 9, 11, 3, 1, 1),
+    (32, 48, 7, 5, 3, 2, 1),
+    (16, 32, 8, 8, 1, 2, 0),
+    (64, 64, 3, 3, 3, 1, 1),
+    (48, 16, 5, 19, 3, 1, 0),
+    (16, 16, 13, 13, 5, 2, 2),
+    (64, 128, 4, 4, 3, 1, 1),
+    (32, 64, 6, 7, 1, 1, 0),
+]
+
+
+def _case(geometry, seed: int, spikes: bool, bias: bool):
+    cin, cout, h, w, k, s, p = geometry
+    g = torch.Generator().manual_seed(seed)
+    n = 1 + seed % 3
+    x = (torch.rand(n, cin, h, w, generator=g) < 0.2).float() if spikes else torch.randn(n, cin, h, w, generator=g)
+    weight = torch.randn(cout, cin, k, k, generator=g) * 0.2
+    b = torch.randn(cout, generator=g) if bias else None
+    return x, weight, b, (s, s), (p, p)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("simd", [True, False])
+def test_block_conv_equals_its_reference_on_spikes(geometry, bias, simd):
+    x, weight, b, stride, padding = _case(geometry, seed=sum(geometry) + bias, spikes=True, bias=bias)
+    out = ops.block_conv2d(x, ops.pack_block_conv_weight(weight), b, stride, padding, simd=simd)
+    assert torch.equal(out, reference.block_conv2d(x, weight, b, stride, padding))
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_simd_and_portable_loops_give_the_same_bits(geometry, bias):
+    x, weight, b, stride, padding = _case(geometry, seed=7 + bias, spikes=False, bias=bias)
+    packed = ops.pack_block_conv_weight(weight)
+    fast = ops.block_conv2d(x, packed, b, stride, padding, simd=True)
+    assert torch.equal(fast, ops.block_conv2d(x, packed, b, stride, padding, simd=False))
+    torch.testing.assert_close(fast, torch.nn.functional.conv2d(x, weight, b, stride, padding), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not AVX512, reason="oneDNN sums in the block conv's order on AVX-512 CPUs only")
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_block_conv_gives_onednn_s_bits_on_avx512(geometry, bias):
+    x, weight, b, stride, padding = _case(geometry, seed=11 + bias, spikes=False, bias=bias)
+    node = Conv(name="c", inputs=(0,), weight=weight, bias=b, stride=stride, padding=padding)
+    out = ops.block_conv2d(x, ops.pack_block_conv_weight(weight), b, stride, padding)
+    assert torch.equal(out, onednn_conv(node, x))
+
+
+def test_the_engine_uses_block_convs_only_where_they_match_onednn(monkeypatch):
+    net, shape = resnet("qcfs", seed=3)
+    convs = dcsim.sim.block_conv.BlockConvs()
+    node = next(n for n in net.nodes if isinstance(n, Conv) and n.weight.shape[1] == 64)
+    x_shape = (2, 64, shape[1], shape[2])
+    assert (convs.call(node, x_shape) is not None) == AVX512
+    # a kernel that summed in another order (one partial over all channels) fails the check: oneDNN is kept
+    monkeypatch.setattr(ops, "block_conv_order", lambda kernel, padding, cin: (cin, True))
+    assert dcsim.sim.block_conv.BlockConvs().call(node, x_shape) is None
+    # layers the kernel cannot run
+    assert not block_conv.eligible(dataclasses.replace(node, groups=2, weight=node.weight[:, :32]), x_shape[1:])
+    assert not block_conv.eligible(dataclasses.replace(node, weight=node.weight[:40]), x_shape[1:])
+    assert not block_conv.eligible(dataclasses.replace(node, dilation=(2, 2)), x_shape[1:])
+
+
+def test_programs_with_block_convs_give_the_general_path_s_results():
+    net, shape = resnet("qffs", seed=3)
+    a, b = dcsim.Engine(net), dcsim.Engine(net)
+    b._programmed = False
+    x = dyadic_inputs(4, shape, seed=7) + 0.01 * torch.randn((4, *shape), generator=torch.Generator().manual_seed(8))
+    readout = dcsim.Readout.paper("qffs", 2, 4, tau=0.5)
+    ra = a.early_exit(x, 4, readout, 0.6, batch_size=1)
+    rb = b.early_exit(x, 4, readout, 0.6, batch_size=1)
+    for f in ("pred", "exit_step", "conf", "spikes"):
+        assert torch.equal(getattr(ra, f), getattr(rb, f)), f
+    assert any(a._block_convs.chosen().values()) == AVX512
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: ops.pack_block_conv_weight(torch.zeros(40, 16, 3, 3)), "blocks of 16"),
+        (lambda: ops.block_conv2d(torch.zeros(1, 16, 4, 4).double(), torch.zeros(1, 3, 3, 16, 16), None, (1, 1), (1, 1)), "x"),
+        (lambda: ops.block_conv2d(torch.zeros(1, 4, 4, 16).permute(0, 3, 1, 2), torch.zeros(1, 3, 3, 16, 16), None, (1, 1), (1, 1)), "contiguous"),
+        (lambda: ops.block_conv2d(torch.zeros(1, 16, 4, 4), torch.zeros(1, 3, 3, 8, 16), None, (1, 1), (1, 1)), "packed"),
+        (lambda: ops.block_conv2d(torch.zeros(1, 24, 4, 4), torch.zeros(1, 3, 3, 24, 16), None, (1, 1), (1, 1)), "blocks of 16"),
+        (lambda: ops.block_conv2d(torch.zeros(1, 16, 4, 4), torch.zeros(1, 3, 3, 16, 16), torch.zeros(8), (1, 1), (1, 1)), "bias"),
+        (lambda: ops.block_conv2d(torch.zeros(1, 16, 2, 2), torch.zeros(1, 3, 3, 16, 16), None, (1, 1), (0, 0)), "does not fit"),
+        (lambda: ops.block_conv2d(torch.zeros(1, 16, 4, 4), torch.zeros(1, 3, 3, 16, 16), None, (0, 1), (1, 1)), "stride"),
+    ],
+)  # fmt: skip
+def test_bad_block_conv_arguments_are_named(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):  # a wrong dtype is a TypeError
+        call()
