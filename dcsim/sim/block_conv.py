@@ -14,6 +14,8 @@ differ the layer keeps oneDNN: the results never change, only the time.
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable, Hashable
 
 import torch
@@ -21,34 +23,57 @@ import torch
 from . import ops, row_floor
 from .network import Conv, onednn_conv, onednn_conv_applies
 
-MAX_ROWS = 8
-"""Calls of at most this many rows (steps x samples) use the block conv. Its sums run at 0.65-1.2x oneDNN's speed
-per row (1 thread, the zoo's layers), so it pays where the fixed cost per call dominates: on the zoo's layers it
-takes 0.2-0.95 of PyTorch's time at 1 row, 0.4-1.06 at 4 rows, 0.6-1.22 at 27 (docs/results/table2-cpu.md)."""
+TIMED_ROUNDS = 5
+"""Interleaved rounds in which the block conv and oneDNN are timed on a layer's call shape (medians compared)."""
 
 
 class BlockConvs:
-    """Per engine: for each conv node and input shape, whether the block conv gives oneDNN's bits on it (checked on
-    the first request, see the module's docstring), and its packed weights where it does."""
+    """Per engine: for each conv node and call shape, the block conv where it gives oneDNN's bits on the layer (checked
+    once per input shape, see the module's docstring) and is the faster of the two on that call shape (timed once:
+    its sums run at 0.65-1.2x oneDNN's speed per row, and the ~40 us it saves per call matters in small calls)."""
 
     def __init__(self) -> None:
-        self._checked: dict[Hashable, tuple[Conv, torch.Tensor | None]] = {}  # key -> (the node, packed or None)
+        self._exact: dict[Hashable, tuple[Conv, torch.Tensor | None]] = {}  # (node, sample shape) -> (node, packed)
+        self._calls: dict[Hashable, tuple[Conv, Callable[[torch.Tensor], torch.Tensor] | None]] = {}
 
     def call(self, node: Conv, x_shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The block conv of node for contiguous float32 CPU inputs of shape ``x_shape`` [n, Cin, H, W] (as
-        :func:`dcsim.sim.ops.bound_block_conv` returns it), or None where it would not give oneDNN's bits (or
-        cannot run)."""
-        key = (id(node), tuple(x_shape[1:]), torch.get_num_threads())
-        if key not in self._checked:  # the node is held with its result, so that its id is not reused
-            self._checked[key] = (node, _packed_if_exact(node, tuple(x_shape[1:])))
-        packed = self._checked[key][1]
-        if packed is None:
-            return None
-        return ops.bound_block_conv(packed, node.bias, node.stride, node.padding, tuple(x_shape))
+        :func:`dcsim.sim.ops.bound_block_conv` returns it), or None where it would not give oneDNN's bits, cannot
+        run, or is slower than oneDNN on this shape. The nodes are held with the results, so that their ids are
+        not reused."""
+        threads = torch.get_num_threads()
+        key = (id(node), tuple(x_shape), threads)
+        if key not in self._calls:
+            exact = (id(node), tuple(x_shape[1:]), threads)
+            if exact not in self._exact:
+                self._exact[exact] = (node, _packed_if_exact(node, tuple(x_shape[1:])))
+            packed = self._exact[exact][1]
+            block = None
+            if packed is not None:
+                block = ops.bound_block_conv(packed, node.bias, node.stride, node.padding, tuple(x_shape))
+                if not _faster(block, node, tuple(x_shape)):
+                    block = None
+            self._calls[key] = (node, block)
+        return self._calls[key][1]
 
     def chosen(self) -> dict[Hashable, bool]:
-        """The (node id, input shape without rows, threads) checked so far and whether each runs as a block conv."""
-        return {key: packed is not None for key, (_, packed) in self._checked.items()}
+        """The (node id, call shape, threads) decided so far and whether each runs as a block conv."""
+        return {key: block is not None for key, (_, block) in self._calls.items()}
+
+
+def _faster(block: Callable[[torch.Tensor], torch.Tensor], node: Conv, x_shape: tuple[int, ...]) -> bool:
+    """Whether ``block`` computes node's conv of an x_shape input in less time than oneDNN: medians over TIMED_ROUNDS
+    interleaved rounds, after one call of each."""
+    x = torch.randn(x_shape, generator=torch.Generator().manual_seed(1))
+    times: dict[bool, list[float]] = {True: [], False: []}
+    with torch.no_grad():
+        block(x), onednn_conv(node, x)
+        for _ in range(TIMED_ROUNDS):
+            for ours in (True, False):
+                t0 = time.perf_counter()
+                block(x) if ours else onednn_conv(node, x)
+                times[ours].append(time.perf_counter() - t0)
+    return statistics.median(times[True]) < statistics.median(times[False])
 
 
 def eligible(node: Conv, sample_shape: tuple[int, ...]) -> bool:
