@@ -23,6 +23,11 @@ import torch
 from . import ops, row_floor
 from .network import Conv, onednn_conv, onednn_conv_applies
 
+MAX_ROWS = 8
+"""Calls of at most this many rows (steps x samples) may use the block conv. In larger calls the ~40 us it saves
+is a small part of the conv, and its sums, which read the input's channels a plane apart, lose more to cache
+misses within a network than a timing of the layer alone shows: on the zoo ResNet-18, 27-row calls ran 17% slower
+with block convs chosen by timing (docs/results/table2-cpu.md)."""
 TIMED_ROUNDS = 5
 """Interleaved rounds in which the block conv and oneDNN are timed on a layer's call shape (medians compared)."""
 

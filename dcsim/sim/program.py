@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import ops, row_floor
+from . import block_conv, ops, row_floor
 from .network import Conv, Neuron, onednn_conv
 from .readout import Readout
 from .semantics import gated
@@ -207,9 +207,10 @@ class ChunkProgram:
         else:
             conv = functools.partial(engine._conv, i, c)
         # the block conv where it gives oneDNN's bits on this layer and is faster on this call (dcsim.sim.block_conv),
-        # for a value the chunk computes (an image-fed one keeps its path); decided on the first call, which gives the
-        # input's shape, and counted as building
-        blocks = engine._block_convs if j not in state.static else None
+        # for a value the chunk computes (an image-fed one keeps its path) in a small call; decided on the first call,
+        # which gives the input's shape, and counted as building
+        small = k * n <= block_conv.MAX_ROWS
+        blocks = engine._block_convs if j not in state.static and small else None
         bound: list[Callable[[torch.Tensor], torch.Tensor] | None] = []
 
         b = None if bias is None or not drive else bias.reshape(1, -1, 1, 1)
