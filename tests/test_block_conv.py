@@ -15,8 +15,12 @@ from dyadic import dyadic_inputs, resnet
 AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 # (Cin, Cout, H, W, kernel, stride, padding): 3x3 direct convs of the zoo's kinds, strided, 1x1 (one partial from
-# the bias), a 5x5, odd widths (column tails of the 8- and 16-column blocks), widths under 4 (4 blocks at once)
+# the bias), a 5x5, odd widths (column tails of the 8- and 16-column blocks), widths under 4 (4 blocks at once),
+# image-fed convs of fewer than 16 channels (one partial)
 GEOMETRIES = [
+    (3, 16, 10, 12, 3, 1, 1),
+    (1, 32, 9, 9, 3, 2, 1),
+    (12, 16, 7, 7, 2, 1, 0),
     (16, 16, 9, 11, 3, 1, 1),
     (32, 48, 7, 5, 3, 2, 1),
     (16, 32, 8, 8, 1, 2, 0),
@@ -67,22 +71,31 @@ def test_block_conv_gives_onednn_s_bits_on_avx512(geometry, bias):
     assert torch.equal(out, onednn_conv(node, x))
 
 
-def test_the_engine_uses_block_convs_only_where_they_match_onednn(monkeypatch):
+@pytest.fixture
+def always_faster(monkeypatch):
+    """The block conv counted as the faster one wherever it is exact: no test depends on a timing."""
+    monkeypatch.setattr(block_conv, "_faster", lambda block, node, x_shape: True)
+
+
+def test_the_engine_uses_block_convs_only_where_they_match_onednn(monkeypatch, always_faster):
     net, shape = resnet("qcfs", seed=3)
-    convs = dcsim.sim.block_conv.BlockConvs()
     node = next(n for n in net.nodes if isinstance(n, Conv) and n.weight.shape[1] == 64)
     x_shape = (2, 64, shape[1], shape[2])
-    assert (convs.call(node, x_shape) is not None) == AVX512
+    assert (block_conv.BlockConvs().call(node, x_shape) is not None) == AVX512
+    # slower than oneDNN on the call's shape: oneDNN is kept
+    monkeypatch.setattr(block_conv, "_faster", lambda block, node, x_shape: False)
+    assert block_conv.BlockConvs().call(node, x_shape) is None
     # a kernel that summed in another order (one partial over all channels) fails the check: oneDNN is kept
+    monkeypatch.setattr(block_conv, "_faster", lambda block, node, x_shape: True)
     monkeypatch.setattr(ops, "block_conv_order", lambda kernel, padding, cin: (cin, True))
-    assert dcsim.sim.block_conv.BlockConvs().call(node, x_shape) is None
+    assert block_conv.BlockConvs().call(node, x_shape) is None
     # layers the kernel cannot run
     assert not block_conv.eligible(dataclasses.replace(node, groups=2, weight=node.weight[:, :32]), x_shape[1:])
     assert not block_conv.eligible(dataclasses.replace(node, weight=node.weight[:40]), x_shape[1:])
     assert not block_conv.eligible(dataclasses.replace(node, dilation=(2, 2)), x_shape[1:])
 
 
-def test_programs_with_block_convs_give_the_general_path_s_results():
+def test_programs_with_block_convs_give_the_general_path_s_results(always_faster):
     net, shape = resnet("qffs", seed=3)
     a, b = dcsim.Engine(net), dcsim.Engine(net)
     b._programmed = False
@@ -93,6 +106,9 @@ def test_programs_with_block_convs_give_the_general_path_s_results():
     for f in ("pred", "exit_step", "conf", "spikes"):
         assert torch.equal(getattr(ra, f), getattr(rb, f)), f
     assert any(a._block_convs.chosen().values()) == AVX512
+    stem = net.nodes[1]  # the image-fed conv (1 channel in), once per sample
+    assert isinstance(stem, Conv) and stem.weight.shape[1] == 1
+    assert (a._static_block_conv(stem, x[:1].contiguous()) is not None) == AVX512
 
 
 @pytest.mark.parametrize(

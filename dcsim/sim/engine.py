@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from types import ModuleType
 from typing import Any
@@ -386,8 +386,22 @@ class Engine:
         with torch.no_grad(), self.gpu_flags():
             for i in self._static_order:
                 node = nodes[i]
-                values[i] = x if isinstance(node, Input) else self._apply(node, *(values[j] for j in node.inputs))
+                if isinstance(node, Input):
+                    values[i] = x
+                elif isinstance(node, Conv) and (block := self._static_block_conv(node, values[node.inputs[0]])):
+                    values[i] = block(values[node.inputs[0]])
+                else:
+                    values[i] = self._apply(node, *(values[j] for j in node.inputs))
         return {i: self._layout(values[i]) for i in self._needed_static}
+
+    def _static_block_conv(self, node: Conv, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The block conv of an image-fed conv of x (a few rows: a lone sample's stem, once per sample) where it gives
+        oneDNN's bits and time (:mod:`dcsim.sim.block_conv`), for the engines that run chunk programs; else None."""
+        if self._block_convs is None or not self._programmed or x.shape[0] > block_conv.MAX_ROWS:
+            return None
+        if x.dim() != 4 or x.dtype != torch.float32 or not x.is_contiguous():
+            return None
+        return self._block_convs.call(node, tuple(x.shape))
 
     def compact(self, state: BatchState, keep: torch.Tensor) -> BatchState:
         """The state of the rows ``keep`` (int64 [n_keep], increasing), gathered in one pass."""

@@ -592,10 +592,10 @@ def block_conv_order(kernel: tuple[int, int], padding: tuple[int, int], cin: int
     """The order of sums oneDNN's AVX-512 float32 kernels use for a conv (see csrc/block_conv.h): (input channels per
     partial sum, whether the bias starts the first partial). 1x1 kernels without padding: one partial over all
     ``cin`` channels that starts at the bias (jit_1x1); others: partials of 16 channels, the bias added to the
-    first (the direct kernel)."""
+    first (the direct kernel), or one partial over fewer than 16 channels (its first-layer variant, an image's)."""
     if kernel == (1, 1) and padding == (0, 0):
         return cin, True
-    return BLOCK, False
+    return min(BLOCK, cin), False
 
 
 def pack_block_conv_weight(weight: torch.Tensor) -> torch.Tensor:
