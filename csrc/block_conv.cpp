@@ -79,6 +79,11 @@ __attribute__((target("avx512f"))) void output_rows_avx512(const BlockConvArgs& 
   for (int64_t ox0 = 0; ox0 < a.ow; ox0 += W) {
     const int64_t cols = a.ow - ox0 < W ? a.ow - ox0 : W;
     __m512 total[OB][W];
+#pragma GCC unroll 4
+    for (int b = 0; b < OB; ++b) {
+#pragma GCC unroll 16
+      for (int j = 0; j < W; ++j) total[b][j] = _mm512_setzero_ps();  // (cin >= 1: set by the first chunk)
+    }
     for (int64_t c0 = 0; c0 < a.cin; c0 += a.chunk) {
       __m512 part[OB][W];
 #pragma GCC unroll 4
