@@ -104,17 +104,31 @@ __attribute__((target("avx512f"))) void output_rows_avx512(const BlockConvArgs& 
           const float* xr = a.x + ((i * a.cin + c0) * a.h + iy) * a.w;
           const int64_t col = ox0 * a.sw - a.pw + kx;
           const float* wv = wb + ((ky * a.kw + kx) * a.cin + c0) * kLanes;
-          const bool full = lo == 0 && hi == W;
-          for (int64_t c = 0; c < a.chunk; ++c, xr += plane, wv += kLanes) {
-            __m512 wr[OB];
+          if (lo == 0 && hi == W) {  // every column inside the input: no test per column
+            const float* xc = xr + col;
+            for (int64_t c = 0; c < a.chunk; ++c, xc += plane, wv += kLanes) {
+              __m512 wr[OB];
 #pragma GCC unroll 4
-            for (int b = 0; b < OB; ++b) wr[b] = _mm512_loadu_ps(wv + b * wstride);
+              for (int b = 0; b < OB; ++b) wr[b] = _mm512_loadu_ps(wv + b * wstride);
 #pragma GCC unroll 16
-            for (int j = 0; j < W; ++j) {
-              if (full || (j >= lo && j < hi)) {
-                const __m512 v = _mm512_set1_ps(xr[col + j * a.sw]);
+              for (int j = 0; j < W; ++j) {
+                const __m512 v = _mm512_set1_ps(xc[j * a.sw]);
 #pragma GCC unroll 4
                 for (int b = 0; b < OB; ++b) part[b][j] = _mm512_fmadd_ps(v, wr[b], part[b][j]);
+              }
+            }
+          } else {
+            for (int64_t c = 0; c < a.chunk; ++c, xr += plane, wv += kLanes) {
+              __m512 wr[OB];
+#pragma GCC unroll 4
+              for (int b = 0; b < OB; ++b) wr[b] = _mm512_loadu_ps(wv + b * wstride);
+#pragma GCC unroll 16
+              for (int j = 0; j < W; ++j) {
+                if (j >= lo && j < hi) {
+                  const __m512 v = _mm512_set1_ps(xr[col + j * a.sw]);
+#pragma GCC unroll 4
+                  for (int b = 0; b < OB; ++b) part[b][j] = _mm512_fmadd_ps(v, wr[b], part[b][j]);
+                }
               }
             }
           }
