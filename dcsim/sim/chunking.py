@@ -7,6 +7,9 @@ steps the plan takes the k that minimises the expected wall time left,
 
     V(t) = min over k in 1..T-t of  c(k) + S(t + k) / S(t) * V(t + k),    V(T) = 0,
 
+except that where that minimum is not SPLIT_MARGIN below c(T - t) the plan runs the T - t steps left in one call
+(V(t) = c(T - t)): a split the noisy costs favour by a few % is no surer than the run without DC's one call.
+
 c(k): the median wall time of the recent k-step calls (the first call of each k, which sets up the
 conv library's kernels for that shape, is not counted), linear between the chunk sizes timed
 (PROBE_CHUNKS and any other size run), extended past the largest by the last segment's slope, and made
@@ -40,6 +43,11 @@ RECENT_CALLS = 16
 STALE_CALLS = 64
 """Calls after which a timed chunk size that none of them ran is timed again: PROBE_CALLS calls of each size the plan
 does not use (and that fits its chunk) every STALE_CALLS calls or so."""
+SPLIT_MARGIN = 0.05
+"""A sample that has steps left runs them in one call unless the plan's split of them is expected to take at least this
+share less time: the costs are medians of a noisy machine's calls (a 2-core CPU's move by 10-40% between processes),
+and a split that the costs favour by a few % is as likely slower as faster, while one call is what the run without
+DC does."""
 REPLAN_EVERY = 16
 """Most samples between two solutions of V (solving costs O(T^2)): V is solved again once the samples seen
 have doubled (at first) or grown by this many, and whenever a chunk size is timed for the first time or again."""
@@ -148,7 +156,8 @@ class ChunkPlanner:
     @staticmethod
     def plan(exits: list[int], cost: list[float]) -> list[int]:
         """The k minimising V(t) for each t in 0..T-1, from exit counts [T] (index t - 1: ended at step t) and
-        call costs [T] (index k - 1: a k-step call), with one extra sample counted as running to T."""
+        call costs [T] (index k - 1: a k-step call), with one extra sample counted as running to T; T - t (the steps
+        left in one call) unless the best split is expected SPLIT_MARGIN faster."""
         return ChunkPlanner.solve(exits, cost)[1]
 
     @staticmethod
@@ -166,4 +175,7 @@ class ChunkPlanner:
         for t in range(steps - 1, -1, -1):
             options = [(cost[k - 1] + alive[t + k] / alive[t] * value[t + k], k) for k in range(1, steps - t + 1)]
             value[t], best[t] = min(options)
+            whole = cost[steps - t - 1]  # the steps left in one call
+            if best[t] != steps - t and value[t] > (1 - SPLIT_MARGIN) * whole:
+                value[t], best[t] = whole, steps - t
         return value, best
