@@ -27,7 +27,7 @@ MAX_ROWS = 8
 """Calls of at most this many rows (steps x samples) may use the block conv. In larger calls the ~40 us it saves
 is a small part of the conv, and its sums, which read the input's channels a plane apart, lose more to cache
 misses within a network than a timing of the layer alone shows: on the zoo ResNet-18, 27-row calls ran 17% slower
-with block convs chosen by timing (docs/results/table2-cpu.md)."""
+with block convs (the first kernel) chosen by timing (docs/results/table2-cpu.md)."""
 TIMED_ROUNDS = 5
 """Interleaved rounds in which the block conv and oneDNN are timed on a layer's call shape (medians compared)."""
 
@@ -35,7 +35,7 @@ TIMED_ROUNDS = 5
 class BlockConvs:
     """Per engine: for each conv node and call shape, the block conv where it gives oneDNN's bits on the layer (checked
     once per input shape, see the module's docstring) and is the faster of the two on that call shape (timed once:
-    its sums run at 0.65-1.2x oneDNN's speed per row, and the ~40 us it saves per call matters in small calls)."""
+    its sums take 0.4-1.05 of oneDNN's time on the zoo's layers, and the ~40 us it saves matters most in small calls)."""
 
     def __init__(self) -> None:
         self._exact: dict[Hashable, tuple[Conv, torch.Tensor | None]] = {}  # (node, sample shape) -> (node, packed)
