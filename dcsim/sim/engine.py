@@ -195,7 +195,8 @@ class Engine:
             and program.ChunkProgram.covers(self)
         )
         self._programs: dict[tuple[object, ...], program.ChunkProgram] = {}
-        # the programs' convs of spikes as block convs where they give oneDNN's bits (None: oneDNN for all)
+        # small CPU convs (the programs', a lone sample's image-fed ones) as block convs where those give oneDNN's bits
+        # and are faster (dcsim.sim.block_conv; None: oneDNN for all)
         self._block_convs: block_conv.BlockConvs | None = None if self.channels_last else block_conv.BlockConvs()
         self._building_seconds = 0.0  # spent building programs: kept out of the batch-1 plan's call times
         # "settle" semantics: dynamic convs/linears run without their bias, which is added for the

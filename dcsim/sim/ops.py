@@ -486,6 +486,20 @@ def compact_rows_(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torc
     return [t[:n_out] for t in tensors]
 
 
+def _conv_output(
+    size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> tuple[int, int]:
+    """(OH, OW) of a conv of a kernel [kh, kw] over an input [H, W] (``size``) with ``stride`` and zero ``padding``;
+    ValueError where the stride or padding is out of range or the kernel does not fit."""
+    (h, w), (kh, kw), (sh, sw), (ph, pw) = size, kernel, stride, padding
+    if min(sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"stride must be >= 1 and padding >= 0, got {stride} and {padding}")
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding}")
+    return oh, ow
+
+
 def pack_spike_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     """Conv weights float32 [Cout, Cin, kh, kw] repacked for :func:`spike_conv2d`: float32 [kh, kw, Cin, Cout]."""
     _check("weight", weight, torch.float32, _tensor("weight", weight).device)
@@ -528,11 +542,7 @@ def spike_conv2d(
         _check("bias", bias, torch.float32, device, (cout,))
         bias = bias.contiguous()
     (sh, sw), (ph, pw) = stride, padding
-    if min(sh, sw) < 1 or min(ph, pw) < 0:
-        raise ValueError(f"stride must be >= 1 and padding >= 0, got {stride} and {padding}")
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding}")
+    oh, ow = _conv_output((h, w), (kh, kw), stride, padding)
     out = torch.empty((n, oh, ow, cout), dtype=torch.float32).permute(0, 3, 1, 2)
     _, _, threads = _launch(device, n * oh * ow * cout)
     _core().spike_conv(
@@ -663,11 +673,7 @@ def bound_block_conv(
         _check("bias", bias, torch.float32, cpu, (cout,))
         bias = bias.contiguous()
     (sh, sw), (ph, pw) = stride, padding
-    if min(sh, sw) < 1 or min(ph, pw) < 0:
-        raise ValueError(f"stride must be >= 1 and padding >= 0, got {stride} and {padding}")
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding}")
+    oh, ow = _conv_output((h, w), (kh, kw), stride, padding)
     chunk, bias_first = block_conv_order((kh, kw), (ph, pw), cin)
     if cin % chunk:
         raise ValueError(f"block_conv2d sums input channels in blocks of {chunk}, got {cin}")
