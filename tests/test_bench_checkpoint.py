@@ -10,7 +10,7 @@ from dcsim.cli import EXIT_OK, main
 from dcsim.data import load_digits_splits
 from dcsim.io.checkpoint import save_checkpoint
 from dcsim.models import build_model
-from dcsim.workflows.benchmark import BATCH1_INPUTS, markdown, paired_saving, spread
+from dcsim.workflows.benchmark import BATCH1_INPUTS, interleaved, markdown, paired_saving, spread
 
 
 def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
@@ -54,6 +54,14 @@ def test_spread_flags_rows_whose_rounds_differ_by_more_than_ten_percent():
     assert (s["median"], s["min"], s["max"]) == pytest.approx((1.035, 1.0, 1.1))
     assert s["spread"] == pytest.approx(0.1 / 1.035) and s["unstable"] is False
     assert spread([1.0, 1.2, 1.1])["unstable"] is True
+
+
+def test_interleaved_rounds_alternate_their_order():
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = interleaved(fns, torch.device("cpu"), 3)
+    assert calls == list("abc") + list("abc") + list("cba") + list("abc")  # warm-up, then forward and back
+    assert all(len(times[name]["wall"]) == 3 for name in "abc")
 
 
 def test_paired_saving_takes_each_rounds_saving_and_their_median():

@@ -73,15 +73,18 @@ def timeit(fn: Callable[[], object], device: torch.device, repeats: int) -> floa
 def interleaved(
     fns: dict[str, Callable[[], object]], device: torch.device, rounds: int
 ) -> dict[str, dict[str, list[float]]]:
-    """Times of each fn over ``rounds`` rounds, each round calling every fn once in order (one warm-up call
-    each first): {name: {"wall": seconds per round, "cpu": process CPU seconds per round (all threads)}}."""
+    """Times of each fn over ``rounds`` rounds, each round calling every fn once, in the given order in even rounds
+    and in reverse in odd ones (so that a drift of the machine within a round, or the cache state one fn leaves
+    the next, weighs on every fn alike), after one warm-up call each: {name: {"wall": seconds per round, "cpu":
+    process CPU seconds per round (all threads)}}."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     for fn in fns.values():
         fn()
     out: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for r in range(rounds):
+        for name, fn in order if r % 2 == 0 else order[::-1]:
             _sync(device)
             c0, t0 = time.process_time(), time.perf_counter()
             fn()
