@@ -1,5 +1,6 @@
 """Which CPU convs run as block convs (kernel 6, :func:`dcsim.sim.ops.block_conv2d`): checked once per layer and
-input shape against the oneDNN call they replace.
+input shape against the oneDNN call they replace, timed once per call shape against it; used in calls of at most
+MAX_ROWS rows (a chunk program's convs, a lone sample's image-fed ones).
 
 PyTorch's CPU conv costs about 40 us per call around oneDNN's own run of it, whatever the rows (primitive look-up,
 memory objects, reorders of the input, weights and output): at batch 1, a call of one step spends half its time
