@@ -12,7 +12,7 @@ from dcsim.sim import block_conv, ops, reference
 from dcsim.sim.network import Conv, onednn_conv
 from dyadic import dyadic_inputs, resnet
 
-AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+AVX512 = block_conv.avx512()
 
 # (Cin, Cout, H, W, kernel, stride, padding): 3x3 direct convs of the zoo's kinds, strided, 1x1 (one partial from
 # the bias), a 5x5, odd widths (column tails of the 8- and 16-column blocks), widths under 4 (4 blocks at once),
@@ -85,6 +85,11 @@ def test_the_engine_uses_block_convs_only_where_they_match_onednn(monkeypatch, a
     # slower than oneDNN on the call's shape: oneDNN is kept
     monkeypatch.setattr(block_conv, "_faster", lambda block, node, x_shape: False)
     assert block_conv.BlockConvs().call(node, x_shape) is None
+    # a CPU without AVX-512 (oneDNN sums in blocks of 8 there): not even probed
+    monkeypatch.setattr(block_conv, "avx512", lambda: False)
+    monkeypatch.setattr(block_conv, "_faster", lambda block, node, x_shape: pytest.fail("probed without AVX-512"))
+    assert block_conv.BlockConvs().call(node, x_shape) is None
+    monkeypatch.setattr(block_conv, "avx512", lambda: AVX512)
     # a kernel that summed in another order (one partial over all channels) fails the check: oneDNN is kept
     monkeypatch.setattr(block_conv, "_faster", lambda block, node, x_shape: True)
     monkeypatch.setattr(ops, "block_conv_order", lambda kernel, padding, cin: (cin, True))

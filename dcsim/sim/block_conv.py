@@ -94,10 +94,16 @@ def eligible(node: Conv, sample_shape: tuple[int, ...]) -> bool:
     return cin % chunk == 0
 
 
+def avx512() -> bool:
+    """Whether PyTorch runs its CPU kernels with AVX-512 here: elsewhere oneDNN blocks channels by 8 and sums in
+    another order, so the check could only fail (and on wide layers its probe, in the portable loop, takes seconds)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 def _packed_if_exact(node: Conv, sample_shape: tuple[int, ...]) -> torch.Tensor | None:
     """node's weights packed for the block conv if it gives oneDNN's large-batch bits on a seeded Gaussian input of
     ``sample_shape``, else None."""
-    if not eligible(node, sample_shape):
+    if not eligible(node, sample_shape) or not avx512():
         return None
     packed = ops.pack_block_conv_weight(node.weight)
     gen = torch.Generator().manual_seed(0)
