@@ -120,6 +120,8 @@ def test_programs_with_block_convs_give_the_general_path_s_results(always_faster
     "call,match",
     [
         (lambda: ops.pack_block_conv_weight(torch.zeros(40, 16, 3, 3)), "blocks of 16"),
+        (lambda: ops.pack_block_conv_weight(torch.zeros(16, 16, 3)), "weight must have shape"),
+        (lambda: ops.pack_block_conv_weight(torch.zeros(16, 16, 3, 3, dtype=torch.float64)), "weight"),
         (lambda: ops.block_conv2d(torch.zeros(1, 16, 4, 4).double(), torch.zeros(1, 3, 3, 16, 16), None, (1, 1), (1, 1)), "x"),
         (lambda: ops.block_conv2d(torch.zeros(1, 4, 4, 16).permute(0, 3, 1, 2), torch.zeros(1, 3, 3, 16, 16), None, (1, 1), (1, 1)), "contiguous"),
         (lambda: ops.block_conv2d(torch.zeros(1, 16, 4, 4), torch.zeros(1, 3, 3, 8, 16), None, (1, 1), (1, 1)), "packed"),

@@ -500,11 +500,16 @@ def _conv_output(
     return oh, ow
 
 
-def pack_spike_conv_weight(weight: torch.Tensor) -> torch.Tensor:
-    """Conv weights float32 [Cout, Cin, kh, kw] repacked for :func:`spike_conv2d`: float32 [kh, kw, Cin, Cout]."""
+def _check_conv_weight(weight: torch.Tensor) -> None:
+    """Check that a conv's weight is a float32 [Cout, Cin, kh, kw] tensor (before it is repacked for a kernel)."""
     _check("weight", weight, torch.float32, _tensor("weight", weight).device)
     if weight.dim() != 4:
         raise ValueError(f"weight must have shape [Cout, Cin, kh, kw], got {tuple(weight.shape)}")
+
+
+def pack_spike_conv_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Conv weights float32 [Cout, Cin, kh, kw] repacked for :func:`spike_conv2d`: float32 [kh, kw, Cin, Cout]."""
+    _check_conv_weight(weight)
     return weight.permute(2, 3, 1, 0).contiguous()
 
 
@@ -611,6 +616,7 @@ def block_conv_order(kernel: tuple[int, int], padding: tuple[int, int], cin: int
 def pack_block_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     """Conv weights float32 [Cout, Cin, kh, kw] (Cout a multiple of 16) repacked for :func:`block_conv2d`: float32
     [Cout / 16, kh, kw, Cin, 16]."""
+    _check_conv_weight(weight)
     cout, cin, kh, kw = weight.shape
     if cout % BLOCK:
         raise ValueError(
