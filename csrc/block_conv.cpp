@@ -2,6 +2,7 @@
 #include "block_conv.h"
 
 #include <cmath>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -159,6 +160,144 @@ __attribute__((target("avx512f"))) void output_rows_avx512(const BlockConvArgs& 
     }
   }
 }
+
+// The sparse loop (see block_conv.h), per sample: the input transposed to [h * w][groups * 16] with a mask of
+// its nonzero channels per pixel and group of 16; per chunk of the sum, every output's list of the taps whose
+// input is nonzero, in the order of the sum (rows, columns, channels: weight offsets and input values); then, for
+// OB blocks of 16 output channels at a time, each output's partial over its list, added to its running total.
+struct SparseWork {
+  int64_t groups = 0, plane = 0, opix = 0;
+  std::vector<uint16_t> mask;  // [groups][plane]: bit c set where channel 16 * g + c is nonzero
+  std::vector<float> xt;       // [plane][groups * 16] the sample's input, channels last, zero-padded to groups * 16
+  std::vector<int32_t> start;  // [opix + 1]: output p's list is [start[p], start[p + 1])
+  std::vector<int32_t> offs;   // per listed tap: its weight's offset (floats) in a block of 16 output channels
+  std::vector<float> vals;     // per listed tap: its input
+  std::vector<float> total;    // [cout / 16][opix][16] running totals
+};
+
+void sparse_transpose(const BlockConvArgs& a, int64_t i, SparseWork& s) {
+  for (int64_t p = 0; p < s.plane; ++p) {
+    float* t = s.xt.data() + p * s.groups * kLanes;
+    for (int64_t g = 0; g < s.groups; ++g) {
+      uint32_t m = 0;
+      for (int c = 0; c < kLanes; ++c) {
+        const int64_t cc = g * kLanes + c;
+        const float v = cc < a.cin ? a.x[(i * a.cin + cc) * s.plane + p] : 0.f;
+        t[g * kLanes + c] = v;
+        if (v != 0.f) m |= 1u << c;
+      }
+      s.mask[g * s.plane + p] = static_cast<uint16_t>(m);
+    }
+  }
+}
+
+__attribute__((target("avx512f,popcnt"))) void sparse_lists(const BlockConvArgs& a, int64_t c0, SparseWork& s) {
+  const __m512i lanes = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80, 64, 48, 32, 16, 0);
+  int32_t len = 0;
+  for (int64_t oy = 0; oy < a.oh; ++oy) {
+    for (int64_t ox = 0; ox < a.ow; ++ox) {
+      s.start[oy * a.ow + ox] = len;
+      for (int64_t ky = 0; ky < a.kh; ++ky) {
+        const int64_t iy = oy * a.sh - a.ph + ky;
+        if (iy < 0 || iy >= a.h) continue;
+        for (int64_t kx = 0; kx < a.kw; ++kx) {
+          const int64_t ix = ox * a.sw - a.pw + kx;
+          if (ix < 0 || ix >= a.w) continue;  // a tap in the padding: skipped, as oneDNN skips it
+          const uint16_t* mp = s.mask.data() + iy * a.w + ix;
+          const float* xv = s.xt.data() + (iy * a.w + ix) * s.groups * kLanes;
+          for (int64_t g = c0 / kLanes; g * kLanes < c0 + a.chunk; ++g) {
+            const __mmask16 m = mp[g * s.plane];
+            const int32_t base = static_cast<int32_t>(((ky * a.kw + kx) * a.cin + g * kLanes) * kLanes);
+            // compressed in registers, then stored whole (a compressing store is slow on some CPUs); the
+            // lists have 16 spare entries for the tail
+            _mm512_storeu_si512(s.offs.data() + len,
+                                _mm512_maskz_compress_epi32(m, _mm512_add_epi32(lanes, _mm512_set1_epi32(base))));
+            _mm512_storeu_ps(s.vals.data() + len, _mm512_maskz_compress_ps(m, _mm512_loadu_ps(xv + g * kLanes)));
+            len += _mm_popcnt_u32(m);
+          }
+        }
+      }
+    }
+  }
+  s.start[s.opix] = len;
+}
+
+// Blocks [ob, ob + OB) of output channels: each output's partial over its list of chunk c0, into the totals.
+template <int OB>
+__attribute__((target("avx512f"))) void sparse_sums(const BlockConvArgs& a, int64_t c0, int64_t ob, SparseWork& s) {
+  const int64_t wstride = a.kh * a.kw * a.cin * kLanes;
+  const float* wb = a.weight + ob * wstride;
+  for (int64_t p = 0; p < s.opix; ++p) {
+    __m512 part[OB];
+#pragma GCC unroll 4
+    for (int b = 0; b < OB; ++b) {
+      part[b] = (a.bias_first && c0 == 0 && a.bias) ? _mm512_loadu_ps(a.bias + (ob + b) * kLanes) : _mm512_setzero_ps();
+    }
+    for (int32_t k = s.start[p]; k < s.start[p + 1]; ++k) {
+      const __m512 v = _mm512_set1_ps(s.vals[k]);
+      const float* wv = wb + s.offs[k];
+#pragma GCC unroll 4
+      for (int b = 0; b < OB; ++b) part[b] = _mm512_fmadd_ps(v, _mm512_loadu_ps(wv + b * wstride), part[b]);
+    }
+#pragma GCC unroll 4
+    for (int b = 0; b < OB; ++b) {
+      float* t = s.total.data() + ((ob + b) * s.opix + p) * kLanes;
+      __m512 r = part[b];
+      if (c0 > 0) {
+        r = _mm512_add_ps(part[b], _mm512_loadu_ps(t));
+      } else if (!a.bias_first && a.bias) {
+        r = _mm512_add_ps(part[b], _mm512_loadu_ps(a.bias + (ob + b) * kLanes));
+      }
+      _mm512_storeu_ps(t, r);
+    }
+  }
+}
+
+// Whether the sparse loop applies to this call (see block_conv.h): the fraction of nonzero inputs at most
+// a.max_density, no -0 in a bias that starts the sums, weight offsets within 32 bits.
+bool sparse_applies(const BlockConvArgs& a) {
+  if (a.max_density <= 0 || a.kh * a.kw * a.cin * kLanes >= (int64_t{1} << 31)) return false;
+  if (a.bias_first && a.bias) {
+    for (int64_t o = 0; o < a.cout; ++o)
+      if (a.bias[o] == 0.f && std::signbit(a.bias[o])) return false;
+  }
+  const int64_t size = a.n * a.cin * a.h * a.w;
+  int64_t nonzero = 0;
+  for (int64_t k = 0; k < size; ++k) nonzero += a.x[k] != 0.f;
+  return static_cast<double>(nonzero) <= a.max_density * static_cast<double>(size);
+}
+
+void block_conv_sparse(const BlockConvArgs& a, int threads) {
+  SparseWork s;
+  s.groups = (a.cin + kLanes - 1) / kLanes;
+  s.plane = a.h * a.w;
+  s.opix = a.oh * a.ow;
+  const int64_t per_output = a.kh * a.kw * ((a.chunk + kLanes - 1) / kLanes) * kLanes;  // taps listed per output, at most
+  s.mask.resize(s.groups * s.plane);
+  s.xt.resize(s.groups * s.plane * kLanes);
+  s.start.resize(s.opix + 1);
+  s.offs.resize(s.opix * per_output + kLanes);
+  s.vals.resize(s.opix * per_output + kLanes);
+  s.total.resize(a.cout * s.opix);
+  const int64_t blocks = a.cout / kLanes;
+  const int group = blocks % 4 == 0 ? 4 : blocks % 3 == 0 ? 3 : blocks % 2 == 0 ? 2 : 1;
+  void (*sums)(const BlockConvArgs&, int64_t, int64_t, SparseWork&) =
+      group == 4 ? sparse_sums<4> : group == 3 ? sparse_sums<3> : group == 2 ? sparse_sums<2> : sparse_sums<1>;
+  for (int64_t i = 0; i < a.n; ++i) {
+    sparse_transpose(a, i, s);
+    for (int64_t c0 = 0; c0 < a.cin; c0 += a.chunk) {
+      sparse_lists(a, c0, s);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+      for (int64_t ob = 0; ob < blocks; ob += group) sums(a, c0, ob, s);
+    }
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t o = 0; o < a.cout; ++o) {
+      float* dst = a.out + (i * a.cout + o) * s.opix;
+      const float* src = s.total.data() + (o / kLanes) * s.opix * kLanes + o % kLanes;
+      for (int64_t p = 0; p < s.opix; ++p) dst[p] = src[p * kLanes];
+    }
+  }
+}
 #endif
 
 }  // namespace
@@ -169,6 +308,7 @@ void block_conv_cpu(const BlockConvArgs& a, int threads, bool simd) {
   int64_t group = 1;
 #ifdef DCSIM_X86
   if (simd && __builtin_cpu_supports("avx512f")) {
+    if (sparse_applies(a)) return block_conv_sparse(a, threads);
     const int64_t blocks = a.cout / kLanes;
     if (a.ow <= 4 && blocks % 4 == 0) {
       row = output_rows_avx512<4, 4>, group = 4;

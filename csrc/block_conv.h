@@ -8,6 +8,11 @@
 // partial is added to it. oneDNN's direct kernel (jit:avx512_core) sums chunks of 16 channels
 // with the bias added to the first; its 1x1 kernel (jit_1x1:avx512_core) one chunk that starts at
 // the bias. Callers check the bits against the conv they replace (dcsim/sim/ops.py).
+// The sparse loop (max_density > 0, AVX-512) gives the same bits with the taps of zero inputs left out: a
+// partial starts at +0 (or the bias) and fma(w, 0, s) == s for every s but -0, which a sum from +0 never
+// reaches; so it needs finite weights (inf * 0 is NaN) and, where bias_first, no -0 in the bias (else the
+// dense loop runs). Each output's nonzero taps are listed once per chunk and summed for every output channel
+// block: the work follows the inputs that spiked (10-25% in trained networks) instead of all of them.
 #pragma once
 #include <cstdint>
 
@@ -20,6 +25,7 @@ struct BlockConvArgs {
   int64_t sh, sw, ph, pw;      // stride and zero padding
   int64_t chunk;               // input channels per partial sum (divides cin)
   bool bias_first;             // the bias starts the first partial sum (else: added to it)
+  double max_density;          // the sparse loop where at most this fraction of x is nonzero (0: never)
   const float* x;              // [n, cin, h, w] input
   const float* weight;         // [cout / 16, kh, kw, cin, 16] weights, repacked
   const float* bias;           // [cout] or nullptr

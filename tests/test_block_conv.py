@@ -1,6 +1,7 @@
 """Kernel 6, the block conv (dcsim.sim.ops.block_conv2d): a dense CPU conv summed in oneDNN's AVX-512 order. Against
 its plain-PyTorch reference (the same order, exact where the products are: spike inputs), its portable loop
-(every input), oneDNN itself on AVX-512 machines (every input), and the engine's choice of it (dcsim.sim.block_conv)."""
+(every input), oneDNN itself on AVX-512 machines (every input), its sparse loop against its dense loops (the same
+bits with the zero inputs' taps left out), and the engine's choice of it (dcsim.sim.block_conv)."""
 
 import dataclasses
 
@@ -71,27 +72,88 @@ def test_block_conv_gives_onednn_s_bits_on_avx512(geometry, bias):
     assert torch.equal(out, onednn_conv(node, x))
 
 
+def _random_geometry(g: torch.Generator):
+    """A fresh conv geometry (Cin, Cout, H, W, kernel, stride, padding) the block conv can sum."""
+    while True:
+        cin, cout = int(torch.randint(1, 70, (1,), generator=g)), 16 * int(torch.randint(1, 6, (1,), generator=g))
+        k = int(torch.randint(1, 4, (1,), generator=g)) * 2 - 1
+        s, p = int(torch.randint(1, 3, (1,), generator=g)), int(torch.randint(0, k // 2 + 1, (1,), generator=g))
+        h, w = int(torch.randint(k, 16, (1,), generator=g)), int(torch.randint(k, 16, (1,), generator=g))
+        if cin % ops.block_conv_order((k, k), (p, p), cin)[0] == 0:
+            return cin, cout, h, w, k, s, p
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_sparse_loop_gives_the_dense_loops_bits(seed):
+    """Fresh shapes and densities (0 to 1 nonzero, Gaussian values, 1-3 rows, 1-2 threads), bias or none: the sparse
+    loop leaves out the taps of zero inputs and gives the portable dense loop's bits."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    cin, cout, h, w, k, s, p = _random_geometry(g)
+    n = 1 + seed % 3
+    density = float(torch.rand(1, generator=g)) if seed % 6 else 0.0
+    x = (torch.rand(n, cin, h, w, generator=g) < density) * torch.randn(n, cin, h, w, generator=g)
+    weight = torch.randn(cout, cin, k, k, generator=g)
+    b = torch.randn(cout, generator=g) if seed % 2 else None
+    packed = ops.pack_block_conv_weight(weight)
+    dense = ops.block_conv2d(x, packed, b, (s, s), (p, p), simd=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 + seed % 2)
+        sparse = ops.block_conv2d(x, packed, b, (s, s), (p, p), max_density=1.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(sparse.view(torch.int32), dense.view(torch.int32))
+
+
+def test_sparse_loop_keeps_a_negative_zero_bias_s_bits():
+    """A 1x1 conv's sum starts at the bias: from -0, the dense loop's fma(w, 0, -0) gives +0 where w >= 0, which the
+    sparse loop, leaving the tap out, would not; it runs the dense loop there (csrc/block_conv.h)."""
+    x = torch.zeros(1, 16, 3, 3)
+    x[0, 0, 0, 0] = 1.0
+    weight = torch.ones(16, 16, 1, 1)
+    b = torch.full((16,), -0.0)
+    packed = ops.pack_block_conv_weight(weight)
+    dense = ops.block_conv2d(x, packed, b, (1, 1), (0, 0), simd=False)
+    sparse = ops.block_conv2d(x, packed, b, (1, 1), (0, 0), max_density=1.0)
+    assert torch.equal(sparse.view(torch.int32), dense.view(torch.int32))
+    assert torch.signbit(dense[0, 0, 1, 1]) == torch.signbit(torch.tensor(0.0))  # +0: the check can fail
+
+
 @pytest.fixture
 def always_faster(monkeypatch):
-    """The block conv counted as the faster one wherever it is exact: no test depends on a timing."""
-    monkeypatch.setattr(block_conv, "_faster", lambda block, node, x_shape: True)
+    """The block conv's dense loop counted as the fastest wherever it is exact: no test depends on a timing."""
+    monkeypatch.setattr(block_conv, "_fastest", lambda calls, x_shape: "dense")
 
 
 def test_the_engine_uses_block_convs_only_where_they_match_onednn(monkeypatch, always_faster):
     net, shape = resnet("qcfs", seed=3)
     node = next(n for n in net.nodes if isinstance(n, Conv) and n.weight.shape[1] == 64)
     x_shape = (2, 64, shape[1], shape[2])
-    assert (block_conv.BlockConvs().call(node, x_shape) is not None) == AVX512
+    blocks = block_conv.BlockConvs()
+    assert (blocks.call(node, x_shape) is not None) == AVX512
+    assert list(blocks.chosen().values()) == ["dense" if AVX512 else None]
+    # the sparse loop, where it is the fastest, offered with the dense loop and oneDNN
+    offered: list[list[str]] = []
+    monkeypatch.setattr(block_conv, "_fastest", lambda calls, x_shape: offered.append(list(calls)) or "sparse")
+    blocks = block_conv.BlockConvs()
+    assert (blocks.call(node, x_shape) is not None) == AVX512
+    assert offered == ([["onednn", "dense", "sparse"]] if AVX512 else [])
+    assert list(blocks.chosen().values()) == ["sparse" if AVX512 else None]
+    # a weight whose zero-input products are not 0 (inf * 0 is NaN): neither loop is offered, oneDNN is kept
+    offered.clear()
+    inf = node.weight.clone().index_fill_(0, torch.tensor([3]), float("inf"))
+    assert block_conv.BlockConvs().call(dataclasses.replace(node, weight=inf), x_shape) is None
+    assert offered == []
     # slower than oneDNN on the call's shape: oneDNN is kept
-    monkeypatch.setattr(block_conv, "_faster", lambda block, node, x_shape: False)
+    monkeypatch.setattr(block_conv, "_fastest", lambda calls, x_shape: "onednn")
     assert block_conv.BlockConvs().call(node, x_shape) is None
     # a CPU without AVX-512 (oneDNN sums in blocks of 8 there): not even probed
     monkeypatch.setattr(block_conv, "avx512", lambda: False)
-    monkeypatch.setattr(block_conv, "_faster", lambda block, node, x_shape: pytest.fail("probed without AVX-512"))
+    monkeypatch.setattr(block_conv, "_fastest", lambda calls, x_shape: pytest.fail("probed without AVX-512"))
     assert block_conv.BlockConvs().call(node, x_shape) is None
     monkeypatch.setattr(block_conv, "avx512", lambda: AVX512)
     # a kernel that summed in another order (one partial over all channels) fails the check: oneDNN is kept
-    monkeypatch.setattr(block_conv, "_faster", lambda block, node, x_shape: True)
+    monkeypatch.setattr(block_conv, "_fastest", lambda calls, x_shape: "dense")
     monkeypatch.setattr(ops, "block_conv_order", lambda kernel, padding, cin: (cin, True))
     assert block_conv.BlockConvs().call(node, x_shape) is None
     # layers the kernel cannot run
@@ -129,6 +191,7 @@ def test_programs_with_block_convs_give_the_general_path_s_results(always_faster
         (lambda: ops.block_conv2d(torch.zeros(1, 16, 4, 4), torch.zeros(1, 3, 3, 16, 16), torch.zeros(8), (1, 1), (1, 1)), "bias"),
         (lambda: ops.block_conv2d(torch.zeros(1, 16, 2, 2), torch.zeros(1, 3, 3, 16, 16), None, (1, 1), (0, 0)), "does not fit"),
         (lambda: ops.block_conv2d(torch.zeros(1, 16, 4, 4), torch.zeros(1, 3, 3, 16, 16), None, (0, 1), (1, 1)), "stride"),
+        (lambda: ops.block_conv2d(torch.zeros(1, 16, 4, 4), torch.zeros(1, 3, 3, 16, 16), None, (1, 1), (1, 1), max_density=1.5), "max_density"),
     ],
 )  # fmt: skip
 def test_bad_block_conv_arguments_are_named(call, match):

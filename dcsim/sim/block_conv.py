@@ -15,6 +15,7 @@ differ the layer keeps oneDNN: the results never change, only the time.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Hashable
@@ -30,17 +31,26 @@ is a small part of the conv, and its sums, which read the input's channels a pla
 misses within a network than a timing of the layer alone shows: on the zoo ResNet-18, 27-row calls ran 17% slower
 with block convs (the first kernel) chosen by timing (docs/results/table2-cpu.md)."""
 TIMED_ROUNDS = 5
-"""Interleaved rounds in which the block conv and oneDNN are timed on a layer's call shape (medians compared)."""
+"""Interleaved rounds in which oneDNN and the block conv's loops are timed on a layer's call shape (medians
+compared)."""
+TIMED_DENSITY = 0.2
+"""Fraction of nonzero inputs in the timing's input: trained networks fire 10-25% of their neurons per step (the
+zoo's w96 analog stem 8-24% per layer, docs/results/table2-cpu.md), and the sparse loop's time follows it."""
+MAX_DENSITY = 0.35
+"""A call of the sparse loop runs the dense loop where more than this fraction of its input is nonzero (an
+image-fed conv, a layer that fires unusually often): on the zoo's layers the sparse loop is the faster one below
+30-50% (docs/results/table2-cpu.md)."""
 
 
 class BlockConvs:
-    """Per engine: for each conv node and call shape, the block conv where it gives oneDNN's bits on the layer (checked
-    once per input shape, see the module's docstring) and is the faster of the two on that call shape (timed once:
-    its sums take 0.4-1.05 of oneDNN's time on the zoo's layers, and the ~40 us it saves matters most in small calls)."""
+    """Per engine: for each conv node and call shape, oneDNN or the block conv's dense or sparse loop, whichever is
+    the fastest on that call shape among those that give oneDNN's bits on the layer (checked once per input shape,
+    see the module's docstring; timed once, on an input with TIMED_DENSITY nonzero)."""
 
     def __init__(self) -> None:
-        self._exact: dict[Hashable, tuple[Conv, torch.Tensor | None]] = {}  # (node, sample shape) -> (node, packed)
-        self._calls: dict[Hashable, tuple[Conv, Callable[[torch.Tensor], torch.Tensor] | None]] = {}
+        # (node, sample shape) -> (node, packed weights or None, whether the sparse loop may run)
+        self._exact: dict[Hashable, tuple[Conv, torch.Tensor | None, bool]] = {}
+        self._calls: dict[Hashable, tuple[Conv, Callable[[torch.Tensor], torch.Tensor] | None, str | None]] = {}
 
     def call(self, node: Conv, x_shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The block conv of node for contiguous float32 CPU inputs of shape ``x_shape`` [n, Cin, H, W] (as
@@ -52,34 +62,41 @@ class BlockConvs:
         if key not in self._calls:
             exact = (id(node), tuple(x_shape[1:]), threads)
             if exact not in self._exact:
-                self._exact[exact] = (node, _packed_if_exact(node, tuple(x_shape[1:])))
-            packed = self._exact[exact][1]
-            block = None
+                self._exact[exact] = (node, *_packed_if_exact(node, tuple(x_shape[1:])))
+            _, packed, sparse = self._exact[exact]
+            block, kind = None, None
             if packed is not None:
-                block = ops.bound_block_conv(packed, node.bias, node.stride, node.padding, tuple(x_shape))
-                if not _faster(block, node, tuple(x_shape)):
-                    block = None
-            self._calls[key] = (node, block)
+                loops = {"dense": ops.bound_block_conv(packed, node.bias, node.stride, node.padding, tuple(x_shape))}
+                if sparse:
+                    loops["sparse"] = ops.bound_block_conv(
+                        packed, node.bias, node.stride, node.padding, tuple(x_shape), max_density=MAX_DENSITY
+                    )
+                onednn = functools.partial(onednn_conv, node)
+                kind = _fastest({"onednn": onednn, **loops}, tuple(x_shape))
+                block = loops.get(kind)
+            self._calls[key] = (node, block, kind if block is not None else None)
         return self._calls[key][1]
 
-    def chosen(self) -> dict[Hashable, bool]:
-        """The (node id, call shape, threads) decided so far and whether each runs as a block conv."""
-        return {key: block is not None for key, (_, block) in self._calls.items()}
+    def chosen(self) -> dict[Hashable, str | None]:
+        """The (node id, call shape, threads) decided so far and the block conv's loop each runs ("dense" or
+        "sparse"), None where oneDNN runs."""
+        return {key: kind for key, (_, _, kind) in self._calls.items()}
 
 
-def _faster(block: Callable[[torch.Tensor], torch.Tensor], node: Conv, x_shape: tuple[int, ...]) -> bool:
-    """Whether ``block`` computes node's conv of an x_shape input in less time than oneDNN: medians over TIMED_ROUNDS
-    interleaved rounds, after one call of each."""
-    x = torch.randn(x_shape, generator=torch.Generator().manual_seed(1))
-    times: dict[bool, list[float]] = {True: [], False: []}
+def _fastest(calls: dict[str, Callable[[torch.Tensor], torch.Tensor]], x_shape: tuple[int, ...]) -> str:
+    """The name of the call that computes an x_shape input in the least time: medians over TIMED_ROUNDS interleaved
+    rounds, after one call of each, on a seeded input with TIMED_DENSITY nonzero."""
+    x = (torch.rand(x_shape, generator=torch.Generator().manual_seed(1)) < TIMED_DENSITY).float()
+    times: dict[str, list[float]] = {name: [] for name in calls}
     with torch.no_grad():
-        block(x), onednn_conv(node, x)
+        for call in calls.values():
+            call(x)
         for _ in range(TIMED_ROUNDS):
-            for ours in (True, False):
+            for name, call in calls.items():
                 t0 = time.perf_counter()
-                block(x) if ours else onednn_conv(node, x)
-                times[ours].append(time.perf_counter() - t0)
-    return statistics.median(times[True]) < statistics.median(times[False])
+                call(x)
+                times[name].append(time.perf_counter() - t0)
+    return min(times, key=lambda name: statistics.median(times[name]))
 
 
 def eligible(node: Conv, sample_shape: tuple[int, ...]) -> bool:
@@ -100,18 +117,25 @@ def avx512() -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-def _packed_if_exact(node: Conv, sample_shape: tuple[int, ...]) -> torch.Tensor | None:
-    """node's weights packed for the block conv if it gives oneDNN's large-batch bits on a seeded Gaussian input of
-    ``sample_shape``, else None."""
+def _packed_if_exact(node: Conv, sample_shape: tuple[int, ...]) -> tuple[torch.Tensor | None, bool]:
+    """node's weights packed for the block conv if its dense loop gives oneDNN's large-batch bits on a seeded
+    Gaussian input of ``sample_shape`` (else None), and whether its sparse loop does too on the same input with
+    80% of it zeros (which it leaves out; finite weights only, see csrc/block_conv.h)."""
     if not eligible(node, sample_shape) or not avx512():
-        return None
+        return None, False
     packed = ops.pack_block_conv_weight(node.weight)
     gen = torch.Generator().manual_seed(0)
     probe = torch.randn((row_floor.REFERENCE_ROWS, *sample_shape), generator=gen)
     if not onednn_conv_applies(probe):  # no oneDNN: the engine's convs take another kernel
-        return None
+        return None, False
+    spiky = probe * (torch.rand(probe.shape, generator=gen) < TIMED_DENSITY)
     with torch.no_grad():
-        same = torch.equal(
-            ops.block_conv2d(probe, packed, node.bias, node.stride, node.padding), onednn_conv(node, probe)
+        conv = functools.partial(
+            ops.block_conv2d, packed=packed, bias=node.bias, stride=node.stride, padding=node.padding
         )
-    return packed if same else None
+        if not torch.equal(conv(probe), onednn_conv(node, probe)):
+            return None, False
+        sparse = bool(torch.isfinite(node.weight).all()) and torch.equal(
+            conv(spiky, max_density=1.0), onednn_conv(node, spiky)
+        )
+    return packed, sparse
