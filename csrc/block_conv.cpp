@@ -2,7 +2,7 @@
 #include "block_conv.h"
 
 #include <cmath>
-#include <vector>
+#include <memory>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -165,19 +165,22 @@ __attribute__((target("avx512f"))) void output_rows_avx512(const BlockConvArgs& 
 // its nonzero channels per pixel and group of 16; per chunk of the sum, every output's list of the taps whose
 // input is nonzero, in the order of the sum (rows, columns, channels: weight offsets and input values); then, for
 // OB blocks of 16 output channels at a time, each output's partial over its list, added to its running total.
+template <typename T>
+using Buffer = std::unique_ptr<T[]>;  // uninitialised: every entry read is written first
+
 struct SparseWork {
   int64_t groups = 0, plane = 0, opix = 0;
-  std::vector<uint16_t> mask;  // [groups][plane]: bit c set where channel 16 * g + c is nonzero
-  std::vector<float> xt;       // [plane][groups * 16] the sample's input, channels last, zero-padded to groups * 16
-  std::vector<int32_t> start;  // [opix + 1]: output p's list is [start[p], start[p + 1])
-  std::vector<int32_t> offs;   // per listed tap: its weight's offset (floats) in a block of 16 output channels
-  std::vector<float> vals;     // per listed tap: its input
-  std::vector<float> total;    // [cout / 16][opix][16] running totals
+  Buffer<uint16_t> mask;  // [groups][plane]: bit c set where channel 16 * g + c is nonzero
+  Buffer<float> xt;       // [plane][groups * 16] the sample's input, channels last, zero-padded to groups * 16
+  Buffer<int32_t> start;  // [opix + 1]: output p's list is [start[p], start[p + 1])
+  Buffer<int32_t> offs;   // per listed tap: its weight's offset (floats) in a block of 16 output channels
+  Buffer<float> vals;     // per listed tap: its input
+  Buffer<float> total;    // [cout / 16][opix][16] running totals
 };
 
 void sparse_transpose(const BlockConvArgs& a, int64_t i, SparseWork& s) {
   for (int64_t p = 0; p < s.plane; ++p) {
-    float* t = s.xt.data() + p * s.groups * kLanes;
+    float* t = s.xt.get() + p * s.groups * kLanes;
     for (int64_t g = 0; g < s.groups; ++g) {
       uint32_t m = 0;
       for (int c = 0; c < kLanes; ++c) {
@@ -203,16 +206,16 @@ __attribute__((target("avx512f,popcnt"))) void sparse_lists(const BlockConvArgs&
         for (int64_t kx = 0; kx < a.kw; ++kx) {
           const int64_t ix = ox * a.sw - a.pw + kx;
           if (ix < 0 || ix >= a.w) continue;  // a tap in the padding: skipped, as oneDNN skips it
-          const uint16_t* mp = s.mask.data() + iy * a.w + ix;
-          const float* xv = s.xt.data() + (iy * a.w + ix) * s.groups * kLanes;
+          const uint16_t* mp = s.mask.get() + iy * a.w + ix;
+          const float* xv = s.xt.get() + (iy * a.w + ix) * s.groups * kLanes;
           for (int64_t g = c0 / kLanes; g * kLanes < c0 + a.chunk; ++g) {
             const __mmask16 m = mp[g * s.plane];
             const int32_t base = static_cast<int32_t>(((ky * a.kw + kx) * a.cin + g * kLanes) * kLanes);
             // compressed in registers, then stored whole (a compressing store is slow on some CPUs); the
             // lists have 16 spare entries for the tail
-            _mm512_storeu_si512(s.offs.data() + len,
+            _mm512_storeu_si512(s.offs.get() + len,
                                 _mm512_maskz_compress_epi32(m, _mm512_add_epi32(lanes, _mm512_set1_epi32(base))));
-            _mm512_storeu_ps(s.vals.data() + len, _mm512_maskz_compress_ps(m, _mm512_loadu_ps(xv + g * kLanes)));
+            _mm512_storeu_ps(s.vals.get() + len, _mm512_maskz_compress_ps(m, _mm512_loadu_ps(xv + g * kLanes)));
             len += _mm_popcnt_u32(m);
           }
         }
@@ -241,7 +244,7 @@ __attribute__((target("avx512f"))) void sparse_sums(const BlockConvArgs& a, int6
     }
 #pragma GCC unroll 4
     for (int b = 0; b < OB; ++b) {
-      float* t = s.total.data() + ((ob + b) * s.opix + p) * kLanes;
+      float* t = s.total.get() + ((ob + b) * s.opix + p) * kLanes;
       __m512 r = part[b];
       if (c0 > 0) {
         r = _mm512_add_ps(part[b], _mm512_loadu_ps(t));
@@ -273,12 +276,12 @@ void block_conv_sparse(const BlockConvArgs& a, int threads) {
   s.plane = a.h * a.w;
   s.opix = a.oh * a.ow;
   const int64_t per_output = a.kh * a.kw * ((a.chunk + kLanes - 1) / kLanes) * kLanes;  // taps listed per output, at most
-  s.mask.resize(s.groups * s.plane);
-  s.xt.resize(s.groups * s.plane * kLanes);
-  s.start.resize(s.opix + 1);
-  s.offs.resize(s.opix * per_output + kLanes);
-  s.vals.resize(s.opix * per_output + kLanes);
-  s.total.resize(a.cout * s.opix);
+  s.mask.reset(new uint16_t[s.groups * s.plane]);
+  s.xt.reset(new float[s.groups * s.plane * kLanes]);
+  s.start.reset(new int32_t[s.opix + 1]);
+  s.offs.reset(new int32_t[s.opix * per_output + kLanes]);
+  s.vals.reset(new float[s.opix * per_output + kLanes]);
+  s.total.reset(new float[a.cout * s.opix]);
   const int64_t blocks = a.cout / kLanes;
   const int group = blocks % 4 == 0 ? 4 : blocks % 3 == 0 ? 3 : blocks % 2 == 0 ? 2 : 1;
   void (*sums)(const BlockConvArgs&, int64_t, int64_t, SparseWork&) =
@@ -293,7 +296,7 @@ void block_conv_sparse(const BlockConvArgs& a, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t o = 0; o < a.cout; ++o) {
       float* dst = a.out + (i * a.cout + o) * s.opix;
-      const float* src = s.total.data() + (o / kLanes) * s.opix * kLanes + o % kLanes;
+      const float* src = s.total.get() + (o / kLanes) * s.opix * kLanes + o % kLanes;
       for (int64_t p = 0; p < s.opix; ++p) dst[p] = src[p * kLanes];
     }
   }
