@@ -10,7 +10,9 @@ For each network, method (QCFS T=27, QFFS T=4 "settle") and batch size, three ru
 a gather at every exit) and DC now (the default: the measured cost model, in-place compaction). th_c
 is selected as ``dcsim report`` selects it (bench/zoo_setup.py). Reported per row: median wall and
 process-CPU ms per inference with min and max over the rounds (``unstable`` where the wall spread
-exceeds 10%), the step saving, the wall-clock and CPU savings, and their ratios to the step saving.
+exceeds 10%), the step saving, the spike saving (the share of the spikes DC leaves out: what event-driven
+convs, whose time follows the spikes, can save), the wall-clock and CPU savings, and their ratios to the step
+saving (and the wall-clock saving's to the spike saving).
 The wall-clock saving is paired by round (``paired_saving``: the median over the rounds of each round's
 saving, min and max beside it); the JSON keeps every round's wall times.
 ``--batches-per-call K`` times K batches per call at batch sizes above 1 (default 1), which steadies short calls.
@@ -120,22 +122,25 @@ def across_processes(args: argparse.Namespace) -> None:
     per_process = in_fresh_processes(lambda path: worker_command(args, path), args.processes)
     print(f"\n{args.processes} processes, {args.rounds} rounds each; median [min-max] over the processes")
     print(
-        "| network | method | batch | step saving | ms/inf no DC | ms/inf DC | wall ratio | per process | "
-        "batch 1: the plan's ratio, calls only / predicted |"
+        "| network | method | batch | step saving | spike saving | ms/inf no DC | ms/inf DC | wall ratio | "
+        "wall saving / spike saving | per process | batch 1: the plan's ratio, calls only / predicted |"
     )
-    print("|---" * 9 + "|")
+    print("|---" * 11 + "|")
     rows = []
     for rows_i in zip(*(d["rows"] for d in per_process), strict=True):
         first = rows_i[0]
         ratio = over_processes([r["wall_ratio"]["dc_now"] for r in rows_i])
         ms = {k: over_processes([r["ms_per_inference"][k] for r in rows_i]) for k in ("no_dc", "dc_now")}
+        to_spikes = over_processes([r["wall_to_spike_ratio"] for r in rows_i])
         row = {
             "network": first["network"],
             "method": first["method"],
             "batch": first["batch"],
             "step_saving": first["step_saving"],
+            "spike_saving": first["spike_saving"],
             "processes": args.processes,
             "wall_ratio": ratio,
+            "wall_to_spike_ratio": to_spikes,
             "ms_per_inference": ms,
             "per_process": list(rows_i),
         }
@@ -144,8 +149,10 @@ def across_processes(args: argparse.Namespace) -> None:
         rows.append(row)
         print(
             f"| {row['network']} | {row['method']} T={first['steps']} | {row['batch']} | "
-            f"{100 * row['step_saving']:.1f}% | {ms['no_dc']['median']:.3f} | {ms['dc_now']['median']:.3f} | "
+            f"{100 * row['step_saving']:.1f}% | {100 * row['spike_saving']:.1f}% | {ms['no_dc']['median']:.3f} | "
+            f"{ms['dc_now']['median']:.3f} | "
             f"**{ratio['median']:.2f}** [{ratio['min']:.2f}-{ratio['max']:.2f}]{' unstable' if ratio['unstable'] else ''} | "
+            f"{'-' if to_spikes['median'] is None else format(to_spikes['median'], '.2f')} | "
             f"{' / '.join(format(r['wall_ratio']['dc_now'], '.2f') for r in rows_i)} | {plan_cell(row)} |",
             flush=True,
         )
@@ -180,10 +187,10 @@ def measure(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}; {args.rounds} interleaved rounds")
     print(
         "| network | method | batch | mean steps no DC / DC | ms/inf no DC [min-max] | ms/inf DC before | "
-        "ms/inf DC now | CPU ms no DC / DC before / DC now | step saving | wall saving before / now | "
+        "ms/inf DC now | CPU ms no DC / DC before / DC now | step saving | spike saving | wall saving before / now | "
         "wall ratio before / now [min-max now] | CPU ratio before / now |"
     )
-    print("|---" * 12 + "|")
+    print("|---" * 13 + "|")
     rows = []
     for case in load_cases(args.folders, TEST_IMAGES, 1000, args.cache, args.data_root, args.methods, args.qcfs_stem):
         engine = Engine(case.net)
@@ -201,6 +208,7 @@ def measure(args: argparse.Namespace) -> None:
             times = interleaved(fns, torch.device("cpu"), args.rounds)
             steps = {k: float(r.exit_step.float().mean()) for k, r in res.items()}
             step_saving = 1 - steps["dc_now"] / steps["no_dc"]
+            spike_saving = 1 - float(res["dc_now"].spikes.sum()) / float(res["no_dc"].spikes.sum())
             wall = {k: spread(t["wall"]) for k, t in times.items()}
             cpu = {k: statistics.median(t["cpu"]) for k, t in times.items()}
             ms = {k: 1000 * float(w["median"]) / n for k, w in wall.items()}
@@ -226,12 +234,14 @@ def measure(args: argparse.Namespace) -> None:
                 "unstable": {k: w["unstable"] for k, w in wall.items()},
                 "cpu_ms_per_inference": {k: 1000 * v / n for k, v in cpu.items()},
                 "step_saving": step_saving,
+                "spike_saving": spike_saving,
                 "wall_saving": saving,
                 "cpu_saving": cpu_saving,
                 "wall_ratio": {k: v / per for k, v in saving.items()},
                 "wall_ratio_now_min": paired["dc_now"]["min"] / per,
                 "wall_ratio_now_max": paired["dc_now"]["max"] / per,
                 "cpu_ratio": {k: v / per for k, v in cpu_saving.items()},
+                "wall_to_spike_ratio": saving["dc_now"] / spike_saving if spike_saving > 0 else None,
                 "wall_seconds_per_round": {k: t["wall"] for k, t in times.items()},
             }
             if batch == 1:
@@ -243,7 +253,7 @@ def measure(args: argparse.Namespace) -> None:
                 f"{ms['dc_before']:.3f} [{row['ms_min']['dc_before']:.3f}-{row['ms_max']['dc_before']:.3f}]{unstable(row, 'dc_before')} | "
                 f"{ms['dc_now']:.3f} [{row['ms_min']['dc_now']:.3f}-{row['ms_max']['dc_now']:.3f}]{unstable(row, 'dc_now')} | "
                 f"{row['cpu_ms_per_inference']['no_dc']:.3f} / {row['cpu_ms_per_inference']['dc_before']:.3f} / "
-                f"{row['cpu_ms_per_inference']['dc_now']:.3f} | {100 * step_saving:.1f}% | "
+                f"{row['cpu_ms_per_inference']['dc_now']:.3f} | {100 * step_saving:.1f}% | {100 * spike_saving:.1f}% | "
                 f"{100 * saving['dc_before']:.1f}% / {100 * saving['dc_now']:.1f}% | "
                 f"{row['wall_ratio']['dc_before']:.2f} / {row['wall_ratio']['dc_now']:.2f} "
                 f"[{row['wall_ratio_now_min']:.2f}-{row['wall_ratio_now_max']:.2f}] | "
