@@ -276,9 +276,12 @@ __attribute__((target("avx512f"))) void sparse_sums(const BlockConvArgs& a, int6
 }
 
 // Whether the sparse loop applies to this call (see block_conv.h): the fraction of nonzero inputs at most
-// a.max_density, no -0 in a bias that starts the sums, weight offsets within 32 bits.
+// a.max_density, no -0 in a bias that starts the sums, weight offsets and list positions within 32 bits.
 bool sparse_applies(const BlockConvArgs& a) {
-  if (a.max_density <= 0 || a.kh * a.kw * a.cin * kLanes >= (int64_t{1} << 31)) return false;
+  const int64_t listed = a.oh * a.ow * a.kh * a.kw * (a.chunk + kLanes);  // a chunk's lists, at most
+  if (a.max_density <= 0 || a.kh * a.kw * a.cin * kLanes >= (int64_t{1} << 31) || listed >= (int64_t{1} << 31)) {
+    return false;
+  }
   if (a.bias_first && a.bias) {
     for (int64_t o = 0; o < a.cout; ++o)
       if (a.bias[o] == 0.f && std::signbit(a.bias[o])) return false;

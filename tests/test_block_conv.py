@@ -139,6 +139,10 @@ def test_the_engine_uses_block_convs_only_where_they_match_onednn(monkeypatch, a
     assert (blocks.call(node, x_shape) is not None) == AVX512
     assert offered == ([["onednn", "dense", "sparse"]] if AVX512 else [])
     assert list(blocks.chosen().values()) == ["sparse" if AVX512 else None]
+    # an image's conv (mostly nonzero): the sparse loop not offered
+    offered.clear()
+    block_conv.BlockConvs().call(node, x_shape, spikes=False)
+    assert offered == ([["onednn", "dense"]] if AVX512 else [])
     # a weight whose zero-input products are not 0 (inf * 0 is NaN): neither loop is offered, oneDNN is kept
     offered.clear()
     inf = node.weight.clone().index_fill_(0, torch.tensor([3]), float("inf"))

@@ -54,13 +54,16 @@ class BlockConvs:
         self._exact: dict[Hashable, tuple[Conv, torch.Tensor | None, bool]] = {}
         self._calls: dict[Hashable, tuple[Conv, Callable[[torch.Tensor], torch.Tensor] | None, str | None]] = {}
 
-    def call(self, node: Conv, x_shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def call(
+        self, node: Conv, x_shape: tuple[int, ...], spikes: bool = True
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The block conv of node for contiguous float32 CPU inputs of shape ``x_shape`` [n, Cin, H, W] (as
         :func:`dcsim.sim.ops.bound_block_conv` returns it), or None where it would not give oneDNN's bits, cannot
-        run, or is slower than oneDNN on this shape. The nodes are held with the results, so that their ids are
-        not reused."""
+        run, or is slower than oneDNN on this shape. spikes: whether the inputs are spike maps, mostly zeros (else,
+        an image: the sparse loop is not offered). The nodes are held with the results, so that their ids are not
+        reused."""
         threads = torch.get_num_threads()
-        key = (id(node), tuple(x_shape), threads)
+        key = (id(node), tuple(x_shape), threads, spikes)
         if key not in self._calls:
             exact = (id(node), tuple(x_shape[1:]), threads)
             if exact not in self._exact:
@@ -69,7 +72,7 @@ class BlockConvs:
             block, kind = None, None
             if packed is not None:
                 loops = {"dense": ops.bound_block_conv(packed, node.bias, node.stride, node.padding, tuple(x_shape))}
-                if sparse:
+                if sparse and spikes:
                     loops["sparse"] = ops.bound_block_conv(
                         packed, node.bias, node.stride, node.padding, tuple(x_shape), max_density=MAX_DENSITY
                     )
@@ -80,7 +83,7 @@ class BlockConvs:
         return self._calls[key][1]
 
     def chosen(self) -> dict[Hashable, str | None]:
-        """The (node id, call shape, threads) decided so far and the block conv's loop each runs ("dense" or
+        """The (node id, call shape, threads, spikes) decided so far and the block conv's loop each runs ("dense" or
         "sparse"), None where oneDNN runs."""
         return {key: kind for key, (_, _, kind) in self._calls.items()}
 

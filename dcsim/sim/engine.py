@@ -402,7 +402,7 @@ class Engine:
             return None
         if x.dim() != 4 or x.dtype != torch.float32 or not x.is_contiguous():
             return None
-        return self._block_convs.call(node, tuple(x.shape))
+        return self._block_convs.call(node, tuple(x.shape), spikes=False)  # an image: the dense loop or oneDNN
 
     def compact(self, state: BatchState, keep: torch.Tensor) -> BatchState:
         """The state of the rows ``keep`` (int64 [n_keep], increasing), gathered in one pass."""
