@@ -44,6 +44,12 @@ def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
         # one round: the paired saving is that round's, and the ratio divides it by the step saving
         assert r["time_saving"] == pytest.approx(1 - r["ms_per_inference"] / full["ms_per_inference"])
         assert r["time_saving_over_step_saving"] == pytest.approx(r["time_saving"] / r["step_saving"])
+        # the spike saving: the spikes early exit leaves out (none where the steps it skips emit none), and the
+        # ratio to it (undefined then)
+        assert 0 <= r["spike_saving"] < 1
+        ratio = r["time_saving_over_spike_saving"]
+        assert ratio is None if r["spike_saving"] == 0 else ratio == pytest.approx(r["time_saving"] / r["spike_saving"])
+    assert any(r["spike_saving"] > 0 for r in early)
     rows[1]["unstable"] = True
     table = markdown(rows).splitlines()
     assert "unstable" not in table[2] and "unstable" in table[3]

@@ -38,7 +38,7 @@ ROW_IDENTITY = ("model", "method", "stem", "batch", "mode", "engine", "chunk", "
 TIMED_FIELDS = (
     "ms_per_inference", "cpu_ms_per_inference", "ms_per_step", "ann_ms_per_inference", "ann_graph_ms_per_inference",
     "ratio_to_ann_per_step", "ratio_to_ann_graph_per_step", "reference_ms_per_inference", "speedup_vs_reference",
-    "time_saving", "time_saving_over_step_saving",
+    "time_saving", "time_saving_over_step_saving", "time_saving_over_spike_saving",
 )  # fmt: skip
 """A row's fields that are times or ratios of times: their median over the processes."""
 

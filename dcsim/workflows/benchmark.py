@@ -204,8 +204,8 @@ def bench_case(
     timing (default: torch's current count), reported in each row. stem: QCFS's (see dcsim.convert).
     Each row holds the spike rate (spikes per neuron per simulated step), the median wall ms per
     inference with its min, max, spread and ``unstable`` flag, and the median process CPU ms; the
-    early-exit row the step saving, the wall-clock saving (paired by round: median, min and max over the
-    rounds, :func:`paired_saving`) and their ratio.
+    early-exit row the step saving, the spike saving, the wall-clock saving (paired by round: median, min and max
+    over the rounds, :func:`paired_saving`) and its ratios to the two.
     """
     n = min(BATCH1_INPUTS, len(network[1])) if network is not None and batch == 1 else batch
     model, x, weights = case_inputs(model_name, network, n, device, need=f"batch {batch}")
@@ -304,12 +304,17 @@ def bench_case(
     saving_steps = 1 - early["mean_steps"] / full["mean_steps"]
     paired = paired_saving(times["early_exit"]["wall"], times["full"]["wall"])
     early["step_saving"] = saving_steps
+    # the share of the spikes early exit leaves out: what convs whose time follows the spikes can save (a QFFS run
+    # spikes less in the late steps it skips, so its time saving tracks this, not the step saving)
+    saving_spikes = 1 - float(results["early_exit"].spikes.sum()) / max(float(results["full"].spikes.sum()), 1.0)
+    early["spike_saving"] = saving_spikes
     early["time_saving"] = paired["median"]
     early["time_saving_min"], early["time_saving_max"] = paired["min"], paired["max"]
     for key in ("", "_min", "_max"):  # undefined (None) where early exit saves no step
         early[f"time_saving_over_step_saving{key}"] = (
             early[f"time_saving{key}"] / saving_steps if saving_steps > 0 else None
         )
+    early["time_saving_over_spike_saving"] = early["time_saving"] / saving_spikes if saving_spikes > 0 else None
     return rows
 
 
@@ -464,25 +469,32 @@ def batch_label(row: dict) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """Table of benchmark rows: wall ms per inference as median [min-max] over the rounds (``unstable`` where the
-    spread exceeds UNSTABLE_SPREAD); for early-exit rows the step and wall-clock savings and their ratio. A batch-1
+    spread exceeds UNSTABLE_SPREAD); for early-exit rows the step, spike and wall-clock savings and the wall-clock
+    saving's ratios to the step and spike savings. A batch-1
     row of a given network names the inputs it timed, one per batch (see :func:`bench_case`)."""
 
     def saving(r: dict) -> str:
         if "step_saving" not in r:
-            return "- | - | -"
+            return "- | - | - | - | -"
         ratio, ratio_s = r["time_saving_over_step_saving"], "-"
         if ratio is not None:
             lo, hi = r["time_saving_over_step_saving_min"], r["time_saving_over_step_saving_max"]
             ratio_s = f"{ratio:.2f} [{lo:.2f}-{hi:.2f}]"
             if r.get("processes", {}).get("time_saving_over_step_saving", {}).get("unstable"):
                 ratio_s += " unstable"  # over fresh processes (dcsim.workflows.processes)
-        return f"{100 * r['step_saving']:.1f}% | {100 * r['time_saving']:.1f}% | {ratio_s}"
+        spikes = r.get("spike_saving")
+        to_spikes = r.get("time_saving_over_spike_saving")
+        return (
+            f"{100 * r['step_saving']:.1f}% | {'-' if spikes is None else format(100 * spikes, '.1f') + '%'} | "
+            f"{100 * r['time_saving']:.1f}% | {ratio_s} | {'-' if to_spikes is None else format(to_spikes, '.2f')}"
+        )
 
     head = (
         "| device | threads | model | method | batch | mode | engine | chunk | mean steps | spikes/neuron/step | "
-        "ms/inference [min-max] | CPU ms/inference | ms/step | step saving | time saving | time / step saving | "
-        "vs eager reference | step / ANN forward | step / ANN graph |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "ms/inference [min-max] | CPU ms/inference | ms/step | step saving | spike saving | time saving | "
+        "time / step saving | time / spike saving | vs eager reference | step / ANN forward | step / ANN graph |\n"
+        + "|---" * 21
+        + "|\n"
     )
     return head + "".join(
         f"| {r['device']} | {r['threads']} | {r['model']} | {method_label(r)} | {batch_label(r)} | {r['mode']} | {r['engine']} | "
