@@ -127,14 +127,15 @@ void avg_pool_2x2(int64_t planes, int64_t h, int64_t w, uintptr_t x, uintptr_t o
   dcsim::avg_pool_2x2_cpu(a, threads);
 }
 
-// x [n, cin, h, w], weight [cout / 16, kh, kw, cin, 16], bias [cout] or 0, out [n, cout, oh, ow]; CPU only.
+// x [n, cin, h, w], weight [cout / (16 * group), kh, kw, cin, group, 16], bias [cout] or 0, out [n, cout, oh, ow];
+// CPU only.
 void block_conv(int64_t n, int64_t cin, int64_t h, int64_t w, int64_t cout, int64_t oh, int64_t ow, int64_t kh,
                 int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t chunk, bool bias_first,
-                double max_density, uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t out, int threads,
-                bool simd) {
+                double max_density, int64_t group, uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t out,
+                int threads, bool simd) {
   const dcsim::BlockConvArgs a{n,  cin, h,  w,  cout,  oh,         ow,
                                kh, kw,  sh, sw, ph,    pw,         chunk,
-                               bias_first, max_density, ptr<const float>(x), ptr<const float>(weight), ptr<const float>(bias),
+                               bias_first, max_density, group, ptr<const float>(x), ptr<const float>(weight), ptr<const float>(bias),
                                ptr<float>(out)};
   py::gil_scoped_release release;
   dcsim::block_conv_cpu(a, threads, simd);

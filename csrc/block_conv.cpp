@@ -24,9 +24,16 @@ inline void valid_columns(const BlockConvArgs& a, int64_t ox0, int64_t cols, int
   while (hi > lo && (ox0 + hi - 1) * a.sw - a.pw + kx >= a.w) --hi;
 }
 
+// The weights of output block ob (channels [16 * ob, 16 * ob + 16)) at kernel row 0, column 0, input channel 0:
+// blocks come in groups of a.group, each (row, column, channel) of a group a.group * 16 floats, block ob at
+// lane offset 16 * (ob % a.group) (see block_conv.h).
+inline const float* block_weights(const BlockConvArgs& a, int64_t ob) {
+  return a.weight + (ob / a.group) * a.kh * a.kw * a.cin * a.group * kLanes + (ob % a.group) * kLanes;
+}
+
 // Output row oy of sample i for output channels [16 * ob, 16 * ob + 16): the portable loop.
 void output_row(const BlockConvArgs& a, int64_t i, int64_t ob, int64_t oy) {
-  const float* wb = a.weight + ob * a.kh * a.kw * a.cin * kLanes;
+  const float* wb = block_weights(a, ob);
   for (int64_t ox0 = 0; ox0 < a.ow; ox0 += kBlockW) {
     const int64_t cols = a.ow - ox0 < kBlockW ? a.ow - ox0 : kBlockW;
     float total[kBlockW][kLanes] = {};
@@ -43,7 +50,7 @@ void output_row(const BlockConvArgs& a, int64_t i, int64_t ob, int64_t oy) {
           int64_t lo, hi;
           valid_columns(a, ox0, cols, kx, lo, hi);
           for (int64_t c = c0; c < c0 + a.chunk; ++c) {
-            const float* wv = wb + ((ky * a.kw + kx) * a.cin + c) * kLanes;
+            const float* wv = wb + ((ky * a.kw + kx) * a.cin + c) * a.group * kLanes;
             const float* xr = a.x + ((i * a.cin + c) * a.h + iy) * a.w;
             for (int64_t j = lo; j < hi; ++j) {
               const float v = xr[(ox0 + j) * a.sw - a.pw + kx];
@@ -74,8 +81,8 @@ void output_row(const BlockConvArgs& a, int64_t i, int64_t ob, int64_t oy) {
 // fused multiply-adds in the same order as the portable loop).
 template <int OB, int W>
 __attribute__((target("avx512f"))) void output_rows_avx512(const BlockConvArgs& a, int64_t i, int64_t ob, int64_t oy) {
-  const int64_t wstride = a.kh * a.kw * a.cin * kLanes;  // floats per block of 16 output channels
-  const float* wb = a.weight + ob * wstride;
+  const int64_t row = a.group * kLanes;  // floats per (kernel row, column, input channel); OB divides a.group
+  const float* wb = block_weights(a, ob);
   const int64_t plane = a.h * a.w;
   for (int64_t ox0 = 0; ox0 < a.ow; ox0 += W) {
     const int64_t cols = a.ow - ox0 < W ? a.ow - ox0 : W;
@@ -104,13 +111,13 @@ __attribute__((target("avx512f"))) void output_rows_avx512(const BlockConvArgs& 
           // col + j * sw with j in [lo, hi) are read, all inside the row
           const float* xr = a.x + ((i * a.cin + c0) * a.h + iy) * a.w;
           const int64_t col = ox0 * a.sw - a.pw + kx;
-          const float* wv = wb + ((ky * a.kw + kx) * a.cin + c0) * kLanes;
+          const float* wv = wb + ((ky * a.kw + kx) * a.cin + c0) * row;
           if (lo == 0 && hi == W) {  // every column inside the input: no test per column
             const float* xc = xr + col;
-            for (int64_t c = 0; c < a.chunk; ++c, xc += plane, wv += kLanes) {
+            for (int64_t c = 0; c < a.chunk; ++c, xc += plane, wv += row) {
               __m512 wr[OB];
 #pragma GCC unroll 4
-              for (int b = 0; b < OB; ++b) wr[b] = _mm512_loadu_ps(wv + b * wstride);
+              for (int b = 0; b < OB; ++b) wr[b] = _mm512_loadu_ps(wv + b * kLanes);
 #pragma GCC unroll 16
               for (int j = 0; j < W; ++j) {
                 const __m512 v = _mm512_set1_ps(xc[j * a.sw]);
@@ -119,10 +126,10 @@ __attribute__((target("avx512f"))) void output_rows_avx512(const BlockConvArgs& 
               }
             }
           } else {
-            for (int64_t c = 0; c < a.chunk; ++c, xr += plane, wv += kLanes) {
+            for (int64_t c = 0; c < a.chunk; ++c, xr += plane, wv += row) {
               __m512 wr[OB];
 #pragma GCC unroll 4
-              for (int b = 0; b < OB; ++b) wr[b] = _mm512_loadu_ps(wv + b * wstride);
+              for (int b = 0; b < OB; ++b) wr[b] = _mm512_loadu_ps(wv + b * kLanes);
 #pragma GCC unroll 16
               for (int j = 0; j < W; ++j) {
                 if (j >= lo && j < hi) {
@@ -173,7 +180,7 @@ struct SparseWork {
   Buffer<uint16_t> mask;  // [groups][plane]: bit c set where channel 16 * g + c is nonzero
   Buffer<float> xt;       // [plane][groups * 16] the sample's input, channels last, zero-padded to groups * 16
   Buffer<int32_t> start;  // [opix + 1]: output p's list is [start[p], start[p + 1])
-  Buffer<int32_t> offs;   // per listed tap: its weight's offset (floats) in a block of 16 output channels
+  Buffer<int32_t> offs;   // per listed tap: (kernel row, column, input channel) * 16, its weights' row / a.group
   Buffer<float> vals;     // per listed tap: its input
   Buffer<float> total;    // [cout / 16][opix][16] running totals
 };
@@ -232,22 +239,22 @@ __attribute__((target("avx512f,popcnt"))) void sparse_lists(const BlockConvArgs&
 // layers between two calls evicted it (0.76 of the time of a 384-channel conv on 7x7 with evicted weights); on
 // fewer outputs (3x3) the fetches crowd the call's own reads (1.04-1.66 of the time).
 constexpr int64_t kFetchOutputs = 16;
+// OB: a.group, the blocks whose weights lie side by side (ob a multiple of it).
 template <int OB>
 __attribute__((target("avx512f"))) void sparse_sums(const BlockConvArgs& a, int64_t c0, int64_t ob, int64_t next_c0,
                                                     int64_t next_ob, SparseWork& s) {
-  const int64_t wstride = a.kh * a.kw * a.cin * kLanes;
-  const float* wb = a.weight + ob * wstride;
+  const float* wb = block_weights(a, ob);
   const int64_t taps = a.kh * a.kw;
   const bool fetch = next_ob >= 0 && s.opix >= kFetchOutputs;
-  const int64_t lines = fetch ? OB * taps * a.chunk : 0;  // one 64-byte weight row per block, tap, channel
-  const float* ahead = a.weight + (next_ob < 0 ? 0 : next_ob) * wstride + next_c0 * kLanes;
-  int64_t fetched = 0, fb = 0, ft = 0, fc = 0;  // lines fetched; the next one's block, tap and channel
+  const int64_t lines = fetch ? OB * taps * a.chunk : 0;  // 64-byte lines: OB per tap and channel, side by side
+  const float* ahead = block_weights(a, next_ob < 0 ? 0 : next_ob) + next_c0 * OB * kLanes;
+  int64_t fetched = 0, ft = 0, fc = 0, fb = 0;  // lines fetched; the next one's tap, channel and block
   for (int64_t p = 0; p < s.opix; ++p) {
     for (const int64_t until = lines * (p + 1) / s.opix; fetched < until; ++fetched) {
-      _mm_prefetch(reinterpret_cast<const char*>(ahead + fb * wstride + (ft * a.cin + fc) * kLanes), _MM_HINT_T0);
-      if (++fc == a.chunk) {
-        fc = 0;
-        if (++ft == taps) ft = 0, ++fb;
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + ((ft * a.cin + fc) * OB + fb) * kLanes), _MM_HINT_T0);
+      if (++fb == OB) {
+        fb = 0;
+        if (++fc == a.chunk) fc = 0, ++ft;
       }
     }
     __m512 part[OB];
@@ -257,9 +264,9 @@ __attribute__((target("avx512f"))) void sparse_sums(const BlockConvArgs& a, int6
     }
     for (int32_t k = s.start[p]; k < s.start[p + 1]; ++k) {
       const __m512 v = _mm512_set1_ps(s.vals[k]);
-      const float* wv = wb + s.offs[k];
+      const float* wv = wb + s.offs[k] * OB;
 #pragma GCC unroll 4
-      for (int b = 0; b < OB; ++b) part[b] = _mm512_fmadd_ps(v, _mm512_loadu_ps(wv + b * wstride), part[b]);
+      for (int b = 0; b < OB; ++b) part[b] = _mm512_fmadd_ps(v, _mm512_loadu_ps(wv + b * kLanes), part[b]);
     }
 #pragma GCC unroll 4
     for (int b = 0; b < OB; ++b) {
@@ -305,9 +312,9 @@ void block_conv_sparse(const BlockConvArgs& a, int threads) {
   s.vals.reset(new float[s.opix * per_output + kLanes]);
   s.total.reset(new float[a.cout * s.opix]);
   const int64_t blocks = a.cout / kLanes;
-  const int group = blocks % 4 == 0 ? 4 : blocks % 3 == 0 ? 3 : blocks % 2 == 0 ? 2 : 1;
+  const int64_t group = a.group;
   void (*sums)(const BlockConvArgs&, int64_t, int64_t, int64_t, int64_t, SparseWork&) =
-      group == 4 ? sparse_sums<4> : group == 3 ? sparse_sums<3> : group == 2 ? sparse_sums<2> : sparse_sums<1>;
+      group == 4 ? sparse_sums<4> : group == 2 ? sparse_sums<2> : sparse_sums<1>;
   for (int64_t i = 0; i < a.n; ++i) {
     sparse_transpose(a, i, s);
     for (int64_t c0 = 0; c0 < a.cin; c0 += a.chunk) {
@@ -332,19 +339,18 @@ void block_conv_sparse(const BlockConvArgs& a, int threads) {
 }  // namespace
 
 void block_conv_cpu(const BlockConvArgs& a, int threads, bool simd) {
-  // group: blocks of 16 output channels one call of row computes
+  // per_call: blocks of 16 output channels one call of row computes (a divisor of a.group)
   void (*row)(const BlockConvArgs&, int64_t, int64_t, int64_t) = output_row;
-  int64_t group = 1;
+  int64_t per_call = 1;
 #ifdef DCSIM_X86
   if (simd && __builtin_cpu_supports("avx512f")) {
     if (sparse_applies(a)) return block_conv_sparse(a, threads);
-    const int64_t blocks = a.cout / kLanes;
-    if (a.ow <= 4 && blocks % 4 == 0) {
-      row = output_rows_avx512<4, 4>, group = 4;
-    } else if (a.ow <= 8 && blocks % 2 == 0) {
-      row = output_rows_avx512<2, 8>, group = 2;
-    } else if (blocks % 2 == 0) {
-      row = output_rows_avx512<2, 8>, group = 2;
+    if (a.ow <= 4 && a.group == 4) {
+      row = output_rows_avx512<4, 4>, per_call = 4;
+    } else if (a.ow <= 8 && a.group % 2 == 0) {
+      row = output_rows_avx512<2, 8>, per_call = 2;
+    } else if (a.group % 2 == 0) {
+      row = output_rows_avx512<2, 8>, per_call = 2;
     } else {
       row = output_rows_avx512<1, 16>;
     }
@@ -352,10 +358,10 @@ void block_conv_cpu(const BlockConvArgs& a, int threads, bool simd) {
 #else
   (void)simd;
 #endif
-  const int64_t groups = a.cout / kLanes / group;
+  const int64_t groups = a.cout / kLanes / per_call;
   const int64_t rows = a.n * groups * a.oh;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t r = 0; r < rows; ++r) row(a, r / (groups * a.oh), ((r / a.oh) % groups) * group, r % a.oh);
+  for (int64_t r = 0; r < rows; ++r) row(a, r / (groups * a.oh), ((r / a.oh) % groups) * per_call, r % a.oh);
 }
 
 }  // namespace dcsim

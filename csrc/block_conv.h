@@ -26,8 +26,9 @@ struct BlockConvArgs {
   int64_t chunk;               // input channels per partial sum (divides cin)
   bool bias_first;             // the bias starts the first partial sum (else: added to it)
   double max_density;          // the sparse loop where at most this fraction of x is nonzero (0: never)
+  int64_t group;               // output blocks of 16 channels side by side in weight: 4, 2 or 1, dividing cout / 16
   const float* x;              // [n, cin, h, w] input
-  const float* weight;         // [cout / 16, kh, kw, cin, 16] weights, repacked
+  const float* weight;         // [cout / (16 * group), kh, kw, cin, group, 16] weights, repacked
   const float* bias;           // [cout] or nullptr
   float* out;                  // [n, cout, oh, ow] output, fully written
 };

@@ -115,6 +115,7 @@ def block_conv(
     chunk: int,
     bias_first: bool,
     max_density: float,
+    group: int,
     x: int,
     weight: int,
     bias: int,

@@ -613,16 +613,26 @@ def block_conv_order(kernel: tuple[int, int], padding: tuple[int, int], cin: int
     return min(BLOCK, cin), False
 
 
+def block_conv_group(cout: int) -> int:
+    """Blocks of 16 output channels whose weights :func:`pack_block_conv_weight` lays side by side: 4, else 2, else 1,
+    whichever divides Cout / 16. The block conv sums that many blocks at once, and their weights for one input
+    channel and tap are then one run of 64-256 bytes (0.76-1.0 of the time with the blocks a layer apart, 1 row
+    or 4, on the w96 analog stem's layers)."""
+    blocks = cout // BLOCK
+    return 4 if blocks % 4 == 0 else 2 if blocks % 2 == 0 else 1
+
+
 def pack_block_conv_weight(weight: torch.Tensor) -> torch.Tensor:
     """Conv weights float32 [Cout, Cin, kh, kw] (Cout a multiple of 16) repacked for :func:`block_conv2d`: float32
-    [Cout / 16, kh, kw, Cin, 16]."""
+    [Cout / (16 G), kh, kw, Cin, G, 16], G = :func:`block_conv_group` (Cout)."""
     _check_conv_weight(weight)
     cout, cin, kh, kw = weight.shape
     if cout % BLOCK:
         raise ValueError(
             f"block_conv2d needs output channels in blocks of {BLOCK}, got weight of shape {tuple(weight.shape)}"
         )
-    return weight.reshape(cout // BLOCK, BLOCK, cin, kh, kw).permute(0, 3, 4, 2, 1).contiguous()
+    g = block_conv_group(cout)
+    return weight.reshape(cout // (BLOCK * g), g, BLOCK, cin, kh, kw).permute(0, 4, 5, 3, 1, 2).contiguous()
 
 
 def block_conv2d(
@@ -639,7 +649,7 @@ def block_conv2d(
     AVX-512 CPU; the engine checks each layer before it uses this, dcsim.sim.block_conv), without the ~40 us
     PyTorch and oneDNN spend around each call. See dcsim.sim.reference.block_conv2d.
 
-    x: float32 [n, Cin, H, W], contiguous, on the CPU; packed: float32 [Cout / 16, kh, kw, Cin, 16] from
+    x: float32 [n, Cin, H, W], contiguous, on the CPU; packed: float32 [Cout / (16 G), kh, kw, Cin, G, 16] from
     :func:`pack_block_conv_weight`; bias: float32 [Cout] or None. Returns a new contiguous float32
     [n, Cout, OH, OW]. simd: the AVX-512 loop where the CPU has it; False runs the portable loop (the same bits).
     max_density: where the AVX-512 loop runs and at most this fraction of x is nonzero, the sparse loop, which
@@ -674,12 +684,20 @@ def bound_block_conv(
     if len(x_shape) != 4:
         raise ValueError(f"x must be [n, Cin, H, W], got shape {x_shape}")
     n, cin, h, w = x_shape
-    if packed.dim() != 5 or packed.shape[3] != cin or packed.shape[4] != BLOCK or not packed.is_contiguous():
+    shape = tuple(packed.shape)
+    if (
+        len(shape) != 6
+        or shape[3] != cin
+        or shape[5] != BLOCK
+        or shape[4] != block_conv_group(shape[0] * shape[4] * BLOCK)
+        or not packed.is_contiguous()
+    ):
         raise ValueError(
-            f"packed must be a contiguous [Cout / {BLOCK}, kh, kw, {cin}, {BLOCK}] tensor, got shape {tuple(packed.shape)}"
+            f"packed must be a contiguous [Cout / ({BLOCK} G), kh, kw, {cin}, G, {BLOCK}] tensor (G = "
+            f"block_conv_group(Cout)), as pack_block_conv_weight makes it, got shape {shape}"
         )
-    blocks, kh, kw = packed.shape[:3]
-    cout = blocks * BLOCK
+    kh, kw, group = shape[1], shape[2], shape[4]
+    cout = shape[0] * group * BLOCK
     if bias is not None:
         _check("bias", bias, torch.float32, cpu, (cout,))
         bias = bias.contiguous()
@@ -700,8 +718,8 @@ def bound_block_conv(
         out = torch.empty(out_shape, dtype=torch.float32)
         if n:
             native(
-                n, cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, chunk, bias_first, max_density, x.data_ptr(),
-                weights, b, out.data_ptr(), threads, simd,
+                n, cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, chunk, bias_first, max_density, group,
+                x.data_ptr(), weights, b, out.data_ptr(), threads, simd,
             )  # fmt: skip
         return out
 
