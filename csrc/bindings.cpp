@@ -133,10 +133,9 @@ void block_conv(int64_t n, int64_t cin, int64_t h, int64_t w, int64_t cout, int6
                 int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t chunk, bool bias_first,
                 double max_density, int64_t group, uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t out,
                 int threads, bool simd) {
-  const dcsim::BlockConvArgs a{n,  cin, h,  w,  cout,  oh,         ow,
-                               kh, kw,  sh, sw, ph,    pw,         chunk,
-                               bias_first, max_density, group, ptr<const float>(x), ptr<const float>(weight), ptr<const float>(bias),
-                               ptr<float>(out)};
+  const dcsim::BlockConvArgs a{n,          cin,         h,     w,  cout, oh, ow, kh, kw, sh, sw, ph, pw, chunk,
+                               bias_first, max_density, group, ptr<const float>(x), ptr<const float>(weight),
+                               ptr<const float>(bias), ptr<float>(out)};
   py::gil_scoped_release release;
   dcsim::block_conv_cpu(a, threads, simd);
 }

@@ -304,7 +304,8 @@ void block_conv_sparse(const BlockConvArgs& a, int threads) {
   s.groups = (a.cin + kLanes - 1) / kLanes;
   s.plane = a.h * a.w;
   s.opix = a.oh * a.ow;
-  const int64_t per_output = a.kh * a.kw * ((a.chunk + kLanes - 1) / kLanes) * kLanes;  // taps listed per output, at most
+  // taps listed per output, at most
+  const int64_t per_output = a.kh * a.kw * ((a.chunk + kLanes - 1) / kLanes) * kLanes;
   s.mask.reset(new uint16_t[s.groups * s.plane]);
   s.xt.reset(new float[s.groups * s.plane * kLanes]);
   s.start.reset(new int32_t[s.opix + 1]);
