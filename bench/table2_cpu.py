@@ -36,7 +36,7 @@ import torch
 from zoo_setup import Case, arguments, early_exit_run, load_cases, machine
 
 from dcsim.sim.engine import Engine
-from dcsim.workflows.benchmark import interleaved, paired_saving, spread
+from dcsim.workflows.benchmark import interleaved, paired_saving, spike_saving, spread
 from dcsim.workflows.processes import in_fresh_processes, over_processes
 
 TEST_IMAGES = 512
@@ -208,7 +208,7 @@ def measure(args: argparse.Namespace) -> None:
             times = interleaved(fns, torch.device("cpu"), args.rounds)
             steps = {k: float(r.exit_step.float().mean()) for k, r in res.items()}
             step_saving = 1 - steps["dc_now"] / steps["no_dc"]
-            spike_saving = 1 - float(res["dc_now"].spikes.sum()) / float(res["no_dc"].spikes.sum())
+            spikes_saved = spike_saving(res["no_dc"], res["dc_now"])
             wall = {k: spread(t["wall"]) for k, t in times.items()}
             cpu = {k: statistics.median(t["cpu"]) for k, t in times.items()}
             ms = {k: 1000 * float(w["median"]) / n for k, w in wall.items()}
@@ -234,14 +234,14 @@ def measure(args: argparse.Namespace) -> None:
                 "unstable": {k: w["unstable"] for k, w in wall.items()},
                 "cpu_ms_per_inference": {k: 1000 * v / n for k, v in cpu.items()},
                 "step_saving": step_saving,
-                "spike_saving": spike_saving,
+                "spike_saving": spikes_saved,
                 "wall_saving": saving,
                 "cpu_saving": cpu_saving,
                 "wall_ratio": {k: v / per for k, v in saving.items()},
                 "wall_ratio_now_min": paired["dc_now"]["min"] / per,
                 "wall_ratio_now_max": paired["dc_now"]["max"] / per,
                 "cpu_ratio": {k: v / per for k, v in cpu_saving.items()},
-                "wall_to_spike_ratio": saving["dc_now"] / spike_saving if spike_saving > 0 else None,
+                "wall_to_spike_ratio": saving["dc_now"] / spikes_saved if spikes_saved > 0 else None,
                 "wall_seconds_per_round": {k: t["wall"] for k, t in times.items()},
             }
             if batch == 1:
@@ -253,7 +253,7 @@ def measure(args: argparse.Namespace) -> None:
                 f"{ms['dc_before']:.3f} [{row['ms_min']['dc_before']:.3f}-{row['ms_max']['dc_before']:.3f}]{unstable(row, 'dc_before')} | "
                 f"{ms['dc_now']:.3f} [{row['ms_min']['dc_now']:.3f}-{row['ms_max']['dc_now']:.3f}]{unstable(row, 'dc_now')} | "
                 f"{row['cpu_ms_per_inference']['no_dc']:.3f} / {row['cpu_ms_per_inference']['dc_before']:.3f} / "
-                f"{row['cpu_ms_per_inference']['dc_now']:.3f} | {100 * step_saving:.1f}% | {100 * spike_saving:.1f}% | "
+                f"{row['cpu_ms_per_inference']['dc_now']:.3f} | {100 * step_saving:.1f}% | {100 * spikes_saved:.1f}% | "
                 f"{100 * saving['dc_before']:.1f}% / {100 * saving['dc_now']:.1f}% | "
                 f"{row['wall_ratio']['dc_before']:.2f} / {row['wall_ratio']['dc_now']:.2f} "
                 f"[{row['wall_ratio_now_min']:.2f}-{row['wall_ratio_now_max']:.2f}] | "

@@ -348,8 +348,6 @@ void block_conv_cpu(const BlockConvArgs& a, int threads, bool simd) {
     if (sparse_applies(a)) return block_conv_sparse(a, threads);
     if (a.ow <= 4 && a.group == 4) {
       row = output_rows_avx512<4, 4>, per_call = 4;
-    } else if (a.ow <= 8 && a.group % 2 == 0) {
-      row = output_rows_avx512<2, 8>, per_call = 2;
     } else if (a.group % 2 == 0) {
       row = output_rows_avx512<2, 8>, per_call = 2;
     } else {

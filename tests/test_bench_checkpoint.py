@@ -2,6 +2,7 @@
 the rounds' statistics of every row (median, min, max, unstable flag, CPU time, threads)."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from dcsim.cli import EXIT_OK, main
 from dcsim.data import load_digits_splits
 from dcsim.io.checkpoint import save_checkpoint
 from dcsim.models import build_model
-from dcsim.workflows.benchmark import BATCH1_INPUTS, interleaved, markdown, paired_saving, spread
+from dcsim.workflows.benchmark import BATCH1_INPUTS, interleaved, markdown, paired_saving, spike_saving, spread
 
 
 def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
@@ -53,6 +54,14 @@ def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
     rows[1]["unstable"] = True
     table = markdown(rows).splitlines()
     assert "unstable" not in table[2] and "unstable" in table[3]
+
+
+def test_spike_saving_is_the_share_of_spikes_left_out():
+    full = SimpleNamespace(spikes=torch.tensor([[6, 2], [4, 0]]))  # 12 spikes over 2 samples, 2 layers
+    assert spike_saving(full, SimpleNamespace(spikes=torch.tensor([[3, 1], [2, 0]]))) == pytest.approx(0.5)
+    assert spike_saving(full, full) == 0.0
+    silent = SimpleNamespace(spikes=torch.zeros(2, 2, dtype=torch.int64))
+    assert spike_saving(silent, silent) == 0.0  # nothing to save, not "everything saved"
 
 
 def test_spread_flags_rows_whose_rounds_differ_by_more_than_ten_percent():

@@ -148,6 +148,9 @@ def test_the_engine_uses_block_convs_only_where_they_match_onednn(monkeypatch, a
     inf = node.weight.clone().index_fill_(0, torch.tensor([3]), float("inf"))
     assert block_conv.BlockConvs().call(dataclasses.replace(node, weight=inf), x_shape) is None
     assert offered == []
+    # a call of more than MAX_ROWS rows: oneDNN, not even timed
+    monkeypatch.setattr(block_conv, "_fastest", lambda calls, x_shape: pytest.fail("timed a large call"))
+    assert block_conv.BlockConvs().call(node, (block_conv.MAX_ROWS + 1, *x_shape[1:])) is None
     # slower than oneDNN on the call's shape: oneDNN is kept
     monkeypatch.setattr(block_conv, "_fastest", lambda calls, x_shape: "onednn")
     assert block_conv.BlockConvs().call(node, x_shape) is None

@@ -59,9 +59,11 @@ class BlockConvs:
     ) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The block conv of node for contiguous float32 CPU inputs of shape ``x_shape`` [n, Cin, H, W] (as
         :func:`dcsim.sim.ops.bound_block_conv` returns it), or None where it would not give oneDNN's bits, cannot
-        run, or is slower than oneDNN on this shape. spikes: whether the inputs are spike maps, mostly zeros (else,
-        an image: the sparse loop is not offered). The nodes are held with the results, so that their ids are not
-        reused."""
+        run, is slower than oneDNN on this shape, or has more than MAX_ROWS rows. spikes: whether the inputs are spike
+        maps, mostly zeros (else, an image: the sparse loop is not offered). The nodes are held with the results, so
+        that their ids are not reused."""
+        if x_shape[0] > MAX_ROWS:
+            return None
         threads = torch.get_num_threads()
         key = (id(node), tuple(x_shape), threads, spikes)
         if key not in self._calls:

@@ -398,7 +398,7 @@ class Engine:
     def _static_block_conv(self, node: Conv, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The block conv of an image-fed conv of x (a few rows: a lone sample's stem, once per sample) where it gives
         oneDNN's bits and time (:mod:`dcsim.sim.block_conv`), for the engines that run chunk programs; else None."""
-        if self._block_convs is None or not self._programmed or x.shape[0] > block_conv.MAX_ROWS:
+        if self._block_convs is None or not self._programmed:
             return None
         if x.dim() != 4 or x.dtype != torch.float32 or not x.is_contiguous():
             return None

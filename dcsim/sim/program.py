@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import block_conv, ops, row_floor
+from . import ops, row_floor
 from .network import Conv, Neuron, onednn_conv
 from .readout import Readout
 from .semantics import gated
@@ -209,8 +209,7 @@ class ChunkProgram:
         # the block conv where it gives oneDNN's bits on this layer and is faster on this call (dcsim.sim.block_conv),
         # for a value the chunk computes (an image-fed one keeps its path) in a small call; decided on the first call,
         # which gives the input's shape, and counted as building
-        small = k * n <= block_conv.MAX_ROWS
-        blocks = engine._block_convs if j not in state.static and small else None
+        blocks = engine._block_convs if j not in state.static else None
         bound: list[Callable[[torch.Tensor], torch.Tensor] | None] = []
 
         b = None if bias is None or not drive else bias.reshape(1, -1, 1, 1)

@@ -112,6 +112,14 @@ def paired_saving(times: list[float], base: list[float]) -> dict[str, float]:
     return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
 
 
+def spike_saving(full: ExitResult, early: ExitResult) -> float:
+    """The share of the spikes that ``early`` (an early-exit run) leaves out against ``full`` (the same inputs run to T):
+    what convs whose time follows the spikes can save. A QFFS run spikes less in the late steps it skips, so its time
+    saving tracks this, not the step saving. 0 where the full run emits no spike."""
+    total = float(full.spikes.sum())
+    return 1 - float(early.spikes.sum()) / total if total > 0 else 0.0
+
+
 def graphed_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Best wall time in seconds of ``fn`` captured once as a CUDA graph and replayed: its kernels alone,
     with no launch overhead (warm-up with cuDNN autotuning, capture without; full float32)."""
@@ -304,9 +312,7 @@ def bench_case(
     saving_steps = 1 - early["mean_steps"] / full["mean_steps"]
     paired = paired_saving(times["early_exit"]["wall"], times["full"]["wall"])
     early["step_saving"] = saving_steps
-    # the share of the spikes early exit leaves out: what convs whose time follows the spikes can save (a QFFS run
-    # spikes less in the late steps it skips, so its time saving tracks this, not the step saving)
-    saving_spikes = 1 - float(results["early_exit"].spikes.sum()) / max(float(results["full"].spikes.sum()), 1.0)
+    saving_spikes = spike_saving(results["full"], results["early_exit"])
     early["spike_saving"] = saving_spikes
     early["time_saving"] = paired["median"]
     early["time_saving_min"], early["time_saving_max"] = paired["min"], paired["max"]
