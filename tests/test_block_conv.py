@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dcsim
-from dcsim.sim import block_conv, ops, reference
+from dcsim.sim import block_conv, ops, program, reference
 from dcsim.sim.network import Conv, onednn_conv
 from dyadic import dyadic_inputs, resnet
 
@@ -148,9 +148,22 @@ def test_the_engine_uses_block_convs_only_where_they_match_onednn(monkeypatch, a
     inf = node.weight.clone().index_fill_(0, torch.tensor([3]), float("inf"))
     assert block_conv.BlockConvs().call(dataclasses.replace(node, weight=inf), x_shape) is None
     assert offered == []
-    # a call of more than MAX_ROWS rows: oneDNN, not even timed
-    monkeypatch.setattr(block_conv, "_fastest", lambda calls, x_shape: pytest.fail("timed a large call"))
-    assert block_conv.BlockConvs().call(node, (block_conv.MAX_ROWS + 1, *x_shape[1:])) is None
+    # larger calls: timed once per bucket of rows (on 16 rows up to 16, on 32 for any larger call), each call bound
+    # to its own shape, with oneDNN's bits
+    timed: list[int] = []
+    monkeypatch.setattr(block_conv, "_fastest", lambda calls, x_shape: timed.append(x_shape[0]) or "sparse")
+    blocks = block_conv.BlockConvs()
+    gen = torch.Generator().manual_seed(5)
+    for rows in (9, 16, 17, 100, 40):
+        call = blocks.call(node, (rows, *x_shape[1:]))
+        assert (call is not None) == AVX512
+        if call is not None:
+            x = torch.randn((rows, *x_shape[1:]), generator=gen) * (
+                torch.rand((rows, *x_shape[1:]), generator=gen) < 0.2
+            )
+            assert torch.equal(call(x), onednn_conv(node, x)), rows
+    assert timed == ([16, 32] if AVX512 else [])
+    assert [block_conv.timed_rows(r) for r in (1, 8, 9, 16, 17, 32, 33, 10_000)] == [1, 8, 16, 16, 32, 32, 32, 32]
     # slower than oneDNN on the call's shape: oneDNN is kept
     monkeypatch.setattr(block_conv, "_fastest", lambda calls, x_shape: "onednn")
     assert block_conv.BlockConvs().call(node, x_shape) is None
@@ -182,7 +195,23 @@ def test_programs_with_block_convs_give_the_general_path_s_results(always_faster
     assert any(a._block_convs.chosen().values()) == AVX512
     stem = net.nodes[1]  # the image-fed conv (1 channel in), once per sample
     assert isinstance(stem, Conv) and stem.weight.shape[1] == 1
-    assert (a._static_block_conv(stem, x[:1].contiguous()) is not None) == AVX512
+    assert (a._block_conv(stem, x[:1].contiguous(), spikes=False) is not None) == AVX512
+
+
+def test_the_general_path_s_block_convs_give_its_results(always_faster, monkeypatch):
+    """Calls of more than program.MAX_ROWS rows run the engine's general path, which takes the block conv too."""
+    net, shape = resnet("qcfs", seed=4)
+    a, b = dcsim.Engine(net), dcsim.Engine(net)
+    b._programmed = False  # no block convs
+    monkeypatch.setattr(program, "MAX_ROWS", 2)  # every call of the run below takes the general path
+    x = dyadic_inputs(6, shape, seed=9) + 0.01 * torch.randn((6, *shape), generator=torch.Generator().manual_seed(10))
+    readout = dcsim.Readout.paper("qcfs", 2, 8)
+    ra = a.early_exit(x, 8, readout, 0.6, batch_size=6, chunk=2)
+    rb = b.early_exit(x, 8, readout, 0.6, batch_size=6, chunk=2)
+    for f in ("pred", "exit_step", "conf", "spikes"):
+        assert torch.equal(getattr(ra, f), getattr(rb, f)), f
+    assert any(kind == "dense" for kind in a._block_convs.chosen().values()) == AVX512
+    assert not a._programs  # no program ran: the block convs were the general path's
 
 
 @pytest.mark.parametrize(

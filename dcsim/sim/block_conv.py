@@ -1,6 +1,6 @@
 """Which CPU convs run as block convs (kernel 6, :func:`dcsim.sim.ops.block_conv2d`): checked once per layer and
-input shape against the oneDNN call they replace, timed once per call shape against it; used in calls of at most
-MAX_ROWS rows (a chunk program's convs, a lone sample's image-fed ones).
+input shape against the oneDNN call they replace, timed against it once per call shape (per bucket of rows in large
+calls); used in the engine's CPU convs (a chunk program's, the general path's, an image-fed one's).
 
 PyTorch's CPU conv costs about 40 us per call around oneDNN's own run of it, whatever the rows (primitive look-up,
 memory objects, reorders of the input, weights and output): at batch 1, a call of one step spends half its time
@@ -27,11 +27,13 @@ import torch
 from . import ops, row_floor
 from .network import Conv, onednn_conv, onednn_conv_applies
 
-MAX_ROWS = 8
-"""Calls of at most this many rows (steps x samples) may use the block conv. In larger calls the ~40 us it saves
-is a small part of the conv, and its sums, which read the input's channels a plane apart, lose more to cache
-misses within a network than a timing of the layer alone shows: on the zoo ResNet-18, 27-row calls ran 17% slower
-with block convs (the first kernel) chosen by timing (docs/results/table2-cpu.md)."""
+EXACT_ROWS = 8
+"""Calls of at most this many rows (steps x samples) are timed on their own shape; larger ones on TIMED_ROWS."""
+TIMED_ROWS = (16, 32)
+"""The shapes on which larger calls are timed, by their rows: a call of up to 16 rows on 16, any larger one on 32.
+Past 16-32 rows a conv's time grows with its rows in every loop, so the choice holds for larger calls (the zoo's
+networks at batch 32 and 256, docs/results/table2-cpu.md), and a new batch size left after compaction is not
+timed again."""
 TIMED_ROUNDS = 5
 """Interleaved rounds in which oneDNN and the block conv's loops are timed on a layer's call shape (medians
 compared)."""
@@ -47,11 +49,14 @@ image-fed conv, a layer that fires unusually often): on the zoo's layers the spa
 class BlockConvs:
     """Per engine: for each conv node and call shape, oneDNN or the block conv's dense or sparse loop, whichever is
     the fastest on that call shape among those that give oneDNN's bits on the layer (checked once per input shape,
-    see the module's docstring; timed once, on an input with TIMED_DENSITY nonzero)."""
+    see the module's docstring; timed once per :func:`timed_rows`, on an input with TIMED_DENSITY nonzero)."""
 
     def __init__(self) -> None:
-        # (node, sample shape) -> (node, packed weights or None, whether the sparse loop may run)
+        # (node, sample shape, threads) -> (node, packed weights or None, whether the sparse loop may run)
         self._exact: dict[Hashable, tuple[Conv, torch.Tensor | None, bool]] = {}
+        # (node, sample shape, timed rows, threads, spikes) -> (node, the fastest: "onednn", "dense" or "sparse")
+        self._kinds: dict[Hashable, tuple[Conv, str]] = {}
+        # (node, call shape, threads, spikes) -> (node, the block conv bound to the shape or None, its loop or None)
         self._calls: dict[Hashable, tuple[Conv, Callable[[torch.Tensor], torch.Tensor] | None, str | None]] = {}
 
     def call(
@@ -59,28 +64,30 @@ class BlockConvs:
     ) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The block conv of node for contiguous float32 CPU inputs of shape ``x_shape`` [n, Cin, H, W] (as
         :func:`dcsim.sim.ops.bound_block_conv` returns it), or None where it would not give oneDNN's bits, cannot
-        run, is slower than oneDNN on this shape, or has more than MAX_ROWS rows. spikes: whether the inputs are spike
-        maps, mostly zeros (else, an image: the sparse loop is not offered). The nodes are held with the results, so
-        that their ids are not reused."""
-        if x_shape[0] > MAX_ROWS:
-            return None
+        run, or is slower than oneDNN on this shape (timed on :func:`timed_rows` rows). spikes: whether the inputs are
+        spike maps, mostly zeros (else, an image: the sparse loop is not offered). The nodes are held with the
+        results, so that their ids are not reused."""
         threads = torch.get_num_threads()
         key = (id(node), tuple(x_shape), threads, spikes)
         if key not in self._calls:
-            exact = (id(node), tuple(x_shape[1:]), threads)
+            sample = tuple(x_shape[1:])
+            exact = (id(node), sample, threads)
             if exact not in self._exact:
-                self._exact[exact] = (node, *_packed_if_exact(node, tuple(x_shape[1:])))
+                self._exact[exact] = (node, *_packed_if_exact(node, sample))
             _, packed, sparse = self._exact[exact]
             block, kind = None, None
             if packed is not None:
-                loops = {"dense": ops.bound_block_conv(packed, node.bias, node.stride, node.padding, tuple(x_shape))}
-                if sparse and spikes:
-                    loops["sparse"] = ops.bound_block_conv(
-                        packed, node.bias, node.stride, node.padding, tuple(x_shape), max_density=MAX_DENSITY
+                rows = timed_rows(x_shape[0])
+                timed = (id(node), sample, rows, threads, spikes)
+                if timed not in self._kinds:
+                    loops = _loops(node, packed, (rows, *sample), sparse and spikes)
+                    self._kinds[timed] = (
+                        node,
+                        _fastest({"onednn": functools.partial(onednn_conv, node), **loops}, (rows, *sample)),
                     )
-                onednn = functools.partial(onednn_conv, node)
-                kind = _fastest({"onednn": onednn, **loops}, tuple(x_shape))
-                block = loops.get(kind)
+                kind = self._kinds[timed][1]
+                if kind != "onednn":
+                    block = _loops(node, packed, tuple(x_shape), kind == "sparse")[kind]
             self._calls[key] = (node, block, kind if block is not None else None)
         return self._calls[key][1]
 
@@ -88,6 +95,26 @@ class BlockConvs:
         """The (node id, call shape, threads, spikes) decided so far and the block conv's loop each runs ("dense" or
         "sparse"), None where oneDNN runs."""
         return {key: kind for key, (_, _, kind) in self._calls.items()}
+
+
+def timed_rows(rows: int) -> int:
+    """The rows on which the loops are timed for a call of ``rows`` rows: its own up to EXACT_ROWS, else the first
+    of TIMED_ROWS at least as large, or the last."""
+    if rows <= EXACT_ROWS:
+        return rows
+    return next((t for t in TIMED_ROWS if rows <= t), TIMED_ROWS[-1])
+
+
+def _loops(
+    node: Conv, packed: torch.Tensor, x_shape: tuple[int, ...], sparse: bool
+) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The block conv's dense loop for x_shape inputs, and its sparse loop where ``sparse``, bound to the shape."""
+    loops = {"dense": ops.bound_block_conv(packed, node.bias, node.stride, node.padding, x_shape)}
+    if sparse:
+        loops["sparse"] = ops.bound_block_conv(
+            packed, node.bias, node.stride, node.padding, x_shape, max_density=MAX_DENSITY
+        )
+    return loops
 
 
 def _fastest(calls: dict[str, Callable[[torch.Tensor], torch.Tensor]], x_shape: tuple[int, ...]) -> str:

@@ -389,20 +389,24 @@ class Engine:
                 node = nodes[i]
                 if isinstance(node, Input):
                     values[i] = x
-                elif isinstance(node, Conv) and (block := self._static_block_conv(node, values[node.inputs[0]])):
+                elif isinstance(node, Conv) and (block := self._block_conv(node, values[node.inputs[0]], spikes=False)):
                     values[i] = block(values[node.inputs[0]])
                 else:
                     values[i] = self._apply(node, *(values[j] for j in node.inputs))
         return {i: self._layout(values[i]) for i in self._needed_static}
 
-    def _static_block_conv(self, node: Conv, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """The block conv of an image-fed conv of x (a few rows: a lone sample's stem, once per sample) where it gives
-        oneDNN's bits and time (:mod:`dcsim.sim.block_conv`), for the engines that run chunk programs; else None."""
+    def _block_conv(self, node: Conv, x: torch.Tensor, spikes: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The block conv of conv node's x where it gives oneDNN's bits and time (:mod:`dcsim.sim.block_conv`), for the
+        engines that run chunk programs; else None. Decided on a shape's first call, counted as building. spikes: whether x is a spike map (else an image's value: the
+        sparse loop is not offered)."""
         if self._block_convs is None or not self._programmed:
             return None
         if x.dim() != 4 or x.dtype != torch.float32 or not x.is_contiguous():
             return None
-        return self._block_convs.call(node, tuple(x.shape), spikes=False)  # an image: the dense loop or oneDNN
+        t0 = time.perf_counter()
+        block = self._block_convs.call(node, tuple(x.shape), spikes=spikes)
+        self._building_seconds += time.perf_counter() - t0  # a new shape's check and timing: building, not running
+        return block
 
     def compact(self, state: BatchState, keep: torch.Tensor) -> BatchState:
         """The state of the rows ``keep`` (int64 [n_keep], increasing), gathered in one pass."""
@@ -579,7 +583,9 @@ class Engine:
                             rows(node.inputs[0]), self._spike_weights[i], node.bias, node.stride, node.padding
                         )
                     elif cpu and isinstance(node, Conv):
-                        r = self._conv(i, node, rows(node.inputs[0]))
+                        x = rows(node.inputs[0])
+                        block = self._block_conv(node, x, spikes=node.inputs[0] in vals)
+                        r = block(x) if block is not None else self._conv(i, node, x)
                     else:
                         r = self._apply(node, *(rows(j) for j in node.inputs))
                     if bias is not None and drive is not False:

@@ -16,7 +16,6 @@ Python, and a program per batch size left after compaction would be built for a 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -207,9 +206,8 @@ class ChunkProgram:
         else:
             conv = functools.partial(engine._conv, i, c)
         # the block conv where it gives oneDNN's bits on this layer and is faster on this call (dcsim.sim.block_conv),
-        # for a value the chunk computes (an image-fed one keeps its path) in a small call; decided on the first call,
-        # which gives the input's shape, and counted as building
-        blocks = engine._block_convs if j not in state.static else None
+        # for a value the chunk computes (an image-fed one keeps its path); decided on the first call, which gives the
+        # input's shape
         bound: list[Callable[[torch.Tensor], torch.Tensor] | None] = []
 
         b = None if bias is None or not drive else bias.reshape(1, -1, 1, 1)
@@ -220,9 +218,7 @@ class ChunkProgram:
             x = vals[j]
             assert x is not None  # the input ran before, by the program's order
             if not bound:
-                t0 = time.perf_counter()
-                bound.append(None if blocks is None or x.dim() != 4 else blocks.call(c, tuple(x.shape)))
-                engine._building_seconds += time.perf_counter() - t0
+                bound.append(None if j in state.static else engine._block_conv(c, x, spikes=True))
             block = bound[0]
             r = block(x) if block is not None and x.is_contiguous() else conv(x)
             if b is not None:
