@@ -397,15 +397,16 @@ class Engine:
 
     def _block_conv(self, node: Conv, x: torch.Tensor, spikes: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The block conv of conv node's x where it gives oneDNN's bits and time (:mod:`dcsim.sim.block_conv`), for the
-        engines that run chunk programs; else None. Decided on a shape's first call, counted as building. spikes: whether x is a spike map (else an image's value: the
-        sparse loop is not offered)."""
+        engines that run chunk programs; else None. spikes: whether x is a spike map (else an image's value: the
+        sparse loop is not offered). Decided on a shape's first call; the time spent here (a new shape's check and
+        timing, a known one's look-up of a few us) counts as building, not as the call's."""
         if self._block_convs is None or not self._programmed:
             return None
         if x.dim() != 4 or x.dtype != torch.float32 or not x.is_contiguous():
             return None
         t0 = time.perf_counter()
         block = self._block_convs.call(node, tuple(x.shape), spikes=spikes)
-        self._building_seconds += time.perf_counter() - t0  # a new shape's check and timing: building, not running
+        self._building_seconds += time.perf_counter() - t0
         return block
 
     def compact(self, state: BatchState, keep: torch.Tensor) -> BatchState:
