@@ -80,14 +80,15 @@ class BlockConvs:
                 rows = timed_rows(x_shape[0])
                 timed = (id(node), sample, rows, threads, spikes)
                 if timed not in self._kinds:
-                    loops = _loops(node, packed, (rows, *sample), sparse and spikes)
+                    offered = ("dense", "sparse") if sparse and spikes else ("dense",)
+                    loops = {k: _bound(node, packed, (rows, *sample), k) for k in offered}
                     self._kinds[timed] = (
                         node,
                         _fastest({"onednn": functools.partial(onednn_conv, node), **loops}, (rows, *sample)),
                     )
                 kind = self._kinds[timed][1]
                 if kind != "onednn":
-                    block = _loops(node, packed, tuple(x_shape), kind == "sparse")[kind]
+                    block = _bound(node, packed, tuple(x_shape), kind)
             self._calls[key] = (node, block, kind if block is not None else None)
         return self._calls[key][1]
 
@@ -105,16 +106,12 @@ def timed_rows(rows: int) -> int:
     return next((t for t in TIMED_ROWS if rows <= t), TIMED_ROWS[-1])
 
 
-def _loops(
-    node: Conv, packed: torch.Tensor, x_shape: tuple[int, ...], sparse: bool
-) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """The block conv's dense loop for x_shape inputs, and its sparse loop where ``sparse``, bound to the shape."""
-    loops = {"dense": ops.bound_block_conv(packed, node.bias, node.stride, node.padding, x_shape)}
-    if sparse:
-        loops["sparse"] = ops.bound_block_conv(
-            packed, node.bias, node.stride, node.padding, x_shape, max_density=MAX_DENSITY
-        )
-    return loops
+def _bound(
+    node: Conv, packed: torch.Tensor, x_shape: tuple[int, ...], kind: str
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The block conv's ``kind`` loop ("dense" or "sparse") of node for x_shape inputs, bound to the shape."""
+    max_density = MAX_DENSITY if kind == "sparse" else 0.0
+    return ops.bound_block_conv(packed, node.bias, node.stride, node.padding, x_shape, max_density=max_density)
 
 
 def _fastest(calls: dict[str, Callable[[torch.Tensor], torch.Tensor]], x_shape: tuple[int, ...]) -> str:
