@@ -127,6 +127,13 @@ void avg_pool_2x2(int64_t planes, int64_t h, int64_t w, uintptr_t x, uintptr_t o
   dcsim::avg_pool_2x2_cpu(a, threads);
 }
 
+// x [planes, size], out [planes]; CPU only.
+void global_avg_pool(int64_t planes, int64_t size, uintptr_t x, uintptr_t out, int threads) {
+  const dcsim::GlobalPoolArgs a{planes, size, ptr<const float>(x), ptr<float>(out)};
+  py::gil_scoped_release release;
+  dcsim::global_avg_pool_cpu(a, threads);
+}
+
 // x [n, cin, h, w], weight [cout / (16 * group), kh, kw, cin, group, 16], bias [cout] or 0, out [n, cout, oh, ow];
 // CPU only.
 void block_conv(int64_t n, int64_t cin, int64_t h, int64_t w, int64_t cout, int64_t oh, int64_t ow, int64_t kh,
@@ -157,4 +164,5 @@ PYBIND11_MODULE(_core, mod) {
   mod.def("spike_conv", &spike_conv, "Event-driven convolution of spike maps (kernel 4, CPU).");
   mod.def("block_conv", &block_conv, "Dense convolution in oneDNN's order of sums (kernel 6, CPU).");
   mod.def("avg_pool_2x2", &avg_pool_2x2, "2x2, stride-2 average pooling of NCHW planes (kernel 5, CPU).");
+  mod.def("global_avg_pool", &global_avg_pool, "Global average pooling of NCHW planes in torch's order (kernel 7, CPU).");
 }

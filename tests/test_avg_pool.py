@@ -1,5 +1,6 @@
-"""The 2x2 average pool of the CPU engine (kernel 5, dcsim.sim.ops.avg_pool_2x2) against its reference, torch's
-F.avg_pool2d (dcsim.sim.reference.avg_pool_2x2), bit for bit.
+"""The pools of the CPU engine against their references, bit for bit: the 2x2 average pool (kernel 5,
+dcsim.sim.ops.avg_pool_2x2) against torch's F.avg_pool2d (dcsim.sim.reference.avg_pool_2x2), and the global average
+pool (kernel 7, dcsim.sim.ops.global_avg_pool) against torch's F.adaptive_avg_pool2d(x, 1).
 
 Fresh random shapes (odd sizes included), magnitudes from 1e-30 to 1e30, spikes times per-channel thresholds,
 and the special values (-0.0, infinities, NaN, subnormals): every output's bits must equal torch's (a NaN
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 from dcsim.sim import ops, reference
 from dcsim.sim.engine import POOL_KERNEL_MIN_ELEMENTS, Engine
-from dcsim.sim.network import AvgPool, Input, SpikingNetwork
+from dcsim.sim.network import AdaptiveAvgPool, AvgPool, Input, SpikingNetwork
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -91,3 +92,86 @@ def test_the_native_engine_pools_in_kernel_5_where_it_applies(monkeypatch):
             out = Engine(net, backend=backend)._apply(pool, x)
             assert bool(calls) == expect, (backend, pool, x.shape)
             assert torch.equal(_bits(out), _bits(pool.apply(x)))
+
+
+def _plane(g: torch.Generator) -> tuple[int, int]:
+    """A plane size (h, w) from each of the global pool's regimes: under 8 floats (single floats), 8-511 (whole
+    8-float vectors, no cascade step), 512-8191 (one cascade level), 8192 and more (two levels)."""
+    regime = int(torch.randint(0, 4, (1,), generator=g))
+    low, high = ((1, 8), (8, 512), (512, 8192), (8192, 40000))[regime]
+    size = int(torch.randint(low, high, (1,), generator=g))
+    w = int(torch.randint(1, min(size, 300) + 1, (1,), generator=g))
+    return max(1, size // w), w
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_global_avg_pool_equals_torch_bit_for_bit(threads):
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))  # fresh inputs every run
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(200):
+            x = _fresh(g)
+            h, w = _plane(g)
+            n, c = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(2, 6, (1,), generator=g))
+            x = x.flatten()[torch.randint(0, x.numel(), (n * c * h * w,), generator=g)].reshape(n, c, h, w)
+            ours, ref = ops.global_avg_pool(x), reference.global_avg_pool(x)
+            assert ours.shape == ref.shape == (n, c, 1, 1) and ours.is_contiguous()
+            assert torch.equal(_bits(ours), _bits(ref)), x.shape
+        x = torch.randn(64, 128, 4, 4, generator=g)  # planes split between the threads
+        assert torch.equal(_bits(ops.global_avg_pool(x)), _bits(F.adaptive_avg_pool2d(x, 1)))
+        if threads == 1:  # a lone plane (on several threads torch splits its sum; the engine keeps torch's there)
+            lone = torch.randn(1, 1, 100, 100, generator=g)
+            assert torch.equal(_bits(ops.global_avg_pool(lone)), _bits(F.adaptive_avg_pool2d(lone, 1)))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_global_pool_of_negative_zeros_is_positive_zero():
+    for size in (1, 5, 16, 600):
+        x = torch.full((2, 3, 1, size), -0.0)
+        assert torch.equal(_bits(ops.global_avg_pool(x)), _bits(F.adaptive_avg_pool2d(x, 1)))
+        assert not torch.signbit(ops.global_avg_pool(x)).any()
+
+
+def test_global_pool_refuses_bad_inputs_naming_x():
+    for bad in (
+        torch.zeros(2, 3, 4, 4, dtype=torch.float64),
+        torch.zeros(2, 3, 4),
+        torch.zeros(2, 3, 4, 4).transpose(2, 3),
+        torch.zeros(2, 3, 0, 4),
+    ):
+        with pytest.raises((TypeError, ValueError), match="x must"):
+            ops.global_avg_pool(bad)
+
+
+def test_the_native_engine_pools_globally_in_kernel_7_where_its_bits_hold(monkeypatch):
+    """The native engine sends a global pool of a contiguous float32 value to kernel 7, and every other pool (another
+    output size, another layout) to torch; a kernel that does not give torch's bits on a shape is never used on it
+    (checked once per shape); the reference engine's twin is torch's; every result has torch's bits."""
+    calls = []
+    kernel = ops.global_avg_pool
+    monkeypatch.setattr(ops, "global_avg_pool", lambda x: calls.append(x.shape) or kernel(x))
+    x = torch.randn(3, 16, 4, 4) * torch.rand(3, 16, 1, 1)
+    pool, half = AdaptiveAvgPool("p", (0,), (1, 1)), AdaptiveAvgPool("p", (0,), (2, 2))
+    for node, value, native in (
+        (pool, x, True),
+        (pool, x.contiguous(memory_format=torch.channels_last), False),
+        (half, x, False),
+        (pool, x[:1, :1].contiguous(), False),  # a lone plane
+    ):
+        net = SpikingNetwork([Input("x", ()), node], bits=2, method="qcfs")
+        for backend, expect in (("native", native), ("reference", False)):
+            engine = Engine(net, backend=backend)
+            calls.clear()
+            out = engine._apply(node, value)
+            assert bool(calls) == expect, (backend, node, value.stride())
+            assert torch.equal(_bits(out), _bits(node.apply(value)))
+    # a kernel whose bits differ on a shape (another CPU's torch summing in another order): torch's pool there
+    monkeypatch.setattr(ops, "global_avg_pool", lambda x: calls.append(x.shape) or kernel(x) + 1e-3)
+    engine = Engine(SpikingNetwork([Input("x", ()), pool], bits=2, method="qcfs"))
+    for _ in range(2):
+        calls.clear()
+        out = engine._apply(pool, x)
+        assert torch.equal(_bits(out), _bits(pool.apply(x)))
+    assert calls == []  # the second call does not check again

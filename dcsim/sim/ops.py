@@ -598,6 +598,32 @@ def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """Global average pooling (kernel 7, CPU): ``F.adaptive_avg_pool2d(x, 1)`` of a contiguous x bit for bit on CPUs
+    whose torch sums floats in 8-float vectors (AVX2 and AVX-512: each plane summed in ATen's cascade order, then
+    divided by its size; of a plane holding several NaNs, which payload the result carries may differ), except for a
+    lone plane of 32,768 floats or more on several threads, whose sum torch splits between them. The engine checks the
+    bits against torch's on each shape before it uses it. See dcsim.sim.reference.global_avg_pool.
+
+    x: float32 [N, C, H, W], contiguous, on the CPU, H * W >= 1. Returns a new contiguous float32 [N, C, 1, 1].
+    """
+    device = _tensor("x", x).device
+    if device.type != "cpu":
+        raise ValueError(f"global_avg_pool runs on the CPU, got x on {device}")
+    _check("x", x, torch.float32, device)
+    if x.dim() != 4 or not x.is_contiguous() or x.shape[2] * x.shape[3] == 0:
+        raise ValueError(
+            f"x must be a contiguous [N, C, H, W] tensor with H, W >= 1, got shape {tuple(x.shape)}, "
+            f"strides {x.stride()}"
+        )
+    n, c, h, w = x.shape
+    out = torch.empty((n, c, 1, 1), dtype=torch.float32)
+    if out.numel():
+        _, _, threads = _launch(device, x.numel())
+        _core().global_avg_pool(n * c, h * w, x.data_ptr(), out.data_ptr(), threads)
+    return out
+
+
 BLOCK = 16
 """Channels per block of :func:`block_conv2d`: output channels per AVX-512 register, input channels per partial sum
 of oneDNN's direct kernel."""

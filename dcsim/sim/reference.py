@@ -189,6 +189,11 @@ def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2)
 
 
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """The reference of :func:`dcsim.sim.ops.global_avg_pool`: torch's ``F.adaptive_avg_pool2d(x, 1)``."""
+    return F.adaptive_avg_pool2d(x, 1)
+
+
 def block_conv2d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int], padding: tuple[int, int]
 ) -> torch.Tensor:
