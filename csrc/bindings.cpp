@@ -15,6 +15,7 @@
 #include "spike_conv.h"
 #include "avg_pool.h"
 #include "block_conv.h"
+#include "call_list.h"
 
 namespace py = pybind11;
 
@@ -147,6 +148,57 @@ void block_conv(int64_t n, int64_t cin, int64_t h, int64_t w, int64_t cout, int6
   dcsim::block_conv_cpu(a, threads, simd);
 }
 
+// A pointer reference (slot, byte offset) of a call list: slot -1 for an address given as the offset.
+using Ref = std::pair<int64_t, int64_t>;
+dcsim::PointerRef ref(const Ref& r) { return {r.first, r.second}; }
+
+void list_block_conv(dcsim::CallList& l, int64_t n, int64_t cin, int64_t h, int64_t w, int64_t cout, int64_t oh,
+                     int64_t ow, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t chunk,
+                     bool bias_first, double max_density, int64_t group, const Ref& x, const Ref& weight,
+                     const Ref& bias, const Ref& out, int threads, bool simd) {
+  const dcsim::BlockConvArgs a{n,          cin,         h,     w,       cout,    oh,      ow, kh, kw, sh, sw, ph, pw,
+                               chunk,      bias_first,  max_density,   group,   nullptr, nullptr, nullptr, nullptr};
+  l.add_block_conv(a, ref(x), ref(weight), ref(bias), ref(out), threads, simd);
+}
+
+void list_neuron_steps(dcsim::CallList& l, int method, int64_t k, int64_t n, int64_t m, const Ref& x, int64_t x_step,
+                       const Ref& x2, int64_t x2_step, const Ref& u, const Ref& z, const Ref& out, const Ref& counts,
+                       const Ref& counts_out, float th, int32_t zmax, const Ref& fanout, const Ref& sops,
+                       const Ref& sops_out, bool fresh, float u0, int threads) {
+  const dcsim::NeuronStepsArgs a{{method, n, m, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, th, zmax, nullptr,
+                                  nullptr, fresh, u0},
+                                 k,
+                                 x_step,
+                                 x2_step,
+                                 nullptr,
+                                 nullptr};
+  l.add_neuron_steps(a, ref(x), ref(x2), ref(u), ref(z), ref(out), ref(counts), ref(fanout), ref(sops),
+                     ref(counts_out), ref(sops_out), threads);
+}
+
+void list_avg_pool_2x2(dcsim::CallList& l, int64_t planes, int64_t h, int64_t w, const Ref& x, const Ref& out,
+                       int threads) {
+  l.add_avg_pool_2x2(dcsim::AvgPoolArgs{planes, h, w, nullptr, nullptr}, ref(x), ref(out), threads);
+}
+
+void list_global_avg_pool(dcsim::CallList& l, int64_t planes, int64_t size, const Ref& x, const Ref& out,
+                          int threads) {
+  l.add_global_avg_pool(dcsim::GlobalPoolArgs{planes, size, nullptr, nullptr}, ref(x), ref(out), threads);
+}
+
+void list_output_step(dcsim::CallList& l, int64_t n, int64_t k, const Ref& x, const Ref& sums, const Ref& steps,
+                      int32_t max_steps, int readout, float scale, float threshold, const Ref& pred, const Ref& score,
+                      const Ref& exited, int threads) {
+  const dcsim::OutputStepArgs a{n,       k,     nullptr,   nullptr, nullptr, max_steps,
+                                readout, scale, threshold, nullptr, nullptr, nullptr};
+  l.add_output_step(a, ref(x), ref(sums), ref(steps), ref(pred), ref(score), ref(exited), threads);
+}
+
+void list_run(const dcsim::CallList& l, const std::vector<int64_t>& table) {
+  py::gil_scoped_release release;
+  l.run(table.data(), static_cast<int64_t>(table.size()));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, mod) {
@@ -164,5 +216,14 @@ PYBIND11_MODULE(_core, mod) {
   mod.def("spike_conv", &spike_conv, "Event-driven convolution of spike maps (kernel 4, CPU).");
   mod.def("block_conv", &block_conv, "Dense convolution in oneDNN's order of sums (kernel 6, CPU).");
   mod.def("avg_pool_2x2", &avg_pool_2x2, "2x2, stride-2 average pooling of NCHW planes (kernel 5, CPU).");
+  py::class_<dcsim::CallList>(mod, "CallList", "CPU kernel calls run in one native call (a chunk program's layers).")
+      .def(py::init<>())
+      .def("block_conv", &list_block_conv, "Append a block conv (kernel 6) call.")
+      .def("neuron_steps", &list_neuron_steps, "Append a k-step neuron (kernel 1) call.")
+      .def("avg_pool_2x2", &list_avg_pool_2x2, "Append a 2x2 average pool (kernel 5) call.")
+      .def("global_avg_pool", &list_global_avg_pool, "Append a global average pool (kernel 7) call.")
+      .def("output_step", &list_output_step, "Append an output step (kernel 2) call.")
+      .def("run", &list_run, "Run the calls, pointers resolved against the table (slot -> address).")
+      .def("__len__", &dcsim::CallList::size);
   mod.def("global_avg_pool", &global_avg_pool, "Global average pooling of NCHW planes in torch's order (kernel 7, CPU).");
 }

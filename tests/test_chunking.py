@@ -120,11 +120,14 @@ def test_call_costs_are_interpolated_and_probed_first():
         planner.observe_call(k, 100.0 if k not in asked[:-1] else 1.0 + k)  # a cold first call: not counted
     assert sorted(set(asked)) == [1, 2, 4] and all(asked.count(k) == PROBE_CALLS + 1 for k in (1, 2, 4))
     assert planner.call_seconds(3) == pytest.approx(4.0)  # between 2 (3 s) and 4 (5 s)
-    assert planner.call_seconds(6) == pytest.approx(7.0)  # past 4, on the last segment's slope
+    assert planner.call_seconds(6) == pytest.approx(7.0)  # past 4, on the line through 1 (2 s) and 4 (5 s)
     assert planner.next_chunk(key, 4, 3) == 1  # never more than the steps left
-    planner.observe_call(3, 0.5)  # noise: a 3-step call timed below a 2-step one
+    planner.observe_call(3, 0.5)  # noise: a 3-step call timed below a 2-step one (its first call not counted)
     planner.observe_call(3, 0.5)
-    assert planner.call_seconds(3) == pytest.approx(0.5) and planner.costs(4) == pytest.approx([2.0, 3.0, 3.0, 5.0])
+    pooled = (2 * 3.0 + 0.5) / 3  # 2 (two calls) and 3 (one) break the order: pooled into their weighted mean
+    assert [k for k, _ in planner.fitted()] == [1, 2, 3, 4]
+    assert [c for _, c in planner.fitted()] == pytest.approx([2.0, pooled, pooled, 5.0])
+    assert planner.costs(4) == pytest.approx([2.0, pooled, pooled, 2.0 + pooled])  # 4 steps: at most 1 + 3
     for _ in range(50):
         planner.observe_exit(key, 4, 1)
     assert planner.next_chunk(key, 4, 0) == 1
@@ -154,22 +157,26 @@ def test_sizes_the_plan_stops_using_are_timed_again():
     ones (the machine's speed drifts)."""
     planner = ChunkPlanner()
     key = ("run",)
-    for k, seconds in ((1, 1.0), (2, 4.0), (4, 5.0)):  # 1-step calls cheap at first: 4 steps in 1-step calls
+    for k, seconds in ((1, 1.0), (2, 4.0), (4, 5.0)):
         for _ in range(PROBE_CALLS + 1):
             planner.observe_call(k, seconds)
-    assert planner.next_chunk(key, 4, 0) == 1 and planner.plan_for(key) == [1, 1, 1, 1]
+    for _ in range(40):  # samples that stop after one step: the plan's first call is a 1-step call
+        planner.observe_exit(key, 4, 1)
+    assert planner.next_chunk(key, 4, 0) == 1 and planner.plan_for(key)[0] == 1
     for _ in range(STALE_CALLS + 1):  # the plan's 1-step calls
         planner.observe_call(1, 1.0)
     assert planner.next_chunk(key, 4, 0) == 1  # 2 and 4 are stale, but larger than the plan's chunk: not run
+    later = ("later run",)  # a run whose samples go on to step 4 (its plan's chunk: 4)
     asked = []
     for _ in range(STALE_CALLS // 2):  # then the machine (or the net) runs 1-step calls slower, the others faster
-        k = planner.next_chunk(key, 4, 0)
+        k = planner.next_chunk(later, 4, 0)
         asked.append(k)
         planner.observe_call(k, {1: 3.0, 2: 2.0, 4: 2.5}[k])
-        planner.observe_exit(key, 4, 4)  # a sample (the plan is solved again as they add up)
-    assert asked.count(2) == PROBE_CALLS  # timed again once the plan's chunk (4, on c(1) = 3) holds it
-    assert planner.call_seconds(2) == 2.0 and planner.call_seconds(4) == 2.5  # the old times of 2 and 4 dropped
-    assert planner.next_chunk(key, 4, 0) == 4 and asked[-1] == 4  # the plan: all 4 steps in one call
+        planner.observe_exit(later, 4, 4)  # a sample (the plan is solved again as they add up)
+    assert asked.count(2) == PROBE_CALLS  # timed again once the plan's chunk holds it
+    assert list(planner._seconds[2]) == [2.0] * PROBE_CALLS  # the old times of 2 and 4 dropped
+    assert list(planner._seconds[4])[:PROBE_CALLS] == [2.5] * PROBE_CALLS
+    assert planner.next_chunk(later, 4, 0) == 4 and asked[-1] == 4  # the plan: all 4 steps in one call
     assert planner.next_chunk(key, 4, 3) == 1
 
 
@@ -223,3 +230,21 @@ def test_live_eval_counts_the_data_exits_only():
     x = torch.randn(6, 3, 32, 32)
     evaluate_live_runs(engine, x, torch.zeros(6, dtype=torch.int64), 4, readout, {"dc": 0.5}, batch_size=1)
     assert engine.chunk_planner.samples_seen((4, readout, 0.5)) == 6
+
+
+def test_a_size_timed_on_a_slow_moment_weighs_by_its_calls():
+    """Sizes timed many times outweigh one timed twice on a slow moment: its cost no longer lifts the sizes above it
+    (the running maximum did, and a run without exits was split: 25 steps timed at 19 and 27 ms lifted c(27) from
+    its sixteen calls' 18.6 ms to 23 ms, above c(4) + c(23)); a run in which nothing stops early runs in one call."""
+    planner = ChunkPlanner()
+    for k, ms, calls in ((1, 1.1, 16), (2, 2.0, 16), (4, 3.4, 2), (23, 16.2, 16), (25, 23.0, 2), (27, 18.6, 16)):
+        for _ in range(calls + 1):
+            planner.observe_call(k, ms / 1e3)
+    costs = planner.costs(27)
+    assert costs == sorted(costs)
+    assert costs[26] == pytest.approx((23.0 * 2 + 18.6 * 16) / 18 / 1e3)  # 25 and 27 pooled
+    assert costs[26] < costs[3] + costs[22]
+    key = ("no exits",)
+    for _ in range(40):
+        planner.observe_exit(key, 27, 27)
+    assert planner.plan_for(key) is None and planner.next_chunk(key, 27, 0) == 27

@@ -144,3 +144,76 @@ def test_building_a_program_is_kept_out_of_the_plan_s_call_times(monkeypatch):
     assert engine._building_seconds >= 200.0  # programs were built in both runs
     timed = [t for times in engine.chunk_planner._seconds.values() for t in times]  # every call time the plan keeps
     assert timed and max(timed) == 0.0
+
+
+@pytest.mark.parametrize("build", [small, resnet], ids=["small_cnn", "resnet18"])
+@pytest.mark.parametrize("method,drive", [("qcfs", None), ("qffs", "settle"), ("qffs", "constant")])
+@pytest.mark.parametrize("n,threads", [(1, 1), (3, 1), (1, 2)])
+def test_call_lists_equal_the_ops(build, method, drive, n, threads):
+    """From its second run a program runs as native call lists (the Python layers between them); each run, on fresh
+    and running state, partly driven chunks and counted SOPs included, gives the ops' results bit for bit, while the
+    lists' buffers serve programs of several shapes in turn."""
+    net, shape = build(method, seed=3)
+    if drive == "constant":
+        net = dataclasses.replace(net, drive_steps=None)
+    net = _float_weights(net, seed=5)
+    steps = 9
+    listed, plain = dcsim.Engine(net, count_ops=True), dcsim.Engine(net, count_ops=True)
+    plain.call_lists = False
+    readout = dcsim.Readout.paper(method, 2, steps, tau=0.5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for seed in range(3):  # every program runs again on new inputs
+            x = dyadic_inputs(n, shape, seed=7 + seed)
+            x = x + 0.01 * torch.randn((n, *shape), generator=torch.Generator().manual_seed(8 + seed))
+            sa, sb = listed.start(x, blank=True), plain.start(x, blank=True)
+            done = 0
+            for k in (1, 3, 2, 1, 2):
+                ra = listed.advance(sa, k, steps, readout, 0.6, done=done)
+                rb = plain.advance(sb, k, steps, readout, 0.6, done=done)
+                done += k
+                _same_records(ra, rb)
+                for p, q in zip(sa.tensors()[:-1], sb.tensors()[:-1], strict=True):
+                    assert torch.equal(p, q)
+    finally:
+        torch.set_num_threads(before)
+    lists = [p._listed for p in listed._programs.values() if p._listed is not None]
+    assert lists and all(p._listed is None for p in plain._programs.values())
+    assert len(listed._list_buffers) > 0
+    if drive == "settle":  # a partly driven chunk gates its inputs step by step: its program runs its ops
+        assert any(p._listed is None and p._runs > 1 for p in listed._programs.values())
+
+
+def test_lone_early_exit_with_call_lists_gives_the_ops_results():
+    net, shape = resnet("qcfs", seed=3)
+    net = _float_weights(net, seed=6)
+    listed, plain = dcsim.Engine(net), dcsim.Engine(net)
+    plain.call_lists = False
+    x = dyadic_inputs(8, shape, seed=2)
+    readout = dcsim.Readout.paper("qcfs", 2, 8)
+    for threshold in (0.3, 0.6, 1.0, 0.6):
+        ra = listed.early_exit(x, 8, readout, threshold, batch_size=1)
+        rb = plain.early_exit(x, 8, readout, threshold, batch_size=1)
+        for f in ("pred", "exit_step", "conf", "spikes"):
+            assert torch.equal(getattr(ra, f), getattr(rb, f)), (f, threshold)
+    assert any(p._listed is not None for p in listed._programs.values())
+
+
+def test_a_call_list_runs_its_kernels_on_the_table_s_addresses():
+    """A listed kernel call computes what the direct call does, its pointers resolved against each run's table;
+    a slot past the table is refused before any call runs."""
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
+    x = torch.randn(3, 16, 5, 5, generator=g)
+    out = torch.full((3, 16, 1, 1), float("nan"))
+    calls = ops.call_list()
+    ops.list_global_avg_pool(calls, (3, 16, 5, 5), (0, 0), (-1, out.data_ptr()))
+    ops.list_avg_pool_2x2(calls, (3, 16, 4, 4), (1, 4 * 16 * 16), (2, 0))  # x's second sample, from byte offset
+    pooled = torch.empty(3, 16, 2, 2)
+    x4 = torch.randn(4, 16, 4, 4, generator=g)
+    assert len(calls) == 2
+    calls.run([x.data_ptr(), x4.data_ptr(), pooled.data_ptr()])
+    assert torch.equal(out, ops.global_avg_pool(x))
+    assert torch.equal(pooled, ops.avg_pool_2x2(x4[1:]))
+    with pytest.raises(IndexError, match="slot 2 of a table of 2"):
+        calls.run([x.data_ptr(), x4.data_ptr()])

@@ -196,9 +196,8 @@ class Engine:
         # small CPU convs: each row's large-batch bits, padded only where they need it
         self._row_floors = row_floor.RowFloors()
         self._conv_rows: dict[tuple[object, ...], int] = {}  # see _conv
-        self._global_pools: dict[
-            tuple[int, ...], bool
-        ] = {}  # input shape -> kernel 7 gives torch's bits (_global_pool)
+        self._global_pools: dict[tuple[int, ...], bool] = {}  # input shape -> kernel 7 has torch's bits there
+        self._list_buffers: dict[tuple[tuple[int, ...], int], torch.Tensor] = {}  # see list_buffer
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # small CPU calls as prebound kernel calls (dcsim.sim.program), one program per call shape
         self._programmed = (
@@ -209,6 +208,9 @@ class Engine:
             and program.ChunkProgram.covers(self)
         )
         self._programs: dict[tuple[object, ...], program.ChunkProgram] = {}
+        self.call_lists = True
+        """Whether a program runs, from its second call, as native call lists (dcsim.sim.program): the same kernels
+        and bits without the Python between them. False: its ops, one Python call per layer (for comparisons)."""
         # small CPU convs (the programs', a lone sample's image-fed ones) as block convs where those give oneDNN's bits
         # and are faster (dcsim.sim.block_conv; None: oneDNN for all)
         self._block_convs: block_conv.BlockConvs | None = None if self.channels_last else block_conv.BlockConvs()
@@ -246,17 +248,32 @@ class Engine:
         where those allow; :mod:`dcsim.sim.row_floor`)."""
         if isinstance(node, Conv) and self._dtype == torch.float32 and row_floor.applies(inputs[0]):
             return self._row_floors(node, inputs[0])
-        if isinstance(node, AvgPool) and node.is_2x2:
-            x = inputs[0]
-            if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() and x.numel() >= POOL_KERNEL_MIN_ELEMENTS:
-                pooled: torch.Tensor = self.kernels.avg_pool_2x2(x)
-                return pooled
-        if isinstance(node, AdaptiveAvgPool) and tuple(node.output_size) == (1, 1) and self._global_pool(inputs[0]):
-            pooled = self.kernels.global_avg_pool(inputs[0])
+        kernel = self.pool_kernel(node, inputs[0])
+        if kernel is not None:
+            pooled: torch.Tensor = getattr(self.kernels, kernel)(inputs[0])
             return pooled
         if self._dtype == torch.float32 or not isinstance(node, (Conv, Linear)):
             return node.apply(*inputs)
         return node.apply(*(v.to(self._dtype) for v in inputs)).float()
+
+    def list_buffer(self, shape: tuple[int, ...], index: int) -> torch.Tensor:
+        """Buffer ``index`` of float32 values of ``shape``, where call lists (dcsim.sim.program) keep the values they
+        compute: one set for all of the engine's programs, which run one at a time and keep no value past a run."""
+        key = (tuple(shape), index)
+        t = self._list_buffers.get(key)
+        if t is None:
+            t = self._list_buffers[key] = torch.empty(shape, dtype=torch.float32, device=self.device)
+        return t
+
+    def pool_kernel(self, node: Node, x: torch.Tensor) -> str | None:
+        """The kernel :meth:`_apply` pools x by at node, "avg_pool_2x2" (kernel 5) or "global_avg_pool" (kernel 7),
+        or None where it takes torch's (any other node too)."""
+        cpu = x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous()
+        if isinstance(node, AvgPool) and node.is_2x2 and cpu and x.numel() >= POOL_KERNEL_MIN_ELEMENTS:
+            return "avg_pool_2x2"
+        if isinstance(node, AdaptiveAvgPool) and tuple(node.output_size) == (1, 1) and self._global_pool(x):
+            return "global_avg_pool"
+        return None
 
     def _global_pool(self, x: torch.Tensor) -> bool:
         """Whether global average pooling of x runs as kernel 7 (``kernels.global_avg_pool``): x float32, contiguous

@@ -8,12 +8,16 @@ fails here, at call time, with a clear message; importing dcsim never needs it o
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import torch
 
 from .readout import READOUT_KINDS
+
+Ref = tuple[int, int]
+"""A pointer of a call in a :func:`call_list`: (slot, byte offset), the address table[slot] + offset of the table
+each run is given; (-1, address) for an address fixed when the call is listed (0: none)."""
 
 METHODS: dict[str, int] = {"qcfs": 0, "qffs": 1}
 """Neuron models and their codes in the native kernels (csrc/dcsim_math.h)."""
@@ -246,7 +250,7 @@ def bound_neuron_steps(
     *,
     fanout: torch.Tensor | None = None,
     u0: float | None = None,
-) -> Callable[[int, int, int, int, int, int, int, int, int, int, int], None]:
+) -> BoundNeuronSteps:
     """:func:`neuron_steps` of a layer of m neurons per sample over k steps of n rows (CPU), with its scalars checked
     and bound once: the returned call takes the data pointers only, as ``call(x, x_step, x2, x2_step, u, z, out,
     counts, counts_out, sops, sops_out)`` (0 for an absent tensor; x_step, x2_step: elements between steps, 0 for
@@ -257,38 +261,76 @@ def bound_neuron_steps(
     code = _neuron_scalars(method, present, fanout, None if fanout is None else present, th, u0)
     if min(k, n, m) < 1:
         raise ValueError(f"k, n and m must be >= 1, got {k}, {n}, {m}")
-    native = _core().neuron_steps
-    fan = 0 if fanout is None else fanout.data_ptr()
-    threads = _launch(torch.device("cpu"), n * m)[2]
-    th, zmax, fresh, start = float(th), int(zmax), u0 is not None, 0.0 if u0 is None else float(u0)
+    return BoundNeuronSteps(code, k, n, m, float(th), int(zmax), fanout, u0, _launch(torch.device("cpu"), n * m)[2])
 
-    def call(
-        x: int, x_step: int, x2: int, x2_step: int, u: int, z: int, out: int, counts: int, counts_out: int, sops: int,
-        sops_out: int,
+
+class BoundNeuronSteps:
+    """A :func:`bound_neuron_steps` call: its kernel's arguments but the per-call pointers, fixed."""
+
+    __slots__ = ("_fanout", "_head", "_native", "_tail")
+
+    def __init__(
+        self, code: int, k: int, n: int, m: int, th: float, zmax: int, fanout: torch.Tensor | None, u0: float | None,
+        threads: int,
     ) -> None:  # fmt: skip
-        native(
-            code, k, n, m, x, x_step, x2, x2_step, u, z, out, counts, counts_out, th, zmax, fan, sops, sops_out, fresh,
+        self._native = _core().neuron_steps
+        self._fanout = fanout  # kept alive: the kernel reads it by its address
+        self._head = (code, k, n, m)
+        fan = 0 if fanout is None else fanout.data_ptr()
+        self._tail = (float(th), int(zmax), fan, u0 is not None, 0.0 if u0 is None else float(u0), threads)
+
+    def __call__(
+        self, x: int, x_step: int, x2: int, x2_step: int, u: int, z: int, out: int, counts: int, counts_out: int,
+        sops: int, sops_out: int,
+    ) -> None:  # fmt: skip
+        th, zmax, fan, fresh, start, threads = self._tail
+        self._native(
+            *self._head, x, x_step, x2, x2_step, u, z, out, counts, counts_out, th, zmax, fan, sops, sops_out, fresh,
             start, threads,
         )  # fmt: skip
 
-    return call
+    def list_into(
+        self, calls: Any, x: Ref, x_step: int, x2: Ref, x2_step: int, u: Ref, z: Ref, out: Ref, counts: Ref,
+        counts_out: Ref, sops: Ref, sops_out: Ref,
+    ) -> None:  # fmt: skip
+        """Append this call to a :func:`call_list`, its pointers as references (see :data:`Ref`)."""
+        th, zmax, fan, fresh, start, threads = self._tail
+        calls.neuron_steps(
+            *self._head, x, x_step, x2, x2_step, u, z, out, counts, counts_out, th, zmax, (-1, fan), sops, sops_out,
+            fresh, start, threads,
+        )  # fmt: skip
 
 
 def bound_output_step(
     n: int, classes: int, max_steps: int, readout: int, scale: float, threshold: float
-) -> Callable[[int, int, int, int, int, int], None]:
+) -> BoundOutputStep:
     """:func:`output_step` of n rows of ``classes`` outputs on the CPU with its scalars checked and bound once: the
     returned call takes the data pointers ``call(x, sums, steps, pred, score, exited)`` and checks nothing (the
     caller's tensors must hold what :func:`output_step` checks). For :class:`dcsim.sim.program.ChunkProgram`."""
     _output_scalars(readout, max_steps)
-    native = _core().output_step
     threads = _launch(torch.device("cpu"), n * classes * 8)[2]
-    max_steps, readout, scale, threshold = int(max_steps), int(readout), float(scale), float(threshold)
+    return BoundOutputStep(n, classes, int(max_steps), int(readout), float(scale), float(threshold), threads)
 
-    def call(x: int, sums: int, steps: int, pred: int, score: int, exited: int) -> None:
-        native(n, classes, x, sums, steps, max_steps, readout, scale, threshold, pred, score, exited, False, 0, threads)
 
-    return call
+class BoundOutputStep:
+    """A :func:`bound_output_step` call: its kernel's arguments but the pointers, fixed."""
+
+    __slots__ = ("_head", "_native", "_scalars", "_threads")
+
+    def __init__(
+        self, n: int, classes: int, max_steps: int, readout: int, scale: float, threshold: float, threads: int
+    ) -> None:
+        self._native = _core().output_step
+        self._head = (n, classes)
+        self._scalars = (max_steps, readout, scale, threshold)
+        self._threads = threads
+
+    def __call__(self, x: int, sums: int, steps: int, pred: int, score: int, exited: int) -> None:
+        self._native(*self._head, x, sums, steps, *self._scalars, pred, score, exited, False, 0, self._threads)
+
+    def list_into(self, calls: Any, x: Ref, sums: Ref, steps: Ref, pred: Ref, score: Ref, exited: Ref) -> None:
+        """Append this call to a :func:`call_list`, its pointers as references (see :data:`Ref`)."""
+        calls.output_step(*self._head, x, sums, steps, *self._scalars, pred, score, exited, self._threads)
 
 
 def _neuron_scalars(
@@ -701,7 +743,7 @@ def bound_block_conv(
     x_shape: tuple[int, ...],
     simd: bool = True,
     max_density: float = 0.0,
-) -> Callable[[torch.Tensor], torch.Tensor]:
+) -> BoundBlockConv:
     """:func:`block_conv2d` for inputs of shape ``x_shape`` [n, Cin, H, W], its arguments checked once: the returned
     call takes x and returns the new output. Nothing is checked per call: x must be a contiguous float32 CPU tensor
     of that shape (for :class:`dcsim.sim.program.ChunkProgram`, whose tensors are by construction)."""
@@ -734,19 +776,62 @@ def bound_block_conv(
         raise ValueError(f"block_conv2d sums input channels in blocks of {chunk}, got {cin}")
     if not 0.0 <= max_density <= 1.0:
         raise ValueError(f"max_density must be a fraction in [0, 1], got {max_density}")
-    native = _core().block_conv
-    threads = _launch(cpu, n * cout * oh * ow)[2]
-    weights, b = packed.data_ptr(), 0 if bias is None else bias.data_ptr()
-    out_shape = (n, cout, oh, ow)
-    held = (packed, bias)  # the pointers' tensors, kept alive by the call
+    head = (n, cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, chunk, bias_first, max_density, group)
+    return BoundBlockConv(head, packed, bias, (n, cout, oh, ow), _launch(cpu, n * cout * oh * ow)[2], simd)
 
-    def call(x: torch.Tensor, _held: tuple[torch.Tensor | None, ...] = held) -> torch.Tensor:
-        out = torch.empty(out_shape, dtype=torch.float32)
-        if n:
-            native(
-                n, cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, chunk, bias_first, max_density, group,
-                x.data_ptr(), weights, b, out.data_ptr(), threads, simd,
-            )  # fmt: skip
+
+class BoundBlockConv:
+    """A :func:`bound_block_conv` call: ``call(x)`` returns the new output; its kernel's arguments but x's and the
+    output's pointers fixed."""
+
+    __slots__ = ("_bias", "_head", "_native", "_packed", "_pointers", "_tail", "out_shape")
+
+    def __init__(
+        self,
+        head: tuple[int | bool | float, ...],
+        packed: torch.Tensor,
+        bias: torch.Tensor | None,
+        out_shape: tuple[int, int, int, int],
+        threads: int,
+        simd: bool,
+    ) -> None:
+        self._native = _core().block_conv
+        self._head = head
+        self._packed, self._bias = packed, bias  # kept alive: the kernel reads them by their addresses
+        self._pointers = (packed.data_ptr(), 0 if bias is None else bias.data_ptr())
+        self.out_shape = out_shape
+        self._tail = (threads, simd)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(self.out_shape, dtype=torch.float32)
+        if self.out_shape[0]:
+            self._native(*self._head, x.data_ptr(), *self._pointers, out.data_ptr(), *self._tail)
         return out
 
-    return call
+    def list_into(self, calls: Any, x: Ref, out: Ref) -> None:
+        """Append this call to a :func:`call_list`, x's and the output's pointers as references (see :data:`Ref`)."""
+        weights, bias = self._pointers
+        calls.block_conv(*self._head, x, (-1, weights), (-1, bias), out, *self._tail)
+
+
+def call_list() -> Any:
+    """A new empty list of CPU kernel calls (``dcsim._core.CallList``, csrc/call_list.h): calls are appended by the
+    bound calls' ``list_into`` and :func:`list_avg_pool_2x2`, :func:`list_global_avg_pool`, each pointer a
+    :data:`Ref`; ``run(table)`` makes them in order in one native call (the table: one address per slot), and checks
+    nothing but that every slot named is in the table. For :class:`dcsim.sim.program.ChunkProgram`."""
+    return _core().CallList()
+
+
+def list_avg_pool_2x2(calls: Any, shape: tuple[int, int, int, int], x: Ref, out: Ref) -> None:
+    """Append :func:`avg_pool_2x2` of a contiguous float32 [N, C, H, W] input of ``shape`` to a :func:`call_list`."""
+    n, c, h, w = shape
+    calls.avg_pool_2x2(n * c, h, w, x, out, _launch(torch.device("cpu"), n * c * h * w)[2])
+
+
+def list_global_avg_pool(calls: Any, shape: tuple[int, int, int, int], x: Ref, out: Ref) -> None:
+    """Append :func:`global_avg_pool` of a contiguous float32 [N, C, H, W] input of ``shape`` (H * W >= 1) to a
+    :func:`call_list`."""
+    n, c, h, w = shape
+    if h * w < 1:
+        raise ValueError(f"global_avg_pool needs H, W >= 1, got shape {shape}")
+    calls.global_avg_pool(n * c, h * w, x, out, _launch(torch.device("cpu"), n * c * h * w)[2])

@@ -16,13 +16,16 @@ Python, and a program per batch size left after compaction would be built for a 
 from __future__ import annotations
 
 import functools
+import math
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import ops, row_floor
-from .network import Conv, Neuron, onednn_conv
+from .network import Conv, Neuron, Node, onednn_conv
 from .readout import Readout
 from .semantics import gated
 from .state import BatchState, StepRecord
@@ -30,6 +33,9 @@ from .state import BatchState, StepRecord
 if TYPE_CHECKING:
     from .engine import Engine
 
+MAX_LISTED_BYTES = 64 << 20
+"""Most bytes of buffers a program's call lists may need (their values at once); a program that needs more runs its
+ops (the engine's programs share the buffers, so this bounds their memory too)."""
 MAX_ROWS = 64
 """Calls of at most this many rows (steps x samples) run as programs."""
 KEPT = 256
@@ -65,6 +71,7 @@ class ChunkProgram:
         nodes = engine.net.nodes
         self._static = [j for j in engine._needed_static if j in state.static]
         self._ops: list[Op] = []
+        self._layers: list[_Layer] = []  # what each op computes, for the call list (see _listed)
         for i in engine._dynamic:
             node = nodes[i]
             if isinstance(node, Neuron):
@@ -76,6 +83,10 @@ class ChunkProgram:
             free = engine._free_after.get(i)
             if free:
                 self._ops.append(_clear(free))
+                self._layers.append(_Layer("clear", -1, freed=tuple(free)))
+        self._engine = engine
+        self._runs = 0
+        self._listed: _Listed | None = None  # built after the first run, where every neuron layer can be listed
         self._size = len(nodes)
         self._output = engine.net.output
         classes = state.sums.shape[1]
@@ -97,7 +108,27 @@ class ChunkProgram:
         )
 
     def run(self, state: BatchState, rec: StepRecord) -> None:
-        """The chunk's steps on state, in place, each step's results into rec (as :meth:`Engine.advance`)."""
+        """The chunk's steps on state, in place, each step's results into rec (as :meth:`Engine.advance`): from the
+        second run on as one native call list where :class:`_Listed` can list the chunk (the same calls)."""
+        self._runs += 1
+        if self._runs == 2 and self._engine.call_lists:  # the first run has bound each conv's kernel
+            t0 = time.perf_counter()
+            self._listed = _Listed.build(self)
+            self._engine._building_seconds += time.perf_counter() - t0
+        table = None if self._listed is None else self._listed.table(state, rec)
+        if table is not None:
+            assert self._listed is not None
+            self._listed.run(self, table, state, rec)
+        else:
+            self._run_ops(state, rec)
+        torch.add(state.steps, self._back, out=rec.steps)
+        last = self.k - 1
+        state.pred.copy_(rec.pred[last])
+        state.score.copy_(rec.score[last])
+        state.exited.copy_(rec.exited[last])
+
+    def _run_ops(self, state: BatchState, rec: StepRecord) -> None:
+        """The chunk's layers op by op, then its output steps."""
         vals: list[torch.Tensor | None] = [None] * self._size
         for j in self._static:
             vals[j] = state.static[j]
@@ -113,11 +144,6 @@ class ChunkProgram:
         n, row = self.n, self._out_row
         for t in range(self.k):
             self._output_step(x + t * row, sums, steps, pred + 8 * n * t, score + 4 * n * t, exited + n * t)
-        torch.add(state.steps, self._back, out=rec.steps)
-        last = self.k - 1
-        state.pred.copy_(rec.pred[last])
-        state.score.copy_(rec.score[last])
-        state.exited.copy_(rec.exited[last])
 
     def _neuron(self, engine: Engine, state: BatchState, i: int, drive: bool) -> Op:
         """Kernel 1 over the chunk's k steps of neuron node i, its counts (and SOPs) after each step into the record."""
@@ -148,6 +174,18 @@ class ChunkProgram:
                 sources.append((j, 0, None if drive else torch.zeros_like(state.static[j]), False))
         (j1, step1, fixed1, stepwise1) = sources[0]
         (j2, step2, fixed2, stepwise2) = sources[1] if len(sources) > 1 else (-1, 0, None, False)
+        self._layers.append(
+            _Layer(
+                "neuron",
+                i,
+                neuron=call,
+                sources=tuple(sources),
+                layer=layer,
+                counted=counted,
+                qffs=qffs,
+                shape=out_shape,
+            )
+        )
 
         def value(j: int, fixed: torch.Tensor | None, stepwise: bool, vals: list[torch.Tensor | None]) -> torch.Tensor:
             if fixed is not None:
@@ -213,6 +251,7 @@ class ChunkProgram:
         b = None if bias is None or not drive else bias.reshape(1, -1, 1, 1)
         if b is not None and self._mask is not None:  # the general path's gated bias, a constant of the program
             b = gated(b.expand(k * n, *b.shape[1:]), self._mask)
+        self._layers.append(_Layer("conv", i, inputs=(j,), bound=bound, listable=b is None))
 
         def op(vals: list[torch.Tensor | None], state: BatchState, rec: StepRecord) -> None:
             x = vals[j]
@@ -236,6 +275,9 @@ class ChunkProgram:
         bias = engine._biases.get(i)
         if bias is not None:
             node = engine._unbiased[i]
+        self._layers.append(
+            _Layer("other", i, inputs=tuple(inputs), graph_node=node, listable=bias is None or not drive)
+        )
         if bias is None or not drive:
 
             def op(vals: list[torch.Tensor | None], state: BatchState, rec: StepRecord) -> None:
@@ -253,6 +295,211 @@ class ChunkProgram:
             vals[i] = r
 
         return biased
+
+
+@dataclass
+class _Layer:
+    """What one op of a program computes, for :class:`_Listed`: kind "neuron", "conv", "other" (pools, flatten,
+    linear, add) or "clear" (values dropped)."""
+
+    kind: str
+    node: int
+    inputs: tuple[int, ...] = ()
+    neuron: ops.BoundNeuronSteps | None = None
+    sources: tuple[tuple[int, int, torch.Tensor | None, bool], ...] = ()  # a neuron's: (node, step, fixed, stepwise)
+    layer: int = 0  # a neuron's hidden layer
+    counted: bool = False
+    qffs: bool = False
+    shape: tuple[int, ...] = ()  # a neuron's output
+    bound: list[Callable[[torch.Tensor], torch.Tensor] | None] | None = None  # a conv's kernel, once bound
+    listable: bool = True  # no bias the settle semantics gate added in Python
+    graph_node: Node | None = None  # an "other" layer's node
+    freed: tuple[int, ...] = ()
+
+
+_FIXED_SLOTS = ("rec.counts", "rec.sops", "rec.pred", "rec.score", "rec.exited", "state.sums", "state.steps")
+"""The first slots of a call list's table (see :meth:`_Listed.table`)."""
+
+
+class _Listed:
+    """A program's layers as native call lists (:func:`dcsim.sim.ops.call_list`): the neuron layers, the block convs,
+    the pools the engine runs in kernels 5 and 7, and the output steps, with the layers that stay in Python (a linear,
+    a flatten, a conv by oneDNN, a gated bias) between two lists. The same kernels on the same values as the
+    program's ops: the same bits (tests/test_program.py). The values the lists compute live in buffers of the engine
+    (:meth:`Engine.list_buffer`), shared by its programs, one running at a time; the tensors that change between runs
+    (the state's, the record's, the values of the Python layers) are looked up in a table built for each run."""
+
+    def __init__(self) -> None:
+        self.segments: list[Any] = []  # a call list, or the index of a Python op
+        self.keys: list[tuple[str, int]] = []  # slots after _FIXED_SLOTS: (state field or "value", node)
+        self.published: dict[int, tuple[int, int]] = {}  # Python op index -> (its node, the slot of its value)
+        self.vals: list[torch.Tensor | None] = []  # buffers the Python ops read, by node
+        self.held: list[torch.Tensor] = []  # tensors whose addresses the lists hold
+
+    def slot(self, key: tuple[str, int]) -> int:
+        if key not in self.keys:
+            self.keys.append(key)
+        return len(_FIXED_SLOTS) + self.keys.index(key)
+
+    @staticmethod
+    def build(prog: ChunkProgram) -> _Listed | None:
+        """prog's call lists, or None where a neuron layer cannot be listed (a step-gated input), the engine keeps
+        channels-last values, or the buffers would pass MAX_LISTED_BYTES."""
+        engine = prog._engine
+        if engine.channels_last:
+            return None
+        listed = _Listed()
+        listed.vals = [None] * prog._size
+        k, n = prog.k, prog.n
+        calls = ops.call_list()
+        where: dict[int, ops.Ref] = {}  # node -> its value's pointer
+        buffer_of: dict[int, tuple[tuple[int, ...], int]] = {}  # node -> (shape, index) of its buffer
+        free: dict[tuple[int, ...], list[int]] = {}
+        used: dict[tuple[int, ...], int] = {}  # buffers per shape
+        pinned: set[int] = set()  # nodes whose buffers Python ops read (a view may outlive the node)
+
+        def buffer(i: int, shape: tuple[int, ...]) -> ops.Ref:
+            index = free[shape].pop() if free.get(shape) else used.get(shape, 0)
+            used[shape] = max(used.get(shape, 0), index + 1)
+            t = engine.list_buffer(shape, index)
+            buffer_of[i] = (shape, index)
+            where[i] = (-1, t.data_ptr())
+            return where[i]
+
+        def ref(j: int) -> ops.Ref:
+            if j in where:
+                return where[j]
+            assert j in prog._static, j  # the program's order computes every other input first
+            return (listed.slot(("static", j)), 0)
+
+        def python(op: int, layer: _Layer) -> None:
+            nonlocal calls
+            if len(calls):
+                listed.segments.append(calls)
+                calls = ops.call_list()
+            for j in layer.inputs:
+                if j in buffer_of:
+                    pinned.add(j)
+                    listed.vals[j] = engine.list_buffer(*buffer_of[j])
+            listed.segments.append(op)
+            listed.published[op] = (layer.node, listed.slot(("value", layer.node)))
+            where[layer.node] = (listed.published[op][1], 0)
+
+        record = 8 * k * n  # bytes of one layer's [k, n] int64 record
+        for op, layer in enumerate(prog._layers):
+            if layer.kind == "clear":
+                for j in layer.freed:
+                    if j in buffer_of and j not in pinned:
+                        shape, index = buffer_of.pop(j)
+                        free.setdefault(shape, []).append(index)
+            elif layer.kind == "neuron":
+                assert layer.neuron is not None
+                inputs: list[ops.Ref] = []
+                for j, _, fixed, stepwise in layer.sources:
+                    if stepwise:
+                        return None
+                    if fixed is not None:
+                        listed.held.append(fixed)
+                    inputs.append((-1, fixed.data_ptr()) if fixed is not None else ref(j))
+                steps = [step for _, step, _, _ in layer.sources]
+                x2, step2 = (inputs[1], steps[1]) if len(inputs) > 1 else ((-1, 0), 0)
+                i = layer.node
+                out = buffer(i, layer.shape)
+                offset = record * layer.layer
+                layer.neuron.list_into(
+                    calls,
+                    inputs[0],
+                    steps[0],
+                    x2,
+                    step2,
+                    (listed.slot(("u", i)), 0),
+                    (listed.slot(("z", i)), 0) if layer.qffs else (-1, 0),
+                    out,
+                    (listed.slot(("counts", i)), 0),
+                    (0, offset),
+                    (listed.slot(("sops", i)), 0) if layer.counted else (-1, 0),
+                    (1, offset) if layer.counted else (-1, 0),
+                )
+            elif layer.kind == "conv":
+                assert layer.bound is not None
+                block = layer.bound[0] if layer.bound else None
+                (j,) = layer.inputs
+                if layer.listable and isinstance(block, ops.BoundBlockConv) and j in where:
+                    block.list_into(calls, where[j], buffer(layer.node, block.out_shape))
+                else:
+                    python(op, layer)
+            else:
+                (j, *rest) = layer.inputs
+                node = layer.graph_node
+                assert node is not None
+                kernel = None
+                if layer.listable and not rest and j in buffer_of:
+                    kernel = engine.pool_kernel(node, engine.list_buffer(*buffer_of[j]))
+                if kernel == "avg_pool_2x2":
+                    shape = buffer_of[j][0]
+                    nn, c, h, w = shape
+                    ops.list_avg_pool_2x2(calls, (nn, c, h, w), where[j], buffer(layer.node, (nn, c, h // 2, w // 2)))
+                elif kernel == "global_avg_pool":
+                    nn, c, h, w = buffer_of[j][0]
+                    ops.list_global_avg_pool(calls, (nn, c, h, w), where[j], buffer(layer.node, (nn, c, 1, 1)))
+                else:
+                    python(op, layer)
+        x = ref(prog._output)
+        if x[0] < 0 and prog._output not in buffer_of:
+            return None  # a static output (ChunkProgram.covers rules it out)
+        at = {name: i for i, name in enumerate(_FIXED_SLOTS)}
+        for t in range(k):
+            prog._output_step.list_into(
+                calls,
+                (x[0], x[1] + t * prog._out_row),
+                (at["state.sums"], 0),
+                (at["state.steps"], 0),
+                (at["rec.pred"], 8 * n * t),
+                (at["rec.score"], 4 * n * t),
+                (at["rec.exited"], n * t),
+            )
+        listed.segments.append(calls)
+        total = sum(math.prod(shape) * 4 * count for shape, count in used.items())
+        return listed if total <= MAX_LISTED_BYTES else None
+
+    def table(self, state: BatchState, rec: StepRecord) -> list[int] | None:
+        """The addresses of the slots for a run on state into rec (the Python layers' values: 0 until they run), or
+        None where an image-fed value the lists read is not contiguous (the ops then run)."""
+        table = [
+            rec.counts.data_ptr(),
+            0 if rec.sops is None else rec.sops.data_ptr(),
+            rec.pred.data_ptr(),
+            rec.score.data_ptr(),
+            rec.exited.data_ptr(),
+            state.sums.data_ptr(),
+            state.steps.data_ptr(),
+        ]
+        for field, i in self.keys:
+            if field == "value":
+                table.append(0)
+                continue
+            v = getattr(state, field)[i]
+            if field == "static" and not v.is_contiguous():
+                return None
+            table.append(v.data_ptr())
+        return table
+
+    def run(self, prog: ChunkProgram, table: list[int], state: BatchState, rec: StepRecord) -> None:
+        """The lists and the Python ops between them, output steps included."""
+        vals = list(self.vals)
+        for j in prog._static:
+            vals[j] = state.static[j]
+        with torch.no_grad():
+            for segment in self.segments:
+                if not isinstance(segment, int):
+                    segment.run(table)
+                    continue
+                prog._ops[segment](vals, state, rec)
+                i, slot = self.published[segment]
+                v = vals[i]
+                assert v is not None
+                v = vals[i] = v.contiguous()
+                table[slot] = v.data_ptr()
 
 
 def _clear(nodes: list[int]) -> Op:

@@ -1,0 +1,116 @@
+// A list of CPU kernel calls, see call_list.h.
+#include "call_list.h"
+
+#include <stdexcept>
+#include <string>
+
+namespace dcsim {
+namespace {
+
+template <typename T>
+T* resolve(const PointerRef& r, const int64_t* table) {
+  const int64_t base = r.slot < 0 ? 0 : table[r.slot];
+  return reinterpret_cast<T*>(static_cast<uintptr_t>(base + r.offset));
+}
+
+}  // namespace
+
+void CallList::add(Call call, int refs) {
+  for (int r = 0; r < refs; ++r) {
+    if (call.refs[r].slot < -1) throw std::out_of_range("CallList: a pointer's slot must be >= -1");
+    if (call.refs[r].slot > max_slot_) max_slot_ = call.refs[r].slot;
+  }
+  calls_.push_back(call);
+}
+
+void CallList::add_block_conv(BlockConvArgs a, PointerRef x, PointerRef weight, PointerRef bias, PointerRef out,
+                              int threads, bool simd) {
+  Call c{Kind::kBlockConv};
+  c.conv = a, c.threads = threads, c.simd = simd;
+  c.refs[0] = x, c.refs[1] = weight, c.refs[2] = bias, c.refs[3] = out;
+  add(c, 4);
+}
+
+void CallList::add_neuron_steps(NeuronStepsArgs a, PointerRef x, PointerRef x2, PointerRef u, PointerRef z,
+                                PointerRef out, PointerRef counts, PointerRef fanout, PointerRef sops,
+                                PointerRef counts_out, PointerRef sops_out, int threads) {
+  Call c{Kind::kNeuronSteps};
+  c.neuron = a, c.threads = threads;
+  c.refs[0] = x, c.refs[1] = x2, c.refs[2] = u, c.refs[3] = z, c.refs[4] = out, c.refs[5] = counts;
+  c.refs[6] = fanout, c.refs[7] = sops, c.refs[8] = counts_out, c.refs[9] = sops_out;
+  add(c, 10);
+}
+
+void CallList::add_avg_pool_2x2(AvgPoolArgs a, PointerRef x, PointerRef out, int threads) {
+  Call c{Kind::kAvgPool2x2};
+  c.pool = a, c.threads = threads;
+  c.refs[0] = x, c.refs[1] = out;
+  add(c, 2);
+}
+
+void CallList::add_global_avg_pool(GlobalPoolArgs a, PointerRef x, PointerRef out, int threads) {
+  Call c{Kind::kGlobalAvgPool};
+  c.global = a, c.threads = threads;
+  c.refs[0] = x, c.refs[1] = out;
+  add(c, 2);
+}
+
+void CallList::add_output_step(OutputStepArgs a, PointerRef x, PointerRef sums, PointerRef steps, PointerRef pred,
+                               PointerRef score, PointerRef exited, int threads) {
+  Call c{Kind::kOutputStep};
+  c.output = a, c.threads = threads;
+  c.refs[0] = x, c.refs[1] = sums, c.refs[2] = steps, c.refs[3] = pred, c.refs[4] = score, c.refs[5] = exited;
+  add(c, 6);
+}
+
+void CallList::run(const int64_t* table, int64_t slots) const {
+  if (max_slot_ >= slots) {
+    throw std::out_of_range("CallList.run: a call reads slot " + std::to_string(max_slot_) + " of a table of " +
+                            std::to_string(slots));
+  }
+  for (const Call& c : calls_) {
+    const PointerRef* r = c.refs;
+    switch (c.kind) {
+      case Kind::kBlockConv: {
+        BlockConvArgs a = c.conv;
+        a.x = resolve<const float>(r[0], table), a.weight = resolve<const float>(r[1], table);
+        a.bias = resolve<const float>(r[2], table), a.out = resolve<float>(r[3], table);
+        block_conv_cpu(a, c.threads, c.simd);
+        break;
+      }
+      case Kind::kNeuronSteps: {
+        NeuronStepsArgs a = c.neuron;
+        NeuronStepArgs& f = a.first;
+        f.x = resolve<const float>(r[0], table), f.x2 = resolve<const float>(r[1], table);
+        f.u = resolve<float>(r[2], table), f.z = resolve<int32_t>(r[3], table), f.out = resolve<float>(r[4], table);
+        f.counts = resolve<int64_t>(r[5], table), f.fanout = resolve<const int32_t>(r[6], table);
+        f.sops = resolve<int64_t>(r[7], table);
+        a.counts_out = resolve<int64_t>(r[8], table), a.sops_out = resolve<int64_t>(r[9], table);
+        neuron_steps_cpu(a, c.threads);
+        break;
+      }
+      case Kind::kAvgPool2x2: {
+        AvgPoolArgs a = c.pool;
+        a.x = resolve<const float>(r[0], table), a.out = resolve<float>(r[1], table);
+        avg_pool_2x2_cpu(a, c.threads);
+        break;
+      }
+      case Kind::kGlobalAvgPool: {
+        GlobalPoolArgs a = c.global;
+        a.x = resolve<const float>(r[0], table), a.out = resolve<float>(r[1], table);
+        global_avg_pool_cpu(a, c.threads);
+        break;
+      }
+      case Kind::kOutputStep: {
+        OutputStepArgs a = c.output;
+        a.x = resolve<const float>(r[0], table), a.sums = resolve<float>(r[1], table);
+        a.steps = resolve<int32_t>(r[2], table), a.pred = resolve<int64_t>(r[3], table);
+        a.score = resolve<float>(r[4], table), a.exited = resolve<uint8_t>(r[5], table);
+        output_step_cpu(a, c.threads);
+        break;
+      }
+    }
+  }
+}
+
+}  // namespace dcsim
