@@ -180,7 +180,9 @@ def test_call_lists_equal_the_ops(build, method, drive, n, threads):
         torch.set_num_threads(before)
     lists = [p._listed for p in listed._programs.values() if p._listed is not None]
     assert lists and all(p._listed is None for p in plain._programs.values())
-    assert len(listed._list_buffers) > 0
+    buffers = listed.list_buffers()  # shared by the programs: each as large as the largest program needs it
+    assert len(buffers) == max(len(lst.sizes) for lst in lists)
+    assert [b.numel() for b in buffers] == [max(lst.sizes.get(i, 0) for lst in lists) for i in range(len(buffers))]
     if drive == "settle":  # a partly driven chunk gates its inputs step by step: its program runs its ops
         assert any(p._listed is None and p._runs > 1 for p in listed._programs.values())
 

@@ -197,7 +197,7 @@ class Engine:
         self._row_floors = row_floor.RowFloors()
         self._conv_rows: dict[tuple[object, ...], int] = {}  # see _conv
         self._global_pools: dict[tuple[int, ...], bool] = {}  # input shape -> kernel 7 has torch's bits there
-        self._list_buffers: dict[tuple[tuple[int, ...], int], torch.Tensor] = {}  # see list_buffer
+        self._list_buffers: list[torch.Tensor] = []  # see list_buffers
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # small CPU calls as prebound kernel calls (dcsim.sim.program), one program per call shape
         self._programmed = (
@@ -256,14 +256,16 @@ class Engine:
             return node.apply(*inputs)
         return node.apply(*(v.to(self._dtype) for v in inputs)).float()
 
-    def list_buffer(self, shape: tuple[int, ...], index: int) -> torch.Tensor:
-        """Buffer ``index`` of float32 values of ``shape``, where call lists (dcsim.sim.program) keep the values they
-        compute: one set for all of the engine's programs, which run one at a time and keep no value past a run."""
-        key = (tuple(shape), index)
-        t = self._list_buffers.get(key)
-        if t is None:
-            t = self._list_buffers[key] = torch.empty(shape, dtype=torch.float32, device=self.device)
-        return t
+    def list_buffers(self, sizes: dict[int, int] | None = None) -> list[torch.Tensor]:
+        """The flat float32 buffers where call lists (dcsim.sim.program) keep the values they compute, one set for
+        all of the engine's programs (they run one at a time and keep no value past a run); with ``sizes`` (buffer ->
+        floats) first grown to hold them (a grown buffer is a new tensor: lists look buffers up at each run)."""
+        for index, floats in (sizes or {}).items():
+            while len(self._list_buffers) <= index:
+                self._list_buffers.append(torch.empty(0, dtype=torch.float32, device=self.device))
+            if self._list_buffers[index].numel() < floats:
+                self._list_buffers[index] = torch.empty(floats, dtype=torch.float32, device=self.device)
+        return self._list_buffers
 
     def pool_kernel(self, node: Node, x: torch.Tensor) -> str | None:
         """The kernel :meth:`_apply` pools x by at node, "avg_pool_2x2" (kernel 5) or "global_avg_pool" (kernel 7),

@@ -86,6 +86,7 @@ class ChunkProgram:
                 self._layers.append(_Layer("clear", -1, freed=tuple(free)))
         self._engine = engine
         self._runs = 0
+        self._tried = False  # whether _Listed.build has run
         self._listed: _Listed | None = None  # built after the first run, where every neuron layer can be listed
         self._size = len(nodes)
         self._output = engine.net.output
@@ -111,11 +112,13 @@ class ChunkProgram:
         """The chunk's steps on state, in place, each step's results into rec (as :meth:`Engine.advance`): from the
         second run on as one native call list where :class:`_Listed` can list the chunk (the same calls)."""
         self._runs += 1
-        if self._runs == 2 and self._engine.call_lists:  # the first run has bound each conv's kernel
+        lists = self._engine.call_lists
+        if lists and self._runs >= 2 and not self._tried:  # the first run has bound each conv's kernel
+            self._tried = True
             t0 = time.perf_counter()
             self._listed = _Listed.build(self)
             self._engine._building_seconds += time.perf_counter() - t0
-        table = None if self._listed is None else self._listed.table(state, rec)
+        table = None if self._listed is None or not lists else self._listed.table(state, rec)
         if table is not None:
             assert self._listed is not None
             self._listed.run(self, table, state, rec)
@@ -325,16 +328,20 @@ class _Listed:
     """A program's layers as native call lists (:func:`dcsim.sim.ops.call_list`): the neuron layers, the block convs,
     the pools the engine runs in kernels 5 and 7, and the output steps, with the layers that stay in Python (a linear,
     a flatten, a conv by oneDNN, a gated bias) between two lists. The same kernels on the same values as the
-    program's ops: the same bits (tests/test_program.py). The values the lists compute live in buffers of the engine
-    (:meth:`Engine.list_buffer`), shared by its programs, one running at a time; the tensors that change between runs
-    (the state's, the record's, the values of the Python layers) are looked up in a table built for each run."""
+    program's ops: the same bits (tests/test_program.py). The values the lists compute live in the engine's list
+    buffers (:meth:`Engine.list_buffers`), a value's buffer reused once its last reader has run; the buffers are
+    shared by the engine's programs, which run one at a time, and grow to the largest program's needs. Whatever can
+    change between runs (the state's tensors, the record's, the buffers, the values of the Python layers) is looked
+    up in a table built for each run."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         self.segments: list[Any] = []  # a call list, or the index of a Python op
-        self.keys: list[tuple[str, int]] = []  # slots after _FIXED_SLOTS: (state field or "value", node)
+        self.keys: list[tuple[str, int]] = []  # slots after _FIXED_SLOTS: (state field, "buffer" or "value", node)
         self.published: dict[int, tuple[int, int]] = {}  # Python op index -> (its node, the slot of its value)
-        self.vals: list[torch.Tensor | None] = []  # buffers the Python ops read, by node
+        self.read: list[tuple[int, int, tuple[int, ...]]] = []  # buffers the Python ops read: (node, buffer, shape)
         self.held: list[torch.Tensor] = []  # tensors whose addresses the lists hold
+        self.sizes: dict[int, int] = {}  # buffer -> floats the lists need in it
 
     def slot(self, key: tuple[str, int]) -> int:
         if key not in self.keys:
@@ -348,22 +355,21 @@ class _Listed:
         engine = prog._engine
         if engine.channels_last:
             return None
-        listed = _Listed()
-        listed.vals = [None] * prog._size
+        listed = _Listed(engine)
         k, n = prog.k, prog.n
         calls = ops.call_list()
         where: dict[int, ops.Ref] = {}  # node -> its value's pointer
-        buffer_of: dict[int, tuple[tuple[int, ...], int]] = {}  # node -> (shape, index) of its buffer
-        free: dict[tuple[int, ...], list[int]] = {}
-        used: dict[tuple[int, ...], int] = {}  # buffers per shape
-        pinned: set[int] = set()  # nodes whose buffers Python ops read (a view may outlive the node)
+        buffer_of: dict[int, int] = {}  # node -> its buffer
+        shape_of: dict[int, tuple[int, ...]] = {}
+        sizes: dict[int, int] = {}  # buffer -> floats
+        free: list[int] = []  # buffers whose values' last readers have run
+        pinned: set[int] = set()  # nodes whose buffers Python ops read (a view of one may outlive the node)
 
         def buffer(i: int, shape: tuple[int, ...]) -> ops.Ref:
-            index = free[shape].pop() if free.get(shape) else used.get(shape, 0)
-            used[shape] = max(used.get(shape, 0), index + 1)
-            t = engine.list_buffer(shape, index)
-            buffer_of[i] = (shape, index)
-            where[i] = (-1, t.data_ptr())
+            index = free.pop() if free else len(sizes)
+            sizes[index] = max(sizes.get(index, 0), math.prod(shape))
+            buffer_of[i], shape_of[i] = index, shape
+            where[i] = (listed.slot(("buffer", index)), 0)
             return where[i]
 
         def ref(j: int) -> ops.Ref:
@@ -378,9 +384,9 @@ class _Listed:
                 listed.segments.append(calls)
                 calls = ops.call_list()
             for j in layer.inputs:
-                if j in buffer_of:
+                if j in buffer_of and j not in pinned:
                     pinned.add(j)
-                    listed.vals[j] = engine.list_buffer(*buffer_of[j])
+                    listed.read.append((j, buffer_of[j], shape_of[j]))
             listed.segments.append(op)
             listed.published[op] = (layer.node, listed.slot(("value", layer.node)))
             where[layer.node] = (listed.published[op][1], 0)
@@ -388,10 +394,7 @@ class _Listed:
         record = 8 * k * n  # bytes of one layer's [k, n] int64 record
         for op, layer in enumerate(prog._layers):
             if layer.kind == "clear":
-                for j in layer.freed:
-                    if j in buffer_of and j not in pinned:
-                        shape, index = buffer_of.pop(j)
-                        free.setdefault(shape, []).append(index)
+                free += [buffer_of.pop(j) for j in layer.freed if j in buffer_of and j not in pinned]
             elif layer.kind == "neuron":
                 assert layer.neuron is not None
                 inputs: list[ops.Ref] = []
@@ -404,7 +407,6 @@ class _Listed:
                 steps = [step for _, step, _, _ in layer.sources]
                 x2, step2 = (inputs[1], steps[1]) if len(inputs) > 1 else ((-1, 0), 0)
                 i = layer.node
-                out = buffer(i, layer.shape)
                 offset = record * layer.layer
                 layer.neuron.list_into(
                     calls,
@@ -414,7 +416,7 @@ class _Listed:
                     step2,
                     (listed.slot(("u", i)), 0),
                     (listed.slot(("z", i)), 0) if layer.qffs else (-1, 0),
-                    out,
+                    buffer(i, layer.shape),
                     (listed.slot(("counts", i)), 0),
                     (0, offset),
                     (listed.slot(("sops", i)), 0) if layer.counted else (-1, 0),
@@ -434,19 +436,15 @@ class _Listed:
                 assert node is not None
                 kernel = None
                 if layer.listable and not rest and j in buffer_of:
-                    kernel = engine.pool_kernel(node, engine.list_buffer(*buffer_of[j]))
-                if kernel == "avg_pool_2x2":
-                    shape = buffer_of[j][0]
-                    nn, c, h, w = shape
-                    ops.list_avg_pool_2x2(calls, (nn, c, h, w), where[j], buffer(layer.node, (nn, c, h // 2, w // 2)))
-                elif kernel == "global_avg_pool":
-                    nn, c, h, w = buffer_of[j][0]
-                    ops.list_global_avg_pool(calls, (nn, c, h, w), where[j], buffer(layer.node, (nn, c, 1, 1)))
+                    kernel = engine.pool_kernel(node, torch.empty(shape_of[j]))  # a value of the input's kind
+                if kernel is not None:
+                    nn, c, h, w = shape_of[j]
+                    out = (nn, c, h // 2, w // 2) if kernel == "avg_pool_2x2" else (nn, c, 1, 1)
+                    listing = ops.list_avg_pool_2x2 if kernel == "avg_pool_2x2" else ops.list_global_avg_pool
+                    listing(calls, (nn, c, h, w), where[j], buffer(layer.node, out))
                 else:
                     python(op, layer)
         x = ref(prog._output)
-        if x[0] < 0 and prog._output not in buffer_of:
-            return None  # a static output (ChunkProgram.covers rules it out)
         at = {name: i for i, name in enumerate(_FIXED_SLOTS)}
         for t in range(k):
             prog._output_step.list_into(
@@ -459,8 +457,11 @@ class _Listed:
                 (at["rec.exited"], n * t),
             )
         listed.segments.append(calls)
-        total = sum(math.prod(shape) * 4 * count for shape, count in used.items())
-        return listed if total <= MAX_LISTED_BYTES else None
+        if 4 * sum(sizes.values()) > MAX_LISTED_BYTES:
+            return None
+        listed.sizes = sizes
+        engine.list_buffers(sizes)
+        return listed
 
     def table(self, state: BatchState, rec: StepRecord) -> list[int] | None:
         """The addresses of the slots for a run on state into rec (the Python layers' values: 0 until they run), or
@@ -474,21 +475,27 @@ class _Listed:
             state.sums.data_ptr(),
             state.steps.data_ptr(),
         ]
+        buffers = self.engine.list_buffers()
         for field, i in self.keys:
             if field == "value":
                 table.append(0)
-                continue
-            v = getattr(state, field)[i]
-            if field == "static" and not v.is_contiguous():
-                return None
-            table.append(v.data_ptr())
+            elif field == "buffer":
+                table.append(buffers[i].data_ptr())
+            else:
+                v = getattr(state, field)[i]
+                if field == "static" and not v.is_contiguous():
+                    return None
+                table.append(v.data_ptr())
         return table
 
     def run(self, prog: ChunkProgram, table: list[int], state: BatchState, rec: StepRecord) -> None:
         """The lists and the Python ops between them, output steps included."""
-        vals = list(self.vals)
+        vals: list[torch.Tensor | None] = [None] * prog._size
         for j in prog._static:
             vals[j] = state.static[j]
+        buffers = self.engine.list_buffers()
+        for j, index, shape in self.read:
+            vals[j] = buffers[index][: math.prod(shape)].view(shape)
         with torch.no_grad():
             for segment in self.segments:
                 if not isinstance(segment, int):
