@@ -25,7 +25,8 @@ void CallList::add(Call call, int refs) {
 
 void CallList::add_block_conv(BlockConvArgs a, PointerRef x, PointerRef weight, PointerRef bias, PointerRef out,
                               int threads, bool simd) {
-  Call c{Kind::kBlockConv};
+  Call c;
+  c.kind = Kind::kBlockConv;
   c.conv = a, c.threads = threads, c.simd = simd;
   c.refs[0] = x, c.refs[1] = weight, c.refs[2] = bias, c.refs[3] = out;
   add(c, 4);
@@ -34,7 +35,8 @@ void CallList::add_block_conv(BlockConvArgs a, PointerRef x, PointerRef weight, 
 void CallList::add_neuron_steps(NeuronStepsArgs a, PointerRef x, PointerRef x2, PointerRef u, PointerRef z,
                                 PointerRef out, PointerRef counts, PointerRef fanout, PointerRef sops,
                                 PointerRef counts_out, PointerRef sops_out, int threads) {
-  Call c{Kind::kNeuronSteps};
+  Call c;
+  c.kind = Kind::kNeuronSteps;
   c.neuron = a, c.threads = threads;
   c.refs[0] = x, c.refs[1] = x2, c.refs[2] = u, c.refs[3] = z, c.refs[4] = out, c.refs[5] = counts;
   c.refs[6] = fanout, c.refs[7] = sops, c.refs[8] = counts_out, c.refs[9] = sops_out;
@@ -42,14 +44,16 @@ void CallList::add_neuron_steps(NeuronStepsArgs a, PointerRef x, PointerRef x2, 
 }
 
 void CallList::add_avg_pool_2x2(AvgPoolArgs a, PointerRef x, PointerRef out, int threads) {
-  Call c{Kind::kAvgPool2x2};
+  Call c;
+  c.kind = Kind::kAvgPool2x2;
   c.pool = a, c.threads = threads;
   c.refs[0] = x, c.refs[1] = out;
   add(c, 2);
 }
 
 void CallList::add_global_avg_pool(GlobalPoolArgs a, PointerRef x, PointerRef out, int threads) {
-  Call c{Kind::kGlobalAvgPool};
+  Call c;
+  c.kind = Kind::kGlobalAvgPool;
   c.global = a, c.threads = threads;
   c.refs[0] = x, c.refs[1] = out;
   add(c, 2);
@@ -57,7 +61,8 @@ void CallList::add_global_avg_pool(GlobalPoolArgs a, PointerRef x, PointerRef ou
 
 void CallList::add_output_step(OutputStepArgs a, PointerRef x, PointerRef sums, PointerRef steps, PointerRef pred,
                                PointerRef score, PointerRef exited, int threads) {
-  Call c{Kind::kOutputStep};
+  Call c;
+  c.kind = Kind::kOutputStep;
   c.output = a, c.threads = threads;
   c.refs[0] = x, c.refs[1] = sums, c.refs[2] = steps, c.refs[3] = pred, c.refs[4] = score, c.refs[5] = exited;
   add(c, 6);

@@ -42,7 +42,7 @@ class CallList {
   enum class Kind { kBlockConv, kNeuronSteps, kAvgPool2x2, kGlobalAvgPool, kOutputStep };
   static constexpr int kMaxRefs = 10;
   struct Call {
-    Kind kind;
+    Kind kind = Kind::kBlockConv;
     int threads = 1;
     bool simd = false;
     BlockConvArgs conv{};
