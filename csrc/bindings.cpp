@@ -194,9 +194,9 @@ void list_output_step(dcsim::CallList& l, int64_t n, int64_t k, const Ref& x, co
   l.add_output_step(a, ref(x), ref(sums), ref(steps), ref(pred), ref(score), ref(exited), threads);
 }
 
-void list_run(const dcsim::CallList& l, const std::vector<int64_t>& table) {
+bool list_run(const dcsim::CallList& l, const std::vector<int64_t>& table) {
   py::gil_scoped_release release;
-  l.run(table.data(), static_cast<int64_t>(table.size()));
+  return l.run(table.data(), static_cast<int64_t>(table.size()));
 }
 
 }  // namespace
@@ -223,7 +223,8 @@ PYBIND11_MODULE(_core, mod) {
       .def("avg_pool_2x2", &list_avg_pool_2x2, "Append a 2x2 average pool (kernel 5) call.")
       .def("global_avg_pool", &list_global_avg_pool, "Append a global average pool (kernel 7) call.")
       .def("output_step", &list_output_step, "Append an output step (kernel 2) call.")
-      .def("run", &list_run, "Run the calls, pointers resolved against the table (slot -> address).")
+      .def("run", &list_run, "Run the calls, pointers resolved against the table (slot -> address); False, and "
+                              "nothing run, where a call names a slot past the table.")
       .def("__len__", &dcsim::CallList::size);
   mod.def("global_avg_pool", &global_avg_pool, "Global average pooling of NCHW planes in torch's order (kernel 7, CPU).");
 }

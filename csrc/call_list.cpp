@@ -1,9 +1,6 @@
 // A list of CPU kernel calls, see call_list.h.
 #include "call_list.h"
 
-#include <stdexcept>
-#include <string>
-
 namespace dcsim {
 namespace {
 
@@ -17,7 +14,7 @@ T* resolve(const PointerRef& r, const int64_t* table) {
 
 void CallList::add(Call call, int refs) {
   for (int r = 0; r < refs; ++r) {
-    if (call.refs[r].slot < -1) throw std::out_of_range("CallList: a pointer's slot must be >= -1");
+    if (call.refs[r].slot < -1) valid_ = false;
     if (call.refs[r].slot > max_slot_) max_slot_ = call.refs[r].slot;
   }
   calls_.push_back(call);
@@ -68,11 +65,8 @@ void CallList::add_output_step(OutputStepArgs a, PointerRef x, PointerRef sums, 
   add(c, 6);
 }
 
-void CallList::run(const int64_t* table, int64_t slots) const {
-  if (max_slot_ >= slots) {
-    throw std::out_of_range("CallList.run: a call reads slot " + std::to_string(max_slot_) + " of a table of " +
-                            std::to_string(slots));
-  }
+bool CallList::run(const int64_t* table, int64_t slots) const {
+  if (!fits(slots)) return false;
   for (const Call& c : calls_) {
     const PointerRef* r = c.refs;
     switch (c.kind) {
@@ -116,6 +110,7 @@ void CallList::run(const int64_t* table, int64_t slots) const {
       }
     }
   }
+  return true;
 }
 
 }  // namespace dcsim

@@ -33,9 +33,11 @@ class CallList {
   void add_global_avg_pool(GlobalPoolArgs a, PointerRef x, PointerRef out, int threads);
   void add_output_step(OutputStepArgs a, PointerRef x, PointerRef sums, PointerRef steps, PointerRef pred,
                        PointerRef score, PointerRef exited, int threads);
-  // The calls in order, each pointer resolved against table [slots]; throws std::out_of_range (before any call
-  // runs) where a reference names a slot past the table.
-  void run(const int64_t* table, int64_t slots) const;
+  // Whether every reference names slot -1 or a slot of a table of `slots` addresses.
+  bool fits(int64_t slots) const { return valid_ && max_slot_ < slots; }
+  // The calls in order, each pointer resolved against table [slots]; false, and no call made, where !fits(slots).
+  // Nothing here throws: the sanitized build's Python host cannot unwind a C++ exception.
+  bool run(const int64_t* table, int64_t slots) const;
   int64_t size() const { return static_cast<int64_t>(calls_.size()); }
 
  private:
@@ -55,6 +57,7 @@ class CallList {
   void add(Call call, int refs);
   std::vector<Call> calls_;
   int64_t max_slot_ = -1;  // the largest slot any reference names
+  bool valid_ = true;      // no reference names a slot below -1
 };
 
 }  // namespace dcsim

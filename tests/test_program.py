@@ -214,8 +214,11 @@ def test_a_call_list_runs_its_kernels_on_the_table_s_addresses():
     pooled = torch.empty(3, 16, 2, 2)
     x4 = torch.randn(4, 16, 4, 4, generator=g)
     assert len(calls) == 2
-    calls.run([x.data_ptr(), x4.data_ptr(), pooled.data_ptr()])
+    ops.run_calls(calls, [x.data_ptr(), x4.data_ptr(), pooled.data_ptr()])
     assert torch.equal(out, ops.global_avg_pool(x))
     assert torch.equal(pooled, ops.avg_pool_2x2(x4[1:]))
-    with pytest.raises(IndexError, match="slot 2 of a table of 2"):
-        calls.run([x.data_ptr(), x4.data_ptr()])
+    before = pooled.clone()
+    x4.add_(1.0)
+    with pytest.raises(IndexError, match="past the table of 2 addresses"):
+        ops.run_calls(calls, [x.data_ptr(), x4.data_ptr()])
+    assert torch.equal(pooled, before)  # no call ran

@@ -817,9 +817,15 @@ class BoundBlockConv:
 def call_list() -> Any:
     """A new empty list of CPU kernel calls (``dcsim._core.CallList``, csrc/call_list.h): calls are appended by the
     bound calls' ``list_into`` and :func:`list_avg_pool_2x2`, :func:`list_global_avg_pool`, each pointer a
-    :data:`Ref`; ``run(table)`` makes them in order in one native call (the table: one address per slot), and checks
-    nothing but that every slot named is in the table. For :class:`dcsim.sim.program.ChunkProgram`."""
+    :data:`Ref`; :func:`run_calls` makes them. For :class:`dcsim.sim.program.ChunkProgram`."""
     return _core().CallList()
+
+
+def run_calls(calls: Any, table: list[int]) -> None:
+    """The calls of a :func:`call_list` in order, in one native call, each pointer resolved against ``table`` (one
+    address per slot). Checks nothing but that every slot named is in the table (IndexError, before any call)."""
+    if not calls.run(table):
+        raise IndexError(f"run_calls: a call reads a slot past the table of {len(table)} addresses, or below -1")
 
 
 def list_avg_pool_2x2(calls: Any, shape: tuple[int, int, int, int], x: Ref, out: Ref) -> None:

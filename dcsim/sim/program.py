@@ -499,7 +499,7 @@ class _Listed:
         with torch.no_grad():
             for segment in self.segments:
                 if not isinstance(segment, int):
-                    segment.run(table)
+                    ops.run_calls(segment, table)
                     continue
                 prog._ops[segment](vals, state, rec)
                 i, slot = self.published[segment]
