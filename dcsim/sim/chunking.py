@@ -150,25 +150,15 @@ class ChunkPlanner:
         """c(k): the :meth:`fitted` costs, linear between the timed sizes, below the smallest on the first segment
         (at least 0), past the largest on the line from the smallest to the largest (the last segment's own slope
         rests on two noisy sizes)."""
-        timed = self.fitted()
-        if not timed:
-            raise RuntimeError("ChunkPlanner.call_seconds: no call timed yet")
-        if len(timed) == 1:
-            return timed[0][1] * k / timed[0][0]
-        (j0, c0), (j1, c1) = timed[0], timed[-1]
-        if k > j1:
-            return c1 + (c1 - c0) * (k - j1) / (j1 - j0)
-        for (j0, c0), (j1, c1) in itertools.pairwise(timed):
-            if k <= j1:
-                return max(0.0, c0 + (c1 - c0) * (k - j0) / (j1 - j0))
-        raise AssertionError("unreachable")
+        return _interpolated(self.fitted(), k)
 
     def costs(self, steps: int) -> list[float]:
         """c(1), ..., c(steps) as :meth:`call_seconds` gives them (non-decreasing), made subadditive: c(a + b) <=
         c(a) + c(b), since one call of a + b steps does the work of the two calls that split it with one call's
         overhead less. Times taken at moments the machine ran at different speeds say otherwise now and then, and
         the plan then split runs in which no sample stops early (the ResNet-18's run without DC, in 2-4 calls)."""
-        cost = [self.call_seconds(k) for k in range(1, steps + 1)]
+        timed = self.fitted()
+        cost = [_interpolated(timed, k) for k in range(1, steps + 1)]
         for k in range(2, steps + 1):
             cost[k - 1] = min(cost[k - 1], min(cost[a - 1] + cost[k - a - 1] for a in range(1, k // 2 + 1)))
         return cost
@@ -205,3 +195,18 @@ class ChunkPlanner:
             if best[t] != steps - t and value[t] > (1 - SPLIT_MARGIN) * whole:
                 value[t], best[t] = whole, steps - t
         return value, best
+
+
+def _interpolated(timed: list[tuple[int, float]], k: int) -> float:
+    """c(k) from the fitted (size, seconds) points, as :meth:`ChunkPlanner.call_seconds` describes it."""
+    if not timed:
+        raise RuntimeError("ChunkPlanner.call_seconds: no call timed yet")
+    if len(timed) == 1:
+        return timed[0][1] * k / timed[0][0]
+    (j0, c0), (j1, c1) = timed[0], timed[-1]
+    if k > j1:
+        return c1 + (c1 - c0) * (k - j1) / (j1 - j0)
+    for (j0, c0), (j1, c1) in itertools.pairwise(timed):
+        if k <= j1:
+            return max(0.0, c0 + (c1 - c0) * (k - j0) / (j1 - j0))
+    raise AssertionError("unreachable")
