@@ -391,6 +391,7 @@ class _Listed:
             listed.published[op] = (layer.node, listed.slot(("value", layer.node)))
             where[layer.node] = (listed.published[op][1], 0)
 
+        at = {name: i for i, name in enumerate(_FIXED_SLOTS)}
         record = 8 * k * n  # bytes of one layer's [k, n] int64 record
         for op, layer in enumerate(prog._layers):
             if layer.kind == "clear":
@@ -418,9 +419,9 @@ class _Listed:
                     (listed.slot(("z", i)), 0) if layer.qffs else (-1, 0),
                     buffer(i, layer.shape),
                     (listed.slot(("counts", i)), 0),
-                    (0, offset),
+                    (at["rec.counts"], offset),
                     (listed.slot(("sops", i)), 0) if layer.counted else (-1, 0),
-                    (1, offset) if layer.counted else (-1, 0),
+                    (at["rec.sops"], offset) if layer.counted else (-1, 0),
                 )
             elif layer.kind == "conv":
                 assert layer.bound is not None
@@ -445,7 +446,6 @@ class _Listed:
                 else:
                     python(op, layer)
         x = ref(prog._output)
-        at = {name: i for i, name in enumerate(_FIXED_SLOTS)}
         for t in range(k):
             prog._output_step.list_into(
                 calls,
