@@ -616,6 +616,22 @@ def spike_conv2d(
     return out
 
 
+def _cpu_planes(kernel: str, x: torch.Tensor, empty_planes: bool = True) -> tuple[int, int, int, int]:
+    """The shape of a pool kernel's input x, checked: float32, a contiguous [N, C, H, W] tensor on the CPU (with
+    H * W >= 1 unless empty_planes)."""
+    device = _tensor("x", x).device
+    if device.type != "cpu":
+        raise ValueError(f"{kernel} runs on the CPU, got x on {device}")
+    _check("x", x, torch.float32, device)
+    if x.dim() != 4 or not x.is_contiguous() or (not empty_planes and x.shape[2] * x.shape[3] == 0):
+        planes = "" if empty_planes else " with H, W >= 1"
+        raise ValueError(
+            f"x must be a contiguous [N, C, H, W] tensor{planes}, got shape {tuple(x.shape)}, strides {x.stride()}"
+        )
+    n, c, h, w = x.shape
+    return n, c, h, w
+
+
 def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """2x2, stride-2 average pooling (kernel 5, CPU): ``F.avg_pool2d(x, 2)`` bit for bit (each window summed from
     +0 in torch's order, then divided by 4; of a window holding several NaNs, which payload the result carries
@@ -624,18 +640,10 @@ def avg_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     x: float32 [N, C, H, W], contiguous, on the CPU (a trailing odd row or column is dropped). Returns a new
     contiguous float32 [N, C, H // 2, W // 2].
     """
-    device = _tensor("x", x).device
-    if device.type != "cpu":
-        raise ValueError(f"avg_pool_2x2 runs on the CPU, got x on {device}")
-    _check("x", x, torch.float32, device)
-    if x.dim() != 4 or not x.is_contiguous():
-        raise ValueError(
-            f"x must be a contiguous [N, C, H, W] tensor, got shape {tuple(x.shape)}, strides {x.stride()}"
-        )
-    n, c, h, w = x.shape
+    n, c, h, w = _cpu_planes("avg_pool_2x2", x)
     out = torch.empty((n, c, h // 2, w // 2), dtype=torch.float32)
     if out.numel():
-        _, _, threads = _launch(device, x.numel())
+        _, _, threads = _launch(x.device, x.numel())
         _core().avg_pool_2x2(n * c, h, w, x.data_ptr(), out.data_ptr(), threads)
     return out
 
@@ -649,19 +657,10 @@ def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
 
     x: float32 [N, C, H, W], contiguous, on the CPU, H * W >= 1. Returns a new contiguous float32 [N, C, 1, 1].
     """
-    device = _tensor("x", x).device
-    if device.type != "cpu":
-        raise ValueError(f"global_avg_pool runs on the CPU, got x on {device}")
-    _check("x", x, torch.float32, device)
-    if x.dim() != 4 or not x.is_contiguous() or x.shape[2] * x.shape[3] == 0:
-        raise ValueError(
-            f"x must be a contiguous [N, C, H, W] tensor with H, W >= 1, got shape {tuple(x.shape)}, "
-            f"strides {x.stride()}"
-        )
-    n, c, h, w = x.shape
+    n, c, h, w = _cpu_planes("global_avg_pool", x, empty_planes=False)
     out = torch.empty((n, c, 1, 1), dtype=torch.float32)
     if out.numel():
-        _, _, threads = _launch(device, x.numel())
+        _, _, threads = _launch(x.device, x.numel())
         _core().global_avg_pool(n * c, h * w, x.data_ptr(), out.data_ptr(), threads)
     return out
 
