@@ -16,6 +16,7 @@
 #include "avg_pool.h"
 #include "block_conv.h"
 #include "call_list.h"
+#include "linear.h"
 
 namespace py = pybind11;
 
@@ -194,6 +195,27 @@ void list_output_step(dcsim::CallList& l, int64_t n, int64_t k, const Ref& x, co
   l.add_output_step(a, ref(x), ref(sums), ref(steps), ref(pred), ref(score), ref(exited), threads);
 }
 
+void list_linear(dcsim::CallList& l, int64_t rows, int64_t in, int64_t features, const Ref& x, const Ref& weight,
+                 const Ref& bias, const Ref& out, uintptr_t sgemm) {
+  const dcsim::LinearArgs a{rows, in, features, nullptr, nullptr, nullptr, nullptr,
+                            reinterpret_cast<dcsim::SgemmFn>(sgemm)};
+  l.add_linear(a, ref(x), ref(weight), ref(bias), ref(out));
+}
+
+int64_t list_run_until(const dcsim::CallList& l, const std::vector<int64_t>& table, int64_t max_runs,
+                       const Ref& flag) {
+  py::gil_scoped_release release;
+  return l.run_until(table.data(), static_cast<int64_t>(table.size()), max_runs, ref(flag));
+}
+
+bool linear(int64_t rows, int64_t in, int64_t features, uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t out,
+            uintptr_t sgemm) {
+  const dcsim::LinearArgs a{rows,           in,           features, ptr<const float>(x), ptr<const float>(weight),
+                            ptr<const float>(bias), ptr<float>(out), reinterpret_cast<dcsim::SgemmFn>(sgemm)};
+  py::gil_scoped_release release;
+  return dcsim::linear_cpu(a);
+}
+
 bool list_run(const dcsim::CallList& l, const std::vector<int64_t>& table) {
   py::gil_scoped_release release;
   return l.run(table.data(), static_cast<int64_t>(table.size()));
@@ -223,8 +245,13 @@ PYBIND11_MODULE(_core, mod) {
       .def("avg_pool_2x2", &list_avg_pool_2x2, "Append a 2x2 average pool (kernel 5) call.")
       .def("global_avg_pool", &list_global_avg_pool, "Append a global average pool (kernel 7) call.")
       .def("output_step", &list_output_step, "Append an output step (kernel 2) call.")
+      .def("linear", &list_linear, "Append a linear (kernel 8) call through a BLAS sgemm's address.")
+      .def("run_until", &list_run_until, "Run the calls up to max_runs times, until the byte at flag is nonzero "
+                                          "after a run; the runs made, -1 (nothing run) where a slot is past the table.")
       .def("run", &list_run, "Run the calls, pointers resolved against the table (slot -> address); False, and "
                               "nothing run, where a call names a slot past the table.")
       .def("__len__", &dcsim::CallList::size);
+  mod.def("linear", &linear, "A fully connected layer through a BLAS sgemm's address (kernel 8, CPU); False, "
+                             "nothing written, where a size passes 32-bit integers.");
   mod.def("global_avg_pool", &global_avg_pool, "Global average pooling of NCHW planes in torch's order (kernel 7, CPU).");
 }

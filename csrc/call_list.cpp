@@ -1,6 +1,8 @@
 // A list of CPU kernel calls, see call_list.h.
 #include "call_list.h"
 
+#include <climits>
+
 namespace dcsim {
 namespace {
 
@@ -65,8 +67,34 @@ void CallList::add_output_step(OutputStepArgs a, PointerRef x, PointerRef sums, 
   add(c, 6);
 }
 
+void CallList::add_linear(LinearArgs a, PointerRef x, PointerRef weight, PointerRef bias, PointerRef out) {
+  Call c;
+  c.kind = Kind::kLinear;
+  c.linear = a;
+  c.refs[0] = x, c.refs[1] = weight, c.refs[2] = bias, c.refs[3] = out;
+  if (a.rows > INT_MAX || a.in > INT_MAX || a.features > INT_MAX || a.sgemm == nullptr) valid_ = false;
+  add(c, 4);
+}
+
 bool CallList::run(const int64_t* table, int64_t slots) const {
   if (!fits(slots)) return false;
+  run_once(table);
+  return true;
+}
+
+int64_t CallList::run_until(const int64_t* table, int64_t slots, int64_t max_runs, PointerRef flag) const {
+  if (!fits(slots) || flag.slot < -1 || flag.slot >= slots) return -1;
+  const uint8_t* stop = resolve<const uint8_t>(flag, table);
+  int64_t runs = 0;
+  while (runs < max_runs) {
+    run_once(table);
+    ++runs;
+    if (*stop != 0) break;
+  }
+  return runs;
+}
+
+void CallList::run_once(const int64_t* table) const {
   for (const Call& c : calls_) {
     const PointerRef* r = c.refs;
     switch (c.kind) {
@@ -108,9 +136,15 @@ bool CallList::run(const int64_t* table, int64_t slots) const {
         output_step_cpu(a, c.threads);
         break;
       }
+      case Kind::kLinear: {
+        LinearArgs a = c.linear;
+        a.x = resolve<const float>(r[0], table), a.weight = resolve<const float>(r[1], table);
+        a.bias = resolve<const float>(r[2], table), a.out = resolve<float>(r[3], table);
+        linear_cpu(a);  // sizes checked when listed
+        break;
+      }
     }
   }
-  return true;
 }
 
 }  // namespace dcsim

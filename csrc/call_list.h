@@ -10,6 +10,7 @@
 
 #include "avg_pool.h"
 #include "block_conv.h"
+#include "linear.h"
 #include "neuron_step.h"
 #include "output_step.h"
 
@@ -33,15 +34,21 @@ class CallList {
   void add_global_avg_pool(GlobalPoolArgs a, PointerRef x, PointerRef out, int threads);
   void add_output_step(OutputStepArgs a, PointerRef x, PointerRef sums, PointerRef steps, PointerRef pred,
                        PointerRef score, PointerRef exited, int threads);
+  // a.sgemm fixed at listing; a size past the BLAS's 32-bit integers makes the list unrunnable (fits is false).
+  void add_linear(LinearArgs a, PointerRef x, PointerRef weight, PointerRef bias, PointerRef out);
   // Whether every reference names slot -1 or a slot of a table of `slots` addresses.
   bool fits(int64_t slots) const { return valid_ && max_slot_ < slots; }
   // The calls in order, each pointer resolved against table [slots]; false, and no call made, where !fits(slots).
   // Nothing here throws: the sanitized build's Python host cannot unwind a C++ exception.
   bool run(const int64_t* table, int64_t slots) const;
+  // The calls run again and again, at most max_runs times, until the byte at flag (resolved as the pointers are)
+  // is nonzero after a run: a lone sample's steps until its exit. The runs made; -1, and no call made, where
+  // !fits(slots) or flag names a slot past the table.
+  int64_t run_until(const int64_t* table, int64_t slots, int64_t max_runs, PointerRef flag) const;
   int64_t size() const { return static_cast<int64_t>(calls_.size()); }
 
  private:
-  enum class Kind { kBlockConv, kNeuronSteps, kAvgPool2x2, kGlobalAvgPool, kOutputStep };
+  enum class Kind { kBlockConv, kNeuronSteps, kAvgPool2x2, kGlobalAvgPool, kOutputStep, kLinear };
   static constexpr int kMaxRefs = 10;
   struct Call {
     Kind kind = Kind::kBlockConv;
@@ -52,9 +59,11 @@ class CallList {
     AvgPoolArgs pool{};
     GlobalPoolArgs global{};
     OutputStepArgs output{};
+    LinearArgs linear{};
     PointerRef refs[kMaxRefs];
   };
   void add(Call call, int refs);
+  void run_once(const int64_t* table) const;
   std::vector<Call> calls_;
   int64_t max_slot_ = -1;  // the largest slot any reference names
   bool valid_ = true;      // no reference names a slot below -1

@@ -222,3 +222,47 @@ def test_a_call_list_runs_its_kernels_on_the_table_s_addresses():
     with pytest.raises(IndexError, match="past the table of 2 addresses"):
         ops.run_calls(calls, [x.data_ptr(), x4.data_ptr()])
     assert torch.equal(pooled, before)  # no call ran
+
+
+def test_run_until_repeats_a_list_until_its_flag_is_set():
+    """ops.run_until runs a list again and again until the byte at its flag is nonzero after a run (here an output
+    step's exit flag, set at max_steps), at most max_runs times; a flag or call past the table is refused, no call
+    made."""
+    max_steps = int(torch.randint(2, 9, (1,)))
+    x, sums = torch.randn(1, 10), torch.zeros(1, 10)
+    steps = torch.zeros(1, dtype=torch.int32)
+    pred, score, exited = torch.zeros(1, dtype=torch.int64), torch.zeros(1), torch.zeros(1, dtype=torch.uint8)
+    call = ops.bound_output_step(1, 10, max_steps, 0, 1.0, 2.0)  # max softmax never passes 2: exits at max_steps
+    calls = ops.call_list()
+    call.list_into(calls, (-1, x.data_ptr()), (-1, sums.data_ptr()), (0, 0), (-1, pred.data_ptr()),
+                   (-1, score.data_ptr()), (1, 0))  # fmt: skip
+    table = [steps.data_ptr(), exited.data_ptr()]
+    assert ops.run_until(calls, table, 1, (1, 0)) == 1 and int(steps) == 1 and not exited.item()
+    assert ops.run_until(calls, table, 100, (1, 0)) == max_steps - 1
+    assert int(steps) == max_steps and exited.item() == 1
+    assert torch.allclose(sums, x * max_steps)
+    with pytest.raises(IndexError, match="past the table of 2 addresses"):
+        ops.run_until(calls, table, 5, (2, 0))
+    with pytest.raises(IndexError, match="past the table of 1 addresses"):
+        ops.run_until(calls, table[:1], 5, (0, 0))
+    assert int(steps) == max_steps  # no call ran
+
+
+@pytest.mark.parametrize("method,drive", [("qcfs", None), ("qffs", "settle")])
+def test_a_lone_sample_stepped_until_its_exit_gets_the_ops_results(method, drive):
+    """Where a 1-step program is one call list (the classifier's linear and flatten listed too), the batch-1 plan
+    may step a sample until its exit in one native call: the same exits, predictions, scores and spike counts as
+    the ops' calls, over thresholds that end samples early, late and at T."""
+    net, shape = resnet(method, seed=3)
+    net = _float_weights(net, seed=6)
+    listed, plain = dcsim.Engine(net, count_ops=True), dcsim.Engine(net, count_ops=True)
+    plain.call_lists = False
+    x = dyadic_inputs(10, shape, seed=4)
+    readout = dcsim.Readout.paper(method, 2, 8, tau=0.5)
+    for threshold in (0.3, 0.6, 1.0, 0.6, 0.3):
+        ra = listed.early_exit(x, 8, readout, threshold, batch_size=1)
+        rb = plain.early_exit(x, 8, readout, threshold, batch_size=1)
+        for f in ("pred", "exit_step", "conf", "spikes", "sops"):
+            assert torch.equal(getattr(ra, f), getattr(rb, f)), (f, threshold)
+    assert listed.chunk_planner._step_seconds, "no sample was stepped"
+    assert any(p.can_step() for p in listed._programs.values())

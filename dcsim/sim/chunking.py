@@ -50,6 +50,9 @@ SPLIT_MARGIN = 0.05
 share less time: the costs are medians of a noisy machine's calls (a 2-core CPU's move by 10-40% between processes),
 and a split that the costs favour by a few % is as likely slower as faster, while one call is what the run without
 DC does."""
+STEP = 0
+"""The plan's entry for a call that steps the sample until its exit (one step a run of a native call list,
+:meth:`dcsim.sim.program.ChunkProgram.step_until_exit`) instead of a chunk of k steps."""
 REPLAN_EVERY = 16
 """Most samples between two solutions of V (solving costs O(T^2)): V is solved again once the samples seen
 have doubled (at first) or grown by this many, and whenever a chunk size is timed for the first time or again."""
@@ -66,21 +69,33 @@ class ChunkPlanner:
         self._retime: dict[int, int] = {}  # k -> calls left to time again (its old times dropped at the first)
         self._timings = 0  # sizes first timed or timed again: the plans made before a change are re-solved
         self._exits: dict[Hashable, list[int]] = {}  # key -> samples that ended at step t (index t - 1)
-        self._plans: dict[Hashable, tuple[int, int, list[int]]] = {}  # key -> (samples seen, timings, plan)
+        self._plans: dict[Hashable, tuple[int, tuple[int, int | None], list[int]]] = {}  # key -> (seen, when, plan)
         self._recording = True  # whether exits are recorded (see exits_unrecorded)
+        self._step_seconds: deque[float] = deque(maxlen=RECENT_CALLS)  # seconds per step of recent stepping calls
 
-    def next_chunk(self, key: Hashable, steps: int, ran: int) -> int:
-        """Steps for the next call of a lone sample that has run ``ran`` of ``steps`` (1 <= result <= steps - ran)."""
+    def next_chunk(self, key: Hashable, steps: int, ran: int, step_from: int | None = None) -> int:
+        """Steps for the next call of a lone sample that has run ``ran`` of ``steps`` (1 <= result <= steps - ran),
+        or :data:`STEP` (step until the exit) where the engine can step the sample from ``step_from`` steps on."""
         left = steps - ran
         for k in PROBE_CHUNKS:
             if k <= left and len(self._seconds.get(k, ())) < PROBE_CALLS:
                 return k
+        stepping = step_from is not None and ran >= step_from
+        if stepping and len(self._step_seconds) < PROBE_CALLS:
+            return STEP
         exits = self._exits.setdefault(key, [0] * steps)
         seen = sum(exits)
         cached = self._plans.get(key)
-        if cached is None or self._timings != cached[1] or seen >= cached[0] + min(REPLAN_EVERY, max(cached[0], 1)):
-            cached = (seen, self._timings, self.plan(exits, self.costs(steps)))
+        if (
+            cached is None
+            or (self._timings, step_from) != cached[1]
+            or seen >= cached[0] + min(REPLAN_EVERY, max(cached[0], 1))
+        ):
+            step = self.step_seconds() if step_from is not None else None
+            cached = (seen, (self._timings, step_from), self.plan(exits, self.costs(steps), step, step_from or 0))
             self._plans[key] = cached
+        if cached[2][ran] == STEP:
+            return STEP
         chunk = min(cached[2][ran], left)
         for k, at in self._last_call.items():
             if k in self._seconds and k not in self._retime and self._calls - at > STALE_CALLS:
@@ -110,6 +125,21 @@ class ChunkPlanner:
         elif left is not None:
             self._timings += 1
         self._seconds.setdefault(k, deque(maxlen=RECENT_CALLS)).append(seconds)
+
+    def observe_stepping(self, steps: int, seconds: float) -> None:
+        """Record the wall time of a call that stepped a sample ``steps`` steps (until its exit, or as far as it
+        could)."""
+        if steps < 1:
+            return
+        if len(self._step_seconds) < PROBE_CALLS:
+            self._timings += 1
+        self._step_seconds.append(seconds / steps)
+
+    def step_seconds(self) -> float:
+        """s: the seconds a step costs when stepping, the median over the recent stepping calls; before any, c(1)."""
+        if self._step_seconds:
+            return statistics.median(self._step_seconds)
+        return self.call_seconds(1)
 
     def observe_exit(self, key: Hashable, steps: int, step: int) -> None:
         """Record that a sample of run ``key`` (T = ``steps``) ended at ``step`` (1..T); not within
@@ -163,23 +193,29 @@ class ChunkPlanner:
             cost[k - 1] = min(cost[k - 1], min(cost[a - 1] + cost[k - a - 1] for a in range(1, k // 2 + 1)))
         return cost
 
-    def expected_seconds(self, key: Hashable, steps: int) -> float:
+    def expected_seconds(self, key: Hashable, steps: int, step_from: int | None = None) -> float:
         """V(0) of run ``key`` (T = ``steps``): a sample's expected wall time in calls under the plan, in seconds,
-        from the call times and exit steps recorded so far (the extra sample that runs to T included)."""
+        from the call times and exit steps recorded so far (the extra sample that runs to T included); stepping
+        from ``step_from`` steps on where given."""
         exits = self._exits.get(key, [0] * steps)
-        return self.solve(exits, self.costs(steps))[0][0]
+        step = self.step_seconds() if step_from is not None else None
+        return self.solve(exits, self.costs(steps), step, step_from or 0)[0][0]
 
     @staticmethod
-    def plan(exits: list[int], cost: list[float]) -> list[int]:
+    def plan(exits: list[int], cost: list[float], step: float | None = None, step_from: int = 0) -> list[int]:
         """The k minimising V(t) for each t in 0..T-1, from exit counts [T] (index t - 1: ended at step t) and
         call costs [T] (index k - 1: a k-step call), with one extra sample counted as running to T; T - t (the steps
-        left in one call) unless the best split is expected SPLIT_MARGIN faster."""
-        return ChunkPlanner.solve(exits, cost)[1]
+        left in one call) unless the best split is expected SPLIT_MARGIN faster. With ``step`` (seconds a step when
+        stepping), from ``step_from`` steps on a call may step until the exit (:data:`STEP`): it costs ``step``
+        times the steps the sample is expected to run, and computes no step past the exit."""
+        return ChunkPlanner.solve(exits, cost, step, step_from)[1]
 
     @staticmethod
-    def solve(exits: list[int], cost: list[float]) -> tuple[list[float], list[int]]:
-        """V(t) for t in 0..T (seconds; V(T) = 0) and the k minimising it for t in 0..T-1, from exit counts and
-        call costs as :meth:`plan` takes them."""
+    def solve(
+        exits: list[int], cost: list[float], step: float | None = None, step_from: int = 0
+    ) -> tuple[list[float], list[int]]:
+        """V(t) for t in 0..T (seconds; V(T) = 0) and the k (or :data:`STEP`) minimising it for t in 0..T-1, from
+        exit counts, call costs and stepping as :meth:`plan` takes them."""
         steps = len(exits)
         counts = list(exits)
         counts[-1] += 1
@@ -188,8 +224,12 @@ class ChunkPlanner:
             alive[t] = alive[t + 1] + counts[t]
         value = [0.0] * (steps + 1)
         best = [1] * steps
+        stepped = 0.0  # the sum of alive[u] for u in t..T-1: alive[t] times the steps a sample alive at t runs
         for t in range(steps - 1, -1, -1):
+            stepped += alive[t]
             options = [(cost[k - 1] + alive[t + k] / alive[t] * value[t + k], k) for k in range(1, steps - t + 1)]
+            if step is not None and t >= step_from:
+                options.append((step * stepped / alive[t], STEP))
             value[t], best[t] = min(options)
             whole = cost[steps - t - 1]  # the steps left in one call
             if best[t] != steps - t and value[t] > (1 - SPLIT_MARGIN) * whole:

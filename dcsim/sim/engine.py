@@ -26,7 +26,7 @@ import torch
 
 from ..checks import check_int, check_threshold
 from . import block_conv, ops, program, reference, row_floor, sops
-from .chunking import ChunkPlanner
+from .chunking import STEP, ChunkPlanner
 from .compaction import CompactionCost
 from .graphs import StaticExit
 from .network import (
@@ -197,6 +197,7 @@ class Engine:
         self._row_floors = row_floor.RowFloors()
         self._conv_rows: dict[tuple[object, ...], int] = {}  # see _conv
         self._global_pools: dict[tuple[int, ...], bool] = {}  # input shape -> kernel 7 has torch's bits there
+        self._linears: dict[tuple[int, int, int, bool], bool] = {}  # see linear_kernel
         self._list_buffers: list[torch.Tensor] = []  # see list_buffers
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # small CPU calls as prebound kernel calls (dcsim.sim.program), one program per call shape
@@ -295,6 +296,36 @@ class Engine:
             ours, torchs = self.kernels.global_avg_pool(probe), reference.global_avg_pool(probe)
             ok = self._global_pools[shape] = torch.equal(ours.view(torch.int32), torchs.view(torch.int32))
         return ok
+
+    def linear_rows(self, node: Node, rows: int) -> int:
+        """The rows kernel 8 (``ops.linear``) computes node's linear of ``rows`` input rows on, in a call list where
+        it gives node's bits (:meth:`_apply`'s: torch's linear on as many rows as :func:`network.Linear.apply` pads
+        to, the rows past ``rows`` any values: a gemm's rows do not mix); 0 where it does not, or node is not a float32
+        linear on the CPU. Checked once per shape on random and spike-like probes: which gemm torch calls, and so its
+        bits, depends on its build (MKL's sgemm in the PyPI build, which kernel 8 then calls)."""
+        if not isinstance(node, Linear) or self.device.type != "cpu" or self._dtype != torch.float32:
+            return 0
+        weight, bias = node.weight, node.bias
+        if not weight.is_contiguous() or (bias is not None and not bias.is_contiguous()):
+            return 0
+        padded = max(rows, CPU_MIN_ROWS["linear"])
+        key = (padded, weight.shape[1], weight.shape[0], bias is not None)
+        ok = self._linears.get(key)
+        if ok is None:
+            ok = ops.sgemm_address() is not None
+            gen = torch.Generator().manual_seed(0)
+            for scale in (1.0, 0.0):  # random currents, then spike-like ones (0 or a threshold's multiple)
+                if not ok:
+                    break
+                x = torch.randn(padded, weight.shape[1], generator=gen) * 10
+                if not scale:
+                    x = (torch.rand(padded, weight.shape[1], generator=gen) < 0.2).float() * 0.75
+                x[rows:] = float("nan")  # rows past the input's: whatever a shared buffer holds
+                ours = ops.linear(x, weight, bias)[:rows]
+                torchs = node.apply(x[:rows].contiguous())
+                ok = torch.equal(ours.view(torch.int32), torchs.view(torch.int32))
+            self._linears[key] = ok
+        return padded if ok else 0
 
     def _conv(self, i: int, node: Conv, x: torch.Tensor) -> torch.Tensor:
         """:meth:`_apply` of conv node i (``node``: it or its unbiased twin, the same for every call of i) to x
@@ -897,15 +928,24 @@ class Engine:
         pred, exit_step, conf, spikes, ops_ = out
         ran = 0
         while ran < steps:
-            k = planner.next_chunk(key, steps, ran)
+            k = planner.next_chunk(key, steps, ran, self._step_from(state, steps, readout, threshold))
             t0, built = time.perf_counter(), self._building_seconds
-            rec = self.advance(state, k, steps, readout, threshold, done=ran)
+            if k == STEP:
+                rec, k = self._step_lone(state, steps, ran, readout, threshold)
+            else:
+                rec = self.advance(state, k, steps, readout, threshold, done=ran)
             flags = rec.exited[:, 0].tolist()  # a host sync
             # without the exit's bookkeeping (paid once a sample) and the building of a program (once a shape)
-            planner.observe_call(k, time.perf_counter() - t0 - (self._building_seconds - built))
+            seconds = time.perf_counter() - t0 - (self._building_seconds - built)
+            unrecorded = k - len(flags)  # stepped: the record holds the last step only
+            if unrecorded:
+                planner.observe_stepping(k, seconds)
+                flags = [False] * unrecorded + flags
+            else:
+                planner.observe_call(k, seconds)
             ran += k
             if any(flags):
-                t = next(i for i, f in enumerate(flags) if f)  # the first exit step in the chunk
+                t = next(i for i, f in enumerate(flags) if f) - unrecorded  # the first exit step, in the record
                 pred[row] = rec.pred[t, 0]
                 exit_step[row] = rec.steps[t, 0]
                 conf[row] = rec.score[t, 0]
@@ -915,6 +955,54 @@ class Engine:
                 planner.observe_exit(key, steps, int(exit_step[row]))
                 return
         raise AssertionError(f"a sample ran {steps} steps without its exit (the output step ends every sample at T)")
+
+    def _lone_program(
+        self, state: BatchState, steps: int, readout: Readout, threshold: float, driven: int
+    ) -> program.ChunkProgram | None:
+        """The 1-step program of a lone sample's running state (driven or not), where one has been built."""
+        key = (1, state.u[self.neurons[0]].shape, driven, False, steps, readout, threshold, torch.get_num_threads())
+        return self._programs.get(key)
+
+    def _step_from(self, state: BatchState, steps: int, readout: Readout, threshold: float) -> int | None:
+        """The steps run after which a lone sample can be stepped until its exit (every 1-step program it would run
+        from there on can step, :meth:`program.ChunkProgram.can_step`, or may: one not built or not listed yet is
+        run as a plain step by :meth:`_step_lone` until it is), or None."""
+        if state.n != 1 or not self._programmed or not self.call_lists or self.kernel_checks:
+            return None
+
+        def can(driven: int) -> bool:
+            prog = self._lone_program(state, steps, readout, threshold, driven)
+            return prog is None or prog.may_step()
+
+        drive = self.net.drive_steps
+        if drive is None or drive >= steps:  # every step driven
+            return 0 if can(1) else None
+        if not can(0):
+            return None
+        return 0 if can(1) else drive
+
+    def _step_lone(
+        self, state: BatchState, steps: int, ran: int, readout: Readout, threshold: float
+    ) -> tuple[StepRecord, int]:
+        """A lone sample that has run ``ran`` steps stepped until its exit, or as far as its 1-step program runs (to
+        the end of the drive, under the settle semantics), in one native call (a blank state's first step before it,
+        as a call of its own): (the record of the last step, the steps run). Where that program cannot step yet (not
+        built, or not listed: it is from its second run), one plain step instead (its record holds that step)."""
+        drive = self.net.drive_steps
+        first = None
+        if state.blank:  # the first step takes u0: a program of its own
+            first = self.advance(state, 1, steps, readout, threshold, done=ran)
+            ran += 1
+            if bool(first.exited[0, 0]) or ran == steps:
+                return first, 1
+        driven = 1 if drive is None or ran < drive else 0
+        limit = steps if drive is None or ran >= drive else min(drive, steps)
+        prog = self._lone_program(state, steps, readout, threshold, driven)
+        rec = StepRecord.empty(1, 1, len(self.neurons), None, self.device, sops=self.count_ops)
+        runs = None if prog is None else prog.step_until_exit(state, rec, limit - ran)
+        if runs is None:  # cannot step (yet; or a static value not contiguous): one plain step
+            rec, runs = self.advance(state, 1, steps, readout, threshold, done=ran), 1
+        return rec, runs + (first is not None)
 
     def static_exit(
         self,

@@ -7,7 +7,9 @@ fails here, at call time, with a clear message; importing dcsim never needs it o
 
 from __future__ import annotations
 
+import ctypes
 import functools
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -665,6 +667,64 @@ def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@functools.cache
+def sgemm_address() -> int | None:
+    """The address of the BLAS ``sgemm_`` that torch's CPU library exports (MKL's in the PyPI build: the gemm its CPU
+    linear calls), or None where it exports none. Kernel 8 (:func:`linear`) calls it."""
+    paths = sorted((Path(torch.__file__).parent / "lib").glob("*torch_cpu.*"))
+    if not paths:
+        return None
+    try:
+        return ctypes.cast(ctypes.CDLL(str(paths[0])).sgemm_, ctypes.c_void_p).value
+    except (OSError, AttributeError):  # not loadable by ctypes, or no such symbol
+        return None
+
+
+def _linear_shapes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[int, int, int]:
+    """(rows, in, features) of :func:`linear`'s arguments, checked."""
+    cpu = torch.device("cpu")
+    for name, t in (("x", x), ("weight", weight)) + ((("bias", bias),) if bias is not None else ()):
+        _check(name, _tensor(name, t), torch.float32, cpu)
+        if not t.is_contiguous():
+            raise ValueError(f"linear: {name} must be contiguous, got strides {t.stride()}")
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] or min(*x.shape, *weight.shape) < 1:
+        raise ValueError(
+            f"linear: x must be [rows, in] and weight [features, in], all sizes >= 1; got x {tuple(x.shape)}, "
+            f"weight {tuple(weight.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"linear: bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
+    return x.shape[0], x.shape[1], weight.shape[0]
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A fully connected layer (kernel 8, CPU) through the BLAS sgemm of :func:`sgemm_address`: ``F.linear(x, weight,
+    bias)`` bit for bit where that is the gemm torch's linear calls (the bias copied into each row, then sgemm with
+    beta 1; without a bias beta 0). The engine checks the bits against torch's on each shape before it lists it.
+
+    x: float32 [rows, in]; weight: float32 [features, in]; bias: float32 [features] or None; all contiguous, on the
+    CPU. Returns a new float32 [rows, features]. RuntimeError where torch's library exports no sgemm.
+    """
+    rows, size, features = _linear_shapes(x, weight, bias)
+    sgemm = sgemm_address()
+    if sgemm is None:
+        raise RuntimeError("linear: torch's CPU library exports no sgemm_ (kernel 8 calls the BLAS torch calls)")
+    out = torch.empty((rows, features), dtype=torch.float32)
+    ok = _core().linear(
+        rows,
+        size,
+        features,
+        x.data_ptr(),
+        weight.data_ptr(),
+        0 if bias is None else bias.data_ptr(),
+        out.data_ptr(),
+        sgemm,
+    )
+    if not ok:
+        raise ValueError(f"linear: sizes {(rows, size, features)} pass the BLAS's 32-bit integers")
+    return out
+
+
 BLOCK = 16
 """Channels per block of :func:`block_conv2d`: output channels per AVX-512 register, input channels per partial sum
 of oneDNN's direct kernel."""
@@ -825,6 +885,35 @@ def run_calls(calls: Any, table: list[int]) -> None:
     address per slot). Checks nothing but that every slot named is in the table (IndexError, before any call)."""
     if not calls.run(table):
         raise IndexError(f"run_calls: a call reads a slot past the table of {len(table)} addresses, or below -1")
+
+
+def run_until(calls: Any, table: list[int], max_runs: int, flag: Ref) -> int:
+    """The calls of a :func:`call_list` run again and again in one native call, at most ``max_runs`` times, until the
+    byte at ``flag`` (a :data:`Ref`: a lone sample's exit flag in the step record) is nonzero after a run; returns the
+    runs made. IndexError (no call made) where a slot is past the table."""
+    runs = calls.run_until(table, max_runs, flag)
+    if runs < 0:
+        raise IndexError(f"run_until: a call or the flag reads a slot past the table of {len(table)} addresses")
+    return int(runs)
+
+
+def list_linear(
+    calls: Any,
+    rows: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    x: Ref,
+    out: Ref,
+) -> None:
+    """Append :func:`linear` of a float32 [rows, in] input at x (contiguous) into [rows, features] at out to a
+    :func:`call_list`; the weight [features, in] and bias [features] (or None) are read at their addresses (the caller
+    keeps them alive). RuntimeError where torch exports no sgemm."""
+    _, size, features = _linear_shapes(torch.empty(rows, weight.shape[1]), weight, bias)
+    sgemm = sgemm_address()
+    if sgemm is None:
+        raise RuntimeError("list_linear: torch's CPU library exports no sgemm_")
+    bias_ref = (-1, 0 if bias is None else bias.data_ptr())
+    calls.linear(rows, size, features, x, (-1, weight.data_ptr()), bias_ref, out, sgemm)
 
 
 def list_avg_pool_2x2(calls: Any, shape: tuple[int, int, int, int], x: Ref, out: Ref) -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import ops, row_floor
-from .network import Conv, Neuron, Node, onednn_conv
+from .network import Conv, Flatten, Linear, Neuron, Node, onednn_conv
 from .readout import Readout
 from .semantics import gated
 from .state import BatchState, StepRecord
@@ -124,6 +124,36 @@ class ChunkProgram:
             self._listed.run(self, table, state, rec)
         else:
             self._run_ops(state, rec)
+        self._finish(state, rec)
+
+    def can_step(self) -> bool:
+        """Whether :meth:`step_until_exit` can run this program: one step of a lone row, listed as one call list
+        (from its second run, where every layer can be listed)."""
+        listed = self._listed
+        return self.k == 1 and self.n == 1 and self._engine.call_lists and listed is not None and listed.single
+
+    def may_step(self) -> bool:
+        """Whether :meth:`can_step` holds or may once the program has run twice (its lists not tried yet)."""
+        return self.k == 1 and self.n == 1 and self._engine.call_lists and (not self._tried or self.can_step())
+
+    def step_until_exit(self, state: BatchState, rec: StepRecord, max_runs: int) -> int | None:
+        """This 1-step program run on a lone row again and again in one native call (:func:`ops.run_until`), at most
+        ``max_runs`` times, until the row exits; the runs made (rec then holds the last step's results, and state is
+        where that many :meth:`run` calls leave it: the same calls, so the same bits), or None, nothing run, where
+        the program cannot (:meth:`can_step`; a static value the list reads is not contiguous)."""
+        if not self.can_step():
+            return None
+        assert self._listed is not None
+        table = self._listed.table(state, rec)
+        if table is None:
+            return None
+        runs = ops.run_until(self._listed.segments[0], table, max_runs, (_FIXED_SLOTS.index("rec.exited"), 0))
+        self._runs += runs
+        self._finish(state, rec)
+        return runs
+
+    def _finish(self, state: BatchState, rec: StepRecord) -> None:
+        """The record's steps, and the state's prediction, score and exit flag of the chunk's last step."""
         torch.add(state.steps, self._back, out=rec.steps)
         last = self.k - 1
         state.pred.copy_(rec.pred[last])
@@ -343,6 +373,11 @@ class _Listed:
         self.held: list[torch.Tensor] = []  # tensors whose addresses the lists hold
         self.sizes: dict[int, int] = {}  # buffer -> floats the lists need in it
 
+    @property
+    def single(self) -> bool:
+        """Whether the program is one call list (no layer in Python)."""
+        return len(self.segments) == 1 and not isinstance(self.segments[0], int)
+
     def slot(self, key: tuple[str, int]) -> int:
         if key not in self.keys:
             self.keys.append(key)
@@ -395,7 +430,11 @@ class _Listed:
         record = 8 * k * n  # bytes of one layer's [k, n] int64 record
         for op, layer in enumerate(prog._layers):
             if layer.kind == "clear":
-                free += [buffer_of.pop(j) for j in layer.freed if j in buffer_of and j not in pinned]
+                for j in layer.freed:
+                    if j in buffer_of and j not in pinned:
+                        index = buffer_of.pop(j)
+                        if index not in buffer_of.values():  # no flatten of it still live
+                            free.append(index)
             elif layer.kind == "neuron":
                 assert layer.neuron is not None
                 inputs: list[ops.Ref] = []
@@ -436,7 +475,22 @@ class _Listed:
                 node = layer.graph_node
                 assert node is not None
                 kernel = None
-                if layer.listable and not rest and j in buffer_of:
+                alone = layer.listable and not rest and j in buffer_of  # one input, in a list buffer
+                if alone and isinstance(node, Flatten) and len(shape_of[j]) >= 2:  # the same floats, [N, features]
+                    buffer_of[layer.node], where[layer.node] = buffer_of[j], where[j]
+                    shape_of[layer.node] = (shape_of[j][0], math.prod(shape_of[j][1:]))
+                    continue
+                rows = engine.linear_rows(node, shape_of[j][0]) if alone and len(shape_of[j]) == 2 else 0
+                if rows:  # kernel 8 on the input's buffer grown to the rows the gemm computes, the rows past any values
+                    assert isinstance(node, Linear)
+                    features = node.weight.shape[0]
+                    sizes[buffer_of[j]] = max(sizes[buffer_of[j]], rows * shape_of[j][1])
+                    listed.held += [node.weight] + ([node.bias] if node.bias is not None else [])
+                    out_ref = buffer(layer.node, (rows, features))
+                    shape_of[layer.node] = (shape_of[j][0], features)
+                    ops.list_linear(calls, rows, node.weight, node.bias, where[j], out_ref)
+                    continue
+                if alone:
                     kernel = engine.pool_kernel(node, torch.empty(shape_of[j]))  # a value of the input's kind
                 if kernel is not None:
                     nn, c, h, w = shape_of[j]
