@@ -17,6 +17,7 @@
 #include "block_conv.h"
 #include "call_list.h"
 #include "linear.h"
+#include "bias_add.h"
 
 namespace py = pybind11;
 
@@ -202,6 +203,17 @@ void list_linear(dcsim::CallList& l, int64_t rows, int64_t in, int64_t features,
   l.add_linear(a, ref(x), ref(weight), ref(bias), ref(out));
 }
 
+void list_bias_add(dcsim::CallList& l, int64_t rows, int64_t channels, int64_t plane, const Ref& x, const Ref& bias,
+                   int threads) {
+  l.add_bias_add(dcsim::BiasAddArgs{rows, channels, plane, nullptr, nullptr}, ref(x), ref(bias), threads);
+}
+
+void bias_add(int64_t rows, int64_t channels, int64_t plane, uintptr_t x, uintptr_t bias, int threads) {
+  const dcsim::BiasAddArgs a{rows, channels, plane, ptr<float>(x), ptr<const float>(bias)};
+  py::gil_scoped_release release;
+  dcsim::bias_add_cpu(a, threads);
+}
+
 int64_t list_run_until(const dcsim::CallList& l, const std::vector<int64_t>& table, int64_t max_runs,
                        const Ref& flag) {
   py::gil_scoped_release release;
@@ -246,6 +258,7 @@ PYBIND11_MODULE(_core, mod) {
       .def("global_avg_pool", &list_global_avg_pool, "Append a global average pool (kernel 7) call.")
       .def("output_step", &list_output_step, "Append an output step (kernel 2) call.")
       .def("linear", &list_linear, "Append a linear (kernel 8) call through a BLAS sgemm's address.")
+      .def("bias_add", &list_bias_add, "Append a per-channel bias add (kernel 9) call.")
       .def("run_until", &list_run_until, "Run the calls up to max_runs times, until the byte at flag is nonzero "
                                           "after a run; the runs made, -1 (nothing run) where a slot is past the table.")
       .def("run", &list_run, "Run the calls, pointers resolved against the table (slot -> address); False, and "
@@ -253,5 +266,6 @@ PYBIND11_MODULE(_core, mod) {
       .def("__len__", &dcsim::CallList::size);
   mod.def("linear", &linear, "A fully connected layer through a BLAS sgemm's address (kernel 8, CPU); False, "
                              "nothing written, where a size passes 32-bit integers.");
+  mod.def("bias_add", &bias_add, "A per-channel bias added in place to [rows, channels, plane] (kernel 9, CPU).");
   mod.def("global_avg_pool", &global_avg_pool, "Global average pooling of NCHW planes in torch's order (kernel 7, CPU).");
 }

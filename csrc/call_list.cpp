@@ -76,6 +76,14 @@ void CallList::add_linear(LinearArgs a, PointerRef x, PointerRef weight, Pointer
   add(c, 4);
 }
 
+void CallList::add_bias_add(BiasAddArgs a, PointerRef x, PointerRef bias, int threads) {
+  Call c;
+  c.kind = Kind::kBiasAdd;
+  c.bias_add = a, c.threads = threads;
+  c.refs[0] = x, c.refs[1] = bias;
+  add(c, 2);
+}
+
 bool CallList::run(const int64_t* table, int64_t slots) const {
   if (!fits(slots)) return false;
   run_once(table);
@@ -141,6 +149,12 @@ void CallList::run_once(const int64_t* table) const {
         a.x = resolve<const float>(r[0], table), a.weight = resolve<const float>(r[1], table);
         a.bias = resolve<const float>(r[2], table), a.out = resolve<float>(r[3], table);
         linear_cpu(a);  // sizes checked when listed
+        break;
+      }
+      case Kind::kBiasAdd: {
+        BiasAddArgs a = c.bias_add;
+        a.x = resolve<float>(r[0], table), a.bias = resolve<const float>(r[1], table);
+        bias_add_cpu(a, c.threads);
         break;
       }
     }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "avg_pool.h"
+#include "bias_add.h"
 #include "block_conv.h"
 #include "linear.h"
 #include "neuron_step.h"
@@ -36,6 +37,7 @@ class CallList {
                        PointerRef score, PointerRef exited, int threads);
   // a.sgemm fixed at listing; a size past the BLAS's 32-bit integers makes the list unrunnable (fits is false).
   void add_linear(LinearArgs a, PointerRef x, PointerRef weight, PointerRef bias, PointerRef out);
+  void add_bias_add(BiasAddArgs a, PointerRef x, PointerRef bias, int threads);
   // Whether every reference names slot -1 or a slot of a table of `slots` addresses.
   bool fits(int64_t slots) const { return valid_ && max_slot_ < slots; }
   // The calls in order, each pointer resolved against table [slots]; false, and no call made, where !fits(slots).
@@ -48,7 +50,7 @@ class CallList {
   int64_t size() const { return static_cast<int64_t>(calls_.size()); }
 
  private:
-  enum class Kind { kBlockConv, kNeuronSteps, kAvgPool2x2, kGlobalAvgPool, kOutputStep, kLinear };
+  enum class Kind { kBlockConv, kNeuronSteps, kAvgPool2x2, kGlobalAvgPool, kOutputStep, kLinear, kBiasAdd };
   static constexpr int kMaxRefs = 10;
   struct Call {
     Kind kind = Kind::kBlockConv;
@@ -60,6 +62,7 @@ class CallList {
     GlobalPoolArgs global{};
     OutputStepArgs output{};
     LinearArgs linear{};
+    BiasAddArgs bias_add{};
     PointerRef refs[kMaxRefs];
   };
   void add(Call call, int refs);

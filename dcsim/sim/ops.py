@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -725,6 +726,31 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out
 
 
+def _bias_shapes(shape: tuple[int, ...], bias: torch.Tensor) -> tuple[int, int, int]:
+    """(rows, channels, floats per channel) of :func:`bias_add`'s x of ``shape`` and its bias, checked."""
+    _check("bias", _tensor("bias", bias), torch.float32, torch.device("cpu"))
+    if len(shape) < 2 or bias.dim() != 1 or bias.shape[0] != shape[1] or not bias.is_contiguous():
+        raise ValueError(
+            f"bias_add: x must be [N, C, ...] and bias a contiguous [C]; got x {tuple(shape)}, bias {tuple(bias.shape)}"
+        )
+    return shape[0], shape[1], math.prod(shape[2:])
+
+
+def bias_add(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A per-channel bias added to x in place (kernel 9, CPU): ``x.add_(bias.reshape(1, -1, 1, ...))`` bit for bit
+    (one float32 addition per element). x: float32 [N, C, ...], contiguous; bias: float32 [C], contiguous; both on
+    the CPU. Returns x."""
+    if _tensor("x", x).device.type != "cpu":
+        raise ValueError(f"bias_add runs on the CPU, got x on {x.device}")
+    _check("x", x, torch.float32, x.device)
+    if not x.is_contiguous():
+        raise ValueError(f"bias_add: x must be contiguous, got strides {x.stride()}")
+    rows, channels, plane = _bias_shapes(tuple(x.shape), bias)
+    if x.numel():
+        _core().bias_add(rows, channels, plane, x.data_ptr(), bias.data_ptr(), _launch(x.device, x.numel())[2])
+    return x
+
+
 BLOCK = 16
 """Channels per block of :func:`block_conv2d`: output channels per AVX-512 register, input channels per partial sum
 of oneDNN's direct kernel."""
@@ -914,6 +940,15 @@ def list_linear(
         raise RuntimeError("list_linear: torch's CPU library exports no sgemm_")
     bias_ref = (-1, 0 if bias is None else bias.data_ptr())
     calls.linear(rows, size, features, x, (-1, weight.data_ptr()), bias_ref, out, sgemm)
+
+
+def list_bias_add(calls: Any, shape: tuple[int, ...], x: Ref, bias: torch.Tensor) -> None:
+    """Append :func:`bias_add` of a contiguous float32 x of ``shape`` [N, C, ...] to a :func:`call_list`; the bias
+    [C] is read at its address (the caller keeps it alive)."""
+    rows, channels, plane = _bias_shapes(shape, bias)
+    calls.bias_add(
+        rows, channels, plane, x, (-1, bias.data_ptr()), _launch(torch.device("cpu"), rows * channels * plane)[2]
+    )
 
 
 def list_avg_pool_2x2(calls: Any, shape: tuple[int, int, int, int], x: Ref, out: Ref) -> None:

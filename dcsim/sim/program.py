@@ -282,9 +282,13 @@ class ChunkProgram:
         bound: list[Callable[[torch.Tensor], torch.Tensor] | None] = []
 
         b = None if bias is None or not drive else bias.reshape(1, -1, 1, 1)
+        listed_bias = None  # a bias added by kernel 9 in a call list
         if b is not None and self._mask is not None:  # the general path's gated bias, a constant of the program
             b = gated(b.expand(k * n, *b.shape[1:]), self._mask)
-        self._layers.append(_Layer("conv", i, inputs=(j,), bound=bound, listable=b is None))
+        elif b is not None and bias is not None:
+            listed_bias = bias.contiguous()
+        per_row = b is not None and self._mask is not None
+        self._layers.append(_Layer("conv", i, inputs=(j,), bound=bound, listable=not per_row, bias=listed_bias))
 
         def op(vals: list[torch.Tensor | None], state: BatchState, rec: StepRecord) -> None:
             x = vals[j]
@@ -308,8 +312,12 @@ class ChunkProgram:
         bias = engine._biases.get(i)
         if bias is not None:
             node = engine._unbiased[i]
+        per_row = bias is not None and drive and self._mask is not None  # gated row by row
+        listed_bias = None  # a bias added by kernel 9 in a call list
+        if bias is not None and drive and self._mask is None:
+            listed_bias = bias.contiguous()
         self._layers.append(
-            _Layer("other", i, inputs=tuple(inputs), graph_node=node, listable=bias is None or not drive)
+            _Layer("other", i, inputs=tuple(inputs), graph_node=node, listable=not per_row, bias=listed_bias)
         )
         if bias is None or not drive:
 
@@ -345,7 +353,8 @@ class _Layer:
     qffs: bool = False
     shape: tuple[int, ...] = ()  # a neuron's output
     bound: list[Callable[[torch.Tensor], torch.Tensor] | None] | None = None  # a conv's kernel, once bound
-    listable: bool = True  # no bias the settle semantics gate added in Python
+    listable: bool = True  # no bias the settle semantics gate per row (a partly driven chunk's)
+    bias: torch.Tensor | None = None  # a bias [C] added after the layer (a driven chunk's, under the settle semantics)
     graph_node: Node | None = None  # an "other" layer's node
     freed: tuple[int, ...] = ()
 
@@ -467,7 +476,11 @@ class _Listed:
                 block = layer.bound[0] if layer.bound else None
                 (j,) = layer.inputs
                 if layer.listable and isinstance(block, ops.BoundBlockConv) and j in where:
-                    block.list_into(calls, where[j], buffer(layer.node, block.out_shape))
+                    out_ref = buffer(layer.node, block.out_shape)
+                    block.list_into(calls, where[j], out_ref)
+                    if layer.bias is not None:
+                        listed.held.append(layer.bias)
+                        ops.list_bias_add(calls, block.out_shape, out_ref, layer.bias)
                 else:
                     python(op, layer)
             else:
@@ -476,7 +489,8 @@ class _Listed:
                 assert node is not None
                 kernel = None
                 alone = layer.listable and not rest and j in buffer_of  # one input, in a list buffer
-                if alone and isinstance(node, Flatten) and len(shape_of[j]) >= 2:  # the same floats, [N, features]
+                plain = alone and layer.bias is None
+                if plain and isinstance(node, Flatten) and len(shape_of[j]) >= 2:  # the same floats, [N, features]
                     buffer_of[layer.node], where[layer.node] = buffer_of[j], where[j]
                     shape_of[layer.node] = (shape_of[j][0], math.prod(shape_of[j][1:]))
                     continue
@@ -489,8 +503,11 @@ class _Listed:
                     out_ref = buffer(layer.node, (rows, features))
                     shape_of[layer.node] = (shape_of[j][0], features)
                     ops.list_linear(calls, rows, node.weight, node.bias, where[j], out_ref)
+                    if layer.bias is not None:  # on the input's rows, as the Python op adds it
+                        listed.held.append(layer.bias)
+                        ops.list_bias_add(calls, shape_of[layer.node], out_ref, layer.bias)
                     continue
-                if alone:
+                if plain:
                     kernel = engine.pool_kernel(node, torch.empty(shape_of[j]))  # a value of the input's kind
                 if kernel is not None:
                     nn, c, h, w = shape_of[j]
