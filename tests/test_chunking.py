@@ -248,3 +248,76 @@ def test_a_size_timed_on_a_slow_moment_weighs_by_its_calls():
     for _ in range(40):
         planner.observe_exit(key, 27, 27)
     assert planner.plan_for(key) is None and planner.next_chunk(key, 27, 0) == 27
+
+
+def _expected_stepping(t: int, exits: list[int], step: float) -> float:
+    """Expected wall time of a sample alive after t steps, stepped until its exit at ``step`` seconds a step (one
+    extra sample counted at T)."""
+    counts = list(exits)
+    counts[-1] += 1
+    alive = sum(counts[t:])
+    return step * sum((s - t) * c for s, c in enumerate(counts, start=1) if s > t) / alive
+
+
+@pytest.mark.parametrize("steps", [2, 4, 6])
+def test_stepping_is_planned_where_it_is_cheapest(steps, monkeypatch):
+    """With stepping (STEP: a call that runs until the exit, ``step`` seconds a step), V(t) is the least of the best
+    chunked plan and stepping from t on, on fresh random exits and costs, never before ``step_from``."""
+    monkeypatch.setattr(chunking, "SPLIT_MARGIN", 0.0)
+    rng = random.Random()
+    for _ in range(20):
+        exits = [rng.randint(0, 5) for _ in range(steps)]
+        cost = sorted(rng.uniform(0.5, 3.0) * k for k in range(1, steps + 1))
+        step = rng.uniform(0.3, 3.0)
+        step_from = rng.randint(0, steps - 1)
+        value, plan = ChunkPlanner.solve(exits, cost, step, step_from)
+        plain, _ = ChunkPlanner.solve(exits, cost)
+        assert all(plan[t] != chunking.STEP for t in range(step_from))
+        for t in range(steps):
+            if plan[t] == chunking.STEP:
+                assert value[t] == pytest.approx(_expected_stepping(t, exits, step), rel=1e-9)
+            assert value[t] <= plain[t] + 1e-12  # stepping is one option more
+        assert value[0] <= _expected_stepping(0, exits, step) + 1e-12 or step_from > 0
+    # samples that stop at every step: stepping at the cost of a step in a long call is the plan
+    assert ChunkPlanner.plan([1, 1, 1, 1], [1.5, 2.5, 3.5, 4.5], 1.0) == [chunking.STEP] * 4
+
+
+def test_stepping_is_probed_and_timed_per_step():
+    """Where the engine can step a sample, the planner asks for STEP PROBE_CALLS times once the sizes are probed;
+    a stepping call's time counts per step (its median is s); before any, s is c(1)."""
+    planner = ChunkPlanner()
+    key = ("run",)
+    for _ in range((PROBE_CALLS + 1) * 3):
+        k = planner.next_chunk(key, 4, 0, step_from=0)
+        assert k != chunking.STEP  # sizes first
+        planner.observe_call(k, 1.0 + k)
+    assert planner.step_seconds() == pytest.approx(planner.call_seconds(1))
+    assert planner.next_chunk(key, 4, 0, step_from=1) != chunking.STEP  # not before step_from
+    for seconds in (3.0, 4.5):
+        assert planner.next_chunk(key, 4, 1, step_from=1) == chunking.STEP
+        planner.observe_stepping(3, seconds)
+    assert planner.step_seconds() == pytest.approx((1.0 + 1.5) / 2)
+    for _ in range(40):
+        planner.observe_exit(key, 4, 4)  # every sample runs to T: one call beats stepping (1.25 s a step)
+    assert planner.next_chunk(key, 4, 0, step_from=0) == 4
+    assert planner.expected_seconds(key, 4, step_from=0) == pytest.approx(5.0)
+
+
+def test_the_engine_steps_lone_samples_to_the_same_results():
+    """On a network whose 1-step programs are one call list, early exit at batch 1 steps samples (the planner times
+    stepping calls) and gives chunk 1's results."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=10, width=8).train()
+    with torch.no_grad():
+        model(torch.randn(64, 3, 32, 32))  # batch-norm statistics and LSQ steps
+    net = convert(model.eval(), method="qcfs")
+    x = torch.randn(12, 3, 32, 32)
+    engine, single = Engine(net), Engine(net)
+    readout = Readout.paper("qcfs", 2, 8)
+    threshold = mid_threshold(engine, x, 8, readout)
+    for _ in range(3):
+        auto = engine.early_exit(x, 8, readout, threshold, batch_size=1)
+    ones = single.early_exit(x, 8, readout, threshold, batch_size=1, chunk=1)
+    for f in ("pred", "exit_step", "conf", "spikes"):
+        assert torch.equal(getattr(auto, f), getattr(ones, f)), f
+    assert engine.chunk_planner._step_seconds

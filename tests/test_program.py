@@ -248,12 +248,13 @@ def test_run_until_repeats_a_list_until_its_flag_is_set():
     assert int(steps) == max_steps  # no call ran
 
 
-@pytest.mark.parametrize("method,drive", [("qcfs", None), ("qffs", "settle")])
-def test_a_lone_sample_stepped_until_its_exit_gets_the_ops_results(method, drive):
+@pytest.mark.parametrize("build", [small, resnet], ids=["small_cnn", "resnet18"])
+@pytest.mark.parametrize("method", ["qcfs", "qffs"])
+def test_a_lone_sample_stepped_until_its_exit_gets_the_ops_results(build, method):
     """Where a 1-step program is one call list (the classifier's linear and flatten listed too), the batch-1 plan
     may step a sample until its exit in one native call: the same exits, predictions, scores and spike counts as
     the ops' calls, over thresholds that end samples early, late and at T."""
-    net, shape = resnet(method, seed=3)
+    net, shape = build(method, seed=3)
     net = _float_weights(net, seed=6)
     listed, plain = dcsim.Engine(net, count_ops=True), dcsim.Engine(net, count_ops=True)
     plain.call_lists = False
@@ -264,5 +265,6 @@ def test_a_lone_sample_stepped_until_its_exit_gets_the_ops_results(method, drive
         rb = plain.early_exit(x, 8, readout, threshold, batch_size=1)
         for f in ("pred", "exit_step", "conf", "spikes", "sops"):
             assert torch.equal(getattr(ra, f), getattr(rb, f)), (f, threshold)
-    assert listed.chunk_planner._step_seconds, "no sample was stepped"
-    assert any(p.can_step() for p in listed._programs.values())
+    stepping = any(p.can_step() for p in listed._programs.values())
+    assert bool(listed.chunk_planner._step_seconds) == stepping  # stepped where (and only where) it can
+    assert stepping or build is small  # the small CNN's tiny pools stay in Python: its programs cannot step

@@ -72,6 +72,7 @@ class ChunkPlanner:
         self._plans: dict[Hashable, tuple[int, tuple[int, int | None], list[int]]] = {}  # key -> (seen, when, plan)
         self._recording = True  # whether exits are recorded (see exits_unrecorded)
         self._step_seconds: deque[float] = deque(maxlen=RECENT_CALLS)  # seconds per step of recent stepping calls
+        self._step_from: dict[Hashable, int | None] = {}  # key -> the latest step_from the engine gave
 
     def next_chunk(self, key: Hashable, steps: int, ran: int, step_from: int | None = None) -> int:
         """Steps for the next call of a lone sample that has run ``ran`` of ``steps`` (1 <= result <= steps - ran),
@@ -80,6 +81,7 @@ class ChunkPlanner:
         for k in PROBE_CHUNKS:
             if k <= left and len(self._seconds.get(k, ())) < PROBE_CALLS:
                 return k
+        self._step_from[key] = step_from
         stepping = step_from is not None and ran >= step_from
         if stepping and len(self._step_seconds) < PROBE_CALLS:
             return STEP
@@ -196,8 +198,9 @@ class ChunkPlanner:
     def expected_seconds(self, key: Hashable, steps: int, step_from: int | None = None) -> float:
         """V(0) of run ``key`` (T = ``steps``): a sample's expected wall time in calls under the plan, in seconds,
         from the call times and exit steps recorded so far (the extra sample that runs to T included); stepping
-        from ``step_from`` steps on where given."""
+        from ``step_from`` steps on (default: as the engine last allowed it for the run)."""
         exits = self._exits.get(key, [0] * steps)
+        step_from = self._step_from.get(key) if step_from is None else step_from
         step = self.step_seconds() if step_from is not None else None
         return self.solve(exits, self.costs(steps), step, step_from or 0)[0][0]
 

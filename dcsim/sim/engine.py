@@ -930,18 +930,19 @@ class Engine:
         while ran < steps:
             k = planner.next_chunk(key, steps, ran, self._step_from(state, steps, readout, threshold))
             t0, built = time.perf_counter(), self._building_seconds
+            stepped = False
             if k == STEP:
-                rec, k = self._step_lone(state, steps, ran, readout, threshold)
+                rec, k, stepped = self._step_lone(state, steps, ran, readout, threshold)
             else:
                 rec = self.advance(state, k, steps, readout, threshold, done=ran)
             flags = rec.exited[:, 0].tolist()  # a host sync
             # without the exit's bookkeeping (paid once a sample) and the building of a program (once a shape)
             seconds = time.perf_counter() - t0 - (self._building_seconds - built)
-            unrecorded = k - len(flags)  # stepped: the record holds the last step only
-            if unrecorded:
+            unrecorded = k - len(flags)  # steps before the record's (a stepping call records its last step)
+            flags = [False] * unrecorded + flags
+            if stepped:
                 planner.observe_stepping(k, seconds)
-                flags = [False] * unrecorded + flags
-            else:
+            elif not unrecorded:  # one call of k steps (not a blank step and a plain one in place of stepping)
                 planner.observe_call(k, seconds)
             ran += k
             if any(flags):
@@ -983,26 +984,26 @@ class Engine:
 
     def _step_lone(
         self, state: BatchState, steps: int, ran: int, readout: Readout, threshold: float
-    ) -> tuple[StepRecord, int]:
+    ) -> tuple[StepRecord, int, bool]:
         """A lone sample that has run ``ran`` steps stepped until its exit, or as far as its 1-step program runs (to
         the end of the drive, under the settle semantics), in one native call (a blank state's first step before it,
-        as a call of its own): (the record of the last step, the steps run). Where that program cannot step yet (not
-        built, or not listed: it is from its second run), one plain step instead (its record holds that step)."""
+        as a call of its own): (the record of the last step, the steps run, True). Where that program cannot step
+        yet (not built, or not listed: it is from its second run), one plain step instead (False)."""
         drive = self.net.drive_steps
         first = None
         if state.blank:  # the first step takes u0: a program of its own
             first = self.advance(state, 1, steps, readout, threshold, done=ran)
             ran += 1
             if bool(first.exited[0, 0]) or ran == steps:
-                return first, 1
+                return first, 1, False
         driven = 1 if drive is None or ran < drive else 0
         limit = steps if drive is None or ran >= drive else min(drive, steps)
         prog = self._lone_program(state, steps, readout, threshold, driven)
         rec = StepRecord.empty(1, 1, len(self.neurons), None, self.device, sops=self.count_ops)
         runs = None if prog is None else prog.step_until_exit(state, rec, limit - ran)
         if runs is None:  # cannot step (yet; or a static value not contiguous): one plain step
-            rec, runs = self.advance(state, 1, steps, readout, threshold, done=ran), 1
-        return rec, runs + (first is not None)
+            return self.advance(state, 1, steps, readout, threshold, done=ran), 1 + (first is not None), False
+        return rec, runs + (first is not None), True
 
     def static_exit(
         self,
