@@ -197,7 +197,7 @@ class Engine:
         self._row_floors = row_floor.RowFloors()
         self._conv_rows: dict[tuple[object, ...], int] = {}  # see _conv
         self._global_pools: dict[tuple[int, ...], bool] = {}  # input shape -> kernel 7 has torch's bits there
-        self._linears: dict[tuple[int, int, int, bool], bool] = {}  # see linear_kernel
+        self._linears: dict[tuple[int, int, int, bool], bool] = {}  # see linear_rows
         self._list_buffers: list[torch.Tensor] = []  # see list_buffers
         self._static_exits: dict[tuple[object, ...], StaticExit] = {}
         # small CPU calls as prebound kernel calls (dcsim.sim.program), one program per call shape
@@ -314,16 +314,14 @@ class Engine:
         if ok is None:
             ok = ops.sgemm_address() is not None
             gen = torch.Generator().manual_seed(0)
-            for scale in (1.0, 0.0):  # random currents, then spike-like ones (0 or a threshold's multiple)
-                if not ok:
-                    break
-                x = torch.randn(padded, weight.shape[1], generator=gen) * 10
-                if not scale:
-                    x = (torch.rand(padded, weight.shape[1], generator=gen) < 0.2).float() * 0.75
+            size = (padded, weight.shape[1])
+            currents = torch.randn(size, generator=gen) * 10
+            spikes = (torch.rand(size, generator=gen) < 0.2).float() * 0.75  # 0 or a threshold
+            for x in (currents, spikes) if ok else ():
                 x[rows:] = float("nan")  # rows past the input's: whatever a shared buffer holds
                 ours = ops.linear(x, weight, bias)[:rows]
                 torchs = node.apply(x[:rows].contiguous())
-                ok = torch.equal(ours.view(torch.int32), torchs.view(torch.int32))
+                ok = ok and torch.equal(ours.view(torch.int32), torchs.view(torch.int32))
             self._linears[key] = ok
         return padded if ok else 0
 

@@ -282,12 +282,12 @@ class ChunkProgram:
         bound: list[Callable[[torch.Tensor], torch.Tensor] | None] = []
 
         b = None if bias is None or not drive else bias.reshape(1, -1, 1, 1)
-        listed_bias = None  # a bias added by kernel 9 in a call list
+        per_row = b is not None and self._mask is not None  # gated row by row (a partly driven chunk): by the op
         if b is not None and self._mask is not None:  # the general path's gated bias, a constant of the program
             b = gated(b.expand(k * n, *b.shape[1:]), self._mask)
-        elif b is not None and bias is not None:
+        listed_bias = None  # a bias added by kernel 9 in a call list
+        if bias is not None and drive and self._mask is None:
             listed_bias = bias.contiguous()
-        per_row = b is not None and self._mask is not None
         self._layers.append(_Layer("conv", i, inputs=(j,), bound=bound, listable=not per_row, bias=listed_bias))
 
         def op(vals: list[torch.Tensor | None], state: BatchState, rec: StepRecord) -> None:
