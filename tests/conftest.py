@@ -6,18 +6,20 @@ no per-example deadline (shared CI machines have noisy timings) and no example d
 
 Shared fixtures: ``run_cli`` (a ``dcsim`` command with its exit code and captured output),
 ``digits_checkpoint`` (a trained digits model, made once per session), ``checkpoint_meta`` (the
-metadata of a small digits CNN) and ``make_cifar_folder`` (a tiny CIFAR-10-shaped image folder).
+metadata of a small digits CNN), ``make_cifar_folder`` (a tiny CIFAR-10-shaped image folder) and ``torch_threads``
+(torch's intra-op threads set for one test, restored after it).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 from PIL import Image
 
@@ -61,6 +63,14 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[[Sequence[str | Path
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture()
+def torch_threads() -> Iterator[Callable[[int], None]]:
+    """``torch_threads(n)``: torch's intra-op threads set to n for the rest of the test, restored after it."""
+    saved = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="session")

@@ -38,20 +38,16 @@ def _fresh(g: torch.Generator) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_avg_pool_2x2_equals_torch_bit_for_bit(threads):
+def test_avg_pool_2x2_equals_torch_bit_for_bit(threads, torch_threads):
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))  # fresh inputs every run
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for _ in range(300):
-            x = _fresh(g)
-            if int(torch.randint(0, 4, (1,), generator=g)) == 0:  # now and then a big one (threads split rows)
-                x = torch.randn(64, 8, 32, 32, generator=g)
-            ours, ref = ops.avg_pool_2x2(x), reference.avg_pool_2x2(x)
-            assert ours.shape == ref.shape and ours.is_contiguous()
-            assert torch.equal(_bits(ours), _bits(ref)), x.shape
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    for _ in range(300):
+        x = _fresh(g)
+        if int(torch.randint(0, 4, (1,), generator=g)) == 0:  # now and then a big one (threads split rows)
+            x = torch.randn(64, 8, 32, 32, generator=g)
+        ours, ref = ops.avg_pool_2x2(x), reference.avg_pool_2x2(x)
+        assert ours.shape == ref.shape and ours.is_contiguous()
+        assert torch.equal(_bits(ours), _bits(ref)), x.shape
 
 
 def test_a_window_of_negative_zeros_pools_to_positive_zero():
@@ -105,26 +101,22 @@ def _plane(g: torch.Generator) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_global_avg_pool_equals_torch_bit_for_bit(threads):
+def test_global_avg_pool_equals_torch_bit_for_bit(threads, torch_threads):
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))  # fresh inputs every run
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for _ in range(200):
-            x = _fresh(g)
-            h, w = _plane(g)
-            n, c = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(2, 6, (1,), generator=g))
-            x = x.flatten()[torch.randint(0, x.numel(), (n * c * h * w,), generator=g)].reshape(n, c, h, w)
-            ours, ref = ops.global_avg_pool(x), reference.global_avg_pool(x)
-            assert ours.shape == ref.shape == (n, c, 1, 1) and ours.is_contiguous()
-            assert torch.equal(_bits(ours), _bits(ref)), x.shape
-        x = torch.randn(64, 128, 4, 4, generator=g)  # planes split between the threads
-        assert torch.equal(_bits(ops.global_avg_pool(x)), _bits(F.adaptive_avg_pool2d(x, 1)))
-        if threads == 1:  # a lone plane (on several threads torch splits its sum; the engine keeps torch's there)
-            lone = torch.randn(1, 1, 100, 100, generator=g)
-            assert torch.equal(_bits(ops.global_avg_pool(lone)), _bits(F.adaptive_avg_pool2d(lone, 1)))
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    for _ in range(200):
+        x = _fresh(g)
+        h, w = _plane(g)
+        n, c = int(torch.randint(1, 6, (1,), generator=g)), int(torch.randint(2, 6, (1,), generator=g))
+        x = x.flatten()[torch.randint(0, x.numel(), (n * c * h * w,), generator=g)].reshape(n, c, h, w)
+        ours, ref = ops.global_avg_pool(x), reference.global_avg_pool(x)
+        assert ours.shape == ref.shape == (n, c, 1, 1) and ours.is_contiguous()
+        assert torch.equal(_bits(ours), _bits(ref)), x.shape
+    x = torch.randn(64, 128, 4, 4, generator=g)  # planes split between the threads
+    assert torch.equal(_bits(ops.global_avg_pool(x)), _bits(F.adaptive_avg_pool2d(x, 1)))
+    if threads == 1:  # a lone plane (on several threads torch splits its sum; the engine keeps torch's there)
+        lone = torch.randn(1, 1, 100, 100, generator=g)
+        assert torch.equal(_bits(ops.global_avg_pool(lone)), _bits(F.adaptive_avg_pool2d(lone, 1)))
 
 
 def test_global_pool_of_negative_zeros_is_positive_zero():

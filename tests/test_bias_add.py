@@ -12,25 +12,21 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_bias_add_equals_torch_bit_for_bit(threads):
+def test_bias_add_equals_torch_bit_for_bit(threads, torch_threads):
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for trial in range(40):
-            n, c, h, w = (int(v) for v in torch.randint(1, 40, (4,), generator=g))
-            shape = (n, c) if trial % 4 == 0 else (n, c, h, w)
-            x = torch.randn(shape, generator=g) * 1e3
-            bias = torch.randn(c, generator=g) * 10
-            if trial % 5 == 0:  # special values, in both operands
-                x.view(-1)[:4] = torch.tensor([float("inf"), -0.0, float("nan"), 1e-45])
-                bias[0] = -0.0
-            expected = x + bias.reshape(1, -1, *([1] * (len(shape) - 2)))
-            out = ops.bias_add(x, bias)
-            assert out is x
-            assert torch.equal(_bits(out), _bits(expected)), shape
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    for trial in range(40):
+        n, c, h, w = (int(v) for v in torch.randint(1, 40, (4,), generator=g))
+        shape = (n, c) if trial % 4 == 0 else (n, c, h, w)
+        x = torch.randn(shape, generator=g) * 1e3
+        bias = torch.randn(c, generator=g) * 10
+        if trial % 5 == 0:  # special values, in both operands
+            x.view(-1)[:4] = torch.tensor([float("inf"), -0.0, float("nan"), 1e-45])
+            bias[0] = -0.0
+        expected = x + bias.reshape(1, -1, *([1] * (len(shape) - 2)))
+        out = ops.bias_add(x, bias)
+        assert out is x
+        assert torch.equal(_bits(out), _bits(expected)), shape
 
 
 @pytest.mark.parametrize(

@@ -19,27 +19,23 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_linear_equals_torch_bit_for_bit(threads):
+def test_linear_equals_torch_bit_for_bit(threads, torch_threads):
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for trial in range(60):
-            rows, size, features = (int(v) for v in torch.randint(1, 300, (3,), generator=g))
-            if trial % 3 == 0:  # spike-like: zeros and a threshold's multiples
-                x = (torch.rand(rows, size, generator=g) < 0.2).float() * 0.75
-            else:
-                x = torch.randn(rows, size, generator=g) * 10
-            weight = torch.randn(features, size, generator=g)
-            bias = torch.randn(features, generator=g) if trial % 2 else None
-            assert torch.equal(_bits(ops.linear(x, weight, bias)), _bits(F.linear(x, weight, bias))), (
-                rows,
-                size,
-                features,
-                bias is not None,
-            )
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    for trial in range(60):
+        rows, size, features = (int(v) for v in torch.randint(1, 300, (3,), generator=g))
+        if trial % 3 == 0:  # spike-like: zeros and a threshold's multiples
+            x = (torch.rand(rows, size, generator=g) < 0.2).float() * 0.75
+        else:
+            x = torch.randn(rows, size, generator=g) * 10
+        weight = torch.randn(features, size, generator=g)
+        bias = torch.randn(features, generator=g) if trial % 2 else None
+        assert torch.equal(_bits(ops.linear(x, weight, bias)), _bits(F.linear(x, weight, bias))), (
+            rows,
+            size,
+            features,
+            bias is not None,
+        )
 
 
 @pytest.mark.parametrize(

@@ -149,7 +149,7 @@ def test_building_a_program_is_kept_out_of_the_plan_s_call_times(monkeypatch):
 @pytest.mark.parametrize("build", [small, resnet], ids=["small_cnn", "resnet18"])
 @pytest.mark.parametrize("method,drive", [("qcfs", None), ("qffs", "settle"), ("qffs", "constant")])
 @pytest.mark.parametrize("n,threads", [(1, 1), (3, 1), (1, 2)])
-def test_call_lists_equal_the_ops(build, method, drive, n, threads):
+def test_call_lists_equal_the_ops(build, method, drive, n, threads, torch_threads):
     """From its second run a program runs as native call lists (the Python layers between them); each run, on fresh
     and running state, partly driven chunks and counted SOPs included, gives the ops' results bit for bit, while the
     lists' buffers serve programs of several shapes in turn."""
@@ -161,23 +161,19 @@ def test_call_lists_equal_the_ops(build, method, drive, n, threads):
     listed, plain = dcsim.Engine(net, count_ops=True), dcsim.Engine(net, count_ops=True)
     plain.call_lists = False
     readout = dcsim.Readout.paper(method, 2, steps, tau=0.5)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for seed in range(3):  # every program runs again on new inputs
-            x = dyadic_inputs(n, shape, seed=7 + seed)
-            x = x + 0.01 * torch.randn((n, *shape), generator=torch.Generator().manual_seed(8 + seed))
-            sa, sb = listed.start(x, blank=True), plain.start(x, blank=True)
-            done = 0
-            for k in (1, 3, 2, 1, 2):
-                ra = listed.advance(sa, k, steps, readout, 0.6, done=done)
-                rb = plain.advance(sb, k, steps, readout, 0.6, done=done)
-                done += k
-                _same_records(ra, rb)
-                for p, q in zip(sa.tensors()[:-1], sb.tensors()[:-1], strict=True):
-                    assert torch.equal(p, q)
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    for seed in range(3):  # every program runs again on new inputs
+        x = dyadic_inputs(n, shape, seed=7 + seed)
+        x = x + 0.01 * torch.randn((n, *shape), generator=torch.Generator().manual_seed(8 + seed))
+        sa, sb = listed.start(x, blank=True), plain.start(x, blank=True)
+        done = 0
+        for k in (1, 3, 2, 1, 2):
+            ra = listed.advance(sa, k, steps, readout, 0.6, done=done)
+            rb = plain.advance(sb, k, steps, readout, 0.6, done=done)
+            done += k
+            _same_records(ra, rb)
+            for p, q in zip(sa.tensors()[:-1], sb.tensors()[:-1], strict=True):
+                assert torch.equal(p, q)
     lists = [p._listed for p in listed._programs.values() if p._listed is not None]
     assert lists and all(p._listed is None for p in plain._programs.values())
     buffers = listed.list_buffers()  # shared by the programs: each as large as the largest program needs it

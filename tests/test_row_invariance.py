@@ -97,41 +97,35 @@ def _random_conv(rng: random.Random) -> tuple[Conv, torch.Tensor]:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_small_convs_give_the_large_batch_result(threads):
+def test_small_convs_give_the_large_batch_result(threads, torch_threads):
     """RowFloors on fresh random shapes (kernels 1-7, strides, padding, groups, layouts, threads): the rows of a
     call of 1-7 rows get their large-batch results, whether the geometry's calls run as they are or padded. On
     an AVX2 EPYC grouped 5x5 convs of few channels round otherwise at 1-5 rows; a fixed 2-row padding failed
     this test there."""
     rng = random.Random()
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        convs = row_floor.RowFloors()
-        for _ in range(40):
-            node, x = _random_conv(rng)
-            full = node.apply(x)
-            for r, n in ((0, 1), (1, 1), (2, 1), (3, 2), (5, 3), (8, 5), (10, 7)):
-                rows = x[r : r + n]
-                if (
-                    r == 2 and not x.is_contiguous()
-                ):  # channels_last: a 1-row view with sample stride C, as in the engine
-                    c, _, width = x.shape[1:]
-                    rows = torch.empty_strided(rows.shape, (c, 1, width * c, c)).copy_(rows)
-                assert row_floor.applies(rows)
-                out = convs(node, rows)
-                assert torch.equal(out, full[r : r + n]), (
-                    node,
-                    n,
-                    tuple(node.weight.shape),
-                    tuple(x.shape),
-                    x.stride(),
-                )
-                assert out.is_contiguous(memory_format=torch.channels_last) == full.is_contiguous(
-                    memory_format=torch.channels_last
-                )
-        assert 1 in convs.floors().values()  # most shapes run as they are
-    finally:
-        torch.set_num_threads(saved)
+    torch_threads(threads)
+    convs = row_floor.RowFloors()
+    for _ in range(40):
+        node, x = _random_conv(rng)
+        full = node.apply(x)
+        for r, n in ((0, 1), (1, 1), (2, 1), (3, 2), (5, 3), (8, 5), (10, 7)):
+            rows = x[r : r + n]
+            if r == 2 and not x.is_contiguous():  # channels_last: a 1-row view with sample stride C, as in the engine
+                c, _, width = x.shape[1:]
+                rows = torch.empty_strided(rows.shape, (c, 1, width * c, c)).copy_(rows)
+            assert row_floor.applies(rows)
+            out = convs(node, rows)
+            assert torch.equal(out, full[r : r + n]), (
+                node,
+                n,
+                tuple(node.weight.shape),
+                tuple(x.shape),
+                x.stride(),
+            )
+            assert out.is_contiguous(memory_format=torch.channels_last) == full.is_contiguous(
+                memory_format=torch.channels_last
+            )
+    assert 1 in convs.floors().values()  # most shapes run as they are
 
 
 def test_a_geometry_whose_small_calls_round_otherwise_is_padded_to_its_floor(monkeypatch):
