@@ -2,6 +2,7 @@
 #include "call_list.h"
 
 #include <climits>
+#include <cstddef>
 
 namespace dcsim {
 namespace {
@@ -14,10 +15,16 @@ T* resolve(const PointerRef& r, const int64_t* table) {
 
 }  // namespace
 
-void CallList::add(Call call, int refs) {
-  for (int r = 0; r < refs; ++r) {
-    if (call.refs[r].slot < -1) valid_ = false;
-    if (call.refs[r].slot > max_slot_) max_slot_ = call.refs[r].slot;
+void CallList::add(Call call, std::initializer_list<PointerRef> refs) {
+  if (refs.size() > static_cast<std::size_t>(kMaxRefs)) {  // not reached: each kind's add passes its own few
+    valid_ = false;
+    return;
+  }
+  int r = 0;
+  for (const PointerRef& ref : refs) {
+    if (ref.slot < -1) valid_ = false;
+    if (ref.slot > max_slot_) max_slot_ = ref.slot;
+    call.refs[r++] = ref;
   }
   calls_.push_back(call);
 }
@@ -25,63 +32,48 @@ void CallList::add(Call call, int refs) {
 void CallList::add_block_conv(BlockConvArgs a, PointerRef x, PointerRef weight, PointerRef bias, PointerRef out,
                               int threads, bool simd) {
   Call c;
-  c.kind = Kind::kBlockConv;
-  c.conv = a, c.threads = threads, c.simd = simd;
-  c.refs[0] = x, c.refs[1] = weight, c.refs[2] = bias, c.refs[3] = out;
-  add(c, 4);
+  c.kind = Kind::kBlockConv, c.conv = a, c.threads = threads, c.simd = simd;
+  add(c, {x, weight, bias, out});
 }
 
 void CallList::add_neuron_steps(NeuronStepsArgs a, PointerRef x, PointerRef x2, PointerRef u, PointerRef z,
                                 PointerRef out, PointerRef counts, PointerRef fanout, PointerRef sops,
                                 PointerRef counts_out, PointerRef sops_out, int threads) {
   Call c;
-  c.kind = Kind::kNeuronSteps;
-  c.neuron = a, c.threads = threads;
-  c.refs[0] = x, c.refs[1] = x2, c.refs[2] = u, c.refs[3] = z, c.refs[4] = out, c.refs[5] = counts;
-  c.refs[6] = fanout, c.refs[7] = sops, c.refs[8] = counts_out, c.refs[9] = sops_out;
-  add(c, 10);
+  c.kind = Kind::kNeuronSteps, c.neuron = a, c.threads = threads;
+  add(c, {x, x2, u, z, out, counts, fanout, sops, counts_out, sops_out});
 }
 
 void CallList::add_avg_pool_2x2(AvgPoolArgs a, PointerRef x, PointerRef out, int threads) {
   Call c;
-  c.kind = Kind::kAvgPool2x2;
-  c.pool = a, c.threads = threads;
-  c.refs[0] = x, c.refs[1] = out;
-  add(c, 2);
+  c.kind = Kind::kAvgPool2x2, c.pool = a, c.threads = threads;
+  add(c, {x, out});
 }
 
 void CallList::add_global_avg_pool(GlobalPoolArgs a, PointerRef x, PointerRef out, int threads) {
   Call c;
-  c.kind = Kind::kGlobalAvgPool;
-  c.global = a, c.threads = threads;
-  c.refs[0] = x, c.refs[1] = out;
-  add(c, 2);
+  c.kind = Kind::kGlobalAvgPool, c.global = a, c.threads = threads;
+  add(c, {x, out});
 }
 
 void CallList::add_output_step(OutputStepArgs a, PointerRef x, PointerRef sums, PointerRef steps, PointerRef pred,
                                PointerRef score, PointerRef exited, int threads) {
   Call c;
-  c.kind = Kind::kOutputStep;
-  c.output = a, c.threads = threads;
-  c.refs[0] = x, c.refs[1] = sums, c.refs[2] = steps, c.refs[3] = pred, c.refs[4] = score, c.refs[5] = exited;
-  add(c, 6);
+  c.kind = Kind::kOutputStep, c.output = a, c.threads = threads;
+  add(c, {x, sums, steps, pred, score, exited});
 }
 
 void CallList::add_linear(LinearArgs a, PointerRef x, PointerRef weight, PointerRef bias, PointerRef out) {
   Call c;
-  c.kind = Kind::kLinear;
-  c.linear = a;
-  c.refs[0] = x, c.refs[1] = weight, c.refs[2] = bias, c.refs[3] = out;
+  c.kind = Kind::kLinear, c.linear = a;
   if (a.rows > INT_MAX || a.in > INT_MAX || a.features > INT_MAX || a.sgemm == nullptr) valid_ = false;
-  add(c, 4);
+  add(c, {x, weight, bias, out});
 }
 
 void CallList::add_bias_add(BiasAddArgs a, PointerRef x, PointerRef bias, int threads) {
   Call c;
-  c.kind = Kind::kBiasAdd;
-  c.bias_add = a, c.threads = threads;
-  c.refs[0] = x, c.refs[1] = bias;
-  add(c, 2);
+  c.kind = Kind::kBiasAdd, c.bias_add = a, c.threads = threads;
+  add(c, {x, bias});
 }
 
 bool CallList::run(const int64_t* table, int64_t slots) const {
@@ -93,6 +85,7 @@ bool CallList::run(const int64_t* table, int64_t slots) const {
 int64_t CallList::run_until(const int64_t* table, int64_t slots, int64_t max_runs, PointerRef flag) const {
   if (!fits(slots) || flag.slot < -1 || flag.slot >= slots) return -1;
   const uint8_t* stop = resolve<const uint8_t>(flag, table);
+  if (stop == nullptr) return -1;
   int64_t runs = 0;
   while (runs < max_runs) {
     run_once(table);

@@ -1,11 +1,12 @@
 // A list of CPU kernel calls run one after the other in one native call: a chunk program's layers without the
 // Python between them (at batch 1 that Python, cold in the caches after each layer's kernel, cost as much as the
-// kernels of a one-step call of the zoo ResNet-18). The calls are the kernels' own (1, 2, 5, 6, 7) with the same
+// kernels of a one-step call of the zoo ResNet-18). The calls are the kernels' own (1, 2, 5-9) with the same
 // arguments, so the same bits. A pointer argument is an address, or a slot of the table given to each run plus
 // a byte offset: the tensors that change from run to run (the batch's state, the step record, values computed
 // in Python between two lists) are looked up there.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "avg_pool.h"
@@ -45,7 +46,7 @@ class CallList {
   bool run(const int64_t* table, int64_t slots) const;
   // The calls run again and again, at most max_runs times, until the byte at flag (resolved as the pointers are)
   // is nonzero after a run: a lone sample's steps until its exit. The runs made; -1, and no call made, where
-  // !fits(slots) or flag names a slot past the table.
+  // !fits(slots) or flag names a slot past the table or no address.
   int64_t run_until(const int64_t* table, int64_t slots, int64_t max_runs, PointerRef flag) const;
   int64_t size() const { return static_cast<int64_t>(calls_.size()); }
 
@@ -65,7 +66,8 @@ class CallList {
     BiasAddArgs bias_add{};
     PointerRef refs[kMaxRefs];
   };
-  void add(Call call, int refs);
+  // The call with its pointer references (in its kind's order), checked against the table's bounds at each run.
+  void add(Call call, std::initializer_list<PointerRef> refs);
   void run_once(const int64_t* table) const;
   std::vector<Call> calls_;
   int64_t max_slot_ = -1;  // the largest slot any reference names

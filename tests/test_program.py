@@ -222,8 +222,8 @@ def test_a_call_list_runs_its_kernels_on_the_table_s_addresses():
 
 def test_run_until_repeats_a_list_until_its_flag_is_set():
     """ops.run_until runs a list again and again until the byte at its flag is nonzero after a run (here an output
-    step's exit flag, set at max_steps), at most max_runs times; a flag or call past the table is refused, no call
-    made."""
+    step's exit flag, set at max_steps), at most max_runs times; a flag or call past the table, or a flag of no
+    address, is refused, no call made."""
     max_steps = int(torch.randint(2, 9, (1,)))
     x, sums = torch.randn(1, 10), torch.zeros(1, 10)
     steps = torch.zeros(1, dtype=torch.int32)
@@ -241,6 +241,8 @@ def test_run_until_repeats_a_list_until_its_flag_is_set():
         ops.run_until(calls, table, 5, (2, 0))
     with pytest.raises(IndexError, match="past the table of 1 addresses"):
         ops.run_until(calls, table[:1], 5, (0, 0))
+    with pytest.raises(IndexError, match="the flag has no address"):
+        ops.run_until(calls, table, 5, (-1, 0))
     assert int(steps) == max_steps  # no call ran
 
 

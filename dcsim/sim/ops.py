@@ -681,21 +681,27 @@ def sgemm_address() -> int | None:
         return None
 
 
-def _linear_shapes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[int, int, int]:
-    """(rows, in, features) of :func:`linear`'s arguments, checked."""
+def _linear_shapes(
+    x_shape: tuple[int, ...], weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[int, int, int, int]:
+    """(rows, in, features, sgemm's address) of :func:`linear` of an input of ``x_shape`` by weight and bias,
+    checked; RuntimeError where torch exports no sgemm."""
     cpu = torch.device("cpu")
-    for name, t in (("x", x), ("weight", weight)) + ((("bias", bias),) if bias is not None else ()):
+    for name, t in (("weight", weight),) + ((("bias", bias),) if bias is not None else ()):
         _check(name, _tensor(name, t), torch.float32, cpu)
         if not t.is_contiguous():
             raise ValueError(f"linear: {name} must be contiguous, got strides {t.stride()}")
-    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] or min(*x.shape, *weight.shape) < 1:
+    if len(x_shape) != 2 or weight.dim() != 2 or x_shape[1] != weight.shape[1] or min(*x_shape, *weight.shape) < 1:
         raise ValueError(
-            f"linear: x must be [rows, in] and weight [features, in], all sizes >= 1; got x {tuple(x.shape)}, "
+            f"linear: x must be [rows, in] and weight [features, in], all sizes >= 1; got x {tuple(x_shape)}, "
             f"weight {tuple(weight.shape)}"
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"linear: bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
-    return x.shape[0], x.shape[1], weight.shape[0]
+    sgemm = sgemm_address()
+    if sgemm is None:
+        raise RuntimeError("linear: torch's CPU library exports no sgemm_ (kernel 8 calls the BLAS torch calls)")
+    return x_shape[0], x_shape[1], weight.shape[0], sgemm
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -706,10 +712,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     x: float32 [rows, in]; weight: float32 [features, in]; bias: float32 [features] or None; all contiguous, on the
     CPU. Returns a new float32 [rows, features]. RuntimeError where torch's library exports no sgemm.
     """
-    rows, size, features = _linear_shapes(x, weight, bias)
-    sgemm = sgemm_address()
-    if sgemm is None:
-        raise RuntimeError("linear: torch's CPU library exports no sgemm_ (kernel 8 calls the BLAS torch calls)")
+    _check("x", _tensor("x", x), torch.float32, torch.device("cpu"))
+    if not x.is_contiguous():
+        raise ValueError(f"linear: x must be contiguous, got strides {x.stride()}")
+    rows, size, features, sgemm = _linear_shapes(tuple(x.shape), weight, bias)
     out = torch.empty((rows, features), dtype=torch.float32)
     ok = _core().linear(
         rows,
@@ -901,8 +907,8 @@ class BoundBlockConv:
 
 def call_list() -> Any:
     """A new empty list of CPU kernel calls (``dcsim._core.CallList``, csrc/call_list.h): calls are appended by the
-    bound calls' ``list_into`` and :func:`list_avg_pool_2x2`, :func:`list_global_avg_pool`, each pointer a
-    :data:`Ref`; :func:`run_calls` makes them. For :class:`dcsim.sim.program.ChunkProgram`."""
+    bound calls' ``list_into`` and :func:`list_avg_pool_2x2`, :func:`list_global_avg_pool`, :func:`list_linear`,
+    :func:`list_bias_add`, each pointer a :data:`Ref`; :func:`run_calls` and :func:`run_until` make them. For :class:`dcsim.sim.program.ChunkProgram`."""
     return _core().CallList()
 
 
@@ -916,10 +922,13 @@ def run_calls(calls: Any, table: list[int]) -> None:
 def run_until(calls: Any, table: list[int], max_runs: int, flag: Ref) -> int:
     """The calls of a :func:`call_list` run again and again in one native call, at most ``max_runs`` times, until the
     byte at ``flag`` (a :data:`Ref`: a lone sample's exit flag in the step record) is nonzero after a run; returns the
-    runs made. IndexError (no call made) where a slot is past the table."""
+    runs made. IndexError (no call made) where a slot is past the table or the flag has no address."""
     runs = calls.run_until(table, max_runs, flag)
     if runs < 0:
-        raise IndexError(f"run_until: a call or the flag reads a slot past the table of {len(table)} addresses")
+        raise IndexError(
+            f"run_until: a call or the flag reads a slot past the table of {len(table)} addresses, or the flag has "
+            "no address"
+        )
     return int(runs)
 
 
@@ -934,10 +943,7 @@ def list_linear(
     """Append :func:`linear` of a float32 [rows, in] input at x (contiguous) into [rows, features] at out to a
     :func:`call_list`; the weight [features, in] and bias [features] (or None) are read at their addresses (the caller
     keeps them alive). RuntimeError where torch exports no sgemm."""
-    _, size, features = _linear_shapes(torch.empty(rows, weight.shape[1]), weight, bias)
-    sgemm = sgemm_address()
-    if sgemm is None:
-        raise RuntimeError("list_linear: torch's CPU library exports no sgemm_")
+    _, size, features, sgemm = _linear_shapes((rows, weight.shape[1]), weight, bias)
     bias_ref = (-1, 0 if bias is None else bias.data_ptr())
     calls.linear(rows, size, features, x, (-1, weight.data_ptr()), bias_ref, out, sgemm)
 
