@@ -13,6 +13,10 @@ process-CPU ms per inference with min and max over the rounds (``unstable`` wher
 exceeds 10%), the step saving, the spike saving (the share of the spikes DC leaves out: what event-driven
 convs, whose time follows the spikes, can save), the wall-clock and CPU savings, and their ratios to the step
 saving (and the wall-clock saving's to the spike saving).
+``--ideal`` also times, in the same rounds, the no-DC run cut at each step below T at which some sample
+stops, and reports the saving of an ideal DC (``dcsim.workflows.benchmark.ideal_saving``: each sample runs
+exactly its steps at the no-DC run's cost per step and sample) over the step saving (the most any DC reaches
+on these step costs: under QFFS the late steps cost less than the first) and DC's saving over it.
 The wall-clock saving is paired by round (``paired_saving``: the median over the rounds of each round's
 saving, min and max beside it); the JSON keeps every round's wall times.
 ``--batches-per-call K`` times K batches per call at batch sizes above 1 (default 1), which steadies short calls.
@@ -36,7 +40,7 @@ import torch
 from zoo_setup import Case, arguments, early_exit_run, load_cases, machine
 
 from dcsim.sim.engine import Engine
-from dcsim.workflows.benchmark import interleaved, paired_saving, spike_saving, spread
+from dcsim.workflows.benchmark import cut_steps, ideal_saving, interleaved, paired_saving, spike_saving, spread
 from dcsim.workflows.processes import in_fresh_processes, over_processes
 
 TEST_IMAGES = 512
@@ -69,6 +73,11 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="fresh worker processes, run one after another; rows report the median over them",
+    )
+    p.add_argument(
+        "--ideal",
+        action="store_true",
+        help="also time the no-DC run cut at each exit step below T and report an ideal DC's saving (more runs a round)",
     )
     p.add_argument("--json", type=Path)
     return p
@@ -103,7 +112,7 @@ def worker_command(args: argparse.Namespace, json_path: Path) -> list[str]:
         ("--json", json_path),
     ):
         command += [flag, str(value)]
-    return [*command, "--methods", *args.methods, "--qcfs-stem", args.qcfs_stem]
+    return [*command, "--methods", *args.methods, "--qcfs-stem", args.qcfs_stem, *(["--ideal"] if args.ideal else [])]
 
 
 def plan_cell(row: dict) -> str:
@@ -116,6 +125,17 @@ def plan_cell(row: dict) -> str:
     )
 
 
+def ideal_cell(row: dict) -> str:
+    """An ideal DC's saving over the step saving and DC's saving over the ideal's (median over processes), or '-'
+    where the rows were timed without --ideal."""
+    if "ideal_ratio" not in row:
+        return "-"
+    return " / ".join(
+        "-" if row[k]["median"] is None else f"{row[k]['median']:.2f} [{row[k]['min']:.2f}-{row[k]['max']:.2f}]"
+        for k in ("ideal_ratio", "of_ideal")
+    )
+
+
 def across_processes(args: argparse.Namespace) -> None:
     """Run the measurement in ``args.processes`` fresh processes, one after another, and print and save per row
     the median, min and max over the processes of the wall ratio (DC now) and of the ms per inference."""
@@ -123,9 +143,10 @@ def across_processes(args: argparse.Namespace) -> None:
     print(f"\n{args.processes} processes, {args.rounds} rounds each; median [min-max] over the processes")
     print(
         "| network | method | batch | step saving | spike saving | ms/inf no DC | ms/inf DC | wall ratio | "
-        "wall saving / spike saving | per process | batch 1: the plan's ratio, calls only / predicted |"
+        "wall saving / spike saving | per process | batch 1: the plan's ratio, calls only / predicted | "
+        "ideal DC's ratio / DC's saving over the ideal's |"
     )
-    print("|---" * 11 + "|")
+    print("|---" * 12 + "|")
     rows = []
     for rows_i in zip(*(d["rows"] for d in per_process), strict=True):
         first = rows_i[0]
@@ -146,6 +167,9 @@ def across_processes(args: argparse.Namespace) -> None:
         }
         if "plan" in first:
             row["plan"] = {k: over_processes([r["plan"][k] for r in rows_i]) for k in ("calls_only", "predicted")}
+        for key in ("ideal_ratio", "of_ideal"):
+            if key in first:
+                row[key] = over_processes([r[key] for r in rows_i])
         rows.append(row)
         print(
             f"| {row['network']} | {row['method']} T={first['steps']} | {row['batch']} | "
@@ -153,7 +177,7 @@ def across_processes(args: argparse.Namespace) -> None:
             f"{ms['dc_now']['median']:.3f} | "
             f"**{ratio['median']:.2f}** [{ratio['min']:.2f}-{ratio['max']:.2f}]{' unstable' if ratio['unstable'] else ''} | "
             f"{'-' if to_spikes['median'] is None else format(to_spikes['median'], '.2f')} | "
-            f"{' / '.join(format(r['wall_ratio']['dc_now'], '.2f') for r in rows_i)} | {plan_cell(row)} |",
+            f"{' / '.join(format(r['wall_ratio']['dc_now'], '.2f') for r in rows_i)} | {plan_cell(row)} | {ideal_cell(row)} |",
             flush=True,
         )
     if args.json:
@@ -205,6 +229,9 @@ def measure(args: argparse.Namespace) -> None:
             res = {k: fn() for k, fn in fns.items()}
             for field in ("pred", "exit_step", "conf", "spikes"):
                 assert torch.equal(getattr(res["dc_before"], field), getattr(res["dc_now"], field)), field
+            cuts = cut_steps(res["dc_now"].exit_step, case.steps) if args.ideal else []
+            for t in cuts:  # the no-DC run cut at t steps, for the ideal DC's saving
+                fns[f"cut_{t}"] = early_exit_run(engine, case, x, batch, 1.0, None, steps=t)
             times = interleaved(fns, torch.device("cpu"), args.rounds)
             steps = {k: float(r.exit_step.float().mean()) for k, r in res.items()}
             step_saving = 1 - steps["dc_now"] / steps["no_dc"]
@@ -246,6 +273,21 @@ def measure(args: argparse.Namespace) -> None:
             }
             if batch == 1:
                 row["plan"] = plan_bound(engine, case, ms["no_dc"], per)
+            if args.ideal:
+                ideal = spread(
+                    [
+                        ideal_saving(
+                            res["dc_now"].exit_step,
+                            case.steps,
+                            {t: times[f"cut_{t}"]["wall"][r] for t in cuts},
+                            times["no_dc"]["wall"][r],
+                        )
+                        for r in range(args.rounds)
+                    ]
+                )
+                row["ideal_saving"] = {k: ideal[k] for k in ("median", "min", "max")}
+                row["ideal_ratio"] = ideal["median"] / per
+                row["of_ideal"] = saving["dc_now"] / ideal["median"] if ideal["median"] > 0 else None
             rows.append(row)
             print(
                 f"| {case.name} | {case.method} T={case.steps} | {batch} | {steps['no_dc']:.2f} / {steps['dc_now']:.2f} | "
@@ -265,6 +307,14 @@ def measure(args: argparse.Namespace) -> None:
                 print(
                     f"  the plan: ms in calls no DC / DC {plan['calls_ms']['no_dc']:.3f} / {plan['calls_ms']['dc_now']:.3f}, "
                     f"rest {plan['rest_ms']:.3f}; ratio calls only {plan['calls_only']:.2f}, predicted {plan['predicted']:.2f}",
+                    flush=True,
+                )
+            if args.ideal:
+                print(
+                    f"  an ideal DC (no-DC runs cut at {cuts}): wall saving {100 * row['ideal_saving']['median']:.1f}% "
+                    f"[{100 * row['ideal_saving']['min']:.1f}-{100 * row['ideal_saving']['max']:.1f}%], "
+                    f"{row['ideal_ratio']:.2f} of the step saving; DC's saving "
+                    f"{'-' if row['of_ideal'] is None else format(row['of_ideal'], '.2f')} of it",
                     flush=True,
                 )
     if args.json:

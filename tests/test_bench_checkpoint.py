@@ -11,7 +11,16 @@ from dcsim.cli import EXIT_OK, main
 from dcsim.data import load_digits_splits
 from dcsim.io.checkpoint import save_checkpoint
 from dcsim.models import build_model
-from dcsim.workflows.benchmark import BATCH1_INPUTS, interleaved, markdown, paired_saving, spike_saving, spread
+from dcsim.workflows.benchmark import (
+    BATCH1_INPUTS,
+    cut_steps,
+    ideal_saving,
+    interleaved,
+    markdown,
+    paired_saving,
+    spike_saving,
+    spread,
+)
 
 
 def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
@@ -62,6 +71,41 @@ def test_spike_saving_is_the_share_of_spikes_left_out():
     assert spike_saving(full, full) == 0.0
     silent = SimpleNamespace(spikes=torch.zeros(2, 2, dtype=torch.int64))
     assert spike_saving(silent, silent) == 0.0  # nothing to save, not "everything saved"
+
+
+def test_ideal_saving_skips_each_samples_unneeded_steps_at_the_no_dc_cost():
+    exits = torch.tensor([2, 1, 4, 2])  # T = 4: the runs cut at 1 and 2 steps are needed, not at 3
+    assert cut_steps(exits, 4) == [1, 2]
+    # step 1 for all (1.0 s), step 2 for 3 of 4 (0.8 s), steps 3-4 for 1 of 4 (1.2 s) of the 3.0 s run
+    assert ideal_saving(exits, 4, {1: 1.0, 2: 1.8}, 3.0) == pytest.approx(1 - (1.0 + 0.75 * 0.8 + 0.25 * 1.2) / 3.0)
+    assert ideal_saving(torch.tensor([4, 4]), 4, {}, 3.0) == 0.0  # no sample stops early: nothing to save
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ideal_saving_is_the_step_saving_where_every_step_costs_the_same(seed):
+    g = torch.Generator().manual_seed(seed)
+    steps = int(torch.randint(2, 30, (1,), generator=g))
+    exits = torch.randint(1, steps + 1, (int(torch.randint(1, 50, (1,), generator=g)),), generator=g)
+    per_step = float(torch.rand(1, generator=g)) + 0.1
+    cuts = {t: t * per_step for t in cut_steps(exits, steps)}
+    step_saving = 1 - float(exits.double().mean()) / steps
+    assert ideal_saving(exits, steps, cuts, steps * per_step) == pytest.approx(step_saving, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "exits, cuts, full, match",
+    [
+        ([1, 4], {}, 2.0, "cut at steps \\[1\\]"),
+        ([1, 4], {1: 0.5, 2: 1.0}, 2.0, "cut at steps \\[1\\]"),
+        ([0, 4], {}, 2.0, "exit_step must hold steps in 1..4"),
+        ([5], {}, 2.0, "exit_step must hold steps in 1..4"),
+        ([], {}, 2.0, "exit_step must hold"),
+        ([4], {}, 0.0, "full_seconds must be > 0"),
+    ],
+)
+def test_ideal_saving_refuses_what_does_not_describe_one_run(exits, cuts, full, match):
+    with pytest.raises(ValueError, match=match):
+        ideal_saving(torch.tensor(exits, dtype=torch.int64), 4, cuts, full)
 
 
 def test_spread_flags_rows_whose_rounds_differ_by_more_than_ten_percent():

@@ -43,6 +43,7 @@ def test_worker_command_repeats_every_option(table2, tmp_path):
         "2",
         "--processes",
         "4",
+        "--ideal",
         "--json",
         str(tmp_path / "out.json"),
     ]

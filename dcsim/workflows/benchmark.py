@@ -120,6 +120,42 @@ def spike_saving(full: ExitResult, early: ExitResult) -> float:
     return 1 - float(early.spikes.sum()) / total if total > 0 else 0.0
 
 
+def cut_steps(exit_step: torch.Tensor, steps: int) -> list[int]:
+    """The steps below T at which some sample of an early-exit run stops (exit_step int64 [N], T = ``steps``):
+    the lengths of the no-DC runs that :func:`ideal_saving` needs, increasing."""
+    return sorted({int(s) for s in exit_step.tolist()} - {steps})
+
+
+def ideal_saving(exit_step: torch.Tensor, steps: int, cut_seconds: dict[int, float], full_seconds: float) -> float:
+    """The wall saving of an ideal Dynamic Confidence on one round: each sample runs exactly its steps at the
+    no-DC run's cost per step and sample, with no exit decision, compaction or call of its own.
+
+    exit_step: int64 [N], the samples' exit steps in 1..T (T = ``steps``); cut_seconds: for each step t of
+    :func:`cut_steps`, the seconds of the same no-DC run cut at t steps (the same N samples, batch size and
+    engine); full_seconds: the seconds of the no-DC run of T steps. Between two exit steps e' < e the samples
+    still running are those with exit >= e, so the ideal run costs the sum over the exit steps e of
+    (share of samples with exit >= e) * (run cut at e - run cut at e'). At batch 1 this is the run in which
+    each sample is one call of exactly its exit steps (the oracle); at larger batches it takes a step's cost
+    to fall with its rows in proportion. A bound for DC, not a measurement of it: DC's own wall saving over
+    this is the share of the reachable saving it reaches.
+    """
+    if full_seconds <= 0:
+        raise ValueError(f"full_seconds must be > 0, got {full_seconds!r}")
+    exits = [int(s) for s in exit_step.tolist()]
+    if not exits or min(exits) < 1 or max(exits) > steps:
+        raise ValueError(f"exit_step must hold steps in 1..{steps}, got {sorted(set(exits))}")
+    needed = cut_steps(exit_step, steps)
+    if sorted(cut_seconds) != needed:
+        raise ValueError(f"cut_seconds must time the runs cut at steps {needed}, got {sorted(cut_seconds)}")
+    at = {**cut_seconds, steps: full_seconds}
+    cost, before = 0.0, 0.0
+    for e in [*needed, steps]:
+        running = sum(1 for s in exits if s >= e) / len(exits)
+        cost += running * (at[e] - before)
+        before = at[e]
+    return 1 - cost / full_seconds
+
+
 def graphed_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Best wall time in seconds of ``fn`` captured once as a CUDA graph and replayed: its kernels alone,
     with no launch overhead (warm-up with cuDNN autotuning, capture without; full float32)."""
