@@ -42,9 +42,10 @@ def test_compact_rows_in_place_equals_reference_and_keeps_the_running_rows(seed)
     n = int(torch.randint(1, 40, (1,), generator=g))
     alive = torch.rand(n, generator=g) < float(torch.rand(1, generator=g))
     alive[int(torch.randint(0, n, (1,), generator=g))] = True
-    keep, moved = _fill_holes(alive, int(alive.sum()))
-    assert sorted(keep.tolist()) == torch.nonzero(alive).squeeze(1).tolist()
+    keep, moved = _fill_holes(alive.tolist(), int(alive.sum()))
+    assert sorted(keep) == torch.nonzero(alive).squeeze(1).tolist()
     assert moved == int((~alive[: int(alive.sum())]).sum())
+    keep = torch.tensor(keep, dtype=torch.int64)
     ts = _state_like(n, g)
     native = ops.compact_rows_([t.clone() for t in ts], keep)
     ref = reference.compact_rows_([t.clone() for t in ts], keep)
@@ -61,6 +62,41 @@ def test_compact_rows_in_place_reuses_memory_and_checks_its_index():
     for bad in ([0, 1, 1], [1, 0], [0, 3, 3], [0, 9]):  # a kept row overwritten, a row used twice, out of range
         with pytest.raises(ValueError, match="index"):
             ops.compact_rows_([torch.zeros(6, 2)], torch.tensor(bad))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_in_place_compaction_over_a_run_equals_the_reference_call_after_call(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    n = int(torch.randint(2, 40, (1,), generator=g))
+    ts = _state_like(n, g)
+    native, ref = ([t.clone() for t in ts] for _ in range(2))
+    compact, compact_ref = ops.InPlaceCompaction(native), reference.InPlaceCompaction(ref)
+    expected = [t.clone() for t in ts]
+    alive = [True] * n
+    while sum(alive) > 1:  # rows finish, at random, until one is left
+        alive = [a and bool(torch.rand(1, generator=g) < 0.7) for a in alive]
+        alive[int(torch.randint(0, len(alive), (1,), generator=g))] = True
+        keep, _ = _fill_holes(alive, sum(alive))
+        out, out_ref = compact(keep), compact_ref(keep)
+        expected = [t[keep] for t in expected]
+        for a, b, e, t in zip(out, out_ref, expected, ts, strict=True):
+            assert torch.equal(a, e) and torch.equal(b, e)
+            assert a.stride() == t.stride()  # a prefix view of the same layout
+        alive = [True] * len(keep)
+    assert compact.rows == 1
+    with pytest.raises(ValueError, match="fill it from a row in \\[2, 1\\)"):
+        compact([0, 1])  # more rows than the last call left
+
+
+def test_in_place_compaction_refuses_what_it_cannot_compact():
+    for bad, match in (
+        ([], "at least one tensor"),
+        ([torch.zeros(3, 2), torch.zeros(4, 2)], "tensors\\[1\\] must have 3 rows"),
+        ([torch.zeros(3, 4)[:, ::2]], "contiguous"),
+        ([torch.zeros(3, 2), 5], "tensors\\[1\\] must be a torch.Tensor"),
+    ):
+        with pytest.raises((ValueError, TypeError), match=match):
+            ops.InPlaceCompaction(bad)
 
 
 def test_owned_copies_the_values_that_share_memory_with_the_inputs_or_an_earlier_value():

@@ -497,15 +497,6 @@ class Engine:
         """The state of the rows ``keep`` (int64 [n_keep], increasing), gathered in one pass."""
         return state.replace_tensors(self.kernels.gather_rows(state.tensors(), keep))
 
-    def compact_(self, state: BatchState, keep: torch.Tensor) -> BatchState:
-        """:meth:`compact` in place (CPU): row r of every state tensor becomes its row keep[r] (int64 [n_keep]:
-        r itself, or a running row past n_keep that fills a finished one, see :func:`dcsim.sim.ops.compact_rows_`).
-
-        The state's own memory is reused (nothing allocated) and only the filled rows are copied. The
-        state must own its tensors: none may share memory with another or with the caller's inputs.
-        """
-        return state.replace_tensors(self.kernels.compact_rows_(state.tensors(), keep))
-
     def refill(self, state: BatchState, rows: torch.Tensor, x: torch.Tensor, ids: torch.Tensor) -> None:
         """Load the inputs x float32 [k, ...] (ids int64 [k]) into the rows ``rows`` (int64 [k]) of ``state``, in place.
 
@@ -807,7 +798,7 @@ class Engine:
         """Live Dynamic Confidence: each sample stops at the first step whose score is > threshold, or at T.
 
         Finished samples are compacted out of the batch, so later steps compute only on survivors.
-        compact_fraction: None (default): on the CPU, compact in place (:meth:`compact_`) whenever the
+        compact_fraction: None (default): on the CPU, compact in place (:class:`dcsim.sim.ops.InPlaceCompaction`) whenever the
         measured cost model of :mod:`dcsim.sim.compaction` says it pays before T; elsewhere at every exit.
         A number: compact (by a gather, :meth:`compact`) once at least this fraction of the rows has
         finished (0: at every exit; 1: never, a masked fixed batch). Finished rows left in the batch
@@ -860,28 +851,36 @@ class Engine:
                 continue
             if cost_model and state.n > 1:  # a lone row is never compacted: the run ends when it does
                 state.static = _owned(state.static, x)
+                compaction = self.kernels.InPlaceCompaction(state.tensors())
                 row_bytes = sum(t.element_size() * (t.numel() // state.n) for t in state.tensors())
-            alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
+            alive = [True] * state.n  # per row of the state: still running (plain lists: the rows are few)
             ran = 0
             while state.n:
                 k = min(self.steps_at_once(chunk or 1, state.n), steps - ran)
                 t0 = time.perf_counter()
                 rec = self.advance(state, k, steps, readout, threshold, done=ran)
                 ran += k
-                exited = rec.exited.bool() & alive  # [k, n]: first exits of rows still running
-                done = exited.any(dim=0)
-                if bool(done.any()):  # a host sync
-                    rows = torch.nonzero(done).squeeze(1)
-                    first = exited[:, rows].to(torch.uint8).argmax(dim=0)  # first exit step in the chunk
-                    ids = state.ids[rows]
-                    pred[ids] = rec.pred[first, rows]
-                    exit_step[ids] = rec.steps[first, rows].to(torch.int64)
-                    conf[ids] = rec.score[first, rows]
-                    spikes[ids] = rec.counts[:, first, rows].T
+                flags = rec.exited.tolist()  # [k][n]: a host sync
+                rows, first = [], []  # the rows still running that exit in the chunk, and the step of the first exit
+                for r in range(state.n):
+                    if alive[r]:
+                        t = next((t for t in range(k) if flags[t][r]), None)
+                        if t is not None:
+                            rows.append(r)
+                            first.append(t)
+                if rows:
+                    at = torch.tensor(rows, device=self.device)
+                    step = torch.tensor(first, device=self.device)
+                    ids = state.ids[at]
+                    pred[ids] = rec.pred[step, at]
+                    exit_step[ids] = rec.steps[step, at].to(torch.int64)
+                    conf[ids] = rec.score[step, at]
+                    spikes[ids] = rec.counts[:, step, at].T
                     if rec.sops is not None:
-                        ops_[ids] = rec.sops[:, first, rows].T
-                    alive &= ~done
-                n_alive = int(alive.sum())  # a host sync: the step's time is known now
+                        ops_[ids] = rec.sops[:, step, at].T
+                    for r in rows:
+                        alive[r] = False
+                n_alive = alive.count(True)
                 step_seconds = (time.perf_counter() - t0) / k
                 finished = state.n - n_alive
                 if finished == state.n:
@@ -890,12 +889,13 @@ class Engine:
                     keep, moved = _fill_holes(alive, n_alive)
                     if self._compaction.pays(finished, state.n, steps - ran, step_seconds, moved * row_bytes):
                         t0 = time.perf_counter()
-                        state = self.compact_(state, keep)
+                        state = state.replace_tensors(compaction(keep))
                         self._compaction.observe(moved * row_bytes, time.perf_counter() - t0)
-                        alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
+                        alive = [True] * n_alive
                 elif finished and finished >= fraction * state.n:
-                    state = self.compact(state, torch.nonzero(alive).squeeze(1))
-                    alive = torch.ones(state.n, dtype=torch.bool, device=self.device)
+                    running = [r for r in range(state.n) if alive[r]]
+                    state = self.compact(state, torch.tensor(running, device=self.device))
+                    alive = [True] * n_alive
         neurons, layers = self._layers(x)
         return ExitResult(
             pred.cpu(),
@@ -1023,7 +1023,8 @@ class Engine:
 
 def _owned(values: dict[int, torch.Tensor], x: torch.Tensor) -> dict[int, torch.Tensor]:
     """values (the static layers' [n, ...]) with a copy of each one that shares memory with the inputs x or
-    with an earlier value, so that compacting each in place (:meth:`Engine.compact_`) moves its rows once."""
+    with an earlier value, so that compacting each in place (:class:`dcsim.sim.ops.InPlaceCompaction`) moves its rows
+    once."""
     seen = {x.untyped_storage().data_ptr()}
     out = {}
     for i, v in values.items():
@@ -1032,16 +1033,17 @@ def _owned(values: dict[int, torch.Tensor], x: torch.Tensor) -> dict[int, torch.
     return out
 
 
-def _fill_holes(alive: torch.Tensor, n_alive: int) -> tuple[torch.Tensor, int]:
-    """The in-place compaction index of the running rows (alive: bool [n]) and how many rows it moves.
+def _fill_holes(alive: list[bool], n_alive: int) -> tuple[list[int], int]:
+    """The in-place compaction index of the running rows (alive: one bool a row) and how many rows it moves.
 
-    Returns keep int64 [n_alive]: keep[r] = r where row r < n_alive runs; each finished row among the
-    first n_alive is filled by a running row past n_alive, in increasing order (see :func:`dcsim.sim.ops.compact_rows_`).
+    Returns keep, n_alive rows: keep[r] = r where row r < n_alive runs; each finished row among the first n_alive
+    is filled by a running row past n_alive, in increasing order (see :class:`dcsim.sim.ops.InPlaceCompaction`).
     """
-    keep = torch.arange(n_alive, device=alive.device)
-    holes = torch.nonzero(~alive[:n_alive]).squeeze(1)
-    keep[holes] = torch.nonzero(alive[n_alive:]).squeeze(1) + n_alive
-    return keep, int(holes.numel())
+    keep = list(range(n_alive))
+    holes = [r for r in range(n_alive) if not alive[r]]
+    for hole, row in zip(holes, (r for r in range(n_alive, len(alive)) if alive[r]), strict=False):
+        keep[hole] = row
+    return keep, len(holes)
 
 
 def _resolve_device(device: torch.device | str) -> torch.device:

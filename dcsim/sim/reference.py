@@ -177,6 +177,17 @@ def compact_rows_(tensors: list[torch.Tensor], index: torch.Tensor) -> list[torc
     return [t[:n] for t in tensors]
 
 
+class InPlaceCompaction:
+    """The reference of :class:`dcsim.sim.ops.InPlaceCompaction`: :func:`compact_rows_` of the same tensors, call
+    after call (keep: the source row of each row left, a list)."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        self._tensors = list(tensors)
+
+    def __call__(self, keep: list[int]) -> list[torch.Tensor]:
+        return compact_rows_(self._tensors, torch.tensor(keep, dtype=torch.int64, device=self._tensors[0].device))
+
+
 def spike_conv2d(
     x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int], padding: tuple[int, int]
 ) -> torch.Tensor:
