@@ -528,7 +528,7 @@ class InPlaceCompaction:
             raise ValueError("InPlaceCompaction needs at least one tensor")
         self.device = _tensor("tensors[0]", tensors[0]).device
         if self.device.type != "cpu":
-            raise ValueError(f"compact_rows_ runs on the CPU, got tensors on {self.device}")
+            raise ValueError(f"in-place compaction runs on the CPU, got tensors on {self.device}")
         self.rows = tensors[0].shape[0] if tensors[0].dim() else 0
         for i, t in enumerate(tensors):
             _check(f"tensors[{i}]", t, _tensor(f"tensors[{i}]", t).dtype, self.device)
