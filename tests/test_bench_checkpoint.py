@@ -60,9 +60,34 @@ def test_bench_checkpoint_rows(tmp_path, checkpoint_meta):
         ratio = r["time_saving_over_spike_saving"]
         assert ratio is None if r["spike_saving"] == 0 else ratio == pytest.approx(r["time_saving"] / r["spike_saving"])
     assert any(r["spike_saving"] > 0 for r in early)
+    assert not any("ideal_saving" in r for r in rows)  # timed with --ideal only
     rows[1]["unstable"] = True
     table = markdown(rows).splitlines()
     assert "unstable" not in table[2] and "unstable" in table[3]
+
+
+def test_bench_ideal_times_the_full_run_cut_at_each_exit_step(tmp_path):
+    out = tmp_path / "b.json"
+    argv = f"bench --quick --models small_cnn --batches 8 --repeats 2 --spike-convs off --ideal --json {out}"
+    assert main(argv.split()) == EXIT_OK
+    rows = json.loads(out.read_text())["rows"]
+    early = [r for r in rows if r["mode"] == "early_exit"]
+    assert {r["method"] for r in early} == {"qcfs", "qffs"}
+    for r in early:
+        assert r["ideal_saving_min"] <= r["ideal_saving"] <= r["ideal_saving_max"] < 1
+        assert r["ideal_saving_over_step_saving"] == pytest.approx(r["ideal_saving"] / r["step_saving"])
+        of_ideal = r["time_saving_over_ideal_saving"]
+        assert (
+            of_ideal is None
+            if r["ideal_saving"] <= 0
+            else of_ideal == pytest.approx(r["time_saving"] / r["ideal_saving"])
+        )
+    full_row, early_row = markdown(rows).splitlines()[2:4]
+    assert full_row.count("|") == early_row.count("|") == 23  # 22 columns, the ideal's among them
+    ideal_cell = early_row.split("|")[-5].strip()
+    assert ideal_cell == f"{early[0]['ideal_saving_over_step_saving']:.2f} / " + (
+        "-" if early[0]["time_saving_over_ideal_saving"] is None else f"{early[0]['time_saving_over_ideal_saving']:.2f}"
+    )
 
 
 def test_spike_saving_is_the_share_of_spikes_left_out():

@@ -134,7 +134,7 @@ BENCH = [  # the first two exclude each other
     ("--masked", ON, None, "with graphs: also time a masked fixed batch (no compaction) beside the bucketed one"),
     ("--precision", PREC, ["fp32"], "engine conv/linear precisions to time (all but fp32 reduced)", MANY),
     ("--spike-convs", ONOFF, None, "event-driven convs of spike maps (float32, CPU), dense, or both (default: both on cpu)", MANY),
-    ("--batches", int, None, "batch sizes of every case (default: 1 and 32 on a CPU, 1 and 256 on a GPU)", MANY),
+    ("--batches", int, None, "batch sizes of every case (default: 1 and 32 on a CPU, 1 and 256 on a GPU)", MANY), ("--ideal", ON, None, "also time the full run cut at each exit step: an ideal early exit's saving beside the real one"),
     ("--checkpoint", Path, None, "also time this trained net (file, zoo) on --dataset test images, by a random twin"), STEM,
     *DATA, ("--stream", int, None, "also time SLOTS streaming slots vs static batches of SLOTS", {"metavar": "SLOTS"})]
 COMMANDS: dict[str, tuple[str, dict[str, Any], list[tuple]]] = {  # name: (help, defaults, flags)

@@ -38,7 +38,8 @@ ROW_IDENTITY = ("model", "method", "stem", "batch", "mode", "engine", "chunk", "
 TIMED_FIELDS = (
     "ms_per_inference", "cpu_ms_per_inference", "ms_per_step", "ann_ms_per_inference", "ann_graph_ms_per_inference",
     "ratio_to_ann_per_step", "ratio_to_ann_graph_per_step", "reference_ms_per_inference", "speedup_vs_reference",
-    "time_saving", "time_saving_over_step_saving", "time_saving_over_spike_saving",
+    "time_saving", "time_saving_over_step_saving", "time_saving_over_spike_saving", "ideal_saving",
+    "ideal_saving_over_step_saving", "time_saving_over_ideal_saving",
 )  # fmt: skip
 """A row's fields that are times or ratios of times: their median over the processes."""
 
@@ -116,6 +117,7 @@ def bench(opts: BenchOptions, data: DataOptions, world: World) -> dict:
                     spike_convs=spikes,
                     network=networks.get(model),
                     stem=opts.stem(method),
+                    ideal=opts.ideal,
                 )
             except RuntimeError as err:  # report the case and go on with the others
                 errors.append({**case, "error": str(err).splitlines()[0]})

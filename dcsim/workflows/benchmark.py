@@ -233,6 +233,7 @@ def bench_case(
     network: tuple[torch.nn.Module, torch.Tensor, str] | None = None,
     threads: int | None = None,
     stem: str = "spiking",
+    ideal: bool = False,
 ) -> list[dict]:
     """Rows for one model/method/batch: modes "full" and "early_exit" (engine steps computed ``chunk`` at a time).
 
@@ -249,7 +250,10 @@ def bench_case(
     Each row holds the spike rate (spikes per neuron per simulated step), the median wall ms per
     inference with its min, max, spread and ``unstable`` flag, and the median process CPU ms; the
     early-exit row the step saving, the spike saving, the wall-clock saving (paired by round: median, min and max
-    over the rounds, :func:`paired_saving`) and its ratios to the two.
+    over the rounds, :func:`paired_saving`) and its ratios to the two. ideal: the full run cut at each exit step
+    below T (:func:`cut_steps`) is timed in the same rounds too, and the early-exit row holds an ideal early exit's
+    saving (:func:`ideal_saving`: median, min and max over the rounds), its ratio to the step saving and the
+    wall-clock saving's ratio to it.
     """
     n = min(BATCH1_INPUTS, len(network[1])) if network is not None and batch == 1 else batch
     model, x, weights = case_inputs(model_name, network, n, device, need=f"batch {batch}")
@@ -263,10 +267,10 @@ def bench_case(
     eager_sim = EagerSimulator(net.to(device)) if eager and batch == 1 else None
     modes = {"full": 1.0, "early_exit": exit_threshold}
 
-    def engine_run(threshold: float) -> Callable[[], ExitResult]:
+    def engine_run(threshold: float, run_steps: int = steps) -> Callable[[], ExitResult]:
         return lambda: engine.early_exit(
             x,
-            steps,
+            run_steps,
             readout,
             threshold,
             batch_size=batch,
@@ -294,6 +298,8 @@ def bench_case(
     # warm-up, untimed; at batch 1 long enough for chunk=None to time its probe chunk sizes (dcsim.sim.chunking)
     for _ in range(PLAN_WARM_CALLS if batch == 1 and chunk is None else 1):
         results = {m: engine_run(th)() for m, th in modes.items()}
+    cuts = cut_steps(results["early_exit"].exit_step, steps) if ideal else []
+    fns |= {f"cut_{t}": engine_run(1.0, t) for t in cuts}  # the full run cut at t steps (interleaved warms them)
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads or saved_threads)
     try:
@@ -357,6 +363,19 @@ def bench_case(
             early[f"time_saving{key}"] / saving_steps if saving_steps > 0 else None
         )
     early["time_saving_over_spike_saving"] = early["time_saving"] / saving_spikes if saving_spikes > 0 else None
+    if ideal:
+        per_round = [
+            ideal_saving(
+                results["early_exit"].exit_step, steps, {t: times[f"cut_{t}"]["wall"][r] for t in cuts}, full_s
+            )
+            for r, full_s in enumerate(times["full"]["wall"])
+        ]
+        early["ideal_saving"] = statistics.median(per_round)
+        early["ideal_saving_min"], early["ideal_saving_max"] = min(per_round), max(per_round)
+        early["ideal_saving_over_step_saving"] = early["ideal_saving"] / saving_steps if saving_steps > 0 else None
+        early["time_saving_over_ideal_saving"] = (
+            early["time_saving"] / early["ideal_saving"] if early["ideal_saving"] > 0 else None
+        )
     return rows
 
 
@@ -512,12 +531,13 @@ def batch_label(row: dict) -> str:
 def markdown(rows: list[dict]) -> str:
     """Table of benchmark rows: wall ms per inference as median [min-max] over the rounds (``unstable`` where the
     spread exceeds UNSTABLE_SPREAD); for early-exit rows the step, spike and wall-clock savings and the wall-clock
-    saving's ratios to the step and spike savings. A batch-1
+    saving's ratios to the step and spike savings (and, where timed, an ideal early exit's saving over the step saving
+    and the wall-clock saving over the ideal's). A batch-1
     row of a given network names the inputs it timed, one per batch (see :func:`bench_case`)."""
 
     def saving(r: dict) -> str:
         if "step_saving" not in r:
-            return "- | - | - | - | -"
+            return "- | - | - | - | - | -"
         ratio, ratio_s = r["time_saving_over_step_saving"], "-"
         if ratio is not None:
             lo, hi = r["time_saving_over_step_saving_min"], r["time_saving_over_step_saving_max"]
@@ -528,15 +548,21 @@ def markdown(rows: list[dict]) -> str:
         to_spikes = r.get("time_saving_over_spike_saving")
         return (
             f"{100 * r['step_saving']:.1f}% | {'-' if spikes is None else format(100 * spikes, '.1f') + '%'} | "
-            f"{100 * r['time_saving']:.1f}% | {ratio_s} | {'-' if to_spikes is None else format(to_spikes, '.2f')}"
+            f"{100 * r['time_saving']:.1f}% | {ratio_s} | {'-' if to_spikes is None else format(to_spikes, '.2f')} | "
+            f"{ideal(r)}"
         )
+
+    def ideal(r: dict) -> str:
+        if r.get("ideal_saving_over_step_saving") is None:
+            return "-"
+        of_ideal = r["time_saving_over_ideal_saving"]
+        return f"{r['ideal_saving_over_step_saving']:.2f} / {'-' if of_ideal is None else format(of_ideal, '.2f')}"
 
     head = (
         "| device | threads | model | method | batch | mode | engine | chunk | mean steps | spikes/neuron/step | "
         "ms/inference [min-max] | CPU ms/inference | ms/step | step saving | spike saving | time saving | "
-        "time / step saving | time / spike saving | vs eager reference | step / ANN forward | step / ANN graph |\n"
-        + "|---" * 21
-        + "|\n"
+        "time / step saving | time / spike saving | ideal / step saving, time / ideal saving | vs eager reference | "
+        "step / ANN forward | step / ANN graph |\n" + "|---" * 22 + "|\n"
     )
     return head + "".join(
         f"| {r['device']} | {r['threads']} | {r['model']} | {method_label(r)} | {batch_label(r)} | {r['mode']} | {r['engine']} | "

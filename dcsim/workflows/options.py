@@ -316,7 +316,8 @@ class BenchOptions:
     """``dcsim bench`` (see its --help): the standard set, optionally a trained ``checkpoint`` and streaming;
     ``processes`` > 1 runs it in that many fresh processes and reports each row's median over them. Every QCFS
     case is converted with ``qcfs_stem`` (see dcsim.convert); ``batches``: every case's batch sizes (empty: the
-    standard set's, see dcsim.workflows.benchmark.standard_set)."""
+    standard set's, see dcsim.workflows.benchmark.standard_set); ``ideal``: also time the runs an ideal DC's saving
+    needs (see dcsim.workflows.benchmark.ideal_saving)."""
 
     quick: bool = False
     full: bool = False
@@ -333,6 +334,7 @@ class BenchOptions:
     processes: int = 1
     qcfs_stem: str = "spiking"
     batches: tuple[int, ...] = ()
+    ideal: bool = False
 
     def __post_init__(self) -> None:
         _check_stem(None, self.qcfs_stem)
