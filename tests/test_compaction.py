@@ -71,6 +71,7 @@ def test_in_place_compaction_over_a_run_equals_the_reference_call_after_call(see
     ts = _state_like(n, g)
     native, ref = ([t.clone() for t in ts] for _ in range(2))
     compact, compact_ref = ops.InPlaceCompaction(native), reference.InPlaceCompaction(ref)
+    assert compact.row_bytes == compact_ref.row_bytes == sum(t.element_size() * t[0].numel() for t in ts)
     expected = [t.clone() for t in ts]
     alive = [True] * n
     while sum(alive) > 1:  # rows finish, at random, until one is left

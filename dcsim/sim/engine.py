@@ -852,7 +852,6 @@ class Engine:
             if cost_model and state.n > 1:  # a lone row is never compacted: the run ends when it does
                 state.static = _owned(state.static, x)
                 compaction = self.kernels.InPlaceCompaction(state.tensors())
-                row_bytes = sum(t.element_size() * (t.numel() // state.n) for t in state.tensors())
             alive = [True] * state.n  # per row of the state: still running (plain lists: the rows are few)
             ran = 0
             while state.n:
@@ -887,10 +886,12 @@ class Engine:
                     break
                 if cost_model and finished:
                     keep, moved = _fill_holes(alive, n_alive)
-                    if self._compaction.pays(finished, state.n, steps - ran, step_seconds, moved * row_bytes):
+                    if self._compaction.pays(
+                        finished, state.n, steps - ran, step_seconds, moved * compaction.row_bytes
+                    ):
                         t0 = time.perf_counter()
                         state = state.replace_tensors(compaction(keep))
-                        self._compaction.observe(moved * row_bytes, time.perf_counter() - t0)
+                        self._compaction.observe(moved * compaction.row_bytes, time.perf_counter() - t0)
                         alive = [True] * n_alive
                 elif finished and finished >= fraction * state.n:
                     running = [r for r in range(state.n) if alive[r]]

@@ -521,6 +521,7 @@ class InPlaceCompaction:
 
     tensors: CPU tensors [n, ...] (any dtype), contiguous or channels_last, none sharing memory with another.
     Each call compacts the rows left by the last one (n at first) and returns views of the first len(keep).
+    ``row_bytes``: the bytes of one row of all the tensors (what a moved row costs).
     """
 
     def __init__(self, tensors: list[torch.Tensor]) -> None:
@@ -539,7 +540,7 @@ class InPlaceCompaction:
             (t.data_ptr(), t.data_ptr(), t.element_size() * (t.numel() // self.rows if self.rows else 0))
             for t in tensors
         ]
-        self._row_bytes = sum(e[2] for e in self._entries)
+        self.row_bytes = sum(e[2] for e in self._entries)
 
     def __call__(self, keep: list[int]) -> list[torch.Tensor]:
         """Row r of every tensor becomes its row keep[r] (r itself, or a row in [len(keep), rows) that fills it, those
@@ -555,7 +556,7 @@ class InPlaceCompaction:
             )
         if moved:
             index = torch.tensor(keep, dtype=torch.int64)
-            _, _, threads = _launch(self.device, self._row_bytes * len(moved) // 4)
+            _, _, threads = _launch(self.device, self.row_bytes * len(moved) // 4)
             _core().gather_rows(self._entries, index.data_ptr(), n_out, False, 0, threads)
         self.rows = n_out
         return [t[:n_out] for t in self._tensors]

@@ -282,13 +282,9 @@ class ChunkProgram:
         bound: list[Callable[[torch.Tensor], torch.Tensor] | None] = []
 
         b = None if bias is None or not drive else bias.reshape(1, -1, 1, 1)
-        per_row = b is not None and self._mask is not None  # gated row by row (a partly driven chunk): by the op
         if b is not None and self._mask is not None:  # the general path's gated bias, a constant of the program
             b = gated(b.expand(k * n, *b.shape[1:]), self._mask)
-        listed_bias = None  # a bias added by kernel 9 in a call list
-        if bias is not None and drive and self._mask is None:
-            listed_bias = bias.contiguous()
-        self._layers.append(_Layer("conv", i, inputs=(j,), bound=bound, listable=not per_row, bias=listed_bias))
+        self._layers.append(_Layer("conv", i, inputs=(j,), bound=bound, **self._listed_bias(bias, drive)))
 
         def op(vals: list[torch.Tensor | None], state: BatchState, rec: StepRecord) -> None:
             x = vals[j]
@@ -303,6 +299,16 @@ class ChunkProgram:
 
         return op
 
+    def _listed_bias(self, bias: torch.Tensor | None, drive: bool) -> dict[str, Any]:
+        """A layer's bias [C] (or None) in a call list, as :class:`_Layer`'s fields: added by kernel 9 where the chunk is
+        driven for every row (``bias``); where it is gated row by row (a partly driven chunk), the layer is not listed
+        (``listable`` False: its op adds it)."""
+        if bias is None or not drive:
+            return {"listable": True, "bias": None}
+        if self._mask is not None:
+            return {"listable": False, "bias": None}
+        return {"listable": True, "bias": bias.contiguous()}
+
     def _other(self, engine: Engine, i: int, drive: bool) -> Op:
         """Node i (a pool, flatten, linear, add) on its dynamic inputs, by the engine's :meth:`Engine._apply`; a
         bias the settle semantics gate added where the chunk is driven."""
@@ -312,13 +318,7 @@ class ChunkProgram:
         bias = engine._biases.get(i)
         if bias is not None:
             node = engine._unbiased[i]
-        per_row = bias is not None and drive and self._mask is not None  # gated row by row
-        listed_bias = None  # a bias added by kernel 9 in a call list
-        if bias is not None and drive and self._mask is None:
-            listed_bias = bias.contiguous()
-        self._layers.append(
-            _Layer("other", i, inputs=tuple(inputs), graph_node=node, listable=not per_row, bias=listed_bias)
-        )
+        self._layers.append(_Layer("other", i, inputs=tuple(inputs), graph_node=node, **self._listed_bias(bias, drive)))
         if bias is None or not drive:
 
             def op(vals: list[torch.Tensor | None], state: BatchState, rec: StepRecord) -> None:

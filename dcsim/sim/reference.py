@@ -183,6 +183,8 @@ class InPlaceCompaction:
 
     def __init__(self, tensors: list[torch.Tensor]) -> None:
         self._tensors = list(tensors)
+        n = tensors[0].shape[0]
+        self.row_bytes = sum(t.element_size() * (t.numel() // n if n else 0) for t in tensors)
 
     def __call__(self, keep: list[int]) -> list[torch.Tensor]:
         return compact_rows_(self._tensors, torch.tensor(keep, dtype=torch.int64, device=self._tensors[0].device))
