@@ -15,6 +15,7 @@ from dcsim.workflows.benchmark import (
     BATCH1_INPUTS,
     cut_steps,
     ideal_saving,
+    ideal_savings,
     interleaved,
     markdown,
     paired_saving,
@@ -196,3 +197,15 @@ def test_bench_converts_every_qcfs_case_with_the_qcfs_stem(tmp_path, checkpoint_
     assert cases == {(m, meth, b) for m in models for meth in ("qcfs", "qffs") for b in (1, 3)}  # --batches
     table = markdown(result["rows"]).splitlines()[2:]
     assert all(("| qcfs (quantized stem) |" in line) != ("| qffs |" in line) for line in table)
+
+
+def test_ideal_savings_is_each_rounds_ideal_saving():
+    exits = torch.tensor([2, 1, 4, 2])
+    cut_walls, full_walls = {1: [1.0, 1.2, 0.9], 2: [1.8, 2.0, 1.7]}, [3.0, 3.5, 2.9]
+    expected = [
+        ideal_saving(exits, 4, {1: c1, 2: c2}, f) for c1, c2, f in zip(*cut_walls.values(), full_walls, strict=True)
+    ]
+    assert ideal_savings(exits, 4, cut_walls, full_walls) == expected
+    assert len(set(expected)) == 3  # the rounds differ, so a mixed-up round would show
+    with pytest.raises(ValueError, match="full run's 3 rounds"):
+        ideal_savings(exits, 4, {1: [1.0, 1.2], 2: [1.8, 2.0, 1.7]}, full_walls)

@@ -156,6 +156,19 @@ def ideal_saving(exit_step: torch.Tensor, steps: int, cut_seconds: dict[int, flo
     return 1 - cost / full_seconds
 
 
+def ideal_savings(
+    exit_step: torch.Tensor, steps: int, cut_walls: dict[int, list[float]], full_walls: list[float]
+) -> list[float]:
+    """:func:`ideal_saving` of each timed round: cut_walls maps each step of :func:`cut_steps` to the seconds of the
+    no-DC run cut there, one per round; full_walls: the no-DC run's seconds, one per round (the same rounds)."""
+    if any(len(w) != len(full_walls) for w in cut_walls.values()):
+        raise ValueError(f"ideal_savings: every cut run needs the full run's {len(full_walls)} rounds")
+    return [
+        ideal_saving(exit_step, steps, {t: walls[r] for t, walls in cut_walls.items()}, full_s)
+        for r, full_s in enumerate(full_walls)
+    ]
+
+
 def graphed_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Best wall time in seconds of ``fn`` captured once as a CUDA graph and replayed: its kernels alone,
     with no launch overhead (warm-up with cuDNN autotuning, capture without; full float32)."""
@@ -364,12 +377,9 @@ def bench_case(
         )
     early["time_saving_over_spike_saving"] = early["time_saving"] / saving_spikes if saving_spikes > 0 else None
     if ideal:
-        per_round = [
-            ideal_saving(
-                results["early_exit"].exit_step, steps, {t: times[f"cut_{t}"]["wall"][r] for t in cuts}, full_s
-            )
-            for r, full_s in enumerate(times["full"]["wall"])
-        ]
+        per_round = ideal_savings(
+            results["early_exit"].exit_step, steps, {t: times[f"cut_{t}"]["wall"] for t in cuts}, times["full"]["wall"]
+        )
         early["ideal_saving"] = statistics.median(per_round)
         early["ideal_saving_min"], early["ideal_saving_max"] = min(per_round), max(per_round)
         early["ideal_saving_over_step_saving"] = early["ideal_saving"] / saving_steps if saving_steps > 0 else None
