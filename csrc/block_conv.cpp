@@ -24,6 +24,9 @@ inline void valid_columns(const BlockConvArgs& a, int64_t ox0, int64_t cols, int
   while (hi > lo && (ox0 + hi - 1) * a.sw - a.pw + kx >= a.w) --hi;
 }
 
+// The end of the partial sum of input channels starting at c0: c0 + a.chunk, or a.cin for the last, shorter one.
+inline int64_t chunk_end(const BlockConvArgs& a, int64_t c0) { return a.cin - c0 < a.chunk ? a.cin : c0 + a.chunk; }
+
 // The weights of output block ob (channels [16 * ob, 16 * ob + 16)) at kernel row 0, column 0, input channel 0:
 // blocks come in groups of a.group, each (row, column, channel) of a group a.group * 16 floats, block ob at
 // lane offset 16 * (ob % a.group) (see block_conv.h).
@@ -38,6 +41,7 @@ void output_row(const BlockConvArgs& a, int64_t i, int64_t ob, int64_t oy) {
     const int64_t cols = a.ow - ox0 < kBlockW ? a.ow - ox0 : kBlockW;
     float total[kBlockW][kLanes] = {};
     for (int64_t c0 = 0; c0 < a.cin; c0 += a.chunk) {
+      const int64_t c1 = chunk_end(a, c0);
       float part[kBlockW][kLanes] = {};
       if (a.bias_first && c0 == 0 && a.bias) {
         for (int64_t j = 0; j < cols; ++j)
@@ -49,7 +53,7 @@ void output_row(const BlockConvArgs& a, int64_t i, int64_t ob, int64_t oy) {
         for (int64_t kx = 0; kx < a.kw; ++kx) {
           int64_t lo, hi;
           valid_columns(a, ox0, cols, kx, lo, hi);
-          for (int64_t c = c0; c < c0 + a.chunk; ++c) {
+          for (int64_t c = c0; c < c1; ++c) {
             const float* wv = wb + ((ky * a.kw + kx) * a.cin + c) * a.group * kLanes;
             const float* xr = a.x + ((i * a.cin + c) * a.h + iy) * a.w;
             for (int64_t j = lo; j < hi; ++j) {
@@ -93,6 +97,7 @@ __attribute__((target("avx512f"))) void output_rows_avx512(const BlockConvArgs& 
       for (int j = 0; j < W; ++j) total[b][j] = _mm512_setzero_ps();  // (cin >= 1: set by the first chunk)
     }
     for (int64_t c0 = 0; c0 < a.cin; c0 += a.chunk) {
+      const int64_t len = chunk_end(a, c0) - c0;
       __m512 part[OB][W];
 #pragma GCC unroll 4
       for (int b = 0; b < OB; ++b) {
@@ -114,7 +119,7 @@ __attribute__((target("avx512f"))) void output_rows_avx512(const BlockConvArgs& 
           const float* wv = wb + ((ky * a.kw + kx) * a.cin + c0) * row;
           if (lo == 0 && hi == W) {  // every column inside the input: no test per column
             const float* xc = xr + col;
-            for (int64_t c = 0; c < a.chunk; ++c, xc += plane, wv += row) {
+            for (int64_t c = 0; c < len; ++c, xc += plane, wv += row) {
               __m512 wr[OB];
 #pragma GCC unroll 4
               for (int b = 0; b < OB; ++b) wr[b] = _mm512_loadu_ps(wv + b * kLanes);
@@ -126,7 +131,7 @@ __attribute__((target("avx512f"))) void output_rows_avx512(const BlockConvArgs& 
               }
             }
           } else {
-            for (int64_t c = 0; c < a.chunk; ++c, xr += plane, wv += row) {
+            for (int64_t c = 0; c < len; ++c, xr += plane, wv += row) {
               __m512 wr[OB];
 #pragma GCC unroll 4
               for (int b = 0; b < OB; ++b) wr[b] = _mm512_loadu_ps(wv + b * kLanes);
@@ -215,7 +220,7 @@ __attribute__((target("avx512f,popcnt"))) void sparse_lists(const BlockConvArgs&
           if (ix < 0 || ix >= a.w) continue;  // a tap in the padding: skipped, as oneDNN skips it
           const uint16_t* mp = s.mask.get() + iy * a.w + ix;
           const float* xv = s.xt.get() + (iy * a.w + ix) * s.groups * kLanes;
-          for (int64_t g = c0 / kLanes; g * kLanes < c0 + a.chunk; ++g) {
+          for (int64_t g = c0 / kLanes; g * kLanes < chunk_end(a, c0); ++g) {
             const __mmask16 m = mp[g * s.plane];
             const int32_t base = static_cast<int32_t>(((ky * a.kw + kx) * a.cin + g * kLanes) * kLanes);
             // compressed in registers, then stored whole (a compressing store is slow on some CPUs); the
@@ -246,7 +251,8 @@ __attribute__((target("avx512f"))) void sparse_sums(const BlockConvArgs& a, int6
   const float* wb = block_weights(a, ob);
   const int64_t taps = a.kh * a.kw;
   const bool fetch = next_ob >= 0 && s.opix >= kFetchOutputs;
-  const int64_t lines = fetch ? OB * taps * a.chunk : 0;  // 64-byte lines: OB per tap and channel, side by side
+  const int64_t ahead_len = fetch ? chunk_end(a, next_c0) - next_c0 : 0;  // channels of the chunk fetched ahead
+  const int64_t lines = OB * taps * ahead_len;  // 64-byte lines: OB per tap and channel, side by side
   const float* ahead = block_weights(a, next_ob < 0 ? 0 : next_ob) + next_c0 * OB * kLanes;
   int64_t fetched = 0, ft = 0, fc = 0, fb = 0;  // lines fetched; the next one's tap, channel and block
   for (int64_t p = 0; p < s.opix; ++p) {
@@ -254,7 +260,7 @@ __attribute__((target("avx512f"))) void sparse_sums(const BlockConvArgs& a, int6
       _mm_prefetch(reinterpret_cast<const char*>(ahead + ((ft * a.cin + fc) * OB + fb) * kLanes), _MM_HINT_T0);
       if (++fb == OB) {
         fb = 0;
-        if (++fc == a.chunk) fc = 0, ++ft;
+        if (++fc == ahead_len) fc = 0, ++ft;
       }
     }
     __m512 part[OB];

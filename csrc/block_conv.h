@@ -2,7 +2,8 @@
 // kernels, so that it gives their bits without their per-call cost. PyTorch's CPU convs run oneDNN
 // through layers that cost about 40 us per call whatever its size (primitive look-up, memory
 // objects, three reorders); at one row per call (batch 1, one step) that is half a conv's time.
-// Order: input channels in chunks; each chunk's partial sum over the window (rows, columns, then
+// Order: input channels in chunks (the last one the rest, where chunk does not divide cin: oneDNN sums 24
+// channels as 16 and 8); each chunk's partial sum over the window (rows, columns, then
 // the chunk's channels, each a fused multiply-add) starts at 0, or at the bias where bias_first;
 // the first chunk's partial plus the bias (unless bias_first) is the running total, each later
 // partial is added to it. oneDNN's direct kernel (jit:avx512_core) sums chunks of 16 channels
@@ -23,7 +24,7 @@ struct BlockConvArgs {
   int64_t cout, oh, ow;        // output [n, cout, oh, ow]; cout a multiple of 16
   int64_t kh, kw;              // kernel size
   int64_t sh, sw, ph, pw;      // stride and zero padding
-  int64_t chunk;               // input channels per partial sum (divides cin)
+  int64_t chunk;               // input channels per partial sum (the last partial: the rest)
   bool bias_first;             // the bias starts the first partial sum (else: added to it)
   double max_density;          // the sparse loop where at most this fraction of x is nonzero (0: never)
   int64_t group;               // output blocks of 16 channels side by side in weight: 4, 2 or 1, dividing cout / 16

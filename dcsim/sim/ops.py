@@ -793,12 +793,16 @@ BLOCK = 16
 of oneDNN's direct kernel."""
 
 
-def block_conv_order(kernel: tuple[int, int], padding: tuple[int, int], cin: int) -> tuple[int, bool]:
-    """The order of sums oneDNN's AVX-512 float32 kernels use for a conv (see csrc/block_conv.h): (input channels per
-    partial sum, whether the bias starts the first partial). 1x1 kernels without padding: one partial over all
-    ``cin`` channels that starts at the bias (jit_1x1); others: partials of 16 channels, the bias added to the
-    first (the direct kernel), or one partial over fewer than 16 channels (its first-layer variant, an image's)."""
-    if kernel == (1, 1) and padding == (0, 0):
+def block_conv_order(
+    kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], cin: int, size: tuple[int, int]
+) -> tuple[int, bool]:
+    """The order of sums oneDNN's AVX-512 float32 kernels use for a conv of ``cin`` input channels of ``size`` (H, W)
+    (see csrc/block_conv.h): (input channels per partial sum, whether the bias starts the first partial). 1x1 kernels
+    without padding whose strides divide the input's size: one partial over all channels that starts at the bias
+    (jit_1x1); others: partials of 16 channels, the last over the rest where 16 does not divide ``cin`` (24 channels:
+    16, then 8), the bias added to the first (the direct kernel, which also runs a 1x1 kernel with stride 2 on an odd
+    size), or one partial over fewer than 16 channels (its first-layer variant, an image's)."""
+    if kernel == (1, 1) and padding == (0, 0) and size[0] % stride[0] == 0 and size[1] % stride[1] == 0:
         return cin, True
     return min(BLOCK, cin), False
 
@@ -893,9 +897,7 @@ def bound_block_conv(
         bias = bias.contiguous()
     (sh, sw), (ph, pw) = stride, padding
     oh, ow = _conv_output((h, w), (kh, kw), stride, padding)
-    chunk, bias_first = block_conv_order((kh, kw), (ph, pw), cin)
-    if cin % chunk:
-        raise ValueError(f"block_conv2d sums input channels in blocks of {chunk}, got {cin}")
+    chunk, bias_first = block_conv_order((kh, kw), (sh, sw), (ph, pw), cin, (h, w))
     if not 0.0 <= max_density <= 1.0:
         raise ValueError(f"max_density must be a fraction in [0, 1], got {max_density}")
     head = (n, cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, chunk, bias_first, max_density, group)

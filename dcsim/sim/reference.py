@@ -220,7 +220,7 @@ def block_conv2d(
     cout, _, kh, kw = weight.shape
     (sh, sw), (ph, pw) = stride, padding
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    chunk, bias_first = block_conv_order((kh, kw), (ph, pw), cin)
+    chunk, bias_first = block_conv_order((kh, kw), (sh, sw), (ph, pw), cin, (h, w))
     xp = F.pad(x, (pw, pw, ph, ph))
     inside = F.pad(torch.ones(1, 1, h, w, dtype=torch.bool), (pw, pw, ph, ph))
     zero = x.new_zeros(n, cout, oh, ow)
@@ -233,7 +233,7 @@ def block_conv2d(
             for kx in range(kw):
                 cols = slice(kx, kx + sw * (ow - 1) + 1, sw)
                 valid = inside[:, :, rows, cols]  # [1, 1, oh, ow]: taps inside the input
-                for c in range(c0, c0 + chunk):
+                for c in range(c0, min(c0 + chunk, cin)):
                     term = xp[:, c : c + 1, rows, cols] * weight[:, c, ky, kx].reshape(1, cout, 1, 1)
                     part = torch.where(valid, part + term, part)
         if c0 > 0:
