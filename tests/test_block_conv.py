@@ -73,9 +73,14 @@ def test_simd_and_portable_loops_give_the_same_bits(geometry, bias):
 @pytest.mark.parametrize("bias", [False, True])
 def test_block_conv_gives_onednn_s_bits_on_avx512(geometry, bias):
     x, weight, b, stride, padding = _case(geometry, seed=11 + bias, spikes=False, bias=bias)
+    assert _gives_onednn_s_bits(x, weight, b, stride, padding)
+
+
+def _gives_onednn_s_bits(x, weight, b, stride, padding) -> bool:
+    """Whether the block conv of x by weight and b equals oneDNN's conv of the same layer bit for bit."""
     node = Conv(name="c", inputs=(0,), weight=weight, bias=b, stride=stride, padding=padding)
     out = ops.block_conv2d(x, ops.pack_block_conv_weight(weight), b, stride, padding)
-    assert torch.equal(out, onednn_conv(node, x))
+    return torch.equal(out, onednn_conv(node, x))
 
 
 def _random_geometry(g: torch.Generator):
@@ -96,9 +101,7 @@ def test_block_conv_gives_onednn_s_bits_on_fresh_shapes(seed):
     cin, cout, h, w, k, s, p = _random_geometry(g)
     x = torch.randn(1 + seed % 3, cin, h, w, generator=g)
     weight, b = torch.randn(cout, cin, k, k, generator=g), torch.randn(cout, generator=g)
-    node = Conv(name="c", inputs=(0,), weight=weight, bias=b, stride=(s, s), padding=(p, p))
-    out = ops.block_conv2d(x, ops.pack_block_conv_weight(weight), b, (s, s), (p, p))
-    assert torch.equal(out, onednn_conv(node, x))
+    assert _gives_onednn_s_bits(x, weight, b, (s, s), (p, p))
 
 
 @pytest.mark.parametrize("seed", range(24))
